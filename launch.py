@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Set up the environment if needed, then start the web UI (or run the tests).
+
+    python launch.py            # create .venv, install pinned requirements, start http://127.0.0.1:7860
+    python launch.py --tests    # same environment plus test dependencies, then run the test suite
+
+Environment variables:
+    TORCH_COMMAND   pip arguments that install torch/torchvision
+                    (default: "torch==2.14.1 torchvision==0.29.1"; e.g. add an --index-url for another CUDA build)
+    WEBUI_VENV      virtual environment folder (default: .venv next to this file)
+    WEBUI_SKIP_INSTALL=1   never install anything (same as --skip-install)
+Only the standard library is used here, so this file runs with a bare Python 3.11.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_TORCH = "torch==2.14.1 torchvision==0.29.1"
+# basicsr 1.4.2 is source-only and imports torch in setup.py: build it against the installed torch.
+BASICSR = "basicsr==1.4.2"
+INSIDE_VENV_FLAG = "WEBUI_LAUNCH_INSIDE_VENV"
+
+
+def log(msg: str) -> None:
+    print(f"[launch] {msg}", flush=True)
+
+
+def venv_dir() -> Path:
+    return Path(os.environ.get("WEBUI_VENV", ROOT / ".venv")).resolve()
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def run(cmd: list[str], **kw) -> None:
+    log("$ " + " ".join(shlex.quote(c) for c in cmd))
+    subprocess.run(cmd, check=True, **kw)
+
+
+def install_stamp(tests: bool) -> str:
+    h = hashlib.sha256()
+    h.update(os.environ.get("TORCH_COMMAND", DEFAULT_TORCH).encode())
+    h.update(BASICSR.encode())
+    for name in ["requirements.txt"] + (["requirements-test.txt"] if tests else []):
+        h.update((ROOT / name).read_bytes())
+    return h.hexdigest()
+
+
+def ensure_venv(tests: bool) -> Path:
+    venv = venv_dir()
+    py = venv_python(venv)
+    if not py.exists():
+        log(f"Creating virtual environment in {venv}")
+        run([sys.executable, "-m", "venv", str(venv)])
+    stamp_file = venv / (".webui-stamp-tests" if tests else ".webui-stamp")
+    stamp = install_stamp(tests)
+    if stamp_file.exists() and stamp_file.read_text().strip() == stamp:
+        return py
+    pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check"]
+    torch_args = shlex.split(os.environ.get("TORCH_COMMAND", DEFAULT_TORCH))
+    if torch_args[:2] == ["pip", "install"]:
+        torch_args = torch_args[2:]
+    log("Installing torch (this takes a few minutes the first time)")
+    run(pip + torch_args)
+    run(pip + ["--no-build-isolation", BASICSR])
+    run(pip + ["-r", str(ROOT / "requirements.txt")])
+    if tests:
+        run(pip + ["-r", str(ROOT / "requirements-test.txt")])
+    stamp_file.write_text(stamp)
+    return py
+
+
+def ensure_browser() -> None:
+    """The browser tests drive Debian's chromium; install it when we can (root + apt), else they skip."""
+    if shutil.which("chromium") or Path("/usr/bin/chromium").exists():
+        return
+    if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
+        log("chromium not found and cannot be installed here: the browser tests will be skipped")
+        return
+    try:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run(["apt-get", "update", "-q"], env=env)
+        run(["apt-get", "install", "-y", "-q", "chromium"], env=env)
+    except subprocess.CalledProcessError as exc:
+        log(f"Installing chromium failed ({exc}); the browser tests will be skipped")
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    tests = "--tests" in args
+    skip_install = "--skip-install" in args or os.environ.get("WEBUI_SKIP_INSTALL") == "1"
+    passthrough = [a for a in args if a not in ("--tests", "--skip-install")]
+    if sys.version_info < (3, 10):
+        log(f"Python 3.10+ is required (3.11 recommended); this is {sys.version.split()[0]}")
+        return 2
+
+    if os.environ.get(INSIDE_VENV_FLAG) != "1":
+        py = venv_python(venv_dir()) if skip_install else ensure_venv(tests)
+        if tests and not skip_install:
+            ensure_browser()
+        env = {**os.environ, INSIDE_VENV_FLAG: "1"}
+        return subprocess.call([str(py), str(ROOT / "launch.py"), *args], env=env, cwd=ROOT)
+
+    os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT))
+    if tests:
+        import pytest
+
+        return int(pytest.main(["-q", "-p", "no:cacheprovider", "tests", *passthrough]))
+    from webui.main import main as start
+
+    start(passthrough)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny checkpoints saved the way users have them, and an app context on them."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1_file(tmp_path_factory) -> Path:
+    """A tiny SD 1.x checkpoint in the original single-file layout (.safetensors)."""
+    from webui.models.original_layout import save_single_file
+    from webui.models.tiny import build_tiny_components
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    return save_single_file(build_tiny_components("sd1", seed=1), folder / "tiny-sd1.safetensors")
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory, tiny_sd1_file) -> Path:
+    """A models/ folder with the tiny SD 1.x checkpoint in Stable-diffusion/."""
+    root = tmp_path_factory.mktemp("models")
+    sd = root / "Stable-diffusion"
+    sd.mkdir()
+    (sd / tiny_sd1_file.name).write_bytes(tiny_sd1_file.read_bytes())
+    return root
+
+
+def make_settings(data_dir: Path, models_root: Path | None = None, **kw):
+    from webui.settings import Settings
+
+    return Settings(data_dir=data_dir, models_dir=models_root, disable_extensions=True, use_cpu=True, **kw)
+
+
+@pytest.fixture(scope="session")
+def ctx(tmp_path_factory, models_root):
+    """An application context on the tiny model (session-wide; tests must not change global options)."""
+    from webui.context import build_context
+
+    data = tmp_path_factory.mktemp("data")
+    return build_context(make_settings(data, models_root), load_model=True)
+
+
+@pytest.fixture
+def fresh_ctx(tmp_path, models_root):
+    """A context with its own data folder (for tests that change options or plugins)."""
+    from webui.context import build_context
+
+    return build_context(make_settings(tmp_path, models_root), load_model=True)

@@ -1,0 +1,307 @@
+"""Every hook has a test here (``test_hook_<name>``) and a section in docs/extensions.md.
+
+The meta-tests at the bottom fail when a hook lacks either (datasette's rule).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.conftest import make_settings
+from webui import hookspecs
+from webui.context import build_context
+from webui.hookspecs import hookimpl
+from webui.jobs import Job
+from webui.pipeline.request import GenerationRequest
+from webui.plugins import make_plugin_manager
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = dict(prompt="a red circle", steps=3, width=64, height=64, seed=5, sampler_name="Euler", save_images=False)
+
+
+def _ctx_with(plugin, tmp_path, models_root, name="test-plugin"):
+    plugins = make_plugin_manager(disable_extensions=True)
+    assert plugins.register(plugin, name)
+    return build_context(make_settings(tmp_path, models_root), plugins=plugins, load_model=True)
+
+
+def test_hook_startup(tmp_path, models_root):
+    seen = []
+
+    class P:
+        @hookimpl
+        def startup(self, ctx):
+            seen.append(ctx)
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    assert seen == [ctx]
+
+
+def test_hook_register_samplers(tmp_path, models_root):
+    from webui.sampling.registry import SamplerDef
+    from webui.sampling.samplers import sample_euler
+
+    calls = []
+
+    def my_sampler(model, x, sigmas, **kw):
+        calls.append(len(sigmas))
+        return sample_euler(model, x, sigmas, **kw)
+
+    class P:
+        @hookimpl
+        def register_samplers(self):
+            return [SamplerDef("My Euler", my_sampler, aliases=("my_euler",))]
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    client = TestClient(__import__("webui.server", fromlist=["create_app"]).create_app(ctx))
+    names = [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
+    assert "My Euler" in names
+    mine = ctx.txt2img(GenerationRequest(**{**SMALL, "sampler_name": "my_euler"}))
+    ref = ctx.txt2img(GenerationRequest(**SMALL))
+    assert calls == [4]
+    assert mine.images[0].tobytes() == ref.images[0].tobytes()
+
+
+def test_hook_register_schedules(tmp_path, models_root):
+    import torch
+
+    from webui.sampling.schedules import ScheduleDef, karras
+
+    class P:
+        @hookimpl
+        def register_schedules(self):
+            return [ScheduleDef("flat_test", "Flat Test", lambda n, s: torch.cat([karras(n, s)[:-1], torch.zeros(1)]))]
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    a = ctx.txt2img(GenerationRequest(**{**SMALL, "scheduler": "Flat Test"}))
+    b = ctx.txt2img(GenerationRequest(**{**SMALL, "scheduler": "Karras"}))
+    assert "Schedule type: Flat Test" in a.infotexts[0]
+    assert a.images[0].tobytes() == b.images[0].tobytes()
+
+
+def test_hook_register_settings(tmp_path, models_root):
+    from webui.settings import OptionDef
+
+    class P:
+        @hookimpl
+        def register_settings(self):
+            return [OptionDef("my_ext_strength", 0.5, "My strength", "My extension", minimum=0, maximum=1)]
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    assert ctx.options.current["my_ext_strength"] == 0.5
+    ctx.options.update({"my_ext_strength": 0.25})
+    assert ctx.options.current["my_ext_strength"] == 0.25
+
+
+def test_hook_model_loaded(tmp_path, models_root):
+    loaded = []
+
+    class P:
+        @hookimpl
+        def model_loaded(self, model):
+            loaded.append(model)
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    assert loaded and loaded[-1] is ctx.models.current and loaded[-1].spec.family == "sd1"
+
+
+def test_hook_before_generate(tmp_path, models_root):
+    class P:
+        @hookimpl
+        def before_generate(self, request, job):
+            if "forbidden" in request.prompt:
+                job.interrupt()
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    assert ctx.txt2img(GenerationRequest(**{**SMALL, "prompt": "forbidden"})).images == []
+    assert len(ctx.txt2img(GenerationRequest(**SMALL)).images) == 1
+
+
+def test_hook_on_step_end(tmp_path, models_root):
+    steps = []
+
+    class P:
+        @hookimpl
+        def on_step_end(self, state):
+            steps.append((state.step, state.total_steps, tuple(state.latents.shape)))
+            if state.step == 1 and state.job.kind == "stop-early":
+                state.job.interrupt()
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    ctx.txt2img(GenerationRequest(**SMALL))
+    assert steps == [(0, 3, (1, 4, 8, 8)), (1, 3, (1, 4, 8, 8)), (2, 3, (1, 4, 8, 8))]
+    steps.clear()
+    res = ctx.txt2img(GenerationRequest(**SMALL), Job(kind="stop-early"))
+    assert [s[0] for s in steps] == [0, 1] and res.interrupted and len(res.images) == 1
+
+
+def test_hook_on_step_end_can_replace_latents(tmp_path, models_root):
+    class P:
+        @hookimpl
+        def on_step_end(self, state):
+            state.latents = state.latents * 0
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    zeroed = ctx.txt2img(GenerationRequest(**SMALL)).images[0]
+    plain = build_context(make_settings(tmp_path / "b", models_root), load_model=True)
+    assert zeroed.tobytes() != plain.txt2img(GenerationRequest(**SMALL)).images[0].tobytes()
+
+
+def test_hook_postprocess_image(tmp_path, models_root):
+    class P:
+        @hookimpl
+        def postprocess_image(self, state):
+            state.image = Image.new("RGB", state.image.size, (255, 0, 0))
+            state.extra_infotext["Postprocessed"] = "red"
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    res = ctx.txt2img(GenerationRequest(**SMALL))
+    assert res.images[0].getpixel((3, 3)) == (255, 0, 0)
+    assert "Postprocessed: red" in res.infotexts[0]
+
+
+def test_hook_after_generate(tmp_path, models_root):
+    results = []
+
+    class P:
+        @hookimpl
+        def after_generate(self, result, job):
+            results.append((len(result.images), job.kind))
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    ctx.txt2img(GenerationRequest(**{**SMALL, "batch_size": 2}))
+    assert results == [(2, "txt2img")]
+
+
+def test_hook_extra_infotext(tmp_path, models_root):
+    class P:
+        @hookimpl
+        def extra_infotext(self, request):
+            return {"My ext": f"len {len(request.prompt)}"}
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    res = ctx.txt2img(GenerationRequest(**SMALL))
+    assert "My ext: len 12" in res.infotexts[0]
+
+
+def test_hook_image_saved(tmp_path, models_root):
+    saved = []
+
+    class P:
+        @hookimpl
+        def image_saved(self, path, infotext, image):
+            saved.append((path, infotext))
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    res = ctx.txt2img(GenerationRequest(**{**SMALL, "save_images": True}))
+    assert [p for p, _ in saved] == res.paths and Path(saved[0][0]).is_file()
+    assert saved[0][1] == res.infotexts[0]
+
+
+def test_hook_api_routes(tmp_path, models_root):
+    class P:
+        @hookimpl
+        def api_routes(self, router, ctx):
+            @router.get("/my-ext/hello")
+            def hello() -> dict:
+                return {"model": ctx.models.current.info.model_name}
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    from webui.server import create_app
+
+    client = TestClient(create_app(ctx))
+    assert client.get("/my-ext/hello").json() == {"model": "tiny-sd1"}
+
+
+def test_hook_ui_tabs(tmp_path, models_root):
+    import gradio as gr
+
+    from webui.ui.app import build_ui
+    from webui.ui.tabs import UiTab
+
+    class P:
+        @hookimpl
+        def ui_tabs(self, ctx):
+            return [UiTab("My Tab", lambda: gr.Markdown("hello from my tab", elem_id="my_tab_md"), "my_tab")]
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    demo = build_ui(ctx)
+    config = demo.get_config_file()
+    labels = [c.get("props", {}).get("label") for c in config["components"]]
+    values = [c.get("props", {}).get("value") for c in config["components"]]
+    assert "My Tab" in labels and "hello from my tab" in values
+
+
+def test_failing_hook_is_isolated(tmp_path, models_root):
+    class P:
+        @hookimpl
+        def extra_infotext(self, request):
+            raise RuntimeError("boom")
+
+    ctx = _ctx_with(P(), tmp_path, models_root, name="broken")
+    res = ctx.txt2img(GenerationRequest(**SMALL))
+    assert len(res.images) == 1
+    assert any(r.name == "broken" and not r.ok and "boom" in r.error for r in ctx.plugins.reports)
+
+
+def test_plugin_with_unknown_hook_is_refused():
+    class P:
+        @hookimpl
+        def no_such_hook(self):
+            return 1
+
+    plugins = make_plugin_manager(disable_extensions=True)
+    assert not plugins.register(P(), "bad")
+    assert any(r.name == "bad" and not r.ok for r in plugins.reports)
+
+
+def test_broken_extension_folder_is_reported_and_skipped(tmp_path):
+    ext = tmp_path / "extensions"
+    (ext / "good").mkdir(parents=True)
+    (ext / "good" / "__init__.py").write_text(
+        "from webui.hookspecs import hookimpl\n@hookimpl\ndef extra_infotext(request):\n    return {'Good': 'yes'}\n")
+    (ext / "broken").mkdir()
+    (ext / "broken" / "__init__.py").write_text("raise ImportError('missing dependency xyz')\n")
+    plugins = make_plugin_manager(extensions_dir=ext)
+    reports = {r.name: r for r in plugins.reports}
+    assert reports["good"].ok
+    assert not reports["broken"].ok and "missing dependency xyz" in reports["broken"].error
+    only = make_plugin_manager(extensions_dir=ext, enabled_extensions=["good"])
+    assert "broken" not in {r.name for r in only.reports}
+
+
+def test_builtins_register_like_extensions_and_can_be_disabled():
+    plugins = make_plugin_manager(disable_extensions=True)
+    assert "webui.builtin.samplers" in plugins.names()
+    without = make_plugin_manager(disable_extensions=True, disabled_builtins=["samplers"])
+    assert without.hooks.register_samplers() == []
+
+
+# --- meta-tests (datasette's rule) ---------------------------------------------------------
+
+HOOK_NAMES = sorted(
+    name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+    if hasattr(fn, hookspecs.PROJECT + "_spec")
+)
+
+
+def test_hooks_found():
+    assert {"startup", "register_samplers", "on_step_end", "api_routes"} <= set(HOOK_NAMES)
+
+
+@pytest.mark.parametrize("hook", HOOK_NAMES)
+def test_every_hook_is_documented(hook):
+    docs = (ROOT / "docs" / "extensions.md").read_text(encoding="utf-8")
+    assert re.search(rf"^### `{hook}\(", docs, re.MULTILINE), f"hook {hook} is not documented in docs/extensions.md"
+    assert getattr(hookspecs, hook).__doc__, f"hook {hook} has no docstring"
+
+
+@pytest.mark.parametrize("hook", HOOK_NAMES)
+def test_every_hook_has_a_test(hook):
+    assert f"test_hook_{hook}" in globals(), f"hook {hook} has no test_hook_{hook} in tests/test_hooks.py"

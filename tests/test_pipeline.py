@@ -1,0 +1,165 @@
+"""txt2img on every architecture, seeds, saving, interrupt, model switching and the default model."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import make_settings
+from webui.context import build_context
+from webui.jobs import Job
+from webui.models.errors import ModelError
+from webui.models.original_layout import save_diffusers_folder, save_single_file
+from webui.models.tiny import build_tiny_components
+from webui.pipeline.noise import ImageRNG
+from webui.pipeline.request import GenerationRequest
+from webui.pnginfo import read_image_info
+
+SMALL = dict(prompt="a red circle", negative_prompt="green", steps=3, width=64, height=64, seed=11,
+             sampler_name="Euler a", save_images=False)
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    """One models folder per architecture, saved as users have them."""
+    out = {}
+    specs = {
+        "sd1": dict(family="sd1"),
+        "sd2-v": dict(family="sd2", prediction_type="v_prediction"),
+        "sdxl": dict(family="sdxl"),
+        "sd1-inpaint": dict(family="sd1", inpainting=True),
+    }
+    for name, kw in specs.items():
+        root = tmp_path_factory.mktemp(name)
+        (root / "Stable-diffusion").mkdir()
+        comps = build_tiny_components(seed=3, **kw)
+        md = {"modelspec.prediction_type": "v"} if kw.get("prediction_type") == "v_prediction" else None
+        save_single_file(comps, root / "Stable-diffusion" / f"{name}.safetensors", metadata=md)
+        out[name] = root
+    root = tmp_path_factory.mktemp("sd2-folder")
+    (root / "Stable-diffusion").mkdir()
+    save_diffusers_folder(build_tiny_components("sd2", prediction_type="v_prediction", seed=3),
+                          root / "Stable-diffusion" / "sd2-diffusers")
+    out["sd2-folder"] = root
+    return out
+
+
+@pytest.mark.parametrize("name,label", [("sd1", "SD 1.x"), ("sd2-v", "v-prediction"), ("sdxl", "SDXL"),
+                                        ("sd1-inpaint", "inpainting"), ("sd2-folder", "v-prediction")])
+def test_each_architecture_generates(family_dirs, tmp_path, name, label):
+    ctx = build_context(make_settings(tmp_path, family_dirs[name]), load_model=True)
+    assert label in ctx.models.current.spec.label
+    a = ctx.txt2img(GenerationRequest(**SMALL))
+    b = ctx.txt2img(GenerationRequest(**SMALL))
+    assert a.images[0].size == (64, 64)
+    assert a.images[0].tobytes() == b.images[0].tobytes()
+    arr = np.asarray(a.images[0])
+    assert arr.std() > 0  # not a blank image
+
+
+def test_sd2_single_file_and_diffusers_folder_agree(family_dirs, tmp_path):
+    single = build_context(make_settings(tmp_path / "a", family_dirs["sd2-v"]), load_model=True)
+    folder = build_context(make_settings(tmp_path / "b", family_dirs["sd2-folder"]), load_model=True)
+    x = np.asarray(single.txt2img(GenerationRequest(**SMALL)).images[0], dtype=int)
+    y = np.asarray(folder.txt2img(GenerationRequest(**SMALL)).images[0], dtype=int)
+    assert np.abs(x - y).max() <= 1
+
+
+def test_noise_of_an_image_is_the_same_alone_or_in_a_batch():
+    dev = torch.device("cpu")
+    batch = ImageRNG((4, 8, 8), [5, 6, 7], device=dev)
+    alone = ImageRNG((4, 8, 8), [6], device=dev)
+    assert torch.equal(batch.first()[1], alone.first()[0])
+    assert torch.equal(batch.next()[1], alone.next()[0])
+
+
+def test_variation_seed_mixes_noise():
+    dev = torch.device("cpu")
+    base = ImageRNG((4, 8, 8), [5], device=dev).first()
+    other = ImageRNG((4, 8, 8), [9], device=dev).first()
+    zero = ImageRNG((4, 8, 8), [5], device=dev, subseeds=[9], subseed_strength=0.0).first()
+    full = ImageRNG((4, 8, 8), [5], device=dev, subseeds=[9], subseed_strength=1.0).first()
+    half = ImageRNG((4, 8, 8), [5], device=dev, subseeds=[9], subseed_strength=0.5).first()
+    assert torch.equal(zero, base)
+    assert torch.allclose(full, other, atol=1e-5)
+    assert not torch.allclose(half, base) and not torch.allclose(half, other)
+
+
+def test_images_saved_with_a1111_names_and_infotext(fresh_ctx):
+    res = fresh_ctx.txt2img(GenerationRequest(**{**SMALL, "save_images": True, "batch_size": 2}))
+    today = dt.date.today().isoformat()
+    names = [p.replace("\\", "/").rsplit("/", 3)[-3:] for p in res.paths]
+    assert names == [["txt2img-images", today, "00000-11.png"], ["txt2img-images", today, "00001-12.png"]]
+    text, _ = read_image_info(Image.open(res.paths[1]))
+    assert text == res.infotexts[1] and "Seed: 12" in text
+    again = fresh_ctx.txt2img(GenerationRequest(**{**SMALL, "save_images": True}))
+    assert again.paths[0].endswith("00002-11.png")
+
+
+def test_unwritable_output_folder_still_returns_the_image(tmp_path, models_root):
+    ctx = build_context(make_settings(tmp_path, models_root), load_model=True)
+    (tmp_path / "outputs").write_text("a file where the folder should be")
+    res = ctx.txt2img(GenerationRequest(**{**SMALL, "save_images": True}))
+    assert len(res.images) == 1 and res.paths == []
+    assert res.warnings and "could not save" in res.warnings[0]
+
+
+def test_interrupt_returns_what_is_done(ctx):
+    job = Job()
+
+    class Stopper:
+        def __init__(self):
+            self.n = 0
+
+    from webui.pipeline.txt2img import txt2img
+
+    stopper = Stopper()
+    env = ctx.pipeline_env()
+    orig = env.hooks.on_step_end
+
+    def on_step_end(state):
+        orig(state)
+        stopper.n += 1
+        if stopper.n == 2:
+            state.job.interrupt()
+
+    env.hooks.on_step_end = on_step_end  # type: ignore[method-assign]
+    res = txt2img(env, ctx.models.current, GenerationRequest(**{**SMALL, "steps": 10, "n_iter": 3}), job,
+                  ctx.options.current)
+    assert stopper.n == 2 and res.interrupted and len(res.images) == 1
+    assert job.sampling_step == 2
+
+
+def test_corrupt_checkpoint_switch_keeps_old_model(tmp_path, tiny_sd1_file):
+    root = tmp_path / "models"
+    (root / "Stable-diffusion").mkdir(parents=True)
+    (root / "Stable-diffusion" / "good.safetensors").write_bytes(tiny_sd1_file.read_bytes())
+    data = tiny_sd1_file.read_bytes()
+    (root / "Stable-diffusion" / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (root / "Stable-diffusion" / "empty.ckpt").write_bytes(b"")
+    (root / "Stable-diffusion" / "page.safetensors").write_text("<html><body>Not found</body></html>")
+    ctx = build_context(make_settings(tmp_path, root), load_model=False)
+    ctx.models.ensure_loaded("good")
+    for bad in ("truncated", "empty", "page"):
+        with pytest.raises(ModelError) as e:
+            ctx.models.ensure_loaded(bad)
+        assert bad in str(e.value)
+        assert ctx.models.current.info.model_name == "good"
+    assert len(ctx.txt2img(GenerationRequest(**SMALL)).images) == 1
+
+
+def test_no_checkpoint_uses_builtin_default(tmp_path):
+    root = tmp_path / "empty-models"
+    ctx = build_context(make_settings(tmp_path, root), load_model=True)
+    assert ctx.models.using_builtin_default
+    assert (root / "Stable-diffusion").is_dir()
+    model = ctx.models.current
+    assert model.info.builtin and model.spec.family == "sd1"
+    res = ctx.txt2img(GenerationRequest(**SMALL))
+    assert res.images[0].size == (64, 64)
+    assert re.search(r"Model hash: [0-9a-f]{10}", res.infotexts[0])

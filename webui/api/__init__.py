@@ -1,0 +1,1 @@
+"""The A1111-compatible HTTP API (``/sdapi/v1``)."""

@@ -1,0 +1,53 @@
+"""base64 <-> PIL image conversion for the API, with clear errors for bad input."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+
+from PIL import Image, UnidentifiedImageError
+
+from webui.pnginfo import pnginfo_for
+
+_DATA_URI = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+MAX_PIXELS = 8192 * 8192
+
+
+class InvalidImage(ValueError):
+    """The value is not a decodable image; ``field`` names the request field."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field = field_name
+        super().__init__(message)
+
+
+def decode_base64_image(data: str, field_name: str = "image") -> Image.Image:
+    """Decode a base64 image (optional data-URI prefix). Refuses URLs, SVG/HTML and huge images."""
+    if not isinstance(data, str) or not data.strip():
+        raise InvalidImage(field_name, "invalid image: empty value")
+    text = data.strip()
+    if text.startswith(("http://", "https://", "file:", "/")):
+        raise InvalidImage(field_name, "invalid image: URLs and paths are not accepted, send base64 image data")
+    text = _DATA_URI.sub("", text)
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImage(field_name, "invalid image: not valid base64") from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        if image.width * image.height > MAX_PIXELS:
+            raise InvalidImage(field_name, f"invalid image: {image.width}x{image.height} is too large")
+        image.load()
+    except InvalidImage:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise InvalidImage(field_name, "invalid image: not a PNG, JPEG, WEBP or other raster image") from None
+    return image
+
+
+def encode_png_base64(image: Image.Image, infotext: str | None = None) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=pnginfo_for(infotext) if infotext else None)
+    return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -1,0 +1,178 @@
+"""``/sdapi/v1`` routes (A1111 shapes)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from fastapi import APIRouter, Body
+
+from webui.api import models as m
+from webui.api.images import decode_base64_image, encode_png_base64
+from webui.context import AppContext, GenerationFailed
+from webui.infotext import infotext_to_request, parse_infotext
+from webui.jobs import Job
+from webui.pipeline.request import GenerationRequest, RequestError
+from webui.pnginfo import read_image_info
+
+DEFAULT_SAMPLER = "Euler a"
+
+
+def _request_from_api(body: m.Txt2ImgRequest) -> GenerationRequest:
+    data = body.model_dump()
+    if body.infotext:
+        # A1111 1.8+: fields from an infotext fill the fields the request did not set.
+        parsed = infotext_to_request(parse_infotext(body.infotext))
+        for key, value in parsed.items():
+            if key in GenerationRequest.field_names() and key not in body.model_fields_set:
+                data[key] = value
+            elif key == "override_settings":
+                data["override_settings"] = {**value, **(data.get("override_settings") or {})}
+    sampler = data.get("sampler_name") or data.get("sampler_index") or DEFAULT_SAMPLER
+    kwargs: dict[str, Any] = {
+        "prompt": data["prompt"],
+        "negative_prompt": data["negative_prompt"],
+        "steps": data["steps"],
+        "cfg_scale": data["cfg_scale"],
+        "width": data["width"],
+        "height": data["height"],
+        "seed": data["seed"],
+        "subseed": data["subseed"],
+        "subseed_strength": data["subseed_strength"],
+        "sampler_name": sampler,
+        "scheduler": data.get("scheduler") or "Automatic",
+        "batch_size": data["batch_size"],
+        "n_iter": data["n_iter"],
+        "eta": data.get("eta"),
+        "s_noise": data.get("s_noise"),
+        "s_churn": data.get("s_churn") or 0.0,
+        "s_tmin": data.get("s_tmin") or 0.0,
+        "s_tmax": data["s_tmax"] if data.get("s_tmax") else math.inf,
+        "save_images": bool(data.get("save_images")) and not data.get("do_not_save_samples"),
+        "override_settings": dict(data.get("override_settings") or {}),
+    }
+    return GenerationRequest(**kwargs)
+
+
+def build_router(ctx: AppContext) -> APIRouter:
+    r = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
+
+    @r.post("/txt2img", response_model=m.ImageResponse)
+    def txt2img(body: m.Txt2ImgRequest) -> m.ImageResponse:
+        req = _request_from_api(body)
+        if body.script_name:
+            raise RequestError("script_name", f"unknown script {body.script_name!r}; no scripts are installed")
+        job = Job(id=body.force_task_id or Job().id, kind="txt2img")
+        try:
+            result = ctx.txt2img(req, job)
+        except GenerationFailed as exc:
+            from fastapi import HTTPException
+
+            raise HTTPException(status_code=507 if exc.out_of_memory else 500, detail=str(exc)) from exc
+        images = (
+            [encode_png_base64(img, info) for img, info in zip(result.images, result.infotexts)]
+            if body.send_images
+            else []
+        )
+        return m.ImageResponse(
+            images=images,
+            parameters=body.model_dump(),
+            info=json.dumps(result.info, default=str),
+        )
+
+    @r.post("/png-info", response_model=m.PngInfoResponse)
+    def png_info(body: m.PngInfoRequest) -> m.PngInfoResponse:
+        image = decode_base64_image(body.image, "image")
+        text, items = read_image_info(image)
+        return m.PngInfoResponse(info=text or "", items=items, parameters=parse_infotext(text) if text else {})
+
+    @r.get("/progress", response_model=m.ProgressResponse)
+    def progress(skip_current_image: bool = False) -> m.ProgressResponse:
+        job = ctx.jobs.current()
+        if job is None:
+            return m.ProgressResponse(progress=0.0, eta_relative=0.0, state=m.ProgressState(), textinfo=None)
+        current = None
+        if not skip_current_image and job.current_image is not None:
+            current = encode_png_base64(job.current_image)
+        state = m.ProgressState(
+            skipped=job.skipped,
+            interrupted=job.interrupted,
+            job=job.id,
+            job_count=job.job_count,
+            job_no=job.job_no,
+            sampling_step=job.sampling_step,
+            sampling_steps=job.sampling_steps,
+        )
+        return m.ProgressResponse(progress=job.progress, eta_relative=job.eta, state=state,
+                                  current_image=current, textinfo=job.textinfo)
+
+    @r.post("/interrupt")
+    def interrupt() -> dict:
+        ctx.jobs.interrupt()
+        return {}
+
+    @r.post("/skip")
+    def skip() -> dict:
+        ctx.jobs.skip()
+        return {}
+
+    @r.get("/samplers", response_model=list[m.SamplerItem])
+    def samplers() -> list[m.SamplerItem]:
+        return [m.SamplerItem(name=s.name, aliases=list(s.aliases), options={k: str(v) for k, v in s.options.items()})
+                for s in ctx.samplers.samplers.values()]
+
+    @r.get("/schedulers", response_model=list[m.SchedulerItem])
+    def schedulers() -> list[m.SchedulerItem]:
+        items = [m.SchedulerItem(name="automatic", label="Automatic", aliases=None, default_rho=-1,
+                                 need_inner_model=False)]
+        items += [m.SchedulerItem(name=s.name, label=s.label, aliases=list(s.aliases) or None,
+                                  default_rho=s.default_rho, need_inner_model=s.need_inner_model)
+                  for s in ctx.samplers.schedules.values()]
+        return items
+
+    @r.get("/sd-models", response_model=list[m.SDModelItem])
+    def sd_models() -> list[m.SDModelItem]:
+        out = []
+        for info in ctx.models.checkpoints():
+            digest = ctx.models.hashes.cached(info.path)
+            out.append(m.SDModelItem(title=info.title(digest[:10] if digest else None), model_name=info.model_name,
+                                     hash=digest[:10] if digest else None, sha256=digest,
+                                     filename=str(info.path), config=None))
+        return out
+
+    @r.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> dict:
+        ctx.models.refresh()
+        return {}
+
+    @r.get("/options")
+    def get_options() -> dict[str, Any]:
+        opts = ctx.options.current.as_dict()
+        current = ctx.models.current
+        if current is not None:
+            opts["sd_model_checkpoint"] = current.title
+        return opts
+
+    @r.post("/options")
+    def set_options(body: dict[str, Any] = Body(...)) -> dict:
+        clean = ctx.options.validate(body)
+        if "sd_model_checkpoint" in clean and clean["sd_model_checkpoint"]:
+            model = ctx.models.ensure_loaded(clean["sd_model_checkpoint"])
+            clean["sd_model_checkpoint"] = model.title
+        ctx.options.update(clean)
+        return {}
+
+    @r.get("/cmd-flags")
+    def cmd_flags() -> dict[str, Any]:
+        s = ctx.settings
+        # Secrets (auth strings) are never echoed.
+        return {
+            "listen": s.listen, "port": s.port, "ckpt": str(s.ckpt) if s.ckpt else None,
+            "ckpt_dir": str(s.ckpt_dir) if s.ckpt_dir else None, "data_dir": str(s.data_dir),
+            "models_dir": str(s.models_root), "api": s.api, "nowebui": s.nowebui, "use_cpu": s.use_cpu,
+            "no_half": s.no_half, "device_id": s.device_id, "api_auth": bool(s.api_auth),
+            "gradio_auth": bool(s.gradio_auth),
+        }
+
+    return r

@@ -1,0 +1,6 @@
+"""Built-in features, each a plugin registered exactly like a third-party extension."""
+
+#: Module names registered by :func:`webui.plugins.make_plugin_manager`; each can be disabled by name.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "webui.builtin.samplers",
+)

@@ -1,0 +1,118 @@
+"""The application context: everything a request needs, built once by :func:`build_context`
+and passed down (no module globals)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from webui.devices import DevicePolicy, choose_device, free_memory
+from webui.images import ImageSaver
+from webui.jobs import Job, JobQueue
+from webui.models.default import ensure_default_checkpoint
+from webui.models.manager import HashCache, LoadedModel, ModelManager
+from webui.pipeline.request import GenerationRequest
+from webui.pipeline.result import GenerationResult
+from webui.pipeline.txt2img import PipelineEnv, txt2img
+from webui.plugins import Hooks, Plugins, make_plugin_manager
+from webui.sampling.registry import SamplerRegistry
+from webui.settings import Options, OptionsStore, Settings, core_option_defs
+
+log = logging.getLogger(__name__)
+
+
+class GenerationFailed(RuntimeError):
+    """A job failed for a reason that is not the request's fault (e.g. out of memory)."""
+
+    def __init__(self, message: str, *, out_of_memory: bool = False):
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    options: OptionsStore
+    plugins: Plugins
+    samplers: SamplerRegistry
+    models: ModelManager
+    jobs: JobQueue
+    device: DevicePolicy
+    saver: ImageSaver
+
+    @property
+    def hooks(self) -> Hooks:
+        return self.plugins.hooks
+
+    def pipeline_env(self) -> PipelineEnv:
+        return PipelineEnv(self.hooks, self.samplers, self.saver, self.settings.data_dir)
+
+    def options_for(self, override_settings: Mapping[str, Any] | None) -> Options:
+        """Current options with a request's ``override_settings`` applied (validated, not persisted)."""
+        if not override_settings:
+            return self.options.current
+        return self.options.current.replaced(self.options.validate(override_settings))
+
+    def model_for(self, opts: Options) -> LoadedModel:
+        name = str(opts.get("sd_model_checkpoint") or "")
+        if name and name != self.options.current.get("sd_model_checkpoint"):
+            return self.models.ensure_loaded(name)  # per-request override: unknown -> UnknownCheckpoint
+        try:
+            return self.models.ensure_loaded(name or None)
+        except KeyError:
+            log.warning("Saved checkpoint %r not found; using the first available one", name)
+            return self.models.ensure_loaded(None)
+
+    def txt2img(self, req: GenerationRequest, job: Job | None = None) -> GenerationResult:
+        """Run a txt2img request through the shared queue."""
+        job = job or Job(kind="txt2img")
+        opts = self.options_for(req.override_settings)
+        with self.jobs.slot(job):
+            try:
+                model = self.model_for(opts)
+                return txt2img(self.pipeline_env(), model, req, job, opts)
+            except torch.OutOfMemoryError as exc:
+                free_memory()
+                raise GenerationFailed(f"out of memory: {exc}", out_of_memory=True) from exc
+
+
+def build_context(settings: Settings, *, plugins: Plugins | None = None, load_model: bool = False) -> AppContext:
+    """Build the application: plugins, options, samplers, models, jobs."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if plugins is None:
+        plugins = make_plugin_manager(
+            extensions_dir=settings.extensions_dir,
+            enabled_extensions=settings.extensions,
+            disable_extensions=settings.disable_extensions,
+        )
+    hooks = plugins.hooks
+    options = OptionsStore.open(settings.config_file, [*core_option_defs(), *hooks.register_settings()])
+    samplers = SamplerRegistry(hooks.register_samplers(), hooks.register_schedules())
+    device = choose_device(settings)
+    for d in settings.checkpoint_dirs():
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
+    models = ModelManager(
+        settings.checkpoint_dirs(),
+        HashCache(settings.cache_dir / "hashes.json"),
+        device.device,
+        device.dtype,
+        default_checkpoint=lambda: ensure_default_checkpoint(settings.cache_dir),
+        on_loaded=hooks.model_loaded,
+    )
+    ctx = AppContext(settings, options, plugins, samplers, models,
+                     JobQueue(settings.concurrency, settings.max_queue_size), device, ImageSaver())
+    if settings.ckpt is not None:
+        from webui.models.manager import CheckpointInfo
+
+        models.load(CheckpointInfo(settings.ckpt, settings.ckpt.name))
+    elif load_model:
+        ctx.model_for(options.current)
+    hooks.startup(ctx)
+    return ctx

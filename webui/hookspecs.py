@@ -1,0 +1,158 @@
+"""Every hook a plugin can implement.
+
+Built-in features and third-party extensions implement these with
+``@webui.hookspecs.hookimpl``.  Each hook is typed and documented here and in
+``docs/extensions.md``; the test suite fails if a hook lacks either docs or a
+test (``tests/test_hooks.py``).
+
+Hook API version: :data:`HOOKS_VERSION`.  A hook is never removed or changed
+incompatibly within a major version; deprecated hooks keep working for one
+major version and log a warning (see docs/extensions.md, "Versioning").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
+    import fastapi
+    from PIL import Image
+
+    from webui.context import AppContext
+    from webui.jobs import Job
+    from webui.pipeline.request import GenerationRequest
+    from webui.pipeline.result import GenerationResult
+    from webui.pipeline.state import ImageState, StepState
+    from webui.models.manager import LoadedModel
+    from webui.sampling.registry import SamplerDef
+    from webui.sampling.schedules import ScheduleDef
+    from webui.settings import OptionDef
+    from webui.ui.tabs import UiTab
+
+HOOKS_VERSION = "1.0"
+PROJECT = "webui"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- start-up and registries --------------------------------------------------------
+
+
+@hookspec
+def startup(ctx: AppContext) -> None:
+    """Called once when the application context is ready, before the server accepts requests.
+
+    :param ctx: the application context (settings, options, models, jobs, hooks).
+    versionadded: 1.0
+    """
+
+
+@hookspec
+def register_samplers() -> list[SamplerDef]:
+    """Return samplers to offer (name, aliases, sampling function); they appear in the UI and the API.
+
+    versionadded: 1.0
+    """
+
+
+@hookspec
+def register_schedules() -> list[ScheduleDef]:
+    """Return sigma schedule types ("Schedule type" in A1111) to offer.
+
+    versionadded: 1.0
+    """
+
+
+@hookspec
+def register_settings() -> list[OptionDef]:
+    """Return options this plugin owns; they are persisted in config.json and settable via /sdapi/v1/options.
+
+    versionadded: 1.0
+    """
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+@hookspec
+def model_loaded(model: LoadedModel) -> None:
+    """Called after a checkpoint is loaded and becomes the current model.
+
+    :param model: the loaded model (components, spec, checkpoint info).
+    versionadded: 1.0
+    """
+
+
+# --- generation -----------------------------------------------------------------------
+
+
+@hookspec
+def before_generate(request: GenerationRequest, job: Job) -> None:
+    """Called after the request is validated, before any model work. May call ``job.interrupt()``.
+
+    versionadded: 1.0
+    """
+
+
+@hookspec
+def on_step_end(state: StepState) -> None:
+    """Called after every sampling step with the step number, sigma, current latents and job.
+
+    Assign ``state.latents`` to replace the latents; call ``state.job.interrupt()`` to stop after this step.
+    versionadded: 1.0
+    """
+
+
+@hookspec
+def postprocess_image(state: ImageState) -> None:
+    """Called for each decoded image before it is saved; assign ``state.image`` to replace it.
+
+    ``state.extra_infotext`` may be updated to add ``Key: value`` pairs to this image's infotext.
+    versionadded: 1.0
+    """
+
+
+@hookspec
+def after_generate(result: GenerationResult, job: Job) -> None:
+    """Called once when a job has produced all its images (also after an interrupt).
+
+    versionadded: 1.0
+    """
+
+
+@hookspec
+def extra_infotext(request: GenerationRequest) -> dict[str, Any] | None:
+    """Return extra ``Key: value`` pairs to write in the infotext of every image of ``request``.
+
+    versionadded: 1.0
+    """
+
+
+@hookspec
+def image_saved(path: str, infotext: str, image: Image.Image) -> None:
+    """Called after an image was written to disk.
+
+    versionadded: 1.0
+    """
+
+
+# --- server and UI -------------------------------------------------------------------------
+
+
+@hookspec
+def api_routes(router: fastapi.APIRouter, ctx: AppContext) -> None:
+    """Add HTTP routes to ``router``; they are mounted at the server root, behind the API auth.
+
+    versionadded: 1.0
+    """
+
+
+@hookspec
+def ui_tabs(ctx: AppContext) -> list[UiTab] | None:
+    """Return extra top-level UI tabs; each ``UiTab(title, render)`` renders inside a ``gr.Tab``.
+
+    versionadded: 1.0
+    """

@@ -1,0 +1,196 @@
+"""Jobs and the job queue shared by the UI and the API.
+
+A :class:`Job` carries everything about one generation that other parts of the
+program want to observe or control: progress (step, total, ETA), the current
+preview, and the interrupt / skip flags.  It replaces A1111's ``shared.state``.
+
+:class:`JobQueue` limits how many jobs run at once (GPU work, 1 by default) and
+how many may wait; beyond that :class:`QueueFull` is raised (HTTP 503).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """Raised inside a sampling loop when its job was interrupted (caught by the pipeline)."""
+
+
+class QueueFull(RuntimeError):
+    """The queue already holds its maximum number of waiting jobs."""
+
+
+@dataclass
+class Job:
+    """Progress, preview and control of one generation."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    kind: str = "txt2img"
+    owner: str | None = None  # e.g. a UI session hash; None for API jobs
+    job_count: int = 1  # images groups (batch count) in this job
+    job_no: int = 0
+    sampling_steps: int = 0
+    sampling_step: int = 0
+    created: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    finished: float | None = None
+    textinfo: str = ""
+    current_image: Any = None  # PIL image of the latest preview
+    _interrupt: threading.Event = field(default_factory=threading.Event, repr=False)
+    _skip: threading.Event = field(default_factory=threading.Event, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # --- control -------------------------------------------------------------
+    def interrupt(self) -> None:
+        self._interrupt.set()
+
+    def skip(self) -> None:
+        self._skip.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupt.is_set()
+
+    @property
+    def skipped(self) -> bool:
+        return self._skip.is_set()
+
+    def clear_skip(self) -> None:
+        self._skip.clear()
+
+    # --- progress ------------------------------------------------------------
+    def begin(self) -> None:
+        self.started = time.monotonic()
+
+    def set_stage(self, job_no: int, steps: int, text: str = "") -> None:
+        with self._lock:
+            self.job_no = job_no
+            self.sampling_steps = steps
+            self.sampling_step = 0
+            self.textinfo = text
+
+    def step(self, step: int) -> None:
+        with self._lock:
+            self.sampling_step = step
+
+    def end(self) -> None:
+        self.finished = time.monotonic()
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the whole job done, in [0, 1]."""
+        with self._lock:
+            if self.finished is not None:
+                return 1.0
+            if self.job_count <= 0:
+                return 0.0
+            per = 1.0 / self.job_count
+            frac = self.sampling_step / self.sampling_steps if self.sampling_steps else 0.0
+            return min(1.0, self.job_no * per + frac * per)
+
+    @property
+    def eta(self) -> float:
+        """Seconds remaining, estimated from the time spent so far."""
+        if self.started is None:
+            return 0.0
+        p = self.progress
+        elapsed = time.monotonic() - self.started
+        return 0.0 if p <= 0 else max(0.0, elapsed / p - elapsed)
+
+
+@dataclass
+class JobQueue:
+    """Runs jobs with at most ``concurrency`` at once and ``max_size`` waiting."""
+
+    concurrency: int = 1
+    max_size: int = 16
+    _slots: threading.Semaphore = field(init=False)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _waiting: "OrderedDict[str, Job]" = field(init=False, default_factory=OrderedDict)
+    _running: "OrderedDict[str, Job]" = field(init=False, default_factory=OrderedDict)
+    _finished: "OrderedDict[str, Job]" = field(init=False, default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        self._slots = threading.Semaphore(self.concurrency)
+
+    @contextmanager
+    def slot(self, job: Job) -> Iterator[Job]:
+        """Wait for a free slot, mark ``job`` running, and release on exit."""
+        with self._lock:
+            if len(self._waiting) >= self.max_size:
+                raise QueueFull(f"the queue is full ({self.max_size} jobs waiting); try again later")
+            self._waiting[job.id] = job
+        acquired = False
+        try:
+            while not acquired:
+                if job.interrupted:
+                    raise Interrupted("interrupted while waiting in the queue")
+                acquired = self._slots.acquire(timeout=0.1)
+            with self._lock:
+                self._waiting.pop(job.id, None)
+                self._running[job.id] = job
+            job.begin()
+            yield job
+        finally:
+            with self._lock:
+                self._waiting.pop(job.id, None)
+                if self._running.pop(job.id, None) is not None:
+                    self._finished[job.id] = job
+                    while len(self._finished) > 64:
+                        self._finished.popitem(last=False)
+            job.end()
+            if acquired:
+                self._slots.release()
+
+    def run(self, job: Job, fn: Callable[[Job], T]) -> T:
+        with self.slot(job):
+            return fn(job)
+
+    def running(self) -> list[Job]:
+        with self._lock:
+            return list(self._running.values())
+
+    def waiting(self) -> list[Job]:
+        with self._lock:
+            return list(self._waiting.values())
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._running.get(job_id) or self._waiting.get(job_id) or self._finished.get(job_id)
+
+    def current(self) -> Job | None:
+        """The oldest running job (what A1111's /progress reports)."""
+        with self._lock:
+            return next(iter(self._running.values()), None)
+
+    def interrupt(self, owner: str | None = None, job_id: str | None = None) -> int:
+        """Interrupt running/waiting jobs; restricted to ``owner`` or ``job_id`` if given. Returns count."""
+        n = 0
+        with self._lock:
+            jobs = list(self._running.values()) + list(self._waiting.values())
+        for job in jobs:
+            if job_id is not None and job.id != job_id:
+                continue
+            if owner is not None and job.owner != owner:
+                continue
+            job.interrupt()
+            n += 1
+        return n
+
+    def skip(self, owner: str | None = None) -> int:
+        n = 0
+        for job in self.running():
+            if owner is None or job.owner == owner:
+                job.skip()
+                n += 1
+        return n

@@ -1,0 +1,126 @@
+"""The loaded modules of one Stable Diffusion model, plus a plain diffusers view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTokenizer
+
+from webui.models.spec import ModelSpec
+
+TOKENIZER_DIR = Path(__file__).resolve().parent / "configs" / "clip_tokenizer"
+CLIP_PAD, OPENCLIP_PAD = "<|endoftext|>", "!"
+TOKENIZER_PADS = {"sd1": (CLIP_PAD,), "sd2": (OPENCLIP_PAD,), "sdxl": (CLIP_PAD, OPENCLIP_PAD)}
+BETA_START, BETA_END, TRAIN_STEPS = 0.00085, 0.012, 1000
+
+
+def shipped_tokenizer(pad_token: str = CLIP_PAD) -> CLIPTokenizer:
+    """The CLIP BPE tokenizer shipped in ``configs/clip_tokenizer`` (77 tokens).
+
+    SD1 and SDXL's first encoder pad with ``<|endoftext|>``; SD2 and SDXL's
+    second encoder pad with ``!``.
+    """
+    return CLIPTokenizer(
+        vocab=str(TOKENIZER_DIR / "vocab.json"),
+        merges=str(TOKENIZER_DIR / "merges.txt"),
+        model_max_length=77,
+        pad_token=pad_token,
+    )
+
+
+def shipped_tokenizers(family: str) -> list[CLIPTokenizer]:
+    """The shipped tokenizers a family needs, in text-encoder order."""
+    return [shipped_tokenizer(pad) for pad in TOKENIZER_PADS[family]]
+
+
+def scaled_linear_alphas_cumprod() -> torch.Tensor:
+    """``alphas_cumprod`` of the SD training schedule, float32 ``[1000]``.
+
+    ``betas = linspace(0.00085**0.5, 0.012**0.5, 1000)**2`` ("scaled_linear"),
+    computed in float64 then rounded once to float32, as the original LDM code
+    stores it in checkpoints.
+    """
+    betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, TRAIN_STEPS, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
+
+
+def scheduler_config(prediction_type: str = "epsilon") -> dict[str, Any]:
+    """Local EulerDiscreteScheduler config of the SD training schedule (no hub)."""
+    return {
+        "num_train_timesteps": TRAIN_STEPS,
+        "beta_start": BETA_START,
+        "beta_end": BETA_END,
+        "beta_schedule": "scaled_linear",
+        "prediction_type": prediction_type,
+        "interpolation_type": "linear",
+        "use_karras_sigmas": False,
+        "timestep_spacing": "leading",
+        "steps_offset": 1,
+    }
+
+
+@dataclass
+class SDComponents:
+    """Everything needed to run one Stable Diffusion model.
+
+    ``text_encoders`` is ``[CLIPTextModel]`` for sd1/sd2 and
+    ``[CLIPTextModel, CLIPTextModelWithProjection]`` for sdxl, ``tokenizers``
+    the matching ``CLIPTokenizer`` list.  SD2 text encoders keep ALL OpenCLIP
+    layers: the original SD2 conditioning is the penultimate layer followed by
+    the final layer norm.
+    """
+
+    spec: ModelSpec
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoders: list
+    tokenizers: list
+    alphas_cumprod: torch.Tensor
+    vae_scaling_factor: float
+    #: SD2 diffusers folders ship the OpenCLIP encoder without its last layer (diffusers' convention),
+    #: so their conditioning is the encoder's last layer instead of the penultimate one.
+    sd2_last_layer_dropped: bool = False
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The torch modules: UNet, VAE, then the text encoders."""
+        return [self.unet, self.vae, *self.text_encoders]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SDComponents:
+        """Move (and/or cast) every module in place; ``alphas_cumprod`` only moves. Returns self."""
+        for module in self.modules():
+            module.to(device=device, dtype=dtype)
+        if device is not None:
+            self.alphas_cumprod = self.alphas_cumprod.to(device)
+        return self
+
+    def diffusers_pipeline(self) -> DiffusionPipeline:
+        """A plain diffusers pipeline sharing these modules (the reference implementation).
+
+        StableDiffusion(XL)Pipeline, or the Inpaint variant for inpainting
+        models, with an ``EulerDiscreteScheduler`` built from a local config,
+        no safety checker and no watermarker.  For SD2 pass ``clip_skip=1`` to
+        the call to reproduce the original penultimate-layer conditioning
+        (the text encoder keeps all layers, see the class docstring).
+        """
+        import diffusers
+
+        scheduler = EulerDiscreteScheduler.from_config(scheduler_config(self.spec.prediction_type))
+        common = dict(vae=self.vae, unet=self.unet, scheduler=scheduler)
+        if self.spec.family == "sdxl":
+            cls = diffusers.StableDiffusionXLInpaintPipeline if self.spec.inpainting \
+                else diffusers.StableDiffusionXLPipeline
+            extra = {"requires_aesthetics_score": False} if self.spec.inpainting else {}
+            pipe = cls(text_encoder=self.text_encoders[0], text_encoder_2=self.text_encoders[1],
+                       tokenizer=self.tokenizers[0], tokenizer_2=self.tokenizers[1],
+                       add_watermarker=False, **common, **extra)
+        else:
+            cls = diffusers.StableDiffusionInpaintPipeline if self.spec.inpainting \
+                else diffusers.StableDiffusionPipeline
+            pipe = cls(text_encoder=self.text_encoders[0], tokenizer=self.tokenizers[0],
+                       safety_checker=None, feature_extractor=None, requires_safety_checker=False, **common)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe

@@ -1,0 +1,280 @@
+"""Checkpoint registry (listing, hashes) and the currently loaded model.
+
+Checkpoints are single files (``.safetensors``; ``.ckpt``/``.pt`` read only with
+``torch.load(weights_only=True)``) or diffusers folders (holding
+``model_index.json``), found recursively in ``models/Stable-diffusion`` and
+``--ckpt-dir``.  The short hash is the first 10 hex digits of the file's
+SHA-256 (A1111), computed once and cached in ``cache/hashes.json``.
+
+A failed load raises :class:`webui.models.errors.ModelError` and leaves the
+previous model loaded and serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from webui.fileio import atomic_write_text
+from webui.models.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint on disk, with A1111's naming."""
+
+    path: Path
+    name: str  # path relative to its models folder, e.g. "sd15/v1-5.safetensors"
+    is_folder: bool = False
+    builtin: bool = False  # the embedded default model
+
+    @property
+    def model_name(self) -> str:
+        """File name without extension (A1111 ``model_name``)."""
+        n = self.name[: -len(self.path.suffix)] if not self.is_folder and self.path.suffix else self.name
+        return n.replace("\\", "/").rsplit("/", 1)[-1] if "/" in n else n
+
+    def title(self, short_hash: str | None) -> str:
+        return f"{self.name} [{short_hash}]" if short_hash else self.name
+
+
+class HashCache:
+    """SHA-256 of files, cached by (path, size, mtime) in a JSON file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._data: dict[str, dict] = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(self._data, dict):
+                self._data = {}
+        except (OSError, ValueError):
+            self._data = {}
+
+    @staticmethod
+    def _stamp(path: Path) -> list:
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns]
+
+    def cached(self, path: Path) -> str | None:
+        entry = self._data.get(str(path))
+        try:
+            if entry and entry.get("stamp") == self._stamp(path):
+                return entry["sha256"]
+        except OSError:
+            return None
+        return None
+
+    def sha256(self, path: Path) -> str:
+        hit = self.cached(path)
+        if hit:
+            return hit
+        digest = _sha256_path(path)
+        with self._lock:
+            self._data[str(path)] = {"stamp": self._stamp(path), "sha256": digest}
+            try:
+                atomic_write_text(self.path, json.dumps(self._data, indent=1))
+            except OSError as exc:
+                log.warning("Could not write hash cache %s: %s", self.path, exc)
+        return digest
+
+
+def _sha256_path(path: Path) -> str:
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def list_checkpoints(dirs: Iterable[Path]) -> list[CheckpointInfo]:
+    """All checkpoints under ``dirs`` (recursive), sorted by name."""
+    found: dict[Path, CheckpointInfo] = {}
+    for root in dirs:
+        if not root.is_dir():
+            continue
+        folders = {p.parent for p in root.rglob("model_index.json")}
+        for folder in folders:
+            found[folder.resolve()] = CheckpointInfo(folder, folder.relative_to(root).as_posix(), is_folder=True)
+        for p in root.rglob("*"):
+            if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file():
+                if any(parent in folders for parent in p.parents):
+                    continue
+                found.setdefault(p.resolve(), CheckpointInfo(p, p.relative_to(root).as_posix()))
+    return sorted(found.values(), key=lambda c: c.name.lower())
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint loaded onto the device."""
+
+    info: CheckpointInfo
+    sha256: str
+    components: object  # webui.models.components.SDComponents
+    device: torch.device
+    dtype: torch.dtype
+    load_seconds: float
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:10]
+
+    @property
+    def title(self) -> str:
+        return self.info.title(self.short_hash)
+
+    @property
+    def spec(self):
+        return self.components.spec
+
+
+class ModelManager:
+    """Lists checkpoints and owns the current model; loads are serialised by a lock."""
+
+    def __init__(
+        self,
+        dirs: list[Path],
+        hash_cache: HashCache,
+        device: torch.device,
+        dtype: torch.dtype,
+        default_checkpoint: Callable[[], Path] | None = None,
+        on_loaded: Callable[[LoadedModel], None] | None = None,
+    ):
+        self.dirs = dirs
+        self.hashes = hash_cache
+        self.device = device
+        self.dtype = dtype
+        self._default_checkpoint = default_checkpoint
+        self._on_loaded = on_loaded
+        self._lock = threading.RLock()
+        self._current: LoadedModel | None = None
+        self._checkpoints: list[CheckpointInfo] = []
+        self.refresh()
+
+    # --- registry ---------------------------------------------------------------
+    def refresh(self) -> list[CheckpointInfo]:
+        self._checkpoints = list_checkpoints(self.dirs)
+        return self.checkpoints()
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """User checkpoints, or the built-in default if there are none."""
+        if self._checkpoints or self._default_checkpoint is None:
+            return list(self._checkpoints)
+        path = self._default_checkpoint()
+        return [CheckpointInfo(path, path.name, builtin=True)]
+
+    @property
+    def using_builtin_default(self) -> bool:
+        return not self._checkpoints
+
+    def short_hash(self, info: CheckpointInfo) -> str | None:
+        """The cached short hash, or None if not computed yet (titles then omit it)."""
+        digest = self.hashes.cached(info.path)
+        return digest[:10] if digest else None
+
+    def title(self, info: CheckpointInfo) -> str:
+        return info.title(self.short_hash(info))
+
+    def find(self, name: str) -> CheckpointInfo:
+        """Find a checkpoint by title, name, model name, short hash or full hash (A1111 rules)."""
+        name = name.strip()
+        infos = self.checkpoints()
+        for info in infos:
+            digest = self.hashes.cached(info.path)
+            keys = {info.name, info.model_name, info.path.name}
+            if digest:
+                keys |= {info.title(digest[:10]), digest[:10], digest, digest[:8]}
+            if name in keys:
+                return info
+        base = name.split(" [", 1)[0]
+        for info in infos:
+            if base in (info.name, info.model_name):
+                return info
+        raise KeyError(name)
+
+    # --- loading ----------------------------------------------------------------
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    def load(self, info: CheckpointInfo) -> LoadedModel:
+        """Load ``info`` and make it current. On failure the previous model stays current."""
+        from webui.models.loader import load_components
+
+        with self._lock:
+            if self._current is not None and self._current.info.path == info.path:
+                return self._current
+            start = time.perf_counter()
+            log.info("Loading checkpoint %s", info.path)
+            try:
+                sha = self.hashes.sha256(info.path)
+                components = load_components(info.path, dtype=self.dtype)
+                components = components.to(device=self.device, dtype=self.dtype)
+            except ModelError:
+                raise
+            except OSError as exc:
+                raise ModelError(info.path, f"cannot read the file: {exc}") from exc
+            previous = self._current
+            self._current = LoadedModel(info, sha, components, self.device, self.dtype, time.perf_counter() - start)
+            del previous
+            log.info(
+                "Loaded %s (%s) in %.1f s", self._current.title, components.spec.label, self._current.load_seconds
+            )
+            if self._on_loaded is not None:
+                self._on_loaded(self._current)
+            return self._current
+
+    def ensure_loaded(self, name: str | None = None) -> LoadedModel:
+        """The model named ``name`` (or the current / first one), loading it if needed."""
+        with self._lock:
+            if name:
+                try:
+                    info = self.find(name)
+                except KeyError:
+                    valid = [self.title(i) for i in self.checkpoints()]
+                    raise UnknownCheckpoint(name, valid) from None
+                return self.load(info)
+            if self._current is not None:
+                return self._current
+            infos = self.checkpoints()
+            if not infos:
+                raise NoCheckpoint(self.dirs)
+            return self.load(infos[0])
+
+    def unload(self) -> None:
+        with self._lock:
+            self._current = None
+
+
+class UnknownCheckpoint(KeyError):
+    def __init__(self, name: str, valid: list[str]):
+        self.name = name
+        self.valid = valid
+        super().__init__(f"unknown checkpoint {name!r}; available: {', '.join(valid) or 'none'}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class NoCheckpoint(RuntimeError):
+    def __init__(self, dirs: list[Path]):
+        super().__init__(
+            "No checkpoint found. Put a Stable Diffusion checkpoint (.safetensors) into "
+            + " or ".join(str(d) for d in dirs)
+        )

@@ -1,0 +1,234 @@
+"""Read model weight files safely, choosing the reader by file content.
+
+Only two readers are ever used:
+
+* safetensors (after checking that the header is sane), and
+* ``torch.load(..., weights_only=True)`` for zip-based and legacy torch pickles.
+
+A pickle is never unpickled with ``weights_only=False`` and there is no
+fallback to it: a file that needs arbitrary Python objects is refused with a
+:class:`~webui.models.errors.ModelError`, and nothing in it is executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from webui.models.errors import ModelError
+
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # bytes; real headers are a few MB at most
+_ZIP_MAGIC = b"PK\x03\x04"
+_SNIFF_BYTES = 512
+_REDOWNLOAD = "Download it again (check that the download finished) or pick another file."
+
+
+class _InertStandIn:
+    """Harmless stand-in for classes that old training checkpoints reference.
+
+    Lightning-era ``.ckpt`` files mention e.g. ``ModelCheckpoint`` (as a dict
+    key in their callback state).  The restricted unpickler maps that name to
+    this empty class instead of importing anything, so such files load with
+    ``weights_only=True``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: D401 - inert
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+_STAND_IN_NAMES = (
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
+)
+
+
+def file_sha256(path: Path) -> str:
+    """Return the hex SHA-256 of a file, read in 1 MiB chunks (never whole)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise ModelError(path, f"it cannot be read ({exc.strerror or exc}). "
+                               "Check that it exists and is readable.") from exc
+    return digest.hexdigest()
+
+
+def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a weights file and return ``(tensors, metadata)``.
+
+    The format is chosen from the file's first bytes, not its extension:
+    safetensors, zip-based torch pickle (``.ckpt``/``.pt``/``.pth``) or legacy
+    torch pickle.  A top-level ``{"state_dict": {...}}`` wrapper (Stable
+    Diffusion ``.ckpt`` files) is unwrapped; non-tensor entries are dropped.
+    ``metadata`` is the safetensors ``__metadata__`` (empty for pickles).
+
+    Raises:
+        ModelError: for a missing, empty, truncated, damaged, non-model (HTML
+            page, Git LFS pointer, random bytes) or unsafe (code-executing
+            pickle) file. Nothing from the file is executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(path, "the file does not exist (or is not a regular file). Check the path.")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError as exc:
+        raise ModelError(path, f"it cannot be read ({exc.strerror or exc}). Check file permissions.") from exc
+    if size == 0:
+        raise ModelError(path, f"the file is empty (0 bytes), probably an interrupted download. {_REDOWNLOAD}")
+
+    if head.startswith(_ZIP_MAGIC):
+        tensors = _torch_load(path, mmap=True)
+        return tensors, {}
+    if len(head) >= 9 and head[8:9] == b"{":
+        return _read_safetensors(path, size)
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        tensors = _torch_load(path, mmap=False)
+        return tensors, {}
+    raise ModelError(path, _describe_unknown(head))
+
+
+def _describe_unknown(head: bytes) -> str:
+    """Explain what a file of unknown format most likely is."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or (
+        text.startswith(b"<") and b"<html" in text
+    ):
+        return (
+            "it is an HTML web page, not model weights (the site returned a login, "
+            f"error or download page instead of the file). {_REDOWNLOAD}"
+        )
+    if text.startswith(b"version https://git-lfs"):
+        return (
+            "it is a Git LFS pointer file, not the weights themselves. Download the real file "
+            "(e.g. with 'git lfs pull' or the site's download button)."
+        )
+    if text.startswith((b"{", b"[")):
+        return "it is a JSON/text file, not model weights. Pick the .safetensors or .ckpt weights file."
+    return (
+        "it is not a recognised model format (expected safetensors or a PyTorch .ckpt/.pt/.pth file). "
+        f"The file is damaged or of another kind. {_REDOWNLOAD}"
+    )
+
+
+def _read_safetensors(path: Path, size: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Validate a safetensors header, then load the tensors with safetensors."""
+    header = _safetensors_header(path, size)
+    raw_meta = header.get("__metadata__") or {}
+    metadata = {str(k): str(v) for k, v in raw_meta.items()} if isinstance(raw_meta, dict) else {}
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise ModelError(path, f"the safetensors data is damaged ({exc}). {_REDOWNLOAD}") from exc
+    if not tensors:
+        raise ModelError(path, "the safetensors file contains no tensors. Pick a model weights file.")
+    return tensors, metadata
+
+
+def _safetensors_header(path: Path, size: int) -> dict[str, Any]:
+    """Read and sanity-check the JSON header of a safetensors file."""
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if length > MAX_SAFETENSORS_HEADER:
+            raise ModelError(
+                path,
+                f"its safetensors header claims {length} bytes (limit {MAX_SAFETENSORS_HEADER}); "
+                f"the file is damaged or not a safetensors file. {_REDOWNLOAD}",
+            )
+        if 8 + length > size:
+            raise ModelError(path, f"the file is truncated (its header alone needs {8 + length} bytes, "
+                                   f"the file has {size}). {_REDOWNLOAD}")
+        blob = handle.read(length)
+    try:
+        header = json.loads(blob.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(path, f"its safetensors header is not valid JSON ({exc}); the file is damaged. "
+                               f"{_REDOWNLOAD}") from exc
+    if not isinstance(header, dict):
+        raise ModelError(path, f"its safetensors header is malformed. {_REDOWNLOAD}")
+    data_end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise ModelError(path, f"its safetensors header entry {name!r} is malformed; the file is damaged. "
+                                   f"{_REDOWNLOAD}")
+        data_end = max(data_end, offsets[1])
+    if 8 + length + data_end > size:
+        raise ModelError(path, f"the file is truncated ({size} of {8 + length + data_end} bytes present), "
+                               f"probably an interrupted download. {_REDOWNLOAD}")
+    return header
+
+
+def _torch_load(path: Path, *, mmap: bool) -> dict[str, torch.Tensor]:
+    """``torch.load`` with ``weights_only=True`` only; unwrap and filter tensors."""
+    stand_ins = [(_InertStandIn, name) for name in _STAND_IN_NAMES]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        detail = _unsafe_detail(str(exc))
+        if detail.startswith(("unsupported GLOBAL", "Unsupported global")):
+            raise ModelError(
+                path,
+                f"it is a pickle that wants to import or run Python code ({detail}); it was refused for "
+                "safety and nothing in it was executed. Use a .safetensors version of this model from a "
+                "trusted source.",
+            ) from exc
+        if detail:
+            raise ModelError(
+                path,
+                f"it is a Python pickle that the safe weights-only loader cannot read ({detail}); it was "
+                "refused and nothing in it was executed. Use a .safetensors version of this model.",
+            ) from exc
+        raise ModelError(path, f"the PyTorch file is damaged or truncated ({_first_line(exc)}). {_REDOWNLOAD}") from exc
+    except Exception as exc:  # RuntimeError, EOFError, ValueError... from a damaged archive
+        raise ModelError(path, f"the PyTorch file is damaged or truncated ({_first_line(exc)}). {_REDOWNLOAD}") from exc
+    return _tensors_from(path, obj)
+
+
+def _unsafe_detail(message: str) -> str:
+    """Extract the refused global from a weights-only unpickling error, if any."""
+    match = re.search(r"(unsupported GLOBAL [^\s]+|Unsupported global: GLOBAL [^\s]+|Unsupported operand \d+)",
+                      message)
+    if match:
+        return match.group(1)
+    return "refuses to load with weights_only=True" if "Weights only load failed" in message else ""
+
+
+def _first_line(exc: BaseException) -> str:
+    """A short, single-line description of an exception."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    sentence = lines[0].split(". ")[0].rstrip(".")
+    return f"{type(exc).__name__}: {sentence[:200]}"
+
+
+def _tensors_from(path: Path, obj: Any) -> dict[str, torch.Tensor]:
+    """Unwrap ``{"state_dict": ...}`` and keep only ``str -> Tensor`` entries."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ModelError(path, f"it holds a {type(obj).__name__}, not a dictionary of weights. "
+                               "Pick a model checkpoint file.")
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ModelError(path, "it contains no weight tensors. Pick a model checkpoint file.")
+    return tensors

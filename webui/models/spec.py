@@ -1,0 +1,254 @@
+"""What kind of Stable Diffusion model a checkpoint is.
+
+:func:`detect_spec` works on the ORIGINAL (CompVis/LDM/SGM) key layout that
+single-file checkpoints (e.g. from Civitai) use; :func:`detect_spec_diffusers`
+works on a diffusers folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from webui.models.errors import ModelError
+
+Family = Literal["sd1", "sd2", "sdxl"]
+PredictionType = Literal["epsilon", "v_prediction"]
+
+UNET_PREFIX = "model.diffusion_model."
+SD1_TEXT_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+SD1_TEXT_KEY_OLD = "cond_stage_model.transformer.embeddings.token_embedding.weight"
+SD2_TEXT_KEY = "cond_stage_model.model.ln_final.weight"
+SDXL_TEXT_KEY = "conditioner.embedders.1.model.ln_final.weight"
+SDXL_REFINER_KEY = "conditioner.embedders.0.model.ln_final.weight"
+UNET_CONV_IN = UNET_PREFIX + "input_blocks.0.0.weight"
+SIDECAR_METADATA_KEY = "modelspec.prediction_type"
+
+_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The architecture family and conditioning variant of a checkpoint."""
+
+    family: Family
+    prediction_type: PredictionType = "epsilon"
+    inpainting: bool = False  # UNet has 9 input channels (4 latent + 1 mask + 4 masked-image latent)
+
+    @property
+    def label(self) -> str:
+        """Human readable name, e.g. ``"SD 2.x (v-prediction)"`` or ``"SD 1.x inpainting"``."""
+        text = _LABELS[self.family]
+        if self.inpainting:
+            text += " inpainting"
+        if self.prediction_type == "v_prediction":
+            text += " (v-prediction)"
+        return text
+
+
+def detect_spec(
+    state_dict: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+    sidecar_yaml: Path | None = None,
+) -> ModelSpec:
+    """Detect the :class:`ModelSpec` of an original-layout checkpoint.
+
+    Family comes from the text-encoder keys (SDXL: ``conditioner.embedders.1.model.*``;
+    SD2: OpenCLIP ``cond_stage_model.model.*``; SD1: CLIP-L
+    ``cond_stage_model.transformer.*``), inpainting from the 9 input channels
+    of ``input_blocks.0.0``.  The prediction type is decided, in order, by
+    the safetensors metadata ``modelspec.prediction_type``, then by a sidecar
+    YAML (``parameterization: "v"``), then (SD2 only) by
+    :func:`behavioural_prediction_type`; when that is inconclusive SD2 with a
+    1024-wide UNet context and no inpainting defaults to v-prediction.
+    Everything else defaults to epsilon.
+
+    Raises:
+        ModelError: when the layout is not one of the three families (the
+            error's path is ``"<state dict>"``; loaders re-raise with the file).
+    """
+    family = _detect_family(state_dict)
+    conv_in = state_dict.get(UNET_CONV_IN)
+    if conv_in is None or conv_in.ndim != 4:
+        raise ModelError(Path("<state dict>"), f"it has a {_LABELS[family]} text encoder but no UNet "
+                                               f"({UNET_CONV_IN} is missing). Use a full checkpoint.")
+    inpainting = int(conv_in.shape[1]) == 9
+    prediction = prediction_type_from_metadata(metadata)
+    if prediction is None and sidecar_yaml is not None:
+        prediction = prediction_type_from_yaml(sidecar_yaml)
+    if prediction is None and family == "sd2":
+        prediction = behavioural_prediction_type(state_dict, ModelSpec("sd2", "epsilon", inpainting))
+        if prediction is None:
+            context = _unet_context_dim(state_dict)
+            prediction = "v_prediction" if context == 1024 and not inpainting else "epsilon"
+    return ModelSpec(family, prediction or "epsilon", inpainting)
+
+
+def _detect_family(state_dict: Mapping[str, torch.Tensor]) -> Family:
+    """Family from text-encoder keys; ModelError listing expectations otherwise."""
+    if SDXL_TEXT_KEY in state_dict or any(k.startswith("conditioner.embedders.1.") for k in state_dict):
+        return "sdxl"
+    if SDXL_REFINER_KEY in state_dict:
+        raise ModelError(Path("<state dict>"), "it is an SDXL refiner (only an OpenCLIP-bigG text encoder), "
+                                               "which is not supported. Use an SDXL base, SD 2.x or SD 1.x model.")
+    if SD2_TEXT_KEY in state_dict or any(k.startswith("cond_stage_model.model.") for k in state_dict):
+        return "sd2"
+    if SD1_TEXT_KEY in state_dict or SD1_TEXT_KEY_OLD in state_dict or any(
+        k.startswith("cond_stage_model.transformer.") for k in state_dict
+    ):
+        return "sd1"
+    sample = ", ".join(sorted(state_dict)[:5]) or "no keys"
+    raise ModelError(
+        Path("<state dict>"),
+        "unknown model layout: expected a Stable Diffusion checkpoint with "
+        f"'{SD1_TEXT_KEY}' (SD 1.x), '{SD2_TEXT_KEY}' (SD 2.x) or '{SDXL_TEXT_KEY}' (SDXL) "
+        f"plus '{UNET_PREFIX}*' and 'first_stage_model.*' keys, but found e.g. {sample}. "
+        "This may be a LoRA, VAE, embedding or another model type: put it in its own folder.",
+    )
+
+
+def _unet_context_dim(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    """Width of the cross-attention context (``attn2.to_k`` input), if any."""
+    for key, value in state_dict.items():
+        if key.startswith(UNET_PREFIX) and key.endswith("attn2.to_k.weight"):
+            return int(value.shape[1])
+    return None
+
+
+def prediction_type_from_metadata(metadata: Mapping[str, str] | None) -> PredictionType | None:
+    """Read ``modelspec.prediction_type`` ('v'/'v_prediction' or 'epsilon'/'eps')."""
+    if not metadata:
+        return None
+    return _normalise_prediction(str(metadata.get(SIDECAR_METADATA_KEY, "")))
+
+
+def prediction_type_from_yaml(yaml_path: Path) -> PredictionType | None:
+    """Read ``parameterization: "v"`` (or ``"eps"``) from an LDM sidecar YAML config."""
+    yaml_path = Path(yaml_path)
+    if not yaml_path.is_file():
+        return None
+    try:
+        text = yaml_path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ModelError(yaml_path, f"the sidecar config cannot be read ({exc}). Fix or remove it.") from exc
+    match = re.search(r"^\s*parameterization\s*:\s*[\"']?([A-Za-z_\-]+)", text, flags=re.MULTILINE)
+    return _normalise_prediction(match.group(1)) if match else None
+
+
+def _normalise_prediction(value: str) -> PredictionType | None:
+    """Map the spellings used in the wild to the two prediction types."""
+    value = value.strip().strip("\"'").lower().replace("-", "_")
+    if value in ("v", "v_prediction", "vpred", "v_pred"):
+        return "v_prediction"
+    if value in ("eps", "epsilon", "noise"):
+        return "epsilon"
+    return None
+
+
+def classify_prediction(noise: torch.Tensor, output: torch.Tensor, const_input: torch.Tensor,
+                        const_output: torch.Tensor) -> PredictionType | None:
+    """Decide eps vs v from UNet outputs at a high-noise timestep (t=999).
+
+    At t=999 the latent is almost pure noise (sqrt(alpha_bar) ~ 0.07), so a
+    trained epsilon model returns (nearly) its input: ``cos(output, noise)``
+    is close to 1.  A v model predicts ``v = sqrt(a)*eps - sqrt(1-a)*x0 ~ -x0``,
+    which is nearly uncorrelated with the noise; on a constant 0.5 input its
+    mean output minus the input is strongly negative (< -1), the empirical
+    signature also used by A1111.  Requiring that positive signature keeps
+    untrained/random models (both cues weak) inconclusive (``None``).
+    """
+    cosine = torch.nn.functional.cosine_similarity(output.flatten().double(), noise.flatten().double(), dim=0)
+    shift = float((const_output.double() - const_input.double()).mean())
+    if float(cosine) > 0.8 and abs(shift) < 1.0:
+        return "epsilon"
+    if float(cosine) < 0.5 and shift < -1.0:
+        return "v_prediction"
+    return None
+
+
+def behavioural_prediction_type(state_dict: Mapping[str, torch.Tensor],
+                                spec: ModelSpec) -> PredictionType | None:
+    """Run the UNet at t=999 on fixed inputs and classify with :func:`classify_prediction`.
+
+    Returns ``None`` when the UNet cannot be built or the result is not
+    conclusive (e.g. random test weights).
+    """
+    from webui.models.loader import build_unet  # lazy: loader imports this module
+
+    try:
+        unet = build_unet(state_dict, spec, dtype=torch.float32)
+    except ModelError:
+        return None
+    in_ch = int(unet.config.in_channels)
+    context_dim = int(unet.config.cross_attention_dim)
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn((1, 4, 8, 8), generator=generator)
+    context = torch.randn((1, 77, context_dim), generator=generator) * 0.5
+    const = torch.full((1, 4, 8, 8), 0.5)
+    timestep = torch.tensor([999])
+
+    def run(latent: torch.Tensor) -> torch.Tensor:
+        if in_ch > 4:  # inpainting: mask everything, blank masked image
+            extra = torch.zeros((1, in_ch - 4, 8, 8))
+            extra[:, 0] = 1.0
+            latent = torch.cat([latent, extra], dim=1)
+        return unet(latent, timestep, encoder_hidden_states=context).sample[:, :4]
+
+    with torch.no_grad():
+        result = classify_prediction(noise, run(noise), const, run(const))
+    return result
+
+
+def detect_spec_diffusers(folder: Path) -> ModelSpec:
+    """Detect the :class:`ModelSpec` of a diffusers folder.
+
+    Uses ``model_index.json`` (pipeline class, presence of ``text_encoder_2``),
+    ``unet/config.json`` (``in_channels`` 9 = inpainting, ``addition_embed_type``),
+    ``text_encoder/config.json`` (OpenCLIP ``gelu`` = SD2) and the scheduler's
+    ``prediction_type``.
+
+    Raises:
+        ModelError: when the folder is not a Stable Diffusion 1/2/XL pipeline.
+    """
+    folder = Path(folder)
+    index = _read_json(folder, folder / "model_index.json")
+    unet_cfg = _read_json(folder, folder / "unet" / "config.json")
+    class_name = str(index.get("_class_name", ""))
+    if "text_encoder_2" in index or "XL" in class_name or unet_cfg.get("addition_embed_type") == "text_time":
+        if not (folder / "text_encoder_2").is_dir() or not (folder / "text_encoder").is_dir():
+            raise ModelError(folder, "it is an SDXL folder without both text encoders (refiner or incomplete "
+                                     "download), which is not supported. Use a complete SDXL base folder.")
+        family: Family = "sdxl"
+    elif "StableDiffusion" in class_name or (folder / "text_encoder").is_dir():
+        text_cfg = _read_json(folder, folder / "text_encoder" / "config.json")
+        family = "sd2" if text_cfg.get("hidden_act") == "gelu" or unet_cfg.get("use_linear_projection") else "sd1"
+    else:
+        raise ModelError(folder, f"unknown pipeline '{class_name}'; expected a Stable Diffusion 1.x, 2.x or "
+                                 "XL diffusers folder with unet/, vae/ and text_encoder/.")
+    scheduler_cfg = folder / "scheduler" / "scheduler_config.json"
+    prediction: PredictionType | None = None
+    if scheduler_cfg.is_file():
+        prediction = _normalise_prediction(str(_read_json(folder, scheduler_cfg).get("prediction_type", "")))
+    inpainting = int(unet_cfg.get("in_channels", 4)) == 9
+    return ModelSpec(family, prediction or "epsilon", inpainting)
+
+
+def _read_json(folder: Path, path: Path) -> dict:
+    """Read a JSON config of a diffusers folder, as ModelError on any problem."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelError(folder, f"it is not a complete diffusers folder ({path.relative_to(folder)} is missing). "
+                                 "Download the whole folder again.") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(folder, f"{path.relative_to(folder)} is unreadable or not valid JSON ({exc}). "
+                                 "Download the folder again.") from exc
+    if not isinstance(data, dict):
+        raise ModelError(folder, f"{path.relative_to(folder)} is malformed. Download the folder again.")
+    return data

@@ -1,0 +1,1 @@
+"""The generation pipeline: request -> checks -> prompt encoding -> latents -> denoise -> decode -> save."""

@@ -1,0 +1,264 @@
+"""txt2img, read top to bottom like a diffusers ``__call__``:
+
+1. check inputs           4. prepare latents (per-image seeded noise)
+2. resolve model/sampler  5. denoise loop (per-step hook: progress, interrupt, previews)
+3. encode prompt          6. decode -> 7. post-process hooks -> 8. infotext + save
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from webui import __version__
+from webui.images import ImageSaver
+from webui.infotext import format_infotext
+from webui.jobs import Interrupted, Job
+from webui.models.manager import LoadedModel
+from webui.pipeline.conditioning import Conditioning, encode_pair
+from webui.pipeline.noise import ImageRNG, resolve_seed
+from webui.pipeline.request import GenerationRequest, check_request
+from webui.pipeline.result import GenerationResult
+from webui.pipeline.state import ImageState, StepState
+from webui.plugins import Hooks
+from webui.sampling.denoiser import Denoiser, DiscreteSchedule
+from webui.sampling.registry import SamplerDef, SamplerRegistry
+from webui.sampling.schedules import ScheduleDef, uniform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineEnv:
+    """What a generation needs from the application, passed down explicitly."""
+
+    hooks: Hooks
+    samplers: SamplerRegistry
+    saver: ImageSaver
+    data_dir: Path
+
+
+class _StopSampling(Exception):
+    def __init__(self, denoised: torch.Tensor, skipped: bool):
+        self.denoised = denoised
+        self.skipped = skipped
+
+
+def _cfg_denoiser(model: LoadedModel, cond: Conditioning, uncond: Conditioning, cfg_scale: float,
+                  width: int, height: int, batch: int) -> tuple[Any, DiscreteSchedule]:
+    """The CFG-guided denoiser ``D(x, sigma)`` for one batch."""
+    c = model.components
+    unet = c.unet
+    schedule = DiscreteSchedule(c.alphas_cumprod).to(model.device)
+    use_uncond = cfg_scale != 1.0
+    conds = [cond.repeat(batch)] + ([uncond.repeat(batch)] if use_uncond else [])
+    context = torch.cat([k.context for k in conds]).to(model.device, model.dtype)
+    added: dict[str, torch.Tensor] | None = None
+    if c.spec.family == "sdxl":
+        pooled = torch.cat([k.pooled for k in conds]).to(model.device, model.dtype)
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=model.device, dtype=model.dtype)
+        added = {"text_embeds": pooled, "time_ids": time_ids.expand(pooled.shape[0], -1)}
+    image_cond = None
+    if c.spec.inpainting:
+        image_cond = _txt2img_inpaint_conditioning(model, batch * len(conds), width, height)
+
+    def unet_fn(x_scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x_in = x_scaled.to(model.dtype)
+        if image_cond is not None:
+            x_in = torch.cat([x_in, image_cond], dim=1)
+        out = unet(x_in, t, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False)[0]
+        return out.float()
+
+    denoiser = Denoiser(schedule, unet_fn, c.spec.prediction_type)
+
+    def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if not use_uncond:
+            return denoiser(x, sigma)
+        out = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]))
+        pos, neg = out.chunk(2)
+        return neg + (pos - neg) * cfg_scale
+
+    return guided, schedule
+
+
+@torch.no_grad()
+def _txt2img_inpaint_conditioning(model: LoadedModel, n: int, width: int, height: int) -> torch.Tensor:
+    """Inpainting UNets in txt2img: a full mask and the latent of a neutral grey image (A1111)."""
+    vae = model.components.vae
+    grey = torch.zeros(1, 3, height, width, device=model.device, dtype=vae.dtype)
+    latent = vae.encode(grey).latent_dist.mode() * model.components.vae_scaling_factor
+    mask = torch.ones(1, 1, latent.shape[2], latent.shape[3], device=model.device, dtype=latent.dtype)
+    return torch.cat([mask, latent], dim=1).to(model.dtype).expand(n, -1, -1, -1)
+
+
+@torch.no_grad()
+def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+    vae = model.components.vae
+    x = vae.decode(latents.to(vae.dtype) / model.components.vae_scaling_factor, return_dict=False)[0]
+    x = ((x.float() + 1) / 2).clamp(0, 1)
+    arr = (x.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in arr]
+
+
+def sigmas_for(sampler: SamplerDef, schedule: ScheduleDef | None, steps: int, ds: DiscreteSchedule) -> torch.Tensor:
+    """The sigma schedule for a run; kept on the CPU so the loop's control flow never syncs the device."""
+    fn = schedule.fn if schedule is not None else uniform
+    cpu = DiscreteSchedule.__new__(DiscreteSchedule)
+    cpu.sigmas, cpu.log_sigmas = ds.sigmas.cpu(), ds.log_sigmas.cpu()
+    return fn(steps, cpu).float()
+
+
+def infotext_params(req: GenerationRequest, model: LoadedModel, sampler: SamplerDef,
+                    schedule: ScheduleDef | None, seed: int, subseed: int, clip_skip: int,
+                    extra: Mapping[str, Any]) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "Steps": req.steps,
+        "Sampler": sampler.name,
+        "Schedule type": schedule.label if schedule is not None else "Uniform",
+        "CFG scale": req.cfg_scale,
+        "Seed": seed,
+        "Size": f"{req.width}x{req.height}",
+        "Model hash": model.short_hash,
+        "Model": model.info.model_name,
+    }
+    if req.subseed_strength > 0:
+        params["Variation seed"] = subseed
+        params["Variation seed strength"] = req.subseed_strength
+    if clip_skip > 1:
+        params["Clip skip"] = clip_skip
+    params.update(extra)
+    params["Version"] = f"webui-{__version__}"
+    return params
+
+
+def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: Job,
+            opts: Mapping[str, Any]) -> GenerationResult:
+    """Run a txt2img job. Raises RequestError / UnknownName for bad input before any model work."""
+    # 1. check inputs
+    check_request(req)
+    sampler, schedule = env.samplers.resolve(req.sampler_name, req.scheduler)
+    clip_skip = int(opts.get("CLIP_stop_at_last_layers", 1))
+    seed, subseed = resolve_seed(req.seed), resolve_seed(req.subseed)
+    env.hooks.before_generate(req, job)
+    job.job_count = req.n_iter
+    result = GenerationResult()
+    extra_info = env.hooks.extra_infotext(req)
+    c = model.components
+
+    # 2. encode the prompt once for the whole job
+    cond, uncond = encode_pair(c, req.prompt, req.negative_prompt, clip_skip=clip_skip)
+
+    latent_shape = (c.unet.config.out_channels, req.height // 8, req.width // 8)
+    eta = req.eta if req.eta is not None else float(opts.get("eta_ancestral", 1.0))
+    s_noise = req.s_noise if req.s_noise is not None else float(opts.get("s_noise", 1.0))
+    for it in range(req.n_iter):
+        if job.interrupted:
+            break
+        job.clear_skip()
+        seeds = [seed + it * req.batch_size + j for j in range(req.batch_size)]
+        subseeds = [subseed + it * req.batch_size + j for j in range(req.batch_size)]
+        job.set_stage(it, req.steps, f"Batch {it + 1} out of {req.n_iter}")
+
+        # 3. prepare latents
+        model_fn, ds = _cfg_denoiser(model, cond, uncond, req.cfg_scale, req.width, req.height, req.batch_size)
+        sigmas = sigmas_for(sampler, schedule, req.steps, ds)
+        rng = ImageRNG(latent_shape, seeds, device=model.device, source=str(opts.get("randn_source", "GPU")),
+                       subseeds=subseeds, subseed_strength=req.subseed_strength)
+        x = rng.first() * sigmas[0]
+
+        # 4. denoise
+        def on_step(i: int, x_i: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> None:
+            state = StepState(job, i, req.steps, sigma, x_i, denoised)
+            env.hooks.on_step_end(state)
+            if state.latents is not x_i:
+                x_i.copy_(state.latents)
+            job.step(i + 1)
+            if job.interrupted or job.skipped:
+                raise _StopSampling(denoised, skipped=job.skipped and not job.interrupted)
+
+        try:
+            latents = sampler.fn(model_fn, x, sigmas, noise=rng.next, callback=on_step, eta=eta,
+                                 s_noise=s_noise, s_churn=req.s_churn, s_tmin=req.s_tmin, s_tmax=req.s_tmax)
+        except _StopSampling as stop:
+            latents = stop.denoised
+            result.interrupted = result.interrupted or not stop.skipped
+        except Interrupted:
+            result.interrupted = True
+            break
+
+        # 5. decode
+        images = decode_latents(model, latents)
+
+        # 6. post-process and save
+        for j, image in enumerate(images):
+            index = it * req.batch_size + j
+            state = ImageState(image, seeds[j], index, req)
+            env.hooks.postprocess_image(state)
+            params = infotext_params(req, model, sampler, schedule, seeds[j], subseeds[j], clip_skip,
+                                     {**extra_info, **state.extra_infotext})
+            if req.subseed_strength <= 0:
+                params.pop("Variation seed", None)
+            infotext = format_infotext(req.prompt, req.negative_prompt, params)
+            if req.save_images and opts.get("samples_save", True):
+                outdir = env.data_dir / str(opts.get("outdir_txt2img_samples", "outputs/txt2img-images"))
+                try:
+                    path = env.saver.save(state.image, outdir, seeds[j],
+                                          infotext if opts.get("enable_pnginfo", True) else None,
+                                          add_number=bool(opts.get("save_images_add_number", True)))
+                    result.paths.append(str(path))
+                    env.hooks.image_saved(str(path), infotext, state.image)
+                except OSError as exc:
+                    msg = f"could not save image to {outdir}: {exc}"
+                    log.error(msg)
+                    result.warnings.append(msg)
+            result.images.append(state.image)
+            result.seeds.append(seeds[j])
+            result.subseeds.append(subseeds[j])
+            result.infotexts.append(infotext)
+            result.prompts.append(req.prompt)
+            result.negative_prompts.append(req.negative_prompt)
+        if result.interrupted:
+            break
+
+    result.info = {
+        "prompt": req.prompt,
+        "all_prompts": result.prompts,
+        "negative_prompt": req.negative_prompt,
+        "all_negative_prompts": result.negative_prompts,
+        "seed": seed,
+        "all_seeds": result.seeds,
+        "subseed": subseed,
+        "all_subseeds": result.subseeds,
+        "subseed_strength": req.subseed_strength,
+        "width": req.width,
+        "height": req.height,
+        "sampler_name": sampler.name,
+        "scheduler": schedule.label if schedule is not None else "Uniform",
+        "cfg_scale": req.cfg_scale,
+        "steps": req.steps,
+        "batch_size": req.batch_size,
+        "n_iter": req.n_iter,
+        "clip_skip": clip_skip,
+        "sd_model_name": model.info.model_name,
+        "sd_model_hash": model.short_hash,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "restore_faces": False,
+        "extra_generation_params": dict(extra_info),
+        "index_of_first_image": 0,
+        "infotexts": result.infotexts,
+        "styles": [],
+        "job_timestamp": "",
+        "version": __version__,
+        "interrupted": result.interrupted,
+        "warnings": result.warnings,
+    }
+    env.hooks.after_generate(result, job)
+    return result

@@ -1,0 +1,84 @@
+"""The model wrapped as a denoiser ``D(x, sigma)`` over discrete training sigmas.
+
+Semantics follow k-diffusion's ``CompVisDenoiser`` / ``CompVisVDenoiser``, which
+A1111 uses: the 1000 training timesteps define sigmas ``sqrt((1-a)/a)``; a
+continuous sigma maps to a fractional timestep by interpolating in log-sigma.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+#: ``eps_or_v = unet_fn(scaled_x, t)`` for a batch; the caller binds conditioning.
+UNetFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def scaled_linear_alphas_cumprod(
+    beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000
+) -> torch.Tensor:
+    """Cumulative alphas of SD's ``scaled_linear`` beta schedule (float64)."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+class DiscreteSchedule:
+    """The training sigmas of a checkpoint and conversions sigma <-> t."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        ac = alphas_cumprod.to(torch.float32)
+        self.sigmas = ((1 - ac) / ac) ** 0.5
+        self.log_sigmas = self.sigmas.log()
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def to(self, device: torch.device) -> "DiscreteSchedule":
+        self.sigmas = self.sigmas.to(device)
+        self.log_sigmas = self.log_sigmas.to(device)
+        return self
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        log_sigma = sigma.log()
+        dists = log_sigma - self.log_sigmas[:, None]
+        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
+        high_idx = low_idx + 1
+        low, high = self.log_sigmas[low_idx], self.log_sigmas[high_idx]
+        w = ((low - log_sigma) / (low - high)).clamp(0, 1)
+        t = (1 - w) * low_idx + w * high_idx
+        return t.view(sigma.shape)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.float()
+        low_idx, high_idx, w = t.floor().long(), t.ceil().long(), t.frac()
+        log_sigma = (1 - w) * self.log_sigmas[low_idx] + w * self.log_sigmas[high_idx]
+        return log_sigma.exp()
+
+
+class Denoiser:
+    """``D(x, sigma) -> x0`` for epsilon- or v-prediction UNets."""
+
+    def __init__(self, schedule: DiscreteSchedule, unet_fn: UNetFn, prediction_type: str = "epsilon"):
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"unknown prediction type {prediction_type!r}")
+        self.schedule = schedule
+        self.unet_fn = unet_fn
+        self.prediction_type = prediction_type
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = sigma.to(x.dtype)
+        s = sigma.view(-1, *([1] * (x.ndim - 1)))
+        c_in = 1.0 / (s**2 + 1.0) ** 0.5
+        t = self.schedule.sigma_to_t(sigma.float())
+        out = self.unet_fn(x * c_in, t)
+        if self.prediction_type == "epsilon":
+            return x - out * s
+        c_skip = 1.0 / (s**2 + 1.0)
+        c_out = -s / (s**2 + 1.0) ** 0.5
+        return out * c_out + x * c_skip

@@ -1,0 +1,1 @@
+"""The Gradio 6 web UI: ``build_ui(ctx)`` makes the Blocks; one module per tab."""

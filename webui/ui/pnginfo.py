@@ -1,0 +1,42 @@
+"""The PNG Info tab: shows the generation parameters stored in a dropped image."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+from PIL import Image
+
+from webui.infotext import parse_infotext
+from webui.pnginfo import read_image_info
+
+
+def describe_image(image: Image.Image | None) -> tuple[str, str, dict]:
+    """(raw infotext, HTML summary, parsed parameters) for an image."""
+    if image is None:
+        return "", "", {}
+    text, items = read_image_info(image)
+    if not text and not items:
+        return "", "<p>This image holds no generation parameters.</p>", {}
+    rows = []
+    if text:
+        rows.append(f"<div><b>parameters</b><pre>{html.escape(text)}</pre></div>")
+    for key, value in items.items():
+        rows.append(f"<div><b>{html.escape(key)}</b><pre>{html.escape(str(value))}</pre></div>")
+    return text or "", "\n".join(rows), parse_infotext(text) if text else {}
+
+
+def build_pnginfo_tab() -> None:
+    with gr.Row():
+        image = gr.Image(label="Source", type="pil", sources=["upload", "clipboard"], elem_id="pnginfo_image",
+                         image_mode=None)
+        with gr.Column():
+            html_out = gr.HTML(elem_id="pnginfo_html")
+            raw = gr.Textbox(label="Infotext", lines=4, interactive=False, elem_id="pnginfo_generation_info")
+            parsed = gr.JSON(label="Parameters", elem_id="pnginfo_parameters")
+
+    def run(img: Image.Image | None):
+        text, summary, params = describe_image(img)
+        return summary, text, params
+
+    image.change(run, inputs=image, outputs=[html_out, raw, parsed], api_name="png_info")

@@ -1,0 +1,123 @@
+"""The txt2img tab."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import gradio as gr
+
+from webui.context import AppContext, GenerationFailed
+from webui.jobs import Job, QueueFull
+from webui.models.errors import ModelError
+from webui.models.manager import NoCheckpoint, UnknownCheckpoint
+from webui.pipeline.request import GenerationRequest, RequestError
+from webui.sampling.registry import UnknownName
+
+USER_ERRORS = (RequestError, UnknownName, ModelError, UnknownCheckpoint, NoCheckpoint, QueueFull, GenerationFailed)
+
+
+def run_with_progress(ctx: AppContext, req: GenerationRequest, owner: str | None, progress: gr.Progress):
+    """Run ``req`` in a worker thread and report its progress to Gradio until it ends."""
+    job = Job(kind=req.mode, owner=owner)
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = ctx.txt2img(req, job)
+        except BaseException as exc:  # noqa: BLE001 - handed to the UI thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, name=f"job-{job.id[:8]}", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+        if job.sampling_steps:
+            progress(job.progress, desc=f"{job.textinfo} - step {job.sampling_step}/{job.sampling_steps}".strip(" -"))
+        else:
+            progress(0.0, desc="Waiting in queue" if job.started is None else "Preparing")
+    if "error" in box:
+        exc = box["error"]
+        if isinstance(exc, USER_ERRORS):
+            raise gr.Error(str(exc))
+        raise gr.Error(f"Generation failed: {type(exc).__name__}: {exc}")
+    return box["result"]
+
+
+def build_txt2img_tab(ctx: AppContext) -> None:
+    """Create the txt2img tab's components and events."""
+    samplers = list(ctx.samplers.samplers)
+    schedules = ["Automatic", *(s.label for s in ctx.samplers.schedules.values())]
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt", elem_id="txt2img_prompt")
+            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
+        with gr.Column(scale=1, min_width=160):
+            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+            interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
+    with gr.Row():
+        with gr.Column():
+            with gr.Row():
+                sampler = gr.Dropdown(samplers, value="Euler a" if "Euler a" in samplers else samplers[0],
+                                      label="Sampling method", elem_id="txt2img_sampling")
+                scheduler = gr.Dropdown(schedules, value="Automatic", label="Schedule type",
+                                        elem_id="txt2img_scheduler")
+            steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+            with gr.Row():
+                width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
+                height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
+            with gr.Row():
+                batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
+                batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
+            cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+            with gr.Row():
+                seed = gr.Number(value=-1, label="Seed", precision=0, elem_id="txt2img_seed")
+                random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", min_width=40)
+                reuse_seed = gr.Button("♻", elem_id="txt2img_reuse_seed", min_width=40)
+        with gr.Column():
+            gallery = gr.Gallery(label="Output", columns=2, height=512, elem_id="txt2img_gallery",
+                                 format="png", interactive=False)
+            info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id="txt2img_info")
+            used_seed = gr.State(-1)
+
+    def on_generate(p: str, n: str, st: float, smp: str, sch: str, w: float, h: float, bc: float, bs: float,
+                    c: float, sd: float | None, request: gr.Request, progress: gr.Progress = gr.Progress()):
+        req = GenerationRequest(
+            prompt=p or "", negative_prompt=n or "", steps=int(st), sampler_name=smp, scheduler=sch,
+            width=int(w), height=int(h), n_iter=int(bc), batch_size=int(bs), cfg_scale=float(c),
+            seed=int(sd) if sd is not None else -1, save_images=True,
+        )
+        owner = getattr(request, "session_hash", None)
+        result = run_with_progress(ctx, req, owner, progress)
+        gallery_items = [(img, f"seed {s}") for img, s in zip(result.images, result.seeds)]
+        text = result.infotexts[0] if result.infotexts else ""
+        if result.interrupted:
+            text = "(interrupted)\n" + text
+        if result.warnings:
+            text += "\n" + "\n".join(result.warnings)
+        return gallery_items, text, (result.seeds[0] if result.seeds else -1)
+
+    generate.click(
+        on_generate,
+        inputs=[prompt, negative, steps, sampler, scheduler, width, height, batch_count, batch_size, cfg, seed],
+        outputs=[gallery, info, used_seed],
+        api_name="txt2img",
+        concurrency_id="gpu",
+        concurrency_limit=ctx.settings.concurrency,
+    )
+    prompt.submit(
+        on_generate,
+        inputs=[prompt, negative, steps, sampler, scheduler, width, height, batch_count, batch_size, cfg, seed],
+        outputs=[gallery, info, used_seed],
+        api_name="txt2img_submit",
+        concurrency_id="gpu",
+    )
+
+    def on_interrupt(request: gr.Request) -> None:
+        ctx.jobs.interrupt(owner=getattr(request, "session_hash", None))
+
+    interrupt.click(on_interrupt, inputs=None, outputs=None, api_name="txt2img_interrupt",
+                    concurrency_limit=None, queue=False)
+    random_seed.click(lambda: -1, inputs=None, outputs=seed, api_name="txt2img_random_seed", queue=False)
+    reuse_seed.click(lambda s: s, inputs=used_seed, outputs=seed, api_name="txt2img_reuse_seed", queue=False)
