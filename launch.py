@@ -108,7 +108,12 @@ def main() -> int:
         if tests and not skip_install:
             ensure_browser()
         env = {**os.environ, INSIDE_VENV_FLAG: "1"}
-        return subprocess.call([str(py), str(ROOT / "launch.py"), *args], env=env, cwd=ROOT)
+        argv = [str(py), str(ROOT / "launch.py"), *args]
+        if os.name == "posix":
+            # Replace this process so signals (Ctrl+C, SIGTERM) reach the server directly.
+            os.chdir(ROOT)
+            os.execve(str(py), argv, env)
+        return subprocess.call(argv, env=env, cwd=ROOT)
 
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))

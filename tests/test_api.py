@@ -188,3 +188,30 @@ def test_infotext_field_fills_unset_fields(client):
 def test_cmd_flags_never_echo_secrets(client):
     body = client.get("/sdapi/v1/cmd-flags").json()
     assert body["api_auth"] is False and "pass" not in json.dumps(body)
+
+
+def test_openapi_and_docs_are_served_beside_the_ui(client):
+    schema = client.get("/openapi.json")
+    assert schema.status_code == 200 and "/sdapi/v1/txt2img" in schema.json()["paths"]
+    assert client.get("/docs").status_code == 200
+    assert client.get("/").status_code == 200  # the Gradio UI
+
+
+def test_real_a1111_client_package(ctx):
+    """webuiapi (an unmodified A1111 API client from PyPI) against the running server."""
+    import webuiapi
+
+    from tests.live_server import LiveServer
+
+    with LiveServer(create_app(ctx)) as srv:
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=srv.port, sampler="Euler a", steps=3)
+        result = api.txt2img(prompt="a cat", negative_prompt="", seed=77, width=64, height=64, steps=3,
+                             sampler_name="Euler a", cfg_scale=7)
+        assert result.image.size == (64, 64)
+        assert result.info["seed"] == 77 and result.info["all_seeds"] == [77]
+        assert "Seed: 77" in result.info["infotexts"][0]
+        info = api.png_info(result.image)
+        assert "Seed: 77" in info.info and info.parameters["Seed"] == "77"
+        models = api.util_get_model_names()
+        assert len(models) == 1 and models[0].startswith("tiny-sd1.safetensors [")
+        assert api.interrupt() == {}

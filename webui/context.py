@@ -67,6 +67,15 @@ class AppContext:
             log.warning("Saved checkpoint %r not found; using the first available one", name)
             return self.models.ensure_loaded(None)
 
+    def load_initial_model(self) -> LoadedModel:
+        """Load ``--ckpt`` if given, else the saved ``sd_model_checkpoint``, else the first checkpoint."""
+        if self.settings.ckpt is not None:
+            from webui.models.manager import CheckpointInfo
+
+            path = self.settings.ckpt
+            return self.models.load(CheckpointInfo(path, path.name, is_folder=path.is_dir()))
+        return self.model_for(self.options.current)
+
     def txt2img(self, req: GenerationRequest, job: Job | None = None) -> GenerationResult:
         """Run a txt2img request through the shared queue."""
         job = job or Job(kind="txt2img")
@@ -108,11 +117,7 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
     )
     ctx = AppContext(settings, options, plugins, samplers, models,
                      JobQueue(settings.concurrency, settings.max_queue_size), device, ImageSaver())
-    if settings.ckpt is not None:
-        from webui.models.manager import CheckpointInfo
-
-        models.load(CheckpointInfo(settings.ckpt, settings.ckpt.name))
-    elif load_model:
-        ctx.model_for(options.current)
+    if load_model:
+        ctx.load_initial_model()
     hooks.startup(ctx)
     return ctx

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -17,6 +18,16 @@ def configure_environment() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("DISABLE_TELEMETRY", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _load_first_model(ctx, log: logging.Logger) -> None:
+    from webui.models.errors import ModelError
+
+    try:
+        model = ctx.load_initial_model()
+        log.info("Model: %s (%s), loaded in %.1f s", model.title, model.spec.label, model.load_seconds)
+    except (ModelError, KeyError, RuntimeError) as exc:
+        log.error("No model loaded: %s. Choose another checkpoint in the UI or via /sdapi/v1/options.", exc)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -33,16 +44,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     settings = parse_args(sys.argv[1:] if argv is None else argv)
     ctx = build_context(settings)
-    infos = ctx.models.checkpoints()
     if ctx.models.using_builtin_default:
         from webui.models.default import HOW_TO_ADD
 
         log.warning(HOW_TO_ADD)
-    model = ctx.model_for(ctx.options.current) if infos else None
+    # The model loads in the background while the server starts; requests wait for it.
+    threading.Thread(target=_load_first_model, args=(ctx, log), name="model-loader", daemon=True).start()
     app = create_app(ctx)
     url = f"http://{settings.host}:{settings.port}"
     log.info("Device: %s", ctx.device.description)
-    log.info("Model: %s (%s)", model.title if model else "none", model.spec.label if model else "-")
     if settings.listen and not (settings.gradio_auth or settings.api_auth):
         log.warning("Listening on all interfaces without --gradio-auth/--api-auth: anyone on the network can use it")
     for report in ctx.plugins.reports:

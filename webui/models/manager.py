@@ -225,7 +225,7 @@ class ModelManager:
             try:
                 sha = self.hashes.sha256(info.path)
                 components = load_components(info.path, dtype=self.dtype)
-                components = components.to(device=self.device, dtype=self.dtype)
+                components = components.to(device=self.device)
             except ModelError:
                 raise
             except OSError as exc:
