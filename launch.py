@@ -50,7 +50,7 @@ def install_stamp(tests: bool) -> str:
     h = hashlib.sha256()
     h.update(os.environ.get("TORCH_COMMAND", DEFAULT_TORCH).encode())
     h.update(BASICSR.encode())
-    for name in ["requirements.txt"] + (["requirements-test.txt"] if tests else []):
+    for name in ["requirements.txt"] + (["requirements-test.txt", "requirements-test-nodeps.txt"] if tests else []):
         h.update((ROOT / name).read_bytes())
     return h.hexdigest()
 
@@ -75,6 +75,7 @@ def ensure_venv(tests: bool) -> Path:
     run(pip + ["-r", str(ROOT / "requirements.txt")])
     if tests:
         run(pip + ["-r", str(ROOT / "requirements-test.txt")])
+        run(pip + ["--no-deps", "-r", str(ROOT / "requirements-test-nodeps.txt")])
     stamp_file.write_text(stamp)
     return py
 

@@ -223,6 +223,8 @@ def core_option_defs() -> list[OptionDef]:
         OptionDef("save_images_add_number", True, "Add number to file names", "Saving images"),
         OptionDef("enable_pnginfo", True, "Save infotext in PNG files", "Saving images"),
         OptionDef("eta_ancestral", 1.0, "Eta for ancestral samplers", "Sampler parameters", minimum=0.0, maximum=1.0),
+        OptionDef("eta_ddim", 0.0, "Eta for DDIM", "Sampler parameters", minimum=0.0, maximum=1.0),
+        OptionDef("eta_noise_seed_delta", 0, "Eta noise seed delta (ENSD)", "Sampler parameters", minimum=0),
         OptionDef("s_noise", 1.0, "Sigma noise", "Sampler parameters", minimum=0.0, maximum=1.1),
         OptionDef("randn_source", "GPU", "Random number generator source", "Stable Diffusion", choices=("GPU", "CPU")),
         OptionDef("show_progress_every_n_steps", 0, "Live preview every N steps (0: off)", "Live previews", minimum=0),

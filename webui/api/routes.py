@@ -40,6 +40,8 @@ def _request_from_api(body: m.Txt2ImgRequest) -> GenerationRequest:
         "seed": data["seed"],
         "subseed": data["subseed"],
         "subseed_strength": data["subseed_strength"],
+        "seed_resize_from_w": data["seed_resize_from_w"],
+        "seed_resize_from_h": data["seed_resize_from_h"],
         "sampler_name": sampler,
         "scheduler": data.get("scheduler") or "Automatic",
         "batch_size": data["batch_size"],
@@ -119,7 +121,7 @@ def build_router(ctx: AppContext) -> APIRouter:
 
     @r.get("/samplers", response_model=list[m.SamplerItem])
     def samplers() -> list[m.SamplerItem]:
-        return [m.SamplerItem(name=s.name, aliases=list(s.aliases), options={k: str(v) for k, v in s.options.items()})
+        return [m.SamplerItem(name=s.name, aliases=list(s.aliases), options=s.public_options())
                 for s in ctx.samplers.samplers.values()]
 
     @r.get("/schedulers", response_model=list[m.SchedulerItem])

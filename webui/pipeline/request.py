@@ -41,6 +41,8 @@ class GenerationRequest:
     seed: int = -1
     subseed: int = -1
     subseed_strength: float = 0.0
+    seed_resize_from_w: int = -1
+    seed_resize_from_h: int = -1
     sampler_name: str = "Euler a"
     scheduler: str = "Automatic"
     batch_size: int = 1
@@ -96,6 +98,8 @@ def check_request(req: GenerationRequest) -> None:
     _finite("subseed_strength", req.subseed_strength)
     if not 0 <= req.subseed_strength <= 1:
         raise RequestError("subseed_strength", f"must be between 0 and 1, got {req.subseed_strength}")
+    for name in ("seed_resize_from_w", "seed_resize_from_h"):
+        _int_range(name, getattr(req, name), -1, MAX_SIDE)
     for name in ("eta", "s_noise"):
         value = getattr(req, name)
         if value is not None:

@@ -24,13 +24,14 @@ from webui.jobs import Interrupted, Job
 from webui.models.manager import LoadedModel
 from webui.pipeline.conditioning import Conditioning, encode_pair
 from webui.pipeline.noise import ImageRNG, resolve_seed
+from webui.pipeline.sample import eta_infotext, sample, sigmas_for
 from webui.pipeline.request import GenerationRequest, check_request
 from webui.pipeline.result import GenerationResult
 from webui.pipeline.state import ImageState, StepState
 from webui.plugins import Hooks
 from webui.sampling.denoiser import Denoiser, DiscreteSchedule
 from webui.sampling.registry import SamplerDef, SamplerRegistry
-from webui.sampling.schedules import ScheduleDef, uniform
+from webui.sampling.schedules import ScheduleDef
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def _cfg_denoiser(model: LoadedModel, cond: Conditioning, uncond: Conditioning, 
     """The CFG-guided denoiser ``D(x, sigma)`` for one batch."""
     c = model.components
     unet = c.unet
-    schedule = DiscreteSchedule(c.alphas_cumprod).to(model.device)
+    schedule = DiscreteSchedule(c.alphas_cumprod, c.spec.family).to(model.device)
     use_uncond = cfg_scale != 1.0
     conds = [cond.repeat(batch)] + ([uncond.repeat(batch)] if use_uncond else [])
     context = torch.cat([k.context for k in conds]).to(model.device, model.dtype)
@@ -107,12 +108,11 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Imag
     return [Image.fromarray(a) for a in arr]
 
 
-def sigmas_for(sampler: SamplerDef, schedule: ScheduleDef | None, steps: int, ds: DiscreteSchedule) -> torch.Tensor:
-    """The sigma schedule for a run; kept on the CPU so the loop's control flow never syncs the device."""
-    fn = schedule.fn if schedule is not None else uniform
-    cpu = DiscreteSchedule.__new__(DiscreteSchedule)
-    cpu.sigmas, cpu.log_sigmas = ds.sigmas.cpu(), ds.log_sigmas.cpu()
-    return fn(steps, cpu).float()
+def schedule_label(sampler: SamplerDef, schedule: ScheduleDef | None) -> str | None:
+    """The schedule type as written to infotext; None for samplers that ignore schedules."""
+    if sampler.sigmas_fn is not None or sampler.full_range:
+        return None
+    return schedule.label if schedule is not None else "Uniform"
 
 
 def infotext_params(req: GenerationRequest, model: LoadedModel, sampler: SamplerDef,
@@ -121,7 +121,7 @@ def infotext_params(req: GenerationRequest, model: LoadedModel, sampler: Sampler
     params: dict[str, Any] = {
         "Steps": req.steps,
         "Sampler": sampler.name,
-        "Schedule type": schedule.label if schedule is not None else "Uniform",
+        "Schedule type": schedule_label(sampler, schedule),
         "CFG scale": req.cfg_scale,
         "Seed": seed,
         "Size": f"{req.width}x{req.height}",
@@ -131,6 +131,8 @@ def infotext_params(req: GenerationRequest, model: LoadedModel, sampler: Sampler
     if req.subseed_strength > 0:
         params["Variation seed"] = subseed
         params["Variation seed strength"] = req.subseed_strength
+    if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
+        params["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
     if clip_skip > 1:
         params["Clip skip"] = clip_skip
     params.update(extra)
@@ -156,8 +158,15 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
     cond, uncond = encode_pair(c, req.prompt, req.negative_prompt, clip_skip=clip_skip)
 
     latent_shape = (c.unet.config.out_channels, req.height // 8, req.width // 8)
-    eta = req.eta if req.eta is not None else float(opts.get("eta_ancestral", 1.0))
-    s_noise = req.s_noise if req.s_noise is not None else float(opts.get("s_noise", 1.0))
+    eta = req.eta if req.eta is not None else float(opts.get(sampler.eta_option, 1.0))
+    sampler_params = {
+        "eta": eta,
+        "s_noise": req.s_noise if req.s_noise is not None else float(opts.get("s_noise", 1.0)),
+        "s_churn": req.s_churn, "s_tmin": req.s_tmin, "s_tmax": req.s_tmax,
+    }
+    ensd = int(opts.get("eta_noise_seed_delta", 0))
+    extra_info = {**eta_infotext(sampler, eta), **({"ENSD": ensd} if ensd and sampler.uses_ensd else {}),
+                  **extra_info}
     for it in range(req.n_iter):
         if job.interrupted:
             break
@@ -166,12 +175,12 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
         subseeds = [subseed + it * req.batch_size + j for j in range(req.batch_size)]
         job.set_stage(it, req.steps, f"Batch {it + 1} out of {req.n_iter}")
 
-        # 3. prepare latents
+        # 3. prepare latents: per-image seeded noise at the first sigma
         model_fn, ds = _cfg_denoiser(model, cond, uncond, req.cfg_scale, req.width, req.height, req.batch_size)
         sigmas = sigmas_for(sampler, schedule, req.steps, ds)
         rng = ImageRNG(latent_shape, seeds, device=model.device, source=str(opts.get("randn_source", "GPU")),
-                       subseeds=subseeds, subseed_strength=req.subseed_strength)
-        x = rng.first() * sigmas[0]
+                       subseeds=subseeds, subseed_strength=req.subseed_strength,
+                       seed_resize_from=(req.seed_resize_from_w, req.seed_resize_from_h), ensd=ensd)
 
         # 4. denoise
         def on_step(i: int, x_i: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> None:
@@ -179,13 +188,13 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
             env.hooks.on_step_end(state)
             if state.latents is not x_i:
                 x_i.copy_(state.latents)
-            job.step(i + 1)
+            job.step(min(i + 1, req.steps))
             if job.interrupted or job.skipped:
                 raise _StopSampling(denoised, skipped=job.skipped and not job.interrupted)
 
         try:
-            latents = sampler.fn(model_fn, x, sigmas, noise=rng.next, callback=on_step, eta=eta,
-                                 s_noise=s_noise, s_churn=req.s_churn, s_tmin=req.s_tmin, s_tmax=req.s_tmax)
+            latents = sample(sampler, model_fn, ds, sigmas, rng, seeds, params=sampler_params,
+                             callback=on_step)
         except _StopSampling as stop:
             latents = stop.denoised
             result.interrupted = result.interrupted or not stop.skipped
@@ -240,7 +249,7 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
         "width": req.width,
         "height": req.height,
         "sampler_name": sampler.name,
-        "scheduler": schedule.label if schedule is not None else "Uniform",
+        "scheduler": schedule_label(sampler, schedule) or "Automatic",
         "cfg_scale": req.cfg_scale,
         "steps": req.steps,
         "batch_size": req.batch_size,
@@ -248,8 +257,8 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
         "clip_skip": clip_skip,
         "sd_model_name": model.info.model_name,
         "sd_model_hash": model.short_hash,
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
+        "seed_resize_from_w": req.seed_resize_from_w,
+        "seed_resize_from_h": req.seed_resize_from_h,
         "restore_faces": False,
         "extra_generation_params": dict(extra_info),
         "index_of_first_image": 0,

@@ -26,7 +26,8 @@ def scaled_linear_alphas_cumprod(
 class DiscreteSchedule:
     """The training sigmas of a checkpoint and conversions sigma <-> t."""
 
-    def __init__(self, alphas_cumprod: torch.Tensor):
+    def __init__(self, alphas_cumprod: torch.Tensor, family: str = "sd1"):
+        self.family = family  # some schedules (Align Your Steps) have per-architecture tables
         ac = alphas_cumprod.to(torch.float32)
         self.sigmas = ((1 - ac) / ac) ** 0.5
         self.log_sigmas = self.sigmas.log()
