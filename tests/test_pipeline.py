@@ -163,3 +163,49 @@ def test_no_checkpoint_uses_builtin_default(tmp_path):
     res = ctx.txt2img(GenerationRequest(**SMALL))
     assert res.images[0].size == (64, 64)
     assert re.search(r"Model hash: [0-9a-f]{10}", res.infotexts[0])
+
+
+def test_seed_resize_pastes_the_small_noise_in_the_centre():
+    dev = torch.device("cpu")
+    small = ImageRNG((4, 8, 8), [5], device=dev).first()[0]
+    big = ImageRNG((4, 16, 12), [5], device=dev, seed_resize_from=(64, 64)).first()[0]
+    assert torch.equal(big[:, 4:12, 2:10], small)
+    same = ImageRNG((4, 8, 8), [5], device=dev, seed_resize_from=(64, 64)).first()
+    assert torch.equal(same[0], small)
+
+
+def test_ensd_changes_only_the_later_draws():
+    dev = torch.device("cpu")
+    a, b = ImageRNG((4, 8, 8), [5], device=dev), ImageRNG((4, 8, 8), [5], device=dev, ensd=31337)
+    assert torch.equal(a.first(), b.first())
+    assert torch.equal(b.next()[0], torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(5 + 31337)))
+
+
+def test_a1111_slerp_quirks():
+    from webui.pipeline.noise import slerp
+
+    g = torch.Generator().manual_seed(0)
+    low, high = torch.randn(4, 8, 8, generator=g), torch.randn(4, 8, 8, generator=g)
+    mid = slerp(0.3, low, high)
+    # angles are taken per channel and column (dim 1), as A1111 does
+    col = slerp(0.3, low[:, :, :1], high[:, :, :1])
+    assert torch.allclose(mid[:, :, :1], col)
+    # nearly parallel noises fall back to A1111's (reversed) linear mix
+    assert torch.allclose(slerp(0.3, low, low * 1.0001), low * 0.3 + low * 1.0001 * 0.7)
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DDIM", "UniPC", "LMS"])
+def test_sde_and_ancestral_images_do_not_depend_on_the_batch(ctx, sampler):
+    req = dict(SMALL, sampler_name=sampler, steps=4)
+    batch = ctx.txt2img(GenerationRequest(**{**req, "batch_size": 2}))
+    alone = ctx.txt2img(GenerationRequest(**{**req, "seed": 12}))
+    diff = np.abs(np.asarray(batch.images[1], dtype=int) - np.asarray(alone.images[0], dtype=int))
+    assert diff.max() <= 2
+
+
+def test_unknown_scheduler_lists_valid_names(ctx):
+    from webui.sampling.registry import UnknownName
+
+    with pytest.raises(UnknownName) as e:
+        ctx.txt2img(GenerationRequest(**{**SMALL, "scheduler": "Nope"}))
+    assert e.value.field_name == "scheduler" and "Karras" in e.value.valid and "Automatic" in e.value.valid

@@ -59,6 +59,15 @@ MANY_STEPS = 100
 LOW_ORDER = {"Euler", "Euler a", "DPM2 a", "DDIM", "PLMS", "UniPC"}
 #: samplers whose model is a consistency function, not a denoiser
 CONSISTENCY = {"LCM"}
+#: failures that are properties of the algorithm as A1111 runs it, not of our implementation
+KNOWN_FAILURES = {
+    ("DPM adaptive", "default"): (
+        "DPM adaptive with A1111's default eta 1 (eta_ancestral) and k-diffusion's default tolerances "
+        "(rtol 0.05, atol 0.0078) ends at std ~0.355 on this problem; k-diffusion's own "
+        "sample_dpm_adaptive gives the same 0.3553 with the same noise, and with eta 0 it passes "
+        "(see the 'eta0' case)"
+    ),
+}
 
 
 def gaussian_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -69,6 +78,43 @@ def gaussian_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 def gaussian_consistency(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     s = sigma.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
     return MU + (x - MU) * S / (S**2 + s**2).sqrt()
+
+
+class BrownianNoise:
+    """``noise_sampler`` for ``brownian_noise`` samplers: increments of one Brownian motion W(sigma).
+
+    The SDE samplers query overlapping intervals (e.g. t->s and t->t_next within one step) and rely on
+    those increments being consistent; independent Gaussians per call would bias them (DPM++ SDE
+    ends at std 0.268 instead of 0.298 at 30 Karras steps).  The pipeline uses a per-image
+    ``torchsde`` Brownian tree (too slow for 64 images here); this samples the same process exactly
+    and lazily: W(0) = 0, new points by Brownian-bridge interpolation between known neighbours (or an
+    independent increment beyond the last one).  A call returns ``(W(b) - W(a)) / sqrt(|b - a|)``.
+    """
+
+    def __init__(self, shape: tuple[int, ...], generator: torch.Generator):
+        self.shape = shape
+        self.gen = generator
+        self.points: dict[float, torch.Tensor] = {0.0: torch.zeros(shape, dtype=torch.float64)}
+
+    def _w(self, t: float) -> torch.Tensor:
+        if t in self.points:
+            return self.points[t]
+        z = torch.randn(self.shape, generator=self.gen, dtype=torch.float64)
+        lo = max(k for k in self.points if k < t)
+        higher = [k for k in self.points if k > t]
+        if not higher:
+            w = self.points[lo] + math.sqrt(t - lo) * z
+        else:
+            hi = min(higher)
+            frac = (t - lo) / (hi - lo)
+            mean = self.points[lo] + frac * (self.points[hi] - self.points[lo])
+            w = mean + math.sqrt((t - lo) * (hi - t) / (hi - lo)) * z
+        self.points[t] = w
+        return w
+
+    def __call__(self, sigma: Any, sigma_next: Any) -> torch.Tensor:
+        a, b = float(sigma), float(sigma_next)
+        return ((self._w(b) - self._w(a)) / math.sqrt(abs(b - a))).float()
 
 
 def build_registry() -> SamplerRegistry:
@@ -92,7 +138,7 @@ class Run:
 
 
 def run_sampler(sampler: SamplerDef, sched: ScheduleDef | None, steps: int, schedule: DiscreteSchedule,
-                model: Any = gaussian_denoiser, seed: int = 0) -> Run:
+                model: Any = gaussian_denoiser, seed: int = 0, eta: float | None = None) -> Run:
     """Drive ``sampler`` as the pipeline does (see ``webui.pipeline.sample``)."""
     if sampler.full_range:
         sigmas = karras(steps, schedule).float()  # spans exactly [sigma_min, sigma_max] of the model
@@ -118,13 +164,16 @@ def run_sampler(sampler: SamplerDef, sched: ScheduleDef | None, steps: int, sche
     def callback(i: int, x_: torch.Tensor, denoised: torch.Tensor, sigma: Any) -> None:
         counts["callback"] += 1
 
-    def noise_sampler(sigma: Any, sigma_next: Any) -> torch.Tensor:
+    def gaussian_noise(sigma: Any, sigma_next: Any) -> torch.Tensor:
         return torch.randn(SHAPE, generator=gen)
+
+    noise_sampler = BrownianNoise(SHAPE, gen) if sampler.brownian_noise else gaussian_noise
 
     extra: dict[str, Any] = dict(sampler.options)
     if sampler.full_range:
         extra.update(sigma_min=float(schedule.sigma_min), sigma_max=float(schedule.sigma_max), n=len(sigmas) - 1)
-    eta = 0.0 if sampler.eta_option == "eta_ddim" else 1.0
+    if eta is None:  # A1111's defaults of the two options
+        eta = 0.0 if sampler.eta_option == "eta_ddim" else 1.0
     out = sampler.fn(counted_model, x, sigmas, noise_sampler=noise_sampler, callback=callback, schedule=schedule,
                      eta=eta, s_noise=1.0, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), **extra)
     return Run(out, sigmas, counts["model"], counts["callback"])
@@ -135,7 +184,11 @@ def _cases() -> list[Any]:
     cases = []
     for name in registry.samplers:
         sampler, default = registry.resolve(name, None)
-        cases.append(pytest.param(name, "default", id=f"{name}-default"))
+        known = KNOWN_FAILURES.get((name, "default"))
+        marks = [pytest.mark.xfail(strict=True, reason=known)] if known else []
+        cases.append(pytest.param(name, "default", id=f"{name}-default", marks=marks))
+        if known:
+            cases.append(pytest.param(name, "eta0", id=f"{name}-eta0"))
         own_grid = sampler.sigmas_fn is not None or sampler.full_range
         if not own_grid and (default is None or default.name != "karras"):
             cases.append(pytest.param(name, "karras", id=f"{name}-karras"))
@@ -155,10 +208,10 @@ def test_all_a1111_samplers_are_registered(registry: SamplerRegistry) -> None:
 @pytest.mark.parametrize(("name", "which"), _cases())
 def test_sampler_reproduces_gaussian(registry: SamplerRegistry, name: str, which: str) -> None:
     sampler, default = registry.resolve(name, None)
-    sched = default if which == "default" else registry.schedule("Karras")
+    sched = registry.schedule("Karras") if which == "karras" else default
     steps = MANY_STEPS if name in LOW_ORDER else DEFAULT_STEPS
     model = gaussian_consistency if name in CONSISTENCY else gaussian_denoiser
-    run = run_sampler(sampler, sched, steps, cpu_schedule(), model=model)
+    run = run_sampler(sampler, sched, steps, cpu_schedule(), model=model, eta=0.0 if which == "eta0" else None)
     out = run.out
     assert out.shape == SHAPE
     assert torch.isfinite(out).all()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from webui.hookspecs import hookimpl
 from webui.sampling import samplers as k
+from webui.sampling.extra_samplers import extra_sampler_defs
 from webui.sampling.registry import SamplerDef
 from webui.sampling.schedules import ScheduleDef, builtin_schedules
 
@@ -40,12 +41,7 @@ def kdiffusion_sampler_defs() -> list[SamplerDef]:
 
 @hookimpl
 def register_samplers() -> list[SamplerDef]:
-    defs = kdiffusion_sampler_defs()
-    try:
-        from webui.sampling.extra_samplers import extra_sampler_defs
-    except ImportError:  # pragma: no cover - during development of extra_samplers
-        return defs
-    return defs + extra_sampler_defs()
+    return kdiffusion_sampler_defs() + extra_sampler_defs()
 
 
 @hookimpl

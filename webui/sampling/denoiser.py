@@ -63,7 +63,13 @@ class DiscreteSchedule:
 
 
 class Denoiser:
-    """``D(x, sigma) -> x0`` for epsilon- or v-prediction UNets."""
+    """``D(x, sigma) -> x0`` for epsilon- or v-prediction UNets.
+
+    ``sigma`` is a per-image vector. Samplers pass it as a CPU tensor (sigmas live on the CPU):
+    then the scalings and the timestep are computed on the host and reach the device as kernel
+    arguments, so a sampling step never waits for the GPU. A sigma vector already on the
+    latents' device is handled too.
+    """
 
     def __init__(self, schedule: DiscreteSchedule, unet_fn: UNetFn, prediction_type: str = "epsilon"):
         if prediction_type not in ("epsilon", "v_prediction"):
@@ -71,13 +77,32 @@ class Denoiser:
         self.schedule = schedule
         self.unet_fn = unet_fn
         self.prediction_type = prediction_type
+        self._cpu = DiscreteSchedule.__new__(DiscreteSchedule)
+        self._cpu.sigmas, self._cpu.log_sigmas = schedule.sigmas.cpu(), schedule.log_sigmas.cpu()
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if sigma.device.type == "cpu":
+            return self._call_host_sigma(x, sigma)
         sigma = sigma.to(x.dtype)
         s = sigma.view(-1, *([1] * (x.ndim - 1)))
-        c_in = 1.0 / (s**2 + 1.0) ** 0.5
         t = self.schedule.sigma_to_t(sigma.float())
-        out = self.unet_fn(x * c_in, t)
+        out = self.unet_fn(x * (1.0 / (s**2 + 1.0) ** 0.5), t)
+        return self._combine(x, out, s)
+
+    def _call_host_sigma(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = sigma.float()
+        t = self._cpu.sigma_to_t(sigma)
+        if x.device.type != "cpu":
+            t = t.to(x.device, non_blocking=True)
+        if bool((sigma == sigma[0]).all()):  # the usual case: one sigma for the whole batch
+            s = sigma[0]
+            x_in = x * (1.0 / (s**2 + 1.0) ** 0.5)
+        else:
+            s = sigma.to(x.device, non_blocking=True).view(-1, *([1] * (x.ndim - 1)))
+            x_in = x * (1.0 / (s**2 + 1.0) ** 0.5)
+        return self._combine(x, self.unet_fn(x_in, t), s)
+
+    def _combine(self, x: torch.Tensor, out: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         if self.prediction_type == "epsilon":
             return x - out * s
         c_skip = 1.0 / (s**2 + 1.0)

@@ -395,7 +395,7 @@ def sample_unipc(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *, callbac
     update, which evaluates nothing, passes its own result), then once for the trailing interval.
     Differences from A1111: the model is evaluated at the sigmas of UniPC's time points, and the
     web UI's denoiser turns a sigma into a timestep by log-sigma interpolation where UniPC would pass
-    the fractional timestep directly (the two differ by < 0.1 timestep); with a single positive sigma
+    the fractional timestep directly (the two differ by < 0.01 timestep); with a single positive sigma
     one evaluation is made and x0 returned.
     """
     callback = callback or _noop_callback

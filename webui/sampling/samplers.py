@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -40,8 +39,8 @@ def ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float 
 
 
 def _batch(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """A per-image sigma vector on the latents' device."""
-    return sigma.to(x.device, x.dtype).expand(x.shape[0])
+    """A per-image sigma vector, kept on the CPU (the denoiser turns it into kernel arguments)."""
+    return sigma.reshape(()).expand(x.shape[0])
 
 
 def _t(sigma: torch.Tensor) -> torch.Tensor:
@@ -161,22 +160,28 @@ def sample_dpm_2_ancestral(model: Model, x, sigmas, *, noise_sampler: NoiseSampl
 # --- linear multistep -----------------------------------------------------------------------
 
 
-def lms_coefficient(order: int, t: np.ndarray, i: int, j: int) -> float:
-    """Integral over [t_i, t_{i+1}] of the Lagrange basis polynomial of node t_{i-j} (nodes t_i..t_{i-order+1})."""
+def lms_coefficient(order: int, t: list[float], i: int, j: int) -> float:
+    """Integral over [t_i, t_{i+1}] of the Lagrange basis polynomial of node t_{i-j}
+    (nodes t_i, ..., t_{i-order+1}), computed exactly in float64."""
     nodes = [t[i - k] for k in range(order)]
-    poly = np.poly1d([1.0])
+    poly, denom = [1.0], 1.0  # coefficients, lowest degree first
     for k, node in enumerate(nodes):
-        if k != j:
-            poly = poly * np.poly1d([1.0, -node]) / (nodes[j] - node)
-    integral = poly.integ()
-    return float(integral(t[i + 1]) - integral(t[i]))
+        if k == j:
+            continue
+        grown = [0.0] * (len(poly) + 1)
+        for d, c in enumerate(poly):
+            grown[d + 1] += c
+            grown[d] -= c * node
+        poly, denom = grown, denom * (nodes[j] - node)
+    a, b = t[i], t[i + 1]
+    return sum(c * (b ** (d + 1) - a ** (d + 1)) / (d + 1) for d, c in enumerate(poly)) / denom
 
 
 @torch.no_grad()
 def sample_lms(model: Model, x, sigmas, *, noise_sampler: NoiseSampler, callback: StepCallback, order: int = 4,
                **_):
     """Linear multistep (order 4) on the derivatives in sigma."""
-    t = sigmas.double().numpy()
+    t = sigmas.double().tolist()
     ds: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
         denoised = model(x, _batch(x, sigmas[i]))
@@ -339,7 +344,7 @@ class _DPMSolver:
     def eps(self, cache: dict, key: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if key not in cache:
             sigma = _sigma(t)
-            cache[key] = (x - self.model(x, _batch(x, sigma))) / sigma.to(x.device, x.dtype)
+            cache[key] = (x - self.model(x, _batch(x, sigma))) / sigma
         return cache[key]
 
     def step1(self, x, t, t_next, cache):

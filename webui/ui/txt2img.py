@@ -75,6 +75,15 @@ def build_txt2img_tab(ctx: AppContext) -> None:
                 seed = gr.Number(value=-1, label="Seed", precision=0, elem_id="txt2img_seed")
                 random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", min_width=40)
                 reuse_seed = gr.Button("♻", elem_id="txt2img_reuse_seed", min_width=40)
+                seed_extras = gr.Checkbox(False, label="Extra", elem_id="txt2img_subseed_show")
+            with gr.Row(visible=False, elem_id="txt2img_seed_extras") as extras_row:
+                subseed = gr.Number(value=-1, label="Variation seed", precision=0, elem_id="txt2img_subseed")
+                subseed_strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                             elem_id="txt2img_subseed_strength")
+                resize_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                     elem_id="txt2img_seed_resize_from_w")
+                resize_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                     elem_id="txt2img_seed_resize_from_h")
         with gr.Column():
             gallery = gr.Gallery(label="Output", columns=2, height=512, elem_id="txt2img_gallery",
                                  format="png", interactive=False)
@@ -82,11 +91,14 @@ def build_txt2img_tab(ctx: AppContext) -> None:
             used_seed = gr.State(-1)
 
     def on_generate(p: str, n: str, st: float, smp: str, sch: str, w: float, h: float, bc: float, bs: float,
-                    c: float, sd: float | None, request: gr.Request, progress: gr.Progress = gr.Progress()):
+                    c: float, sd: float | None, sub: float | None, sub_strength: float, rw: float, rh: float,
+                    request: gr.Request, progress: gr.Progress = gr.Progress()):
         req = GenerationRequest(
             prompt=p or "", negative_prompt=n or "", steps=int(st), sampler_name=smp, scheduler=sch,
             width=int(w), height=int(h), n_iter=int(bc), batch_size=int(bs), cfg_scale=float(c),
             seed=int(sd) if sd is not None else -1, save_images=True,
+            subseed=int(sub) if sub is not None else -1, subseed_strength=float(sub_strength),
+            seed_resize_from_w=int(rw) if rw else -1, seed_resize_from_h=int(rh) if rh else -1,
         )
         owner = getattr(request, "session_hash", None)
         result = run_with_progress(ctx, req, owner, progress)
@@ -98,9 +110,13 @@ def build_txt2img_tab(ctx: AppContext) -> None:
             text += "\n" + "\n".join(result.warnings)
         return gallery_items, text, (result.seeds[0] if result.seeds else -1)
 
+    inputs = [prompt, negative, steps, sampler, scheduler, width, height, batch_count, batch_size, cfg, seed,
+              subseed, subseed_strength, resize_w, resize_h]
+    seed_extras.change(lambda show: gr.update(visible=show), inputs=seed_extras, outputs=extras_row,
+                       api_name="txt2img_seed_extras", queue=False)
     generate.click(
         on_generate,
-        inputs=[prompt, negative, steps, sampler, scheduler, width, height, batch_count, batch_size, cfg, seed],
+        inputs=inputs,
         outputs=[gallery, info, used_seed],
         api_name="txt2img",
         concurrency_id="gpu",
@@ -108,7 +124,7 @@ def build_txt2img_tab(ctx: AppContext) -> None:
     )
     prompt.submit(
         on_generate,
-        inputs=[prompt, negative, steps, sampler, scheduler, width, height, batch_count, batch_size, cfg, seed],
+        inputs=inputs,
         outputs=[gallery, info, used_seed],
         api_name="txt2img_submit",
         concurrency_id="gpu",
