@@ -209,3 +209,26 @@ def test_unknown_scheduler_lists_valid_names(ctx):
     with pytest.raises(UnknownName) as e:
         ctx.txt2img(GenerationRequest(**{**SMALL, "scheduler": "Nope"}))
     assert e.value.field_name == "scheduler" and "Karras" in e.value.valid and "Automatic" in e.value.valid
+
+
+def _all_sampler_names():
+    from webui.plugins import make_plugin_manager
+
+    return [s.name for s in make_plugin_manager(disable_extensions=True).hooks.register_samplers()]
+
+
+@pytest.fixture(scope="module")
+def v_ctx(family_dirs, tmp_path_factory):
+    return build_context(make_settings(tmp_path_factory.mktemp("v"), family_dirs["sd2-v"]), load_model=True)
+
+
+@pytest.mark.parametrize("sampler", _all_sampler_names())
+def test_every_sampler_runs_on_v_prediction(v_ctx, sampler):
+    ctx = v_ctx
+    req = GenerationRequest(**{**SMALL, "sampler_name": sampler, "steps": 4})
+    a, b = ctx.txt2img(req), ctx.txt2img(req)
+    arr = np.asarray(a.images[0])
+    assert arr.shape == (64, 64, 3) and arr.std() > 0
+    assert a.images[0].tobytes() == b.images[0].tobytes()
+    assert f"Sampler: {sampler}," in a.infotexts[0]
+

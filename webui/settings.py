@@ -226,7 +226,8 @@ def core_option_defs() -> list[OptionDef]:
         OptionDef("eta_ddim", 0.0, "Eta for DDIM", "Sampler parameters", minimum=0.0, maximum=1.0),
         OptionDef("eta_noise_seed_delta", 0, "Eta noise seed delta (ENSD)", "Sampler parameters", minimum=0),
         OptionDef("s_noise", 1.0, "Sigma noise", "Sampler parameters", minimum=0.0, maximum=1.1),
-        OptionDef("randn_source", "GPU", "Random number generator source", "Stable Diffusion", choices=("GPU", "CPU")),
+        OptionDef("randn_source", "GPU", "Random number generator source", "Stable Diffusion",
+                  choices=("GPU", "CPU", "NV")),
         OptionDef("show_progress_every_n_steps", 0, "Live preview every N steps (0: off)", "Live previews", minimum=0),
     ]
 

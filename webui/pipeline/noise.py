@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from webui.pipeline.philox import PhiloxGenerator
 from webui.pipeline.request import MAX_SEED
 
 
@@ -57,7 +58,8 @@ def paste_centered(small: torch.Tensor, big: torch.Tensor) -> torch.Tensor:
 class ImageRNG:
     """Per-image generators for a batch (A1111's ``ImageRNG``).
 
-    :param source: "GPU" draws on the model's device, "CPU" on the CPU (then moves the noise).
+    :param source: "GPU" draws on the model's device, "CPU" on the CPU (then moves the noise),
+        "NV" uses the Philox generator of :mod:`webui.pipeline.philox` (NVIDIA's numbers on any device).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class ImageRNG:
     ):
         self.shape = tuple(shape)
         self.device = device
+        self.source = source
         self.gen_device = device if source == "GPU" else torch.device("cpu")
         self.seeds = list(seeds)
         self.subseeds = list(subseeds) if subseeds is not None else None
@@ -85,10 +88,14 @@ class ImageRNG:
         self.ensd = ensd
         self.generators = [self._generator(s) for s in self.seeds]
 
-    def _generator(self, seed: int) -> torch.Generator:
+    def _generator(self, seed: int):
+        if self.source == "NV":
+            return PhiloxGenerator(int(seed))
         return torch.Generator(self.gen_device).manual_seed(int(seed))
 
-    def _randn(self, shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    def _randn(self, shape: Sequence[int], generator) -> torch.Tensor:
+        if self.source == "NV":
+            return torch.from_numpy(generator.randn(shape)).to(self.device)
         return torch.randn(tuple(shape), generator=generator, device=self.gen_device).to(self.device)
 
     def first(self) -> torch.Tensor:
