@@ -215,3 +215,18 @@ def test_real_a1111_client_package(ctx):
         models = api.util_get_model_names()
         assert len(models) == 1 and models[0].startswith("tiny-sd1.safetensors [")
         assert api.interrupt() == {}
+
+
+def test_styles_in_requests_and_prompt_styles_route(client, ctx):
+    from webui.styles import Style
+
+    ctx.styles.save(Style("Watercolor", "{prompt}, watercolor", "photo"))
+    styles = client.get("/sdapi/v1/prompt-styles").json()
+    assert {"name": "Watercolor", "prompt": "{prompt}, watercolor", "negative_prompt": "photo"} in styles
+    r = client.post("/sdapi/v1/txt2img", json={**BASE, "styles": ["Watercolor"]})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["prompt"] == "a blue square, watercolor" and info["negative_prompt"] == "blurry, photo"
+    assert info["infotexts"][0].startswith("a blue square, watercolor\nNegative prompt: blurry, photo\n")
+    bad = client.post("/sdapi/v1/txt2img", json={**BASE, "styles": ["Nope"]})
+    assert bad.status_code == 422 and "styles" in bad.text and "Watercolor" in bad.text

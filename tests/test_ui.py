@@ -26,7 +26,8 @@ def test_gradio_client_txt2img(server):
 
     client = Client(server.url, verbose=False)
     gallery, info = client.predict(
-        "a red circle", "", 3, "Euler a", "Automatic", 64, 64, 1, 2, 7, 123, -1, 0, 0, 0, api_name="/txt2img"
+        "a red circle", "", 3, "Euler a", "Automatic", 64, 64, 1, 2, 7, 123, -1, 0, 0, 0, [],
+        api_name="/txt2img"
     )
     assert len(gallery) == 2
     img = Image.open(gallery[0]["image"])
@@ -40,12 +41,12 @@ def test_gradio_client_bad_input_shows_error_and_next_works(server):
 
     client = Client(server.url, verbose=False)
     with pytest.raises(AppError) as e:
-        client.predict("x", "", 3, "Nope", "Automatic", 64, 64, 1, 1, 7, 1, -1, 0, 0, 0, api_name="/txt2img")
+        client.predict("x", "", 3, "Nope", "Automatic", 64, 64, 1, 1, 7, 1, -1, 0, 0, 0, [], api_name="/txt2img")
     assert "Nope" in str(e.value) and "Euler a" in str(e.value)
     with pytest.raises(AppError) as e:
-        client.predict("x", "", 3, "Euler", "Automatic", 100, 64, 1, 1, 7, 1, -1, 0, 0, 0, api_name="/txt2img")
+        client.predict("x", "", 3, "Euler", "Automatic", 100, 64, 1, 1, 7, 1, -1, 0, 0, 0, [], api_name="/txt2img")
     assert "width" in str(e.value) and "multiple of 8" in str(e.value)
-    gallery, info = client.predict("x", "", 2, "Euler", "Automatic", 64, 64, 1, 1, 7, 1, 5, 0.5, 0, 0,
+    gallery, info = client.predict("x", "", 2, "Euler", "Automatic", 64, 64, 1, 1, 7, 1, 5, 0.5, 0, 0, [],
                                    api_name="/txt2img")
     assert len(gallery) == 1
     assert "Variation seed: 5, Variation seed strength: 0.5" in info

@@ -21,6 +21,7 @@ from webui.pipeline.txt2img import PipelineEnv, txt2img
 from webui.plugins import Hooks, Plugins, make_plugin_manager
 from webui.sampling.registry import SamplerRegistry
 from webui.settings import Options, OptionsStore, Settings, core_option_defs
+from webui.styles import StyleStore
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,14 @@ class AppContext:
     jobs: JobQueue
     device: DevicePolicy
     saver: ImageSaver
+    styles: StyleStore
 
     @property
     def hooks(self) -> Hooks:
         return self.plugins.hooks
 
     def pipeline_env(self) -> PipelineEnv:
-        return PipelineEnv(self.hooks, self.samplers, self.saver, self.settings.data_dir)
+        return PipelineEnv(self.hooks, self.samplers, self.saver, self.settings.data_dir, self.styles)
 
     def options_for(self, override_settings: Mapping[str, Any] | None) -> Options:
         """Current options with a request's ``override_settings`` applied (validated, not persisted)."""
@@ -116,7 +118,8 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
         on_loaded=hooks.model_loaded,
     )
     ctx = AppContext(settings, options, plugins, samplers, models,
-                     JobQueue(settings.concurrency, settings.max_queue_size), device, ImageSaver())
+                     JobQueue(settings.concurrency, settings.max_queue_size), device, ImageSaver(),
+                     StyleStore(settings.data_dir / "styles.csv"))
     if load_model:
         ctx.load_initial_model()
     hooks.startup(ctx)

@@ -217,6 +217,10 @@ def core_option_defs() -> list[OptionDef]:
     return [
         OptionDef("sd_model_checkpoint", "", "Stable Diffusion checkpoint", "Stable Diffusion"),
         OptionDef("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
+        OptionDef("emphasis", "Original", "Emphasis mode", "Stable Diffusion",
+                  choices=("Original", "No norm", "None")),
+        OptionDef("comma_padding_backtrack", 20, "Prompt word wrap length limit", "Stable Diffusion", minimum=0,
+                  maximum=74),
         OptionDef("samples_save", True, "Always save all generated images", "Saving images"),
         OptionDef("samples_format", "png", "File format for images", "Saving images", choices=("png",)),
         OptionDef("outdir_txt2img_samples", "outputs/txt2img-images", "Output folder for txt2img", "Saving images"),

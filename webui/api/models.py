@@ -130,6 +130,12 @@ class SDModelItem(BaseModel):
     config: str | None = None
 
 
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None
+    negative_prompt: str | None
+
+
 class ErrorResponse(BaseModel):
     error: str
     detail: Any

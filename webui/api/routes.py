@@ -53,6 +53,7 @@ def _request_from_api(body: m.Txt2ImgRequest) -> GenerationRequest:
         "s_tmax": data["s_tmax"] if data.get("s_tmax") else math.inf,
         "save_images": bool(data.get("save_images")) and not data.get("do_not_save_samples"),
         "override_settings": dict(data.get("override_settings") or {}),
+        "styles": tuple(data.get("styles") or ()),
     }
     return GenerationRequest(**kwargs)
 
@@ -164,6 +165,11 @@ def build_router(ctx: AppContext) -> APIRouter:
             clean["sd_model_checkpoint"] = model.title
         ctx.options.update(clean)
         return {}
+
+    @r.get("/prompt-styles", response_model=list[m.PromptStyleItem])
+    def prompt_styles() -> list[m.PromptStyleItem]:
+        return [m.PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
+                for s in ctx.styles.all()]
 
     @r.get("/cmd-flags")
     def cmd_flags() -> dict[str, Any]:

@@ -52,6 +52,11 @@ def build_tiny_components(family: str = "sd1", *, prediction_type: str = "epsilo
             encoders = [CLIPTextModel(_text_config("clip")),
                         CLIPTextModelWithProjection(_text_config("openclip", width=SDXL_TEXT2_WIDTH,
                                                                  projection_dim=SDXL_POOLED_DIM))]
+        for encoder in encoders:  # real encoders' norms are not the identity; keeps emphasis' mean meaningful
+            for module in encoder.modules():
+                if isinstance(module, torch.nn.LayerNorm):
+                    torch.nn.init.normal_(module.weight, 1.0, 0.1)
+                    torch.nn.init.normal_(module.bias, 0.0, 0.1)
     return SDComponents(
         spec=spec,
         unet=unet.eval(),

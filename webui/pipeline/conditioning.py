@@ -1,20 +1,30 @@
-"""Prompt encoding into the UNet's conditioning.
+"""Prompt encoding with A1111's rules (``FrozenCLIPEmbedderWithCustomWords``).
 
-Prompts are tokenized without truncation and encoded in chunks of 75 tokens
-(plus start/end tokens), concatenated along the sequence -- so long prompts
-work as in A1111.  The negative prompt is padded with empty-prompt chunks to the
-positive one's length.  SD 1.x uses the last CLIP layer (minus clip skip), SD 2.x
-the penultimate OpenCLIP layer, SDXL the penultimate layer of both encoders plus
-the pooled projection of the second.
+* The prompt is parsed for emphasis (:func:`webui.prompts.parser.parse_prompt_attention`), the
+  pieces are tokenized without truncation and packed into chunks of 75 tokens; when a chunk is
+  full and a comma was seen within the last ``comma_padding_backtrack`` tokens, the text after
+  the comma moves to the next chunk. ``BREAK`` closes the current chunk. Each chunk is
+  ``[start] + 75 tokens (padded with end) + [end]``; encoders whose padding token differs from
+  the end token (OpenCLIP: SD 2.x and SDXL's second encoder) get it after the first end token.
+* Chunks are encoded separately and concatenated along the sequence.
+* Emphasis: "Original" multiplies each token's embedding by its weight and restores the mean;
+  "No norm" only multiplies; "None" ignores the syntax.
+* Layers: SD 1.x the last layer minus clip skip (then the final norm), SD 2.x the penultimate
+  OpenCLIP layer (then the final norm), SDXL the penultimate layer of both encoders (no norm)
+  plus the second encoder's pooled projection of the first chunk.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from webui.prompts.parser import parse_prompt_attention
+
 CHUNK = 75
+COMMA_TOKEN = ",</w>"
+EMPHASIS_MODES = ("Original", "No norm", "None")
 
 
 @dataclass
@@ -30,18 +40,75 @@ class Conditioning:
             None if self.pooled is None else self.pooled.expand(n, -1),
         )
 
+    @property
+    def tokens(self) -> int:
+        return self.context.shape[1]
 
-def _chunks(tokenizer, text: str) -> list[list[int]]:
-    ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
-    chunks = [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)] or [[]]
+    def zeros_like(self) -> Conditioning:
+        return Conditioning(torch.zeros_like(self.context),
+                            None if self.pooled is None else torch.zeros_like(self.pooled))
+
+
+@dataclass
+class PromptChunk:
+    tokens: list[int] = field(default_factory=list)
+    multipliers: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    clip_skip: int = 1
+    emphasis: str = "Original"
+    comma_padding_backtrack: int = 20
+
+
+def tokenize_prompt(tokenizer, text: str, opts: EncodeOptions) -> tuple[list[PromptChunk], int]:
+    """Split ``text`` into A1111 chunks of 77 token ids with per-token multipliers; also the token count."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    out = []
-    for c in chunks:
-        row = [bos, *c, eos]
-        row += [pad] * (CHUNK + 2 - len(row))
-        out.append(row)
-    return out
+    comma = tokenizer.get_vocab().get(COMMA_TOKEN)
+    parsed = parse_prompt_attention(text) if opts.emphasis != "None" else [[text, 1.0]]
+    pieces = tokenizer([t for t, _ in parsed], add_special_tokens=False, truncation=False)["input_ids"]
+    chunks: list[PromptChunk] = []
+    chunk = PromptChunk()
+    token_count = 0
+    last_comma = -1
+
+    def close(is_last: bool = False) -> None:
+        nonlocal chunk, token_count, last_comma
+        token_count += len(chunk.tokens) if is_last else CHUNK
+        pad = CHUNK - len(chunk.tokens)
+        chunk.tokens = [bos, *chunk.tokens, *([eos] * pad), eos]
+        chunk.multipliers = [1.0, *chunk.multipliers, *([1.0] * pad), 1.0]
+        last_comma = -1
+        chunks.append(chunk)
+        chunk = PromptChunk()
+
+    for ids, (piece, weight) in zip(pieces, parsed):
+        if piece == "BREAK" and weight == -1:
+            close()
+            continue
+        for token in ids:
+            if token == comma:
+                last_comma = len(chunk.tokens)
+            elif (opts.comma_padding_backtrack and len(chunk.tokens) == CHUNK and last_comma != -1
+                  and len(chunk.tokens) - last_comma <= opts.comma_padding_backtrack):
+                cut = last_comma + 1
+                moved, moved_w = chunk.tokens[cut:], chunk.multipliers[cut:]
+                chunk.tokens, chunk.multipliers = chunk.tokens[:cut], chunk.multipliers[:cut]
+                close()
+                chunk.tokens, chunk.multipliers = moved, moved_w
+            if len(chunk.tokens) == CHUNK:
+                close()
+            chunk.tokens.append(token)
+            chunk.multipliers.append(weight)
+    if chunk.tokens or not chunks:
+        close(is_last=True)
+    return chunks, token_count
+
+
+def empty_chunk(tokenizer) -> PromptChunk:
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return PromptChunk([bos] + [eos] * (CHUNK + 1), [1.0] * (CHUNK + 2))
 
 
 def _final_layer_norm(encoder) -> torch.nn.Module:
@@ -50,50 +117,70 @@ def _final_layer_norm(encoder) -> torch.nn.Module:
     return norm if norm is not None else encoder.text_model.final_layer_norm
 
 
-def _encode_one(encoder, tokenizer, text: str, layer: int, final_norm: bool, n_chunks: int | None,
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    chunks = _chunks(tokenizer, text)
-    if n_chunks is not None:
-        empty = _chunks(tokenizer, "")[0]
-        chunks = chunks + [empty] * (n_chunks - len(chunks))
-    ids = torch.tensor(chunks, device=device)
-    out = encoder(ids, output_hidden_states=True)
-    hidden = out.hidden_states[layer]
-    if final_norm:
-        hidden = _final_layer_norm(encoder)(hidden)
-    context = hidden.reshape(1, -1, hidden.shape[-1])
-    pooled = getattr(out, "text_embeds", None)
-    return context, (pooled[:1] if pooled is not None else None)
+def _encode_chunks(encoder, tokenizer, chunks: list[PromptChunk], layer: int, final_norm: bool,
+                   emphasis: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    zs, pooled = [], None
+    for chunk in chunks:
+        ids = list(chunk.tokens)
+        if pad is not None and pad != eos:
+            first_end = ids.index(eos)
+            ids[first_end + 1:] = [pad] * (len(ids) - first_end - 1)
+        out = encoder(torch.tensor([ids], device=device), output_hidden_states=True)
+        z = out.hidden_states[layer]
+        if final_norm:
+            z = _final_layer_norm(encoder)(z)
+        if emphasis != "None" and any(m != 1.0 for m in chunk.multipliers):
+            mult = torch.tensor(chunk.multipliers, device=device, dtype=z.dtype).reshape(1, -1, 1)
+            if emphasis == "Original":
+                original_mean = z.mean()
+                z = z * mult
+                new_mean = z.mean()
+                if new_mean != 0:  # a degenerate all-zero-mean embedding would give 0/0
+                    z = z * (original_mean / new_mean)
+            else:
+                z = z * mult
+        zs.append(z)
+        if pooled is None:
+            pooled = getattr(out, "text_embeds", None)
+    return torch.cat(zs, dim=1), pooled
 
 
 @torch.no_grad()
-def encode_prompt(components, text: str, *, clip_skip: int = 1, n_chunks: int | None = None) -> Conditioning:
-    """Encode one prompt. ``n_chunks`` pads the result to that many 75-token chunks."""
+def encode_prompt(components, text: str, opts: EncodeOptions = EncodeOptions(), *,
+                  n_chunks: int | None = None) -> Conditioning:
+    """Encode one prompt. ``n_chunks`` pads the result with empty chunks to that many chunks."""
     spec = components.spec
     encoders, tokenizers = components.text_encoders, components.tokenizers
     device = encoders[0].device
+
+    def chunks_for(tok) -> list[PromptChunk]:
+        chunks, _ = tokenize_prompt(tok, text, opts)
+        if n_chunks is not None and len(chunks) < n_chunks:
+            chunks += [empty_chunk(tok)] * (n_chunks - len(chunks))
+        return chunks
+
     if spec.family == "sdxl":
-        layer = -2  # penultimate layer of both encoders; clip skip does not apply (as in A1111)
-        ctx1, _ = _encode_one(encoders[0], tokenizers[0], text, layer, False, n_chunks, device)
-        ctx2, pooled = _encode_one(encoders[1], tokenizers[1], text, layer, False, n_chunks, device)
+        # penultimate layer of both encoders; clip skip does not apply (as in A1111)
+        ctx1, _ = _encode_chunks(encoders[0], tokenizers[0], chunks_for(tokenizers[0]), -2, False,
+                                 opts.emphasis, device)
+        ctx2, pooled = _encode_chunks(encoders[1], tokenizers[1], chunks_for(tokenizers[1]), -2, False,
+                                      opts.emphasis, device)
         return Conditioning(torch.cat([ctx1, ctx2], dim=-1), pooled)
-    # SD 2.x always uses the penultimate OpenCLIP layer; SD 1.x the last minus clip skip.
     if spec.family == "sd2":
         layer = -1 if components.sd2_last_layer_dropped else -2
     else:
-        layer = -max(1, clip_skip)
-    ctx, _ = _encode_one(encoders[0], tokenizers[0], text, layer, True, n_chunks, device)
+        layer = -max(1, opts.clip_skip)
+    ctx, _ = _encode_chunks(encoders[0], tokenizers[0], chunks_for(tokenizers[0]), layer, True, opts.emphasis,
+                            device)
     return Conditioning(ctx)
 
 
-def count_chunks(components, text: str) -> int:
-    return len(_chunks(components.tokenizers[0], text))
+def count_tokens(components, text: str, opts: EncodeOptions = EncodeOptions()) -> tuple[int, int]:
+    """(tokens used, tokens available in the chunks used) -- the UI's "n/75" counter."""
+    chunks, count = tokenize_prompt(components.tokenizers[0], text, opts)
+    return count, max(len(chunks), 1) * CHUNK
 
 
-def encode_pair(components, prompt: str, negative: str, *, clip_skip: int = 1) -> tuple[Conditioning, Conditioning]:
-    """Encode positive and negative prompts padded to the same number of chunks."""
-    n = max(count_chunks(components, prompt), count_chunks(components, negative))
-    return (
-        encode_prompt(components, prompt, clip_skip=clip_skip, n_chunks=n),
-        encode_prompt(components, negative, clip_skip=clip_skip, n_chunks=n),
-    )
+def chunk_count(components, text: str, opts: EncodeOptions = EncodeOptions()) -> int:
+    return len(tokenize_prompt(components.tokenizers[0], text, opts)[0])

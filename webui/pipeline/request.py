@@ -43,6 +43,7 @@ class GenerationRequest:
     subseed_strength: float = 0.0
     seed_resize_from_w: int = -1
     seed_resize_from_h: int = -1
+    styles: tuple[str, ...] = ()
     sampler_name: str = "Euler a"
     scheduler: str = "Automatic"
     batch_size: int = 1

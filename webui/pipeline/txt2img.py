@@ -22,16 +22,18 @@ from webui.images import ImageSaver
 from webui.infotext import format_infotext
 from webui.jobs import Interrupted, Job
 from webui.models.manager import LoadedModel
-from webui.pipeline.conditioning import Conditioning, encode_pair
+from webui.pipeline.conditioning import Conditioning, EncodeOptions
+from webui.pipeline.prompt_schedule import JobConditioning, build_job_conditioning, stack
 from webui.pipeline.noise import ImageRNG, resolve_seed
 from webui.pipeline.sample import eta_infotext, sample, sigmas_for
-from webui.pipeline.request import GenerationRequest, check_request
+from webui.pipeline.request import GenerationRequest, RequestError, check_request
 from webui.pipeline.result import GenerationResult
 from webui.pipeline.state import ImageState, StepState
 from webui.plugins import Hooks
 from webui.sampling.denoiser import Denoiser, DiscreteSchedule
 from webui.sampling.registry import SamplerDef, SamplerRegistry
 from webui.sampling.schedules import ScheduleDef
+from webui.styles import StyleStore
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class PipelineEnv:
     samplers: SamplerRegistry
     saver: ImageSaver
     data_dir: Path
+    styles: StyleStore | None = None
 
 
 class _StopSampling(Exception):
@@ -52,39 +55,58 @@ class _StopSampling(Exception):
         self.skipped = skipped
 
 
-def _cfg_denoiser(model: LoadedModel, cond: Conditioning, uncond: Conditioning, cfg_scale: float,
+def _cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float,
                   width: int, height: int, batch: int) -> tuple[Any, DiscreteSchedule]:
-    """The CFG-guided denoiser ``D(x, sigma)`` for one batch."""
+    """The CFG-guided denoiser ``D(x, sigma)`` for one batch, following the prompt schedules.
+
+    Composable prompts: ``uncond + cfg * sum_k w_k (cond_k - uncond)`` (A1111's combine step).
+    The uncond pass is skipped when CFG is 1 and there is a single part.
+    """
     c = model.components
     unet = c.unet
     schedule = DiscreteSchedule(c.alphas_cumprod, c.spec.family).to(model.device)
-    use_uncond = cfg_scale != 1.0
-    conds = [cond.repeat(batch)] + ([uncond.repeat(batch)] if use_uncond else [])
-    context = torch.cat([k.context for k in conds]).to(model.device, model.dtype)
-    added: dict[str, torch.Tensor] | None = None
+    use_uncond = not (cfg_scale == 1.0 and len(conds.positives) == 1)
+    groups = len(conds.positives) + (1 if use_uncond else 0)
+    time_ids = None
     if c.spec.family == "sdxl":
-        pooled = torch.cat([k.pooled for k in conds]).to(model.device, model.dtype)
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=model.device, dtype=model.dtype)
-        added = {"text_embeds": pooled, "time_ids": time_ids.expand(pooled.shape[0], -1)}
+        time_ids = time_ids.expand(batch * groups, -1)
     image_cond = None
     if c.spec.inpainting:
-        image_cond = _txt2img_inpaint_conditioning(model, batch * len(conds), width, height)
+        image_cond = _txt2img_inpaint_conditioning(model, batch * groups, width, height)
+    calls = [0]
+    cached: dict[str, Any] = {"key": None}
 
-    def unet_fn(x_scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x_in = x_scaled.to(model.dtype)
-        if image_cond is not None:
-            x_in = torch.cat([x_in, image_cond], dim=1)
-        out = unet(x_in, t, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False)[0]
-        return out.float()
-
-    denoiser = Denoiser(schedule, unet_fn, c.spec.prediction_type)
+    def context_at(step: int) -> tuple[Conditioning, list[float]]:
+        parts, neg = conds.at(step)
+        key = (tuple(id(p) for p, _ in parts), id(neg))
+        if cached["key"] != key:
+            cached["ctx"] = stack([p for p, _ in parts] + ([neg] if use_uncond else []), batch, model.device,
+                                  model.dtype)
+            cached["key"] = key
+        return cached["ctx"], [w for _, w in parts]
 
     def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        ctx, weights = context_at(calls[0])
+        calls[0] += 1
+        added = None if time_ids is None else {"text_embeds": ctx.pooled, "time_ids": time_ids}
+
+        def unet_fn(x_scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            x_in = x_scaled.to(model.dtype)
+            if image_cond is not None:
+                x_in = torch.cat([x_in, image_cond], dim=1)
+            out = unet(x_in, t, encoder_hidden_states=ctx.context, added_cond_kwargs=added, return_dict=False)[0]
+            return out.float()
+
+        denoiser = Denoiser(schedule, unet_fn, c.spec.prediction_type)
+        out = denoiser(x.repeat(groups, 1, 1, 1), sigma.repeat(groups)).chunk(groups)
         if not use_uncond:
-            return denoiser(x, sigma)
-        out = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]))
-        pos, neg = out.chunk(2)
-        return neg + (pos - neg) * cfg_scale
+            return out[0]
+        neg = out[-1]
+        result = neg.clone()
+        for part, w in zip(out[:-1], weights):
+            result += (part - neg) * (w * cfg_scale)
+        return result
 
     return guided, schedule
 
@@ -146,6 +168,14 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
     # 1. check inputs
     check_request(req)
     sampler, schedule = env.samplers.resolve(req.sampler_name, req.scheduler)
+    if req.styles:
+        if env.styles is None:
+            raise RequestError("styles", "styles are not available")
+        try:
+            prompt, negative = env.styles.apply(req.prompt, req.negative_prompt, list(req.styles))
+        except KeyError as exc:
+            raise RequestError("styles", str(exc.args[0])) from None
+        req = req.with_(prompt=prompt, negative_prompt=negative)
     clip_skip = int(opts.get("CLIP_stop_at_last_layers", 1))
     seed, subseed = resolve_seed(req.seed), resolve_seed(req.subseed)
     env.hooks.before_generate(req, job)
@@ -154,8 +184,10 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
     extra_info = env.hooks.extra_infotext(req)
     c = model.components
 
-    # 2. encode the prompt once for the whole job
-    cond, uncond = encode_pair(c, req.prompt, req.negative_prompt, clip_skip=clip_skip)
+    # 2. encode each distinct prompt text once for the whole job (schedules, AND parts)
+    enc = EncodeOptions(clip_skip=clip_skip, emphasis=str(opts.get("emphasis", "Original")),
+                        comma_padding_backtrack=int(opts.get("comma_padding_backtrack", 20)))
+    conds = build_job_conditioning(c, req.prompt, req.negative_prompt, req.steps, enc)
 
     latent_shape = (c.unet.config.out_channels, req.height // 8, req.width // 8)
     eta = req.eta if req.eta is not None else float(opts.get(sampler.eta_option, 1.0))
@@ -176,7 +208,7 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
         job.set_stage(it, req.steps, f"Batch {it + 1} out of {req.n_iter}")
 
         # 3. prepare latents: per-image seeded noise at the first sigma
-        model_fn, ds = _cfg_denoiser(model, cond, uncond, req.cfg_scale, req.width, req.height, req.batch_size)
+        model_fn, ds = _cfg_denoiser(model, conds, req.cfg_scale, req.width, req.height, req.batch_size)
         sigmas = sigmas_for(sampler, schedule, req.steps, ds)
         rng = ImageRNG(latent_shape, seeds, device=model.device, source=str(opts.get("randn_source", "GPU")),
                        subseeds=subseeds, subseed_strength=req.subseed_strength,
@@ -263,7 +295,7 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
         "extra_generation_params": dict(extra_info),
         "index_of_first_image": 0,
         "infotexts": result.infotexts,
-        "styles": [],
+        "styles": list(req.styles),
         "job_timestamp": "",
         "version": __version__,
         "interrupted": result.interrupted,

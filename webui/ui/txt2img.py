@@ -12,7 +12,9 @@ from webui.context import AppContext, GenerationFailed
 from webui.jobs import Job, QueueFull
 from webui.models.errors import ModelError
 from webui.models.manager import NoCheckpoint, UnknownCheckpoint
+from webui.pipeline.conditioning import count_tokens
 from webui.pipeline.request import GenerationRequest, RequestError
+from webui.styles import Style
 from webui.sampling.registry import UnknownName
 
 USER_ERRORS = (RequestError, UnknownName, ModelError, UnknownCheckpoint, NoCheckpoint, QueueFull, GenerationFailed)
@@ -53,7 +55,13 @@ def build_txt2img_tab(ctx: AppContext) -> None:
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt", elem_id="txt2img_prompt")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
+            with gr.Row():
+                styles = gr.Dropdown(ctx.styles.names(), value=[], multiselect=True, label="Styles",
+                                     elem_id="txt2img_styles", scale=3)
+                style_name = gr.Textbox(label="New style name", elem_id="txt2img_style_name", scale=2)
+                save_style = gr.Button("Save style", elem_id="txt2img_style_save", scale=1)
         with gr.Column(scale=1, min_width=160):
+            token_counter = gr.HTML("", elem_id="txt2img_token_counter")
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
             interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
     with gr.Row():
@@ -92,13 +100,14 @@ def build_txt2img_tab(ctx: AppContext) -> None:
 
     def on_generate(p: str, n: str, st: float, smp: str, sch: str, w: float, h: float, bc: float, bs: float,
                     c: float, sd: float | None, sub: float | None, sub_strength: float, rw: float, rh: float,
-                    request: gr.Request, progress: gr.Progress = gr.Progress()):
+                    style_names: list[str] | None, request: gr.Request, progress: gr.Progress = gr.Progress()):
         req = GenerationRequest(
             prompt=p or "", negative_prompt=n or "", steps=int(st), sampler_name=smp, scheduler=sch,
             width=int(w), height=int(h), n_iter=int(bc), batch_size=int(bs), cfg_scale=float(c),
             seed=int(sd) if sd is not None else -1, save_images=True,
             subseed=int(sub) if sub is not None else -1, subseed_strength=float(sub_strength),
             seed_resize_from_w=int(rw) if rw else -1, seed_resize_from_h=int(rh) if rh else -1,
+            styles=tuple(style_names or ()),
         )
         owner = getattr(request, "session_hash", None)
         result = run_with_progress(ctx, req, owner, progress)
@@ -111,7 +120,7 @@ def build_txt2img_tab(ctx: AppContext) -> None:
         return gallery_items, text, (result.seeds[0] if result.seeds else -1)
 
     inputs = [prompt, negative, steps, sampler, scheduler, width, height, batch_count, batch_size, cfg, seed,
-              subseed, subseed_strength, resize_w, resize_h]
+              subseed, subseed_strength, resize_w, resize_h, styles]
     seed_extras.change(lambda show: gr.update(visible=show), inputs=seed_extras, outputs=extras_row,
                        api_name="txt2img_seed_extras", queue=False)
     generate.click(
@@ -129,6 +138,26 @@ def build_txt2img_tab(ctx: AppContext) -> None:
         api_name="txt2img_submit",
         concurrency_id="gpu",
     )
+
+    def on_tokens(text: str) -> str:
+        model = ctx.models.current
+        if model is None:
+            return ""
+        used, available = count_tokens(model.components, text or "")
+        return f"<span class='token-counter'>{used}/{available}</span>"
+
+    prompt.change(on_tokens, inputs=prompt, outputs=token_counter, api_name="txt2img_token_count",
+                  queue=False, show_progress="hidden")
+
+    def on_save_style(name: str, p: str, n: str):
+        name = (name or "").strip()
+        if not name:
+            raise gr.Error("Enter a name for the style")
+        ctx.styles.save(Style(name, p or "", n or ""))
+        return gr.update(choices=ctx.styles.names()), ""
+
+    save_style.click(on_save_style, inputs=[style_name, prompt, negative], outputs=[styles, style_name],
+                     api_name="txt2img_save_style")
 
     def on_interrupt(request: gr.Request) -> None:
         ctx.jobs.interrupt(owner=getattr(request, "session_hash", None))
