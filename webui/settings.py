@@ -56,6 +56,7 @@ class Settings:
     port: int = 7860
     ckpt: Path | None = None
     ckpt_dir: Path | None = None
+    lora_dir: Path | None = None
     data_dir: Path = REPO_ROOT
     models_dir: Path | None = None
     api: bool = False
@@ -87,6 +88,9 @@ class Settings:
             raise KeyError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_FOLDERS)}")
         return self.models_root / MODEL_FOLDERS[kind]
 
+    def lora_dirs(self) -> list[Path]:
+        return [self.model_dir("Lora")] + ([self.lora_dir] if self.lora_dir is not None else [])
+
     def checkpoint_dirs(self) -> list[Path]:
         dirs = [self.model_dir("Stable-diffusion")]
         if self.ckpt_dir is not None:
@@ -116,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--ckpt", type=Path, default=None, help="checkpoint to load at start")
     p.add_argument("--ckpt-dir", type=Path, default=None, help="extra folder with checkpoints")
+    p.add_argument("--lora-dir", type=Path, default=None, help="extra folder with LoRA files")
     p.add_argument("--data-dir", type=Path, default=None, help="folder for outputs, config, cache")
     p.add_argument("--models-dir", type=Path, default=None, help="folder holding the model folders")
     p.add_argument("--api", action="store_true", help="serve /sdapi/v1 beside the UI (always on)")
@@ -145,6 +150,7 @@ def parse_args(argv: Iterable[str] | None = None, env: Mapping[str, str] | None 
         port=ns.port,
         ckpt=ns.ckpt,
         ckpt_dir=ns.ckpt_dir,
+        lora_dir=ns.lora_dir,
         data_dir=data_dir,
         models_dir=ns.models_dir.resolve() if ns.models_dir else None,
         api=ns.api,

@@ -171,6 +171,18 @@ def build_router(ctx: AppContext) -> APIRouter:
         return [m.PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
                 for s in ctx.styles.all()]
 
+    @r.get("/loras")
+    def loras() -> list[dict[str, Any]]:
+        out = []
+        for name, path in sorted(ctx.loras.paths().items()):
+            out.append({"name": name, "alias": name, "path": str(path), "metadata": {}})
+        return out
+
+    @r.post("/refresh-loras")
+    def refresh_loras() -> dict:
+        ctx.loras.refresh()
+        return {}
+
     @r.get("/cmd-flags")
     def cmd_flags() -> dict[str, Any]:
         s = ctx.settings

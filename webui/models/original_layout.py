@@ -93,13 +93,27 @@ def _unet_table(unet: UNet2DConditionModel) -> dict[str, str]:
     return table
 
 
-def unet_to_original(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
-    """UNet2DConditionModel weights under LDM ``UNetModel`` keys (no prefix)."""
+def unet_module_table(unet: UNet2DConditionModel) -> dict[str, str]:
+    """diffusers module path -> LDM module path, including the renamed ResnetBlock2D internals."""
     table = _unet_table(unet)
     for diffusers_path, ldm_path in list(table.items()):
         if ".resnets." in diffusers_path:  # ResnetBlock2D internals are renamed too
             for inner, ldm_inner in _RESNET_UNET.items():
                 table[f"{diffusers_path}.{inner}"] = f"{ldm_path}.{ldm_inner}"
+    return table
+
+
+def ldm_module_name(name: str, table: dict[str, str]) -> str | None:
+    """The LDM path of a diffusers UNet module path (None if it has no LDM twin)."""
+    try:
+        return _rename(name + ".weight", table)[: -len(".weight")]
+    except KeyError:
+        return None
+
+
+def unet_to_original(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    """UNet2DConditionModel weights under LDM ``UNetModel`` keys (no prefix)."""
+    table = unet_module_table(unet)
     return {_rename(key, table): value for key, value in unet.state_dict().items()}
 
 

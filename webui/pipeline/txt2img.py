@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ from webui.sampling.denoiser import Denoiser, DiscreteSchedule
 from webui.sampling.registry import SamplerDef, SamplerRegistry
 from webui.sampling.schedules import ScheduleDef
 from webui.styles import StyleStore
+from webui.networks.lora import AppliedLoras, LoraRegistry, apply_loras
+from webui.prompts.parser import parse_extra_networks
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ class PipelineEnv:
     saver: ImageSaver
     data_dir: Path
     styles: StyleStore | None = None
+    loras: LoraRegistry | None = None
+    file_hash: Callable[[Path], str] | None = None  # sha256 of a file (cached)
 
 
 class _StopSampling(Exception):
@@ -184,10 +188,57 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
     extra_info = env.hooks.extra_infotext(req)
     c = model.components
 
-    # 2. encode each distinct prompt text once for the whole job (schedules, AND parts)
-    enc = EncodeOptions(clip_skip=clip_skip, emphasis=str(opts.get("emphasis", "Original")),
-                        comma_padding_backtrack=int(opts.get("comma_padding_backtrack", 20)))
-    conds = build_job_conditioning(c, req.prompt, req.negative_prompt, req.steps, enc)
+    # 2. extra networks from the prompt (applied for this job only), then encode each distinct
+    #    prompt text once for the whole job (schedules, AND parts)
+    prompt_text, tags = parse_extra_networks(req.prompt)
+    applied, lora_info = _apply_networks(env, c, tags, result)
+    try:
+        enc = EncodeOptions(clip_skip=clip_skip, emphasis=str(opts.get("emphasis", "Original")),
+                            comma_padding_backtrack=int(opts.get("comma_padding_backtrack", 20)))
+        conds = build_job_conditioning(c, prompt_text, req.negative_prompt, req.steps, enc)
+        _sample_all(env, model, req, job, opts, sampler, schedule, clip_skip, seed, subseed, conds,
+                    {**extra_info, **lora_info}, result)
+    finally:
+        applied.restore()
+    result.info = _info(req, model, sampler, schedule, clip_skip, seed, subseed, {**extra_info, **lora_info},
+                        result)
+    env.hooks.after_generate(result, job)
+    return result
+
+
+def _apply_networks(env: PipelineEnv, components, tags, result: GenerationResult
+                    ) -> tuple[AppliedLoras, dict[str, Any]]:
+    """Apply ``<lora:name:te[:unet]>`` tags; unknown names are reported, not fatal (A1111)."""
+    loras, missing = [], []
+    for tag in tags:
+        if tag.kind != "lora" or not tag.args:
+            continue
+        lora = env.loras.get(tag.args[0]) if env.loras is not None else None
+        if lora is None:
+            missing.append(tag.args[0])
+            continue
+        try:
+            te = float(tag.args[1]) if len(tag.args) > 1 else 1.0
+            unet = float(tag.args[2]) if len(tag.args) > 2 else te
+        except ValueError:
+            raise RequestError("prompt", f"bad LoRA weight in <lora:{':'.join(tag.args)}>") from None
+        loras.append((lora, te, unet))
+    if missing:
+        result.warnings.append("Networks not found: " + ", ".join(missing))
+    if not loras:
+        return AppliedLoras(), {}
+    applied = apply_loras(components, loras)
+    info: dict[str, Any] = {}
+    if env.file_hash is not None:
+        info["Lora hashes"] = ", ".join(f"{lo.name}: {env.file_hash(lo.path)[:12]}" for lo, _, _ in loras)
+    return applied, info
+
+
+def _sample_all(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: Job, opts: Mapping[str, Any],
+                sampler: SamplerDef, schedule: ScheduleDef | None, clip_skip: int, seed: int, subseed: int,
+                conds: JobConditioning, extra_info: dict[str, Any], result: GenerationResult) -> None:
+    """Steps 3-6 for every batch of the job."""
+    c = model.components
 
     latent_shape = (c.unet.config.out_channels, req.height // 8, req.width // 8)
     eta = req.eta if req.eta is not None else float(opts.get(sampler.eta_option, 1.0))
@@ -268,7 +319,12 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
         if result.interrupted:
             break
 
-    result.info = {
+
+def _info(req: GenerationRequest, model: LoadedModel, sampler: SamplerDef, schedule: ScheduleDef | None,
+          clip_skip: int, seed: int, subseed: int, extra_info: Mapping[str, Any],
+          result: GenerationResult) -> dict[str, Any]:
+    """A1111's ``info`` JSON for the API."""
+    return {
         "prompt": req.prompt,
         "all_prompts": result.prompts,
         "negative_prompt": req.negative_prompt,
@@ -300,6 +356,6 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
         "version": __version__,
         "interrupted": result.interrupted,
         "warnings": result.warnings,
+        "comments": "\n".join(result.warnings),
     }
-    env.hooks.after_generate(result, job)
-    return result
+

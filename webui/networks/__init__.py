@@ -1,0 +1,1 @@
+"""Extra networks used from the prompt: LoRA (``<lora:name:weight>``) and textual inversion."""

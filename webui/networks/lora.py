@@ -1,0 +1,184 @@
+"""LoRA in the kohya / A1111 file layout, applied for one job and removed exactly afterwards.
+
+A LoRA file holds, per target module, ``<key>.lora_down.weight`` (rank x in), ``<key>.lora_up.weight``
+(out x rank) and optionally ``<key>.alpha``. Keys name modules kohya-style: ``lora_unet_`` + the
+module path with ``.`` -> ``_`` (diffusers names for SD 1.x trainers, LDM names such as
+``input_blocks_4_1_...`` for SDXL ones -- both are understood), ``lora_te_`` / ``lora_te1_`` /
+``lora_te2_`` + the HF text-model path. Applying adds ``multiplier * alpha / rank * up @ down``
+to each weight after backing it up; :meth:`AppliedLoras.restore` copies the backups back, so the
+next job sees the untouched model bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from webui.models.errors import ModelError
+from webui.models.original_layout import ldm_module_name, unet_module_table
+from webui.models.safeload import read_state_dict
+
+log = logging.getLogger(__name__)
+
+LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
+CACHE_SIZE = 8  # LoRA files kept in RAM between jobs
+_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha", "lora_mid.weight": "mid"}
+
+
+@dataclass
+class LoraModule:
+    down: torch.Tensor | None = None
+    up: torch.Tensor | None = None
+    alpha: float | None = None
+    mid: torch.Tensor | None = None
+
+    def delta(self, shape: torch.Size) -> torch.Tensor:
+        """The weight change ``alpha / rank * up @ down`` in the target weight's shape (float32)."""
+        if self.up is None or self.down is None:
+            raise ValueError("needs both lora_up and lora_down")
+        if self.mid is not None:
+            raise ValueError("LoCon 'lora_mid' (Tucker) layers are not supported yet")
+        rank = self.down.shape[0]
+        up = self.up.float().reshape(self.up.shape[0], rank)
+        down = self.down.float().reshape(rank, -1)
+        scale = (self.alpha / rank) if self.alpha else 1.0
+        return (up @ down).reshape(shape) * scale
+
+
+@dataclass
+class LoraFile:
+    name: str
+    path: Path
+    modules: dict[str, LoraModule]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def read_lora(path: Path) -> LoraFile:
+    """Read a kohya-layout LoRA (safely); ModelError names the file on any problem."""
+    tensors, metadata = read_state_dict(path)
+    modules: dict[str, LoraModule] = {}
+    for key, value in tensors.items():
+        for suffix, part in _PARTS.items():
+            if key.endswith("." + suffix):
+                mod = modules.setdefault(key[: -len(suffix) - 1], LoraModule())
+                setattr(mod, part, float(value) if part == "alpha" else value)
+                break
+    if not modules:
+        raise ModelError(path, "no LoRA weights (lora_up/lora_down) found; is it a LoRA in kohya/A1111 format?")
+    return LoraFile(path.stem, path, modules, dict(metadata))
+
+
+def module_index(components) -> dict[str, tuple[torch.nn.Module, str]]:
+    """kohya key -> (module, "unet" | "te") for every weight-bearing module of the model."""
+    index: dict[str, tuple[torch.nn.Module, str]] = {}
+    table = unet_module_table(components.unet)
+    for name, module in components.unet.named_modules():
+        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        index["lora_unet_" + name.replace(".", "_")] = (module, "unet")
+        ldm = ldm_module_name(name, table)
+        if ldm is not None:
+            index["lora_unet_" + ldm.replace(".", "_")] = (module, "unet")
+    prefixes = ["lora_te_"] if len(components.text_encoders) == 1 else ["lora_te1_", "lora_te2_"]
+    for prefix, encoder in zip(prefixes, components.text_encoders):
+        for name, module in encoder.named_modules():
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            path = name if name.startswith("text_model.") else "text_model." + name
+            index[prefix + path.replace(".", "_")] = (module, "te")
+    return index
+
+
+@dataclass
+class AppliedLoras:
+    """Backups of the weights changed by :func:`apply_loras`; ``restore()`` undoes them exactly."""
+
+    backups: dict[int, tuple[torch.nn.Module, torch.Tensor]] = field(default_factory=dict)
+    unmatched: dict[str, int] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for module, weight in self.backups.values():
+            module.weight.copy_(weight)
+        self.backups.clear()
+
+
+@torch.no_grad()
+def apply_loras(components, loras: Iterable[tuple[LoraFile, float, float]]) -> AppliedLoras:
+    """Add each ``(lora, te_multiplier, unet_multiplier)`` to the model's weights in place."""
+    applied = AppliedLoras()
+    index = module_index(components)
+    try:
+        for lora, te_mult, unet_mult in loras:
+            missing = 0
+            for key, mod in lora.modules.items():
+                target = index.get(key)
+                if target is None:
+                    missing += 1
+                    continue
+                module, kind = target
+                mult = te_mult if kind == "te" else unet_mult
+                if mult == 0:
+                    continue
+                weight = module.weight
+                if id(module) not in applied.backups:
+                    applied.backups[id(module)] = (module, weight.detach().clone())
+                try:
+                    delta = mod.delta(weight.shape)
+                except (ValueError, RuntimeError) as exc:
+                    raise ModelError(lora.path, f"layer {key} cannot be applied: {exc}") from exc
+                weight.copy_((weight.float() + delta.to(weight.device) * mult).to(weight.dtype))
+            if missing:
+                applied.unmatched[lora.name] = missing
+                log.warning("LoRA %s: %d of %d layers match nothing in this model", lora.name, missing,
+                            len(lora.modules))
+    except BaseException:
+        applied.restore()
+        raise
+    return applied
+
+
+class LoraRegistry:
+    """LoRA files found in the Lora folders, by name (file stem) or relative path without extension."""
+
+    def __init__(self, dirs: list[Path]):
+        self.dirs = dirs
+        self._files: dict[str, Path] = {}
+        self._cache: OrderedDict[Path, tuple[float, LoraFile]] = OrderedDict()
+        self.refresh()
+
+    def refresh(self) -> None:
+        files: dict[str, Path] = {}
+        for root in self.dirs:
+            if not root.is_dir():
+                continue
+            for p in sorted(root.rglob("*")):
+                if p.suffix.lower() in LORA_SUFFIXES and p.is_file():
+                    files.setdefault(p.stem, p)
+                    files.setdefault(p.relative_to(root).with_suffix("").as_posix(), p)
+        self._files = files
+
+    def names(self) -> list[str]:
+        return sorted({p.stem for p in self._files.values()})
+
+    def paths(self) -> dict[str, Path]:
+        return {p.stem: p for p in self._files.values()}
+
+    def get(self, name: str) -> LoraFile | None:
+        path = self._files.get(name)
+        if path is None:
+            return None
+        mtime = path.stat().st_mtime
+        hit = self._cache.get(path)
+        if hit is None or hit[0] != mtime:
+            hit = (mtime, read_lora(path))
+            self._cache[path] = hit
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(path)
+        return hit[1]
