@@ -429,7 +429,8 @@ def test_request_enable_hr_from_resize_only() -> None:
 
 def test_request_skips_unconvertible_values() -> None:
     request = infotext_to_request(
-        {"Steps": "many", "Seed": "-1", "CFG scale": "nan", "Size-1": "12.5", "Denoising strength": "0.4", "Clip skip": "x"}
+        {"Steps": "many", "Seed": "-1", "CFG scale": "nan", "Size-1": "12.5", "Denoising strength": "0.4",
+         "Clip skip": "x"}
     )
     assert request == {"seed": -1, "denoising_strength": 0.4, "enable_hr": False}
 

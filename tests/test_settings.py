@@ -22,7 +22,9 @@ def test_defaults_bind_loopback():
 
 def test_settings_are_frozen():
     s = parse_args([], env={})
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.port = 1  # type: ignore[misc]
 
 

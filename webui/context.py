@@ -21,6 +21,7 @@ from webui.pipeline.txt2img import PipelineEnv, txt2img
 from webui.plugins import Hooks, Plugins, make_plugin_manager
 from webui.sampling.registry import SamplerRegistry
 from webui.settings import Options, OptionsStore, Settings, core_option_defs
+from webui.networks.embeddings import EmbeddingDB
 from webui.networks.lora import LoraRegistry
 from webui.styles import StyleStore
 
@@ -47,14 +48,15 @@ class AppContext:
     saver: ImageSaver
     styles: StyleStore
     loras: LoraRegistry
+    embeddings: EmbeddingDB
 
     @property
     def hooks(self) -> Hooks:
         return self.plugins.hooks
 
     def pipeline_env(self) -> PipelineEnv:
-        return PipelineEnv(self.hooks, self.samplers, self.saver, self.settings.data_dir, self.styles, self.loras,
-                           self.models.hashes.sha256)
+        return PipelineEnv(self.hooks, self.samplers, self.saver, self.settings.data_dir, styles=self.styles,
+                           loras=self.loras, embeddings=self.embeddings, file_hash=self.models.hashes.sha256)
 
     def options_for(self, override_settings: Mapping[str, Any] | None) -> Options:
         """Current options with a request's ``override_settings`` applied (validated, not persisted)."""
@@ -122,7 +124,8 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
     )
     ctx = AppContext(settings, options, plugins, samplers, models,
                      JobQueue(settings.concurrency, settings.max_queue_size), device, ImageSaver(),
-                     StyleStore(settings.data_dir / "styles.csv"), LoraRegistry(settings.lora_dirs()))
+                     StyleStore(settings.data_dir / "styles.csv"), LoraRegistry(settings.lora_dirs()),
+                     EmbeddingDB([settings.model_dir("embeddings")]))
     if load_model:
         ctx.load_initial_model()
     hooks.startup(ctx)

@@ -171,6 +171,25 @@ def build_router(ctx: AppContext) -> APIRouter:
         return [m.PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
                 for s in ctx.styles.all()]
 
+    @r.get("/embeddings")
+    def embeddings() -> dict[str, Any]:
+        model = ctx.models.current
+        usable, skipped = (ctx.embeddings.compatible(model.components) if model is not None
+                           else (ctx.embeddings.loaded, {}))
+
+        def describe(e) -> dict[str, Any]:
+            vec = next(iter(e.vectors.values()))
+            return {"step": e.step, "sd_checkpoint": e.sd_checkpoint, "sd_checkpoint_name": e.sd_checkpoint_name,
+                    "shape": int(vec.shape[1]), "vectors": e.num_vectors}
+
+        return {"loaded": {n: describe(e) for n, e in usable.items()},
+                "skipped": {n: describe(e) for n, e in skipped.items()}}
+
+    @r.post("/refresh-embeddings")
+    def refresh_embeddings() -> dict:
+        ctx.embeddings.refresh()
+        return {}
+
     @r.get("/loras")
     def loras() -> list[dict[str, Any]]:
         out = []

@@ -91,13 +91,11 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         raise ModelError(path, f"the file is empty (0 bytes), probably an interrupted download. {_REDOWNLOAD}")
 
     if head.startswith(_ZIP_MAGIC):
-        tensors = _torch_load(path, mmap=True)
-        return tensors, {}
+        return _torch_load(path, mmap=True)
     if len(head) >= 9 and head[8:9] == b"{":
         return _read_safetensors(path, size)
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        tensors = _torch_load(path, mmap=False)
-        return tensors, {}
+        return _torch_load(path, mmap=False)
     raise ModelError(path, _describe_unknown(head))
 
 
@@ -176,8 +174,9 @@ def _safetensors_header(path: Path, size: int) -> dict[str, Any]:
     return header
 
 
-def _torch_load(path: Path, *, mmap: bool) -> dict[str, torch.Tensor]:
-    """``torch.load`` with ``weights_only=True`` only; unwrap and filter tensors."""
+def _torch_load(path: Path, *, mmap: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``torch.load`` with ``weights_only=True`` only; unwrap and filter tensors; top-level scalars
+    (``global_step``, an embedding's ``step`` / ``sd_checkpoint_name``...) become metadata strings."""
     stand_ins = [(_InertStandIn, name) for name in _STAND_IN_NAMES]
     try:
         with torch.serialization.safe_globals(stand_ins):
@@ -200,7 +199,11 @@ def _torch_load(path: Path, *, mmap: bool) -> dict[str, torch.Tensor]:
         raise ModelError(path, f"the PyTorch file is damaged or truncated ({_first_line(exc)}). {_REDOWNLOAD}") from exc
     except Exception as exc:  # RuntimeError, EOFError, ValueError... from a damaged archive
         raise ModelError(path, f"the PyTorch file is damaged or truncated ({_first_line(exc)}). {_REDOWNLOAD}") from exc
-    return _tensors_from(path, obj)
+    metadata = {}
+    if isinstance(obj, dict):
+        metadata = {k: str(v) for k, v in obj.items()
+                    if isinstance(k, str) and isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    return _tensors_from(path, obj), metadata
 
 
 def _unsafe_detail(message: str) -> str:
@@ -221,14 +224,27 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {sentence[:200]}"
 
 
+def _flatten_tensors(obj: dict, prefix: str = "", depth: int = 0) -> dict[str, torch.Tensor]:
+    """``str -> Tensor`` entries; nested dicts (e.g. A1111 embeddings' ``string_to_param``) become dotted keys."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            continue
+        if isinstance(value, torch.Tensor):
+            out[prefix + key] = value
+        elif isinstance(value, dict) and depth < 3:
+            out.update(_flatten_tensors(value, f"{prefix}{key}.", depth + 1))
+    return out
+
+
 def _tensors_from(path: Path, obj: Any) -> dict[str, torch.Tensor]:
-    """Unwrap ``{"state_dict": ...}`` and keep only ``str -> Tensor`` entries."""
+    """Unwrap ``{"state_dict": ...}`` and keep only tensors (nested dicts flattened to dotted keys)."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise ModelError(path, f"it holds a {type(obj).__name__}, not a dictionary of weights. "
                                "Pick a model checkpoint file.")
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    tensors = _flatten_tensors(obj)
     if not tensors:
         raise ModelError(path, "it contains no weight tensors. Pick a model checkpoint file.")
     return tensors

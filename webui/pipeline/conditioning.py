@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -53,6 +54,8 @@ class Conditioning:
 class PromptChunk:
     tokens: list[int] = field(default_factory=list)
     multipliers: list[float] = field(default_factory=list)
+    #: textual-inversion vectors: (offset in ``tokens`` before the start token, embedding)
+    fixes: list[tuple[int, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,12 @@ class EncodeOptions:
     comma_padding_backtrack: int = 20
 
 
-def tokenize_prompt(tokenizer, text: str, opts: EncodeOptions) -> tuple[list[PromptChunk], int]:
-    """Split ``text`` into A1111 chunks of 77 token ids with per-token multipliers; also the token count."""
+def tokenize_prompt(tokenizer, text: str, opts: EncodeOptions, embeddings=None) -> tuple[list[PromptChunk], int]:
+    """Split ``text`` into A1111 chunks of 77 token ids with per-token multipliers; also the token count.
+
+    ``embeddings`` (an :class:`~webui.networks.embeddings.EmbeddingLookup`) replaces the tokens of an
+    embedding's name by placeholders whose vectors are substituted at encoding time.
+    """
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     comma = tokenizer.get_vocab().get(COMMA_TOKEN)
     parsed = parse_prompt_attention(text) if opts.emphasis != "None" else [[text, 1.0]]
@@ -87,7 +94,9 @@ def tokenize_prompt(tokenizer, text: str, opts: EncodeOptions) -> tuple[list[Pro
         if piece == "BREAK" and weight == -1:
             close()
             continue
-        for token in ids:
+        pos = 0
+        while pos < len(ids):
+            token = ids[pos]
             if token == comma:
                 last_comma = len(chunk.tokens)
             elif (opts.comma_padding_backtrack and len(chunk.tokens) == CHUNK and last_comma != -1
@@ -99,8 +108,20 @@ def tokenize_prompt(tokenizer, text: str, opts: EncodeOptions) -> tuple[list[Pro
                 chunk.tokens, chunk.multipliers = moved, moved_w
             if len(chunk.tokens) == CHUNK:
                 close()
-            chunk.tokens.append(token)
-            chunk.multipliers.append(weight)
+            found = embeddings.match(ids, pos) if embeddings is not None else None
+            if found is None:
+                chunk.tokens.append(token)
+                chunk.multipliers.append(weight)
+                pos += 1
+                continue
+            emb, name_len = found
+            n = emb.num_vectors
+            if len(chunk.tokens) + n > CHUNK:
+                close()
+            chunk.fixes.append((len(chunk.tokens), emb))
+            chunk.tokens += [0] * n
+            chunk.multipliers += [weight] * n
+            pos += name_len
     if chunk.tokens or not chunks:
         close(is_last=True)
     return chunks, token_count
@@ -117,16 +138,41 @@ def _final_layer_norm(encoder) -> torch.nn.Module:
     return norm if norm is not None else encoder.text_model.final_layer_norm
 
 
+def _token_embedding(encoder) -> torch.nn.Module:
+    emb = getattr(encoder, "embeddings", None) or encoder.text_model.embeddings
+    return emb.token_embedding
+
+
+def _run_encoder(encoder, ids: list[int], fixes, encoder_index: int, n_encoders: int, device: torch.device):
+    """Run the text encoder, substituting textual-inversion vectors after the token embedding."""
+    if not fixes:
+        return encoder(torch.tensor([ids], device=device), output_hidden_states=True)
+
+    def substitute(_module, _inputs, output):
+        output = output.clone()
+        for offset, emb in fixes:
+            vec = emb.for_encoder(encoder_index, n_encoders).to(output.device, output.dtype)
+            output[0, 1 + offset : 1 + offset + vec.shape[0]] = vec
+        return output
+
+    handle = _token_embedding(encoder).register_forward_hook(substitute)
+    try:
+        return encoder(torch.tensor([ids], device=device), output_hidden_states=True)
+    finally:
+        handle.remove()
+
+
 def _encode_chunks(encoder, tokenizer, chunks: list[PromptChunk], layer: int, final_norm: bool,
-                   emphasis: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   emphasis: str, device: torch.device, encoder_index: int = 0,
+                   n_encoders: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     zs, pooled = [], None
     for chunk in chunks:
         ids = list(chunk.tokens)
         if pad is not None and pad != eos:
-            first_end = ids.index(eos)
+            first_end = ids.index(eos, 1)  # embedding placeholders are 0, never the end token
             ids[first_end + 1:] = [pad] * (len(ids) - first_end - 1)
-        out = encoder(torch.tensor([ids], device=device), output_hidden_states=True)
+        out = _run_encoder(encoder, ids, chunk.fixes, encoder_index, n_encoders, device)
         z = out.hidden_states[layer]
         if final_norm:
             z = _final_layer_norm(encoder)(z)
@@ -148,14 +194,14 @@ def _encode_chunks(encoder, tokenizer, chunks: list[PromptChunk], layer: int, fi
 
 @torch.no_grad()
 def encode_prompt(components, text: str, opts: EncodeOptions = EncodeOptions(), *,
-                  n_chunks: int | None = None) -> Conditioning:
+                  n_chunks: int | None = None, embeddings=None) -> Conditioning:
     """Encode one prompt. ``n_chunks`` pads the result with empty chunks to that many chunks."""
     spec = components.spec
     encoders, tokenizers = components.text_encoders, components.tokenizers
     device = encoders[0].device
 
     def chunks_for(tok) -> list[PromptChunk]:
-        chunks, _ = tokenize_prompt(tok, text, opts)
+        chunks, _ = tokenize_prompt(tok, text, opts, embeddings)
         if n_chunks is not None and len(chunks) < n_chunks:
             chunks += [empty_chunk(tok)] * (n_chunks - len(chunks))
         return chunks
@@ -163,9 +209,9 @@ def encode_prompt(components, text: str, opts: EncodeOptions = EncodeOptions(), 
     if spec.family == "sdxl":
         # penultimate layer of both encoders; clip skip does not apply (as in A1111)
         ctx1, _ = _encode_chunks(encoders[0], tokenizers[0], chunks_for(tokenizers[0]), -2, False,
-                                 opts.emphasis, device)
+                                 opts.emphasis, device, 0, 2)
         ctx2, pooled = _encode_chunks(encoders[1], tokenizers[1], chunks_for(tokenizers[1]), -2, False,
-                                      opts.emphasis, device)
+                                      opts.emphasis, device, 1, 2)
         return Conditioning(torch.cat([ctx1, ctx2], dim=-1), pooled)
     if spec.family == "sd2":
         layer = -1 if components.sd2_last_layer_dropped else -2
@@ -176,11 +222,11 @@ def encode_prompt(components, text: str, opts: EncodeOptions = EncodeOptions(), 
     return Conditioning(ctx)
 
 
-def count_tokens(components, text: str, opts: EncodeOptions = EncodeOptions()) -> tuple[int, int]:
+def count_tokens(components, text: str, opts: EncodeOptions = EncodeOptions(), embeddings=None) -> tuple[int, int]:
     """(tokens used, tokens available in the chunks used) -- the UI's "n/75" counter."""
-    chunks, count = tokenize_prompt(components.tokenizers[0], text, opts)
+    chunks, count = tokenize_prompt(components.tokenizers[0], text, opts, embeddings)
     return count, max(len(chunks), 1) * CHUNK
 
 
-def chunk_count(components, text: str, opts: EncodeOptions = EncodeOptions()) -> int:
-    return len(tokenize_prompt(components.tokenizers[0], text, opts)[0])
+def chunk_count(components, text: str, opts: EncodeOptions = EncodeOptions(), embeddings=None) -> int:
+    return len(tokenize_prompt(components.tokenizers[0], text, opts, embeddings)[0])

@@ -43,14 +43,15 @@ class JobConditioning:
 
 
 def build_job_conditioning(components, prompt: str, negative: str, steps: int,
-                           opts: EncodeOptions) -> JobConditioning:
+                           opts: EncodeOptions, embeddings=None) -> JobConditioning:
     """Parse schedules and AND-parts of both prompts and encode every distinct text once."""
     res_indexes, flat, _ = get_multicond_prompt_list([prompt])
     pos_schedules = get_learned_conditioning_prompt_schedules(flat, steps)
     neg_schedule = get_learned_conditioning_prompt_schedules([negative], steps)[0]
     texts = {t for sched in pos_schedules for _, t in sched} | {t for _, t in neg_schedule}
-    n_chunks = max(chunk_count(components, t, opts) for t in texts)
-    cache: dict[str, Conditioning] = {t: encode_prompt(components, t, opts, n_chunks=n_chunks) for t in texts}
+    n_chunks = max(chunk_count(components, t, opts, embeddings) for t in texts)
+    cache: dict[str, Conditioning] = {
+        t: encode_prompt(components, t, opts, n_chunks=n_chunks, embeddings=embeddings) for t in texts}
     zero_negative = components.spec.family == "sdxl"
 
     def scheduled(schedule: list, is_negative: bool = False) -> ScheduledPrompt:

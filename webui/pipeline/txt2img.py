@@ -34,6 +34,7 @@ from webui.sampling.denoiser import Denoiser, DiscreteSchedule
 from webui.sampling.registry import SamplerDef, SamplerRegistry
 from webui.sampling.schedules import ScheduleDef
 from webui.styles import StyleStore
+from webui.networks.embeddings import EmbeddingDB
 from webui.networks.lora import AppliedLoras, LoraRegistry, apply_loras
 from webui.prompts.parser import parse_extra_networks
 
@@ -50,6 +51,7 @@ class PipelineEnv:
     data_dir: Path
     styles: StyleStore | None = None
     loras: LoraRegistry | None = None
+    embeddings: EmbeddingDB | None = None
     file_hash: Callable[[Path], str] | None = None  # sha256 of a file (cached)
 
 
@@ -195,7 +197,11 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
     try:
         enc = EncodeOptions(clip_skip=clip_skip, emphasis=str(opts.get("emphasis", "Original")),
                             comma_padding_backtrack=int(opts.get("comma_padding_backtrack", 20)))
-        conds = build_job_conditioning(c, prompt_text, req.negative_prompt, req.steps, enc)
+        lookup = env.embeddings.lookup(c) if env.embeddings is not None else None
+        conds = build_job_conditioning(c, prompt_text, req.negative_prompt, req.steps, enc, lookup)
+        if lookup is not None and lookup.used and env.file_hash is not None:
+            lora_info["TI hashes"] = ", ".join(f"{name}: {env.file_hash(e.path)[:12]}"
+                                               for name, e in lookup.used.items())
         _sample_all(env, model, req, job, opts, sampler, schedule, clip_skip, seed, subseed, conds,
                     {**extra_info, **lora_info}, result)
     finally:

@@ -20,10 +20,13 @@ The schedule grammar is the one A1111 hands to an Earley parser::
 Inside a bracket every nested bracket must itself be well formed, and there the grammar is
 deterministic: which construct a ``[`` opens, and where it ends, follows from the text after
 it. Only the top level is ambiguous (any bracket or colon there may also be a stray
-character); the Earley parser then takes every construct that can be formed, which is what the
-hand-written parser below does. A ``|`` outside any alternation, or a backslash at the end of
-the text or before a newline, makes the whole prompt unparseable; it is then used verbatim for
-every step.
+character). The parser below uses every top-level construct that can be formed, as A1111 does
+for ordinary prompts. Known difference: A1111's Earley parser settles the ambiguity by its
+internal item order, and reads a construct directly followed by some runs of stray brackets or
+colons as plain text (``[a:b:3]]]`` or ``([a:b:3]))`` stay unscheduled there, ``[a:b:3]]``
+does not); here such constructs are scheduled too. A ``|`` outside any alternation, or a
+backslash at the end of the text or before a newline, makes the whole prompt unparseable; it
+is then used verbatim for every step.
 """
 
 from __future__ import annotations

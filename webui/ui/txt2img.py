@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import gradio as gr
@@ -143,7 +142,7 @@ def build_txt2img_tab(ctx: AppContext) -> None:
         model = ctx.models.current
         if model is None:
             return ""
-        used, available = count_tokens(model.components, text or "")
+        used, available = count_tokens(model.components, text or "", embeddings=ctx.embeddings.lookup(model.components))
         return f"<span class='token-counter'>{used}/{available}</span>"
 
     prompt.change(on_tokens, inputs=prompt, outputs=token_counter, api_name="txt2img_token_count",
