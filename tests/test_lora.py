@@ -123,3 +123,45 @@ def test_api_lists_loras(lora_ctx):
     names = [x["name"] for x in client.get("/sdapi/v1/loras").json()]
     assert names == ["film", "film_ldm"]
     assert client.post("/sdapi/v1/refresh-loras").status_code == 200
+
+
+def test_lycoris_loha_and_lokr(lora_ctx, tmp_path):
+    """LoHa and LoKr files (LyCORIS) apply with their formulas and are removed exactly."""
+    comps = lora_ctx.models.current.components
+    name = UNET_TARGETS[0]
+    module = dict(comps.unet.named_modules())[name]
+    out_f, in_f = module.weight.shape
+    key = "lora_unet_" + name.replace(".", "_")
+    g = torch.Generator().manual_seed(3)
+    loha = {key + ".hada_w1_a": torch.randn(out_f, 2, generator=g),
+            key + ".hada_w1_b": torch.randn(2, in_f, generator=g),
+            key + ".hada_w2_a": torch.randn(out_f, 2, generator=g),
+            key + ".hada_w2_b": torch.randn(2, in_f, generator=g),
+            key + ".alpha": torch.tensor(1.0)}
+    lokr = {key + ".lokr_w1": torch.randn(4, 4, generator=g),
+            key + ".lokr_w2": torch.randn(out_f // 4, in_f // 4, generator=g)}
+    save_file(loha, str(tmp_path / "loha.safetensors"))
+    save_file(lokr, str(tmp_path / "lokr.safetensors"))
+    original = module.weight.detach().clone()
+    for path, expect in (
+        (tmp_path / "loha.safetensors",
+         (loha[key + ".hada_w1_a"] @ loha[key + ".hada_w1_b"]) * (loha[key + ".hada_w2_a"] @ loha[key + ".hada_w2_b"])
+         * 0.5),
+        (tmp_path / "lokr.safetensors", torch.kron(lokr[key + ".lokr_w1"], lokr[key + ".lokr_w2"])),
+    ):
+        applied = apply_loras(comps, [(read_lora(path), 1.0, 1.0)])
+        assert torch.allclose(module.weight - original, expect, atol=1e-4)
+        applied.restore()
+        assert torch.equal(module.weight, original)
+
+
+def test_ui_picker_inserts_lora_tag(lora_ctx):
+    from gradio_client import Client
+
+    from tests.live_server import LiveServer
+    from webui.server import create_app
+
+    with LiveServer(create_app(lora_ctx)) as srv:
+        client = Client(srv.url, verbose=False)
+        assert client.predict("a cat", "film", api_name="/txt2img_add_lora") == "a cat <lora:film:1>"
+        assert client.predict("", "film_ldm", api_name="/txt2img_add_lora") == "<lora:film_ldm:1>"

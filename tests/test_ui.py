@@ -96,3 +96,11 @@ def test_browser_generate(server):
             raise
         finally:
             browser.close()
+
+
+def test_gradio_client_token_counter(server):
+    from gradio_client import Client
+
+    client = Client(server.url, verbose=False)
+    counter = client.predict("a photo of a cat", api_name="/txt2img_token_count")
+    assert "5/75" in counter

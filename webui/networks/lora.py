@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 CACHE_SIZE = 8  # LoRA files kept in RAM between jobs
-_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha", "lora_mid.weight": "mid"}
+_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha", "lora_mid.weight": "mid",
+          # LyCORIS LoHa (Hadamard product of two low-rank pairs) and LoKr (Kronecker product)
+          "hada_w1_a": "hada_w1_a", "hada_w1_b": "hada_w1_b", "hada_w2_a": "hada_w2_a", "hada_w2_b": "hada_w2_b",
+          "lokr_w1": "lokr_w1", "lokr_w2": "lokr_w2", "lokr_w1_a": "lokr_w1_a", "lokr_w1_b": "lokr_w1_b",
+          "lokr_w2_a": "lokr_w2_a", "lokr_w2_b": "lokr_w2_b"}
 
 
 @dataclass
@@ -36,9 +40,27 @@ class LoraModule:
     up: torch.Tensor | None = None
     alpha: float | None = None
     mid: torch.Tensor | None = None
+    hada_w1_a: torch.Tensor | None = None
+    hada_w1_b: torch.Tensor | None = None
+    hada_w2_a: torch.Tensor | None = None
+    hada_w2_b: torch.Tensor | None = None
+    lokr_w1: torch.Tensor | None = None
+    lokr_w2: torch.Tensor | None = None
+    lokr_w1_a: torch.Tensor | None = None
+    lokr_w1_b: torch.Tensor | None = None
+    lokr_w2_a: torch.Tensor | None = None
+    lokr_w2_b: torch.Tensor | None = None
 
     def delta(self, shape: torch.Size) -> torch.Tensor:
-        """The weight change ``alpha / rank * up @ down`` in the target weight's shape (float32)."""
+        """The weight change in the target weight's shape (float32).
+
+        LoRA/LoCon: ``alpha / rank * up @ down``; LoHa: ``alpha / rank * (w1a @ w1b) * (w2a @ w2b)``;
+        LoKr: ``kron(w1, w2)`` (each factor possibly low-rank), scaled by ``alpha / rank`` when factored.
+        """
+        if self.hada_w1_a is not None:
+            return self._loha(shape)
+        if self.lokr_w1 is not None or self.lokr_w1_a is not None:
+            return self._lokr(shape)
         if self.up is None or self.down is None:
             raise ValueError("needs both lora_up and lora_down")
         if self.mid is not None:
@@ -48,6 +70,35 @@ class LoraModule:
         down = self.down.float().reshape(rank, -1)
         scale = (self.alpha / rank) if self.alpha else 1.0
         return (up @ down).reshape(shape) * scale
+
+    def _loha(self, shape: torch.Size) -> torch.Tensor:
+        parts = (self.hada_w1_a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b)
+        if any(p is None for p in parts):
+            raise ValueError("LoHa needs hada_w1_a, hada_w1_b, hada_w2_a and hada_w2_b")
+        w1a, w1b, w2a, w2b = (p.float() for p in parts)
+        rank = w1b.shape[0]
+        scale = (self.alpha / rank) if self.alpha else 1.0
+        w1 = w1a @ w1b.reshape(rank, -1)
+        w2 = w2a @ w2b.reshape(w2b.shape[0], -1)
+        return (w1 * w2).reshape(shape) * scale
+
+    def _lokr(self, shape: torch.Size) -> torch.Tensor:
+        scale, rank = 1.0, None
+        if self.lokr_w1 is not None:
+            w1 = self.lokr_w1.float()
+        else:
+            w1 = self.lokr_w1_a.float() @ self.lokr_w1_b.float()
+            rank = self.lokr_w1_b.shape[0]
+        if self.lokr_w2 is not None:
+            w2 = self.lokr_w2.float()
+        else:
+            w2 = self.lokr_w2_a.float() @ self.lokr_w2_b.float().reshape(self.lokr_w2_b.shape[0], -1)
+            rank = self.lokr_w2_b.shape[0]
+        if self.alpha and rank:
+            scale = self.alpha / rank
+        if w2.ndim == 4:  # conv: kron over the channel dims, w2 keeps the kernel
+            return torch.kron(w1.reshape(*w1.shape, 1, 1), w2).reshape(shape) * scale
+        return torch.kron(w1, w2).reshape(shape) * scale
 
 
 @dataclass

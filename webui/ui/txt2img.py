@@ -59,6 +59,14 @@ def build_txt2img_tab(ctx: AppContext) -> None:
                                      elem_id="txt2img_styles", scale=3)
                 style_name = gr.Textbox(label="New style name", elem_id="txt2img_style_name", scale=2)
                 save_style = gr.Button("Save style", elem_id="txt2img_style_save", scale=1)
+            with gr.Accordion("Extra networks", open=False, elem_id="txt2img_extra_networks"):
+                with gr.Row():
+                    lora_pick = gr.Dropdown(ctx.loras.names(), label="LoRA", elem_id="txt2img_lora_pick", scale=3)
+                    lora_add = gr.Button("Add LoRA", elem_id="txt2img_lora_add", scale=1)
+                    emb_pick = gr.Dropdown(sorted(ctx.embeddings.loaded), label="Embedding",
+                                           elem_id="txt2img_embedding_pick", scale=3)
+                    emb_add = gr.Button("Add embedding", elem_id="txt2img_embedding_add", scale=1)
+                    networks_refresh = gr.Button("🔄", elem_id="txt2img_networks_refresh", min_width=40, scale=0)
         with gr.Column(scale=1, min_width=160):
             token_counter = gr.HTML("", elem_id="txt2img_token_counter")
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
@@ -147,6 +155,23 @@ def build_txt2img_tab(ctx: AppContext) -> None:
 
     prompt.change(on_tokens, inputs=prompt, outputs=token_counter, api_name="txt2img_token_count",
                   queue=False, show_progress="hidden")
+
+    def append_to_prompt(text: str, addition: str) -> str:
+        text = (text or "").rstrip()
+        return f"{text} {addition}" if text else addition
+
+    lora_add.click(lambda p, name: append_to_prompt(p, f"<lora:{name}:1>") if name else p,
+                   inputs=[prompt, lora_pick], outputs=prompt, api_name="txt2img_add_lora", queue=False)
+    emb_add.click(lambda p, name: append_to_prompt(p, name) if name else p,
+                  inputs=[prompt, emb_pick], outputs=prompt, api_name="txt2img_add_embedding", queue=False)
+
+    def on_networks_refresh():
+        ctx.loras.refresh()
+        ctx.embeddings.refresh()
+        return gr.update(choices=ctx.loras.names()), gr.update(choices=sorted(ctx.embeddings.loaded))
+
+    networks_refresh.click(on_networks_refresh, inputs=None, outputs=[lora_pick, emb_pick],
+                           api_name="txt2img_refresh_networks")
 
     def on_save_style(name: str, p: str, n: str):
         name = (name or "").strip()
