@@ -104,3 +104,5 @@ def test_gradio_client_token_counter(server):
     client = Client(server.url, verbose=False)
     counter = client.predict("a photo of a cat", api_name="/txt2img_token_count")
     assert "5/75" in counter
+    long = client.predict(" ".join(["cat"] * 80), api_name="/txt2img_negative_token_count")
+    assert "80/150" in long

@@ -69,6 +69,7 @@ def build_txt2img_tab(ctx: AppContext) -> None:
                     networks_refresh = gr.Button("🔄", elem_id="txt2img_networks_refresh", min_width=40, scale=0)
         with gr.Column(scale=1, min_width=160):
             token_counter = gr.HTML("", elem_id="txt2img_token_counter")
+            neg_token_counter = gr.HTML("", elem_id="txt2img_negative_token_counter")
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
             interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
     with gr.Row():
@@ -150,11 +151,14 @@ def build_txt2img_tab(ctx: AppContext) -> None:
         model = ctx.models.current
         if model is None:
             return ""
-        used, available = count_tokens(model.components, text or "", embeddings=ctx.embeddings.lookup(model.components))
+        lookup = ctx.embeddings.lookup(model.components)
+        used, available = count_tokens(model.components, text or "", embeddings=lookup)
         return f"<span class='token-counter'>{used}/{available}</span>"
 
     prompt.change(on_tokens, inputs=prompt, outputs=token_counter, api_name="txt2img_token_count",
                   queue=False, show_progress="hidden")
+    negative.change(on_tokens, inputs=negative, outputs=neg_token_counter,
+                    api_name="txt2img_negative_token_count", queue=False, show_progress="hidden")
 
     def append_to_prompt(text: str, addition: str) -> str:
         text = (text or "").rstrip()
