@@ -18,9 +18,18 @@ from PIL import Image  # noqa: E402
 
 from webui.models.errors import ModelError  # noqa: E402
 from webui.models.loader import load_components  # noqa: E402
-from webui.models.original_layout import save_diffusers_folder, save_single_file, to_original_state_dict  # noqa: E402
+from webui.models.original_layout import (  # noqa: E402
+    save_diffusers_folder,
+    save_single_file,
+    to_original_state_dict,
+)
 from webui.models.safeload import file_sha256, read_state_dict  # noqa: E402
-from webui.models.spec import ModelSpec, classify_prediction, detect_spec, detect_spec_diffusers  # noqa: E402
+from webui.models.spec import (  # noqa: E402
+    ModelSpec,
+    classify_prediction,
+    detect_spec,
+    detect_spec_diffusers,
+)
 from webui.models.tiny import build_tiny_components, tiny_unet_config, tiny_vae_config  # noqa: E402
 
 CASES = {
@@ -348,7 +357,11 @@ def test_real_size_layouts_infer_real_configs(family):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from webui.models.components import SDComponents
-    from webui.models.infer_config import clip_config_from_ldm, unet_config_from_ldm, vae_config_from_ldm
+    from webui.models.infer_config import (
+        clip_config_from_ldm,
+        unet_config_from_ldm,
+        vae_config_from_ldm,
+    )
 
     def text(kind, cls):
         width, layers, inner, heads, act, proj = REAL_TEXT[kind]

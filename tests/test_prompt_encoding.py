@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from webui.models.tiny import build_tiny_components
-from webui.pipeline.conditioning import CHUNK, EncodeOptions, count_tokens, encode_prompt, tokenize_prompt
+from webui.pipeline.conditioning import (
+    CHUNK,
+    EncodeOptions,
+    count_tokens,
+    encode_prompt,
+    tokenize_prompt,
+)
 from webui.pipeline.prompt_schedule import build_job_conditioning
 from webui.pipeline.request import GenerationRequest
 

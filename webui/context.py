@@ -15,14 +15,14 @@ from webui.images import ImageSaver
 from webui.jobs import Job, JobQueue
 from webui.models.default import ensure_default_checkpoint
 from webui.models.manager import HashCache, LoadedModel, ModelManager
+from webui.networks.embeddings import EmbeddingDB
+from webui.networks.lora import LoraRegistry
 from webui.pipeline.request import GenerationRequest
 from webui.pipeline.result import GenerationResult
 from webui.pipeline.txt2img import PipelineEnv, txt2img
 from webui.plugins import Hooks, Plugins, make_plugin_manager
 from webui.sampling.registry import SamplerRegistry
 from webui.settings import Options, OptionsStore, Settings, core_option_defs
-from webui.networks.embeddings import EmbeddingDB
-from webui.networks.lora import LoraRegistry
 from webui.styles import StyleStore
 
 log = logging.getLogger(__name__)

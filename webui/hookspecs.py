@@ -22,10 +22,10 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
 
     from webui.context import AppContext
     from webui.jobs import Job
+    from webui.models.manager import LoadedModel
     from webui.pipeline.request import GenerationRequest
     from webui.pipeline.result import GenerationResult
     from webui.pipeline.state import ImageState, StepState
-    from webui.models.manager import LoadedModel
     from webui.sampling.registry import SamplerDef
     from webui.sampling.schedules import ScheduleDef
     from webui.settings import OptionDef

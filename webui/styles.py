@@ -81,21 +81,17 @@ class StyleStore:
         """Add or replace a style and write the file atomically."""
         with self._lock:
             self._styles[style.name] = style
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
-            writer.writeheader()
-            for s in self._styles.values():
-                writer.writerow({"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt})
-            atomic_write_text(self.path, buf.getvalue())
+            self._write()
 
     def delete(self, name: str) -> None:
         with self._lock:
-            self._styles.pop(name, None)
-        if self.all() or self.path.exists():
-            remaining = self.all()
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
-            writer.writeheader()
-            for s in remaining:
-                writer.writerow({"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt})
-            atomic_write_text(self.path, buf.getvalue())
+            if self._styles.pop(name, None) is not None:
+                self._write()
+
+    def _write(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for s in self._styles.values():
+            writer.writerow({"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt})
+        atomic_write_text(self.path, buf.getvalue())

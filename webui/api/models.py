@@ -6,7 +6,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from webui.pipeline.request import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_SEED, MAX_SIDE, MAX_STEPS
+from webui.pipeline.request import (
+    MAX_BATCH_COUNT,
+    MAX_BATCH_SIZE,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+)
 
 
 class _Base(BaseModel):

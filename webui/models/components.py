@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTokenizer
 
 from webui.models.spec import ModelSpec

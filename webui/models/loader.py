@@ -24,7 +24,11 @@ from diffusers.loaders.single_file_utils import (
 )
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from webui.models.components import SDComponents, scaled_linear_alphas_cumprod, shipped_tokenizers
+from webui.models.components import (
+    SDComponents,
+    scaled_linear_alphas_cumprod,
+    shipped_tokenizers,
+)
 from webui.models.errors import ModelError
 from webui.models.infer_config import (
     STATE_DICT,

@@ -17,7 +17,11 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from webui.models.components import SDComponents, scaled_linear_alphas_cumprod, shipped_tokenizers
+from webui.models.components import (
+    SDComponents,
+    scaled_linear_alphas_cumprod,
+    shipped_tokenizers,
+)
 from webui.models.infer_config import CLIP_BOS, CLIP_EOS, CLIP_VOCAB, VAE_SCALING
 from webui.models.spec import ModelSpec
 

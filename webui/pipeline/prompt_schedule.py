@@ -13,8 +13,16 @@ from dataclasses import dataclass
 
 import torch
 
-from webui.pipeline.conditioning import Conditioning, EncodeOptions, chunk_count, encode_prompt
-from webui.prompts.parser import get_learned_conditioning_prompt_schedules, get_multicond_prompt_list
+from webui.pipeline.conditioning import (
+    Conditioning,
+    EncodeOptions,
+    chunk_count,
+    encode_prompt,
+)
+from webui.prompts.parser import (
+    get_learned_conditioning_prompt_schedules,
+    get_multicond_prompt_list,
+)
 
 
 @dataclass

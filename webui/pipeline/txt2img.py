@@ -22,21 +22,25 @@ from webui.images import ImageSaver
 from webui.infotext import format_infotext
 from webui.jobs import Interrupted, Job
 from webui.models.manager import LoadedModel
+from webui.networks.embeddings import EmbeddingDB
+from webui.networks.lora import AppliedLoras, LoraRegistry, apply_loras
 from webui.pipeline.conditioning import Conditioning, EncodeOptions
-from webui.pipeline.prompt_schedule import JobConditioning, build_job_conditioning, stack
 from webui.pipeline.noise import ImageRNG, resolve_seed
-from webui.pipeline.sample import eta_infotext, sample, sigmas_for
+from webui.pipeline.prompt_schedule import (
+    JobConditioning,
+    build_job_conditioning,
+    stack,
+)
 from webui.pipeline.request import GenerationRequest, RequestError, check_request
 from webui.pipeline.result import GenerationResult
+from webui.pipeline.sample import eta_infotext, sample, sigmas_for
 from webui.pipeline.state import ImageState, StepState
 from webui.plugins import Hooks
+from webui.prompts.parser import parse_extra_networks
 from webui.sampling.denoiser import Denoiser, DiscreteSchedule
 from webui.sampling.registry import SamplerDef, SamplerRegistry
 from webui.sampling.schedules import ScheduleDef
 from webui.styles import StyleStore
-from webui.networks.embeddings import EmbeddingDB
-from webui.networks.lora import AppliedLoras, LoraRegistry, apply_loras
-from webui.prompts.parser import parse_extra_networks
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from webui.models.errors import ModelError
 from webui.models.manager import NoCheckpoint, UnknownCheckpoint
 from webui.pipeline.conditioning import count_tokens
 from webui.pipeline.request import GenerationRequest, RequestError
-from webui.styles import Style
 from webui.sampling.registry import UnknownName
+from webui.styles import Style
 
 USER_ERRORS = (RequestError, UnknownName, ModelError, UnknownCheckpoint, NoCheckpoint, QueueFull, GenerationFailed)
 
