@@ -85,7 +85,7 @@ class AppContext:
 
     def txt2img(self, req: GenerationRequest, job: Job | None = None) -> GenerationResult:
         """Run a txt2img request through the shared queue."""
-        job = job or Job(kind="txt2img")
+        job = job or Job(kind=req.mode)
         opts = self.options_for(req.override_settings)
         with self.jobs.slot(job):
             try:

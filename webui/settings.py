@@ -230,6 +230,7 @@ def core_option_defs() -> list[OptionDef]:
         OptionDef("samples_save", True, "Always save all generated images", "Saving images"),
         OptionDef("samples_format", "png", "File format for images", "Saving images", choices=("png",)),
         OptionDef("outdir_txt2img_samples", "outputs/txt2img-images", "Output folder for txt2img", "Saving images"),
+        OptionDef("outdir_img2img_samples", "outputs/img2img-images", "Output folder for img2img", "Saving images"),
         OptionDef("save_images_add_number", True, "Add number to file names", "Saving images"),
         OptionDef("enable_pnginfo", True, "Save infotext in PNG files", "Saving images"),
         OptionDef("eta_ancestral", 1.0, "Eta for ancestral samplers", "Sampler parameters", minimum=0.0, maximum=1.0),

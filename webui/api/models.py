@@ -77,6 +77,24 @@ class Txt2ImgRequest(_Base):
     infotext: str | None = None
 
 
+class Img2ImgRequest(Txt2ImgRequest):
+    init_images: list[str] = Field(default_factory=list, description="base64 images (data: URI prefix allowed)")
+    resize_mode: int = Field(0, ge=0, le=3)
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int | None = None
+    mask_round: bool = True
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    include_init_images: bool = False
+
+
 class ImageResponse(BaseModel):
     images: list[str] | None = Field(None, description="base64 PNG images")
     parameters: dict[str, Any]

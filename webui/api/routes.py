@@ -61,12 +61,10 @@ def _request_from_api(body: m.Txt2ImgRequest) -> GenerationRequest:
 def build_router(ctx: AppContext) -> APIRouter:
     r = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
 
-    @r.post("/txt2img", response_model=m.ImageResponse)
-    def txt2img(body: m.Txt2ImgRequest) -> m.ImageResponse:
-        req = _request_from_api(body)
+    def _run(req: GenerationRequest, body: m.Txt2ImgRequest) -> m.ImageResponse:
         if body.script_name:
             raise RequestError("script_name", f"unknown script {body.script_name!r}; no scripts are installed")
-        job = Job(id=body.force_task_id or Job().id, kind="txt2img")
+        job = Job(id=body.force_task_id or Job().id, kind=req.mode)
         try:
             result = ctx.txt2img(req, job)
         except GenerationFailed as exc:
@@ -78,11 +76,27 @@ def build_router(ctx: AppContext) -> APIRouter:
             if body.send_images
             else []
         )
-        return m.ImageResponse(
-            images=images,
-            parameters=body.model_dump(),
-            info=json.dumps(result.info, default=str),
-        )
+        parameters = body.model_dump()
+        if isinstance(body, m.Img2ImgRequest) and not body.include_init_images:
+            parameters["init_images"] = None  # A1111 does not echo the (large) inputs
+        return m.ImageResponse(images=images, parameters=parameters, info=json.dumps(result.info, default=str))
+
+    @r.post("/txt2img", response_model=m.ImageResponse)
+    def txt2img(body: m.Txt2ImgRequest) -> m.ImageResponse:
+        return _run(_request_from_api(body), body)
+
+    @r.post("/img2img", response_model=m.ImageResponse)
+    def img2img(body: m.Img2ImgRequest) -> m.ImageResponse:
+        if body.mask:
+            from fastapi import HTTPException
+
+            raise HTTPException(status_code=501, detail="mask: inpainting is not implemented yet (img2img works)")
+        if not body.init_images:
+            raise RequestError("init_images", "at least one base64 image is required")
+        images = tuple(decode_base64_image(img, f"init_images[{i}]") for i, img in enumerate(body.init_images))
+        req = _request_from_api(body).with_(mode="img2img", init_images=images, resize_mode=body.resize_mode,
+                                            denoising_strength=body.denoising_strength)
+        return _run(req, body)
 
     @r.post("/png-info", response_model=m.PngInfoResponse)
     def png_info(body: m.PngInfoRequest) -> m.PngInfoResponse:

@@ -55,7 +55,10 @@ class GenerationRequest:
     s_noise: float | None = None
     save_images: bool = True
     override_settings: dict[str, Any] = field(default_factory=dict)
-    mode: str = "txt2img"
+    mode: str = "txt2img"  # or "img2img"
+    init_images: tuple[Any, ...] = ()  # PIL images (img2img)
+    denoising_strength: float = 0.75
+    resize_mode: int = 0
 
     def with_(self, **changes: Any) -> GenerationRequest:
         return replace(self, **changes)
@@ -107,6 +110,14 @@ def check_request(req: GenerationRequest) -> None:
             _finite(name, value)
     for name in ("s_churn", "s_tmin"):
         _finite(name, getattr(req, name))
+    if req.mode == "img2img":
+        if not req.init_images:
+            raise RequestError("init_images", "img2img needs at least one init image")
+        _finite("denoising_strength", req.denoising_strength)
+        if not 0 <= req.denoising_strength <= 1:
+            raise RequestError("denoising_strength", f"must be between 0 and 1, got {req.denoising_strength}")
+        if req.resize_mode not in (0, 1, 2, 3):
+            raise RequestError("resize_mode", f"must be 0, 1, 2 or 3, got {req.resize_mode}")
     if not isinstance(req.prompt, str):
         raise RequestError("prompt", "must be a string")
     if not isinstance(req.negative_prompt, str):

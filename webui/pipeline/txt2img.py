@@ -25,6 +25,7 @@ from webui.models.manager import LoadedModel
 from webui.networks.embeddings import EmbeddingDB
 from webui.networks.lora import AppliedLoras, LoraRegistry, apply_loras
 from webui.pipeline.conditioning import Conditioning, EncodeOptions
+from webui.pipeline.init_image import encode_init_images
 from webui.pipeline.noise import ImageRNG, resolve_seed
 from webui.pipeline.prompt_schedule import (
     JobConditioning,
@@ -260,13 +261,23 @@ def _sample_all(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, jo
     ensd = int(opts.get("eta_noise_seed_delta", 0))
     extra_info = {**eta_infotext(sampler, eta), **({"ENSD": ensd} if ensd and sampler.uses_ensd else {}),
                   **extra_info}
+    init = None
+    steps_run = req.steps
+    if req.mode == "img2img":
+        # encoded once per request; image i of the job uses init image i (or the last one)
+        init = encode_init_images(model, list(req.init_images), req.width, req.height, req.resize_mode)
+        # A1111: t_enc = int(strength * steps); sampling runs the last t_enc + 1 sigmas of a `steps` schedule.
+        # Strength 0 is the exception: it returns the init image without any step.
+        t_enc = int(min(req.denoising_strength, 0.999) * req.steps)
+        steps_run = t_enc + 1 if req.denoising_strength > 0 else 0
+        extra_info = {"Denoising strength": req.denoising_strength, **extra_info}
     for it in range(req.n_iter):
         if job.interrupted:
             break
         job.clear_skip()
         seeds = [seed + it * req.batch_size + j for j in range(req.batch_size)]
         subseeds = [subseed + it * req.batch_size + j for j in range(req.batch_size)]
-        job.set_stage(it, req.steps, f"Batch {it + 1} out of {req.n_iter}")
+        job.set_stage(it, steps_run, f"Batch {it + 1} out of {req.n_iter}")
 
         # 3. prepare latents: per-image seeded noise at the first sigma
         model_fn, ds = _cfg_denoiser(model, conds, req.cfg_scale, req.width, req.height, req.batch_size)
@@ -277,17 +288,28 @@ def _sample_all(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, jo
 
         # 4. denoise
         def on_step(i: int, x_i: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> None:
-            state = StepState(job, i, req.steps, sigma, x_i, denoised)
+            state = StepState(job, i, steps_run, sigma, x_i, denoised)
             env.hooks.on_step_end(state)
             if state.latents is not x_i:
                 x_i.copy_(state.latents)
-            job.step(min(i + 1, req.steps))
+            job.step(min(i + 1, steps_run))
             if job.interrupted or job.skipped:
                 raise _StopSampling(denoised, skipped=job.skipped and not job.interrupted)
 
         try:
-            latents = sample(sampler, model_fn, ds, sigmas, rng, seeds, params=sampler_params,
-                             callback=on_step)
+            if init is None:
+                latents = sample(sampler, model_fn, ds, sigmas, rng, seeds, params=sampler_params,
+                                 callback=on_step)
+            else:
+                first = [min(it * req.batch_size + j, len(init) - 1) for j in range(req.batch_size)]
+                x0 = init[first]
+                noise = rng.first()
+                if steps_run == 0:  # strength 0: the init image, no denoising step
+                    latents = x0
+                else:
+                    tail = sigmas[len(sigmas) - steps_run - 1:]
+                    latents = sample(sampler, model_fn, ds, tail, rng, seeds, params=sampler_params,
+                                     callback=on_step, x=x0 + noise * tail[0].to(noise.device))
         except _StopSampling as stop:
             latents = stop.denoised
             result.interrupted = result.interrupted or not stop.skipped
@@ -309,7 +331,9 @@ def _sample_all(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, jo
                 params.pop("Variation seed", None)
             infotext = format_infotext(req.prompt, req.negative_prompt, params)
             if req.save_images and opts.get("samples_save", True):
-                outdir = env.data_dir / str(opts.get("outdir_txt2img_samples", "outputs/txt2img-images"))
+                key, default = (("outdir_img2img_samples", "outputs/img2img-images") if req.mode == "img2img"
+                                else ("outdir_txt2img_samples", "outputs/txt2img-images"))
+                outdir = env.data_dir / str(opts.get(key, default))
                 try:
                     path = env.saver.save(state.image, outdir, seeds[j],
                                           infotext if opts.get("enable_pnginfo", True) else None,
@@ -350,6 +374,8 @@ def _info(req: GenerationRequest, model: LoadedModel, sampler: SamplerDef, sched
         "scheduler": schedule_label(sampler, schedule) or "Automatic",
         "cfg_scale": req.cfg_scale,
         "steps": req.steps,
+        "denoising_strength": req.denoising_strength if req.mode == "img2img" else None,
+        "resize_mode": req.resize_mode,
         "batch_size": req.batch_size,
         "n_iter": req.n_iter,
         "clip_skip": clip_skip,

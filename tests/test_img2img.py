@@ -1,0 +1,135 @@
+"""img2img: A1111's step rule, strength 0, resize modes, API with base64 inputs and bad input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from webui.hookspecs import hookimpl
+from webui.pipeline.init_image import encode_init_images, resize_image
+from webui.pipeline.request import GenerationRequest
+from webui.pipeline.txt2img import decode_latents
+from webui.server import create_app
+
+
+def picture(w=64, h=64) -> Image.Image:
+    y, x = np.mgrid[0:h, 0:w]
+    arr = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), np.full_like(x, 128)], -1)
+    return Image.fromarray(arr.astype(np.uint8))
+
+
+def b64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+BASE = dict(prompt="a cat", steps=10, width=64, height=64, seed=4, sampler_name="Euler", save_images=False,
+            mode="img2img")
+
+
+class StepCounter:
+    def __init__(self):
+        self.steps = []
+
+    @hookimpl
+    def on_step_end(self, state):
+        self.steps.append((state.step, state.total_steps))
+
+
+def test_steps_follow_a1111_rule(ctx):
+    counter = StepCounter()
+    ctx.plugins.register(counter, "step-counter")
+    try:
+        res = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.5, **BASE))
+    finally:
+        ctx.plugins.unregister("step-counter")
+    # A1111: t_enc = int(0.5 * 10) = 5, and the last t_enc + 1 = 6 sigmas of the 10-step schedule are run
+    assert [s for s, _ in counter.steps] == list(range(6)) and counter.steps[0][1] == 6
+    assert "Denoising strength: 0.5" in res.infotexts[0] and res.info["denoising_strength"] == 0.5
+
+
+def test_strength_zero_returns_the_init_image_without_steps(ctx):
+    counter = StepCounter()
+    ctx.plugins.register(counter, "step-counter")
+    try:
+        res = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.0, **BASE))
+    finally:
+        ctx.plugins.unregister("step-counter")
+    assert counter.steps == []
+    model = ctx.models.current
+    round_trip = decode_latents(model, encode_init_images(model, [picture()], 64, 64, 0))[0]
+    assert res.images[0].tobytes() == round_trip.tobytes()
+
+
+def test_strength_changes_and_is_deterministic(ctx):
+    low = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.3, **BASE)).images[0]
+    again = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.3, **BASE)).images[0]
+    high = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.9, **BASE)).images[0]
+    assert low.tobytes() == again.tobytes() and low.tobytes() != high.tobytes()
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_resize_modes_give_the_target_size(mode):
+    img = picture(96, 48)
+    out = resize_image(img, 64, 64, mode)
+    assert out.size == (64, 64)
+    arr = np.asarray(out).astype(int)
+    if mode == 1:  # crop: the centre column of the source survives, no black borders
+        assert arr.min(axis=(0, 1)).tolist()[2] == 128
+    if mode == 2:  # fill: the borders repeat the edge rows, nothing black
+        assert (arr[:, :, 2] == 128).all() and not (arr[0] == 0).all()
+
+
+def test_latent_upscale_mode(ctx):
+    lat = encode_init_images(ctx.models.current, [picture(32 * 2, 32 * 2)], 128, 128, 3)
+    assert lat.shape == (1, 4, 16, 16)
+
+
+def test_api_img2img(ctx):
+    client = TestClient(create_app(ctx))
+    body = {"prompt": "a cat", "init_images": ["data:image/png;base64," + b64(picture(80, 80))], "steps": 6,
+            "width": 64, "height": 64, "seed": 9, "denoising_strength": 0.5, "sampler_name": "Euler a"}
+    r = client.post("/sdapi/v1/img2img", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["parameters"]["init_images"] is None
+    info = json.loads(out["info"])
+    assert info["denoising_strength"] == 0.5 and info["all_seeds"] == [9]
+    img = Image.open(io.BytesIO(base64.b64decode(out["images"][0])))
+    assert img.size == (64, 64) and "Denoising strength: 0.5" in img.info["parameters"]
+
+
+@pytest.mark.parametrize("bad", ["not base64!!", "", base64.b64encode(b"<html></html>").decode(),
+                                 "http://127.0.0.1/a.png"])
+def test_api_img2img_bad_images_are_422(ctx, bad):
+    client = TestClient(create_app(ctx))
+    r = client.post("/sdapi/v1/img2img", json={"init_images": [bad], "steps": 2, "width": 64, "height": 64})
+    assert r.status_code == 422 and "init_images[0]" in r.text
+    assert client.post("/sdapi/v1/img2img", json={"init_images": [], "steps": 2}).status_code == 422
+    ok = client.post("/sdapi/v1/img2img", json={"init_images": [b64(picture())], "steps": 2, "width": 64,
+                                                "height": 64})
+    assert ok.status_code == 200
+
+
+def test_api_img2img_mask_is_not_yet_supported(ctx):
+    client = TestClient(create_app(ctx))
+    r = client.post("/sdapi/v1/img2img", json={"init_images": [b64(picture())], "mask": b64(picture()),
+                                               "steps": 2, "width": 64, "height": 64})
+    assert r.status_code == 501 and "mask" in r.text
+
+
+def test_image_of_a_batch_uses_its_init_image(ctx):
+    a, b = picture(), Image.fromarray(255 - np.asarray(picture()))
+    batch = ctx.txt2img(GenerationRequest(init_images=(a, b), batch_size=2, denoising_strength=0.3, **BASE))
+    first = ctx.txt2img(GenerationRequest(init_images=(a,), denoising_strength=0.3, **BASE))
+    assert np.abs(np.asarray(batch.images[0], int) - np.asarray(first.images[0], int)).max() <= 2
+    assert batch.images[0].tobytes() != batch.images[1].tobytes()
+    assert torch.is_tensor(encode_init_images(ctx.models.current, [a, b], 64, 64, 0))

@@ -1,0 +1,75 @@
+"""img2img input: resize the init image as A1111's resize modes do, then encode it with the VAE.
+
+Modes: 0 just resize (stretch), 1 crop and resize (cover, centre crop), 2 resize and fill (fit, then
+extend the edge rows/columns into the empty borders), 3 latent upscale (encode at the image's own
+size, rounded to a multiple of 8, and resize the latent bilinearly).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+RESIZE_MODES = {0: "Just resize", 1: "Crop and resize", 2: "Resize and fill", 3: "Just resize (latent upscale)"}
+_LANCZOS = Image.Resampling.LANCZOS
+
+
+def resize_image(image: Image.Image, width: int, height: int, mode: int) -> Image.Image:
+    image = image.convert("RGB")
+    if mode in (0, 3):
+        return image.resize((width, height), _LANCZOS)
+    ratio, src_ratio = width / height, image.width / image.height
+    if mode == 1:
+        scale_w = width if ratio > src_ratio else image.width * height // image.height
+        scale_h = height if ratio <= src_ratio else image.height * width // image.width
+        resized = image.resize((scale_w, scale_h), _LANCZOS)
+        out = Image.new("RGB", (width, height))
+        out.paste(resized, (width // 2 - scale_w // 2, height // 2 - scale_h // 2))
+        return out
+    if mode == 2:
+        scale_w = width if ratio < src_ratio else image.width * height // image.height
+        scale_h = height if ratio >= src_ratio else image.height * width // image.width
+        resized = image.resize((scale_w, scale_h), _LANCZOS)
+        out = Image.new("RGB", (width, height))
+        x0, y0 = width // 2 - scale_w // 2, height // 2 - scale_h // 2
+        out.paste(resized, (x0, y0))
+        if ratio < src_ratio and y0 > 0:  # bands above and below: stretch the first/last rows
+            out.paste(resized.crop((0, 0, scale_w, 1)).resize((width, y0)), (0, 0))
+            bottom = height - (y0 + scale_h)
+            if bottom > 0:
+                out.paste(resized.crop((0, scale_h - 1, scale_w, scale_h)).resize((width, bottom)), (0, y0 + scale_h))
+        elif ratio > src_ratio and x0 > 0:  # bands left and right: stretch the first/last columns
+            out.paste(resized.crop((0, 0, 1, scale_h)).resize((x0, height)), (0, 0))
+            right = width - (x0 + scale_w)
+            if right > 0:
+                out.paste(resized.crop((scale_w - 1, 0, scale_w, scale_h)).resize((right, height)),
+                          (x0 + scale_w, 0))
+        return out
+    raise ValueError(f"resize_mode must be one of {sorted(RESIZE_MODES)}")
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB image -> ``[1, 3, H, W]`` in [-1, 1]."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None]
+
+
+@torch.no_grad()
+def encode_init_images(model, images: list[Image.Image], width: int, height: int, mode: int) -> torch.Tensor:
+    """Latents ``[N, 4, height/8, width/8]`` of the resized init images (the VAE's mean, no sampling)."""
+    vae, scale = model.components.vae, model.components.vae_scaling_factor
+    latents = []
+    for image in images:
+        if mode == 3:
+            w8, h8 = max(64, image.width // 8 * 8), max(64, image.height // 8 * 8)
+            pixels = resize_image(image, w8, h8, 0)
+        else:
+            pixels = resize_image(image, width, height, mode)
+        x = image_to_tensor(pixels).to(model.device, vae.dtype)
+        latent = vae.encode(x).latent_dist.mode() * scale
+        if mode == 3 and latent.shape[-2:] != (height // 8, width // 8):
+            latent = F.interpolate(latent.float(), size=(height // 8, width // 8), mode="bilinear")
+        latents.append(latent.float())
+    return torch.cat(latents)
