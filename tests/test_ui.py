@@ -106,3 +106,16 @@ def test_gradio_client_token_counter(server):
     assert "5/75" in counter
     long = client.predict(" ".join(["cat"] * 80), api_name="/txt2img_negative_token_count")
     assert "80/150" in long
+
+
+def test_gradio_client_img2img(server, tmp_path):
+    import numpy as np
+    from gradio_client import Client, handle_file
+
+    path = tmp_path / "init.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")).save(path)
+    client = Client(server.url, verbose=False)
+    gallery, info = client.predict("a cat", "", 4, "Euler", "Automatic", 64, 64, 1, 1, 7, 8, -1, 0, 0, 0, [],
+                                   handle_file(str(path)), 0.5, "Crop and resize", api_name="/img2img")
+    assert len(gallery) == 1 and Image.open(gallery[0]["image"]).size == (64, 64)
+    assert "Denoising strength: 0.5" in info and "Seed: 8" in info

@@ -11,7 +11,7 @@ from webui.models.default import HOW_TO_ADD
 from webui.models.errors import ModelError
 from webui.models.manager import UnknownCheckpoint
 from webui.ui.pnginfo import build_pnginfo_tab
-from webui.ui.txt2img import build_txt2img_tab
+from webui.ui.txt2img import build_img2img_tab, build_txt2img_tab
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("txt2img", id="txt2img"):
                 build_txt2img_tab(ctx)
+            with gr.Tab("img2img", id="img2img"):
+                build_img2img_tab(ctx)
             with gr.Tab("PNG Info", id="pnginfo"):
                 build_pnginfo_tab()
             for tab in ctx.hooks.ui_tabs(ctx):
