@@ -44,25 +44,23 @@ class StepCounter:
         self.steps.append((state.step, state.total_steps))
 
 
-def test_steps_follow_a1111_rule(ctx):
-    counter = StepCounter()
-    ctx.plugins.register(counter, "step-counter")
-    try:
-        res = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.5, **BASE))
-    finally:
-        ctx.plugins.unregister("step-counter")
+@pytest.fixture
+def counter(ctx):
+    plugin = StepCounter()
+    ctx.plugins.register(plugin, "step-counter")
+    yield plugin
+    ctx.plugins.unregister("step-counter")
+
+
+def test_steps_follow_a1111_rule(ctx, counter):
+    res = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.5, **BASE))
     # A1111: t_enc = int(0.5 * 10) = 5, and the last t_enc + 1 = 6 sigmas of the 10-step schedule are run
     assert [s for s, _ in counter.steps] == list(range(6)) and counter.steps[0][1] == 6
     assert "Denoising strength: 0.5" in res.infotexts[0] and res.info["denoising_strength"] == 0.5
 
 
-def test_strength_zero_returns_the_init_image_without_steps(ctx):
-    counter = StepCounter()
-    ctx.plugins.register(counter, "step-counter")
-    try:
-        res = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.0, **BASE))
-    finally:
-        ctx.plugins.unregister("step-counter")
+def test_strength_zero_returns_the_init_image_without_steps(ctx, counter):
+    res = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.0, **BASE))
     assert counter.steps == []
     model = ctx.models.current
     round_trip = decode_latents(model, encode_init_images(model, [picture()], 64, 64, 0))[0]

@@ -68,6 +68,15 @@ def _positive_count(sig: Sequence[float]) -> int:
     """Number of leading sigmas the timestep samplers walk (all but a trailing 0)."""
     return len(sig) - 1 if sig and sig[-1] == 0.0 else len(sig)
 
+def _zero_or_one_step(model, x, sigmas, sig, n_pos: int, callback):
+    """Grids with no or one positive sigma: return ``x`` or a single x0 prediction."""
+    if n_pos == 0:
+        return x
+    denoised = model(x, _sigma_batch(x, sig[0]))
+    callback(0, denoised, denoised, sigmas[0])
+    return denoised
+
+
 
 # ---------------------------------------------------------------------------------------------------
 # sigma grids (SamplerDef.sigmas_fn)
@@ -209,13 +218,8 @@ def sample_ddim(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *, noise_sa
     callback = callback or _noop_callback
     sig = _floats(sigmas)
     n_pos = _positive_count(sig)
-    if n_pos == 0:
-        return x
-    if n_pos == 1:
-        denoised = model(x, _sigma_batch(x, sig[0]))
-        x = denoised
-        callback(0, x, denoised, sigmas[0])
-        return x
+    if n_pos <= 1:
+        return _zero_or_one_step(model, x, sigmas, sig, n_pos, callback)
     denoised = x
     for i in range(n_pos - 1):
         s_t, s_p = sig[i], sig[i + 1]
@@ -268,13 +272,8 @@ def sample_plms(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *, callback
     callback = callback or _noop_callback
     sig = _floats(sigmas)
     n_pos = _positive_count(sig)
-    if n_pos == 0:
-        return x
-    if n_pos == 1:
-        denoised = model(x, _sigma_batch(x, sig[0]))
-        x = denoised
-        callback(0, x, denoised, sigmas[0])
-        return x
+    if n_pos <= 1:
+        return _zero_or_one_step(model, x, sigmas, sig, n_pos, callback)
     history: list[torch.Tensor] = []
     pred_x0 = x
     for i in range(n_pos - 1):
