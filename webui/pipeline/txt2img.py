@@ -97,19 +97,23 @@ def _cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float,
             cached["key"] = key
         return cached["ctx"], [w for _, w in parts]
 
-    def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        ctx, weights = context_at(calls[0])
-        calls[0] += 1
+    current: dict[str, Any] = {}
+
+    def unet_fn(x_scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ctx = current["ctx"]
         added = None if time_ids is None else {"text_embeds": ctx.pooled, "time_ids": time_ids}
+        x_in = x_scaled.to(model.dtype)
+        if image_cond is not None:
+            x_in = torch.cat([x_in, image_cond], dim=1)
+        out = unet(x_in, t, encoder_hidden_states=ctx.context, added_cond_kwargs=added, return_dict=False)[0]
+        return out.float()
 
-        def unet_fn(x_scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            x_in = x_scaled.to(model.dtype)
-            if image_cond is not None:
-                x_in = torch.cat([x_in, image_cond], dim=1)
-            out = unet(x_in, t, encoder_hidden_states=ctx.context, added_cond_kwargs=added, return_dict=False)[0]
-            return out.float()
+    # built once per batch: the denoiser keeps a host copy of the sigmas, which must not be made per step
+    denoiser = Denoiser(schedule, unet_fn, c.spec.prediction_type)
 
-        denoiser = Denoiser(schedule, unet_fn, c.spec.prediction_type)
+    def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        current["ctx"], weights = context_at(calls[0])
+        calls[0] += 1
         out = denoiser(x.repeat(groups, 1, 1, 1), sigma.repeat(groups)).chunk(groups)
         if not use_uncond:
             return out[0]
