@@ -85,6 +85,31 @@ def test_hook_register_schedules(tmp_path, models_root):
     assert a.images[0].tobytes() == b.images[0].tobytes()
 
 
+def test_hook_register_upscalers(tmp_path, models_root):
+    from webui.upscaling.registry import UpscalerDef
+
+    calls = []
+
+    def double(image, scale):
+        calls.append(scale)
+        return image.resize((image.width * 2, image.height * 2), Image.Resampling.NEAREST)
+
+    class P:
+        @hookimpl
+        def register_upscalers(self, settings):
+            assert settings.models_dir == models_root
+            return [UpscalerDef("Doubler", double, scale=2.0)]
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    client = TestClient(__import__("webui.server", fromlist=["create_app"]).create_app(ctx))
+    listed = {u["name"]: u for u in client.get("/sdapi/v1/upscalers").json()}
+    assert listed["Doubler"]["scale"] == 2.0
+    res = ctx.txt2img(GenerationRequest(**SMALL, enable_hr=True, hr_upscaler="doubler", hr_scale=3.0,
+                                        denoising_strength=0.0))
+    assert calls == [3.0, 1.5]  # two passes reach 3x, then Lanczos fits the exact size
+    assert res.images[0].size == (192, 192) and "Hires upscaler: Doubler" in res.infotexts[0]
+
+
 def test_hook_register_settings(tmp_path, models_root):
     from webui.settings import OptionDef
 

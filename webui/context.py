@@ -24,6 +24,7 @@ from webui.plugins import Hooks, Plugins, make_plugin_manager
 from webui.sampling.registry import SamplerRegistry
 from webui.settings import Options, OptionsStore, Settings, core_option_defs
 from webui.styles import StyleStore
+from webui.upscaling.registry import UpscalerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class AppContext:
     styles: StyleStore
     loras: LoraRegistry
     embeddings: EmbeddingDB
+    upscalers: UpscalerRegistry
 
     @property
     def hooks(self) -> Hooks:
@@ -56,7 +58,11 @@ class AppContext:
 
     def pipeline_env(self) -> PipelineEnv:
         return PipelineEnv(self.hooks, self.samplers, self.saver, self.settings.data_dir, styles=self.styles,
-                           loras=self.loras, embeddings=self.embeddings, file_hash=self.models.hashes.sha256)
+                           loras=self.loras, embeddings=self.embeddings, file_hash=self.models.hashes.sha256,
+                           upscalers=self.upscalers)
+
+    def refresh_upscalers(self) -> None:
+        self.upscalers.replace(self.hooks.register_upscalers(self.settings))
 
     def options_for(self, override_settings: Mapping[str, Any] | None) -> Options:
         """Current options with a request's ``override_settings`` applied (validated, not persisted)."""
@@ -125,7 +131,8 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
     ctx = AppContext(settings, options, plugins, samplers, models,
                      JobQueue(settings.concurrency, settings.max_queue_size), device, ImageSaver(),
                      StyleStore(settings.data_dir / "styles.csv"), LoraRegistry(settings.lora_dirs()),
-                     EmbeddingDB([settings.model_dir("embeddings")]))
+                     EmbeddingDB([settings.model_dir("embeddings")]),
+                     UpscalerRegistry(hooks.register_upscalers(settings)))
     if load_model:
         ctx.load_initial_model()
     hooks.startup(ctx)

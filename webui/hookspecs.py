@@ -28,10 +28,11 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from webui.pipeline.state import ImageState, StepState
     from webui.sampling.registry import SamplerDef
     from webui.sampling.schedules import ScheduleDef
-    from webui.settings import OptionDef
+    from webui.settings import OptionDef, Settings
     from webui.ui.tabs import UiTab
+    from webui.upscaling.registry import UpscalerDef
 
-HOOKS_VERSION = "1.0"
+HOOKS_VERSION = "1.1"
 PROJECT = "webui"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -63,6 +64,16 @@ def register_schedules() -> list[ScheduleDef]:
     """Return sigma schedule types ("Schedule type" in A1111) to offer.
 
     versionadded: 1.0
+    """
+
+
+@hookspec
+def register_upscalers(settings: Settings) -> list[UpscalerDef]:
+    """Return image upscalers (name, native scale, ``upscale(image, scale)``) for hires fix and Extras.
+
+    Called at start-up and again on refresh, so model folders (``settings.model_dir(...)``) can be
+    rescanned. Upscalers appear in ``GET /sdapi/v1/upscalers`` and the upscaler menus.
+    versionadded: 1.1
     """
 
 

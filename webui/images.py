@@ -57,3 +57,18 @@ class ImageSaver:
                 n += 1
             atomic_write(path, lambda fh: fh.write(data))
         return path
+
+    def save_as(self, image: Image.Image, path: Path, infotext: str | None) -> Path:
+        """Save as ``path`` (PNG), or ``<stem>-<n>.png`` when that name is taken; never overwrites."""
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", pnginfo=pnginfo_for(infotext) if infotext else None)
+        data = buf.getvalue()
+        with self._lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stem, n = path.with_suffix(""), 1
+            path = stem.with_suffix(".png")
+            while path.exists():
+                path = Path(f"{stem}-{n}.png")
+                n += 1
+            atomic_write(path, lambda fh: fh.write(data))
+        return path

@@ -317,6 +317,11 @@ def _to_float(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _lookup(table: Mapping[str, object], value: object) -> object | None:
+    """A named choice's value (``None`` for an unknown name)."""
+    return table.get(str(value).strip())
+
+
 def _choice_unless(sentinel: str) -> Callable[[object], str | None]:
     """Make a string converter that skips the "use the same as ..." ``sentinel``."""
 
@@ -366,6 +371,15 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("Hires prompt", ("hr_prompt",), _to_str),
     RequestField("Hires negative prompt", ("hr_negative_prompt",), _to_str),
     RequestField("Clip skip", (OVERRIDE_SETTINGS, "CLIP_stop_at_last_layers"), _to_int),
+    RequestField("Tiling", ("tiling",), lambda v: _lookup({"True": True, "False": False}, v)),
+    RequestField("Mask blur", ("mask_blur",), _to_int),
+    RequestField("Mask mode", ("inpainting_mask_invert",),
+                 lambda v: _lookup({"Inpaint masked": 0, "Inpaint not masked": 1}, v)),
+    RequestField("Masked content", ("inpainting_fill",),
+                 lambda v: _lookup({"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}, v)),
+    RequestField("Inpaint area", ("inpaint_full_res",),
+                 lambda v: _lookup({"Whole picture": False, "Only masked": True}, v)),
+    RequestField("Masked area padding", ("inpaint_full_res_padding",), _to_int),
 )
 """Infotext key → API request field; add a line here to map another field."""
 

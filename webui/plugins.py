@@ -216,6 +216,9 @@ class Hooks:
     def register_schedules(self) -> list[Any]:
         return self._flat("register_schedules")
 
+    def register_upscalers(self, settings: Any) -> list[Any]:
+        return self._flat("register_upscalers", settings=settings)
+
     def register_settings(self) -> list[Any]:
         return self._flat("register_settings")
 

@@ -240,6 +240,14 @@ def core_option_defs() -> list[OptionDef]:
         OptionDef("randn_source", "GPU", "Random number generator source", "Stable Diffusion",
                   choices=("GPU", "CPU", "NV")),
         OptionDef("show_progress_every_n_steps", 0, "Live preview every N steps (0: off)", "Live previews", minimum=0),
+        OptionDef("initial_noise_multiplier", 1.0, "Noise multiplier for img2img", "img2img", minimum=0.0,
+                  maximum=1.5),
+        OptionDef("img2img_background_color", "#ffffff", "Colour under transparent parts of init images", "img2img"),
+        OptionDef("inpainting_mask_weight", 1.0, "Inpainting conditioning mask strength", "img2img", minimum=0.0,
+                  maximum=1.0),
+        OptionDef("vae_tiling_threshold", 1536, "Tiled VAE above this many pixels per side (0: never)", "VAE",
+                  minimum=0, maximum=16384),
+        OptionDef("vae_tiling_enabled", False, "Always use tiled VAE encode/decode", "VAE"),
     ]
 
 

@@ -58,11 +58,11 @@ class Txt2ImgRequest(_Base):
     enable_hr: bool = False
     firstphase_width: int = 0
     firstphase_height: int = 0
-    hr_scale: float = 2.0
+    hr_scale: float = Field(2.0, ge=1.0, le=8.0)
     hr_upscaler: str | None = None
-    hr_second_pass_steps: int = 0
-    hr_resize_x: int = 0
-    hr_resize_y: int = 0
+    hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS)
+    hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
     hr_checkpoint_name: str | None = None
     hr_sampler_name: str | None = None
     hr_scheduler: str | None = None
@@ -70,7 +70,7 @@ class Txt2ImgRequest(_Base):
     hr_negative_prompt: str = ""
     force_task_id: str | None = None
     script_name: str | None = None
-    script_args: list[Any] = Field(default_factory=list)
+    script_args: list[Any] | dict[str, Any] = Field(default_factory=list)
     send_images: bool = True
     save_images: bool = False
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
@@ -83,15 +83,15 @@ class Img2ImgRequest(Txt2ImgRequest):
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
     image_cfg_scale: float | None = None
     mask: str | None = None
-    mask_blur_x: int = 4
-    mask_blur_y: int = 4
-    mask_blur: int | None = None
+    mask_blur_x: int = Field(4, ge=0, le=64)
+    mask_blur_y: int = Field(4, ge=0, le=64)
+    mask_blur: int | None = Field(None, ge=0, le=64)
     mask_round: bool = True
-    inpainting_fill: int = 0
-    inpaint_full_res: bool = True
-    inpaint_full_res_padding: int = 0
-    inpainting_mask_invert: int = 0
-    initial_noise_multiplier: float | None = None
+    inpainting_fill: int = Field(0, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    inpaint_full_res: bool = Field(True, description="inpaint area: true = only masked, false = whole picture")
+    inpaint_full_res_padding: int = Field(0, ge=0, le=MAX_SIDE)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    initial_noise_multiplier: float | None = Field(None, ge=0.0, le=2.0)
     include_init_images: bool = False
 
 
@@ -152,6 +152,18 @@ class SDModelItem(BaseModel):
     sha256: str | None
     filename: str
     config: str | None = None
+
+
+class UpscalerItem(BaseModel):
+    name: str
+    model_name: str | None
+    model_path: str | None
+    model_url: str | None
+    scale: float | None
+
+
+class LatentUpscaleModeItem(BaseModel):
+    name: str
 
 
 class PromptStyleItem(BaseModel):

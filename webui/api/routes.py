@@ -13,6 +13,9 @@ from webui.api.images import decode_base64_image, encode_png_base64
 from webui.context import AppContext, GenerationFailed
 from webui.infotext import infotext_to_request, parse_infotext
 from webui.jobs import Job
+from webui.pipeline.hires import LATENT_UPSCALE_MODES
+from webui.pipeline.outpaint import SCRIPT_NAMES as OUTPAINT_SCRIPTS
+from webui.pipeline.outpaint import outpaint_from_script
 from webui.pipeline.request import GenerationRequest, RequestError
 from webui.pnginfo import read_image_info
 
@@ -54,8 +57,42 @@ def _request_from_api(body: m.Txt2ImgRequest) -> GenerationRequest:
         "save_images": bool(data.get("save_images")) and not data.get("do_not_save_samples"),
         "override_settings": dict(data.get("override_settings") or {}),
         "styles": tuple(data.get("styles") or ()),
+        "tiling": bool(data.get("tiling")),
     }
+    if data.get("enable_hr"):
+        kwargs.update(
+            enable_hr=True,
+            # A1111's UI default; the API leaves it unset
+            denoising_strength=0.7 if data.get("denoising_strength") is None else data["denoising_strength"],
+            **{k: data[k] for k in ("hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+                                    "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt")},
+        )
     return GenerationRequest(**kwargs)
+
+
+def _inpaint_fields(body: m.Img2ImgRequest) -> dict[str, Any]:
+    """The mask and A1111's inpainting fields (``mask_blur`` overrides both ``mask_blur_x/y``)."""
+    if not body.mask:
+        return {}
+    mask = decode_base64_image(body.mask, "mask")
+    blur_x = body.mask_blur if body.mask_blur is not None else body.mask_blur_x
+    blur_y = body.mask_blur if body.mask_blur is not None else body.mask_blur_y
+    return {"mask": mask, "mask_blur_x": blur_x, "mask_blur_y": blur_y, "mask_round": body.mask_round,
+            "inpainting_fill": body.inpainting_fill, "inpaint_full_res": bool(body.inpaint_full_res),
+            "inpaint_full_res_padding": body.inpaint_full_res_padding,
+            "inpainting_mask_invert": int(body.inpainting_mask_invert)}
+
+
+def _apply_script(req: GenerationRequest, body: m.Txt2ImgRequest) -> GenerationRequest:
+    """Built-in scripts reachable through ``script_name`` (outpainting, img2img only)."""
+    name = (body.script_name or "").strip()
+    if name.lower() in ("", "none"):
+        return req
+    if name.lower() in OUTPAINT_SCRIPTS:
+        if req.mode != "img2img":
+            raise RequestError("script_name", f"{name!r} is an img2img script")
+        return outpaint_from_script(req, name, body.script_args)
+    raise RequestError("script_name", f"unknown script {name!r}; available: Poor man's outpainting, Outpainting mk2")
 
 
 def build_router(ctx: AppContext) -> APIRouter:
@@ -63,7 +100,7 @@ def build_router(ctx: AppContext) -> APIRouter:
 
     def _run(req: GenerationRequest, body: m.Txt2ImgRequest) -> m.ImageResponse:
         if body.script_name:
-            raise RequestError("script_name", f"unknown script {body.script_name!r}; no scripts are installed")
+            req = _apply_script(req, body)
         job = Job(id=body.force_task_id or Job().id, kind=req.mode)
         try:
             result = ctx.txt2img(req, job)
@@ -87,15 +124,13 @@ def build_router(ctx: AppContext) -> APIRouter:
 
     @r.post("/img2img", response_model=m.ImageResponse)
     def img2img(body: m.Img2ImgRequest) -> m.ImageResponse:
-        if body.mask:
-            from fastapi import HTTPException
-
-            raise HTTPException(status_code=501, detail="mask: inpainting is not implemented yet (img2img works)")
         if not body.init_images:
             raise RequestError("init_images", "at least one base64 image is required")
         images = tuple(decode_base64_image(img, f"init_images[{i}]") for i, img in enumerate(body.init_images))
         req = _request_from_api(body).with_(mode="img2img", init_images=images, resize_mode=body.resize_mode,
-                                            denoising_strength=body.denoising_strength)
+                                            denoising_strength=body.denoising_strength,
+                                            initial_noise_multiplier=body.initial_noise_multiplier,
+                                            **_inpaint_fields(body))
         return _run(req, body)
 
     @r.post("/png-info", response_model=m.PngInfoResponse)
@@ -133,6 +168,15 @@ def build_router(ctx: AppContext) -> APIRouter:
     def skip() -> dict:
         ctx.jobs.skip()
         return {}
+
+    @r.get("/upscalers", response_model=list[m.UpscalerItem])
+    def upscalers() -> list[m.UpscalerItem]:
+        return [m.UpscalerItem(name=u.name, model_name=u.model_name, model_path=u.model_path,
+                               model_url=u.model_url, scale=u.scale) for u in ctx.upscalers.all()]
+
+    @r.get("/latent-upscale-modes", response_model=list[m.LatentUpscaleModeItem])
+    def latent_upscale_modes() -> list[m.LatentUpscaleModeItem]:
+        return [m.LatentUpscaleModeItem(name=name) for name in LATENT_UPSCALE_MODES]
 
     @r.get("/samplers", response_model=list[m.SamplerItem])
     def samplers() -> list[m.SamplerItem]:

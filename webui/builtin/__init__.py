@@ -3,4 +3,5 @@
 #: Module names registered by :func:`webui.plugins.make_plugin_manager`; each can be disabled by name.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "webui.builtin.samplers",
+    "webui.builtin.upscalers",
 )

@@ -12,8 +12,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from webui.pipeline.vae import encode_pixels
+
 RESIZE_MODES = {0: "Just resize", 1: "Crop and resize", 2: "Resize and fill", 3: "Just resize (latent upscale)"}
 _LANCZOS = Image.Resampling.LANCZOS
+
+
+def flatten(image: Image.Image, background: str = "#ffffff") -> Image.Image:
+    """RGB image; transparent pixels are put on ``background`` (A1111's ``img2img_background_color``)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        out = Image.new("RGBA", rgba.size, background)
+        out.alpha_composite(rgba)
+        return out.convert("RGB")
+    return image.convert("RGB")
 
 
 def resize_image(image: Image.Image, width: int, height: int, mode: int) -> Image.Image:
@@ -59,7 +71,6 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
 @torch.no_grad()
 def encode_init_images(model, images: list[Image.Image], width: int, height: int, mode: int) -> torch.Tensor:
     """Latents ``[N, 4, height/8, width/8]`` of the resized init images (the VAE's mean, no sampling)."""
-    vae, scale = model.components.vae, model.components.vae_scaling_factor
     latents = []
     for image in images:
         if mode == 3:
@@ -67,8 +78,7 @@ def encode_init_images(model, images: list[Image.Image], width: int, height: int
             pixels = resize_image(image, w8, h8, 0)
         else:
             pixels = resize_image(image, width, height, mode)
-        x = image_to_tensor(pixels).to(model.device, vae.dtype)
-        latent = vae.encode(x).latent_dist.mode() * scale
+        latent = encode_pixels(model, image_to_tensor(pixels))
         if mode == 3 and latent.shape[-2:] != (height // 8, width // 8):
             latent = F.interpolate(latent.float(), size=(height // 8, width // 8), mode="bilinear")
         latents.append(latent.float())

@@ -59,6 +59,28 @@ class GenerationRequest:
     init_images: tuple[Any, ...] = ()  # PIL images (img2img)
     denoising_strength: float = 0.75
     resize_mode: int = 0
+    tiling: bool = False
+    # inpainting (img2img with a mask); defaults are A1111's API defaults
+    mask: Any = None  # PIL image; white = repaint
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_round: bool = True
+    inpainting_fill: int = 0  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = True  # "only masked"
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    # hires fix (txt2img)
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
 
     def with_(self, **changes: Any) -> GenerationRequest:
         return replace(self, **changes)
@@ -118,7 +140,58 @@ def check_request(req: GenerationRequest) -> None:
             raise RequestError("denoising_strength", f"must be between 0 and 1, got {req.denoising_strength}")
         if req.resize_mode not in (0, 1, 2, 3):
             raise RequestError("resize_mode", f"must be 0, 1, 2 or 3, got {req.resize_mode}")
+    if req.mode == "img2img" and req.mask is not None:
+        _check_inpaint(req)
+    if req.mode == "txt2img" and req.enable_hr:
+        _check_hires(req)
+    if req.initial_noise_multiplier is not None:
+        _finite("initial_noise_multiplier", req.initial_noise_multiplier)
+        if not 0 <= req.initial_noise_multiplier <= 2:
+            raise RequestError("initial_noise_multiplier",
+                               f"must be between 0 and 2, got {req.initial_noise_multiplier}")
+    for name in ("hr_prompt", "hr_negative_prompt"):
+        if not isinstance(getattr(req, name), str):
+            raise RequestError(name, "must be a string")
     if not isinstance(req.prompt, str):
         raise RequestError("prompt", "must be a string")
     if not isinstance(req.negative_prompt, str):
         raise RequestError("negative_prompt", "must be a string")
+
+
+def _check_inpaint(req: GenerationRequest) -> None:
+    for name in ("mask_blur_x", "mask_blur_y"):
+        _int_range(name, getattr(req, name), 0, 64)
+    _int_range("inpainting_fill", req.inpainting_fill, 0, 3)
+    _int_range("inpaint_full_res_padding", req.inpaint_full_res_padding, 0, MAX_SIDE)
+    _int_range("inpainting_mask_invert", int(req.inpainting_mask_invert), 0, 1)
+
+
+def hires_target(req: GenerationRequest) -> tuple[int, int]:
+    """The hires fix's output size (multiples of 8, rounded down); both ``hr_resize_x/y`` set means
+    exactly that size (scaled to cover, centre-cropped), one of them keeps the aspect ratio."""
+    rx, ry = req.hr_resize_x, req.hr_resize_y
+    if rx == 0 and ry == 0:
+        w, h = int(req.width * req.hr_scale), int(req.height * req.hr_scale)
+    elif ry == 0:
+        w, h = rx, rx * req.height // req.width
+    elif rx == 0:
+        w, h = ry * req.width // req.height, ry
+    else:
+        w, h = rx, ry
+    return max(64, w // SIZE_MULTIPLE * SIZE_MULTIPLE), max(64, h // SIZE_MULTIPLE * SIZE_MULTIPLE)
+
+
+def _check_hires(req: GenerationRequest) -> None:
+    _finite("hr_scale", req.hr_scale)
+    if not 1 <= req.hr_scale <= 8:
+        raise RequestError("hr_scale", f"must be between 1 and 8, got {req.hr_scale}")
+    for name in ("hr_resize_x", "hr_resize_y"):
+        _int_range(name, getattr(req, name), 0, MAX_SIDE)
+    _int_range("hr_second_pass_steps", req.hr_second_pass_steps, 0, MAX_STEPS)
+    _finite("denoising_strength", req.denoising_strength)
+    if not 0 <= req.denoising_strength <= 1:
+        raise RequestError("denoising_strength", f"must be between 0 and 1, got {req.denoising_strength}")
+    w, h = hires_target(req)
+    if w > MAX_SIDE or h > MAX_SIDE:
+        field_name = "hr_scale" if req.hr_resize_x == 0 and req.hr_resize_y == 0 else "hr_resize_x"
+        raise RequestError(field_name, f"hires size {w}x{h} is larger than {MAX_SIDE}")

@@ -1,0 +1,112 @@
+"""The CFG-guided denoiser ``D(x, sigma)`` a sampler calls, built once per batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from webui.models.manager import LoadedModel
+from webui.pipeline.conditioning import Conditioning
+from webui.pipeline.prompt_schedule import JobConditioning, stack
+from webui.sampling.denoiser import Denoiser, DiscreteSchedule
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Inpaint:
+    """What inpainting adds to a batch: the U-Net's extra input channels and the latent blend.
+
+    ``image_cond`` (``[batch, 5, h, w]``: mask + masked-image latent) feeds 9-channel inpainting
+    U-Nets. ``init``/``keep`` make every model output keep the original latent where ``keep`` is 1,
+    as A1111 does after each denoiser call.
+    """
+
+    image_cond: torch.Tensor | None = None
+    init: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
+
+
+def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, width: int, height: int,
+                 batch: int, inpaint: Inpaint | None = None) -> tuple[ModelFn, DiscreteSchedule]:
+    """The guided denoiser for one batch, following the prompt schedules.
+
+    Composable prompts: ``uncond + cfg * sum_k w_k (cond_k - uncond)`` (A1111's combine step).
+    The uncond pass is skipped when CFG is 1 and there is a single part.
+    """
+    c = model.components
+    unet = c.unet
+    schedule = DiscreteSchedule(c.alphas_cumprod, c.spec.family).to(model.device)
+    use_uncond = not (cfg_scale == 1.0 and len(conds.positives) == 1)
+    groups = len(conds.positives) + (1 if use_uncond else 0)
+    time_ids = None
+    if c.spec.family == "sdxl":
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=model.device, dtype=model.dtype)
+        time_ids = time_ids.expand(batch * groups, -1)
+    inpaint = inpaint or Inpaint()
+    image_cond = None
+    if c.spec.inpainting:
+        cond = inpaint.image_cond
+        if cond is None:
+            cond = txt2img_image_conditioning(model, width, height).expand(batch, -1, -1, -1)
+        image_cond = cond.to(model.device, model.dtype).repeat(groups, 1, 1, 1)
+    calls = [0]
+    cached: dict[str, Any] = {"key": None}
+
+    def context_at(step: int) -> tuple[Conditioning, list[float]]:
+        parts, neg = conds.at(step)
+        key = (tuple(id(p) for p, _ in parts), id(neg))
+        if cached["key"] != key:
+            cached["ctx"] = stack([p for p, _ in parts] + ([neg] if use_uncond else []), batch, model.device,
+                                  model.dtype)
+            cached["key"] = key
+        return cached["ctx"], [w for _, w in parts]
+
+    current: dict[str, Any] = {}
+
+    def unet_fn(x_scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ctx = current["ctx"]
+        added = None if time_ids is None else {"text_embeds": ctx.pooled, "time_ids": time_ids}
+        x_in = x_scaled.to(model.dtype)
+        if image_cond is not None:
+            x_in = torch.cat([x_in, image_cond], dim=1)
+        out = unet(x_in, t, encoder_hidden_states=ctx.context, added_cond_kwargs=added, return_dict=False)[0]
+        return out.float()
+
+    # built once per batch: the denoiser keeps a host copy of the sigmas, which must not be made per step
+    denoiser = Denoiser(schedule, unet_fn, c.spec.prediction_type)
+    blend = None
+    if inpaint.init is not None and inpaint.keep is not None:
+        blend = (inpaint.init.to(model.device), inpaint.keep.to(model.device))
+
+    def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        current["ctx"], weights = context_at(calls[0])
+        calls[0] += 1
+        out = denoiser(x.repeat(groups, 1, 1, 1), sigma.repeat(groups)).chunk(groups)
+        if not use_uncond:
+            result = out[0]
+        else:
+            neg = out[-1]
+            result = neg.clone()
+            for part, w in zip(out[:-1], weights):
+                result += (part - neg) * (w * cfg_scale)
+        if blend is not None:
+            init, keep = blend
+            result = init * keep + result * (1 - keep)
+        return result
+
+    return guided, schedule
+
+
+@torch.no_grad()
+def txt2img_image_conditioning(model: LoadedModel, width: int, height: int) -> torch.Tensor:
+    """Inpainting U-Nets without an init image: a full mask and the latent of a neutral grey image (A1111)."""
+    from webui.pipeline.vae import encode_pixels
+
+    grey = torch.zeros(1, 3, height, width)
+    latent = encode_pixels(model, grey)
+    mask = torch.ones(1, 1, latent.shape[2], latent.shape[3], dtype=latent.dtype, device=latent.device)
+    return torch.cat([mask, latent], dim=1)

@@ -1,0 +1,179 @@
+"""img2img and inpainting input, prepared once per request: init latents, masks, overlays.
+
+Whole picture: each init image is resized to the output size; the mask likewise. Only masked:
+the mask's bounding box (plus padding, grown to the output's aspect ratio) is cut from the image,
+processed at the output size and pasted back into the full-size original at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from webui.models.manager import LoadedModel
+from webui.pipeline.guidance import Inpaint
+from webui.pipeline.init_image import flatten, image_to_tensor, resize_image
+from webui.pipeline.masking import PreparedMask, apply_overlay, fill_masked, make_overlay, prepare_mask
+from webui.pipeline.request import GenerationRequest
+from webui.pipeline.vae import encode_pixels
+
+#: A1111's ``inpainting_fill`` values.
+MASKED_CONTENT = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
+INPAINT_AREA = {False: "Whole picture", True: "Only masked"}
+MASK_MODE = {0: "Inpaint masked", 1: "Inpaint not masked"}
+
+
+@dataclass
+class InitLatents:
+    """Per init image: ``latents[i]``; with a mask also the latent ``keep`` mask (1 = original stays),
+    inpainting-U-Net conditioning and the overlays restoring unmasked pixels."""
+
+    latents: torch.Tensor
+    keep: torch.Tensor | None = None
+    image_cond: torch.Tensor | None = None
+    overlays: list[Image.Image] | None = None
+    paste_to: tuple[int, int, int, int] | None = None
+    fill: int = 1
+
+    def index(self, image_index: int) -> int:
+        """The init image used for image ``image_index`` of the job (the last one repeats)."""
+        return min(image_index, len(self.latents) - 1)
+
+    def for_batch(self, first: int, batch: int, noise: torch.Tensor) -> tuple[torch.Tensor, Inpaint]:
+        """Starting latents (before noise) of a batch and its inpainting inputs; ``noise`` is the batch's
+        first noise, which "latent noise" puts into the hole."""
+        idx = [self.index(first + j) for j in range(batch)]
+        x0 = self.latents[idx].to(noise.device)
+        if self.keep is None:
+            return x0, Inpaint(image_cond=None if self.image_cond is None else self.image_cond[idx])
+        keep = self.keep.to(noise.device)
+        if self.fill == 2:
+            x0 = x0 * keep + noise * (1 - keep)
+        elif self.fill == 3:
+            x0 = x0 * keep
+        cond = None if self.image_cond is None else self.image_cond[idx]
+        return x0, Inpaint(image_cond=cond, init=x0, keep=keep)
+
+    def finish(self, image: Image.Image, image_index: int) -> Image.Image:
+        """The overlay step: the generated image pasted back, original pixels on top where unmasked."""
+        if self.overlays is None:
+            return image
+        return apply_overlay(image, self.overlays[self.index(image_index)], self.paste_to)
+
+
+def _latent_mask(mask: Image.Image, h: int, w: int, round_mask: bool) -> torch.Tensor:
+    small = np.asarray(mask.convert("RGB").resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)[..., 0]
+    small = small / 255.0
+    if round_mask:
+        small = np.around(small)
+    return torch.from_numpy(small)[None, None]
+
+
+@torch.no_grad()
+def _inpaint_conditioning(model: LoadedModel, pixels: torch.Tensor, mask: Image.Image, latent_hw: tuple[int, int],
+                          round_mask: bool, weight: float) -> torch.Tensor:
+    """``[N, 5, h, w]``: the mask and the latent of the image with the masked area blanked (grey)."""
+    m = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
+    if round_mask:
+        m = torch.round(m)
+    masked = torch.lerp(pixels, pixels * (1.0 - m), weight)
+    latent = encode_pixels(model, masked)
+    small = F.interpolate(m, size=latent_hw).to(latent.device).expand(latent.shape[0], -1, -1, -1)
+    return torch.cat([small, latent], dim=1)
+
+
+def prepare_init(model: LoadedModel, req: GenerationRequest, opts: dict[str, Any] | Any) -> InitLatents:
+    """Resize, mask, fill and encode the init images of ``req`` (once per request)."""
+    w, h = req.width, req.height
+    background = str(opts.get("img2img_background_color", "#ffffff"))
+    images = [flatten(im, background) for im in req.init_images]
+    prepared: PreparedMask | None = None
+    if req.mask is not None:
+        prepared = prepare_mask(req.mask, images[0].size, w, h, invert=bool(req.inpainting_mask_invert),
+                                blur_x=req.mask_blur_x, blur_y=req.mask_blur_y, only_masked=req.inpaint_full_res,
+                                padding=req.inpaint_full_res_padding, resize_mode=req.resize_mode)
+    pixels, overlays = [], []
+    for image in images:
+        if prepared is not None and prepared.region is not None:
+            if image.size != prepared.overlay_mask.size:
+                image = image.resize(prepared.overlay_mask.size, Image.Resampling.LANCZOS)
+            overlays.append(make_overlay(image, prepared.overlay_mask))
+            work = resize_image(image.crop(prepared.region), w, h, 2)
+        else:
+            work = _resize_for_mode(image, w, h, req.resize_mode, masked=prepared is not None)
+            if prepared is not None:
+                overlays.append(make_overlay(work, prepared.overlay_mask))
+        if prepared is not None and req.inpainting_fill == 0:
+            work = fill_masked(work, prepared.mask)
+        pixels.append(image_to_tensor(work))
+    if prepared is None and req.resize_mode == 3:
+        latents = _latent_upscale(model, pixels, w, h)
+    else:
+        latents = torch.cat([encode_pixels(model, p) for p in pixels])
+    if prepared is None:
+        image_cond = None
+        if model.components.spec.inpainting:
+            full = Image.new("L", (w, h), 255)
+            sized = torch.cat([_as_size(p, w, h) for p in pixels])
+            image_cond = _inpaint_conditioning(model, sized, full, latents.shape[-2:], True,
+                                               float(opts.get("inpainting_mask_weight", 1.0)))
+        return InitLatents(latents, image_cond=image_cond)
+    round_mask = bool(req.mask_round)
+    latmask = _latent_mask(prepared.mask, latents.shape[2], latents.shape[3], round_mask)
+    image_cond = None
+    if model.components.spec.inpainting:
+        image_cond = _inpaint_conditioning(model, torch.cat(pixels), prepared.mask, latents.shape[-2:], round_mask,
+                                           float(opts.get("inpainting_mask_weight", 1.0)))
+    paste_to = None
+    if prepared.region is not None:
+        x1, y1, x2, y2 = prepared.region
+        paste_to = (x1, y1, x2 - x1, y2 - y1)
+    return InitLatents(latents, keep=1.0 - latmask, image_cond=image_cond, overlays=overlays, paste_to=paste_to,
+                       fill=int(req.inpainting_fill))
+
+
+def _resize_for_mode(image: Image.Image, w: int, h: int, mode: int, masked: bool) -> Image.Image:
+    if mode == 3:  # latent upscale: encoded at its own size (multiple of 8); with a mask, plain resize
+        if masked:
+            return resize_image(image, w, h, 0)
+        return resize_image(image, max(64, image.width // 8 * 8), max(64, image.height // 8 * 8), 0)
+    return resize_image(image, w, h, mode)
+
+
+def _latent_upscale(model: LoadedModel, pixels: list[torch.Tensor], w: int, h: int) -> torch.Tensor:
+    out = []
+    for p in pixels:
+        latent = encode_pixels(model, p)
+        if latent.shape[-2:] != (h // 8, w // 8):
+            latent = F.interpolate(latent, size=(h // 8, w // 8), mode="bilinear")
+        out.append(latent)
+    return torch.cat(out)
+
+
+def _as_size(pixels: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    if pixels.shape[-2:] == (h, w):
+        return pixels
+    return F.interpolate(pixels, size=(h, w), mode="bilinear")
+
+
+def inpaint_infotext(req: GenerationRequest) -> dict[str, Any]:
+    """The inpainting fields A1111 writes (and reads back when pasting parameters)."""
+    if req.mask is None:
+        return {}
+    info: dict[str, Any] = {}
+    if req.mask_blur_x == req.mask_blur_y:
+        info["Mask blur"] = req.mask_blur_x
+    else:
+        info["Mask blur x"], info["Mask blur y"] = req.mask_blur_x, req.mask_blur_y
+    if req.inpainting_mask_invert:
+        info["Mask mode"] = MASK_MODE[1]
+    info["Masked content"] = MASKED_CONTENT.get(req.inpainting_fill, req.inpainting_fill)
+    if req.inpaint_full_res:
+        info["Inpaint area"] = INPAINT_AREA[True]
+        info["Masked area padding"] = req.inpaint_full_res_padding
+    return info
