@@ -317,3 +317,18 @@ def test_unknown_script_is_422(client):
     r = client.post("/sdapi/v1/img2img", json={"init_images": [b64(picture())], "steps": 2, "width": 64,
                                                "height": 64, "script_name": "X/Y/Z nonsense"})
     assert r.status_code == 422 and "script_name" in r.text
+
+
+def test_init_image_is_encoded_once_per_request_not_per_image(ctx, monkeypatch):
+    vae = ctx.models.current.components.vae
+    calls = []
+    real = vae.encode
+
+    def spy(x, *a, **kw):
+        calls.append(tuple(x.shape))
+        return real(x, *a, **kw)
+
+    monkeypatch.setattr(vae, "encode", spy)
+    res = ctx.txt2img(GenerationRequest(init_images=(noisy_picture(),), mask=square_mask(), batch_size=2,
+                                        **{**BASE, "n_iter": 2}))
+    assert len(res.images) == 4 and calls == [(1, 3, 64, 64)]

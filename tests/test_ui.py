@@ -25,10 +25,8 @@ def test_gradio_client_txt2img(server):
     from gradio_client import Client
 
     client = Client(server.url, verbose=False)
-    gallery, info = client.predict(
-        "a red circle", "", 3, "Euler a", "Automatic", 64, 64, 1, 2, 7, 123, -1, 0, 0, 0, [],
-        api_name="/txt2img"
-    )
+    gallery, info = client.predict(prompt="a red circle", steps=3, sampler_name="Euler a", width=64, height=64,
+                                   batch_size=2, seed=123, api_name="/txt2img")
     assert len(gallery) == 2
     img = Image.open(gallery[0]["image"])
     assert img.size == (64, 64)
@@ -41,13 +39,13 @@ def test_gradio_client_bad_input_shows_error_and_next_works(server):
 
     client = Client(server.url, verbose=False)
     with pytest.raises(AppError) as e:
-        client.predict("x", "", 3, "Nope", "Automatic", 64, 64, 1, 1, 7, 1, -1, 0, 0, 0, [], api_name="/txt2img")
+        client.predict(prompt="x", steps=3, sampler_name="Nope", width=64, height=64, api_name="/txt2img")
     assert "Nope" in str(e.value) and "Euler a" in str(e.value)
     with pytest.raises(AppError) as e:
-        client.predict("x", "", 3, "Euler", "Automatic", 100, 64, 1, 1, 7, 1, -1, 0, 0, 0, [], api_name="/txt2img")
+        client.predict(prompt="x", steps=3, width=100, height=64, api_name="/txt2img")
     assert "width" in str(e.value) and "multiple of 8" in str(e.value)
-    gallery, info = client.predict("x", "", 2, "Euler", "Automatic", 64, 64, 1, 1, 7, 1, 5, 0.5, 0, 0, [],
-                                   api_name="/txt2img")
+    gallery, info = client.predict(prompt="x", steps=2, sampler_name="Euler", width=64, height=64, seed=1,
+                                   subseed=5, subseed_strength=0.5, api_name="/txt2img")
     assert len(gallery) == 1
     assert "Variation seed: 5, Variation seed strength: 0.5" in info
 
@@ -90,6 +88,33 @@ def test_browser_generate(server):
             page.locator("#txt2img_gallery img").first.wait_for(state="visible", timeout=60_000)
             info = page.locator("#txt2img_info textarea").input_value(timeout=10_000)
             assert "a browser test" in info and "Steps: 3" in info and "Size: 64x64" in info
+
+            # send the output to inpaint: the img2img tab opens with the image and the parameters
+            page.locator("#txt2img_send_to_inpaint").click()
+            page.locator("#img2img_prompt textarea").wait_for(state="visible", timeout=20_000)
+            page.wait_for_function("document.querySelector('#img2img_prompt textarea').value === 'a browser test'",
+                                   timeout=20_000)
+            assert page.locator("#img2img_steps input[type=number]").input_value() == "3"
+            # draw a mask stroke on the editor's canvas, then generate
+            canvas = page.locator("#img2img_inpaint canvas").first
+            canvas.wait_for(state="visible", timeout=20_000)
+            done = "document.querySelector('#img2img_info textarea').value.includes('Mask blur')"
+            for attempt in range(3):  # the editor may still be loading the sent image when the first stroke lands
+                page.wait_for_timeout(1000 * (attempt + 1))
+                box = canvas.bounding_box()
+                page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5)
+                page.mouse.down()
+                page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5, steps=8)
+                page.mouse.up()
+                page.locator("#img2img_generate").click()
+                try:
+                    page.wait_for_function(done, timeout=30_000)
+                    break
+                except Exception:
+                    if attempt == 2:
+                        raise
+            info = page.locator("#img2img_info textarea").input_value()
+            assert "Denoising strength" in info and "Size: 64x64" in info
         except Exception:
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "browser_generate.png"), full_page=True)
@@ -115,7 +140,70 @@ def test_gradio_client_img2img(server, tmp_path):
     path = tmp_path / "init.png"
     Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")).save(path)
     client = Client(server.url, verbose=False)
-    gallery, info = client.predict("a cat", "", 4, "Euler", "Automatic", 64, 64, 1, 1, 7, 8, -1, 0, 0, 0, [],
-                                   handle_file(str(path)), 0.5, "Crop and resize", api_name="/img2img")
+    gallery, info = client.predict(prompt="a cat", steps=4, sampler_name="Euler", width=64, height=64, seed=8,
+                                   input_image=handle_file(str(path)), denoising_strength=0.5,
+                                   resize_mode="Crop and resize", api_name="/img2img")
     assert len(gallery) == 1 and Image.open(gallery[0]["image"]).size == (64, 64)
     assert "Denoising strength: 0.5" in info and "Seed: 8" in info
+
+
+def test_gradio_client_hires_fix(server):
+    from gradio_client import Client
+
+    client = Client(server.url, verbose=False)
+    gallery, info = client.predict(prompt="hires", steps=2, sampler_name="Euler", width=64, height=64, seed=2,
+                                   enable_hr=True, hr_scale=1.5, hr_second_pass_steps=1, api_name="/txt2img")
+    assert Image.open(gallery[0]["image"]).size == (96, 96)
+    assert "Hires upscale: 1.5" in info and "Denoising strength: 0.7" in info
+
+
+def test_gradio_client_inpaint_upload_keeps_unmasked_pixels(server, tmp_path):
+    import numpy as np
+    from gradio_client import Client, handle_file
+
+    rng = np.random.default_rng(1)
+    init = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(init).save(tmp_path / "init.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:24, 32:56] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    client = Client(server.url, verbose=False)
+    gallery, info = client.predict(prompt="patch", steps=3, sampler_name="Euler", width=64, height=64, seed=4,
+                                   input_mode="inpaint_upload",
+                                   input_upload_image=handle_file(str(tmp_path / "init.png")),
+                                   input_upload_mask=handle_file(str(tmp_path / "mask.png")), mask_blur=0,
+                                   inpainting_fill="fill", api_name="/img2img")
+    out = np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))
+    assert np.array_equal(out[mask == 0], init[mask == 0]) and not np.array_equal(out[mask > 0], init[mask > 0])
+    assert "Mask blur: 0" in info and "Masked content: fill" in info
+
+
+def test_gradio_client_inpaint_without_mask_is_a_readable_error(server, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "init.png")
+    client = Client(server.url, verbose=False)
+    with pytest.raises(AppError) as e:
+        client.predict(prompt="x", steps=2, width=64, height=64, input_mode="inpaint_upload",
+                       input_upload_image=handle_file(str(tmp_path / "init.png")), api_name="/img2img")
+    assert "mask" in str(e.value)
+
+
+def test_gradio_client_png_info_send_to_txt2img(server):
+    from gradio_client import Client
+
+    text = ("a lighthouse\nNegative prompt: fog\nSteps: 13, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5.5, "
+            "Seed: 77, Size: 96x64, Denoising strength: 0.4, Hires upscale: 1.5, Hires upscaler: Lanczos, Tiling: True")
+    client = Client(server.url, verbose=False)
+    updates = client.predict(text, api_name="/pnginfo_send_to_txt2img")
+    api = client.view_api(return_format="dict", print_info=False)
+    names = [p["parameter_name"] for p in api["named_endpoints"]["/txt2img"]["parameters"]]
+    v = {n: u["value"] for n, u in zip(names, updates) if "value" in u}
+    v = {k: v[k] for k in ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale", "seed",
+                           "width", "height", "enable_hr", "hr_scale", "hr_upscaler", "denoising_strength", "tiling",
+                           "subseed_strength")}
+    assert v == {"prompt": "a lighthouse", "negative_prompt": "fog", "steps": 13, "sampler_name": "DPM++ 2M",
+                 "scheduler": "Karras", "cfg_scale": 5.5, "seed": 77, "width": 96, "height": 64, "enable_hr": True,
+                 "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.4, "tiling": True,
+                 "subseed_strength": 0.0}

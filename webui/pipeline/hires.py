@@ -8,6 +8,7 @@ schedule has ``int(n / min(d, 0.999))`` steps and the last ``n`` of them run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from webui.models.manager import LoadedModel
 from webui.pipeline.init_image import image_to_tensor
 from webui.pipeline.request import GenerationRequest, RequestError, hires_target
-from webui.pipeline.vae import decode_latents, encode_pixels
+from webui.pipeline.vae import decode_latents, encode_pixels, tiling_wanted
 from webui.sampling.registry import SamplerDef, SamplerRegistry, UnknownName
 from webui.sampling.schedules import ScheduleDef
 from webui.upscaling.registry import UnknownUpscaler, UpscalerDef, UpscalerRegistry, upscale_to
@@ -87,7 +88,8 @@ def plan_hires(req: GenerationRequest, samplers: SamplerRegistry, upscalers: Ups
                      req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt)
 
 
-def upscale_latents(plan: HiresPlan, model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
+def upscale_latents(plan: HiresPlan, model: LoadedModel, latents: torch.Tensor,
+                    opts: Mapping[str, Any] | None = None) -> torch.Tensor:
     """The first pass's latents at the hires size (latent interpolation, or decode-upscale-encode)."""
     h8, w8 = plan.height // 8, plan.width // 8
     if plan.latent_mode is not None:
@@ -95,10 +97,11 @@ def upscale_latents(plan: HiresPlan, model: LoadedModel, latents: torch.Tensor) 
         size = _cover(latents.shape[-2], latents.shape[-1], h8, w8) if plan.crop else (h8, w8)
         out = F.interpolate(latents.float(), size=size, mode=mode, antialias=antialias)
         return _centre_crop(out, h8, w8)
-    images = decode_latents(model, latents)
+    images = decode_latents(model, latents, tiled=tiling_wanted(opts, latents.shape[-1] * 8, latents.shape[-2] * 8))
     pixels = [image_to_tensor(upscale_to(plan.upscaler, im, plan.width, plan.height, crop=plan.crop))
               for im in images]
-    return torch.cat([encode_pixels(model, p) for p in pixels])
+    tiled = tiling_wanted(opts, plan.width, plan.height)
+    return torch.cat([encode_pixels(model, p, tiled=tiled) for p in pixels])
 
 
 def _cover(h: int, w: int, th: int, tw: int) -> tuple[int, int]:

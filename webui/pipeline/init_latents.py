@@ -20,7 +20,7 @@ from webui.pipeline.guidance import Inpaint
 from webui.pipeline.init_image import flatten, image_to_tensor, resize_image
 from webui.pipeline.masking import PreparedMask, apply_overlay, fill_masked, make_overlay, prepare_mask
 from webui.pipeline.request import GenerationRequest
-from webui.pipeline.vae import encode_pixels
+from webui.pipeline.vae import encode_pixels, tiling_wanted
 
 #: A1111's ``inpainting_fill`` values.
 MASKED_CONTENT = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
@@ -76,13 +76,13 @@ def _latent_mask(mask: Image.Image, h: int, w: int, round_mask: bool) -> torch.T
 
 @torch.no_grad()
 def _inpaint_conditioning(model: LoadedModel, pixels: torch.Tensor, mask: Image.Image, latent_hw: tuple[int, int],
-                          round_mask: bool, weight: float) -> torch.Tensor:
+                          round_mask: bool, weight: float, tiled: bool = False) -> torch.Tensor:
     """``[N, 5, h, w]``: the mask and the latent of the image with the masked area blanked (grey)."""
     m = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
     if round_mask:
         m = torch.round(m)
     masked = torch.lerp(pixels, pixels * (1.0 - m), weight)
-    latent = encode_pixels(model, masked)
+    latent = encode_pixels(model, masked, tiled=tiled)
     small = F.interpolate(m, size=latent_hw).to(latent.device).expand(latent.shape[0], -1, -1, -1)
     return torch.cat([small, latent], dim=1)
 
@@ -111,24 +111,25 @@ def prepare_init(model: LoadedModel, req: GenerationRequest, opts: dict[str, Any
         if prepared is not None and req.inpainting_fill == 0:
             work = fill_masked(work, prepared.mask)
         pixels.append(image_to_tensor(work))
+    tiled = tiling_wanted(opts, w, h)
     if prepared is None and req.resize_mode == 3:
-        latents = _latent_upscale(model, pixels, w, h)
+        latents = _latent_upscale(model, pixels, w, h, opts)
     else:
-        latents = torch.cat([encode_pixels(model, p) for p in pixels])
+        latents = torch.cat([encode_pixels(model, p, tiled=tiled) for p in pixels])
     if prepared is None:
         image_cond = None
         if model.components.spec.inpainting:
             full = Image.new("L", (w, h), 255)
             sized = torch.cat([_as_size(p, w, h) for p in pixels])
             image_cond = _inpaint_conditioning(model, sized, full, latents.shape[-2:], True,
-                                               float(opts.get("inpainting_mask_weight", 1.0)))
+                                               float(opts.get("inpainting_mask_weight", 1.0)), tiled)
         return InitLatents(latents, image_cond=image_cond)
     round_mask = bool(req.mask_round)
     latmask = _latent_mask(prepared.mask, latents.shape[2], latents.shape[3], round_mask)
     image_cond = None
     if model.components.spec.inpainting:
         image_cond = _inpaint_conditioning(model, torch.cat(pixels), prepared.mask, latents.shape[-2:], round_mask,
-                                           float(opts.get("inpainting_mask_weight", 1.0)))
+                                           float(opts.get("inpainting_mask_weight", 1.0)), tiled)
     paste_to = None
     if prepared.region is not None:
         x1, y1, x2, y2 = prepared.region
@@ -145,10 +146,10 @@ def _resize_for_mode(image: Image.Image, w: int, h: int, mode: int, masked: bool
     return resize_image(image, w, h, mode)
 
 
-def _latent_upscale(model: LoadedModel, pixels: list[torch.Tensor], w: int, h: int) -> torch.Tensor:
+def _latent_upscale(model: LoadedModel, pixels: list[torch.Tensor], w: int, h: int, opts: Any) -> torch.Tensor:
     out = []
     for p in pixels:
-        latent = encode_pixels(model, p)
+        latent = encode_pixels(model, p, tiled=tiling_wanted(opts, p.shape[-1], p.shape[-2]))
         if latent.shape[-2:] != (h // 8, w // 8):
             latent = F.interpolate(latent, size=(h // 8, w // 8), mode="bilinear")
         out.append(latent)

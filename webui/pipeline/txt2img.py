@@ -35,7 +35,7 @@ from webui.pipeline.result import GenerationResult
 from webui.pipeline.sample import eta_infotext, sample, sigmas_for
 from webui.pipeline.state import ImageState, StepState
 from webui.pipeline.tiling import circular_padding
-from webui.pipeline.vae import decode_latents
+from webui.pipeline.vae import decode_latents, tiling_wanted
 from webui.plugins import Hooks
 from webui.prompts.parser import parse_extra_networks
 from webui.sampling.registry import SamplerDef, SamplerRegistry
@@ -230,7 +230,9 @@ def _run_batches(run: _Run) -> None:
         except Interrupted:
             result.interrupted = True
             break
-        _emit(run, it, decode_latents(run.model, latents), seeds, subseeds)
+        out_w, out_h = (run.hires.width, run.hires.height) if run.hires is not None else (req.width, req.height)
+        images = decode_latents(run.model, latents, tiled=tiling_wanted(run.opts, out_w, out_h))
+        _emit(run, it, images, seeds, subseeds)
         if result.interrupted:
             break
 
@@ -284,7 +286,7 @@ def _hires_pass(run: _Run, latents: torch.Tensor, seeds: list[int], subseeds: li
                 steps: int) -> torch.Tensor:
     """Hires fix: enlarge the first pass, re-noise it and denoise the last ``steps`` sigmas."""
     plan, req, model = run.hires, run.req, run.model
-    latents = upscale_latents(plan, model, latents)
+    latents = upscale_latents(plan, model, latents, run.opts)
     if steps == 0:  # denoising strength 0: the enlarged first pass as it is
         return latents
     rng = _rng(run, tuple(latents.shape[1:]), seeds, subseeds)

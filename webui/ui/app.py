@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import gradio as gr
 
@@ -10,8 +11,10 @@ from webui.context import AppContext
 from webui.models.default import HOW_TO_ADD
 from webui.models.errors import ModelError
 from webui.models.manager import UnknownCheckpoint
+from webui.ui.editor import editor_value
+from webui.ui.generation import GenerationTab, build_generation_tab
 from webui.ui.pnginfo import build_pnginfo_tab
-from webui.ui.txt2img import build_img2img_tab, build_txt2img_tab
+from webui.ui.sendto import values_from_infotext
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +63,82 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                          concurrency_id="gpu")
         refresh.click(on_refresh, inputs=None, outputs=[checkpoint, notice], api_name="refresh_checkpoints")
 
-        with gr.Tabs():
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img"):
-                build_txt2img_tab(ctx)
+                t2i = build_generation_tab(ctx, "txt2img")
             with gr.Tab("img2img", id="img2img"):
-                build_img2img_tab(ctx)
+                i2i = build_generation_tab(ctx, "img2img")
             with gr.Tab("PNG Info", id="pnginfo"):
-                build_pnginfo_tab()
+                png = build_pnginfo_tab()
             for tab in ctx.hooks.ui_tabs(ctx):
                 with gr.Tab(tab.title, elem_id=tab.elem_id):
                     tab.render()
+        _wire_send_to(tabs, t2i, i2i, png)
     demo.queue(max_size=ctx.settings.max_queue_size)
     return demo
+
+
+def _param_names(tab: GenerationTab) -> list[str]:
+    return [n for n in tab.fields if not n.startswith(("input_", "batch_input", "batch_output", "batch_mask",
+                                                          "outpaint_"))]
+
+
+def _fill(tab: GenerationTab, infotext: str) -> list[Any]:
+    values = values_from_infotext(infotext or "", _param_names(tab))
+    return [gr.update(value=values[n]) if n in values else gr.update() for n in _param_names(tab)]
+
+
+def _wire_send_to(tabs: gr.Tabs, t2i: GenerationTab, i2i: GenerationTab, png: dict[str, Any]) -> None:
+    """"Send to" buttons: the selected output (or the PNG Info image) and its parameters go to a tab."""
+    assert i2i.img2img is not None
+    sub = i2i.img2img.tabs
+    i2i_params = [i2i.fields[n] for n in _param_names(i2i)]
+    t2i_params = [t2i.fields[n] for n in _param_names(t2i)]
+    to_img2img = [tabs, sub, i2i.img2img.mode_state, i2i.fields["input_image"], *i2i_params]
+    to_inpaint = [tabs, sub, i2i.img2img.mode_state, i2i.fields["input_inpaint"], *i2i_params]
+
+    def pick(gallery: list | None, index: int | None, infotexts: list[str] | None):
+        if not gallery:
+            raise gr.Error("Generate an image first")
+        i = min(max(int(index or 0), 0), len(gallery) - 1)
+        item = gallery[i]
+        image = item[0] if isinstance(item, (list, tuple)) else item
+        text = infotexts[i] if infotexts and i < len(infotexts) else ""
+        return image, text
+
+    def send_img2img(gallery, index, infotexts):
+        image, text = pick(gallery, index, infotexts)
+        return [gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img_img2img_tab"), "img2img", image,
+                *_fill(i2i, text)]
+
+    def send_inpaint(gallery, index, infotexts):
+        image, text = pick(gallery, index, infotexts)
+        return [gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img_inpaint_tab"), "inpaint",
+                editor_value(image), *_fill(i2i, text)]
+
+    for src in (t2i, i2i):
+        state = [src.gallery, src.selected, src.infotexts]
+        src.send_buttons["img2img"].click(send_img2img, inputs=state, outputs=to_img2img,
+                                          api_name=f"{src.mode}_send_to_img2img")
+        src.send_buttons["inpaint"].click(send_inpaint, inputs=state, outputs=to_inpaint,
+                                          api_name=f"{src.mode}_send_to_inpaint")
+
+    def png_to_txt2img(text):
+        return [gr.Tabs(selected="txt2img"), *_fill(t2i, text)]
+
+    def png_to(target: str):
+        def send(image, text):
+            if image is None:
+                raise gr.Error("Drop an image into PNG Info first")
+            value = image if target == "img2img" else editor_value(image)
+            return [gr.Tabs(selected="img2img"), gr.Tabs(selected=f"img2img_{target}_tab"), target, value,
+                    *_fill(i2i, text)]
+
+        return send
+
+    png["txt2img"].click(png_to_txt2img, inputs=png["infotext"], outputs=[tabs, *t2i_params],
+                         api_name="pnginfo_send_to_txt2img")
+    png["img2img"].click(png_to("img2img"), inputs=[png["image"], png["infotext"]], outputs=to_img2img,
+                         api_name="pnginfo_send_to_img2img")
+    png["inpaint"].click(png_to("inpaint"), inputs=[png["image"], png["infotext"]], outputs=to_inpaint,
+                         api_name="pnginfo_send_to_inpaint")

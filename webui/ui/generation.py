@@ -1,0 +1,269 @@
+"""The txt2img and img2img tabs (one builder; img2img adds its input section).
+
+Every control is registered under its request field name in :attr:`GenerationTab.fields`; the
+event handler receives the values by name, so adding a control never shifts the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from webui.context import AppContext
+from webui.pipeline.conditioning import count_tokens
+from webui.pipeline.hires import LATENT_UPSCALE_MODES, SAME_SAMPLER, SAME_SCHEDULER
+from webui.pipeline.request import GenerationRequest
+from webui.styles import Style
+from webui.ui.img2img_inputs import Img2ImgInputs, build_img2img_inputs, img2img_request, run_img2img
+from webui.ui.progress import named_handler, run_with_progress
+
+#: Request fields converted from UI values.
+_INTS = {"steps", "width", "height", "n_iter", "batch_size", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y"}
+_FLOATS = {"cfg_scale", "subseed_strength", "hr_scale", "denoising_strength"}
+
+
+@dataclass
+class GenerationTab:
+    mode: str
+    fields: dict[str, Any] = field(default_factory=dict)  # request field name -> component
+    gallery: Any = None
+    info: Any = None
+    infotexts: Any = None  # gr.State: infotext of each shown image
+    selected: Any = None  # gr.State: index of the selected gallery image
+    send_buttons: dict[str, Any] = field(default_factory=dict)
+    img2img: Img2ImgInputs | None = None
+
+
+def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
+    """One generation tab; element ids and API names are prefixed with ``mode``."""
+    tab = GenerationTab(mode)
+    f = tab.fields
+    samplers = list(ctx.samplers.samplers)
+    schedules = ["Automatic", *(s.label for s in ctx.samplers.schedules.values())]
+    if mode == "img2img":
+        tab.img2img = build_img2img_inputs(f)
+    with gr.Row():
+        with gr.Column(scale=3):
+            f["prompt"] = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt", elem_id=f"{mode}_prompt")
+            f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{mode}_neg_prompt")
+            with gr.Row():
+                f["styles"] = gr.Dropdown(ctx.styles.names(), value=[], multiselect=True, label="Styles",
+                                          elem_id=f"{mode}_styles", scale=3)
+                style_name = gr.Textbox(label="New style name", elem_id=f"{mode}_style_name", scale=2)
+                save_style = gr.Button("Save style", elem_id=f"{mode}_style_save", scale=1)
+            with gr.Accordion("Extra networks", open=False, elem_id=f"{mode}_extra_networks"):
+                with gr.Row():
+                    lora_pick = gr.Dropdown(ctx.loras.names(), label="LoRA", elem_id=f"{mode}_lora_pick", scale=3)
+                    lora_add = gr.Button("Add LoRA", elem_id=f"{mode}_lora_add", scale=1)
+                    emb_pick = gr.Dropdown(sorted(ctx.embeddings.loaded), label="Embedding",
+                                           elem_id=f"{mode}_embedding_pick", scale=3)
+                    emb_add = gr.Button("Add embedding", elem_id=f"{mode}_embedding_add", scale=1)
+                    networks_refresh = gr.Button("🔄", elem_id=f"{mode}_networks_refresh", min_width=40, scale=0)
+        with gr.Column(scale=1, min_width=160):
+            token_counter = gr.HTML("", elem_id=f"{mode}_token_counter")
+            neg_token_counter = gr.HTML("", elem_id=f"{mode}_negative_token_counter")
+            generate = gr.Button("Generate", variant="primary", elem_id=f"{mode}_generate")
+            interrupt = gr.Button("Interrupt", elem_id=f"{mode}_interrupt")
+    with gr.Row():
+        with gr.Column():
+            with gr.Row():
+                f["sampler_name"] = gr.Dropdown(samplers, value="Euler a" if "Euler a" in samplers else samplers[0],
+                                                label="Sampling method", elem_id=f"{mode}_sampling")
+                f["scheduler"] = gr.Dropdown(schedules, value="Automatic", label="Schedule type",
+                                             elem_id=f"{mode}_scheduler")
+            f["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{mode}_steps")
+            with gr.Row():
+                f["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{mode}_width")
+                f["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{mode}_height")
+            with gr.Row():
+                f["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{mode}_batch_count")
+                f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{mode}_batch_size")
+            f["cfg_scale"] = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{mode}_cfg_scale")
+            if mode == "img2img":
+                f["denoising_strength"] = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
+                                                    elem_id="img2img_denoising_strength")
+            with gr.Row():
+                f["seed"] = gr.Number(value=-1, label="Seed", precision=0, elem_id=f"{mode}_seed")
+                random_seed = gr.Button("🎲", elem_id=f"{mode}_random_seed", min_width=40)
+                reuse_seed = gr.Button("♻", elem_id=f"{mode}_reuse_seed", min_width=40)
+                seed_extras = gr.Checkbox(False, label="Extra", elem_id=f"{mode}_subseed_show")
+            with gr.Row(visible=False, elem_id=f"{mode}_seed_extras") as extras_row:
+                f["subseed"] = gr.Number(value=-1, label="Variation seed", precision=0, elem_id=f"{mode}_subseed")
+                f["subseed_strength"] = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                                  elem_id=f"{mode}_subseed_strength")
+                f["seed_resize_from_w"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                                    elem_id=f"{mode}_seed_resize_from_w")
+                f["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                                    elem_id=f"{mode}_seed_resize_from_h")
+            f["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=f"{mode}_tiling")
+            if mode == "txt2img":
+                _hires_controls(ctx, f, samplers, schedules)
+        with gr.Column():
+            tab.gallery = gr.Gallery(label="Output", columns=2, height=512, elem_id=f"{mode}_gallery",
+                                     format="png", interactive=False, type="pil")
+            with gr.Row():
+                tab.send_buttons["img2img"] = gr.Button("Send to img2img", elem_id=f"{mode}_send_to_img2img",
+                                                        size="sm")
+                tab.send_buttons["inpaint"] = gr.Button("Send to inpaint", elem_id=f"{mode}_send_to_inpaint",
+                                                        size="sm")
+            tab.info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id=f"{mode}_info")
+            used_seed = gr.State(-1)
+            tab.infotexts = gr.State([])
+            tab.selected = gr.State(0)
+
+    names = list(f)
+
+    def generate_fn(v: dict[str, Any], request: gr.Request, progress: gr.Progress):
+        owner = getattr(request, "session_hash", None)
+        if mode == "img2img":
+            result = run_img2img(ctx, tab.img2img, _common_request(v), v, owner, progress)
+        else:
+            result = run_with_progress(ctx, _common_request(v).with_(**_hires_fields(v)), owner, progress)
+        gallery_items = [(img, f"seed {s}") for img, s in zip(result.images, result.seeds)]
+        text = result.infotexts[0] if result.infotexts else ""
+        if result.interrupted:
+            text = "(interrupted)\n" + text
+        if result.warnings:
+            text += "\n" + "\n".join(result.warnings)
+        return gallery_items, text, (result.seeds[0] if result.seeds else -1), list(result.infotexts), 0
+
+    on_generate = named_handler(names, generate_fn)
+    on_generate.__name__ = mode
+    inputs = [f[n] for n in names]
+    outputs = [tab.gallery, tab.info, used_seed, tab.infotexts, tab.selected]
+    seed_extras.change(lambda show: gr.update(visible=show), inputs=seed_extras, outputs=extras_row,
+                       api_name=f"{mode}_seed_extras", queue=False)
+    generate.click(on_generate, inputs=inputs, outputs=outputs, api_name=mode, concurrency_id="gpu",
+                   concurrency_limit=ctx.settings.concurrency)
+    f["prompt"].submit(on_generate, inputs=inputs, outputs=outputs, api_name=f"{mode}_submit", concurrency_id="gpu")
+
+    def on_select(evt: gr.SelectData) -> int:
+        return int(evt.index or 0)
+
+    tab.gallery.select(on_select, inputs=None, outputs=tab.selected, api_name=False, queue=False)
+    _wire_helpers(ctx, tab, token_counter, neg_token_counter, lora_pick, lora_add, emb_pick, emb_add,
+                  networks_refresh, style_name, save_style, interrupt, random_seed, reuse_seed, used_seed)
+    return tab
+
+
+def _hires_controls(ctx: AppContext, f: dict[str, Any], samplers: list[str], schedules: list[str]) -> None:
+    upscalers = [*LATENT_UPSCALE_MODES, *ctx.upscalers.names()]
+    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
+        f["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
+        with gr.Row():
+            f["hr_upscaler"] = gr.Dropdown(upscalers, value="Latent", label="Upscaler", elem_id="txt2img_hr_upscaler")
+            f["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                  elem_id="txt2img_hires_steps")
+            f["denoising_strength"] = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",
+                                                elem_id="txt2img_denoising_strength")
+        with gr.Row():
+            f["hr_scale"] = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by", elem_id="txt2img_hr_scale")
+            f["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                         elem_id="txt2img_hr_resize_x")
+            f["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                         elem_id="txt2img_hr_resize_y")
+        with gr.Row():
+            f["hr_sampler_name"] = gr.Dropdown([SAME_SAMPLER, *samplers], value=SAME_SAMPLER,
+                                               label="Hires sampling method", elem_id="txt2img_hr_sampler")
+            f["hr_scheduler"] = gr.Dropdown([SAME_SCHEDULER, *schedules], value=SAME_SCHEDULER,
+                                            label="Hires schedule type", elem_id="txt2img_hr_scheduler")
+        with gr.Row():
+            f["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, placeholder="(same as the prompt)",
+                                        elem_id="txt2img_hr_prompt")
+            f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2,
+                                                 placeholder="(same as the negative prompt)",
+                                                 elem_id="txt2img_hr_neg_prompt")
+
+
+def _num(value: Any, kind: type, default: Any) -> Any:
+    if value is None or value == "":
+        return default
+    return kind(value)
+
+
+def _common_request(v: dict[str, Any]) -> GenerationRequest:
+    """The fields every tab has, converted from UI values."""
+    seed = v.get("seed")
+    sub = v.get("subseed")
+    return GenerationRequest(
+        prompt=v.get("prompt") or "", negative_prompt=v.get("negative_prompt") or "",
+        steps=_num(v["steps"], int, 20), sampler_name=v["sampler_name"], scheduler=v["scheduler"],
+        width=_num(v["width"], int, 512), height=_num(v["height"], int, 512), n_iter=_num(v["n_iter"], int, 1),
+        batch_size=_num(v["batch_size"], int, 1), cfg_scale=_num(v["cfg_scale"], float, 7.0),
+        seed=int(seed) if seed is not None else -1, subseed=int(sub) if sub is not None else -1,
+        subseed_strength=_num(v["subseed_strength"], float, 0.0),
+        seed_resize_from_w=int(v["seed_resize_from_w"]) if v.get("seed_resize_from_w") else -1,
+        seed_resize_from_h=int(v["seed_resize_from_h"]) if v.get("seed_resize_from_h") else -1,
+        styles=tuple(v.get("styles") or ()), tiling=bool(v.get("tiling")), save_images=True,
+        denoising_strength=_num(v.get("denoising_strength"), float, 0.75),
+    )
+
+
+def _hires_fields(v: dict[str, Any]) -> dict[str, Any]:
+    if not v.get("enable_hr"):
+        return {}
+    return {"enable_hr": True, "hr_upscaler": v.get("hr_upscaler") or "Latent",
+            "hr_scale": _num(v.get("hr_scale"), float, 2.0),
+            "hr_second_pass_steps": _num(v.get("hr_second_pass_steps"), int, 0),
+            "hr_resize_x": _num(v.get("hr_resize_x"), int, 0), "hr_resize_y": _num(v.get("hr_resize_y"), int, 0),
+            "hr_sampler_name": v.get("hr_sampler_name"), "hr_scheduler": v.get("hr_scheduler"),
+            "hr_prompt": v.get("hr_prompt") or "", "hr_negative_prompt": v.get("hr_negative_prompt") or ""}
+
+
+def _wire_helpers(ctx: AppContext, tab: GenerationTab, token_counter, neg_token_counter, lora_pick, lora_add,
+                  emb_pick, emb_add, networks_refresh, style_name, save_style, interrupt, random_seed, reuse_seed,
+                  used_seed) -> None:
+    mode, f = tab.mode, tab.fields
+
+    def on_tokens(text: str) -> str:
+        model = ctx.models.current
+        if model is None:
+            return ""
+        lookup = ctx.embeddings.lookup(model.components)
+        used, available = count_tokens(model.components, text or "", embeddings=lookup)
+        return f"<span class='token-counter'>{used}/{available}</span>"
+
+    f["prompt"].change(on_tokens, inputs=f["prompt"], outputs=token_counter, api_name=f"{mode}_token_count",
+                       queue=False, show_progress="hidden")
+    f["negative_prompt"].change(on_tokens, inputs=f["negative_prompt"], outputs=neg_token_counter,
+                                api_name=f"{mode}_negative_token_count", queue=False, show_progress="hidden")
+
+    def append_to_prompt(text: str, addition: str) -> str:
+        text = (text or "").rstrip()
+        return f"{text} {addition}" if text else addition
+
+    lora_add.click(lambda p, name: append_to_prompt(p, f"<lora:{name}:1>") if name else p,
+                   inputs=[f["prompt"], lora_pick], outputs=f["prompt"], api_name=f"{mode}_add_lora", queue=False)
+    emb_add.click(lambda p, name: append_to_prompt(p, name) if name else p,
+                  inputs=[f["prompt"], emb_pick], outputs=f["prompt"], api_name=f"{mode}_add_embedding", queue=False)
+
+    def on_networks_refresh():
+        ctx.loras.refresh()
+        ctx.embeddings.refresh()
+        return gr.update(choices=ctx.loras.names()), gr.update(choices=sorted(ctx.embeddings.loaded))
+
+    networks_refresh.click(on_networks_refresh, inputs=None, outputs=[lora_pick, emb_pick],
+                           api_name=f"{mode}_refresh_networks")
+
+    def on_save_style(name: str, p: str, n: str):
+        name = (name or "").strip()
+        if not name:
+            raise gr.Error("Enter a name for the style")
+        ctx.styles.save(Style(name, p or "", n or ""))
+        return gr.update(choices=ctx.styles.names()), ""
+
+    save_style.click(on_save_style, inputs=[style_name, f["prompt"], f["negative_prompt"]],
+                     outputs=[f["styles"], style_name], api_name=f"{mode}_save_style")
+
+    def on_interrupt(request: gr.Request) -> None:
+        ctx.jobs.interrupt(owner=getattr(request, "session_hash", None))
+
+    interrupt.click(on_interrupt, inputs=None, outputs=None, api_name=f"{mode}_interrupt",
+                    concurrency_limit=None, queue=False)
+    random_seed.click(lambda: -1, inputs=None, outputs=f["seed"], api_name=f"{mode}_random_seed", queue=False)
+    reuse_seed.click(lambda s: s, inputs=used_seed, outputs=f["seed"], api_name=f"{mode}_reuse_seed", queue=False)
+
+
+__all__ = ["GenerationTab", "build_generation_tab", "img2img_request"]

@@ -1,0 +1,73 @@
+"""Running a request from the UI: a worker thread, Gradio progress, readable errors."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import gradio as gr
+
+from webui.context import AppContext, GenerationFailed
+from webui.jobs import Job, QueueFull
+from webui.models.errors import ModelError
+from webui.models.manager import NoCheckpoint, UnknownCheckpoint
+from webui.pipeline.request import GenerationRequest, RequestError
+from webui.pipeline.result import GenerationResult
+from webui.sampling.registry import UnknownName
+
+USER_ERRORS = (RequestError, UnknownName, ModelError, UnknownCheckpoint, NoCheckpoint, QueueFull, GenerationFailed)
+
+
+def user_error(exc: BaseException) -> gr.Error:
+    if isinstance(exc, RequestError):
+        return gr.Error(f"{exc.field}: {exc.message}")
+    if isinstance(exc, USER_ERRORS):
+        return gr.Error(str(exc))
+    return gr.Error(f"Generation failed: {type(exc).__name__}: {exc}")
+
+
+def run_with_progress(ctx: AppContext, req: GenerationRequest, owner: str | None, progress: gr.Progress,
+                      prefix: str = "") -> GenerationResult:
+    """Run ``req`` in a worker thread and report its progress to Gradio until it ends."""
+    job = Job(kind=req.mode, owner=owner)
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = ctx.txt2img(req, job)
+        except BaseException as exc:  # noqa: BLE001 - handed to the UI thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, name=f"job-{job.id[:8]}", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+        if job.sampling_steps:
+            desc = f"{prefix}{job.textinfo} - step {job.sampling_step}/{job.sampling_steps}".strip(" -")
+            progress(job.progress, desc=desc)
+        else:
+            progress(0.0, desc=prefix + ("Waiting in queue" if job.started is None else "Preparing"))
+    if "error" in box:
+        raise user_error(box["error"])
+    return box["result"]
+
+
+def named_handler(names: list[str], fn: Any) -> Any:
+    """A Gradio event handler whose parameters are ``names`` (so API clients see and may pass them by
+    keyword) followed by the request and progress Gradio injects; calls ``fn(values_by_name, request,
+    progress)``."""
+    import inspect
+
+    def handler(*args: Any) -> Any:
+        values = dict(zip(names, args[:len(names)]))
+        return fn(values, args[len(names)], args[len(names) + 1])
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    # default None: API clients may leave out any field (a component's own value is the default)
+    params = [inspect.Parameter(n, kind, default=None) for n in names]
+    params += [inspect.Parameter("request", kind, annotation=gr.Request, default=None),
+               inspect.Parameter("progress", kind, default=gr.Progress())]
+    handler.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    handler.__annotations__ = {"request": gr.Request}
+    handler.__name__ = getattr(fn, "__name__", "handler")
+    return handler
