@@ -90,7 +90,7 @@ def test_hook_register_upscalers(tmp_path, models_root):
 
     calls = []
 
-    def double(image, scale):
+    def double(image, scale, opts):
         calls.append(scale)
         return image.resize((image.width * 2, image.height * 2), Image.Resampling.NEAREST)
 
@@ -108,6 +108,30 @@ def test_hook_register_upscalers(tmp_path, models_root):
                                         denoising_strength=0.0))
     assert calls == [3.0, 1.5]  # two passes reach 3x, then Lanczos fits the exact size
     assert res.images[0].size == (192, 192) and "Hires upscaler: Doubler" in res.infotexts[0]
+
+
+def test_hook_register_face_restorers(tmp_path, models_root):
+    import numpy as np
+    from PIL import ImageFilter
+
+    from webui.extras import ExtrasRequest
+    from webui.restoration.registry import FaceRestorerDef
+
+    class P:
+        @hookimpl
+        def register_face_restorers(self, settings):
+            return [FaceRestorerDef("Sharpen", lambda image, opts: image.filter(ImageFilter.SHARPEN))]
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    assert "Sharpen" in ctx.face_restorers.names()
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    res = ctx.txt2img(GenerationRequest(**SMALL, restore_faces=True,
+                                        override_settings={"face_restoration_model": "Sharpen"}))
+    assert "Face restoration: Sharpen" in res.infotexts[0]
+    ctx.face_restorers.get("sharpen")  # case-insensitive lookup
+    # Extras only offer GFPGAN/CodeFormer sliders (A1111); the hook's restorers serve "Restore faces"
+    out, _ = ctx.extras(img, ExtrasRequest(upscaling_resize=1))
+    assert out.size == (32, 32)
 
 
 def test_hook_register_settings(tmp_path, models_root):

@@ -115,6 +115,13 @@ def test_browser_generate(server):
                         raise
             info = page.locator("#img2img_info textarea").input_value()
             assert "Denoising strength" in info and "Size: 64x64" in info
+
+            # and on to Extras: upscale the inpainted image 2x
+            page.locator("#img2img_send_to_extras").click()
+            page.locator("#extras_image img").first.wait_for(state="visible", timeout=20_000)
+            page.locator("#extras_generate").click()
+            page.wait_for_function("document.querySelector('#extras_info').innerText.includes('Postprocess upscale by')",
+                                   timeout=60_000)
         except Exception:
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "browser_generate.png"), full_page=True)
@@ -207,3 +214,21 @@ def test_gradio_client_png_info_send_to_txt2img(server):
                  "scheduler": "Karras", "cfg_scale": 5.5, "seed": 77, "width": 96, "height": 64, "enable_hr": True,
                  "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.4, "tiling": True,
                  "subseed_strength": 0.0}
+
+
+def test_gradio_client_extras_keeps_infotext_and_saves(server, ctx, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from webui.pipeline.request import GenerationRequest
+
+    res = ctx.txt2img(GenerationRequest(prompt="extras source", steps=2, width=64, height=64, seed=3,
+                                        save_images=True))
+    client = Client(server.url, verbose=False)
+    gallery, info = client.predict(image=handle_file(res.paths[0]), upscaler_1="Lanczos", upscaling_resize=2,
+                                   api_name="/extras")
+    assert Image.open(gallery[0]["image"]).size == (128, 128)
+    assert "Postprocess upscale by: 2" in info and "Lanczos" in info
+    saved = sorted((ctx.settings.data_dir / "outputs" / "extras-images").rglob("*.png"))[-1]
+    with Image.open(saved) as im:
+        assert im.size == (128, 128) and im.info["parameters"].startswith("extras source")
+        assert im.info["postprocessing"].startswith("Postprocess upscale by: 2")

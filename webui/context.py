@@ -21,6 +21,7 @@ from webui.pipeline.request import GenerationRequest
 from webui.pipeline.result import GenerationResult
 from webui.pipeline.txt2img import PipelineEnv, txt2img
 from webui.plugins import Hooks, Plugins, make_plugin_manager
+from webui.restoration.registry import FaceRestorerRegistry
 from webui.sampling.registry import SamplerRegistry
 from webui.settings import Options, OptionsStore, Settings, core_option_defs
 from webui.styles import StyleStore
@@ -51,6 +52,7 @@ class AppContext:
     loras: LoraRegistry
     embeddings: EmbeddingDB
     upscalers: UpscalerRegistry
+    face_restorers: FaceRestorerRegistry
 
     @property
     def hooks(self) -> Hooks:
@@ -59,10 +61,12 @@ class AppContext:
     def pipeline_env(self) -> PipelineEnv:
         return PipelineEnv(self.hooks, self.samplers, self.saver, self.settings.data_dir, styles=self.styles,
                            loras=self.loras, embeddings=self.embeddings, file_hash=self.models.hashes.sha256,
-                           upscalers=self.upscalers)
+                           upscalers=self.upscalers, face_restorers=self.face_restorers)
 
     def refresh_upscalers(self) -> None:
+        """Rescan upscaler and face-restorer model folders (plugins register again)."""
         self.upscalers.replace(self.hooks.register_upscalers(self.settings))
+        self.face_restorers.replace(self.hooks.register_face_restorers(self.settings))
 
     def options_for(self, override_settings: Mapping[str, Any] | None) -> Options:
         """Current options with a request's ``override_settings`` applied (validated, not persisted)."""
@@ -102,6 +106,22 @@ class AppContext:
                 raise GenerationFailed(f"out of memory: {exc}", out_of_memory=True) from exc
 
 
+    def extras(self, image: Any, req: Any, job: Job | None = None, override_settings: Mapping[str, Any] | None = None):
+        """Run the Extras operation on one image through the shared queue; returns (image, info)."""
+        from webui.extras import run_extras
+
+        job = job or Job(kind="extras")
+        opts = self.options_for(override_settings)
+        with self.jobs.slot(job):
+            job.job_count = 1
+            job.set_stage(0, 0, "Extras")
+            try:
+                return run_extras(self.upscalers, self.face_restorers, image, req, opts)
+            except torch.OutOfMemoryError as exc:
+                free_memory()
+                raise GenerationFailed(f"out of memory: {exc}", out_of_memory=True) from exc
+
+
 def build_context(settings: Settings, *, plugins: Plugins | None = None, load_model: bool = False) -> AppContext:
     """Build the application: plugins, options, samplers, models, jobs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +152,8 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
                      JobQueue(settings.concurrency, settings.max_queue_size), device, ImageSaver(),
                      StyleStore(settings.data_dir / "styles.csv"), LoraRegistry(settings.lora_dirs()),
                      EmbeddingDB([settings.model_dir("embeddings")]),
-                     UpscalerRegistry(hooks.register_upscalers(settings)))
+                     UpscalerRegistry(hooks.register_upscalers(settings)),
+                     FaceRestorerRegistry(hooks.register_face_restorers(settings)))
     if load_model:
         ctx.load_initial_model()
     hooks.startup(ctx)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from webui.pipeline.request import GenerationRequest
     from webui.pipeline.result import GenerationResult
     from webui.pipeline.state import ImageState, StepState
+    from webui.restoration.registry import FaceRestorerDef
     from webui.sampling.registry import SamplerDef
     from webui.sampling.schedules import ScheduleDef
     from webui.settings import OptionDef, Settings
@@ -73,6 +74,16 @@ def register_upscalers(settings: Settings) -> list[UpscalerDef]:
 
     Called at start-up and again on refresh, so model folders (``settings.model_dir(...)``) can be
     rescanned. Upscalers appear in ``GET /sdapi/v1/upscalers`` and the upscaler menus.
+    versionadded: 1.1
+    """
+
+
+@hookspec
+def register_face_restorers(settings: Settings) -> list[FaceRestorerDef]:
+    """Return face restorers (name, ``restore(image, opts) -> image``) for "Restore faces" and Extras.
+
+    ``restore`` gets a whole picture, restores the faces it finds and returns the picture (unchanged
+    when it finds none). Called at start-up and on refresh; listed by ``GET /sdapi/v1/face-restorers``.
     versionadded: 1.1
     """
 

@@ -9,12 +9,26 @@ import re
 import threading
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from webui.fileio import atomic_write
 from webui.pnginfo import pnginfo_for
 
 _NUMBER = re.compile(r"^(\d+)-")
+
+
+def png_bytes(image: Image.Image, infotext: str | None, extra: dict[str, str] | None = None) -> bytes:
+    """PNG file bytes with the infotext in ``parameters`` and ``extra`` text chunks (e.g. ``postprocessing``)."""
+    info = None
+    if infotext:
+        info = pnginfo_for(infotext, extra)
+    elif extra:  # no ``parameters`` chunk for an image that never had one
+        info = PngImagePlugin.PngInfo()
+        for key, value in extra.items():
+            info.add_itxt(key, str(value))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
 
 
 class ImageSaver:
@@ -42,11 +56,10 @@ class ImageSaver:
         *,
         add_number: bool = True,
         date: _dt.date | None = None,
+        extra: dict[str, str] | None = None,
     ) -> Path:
         folder = outdir / (date or _dt.date.today()).isoformat()
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", pnginfo=pnginfo_for(infotext) if infotext else None)
-        data = buf.getvalue()
+        data = png_bytes(image, infotext, extra)
         with self._lock:
             folder.mkdir(parents=True, exist_ok=True)
             stem = f"{self._next_number(folder):05d}-{seed}" if add_number else str(seed)
@@ -58,11 +71,10 @@ class ImageSaver:
             atomic_write(path, lambda fh: fh.write(data))
         return path
 
-    def save_as(self, image: Image.Image, path: Path, infotext: str | None) -> Path:
+    def save_as(self, image: Image.Image, path: Path, infotext: str | None,
+                extra: dict[str, str] | None = None) -> Path:
         """Save as ``path`` (PNG), or ``<stem>-<n>.png`` when that name is taken; never overwrites."""
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", pnginfo=pnginfo_for(infotext) if infotext else None)
-        data = buf.getvalue()
+        data = png_bytes(image, infotext, extra)
         with self._lock:
             path.parent.mkdir(parents=True, exist_ok=True)
             stem, n = path.with_suffix(""), 1

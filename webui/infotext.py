@@ -371,6 +371,7 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("Hires prompt", ("hr_prompt",), _to_str),
     RequestField("Hires negative prompt", ("hr_negative_prompt",), _to_str),
     RequestField("Clip skip", (OVERRIDE_SETTINGS, "CLIP_stop_at_last_layers"), _to_int),
+    RequestField("Face restoration", ("restore_faces",), lambda v: True if str(v).strip() else None),
     RequestField("Tiling", ("tiling",), lambda v: _lookup({"True": True, "False": False}, v)),
     RequestField("Mask blur", ("mask_blur",), _to_int),
     RequestField("Mask mode", ("inpainting_mask_invert",),

@@ -219,6 +219,9 @@ class Hooks:
     def register_upscalers(self, settings: Any) -> list[Any]:
         return self._flat("register_upscalers", settings=settings)
 
+    def register_face_restorers(self, settings: Any) -> list[Any]:
+        return self._flat("register_face_restorers", settings=settings)
+
     def register_settings(self) -> list[Any]:
         return self._flat("register_settings")
 

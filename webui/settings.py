@@ -231,6 +231,7 @@ def core_option_defs() -> list[OptionDef]:
         OptionDef("samples_format", "png", "File format for images", "Saving images", choices=("png",)),
         OptionDef("outdir_txt2img_samples", "outputs/txt2img-images", "Output folder for txt2img", "Saving images"),
         OptionDef("outdir_img2img_samples", "outputs/img2img-images", "Output folder for img2img", "Saving images"),
+        OptionDef("outdir_extras_samples", "outputs/extras-images", "Output folder for Extras", "Saving images"),
         OptionDef("save_images_add_number", True, "Add number to file names", "Saving images"),
         OptionDef("enable_pnginfo", True, "Save infotext in PNG files", "Saving images"),
         OptionDef("eta_ancestral", 1.0, "Eta for ancestral samplers", "Sampler parameters", minimum=0.0, maximum=1.0),
@@ -248,6 +249,10 @@ def core_option_defs() -> list[OptionDef]:
         OptionDef("vae_tiling_threshold", 1536, "Tiled VAE above this many pixels per side (0: never)", "VAE",
                   minimum=0, maximum=16384),
         OptionDef("vae_tiling_enabled", False, "Always use tiled VAE encode/decode", "VAE"),
+        OptionDef("face_restoration_model", "CodeFormer", "Face restoration model (\"Restore faces\")",
+                  "Face restoration"),
+        OptionDef("code_former_weight", 0.5, "CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
+                  "Face restoration", minimum=0.0, maximum=1.0),
     ]
 
 

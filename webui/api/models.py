@@ -154,6 +154,56 @@ class SDModelItem(BaseModel):
     config: str | None = None
 
 
+class ExtrasBase(_Base):
+    resize_mode: int = Field(0, ge=0, le=1, description="0: scale by upscaling_resize, 1: scale to w x h")
+    show_extras_results: bool = True
+    gfpgan_visibility: float = Field(0.0, ge=0.0, le=1.0)
+    codeformer_visibility: float = Field(0.0, ge=0.0, le=1.0)
+    codeformer_weight: float = Field(0.0, ge=0.0, le=1.0)
+    upscaling_resize: float = Field(2.0, gt=0.0, le=16.0)
+    upscaling_resize_w: int = Field(512, ge=1, le=8192)
+    upscaling_resize_h: int = Field(512, ge=1, le=8192)
+    upscaling_crop: bool = True
+    upscaler_1: str | None = "None"
+    upscaler_2: str | None = "None"
+    extras_upscaler_2_visibility: float = Field(0.0, ge=0.0, le=1.0)
+    upscale_first: bool = False
+
+
+class ExtrasSingleImageRequest(ExtrasBase):
+    image: str = Field(..., description="base64 image, with or without a data: URI prefix")
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    image: str | None
+    html_info: str
+
+
+class FileData(_Base):
+    data: str = Field(..., description="base64 image")
+    name: str = ""
+
+
+class ExtrasBatchImagesRequest(ExtrasBase):
+    imageList: list[FileData] = Field(..., description="images to process")  # noqa: N815 - A1111's name
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    images: list[str]
+    html_info: str
+
+
+class FaceRestorerItem(BaseModel):
+    name: str
+    cmd_dir: str | None = None
+
+
+class RealesrganItem(BaseModel):
+    name: str
+    path: str | None = None
+    scale: float | None = None
+
+
 class UpscalerItem(BaseModel):
     name: str
     model_name: str | None

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import html
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Body
@@ -11,6 +15,8 @@ from fastapi import APIRouter, Body
 from webui.api import models as m
 from webui.api.images import decode_base64_image, encode_png_base64
 from webui.context import AppContext, GenerationFailed
+from webui.extras import ExtrasRequest, postprocessing_text
+from webui.images import png_bytes
 from webui.infotext import infotext_to_request, parse_infotext
 from webui.jobs import Job
 from webui.pipeline.hires import LATENT_UPSCALE_MODES
@@ -20,6 +26,7 @@ from webui.pipeline.request import GenerationRequest, RequestError
 from webui.pnginfo import read_image_info
 
 DEFAULT_SAMPLER = "Euler a"
+EXTRAS_FIELDS = {f.name for f in dataclasses.fields(ExtrasRequest)}
 
 
 def _request_from_api(body: m.Txt2ImgRequest) -> GenerationRequest:
@@ -58,6 +65,7 @@ def _request_from_api(body: m.Txt2ImgRequest) -> GenerationRequest:
         "override_settings": dict(data.get("override_settings") or {}),
         "styles": tuple(data.get("styles") or ()),
         "tiling": bool(data.get("tiling")),
+        "restore_faces": bool(data.get("restore_faces")),
     }
     if data.get("enable_hr"):
         kwargs.update(
@@ -168,6 +176,49 @@ def build_router(ctx: AppContext) -> APIRouter:
     def skip() -> dict:
         ctx.jobs.skip()
         return {}
+
+    def _extras_req(body: m.ExtrasBase) -> ExtrasRequest:
+        return ExtrasRequest(**{k: v for k, v in body.model_dump().items() if k in EXTRAS_FIELDS})
+
+    def _extras_one(image, req: ExtrasRequest) -> tuple[str, str]:
+        text, _ = read_image_info(image)
+        try:
+            out, info = ctx.extras(image, req)
+        except GenerationFailed as exc:
+            from fastapi import HTTPException
+
+            raise HTTPException(status_code=507 if exc.out_of_memory else 500, detail=str(exc)) from exc
+        post = postprocessing_text(info)
+        buf = png_bytes(out, text, {"postprocessing": post} if post else None)
+        return base64.b64encode(buf).decode("ascii"), post
+
+    @r.post("/extra-single-image", response_model=m.ExtrasSingleImageResponse)
+    def extra_single_image(body: m.ExtrasSingleImageRequest) -> m.ExtrasSingleImageResponse:
+        image = decode_base64_image(body.image, "image")
+        data, post = _extras_one(image, _extras_req(body))
+        return m.ExtrasSingleImageResponse(image=data, html_info=f"<p>{html.escape(post)}</p>")
+
+    @r.post("/extra-batch-images", response_model=m.ExtrasBatchImagesResponse)
+    def extra_batch_images(body: m.ExtrasBatchImagesRequest) -> m.ExtrasBatchImagesResponse:
+        req = _extras_req(body)
+        images = [decode_base64_image(item.data, f"imageList[{i}].data") for i, item in enumerate(body.imageList)]
+        results = [_extras_one(image, req) for image in images]
+        post = results[0][1] if results else ""
+        return m.ExtrasBatchImagesResponse(images=[d for d, _ in results], html_info=f"<p>{html.escape(post)}</p>")
+
+    @r.get("/face-restorers", response_model=list[m.FaceRestorerItem])
+    def face_restorers() -> list[m.FaceRestorerItem]:
+        return [m.FaceRestorerItem(name=f.name, cmd_dir=f.model_path) for f in ctx.face_restorers.all()]
+
+    @r.get("/realesrgan-models", response_model=list[m.RealesrganItem])
+    def realesrgan_models() -> list[m.RealesrganItem]:
+        """Upscalers whose model file lies in models/RealESRGAN or is named like a Real-ESRGAN model."""
+        def is_realesrgan(path: str) -> bool:
+            p = Path(path)
+            return p.parent.name.lower() == "realesrgan" or p.name.lower().startswith("realesr")
+
+        return [m.RealesrganItem(name=u.name, path=u.model_path, scale=u.scale) for u in ctx.upscalers.all()
+                if u.model_path is not None and is_realesrgan(u.model_path)]
 
     @r.get("/upscalers", response_model=list[m.UpscalerItem])
     def upscalers() -> list[m.UpscalerItem]:

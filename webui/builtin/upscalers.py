@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from PIL import Image
 
 from webui.hookspecs import hookimpl
@@ -10,13 +13,13 @@ from webui.upscaling.registry import UpscalerDef
 
 
 def _resample(method: Image.Resampling):
-    def upscale(image: Image.Image, scale: float) -> Image.Image:
+    def upscale(image: Image.Image, scale: float, opts: Mapping[str, Any]) -> Image.Image:
         return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), method)
 
     return upscale
 
 
-def _identity(image: Image.Image, scale: float) -> Image.Image:
+def _identity(image: Image.Image, scale: float, opts: Mapping[str, Any]) -> Image.Image:
     return image
 
 

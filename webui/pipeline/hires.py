@@ -98,7 +98,7 @@ def upscale_latents(plan: HiresPlan, model: LoadedModel, latents: torch.Tensor,
         out = F.interpolate(latents.float(), size=size, mode=mode, antialias=antialias)
         return _centre_crop(out, h8, w8)
     images = decode_latents(model, latents, tiled=tiling_wanted(opts, latents.shape[-1] * 8, latents.shape[-2] * 8))
-    pixels = [image_to_tensor(upscale_to(plan.upscaler, im, plan.width, plan.height, crop=plan.crop))
+    pixels = [image_to_tensor(upscale_to(plan.upscaler, im, plan.width, plan.height, crop=plan.crop, opts=opts))
               for im in images]
     tiled = tiling_wanted(opts, plan.width, plan.height)
     return torch.cat([encode_pixels(model, p, tiled=tiled) for p in pixels])

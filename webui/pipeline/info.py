@@ -75,7 +75,7 @@ def info_json(req: GenerationRequest, model: LoadedModel, sampler: SamplerDef, s
         "sd_model_hash": model.short_hash,
         "seed_resize_from_w": req.seed_resize_from_w,
         "seed_resize_from_h": req.seed_resize_from_h,
-        "restore_faces": False,
+        "restore_faces": req.restore_faces,
         "extra_generation_params": dict(extra_info),
         "index_of_first_image": 0,
         "infotexts": result.infotexts,

@@ -60,6 +60,7 @@ class GenerationRequest:
     denoising_strength: float = 0.75
     resize_mode: int = 0
     tiling: bool = False
+    restore_faces: bool = False
     # inpainting (img2img with a mask); defaults are A1111's API defaults
     mask: Any = None  # PIL image; white = repaint
     mask_blur_x: int = 4

@@ -38,6 +38,7 @@ from webui.pipeline.tiling import circular_padding
 from webui.pipeline.vae import decode_latents, tiling_wanted
 from webui.plugins import Hooks
 from webui.prompts.parser import parse_extra_networks
+from webui.restoration.registry import FaceRestorerDef, FaceRestorerRegistry, UnknownFaceRestorer
 from webui.sampling.registry import SamplerDef, SamplerRegistry
 from webui.sampling.schedules import ScheduleDef
 from webui.styles import StyleStore
@@ -59,6 +60,7 @@ class PipelineEnv:
     embeddings: EmbeddingDB | None = None
     file_hash: Callable[[Path], str] | None = None  # sha256 of a file (cached)
     upscalers: UpscalerRegistry | None = None
+    face_restorers: FaceRestorerRegistry | None = None
 
 
 class _StopSampling(Exception):
@@ -85,6 +87,7 @@ class _Run:
     conds: JobConditioning | None = None
     hr_conds: JobConditioning | None = None
     hires: HiresPlan | None = None
+    restorer: FaceRestorerDef | None = None
     init: InitLatents | None = None
     steps_run: int = 0
     sampler_params: dict[str, Any] = field(default_factory=dict)
@@ -101,9 +104,10 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
     hires = None
     if req.mode == "txt2img" and req.enable_hr:
         hires = plan_hires(req, env.samplers, env.upscalers, sampler, schedule)
+    restorer = _face_restorer(env, req, opts)
     req = _apply_styles(env, req)
     run = _Run(env, model, req, job, opts, sampler, schedule, int(opts.get("CLIP_stop_at_last_layers", 1)),
-               resolve_seed(req.seed), resolve_seed(req.subseed), GenerationResult(), hires=hires)
+               resolve_seed(req.seed), resolve_seed(req.subseed), GenerationResult(), hires=hires, restorer=restorer)
     env.hooks.before_generate(req, job)
     job.job_count = req.n_iter
     run.extra_info = env.hooks.extra_infotext(req)
@@ -134,6 +138,19 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
                                 run.result)
     env.hooks.after_generate(run.result, job)
     return run.result
+
+
+def _face_restorer(env: PipelineEnv, req: GenerationRequest, opts: Mapping[str, Any]) -> FaceRestorerDef | None:
+    """The restorer "Restore faces" uses (option ``face_restoration_model``)."""
+    if not req.restore_faces:
+        return None
+    name = str(opts.get("face_restoration_model", "CodeFormer"))
+    try:
+        if env.face_restorers is None:
+            raise UnknownFaceRestorer(name, [])
+        return env.face_restorers.get(name)
+    except UnknownFaceRestorer as exc:
+        raise RequestError("restore_faces", str(exc)) from None
 
 
 def _apply_styles(env: PipelineEnv, req: GenerationRequest) -> GenerationRequest:
@@ -199,6 +216,8 @@ def _prepare(run: _Run) -> None:
             info["Noise multiplier"] = _noise_multiplier(run)
     if req.tiling:
         info["Tiling"] = True
+    if run.restorer is not None:
+        info["Face restoration"] = run.restorer.name
     if run.hires is not None:
         info = {**info, **hires_infotext(req, run.hires)}
     run.extra_info = {**info, **run.extra_info}
@@ -304,6 +323,8 @@ def _emit(run: _Run, it: int, images: list[Image.Image], seeds: list[int], subse
     env, req, opts, result = run.env, run.req, run.opts, run.result
     for j, image in enumerate(images):
         index = it * req.batch_size + j
+        if run.restorer is not None:  # before the overlay, so unmasked pixels stay the original's (A1111)
+            image = run.restorer.restore(image, opts)
         if run.init is not None:
             image = run.init.finish(image, index)
         state = ImageState(image, seeds[j], index, req)

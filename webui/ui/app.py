@@ -12,6 +12,7 @@ from webui.models.default import HOW_TO_ADD
 from webui.models.errors import ModelError
 from webui.models.manager import UnknownCheckpoint
 from webui.ui.editor import editor_value
+from webui.ui.extras import build_extras_tab
 from webui.ui.generation import GenerationTab, build_generation_tab
 from webui.ui.pnginfo import build_pnginfo_tab
 from webui.ui.sendto import values_from_infotext
@@ -68,12 +69,14 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 t2i = build_generation_tab(ctx, "txt2img")
             with gr.Tab("img2img", id="img2img"):
                 i2i = build_generation_tab(ctx, "img2img")
+            with gr.Tab("Extras", id="extras"):
+                extras = build_extras_tab(ctx)
             with gr.Tab("PNG Info", id="pnginfo"):
                 png = build_pnginfo_tab()
             for tab in ctx.hooks.ui_tabs(ctx):
                 with gr.Tab(tab.title, elem_id=tab.elem_id):
                     tab.render()
-        _wire_send_to(tabs, t2i, i2i, png)
+        _wire_send_to(tabs, t2i, i2i, png, extras)
     demo.queue(max_size=ctx.settings.max_queue_size)
     return demo
 
@@ -88,7 +91,8 @@ def _fill(tab: GenerationTab, infotext: str) -> list[Any]:
     return [gr.update(value=values[n]) if n in values else gr.update() for n in _param_names(tab)]
 
 
-def _wire_send_to(tabs: gr.Tabs, t2i: GenerationTab, i2i: GenerationTab, png: dict[str, Any]) -> None:
+def _wire_send_to(tabs: gr.Tabs, t2i: GenerationTab, i2i: GenerationTab, png: dict[str, Any],
+                  extras: dict[str, Any]) -> None:
     """"Send to" buttons: the selected output (or the PNG Info image) and its parameters go to a tab."""
     assert i2i.img2img is not None
     sub = i2i.img2img.tabs
@@ -116,8 +120,15 @@ def _wire_send_to(tabs: gr.Tabs, t2i: GenerationTab, i2i: GenerationTab, png: di
         return [gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img_inpaint_tab"), "inpaint",
                 editor_value(image), *_fill(i2i, text)]
 
+    def send_extras(gallery, index, infotexts):
+        image, _ = pick(gallery, index, infotexts)
+        return [gr.Tabs(selected="extras"), "single", image]
+
+    to_extras = [tabs, extras["mode"], extras["image"]]
     for src in (t2i, i2i):
         state = [src.gallery, src.selected, src.infotexts]
+        src.send_buttons["extras"].click(send_extras, inputs=state, outputs=to_extras,
+                                         api_name=f"{src.mode}_send_to_extras")
         src.send_buttons["img2img"].click(send_img2img, inputs=state, outputs=to_img2img,
                                           api_name=f"{src.mode}_send_to_img2img")
         src.send_buttons["inpaint"].click(send_inpaint, inputs=state, outputs=to_inpaint,
@@ -136,6 +147,12 @@ def _wire_send_to(tabs: gr.Tabs, t2i: GenerationTab, i2i: GenerationTab, png: di
 
         return send
 
+    def png_to_extras(image):
+        if image is None:
+            raise gr.Error("Drop an image into PNG Info first")
+        return [gr.Tabs(selected="extras"), "single", image]
+
+    png["extras"].click(png_to_extras, inputs=png["image"], outputs=to_extras, api_name="pnginfo_send_to_extras")
     png["txt2img"].click(png_to_txt2img, inputs=png["infotext"], outputs=[tabs, *t2i_params],
                          api_name="pnginfo_send_to_txt2img")
     png["img2img"].click(png_to("img2img"), inputs=[png["image"], png["infotext"]], outputs=to_img2img,

@@ -97,7 +97,9 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
                                                     elem_id=f"{mode}_seed_resize_from_w")
                 f["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
                                                     elem_id=f"{mode}_seed_resize_from_h")
-            f["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=f"{mode}_tiling")
+            with gr.Row():
+                f["restore_faces"] = gr.Checkbox(False, label="Restore faces", elem_id=f"{mode}_restore_faces")
+                f["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=f"{mode}_tiling")
             if mode == "txt2img":
                 _hires_controls(ctx, f, samplers, schedules)
         with gr.Column():
@@ -108,6 +110,8 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
                                                         size="sm")
                 tab.send_buttons["inpaint"] = gr.Button("Send to inpaint", elem_id=f"{mode}_send_to_inpaint",
                                                         size="sm")
+                tab.send_buttons["extras"] = gr.Button("Send to extras", elem_id=f"{mode}_send_to_extras",
+                                                       size="sm")
             tab.info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id=f"{mode}_info")
             used_seed = gr.State(-1)
             tab.infotexts = gr.State([])
@@ -197,6 +201,7 @@ def _common_request(v: dict[str, Any]) -> GenerationRequest:
         seed_resize_from_w=int(v["seed_resize_from_w"]) if v.get("seed_resize_from_w") else -1,
         seed_resize_from_h=int(v["seed_resize_from_h"]) if v.get("seed_resize_from_h") else -1,
         styles=tuple(v.get("styles") or ()), tiling=bool(v.get("tiling")), save_images=True,
+        restore_faces=bool(v.get("restore_faces")),
         denoising_strength=_num(v.get("denoising_strength"), float, 0.75),
     )
 

@@ -39,10 +39,12 @@ def build_pnginfo_tab() -> dict[str, gr.components.Component]:
                 to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img", size="sm")
                 to_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_to_img2img", size="sm")
                 to_inpaint = gr.Button("Send to inpaint", elem_id="pnginfo_send_to_inpaint", size="sm")
+                to_extras = gr.Button("Send to extras", elem_id="pnginfo_send_to_extras", size="sm")
 
     def run(img: Image.Image | None):
         text, summary, params = describe_image(img)
         return summary, text, params
 
     image.change(run, inputs=image, outputs=[html_out, raw, parsed], api_name="png_info")
-    return {"image": image, "infotext": raw, "txt2img": to_txt2img, "img2img": to_img2img, "inpaint": to_inpaint}
+    return {"image": image, "infotext": raw, "txt2img": to_txt2img, "img2img": to_img2img, "inpaint": to_inpaint,
+            "extras": to_extras}

@@ -1,17 +1,19 @@
 """Upscaler registry and :func:`upscale_to`, which resizes an image to an exact size with an upscaler.
 
 An upscaler is an :class:`UpscalerDef`: a name (as A1111 lists it in ``/sdapi/v1/upscalers`` and
-the "Hires upscaler"/"Upscaler" menus), its native scale and a function ``upscale(image, scale)``.
+the "Hires upscaler"/"Upscaler" menus), its native scale and a function ``upscale(image, scale, opts)``
+(``opts``: the request's options, e.g. ``ESRGAN_tile``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
-UpscaleFn = Callable[[Image.Image, float], Image.Image]
+UpscaleFn = Callable[[Image.Image, float, Mapping[str, Any]], Image.Image]
 
 
 class UnknownUpscaler(KeyError):
@@ -26,7 +28,7 @@ class UnknownUpscaler(KeyError):
 
 @dataclass(frozen=True)
 class UpscalerDef:
-    """An upscaler. ``upscale(image, scale)`` returns the image enlarged by about ``scale``
+    """An upscaler. ``upscale(image, scale, opts)`` returns the image enlarged by about ``scale``
     (a model with a fixed native scale may return its own scale; :func:`upscale_to` fixes the size)."""
 
     name: str
@@ -66,7 +68,7 @@ class UpscalerRegistry:
 
 
 def upscale_to(upscaler: UpscalerDef | None, image: Image.Image, width: int, height: int,
-               crop: bool = False) -> Image.Image:
+               crop: bool = False, opts: Mapping[str, Any] | None = None) -> Image.Image:
     """``image`` at exactly ``width x height``: enlarged with ``upscaler`` (up to three passes, as
     A1111 does for big factors), then fitted with Lanczos -- stretched, or scaled to cover and
     centre-cropped when ``crop``."""
@@ -77,7 +79,7 @@ def upscale_to(upscaler: UpscalerDef | None, image: Image.Image, width: int, hei
             if image.width >= width and image.height >= height:
                 break
             before = image.size
-            image = upscaler.upscale(image, scale).convert("RGB")
+            image = upscaler.upscale(image, scale, opts or {}).convert("RGB")
             if image.size == before:  # the identity ("None") upscaler
                 break
             scale = max(width / image.width, height / image.height)
