@@ -18,7 +18,7 @@ from webui import hookspecs
 from webui.context import build_context
 from webui.hookspecs import hookimpl
 from webui.jobs import Job
-from webui.pipeline.request import GenerationRequest
+from webui.pipeline.request import GenerationRequest, RequestError
 from webui.plugins import make_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,6 +132,93 @@ def test_hook_register_face_restorers(tmp_path, models_root):
     # Extras only offer GFPGAN/CodeFormer sliders (A1111); the hook's restorers serve "Restore faces"
     out, _ = ctx.extras(img, ExtrasRequest(upscaling_resize=1))
     assert out.size == (32, 32)
+
+
+def test_hook_unet_patches(tmp_path, models_root):
+    import torch
+
+    seen = []
+
+    class Nudge:
+        """Adds a constant to the mid-block output during the first half of the steps."""
+
+        def prepare(self, width, height, hires=False):
+            seen.append(("prepare", width, height, hires))
+
+        def residuals(self, call):
+            seen.append(("call", call.step, call.steps, call.groups, call.has_uncond))
+            if call.step >= call.steps / 2:
+                return None
+            unet = ctx.models.current.components.unet
+            down = [torch.zeros(1)] * 0
+            x = call.x
+            shapes = []
+            h, w = x.shape[-2:]
+            for i, block in enumerate(unet.down_blocks):  # the U-Net's skip shapes, level by level
+                ch = unet.config.block_out_channels[i]
+                shapes += [(ch, h, w)] * (len(block.resnets) + (1 if i == 0 else 0))
+                if block.downsamplers:
+                    h, w = (h + 1) // 2, (w + 1) // 2
+                    shapes.append((ch, h, w))
+            down = [torch.zeros(x.shape[0], *s, dtype=x.dtype) for s in shapes]
+            mid = torch.full((x.shape[0], unet.config.block_out_channels[-1], h, w), 0.5, dtype=x.dtype)
+            return down, mid
+
+    class P:
+        @hookimpl
+        def unet_patches(self, request, model, job):
+            return [Nudge()] if request.alwayson_scripts.get("nudge") else None
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    plain = ctx.txt2img(GenerationRequest(**SMALL))
+    nudged = ctx.txt2img(GenerationRequest(**SMALL, alwayson_scripts={"nudge": True}))
+    assert plain.images[0].tobytes() != nudged.images[0].tobytes()
+    assert seen[0] == ("prepare", 64, 64, False)
+    assert [c[1:3] for c in seen[1:]] == [(0, 3), (1, 3), (2, 3)] and seen[1][3:] == (2, True)
+
+    class Bad:
+        @hookimpl
+        def unet_patches(self, request, model, job):
+            raise RequestError("alwayson_scripts.nudge", "bad nudge")
+
+    ctx.plugins.register(Bad(), "bad")
+    with pytest.raises(RequestError):  # unlike other hooks, input errors reach the caller
+        ctx.txt2img(GenerationRequest(**SMALL))
+
+
+def test_hook_ui_sections(tmp_path, models_root):
+    import gradio as gr
+
+    from webui.ui.tabs import UiSection
+
+    collected = []
+
+    class P:
+        @hookimpl
+        def ui_sections(self, ctx, mode):
+            def render():
+                return {"strength": gr.Slider(0, 1, value=0.25, label="My strength", elem_id=f"{mode}_my_strength")}
+
+            def collect(values):
+                collected.append(dict(values))
+                return {"args": [values["strength"]]}
+
+            return [UiSection("my_section", render, collect)]
+
+        @hookimpl
+        def before_generate(self, request, job):
+            collected.append(request.alwayson_scripts.get("my_section"))
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    from tests.live_server import LiveServer
+    from webui.server import create_app
+
+    with LiveServer(create_app(ctx)) as srv:
+        from gradio_client import Client
+
+        client = Client(srv.url, verbose=False)
+        client.predict(prompt="x", steps=2, width=64, height=64, my_section__strength=0.75, api_name="/txt2img")
+    assert collected == [{"strength": 0.75}, {"args": [0.75]}]
 
 
 def test_hook_register_settings(tmp_path, models_root):

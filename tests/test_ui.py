@@ -120,8 +120,8 @@ def test_browser_generate(server):
             page.locator("#img2img_send_to_extras").click()
             page.locator("#extras_image img").first.wait_for(state="visible", timeout=20_000)
             page.locator("#extras_generate").click()
-            page.wait_for_function("document.querySelector('#extras_info').innerText.includes('Postprocess upscale by')",
-                                   timeout=60_000)
+            page.wait_for_function(
+                "document.querySelector('#extras_info').innerText.includes('Postprocess upscale by')", timeout=60_000)
         except Exception:
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "browser_generate.png"), full_page=True)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from webui.context import AppContext
     from webui.jobs import Job
     from webui.models.manager import LoadedModel
+    from webui.pipeline.patches import UNetPatch
     from webui.pipeline.request import GenerationRequest
     from webui.pipeline.result import GenerationResult
     from webui.pipeline.state import ImageState, StepState
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from webui.sampling.registry import SamplerDef
     from webui.sampling.schedules import ScheduleDef
     from webui.settings import OptionDef, Settings
-    from webui.ui.tabs import UiTab
+    from webui.ui.tabs import UiSection, UiTab
     from webui.upscaling.registry import UpscalerDef
 
 HOOKS_VERSION = "1.1"
@@ -120,6 +121,18 @@ def before_generate(request: GenerationRequest, job: Job) -> None:
 
 
 @hookspec
+def unet_patches(request: GenerationRequest, model: LoadedModel, job: Job) -> list[UNetPatch] | None:
+    """Return U-Net patches (e.g. ControlNets) for this generation; see :mod:`webui.pipeline.patches`.
+
+    Called once per job after ``before_generate``. Each patch's ``prepare(width, height, hires)`` runs
+    before every sampling pass and ``residuals(call)`` before every U-Net evaluation. Raise
+    :class:`~webui.pipeline.request.RequestError` (or ``ModelError``) for bad input: unlike other
+    hooks' errors, these reach the client as a 4xx answer.
+    versionadded: 1.1
+    """
+
+
+@hookspec
 def on_step_end(state: StepState) -> None:
     """Called after every sampling step with the step number, sigma, current latents and job.
 
@@ -177,4 +190,14 @@ def ui_tabs(ctx: AppContext) -> list[UiTab] | None:
     """Return extra top-level UI tabs; each ``UiTab(title, render)`` renders inside a ``gr.Tab``.
 
     versionadded: 1.0
+    """
+
+
+@hookspec
+def ui_sections(ctx: AppContext, mode: str) -> list[UiSection] | None:
+    """Return sections of controls for the ``mode`` ("txt2img" or "img2img") generation tab.
+
+    Each ``UiSection(name, render, collect)`` renders inside the tab; on Generate its values, by name,
+    go through ``collect`` into ``request.alwayson_scripts[name]`` (the API's ``alwayson_scripts``).
+    versionadded: 1.1
     """

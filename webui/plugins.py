@@ -66,8 +66,12 @@ class Plugins:
 
 
 def _register(plugins: Plugins, plugin: object, name: str, source: str, path: str | None = None) -> bool:
+    """Register ``plugin``; a module that defines ``make_plugin()`` registers the object it returns
+    instead (so a plugin can keep state in an instance rather than in module globals)."""
     pm = plugins.pm
     try:
+        if isinstance(plugin, ModuleType) and callable(getattr(plugin, "make_plugin", None)):
+            plugin = plugin.make_plugin()
         pm.register(plugin, name=name)
         unknown = [
             impl.plugin_name
@@ -183,7 +187,7 @@ class Hooks:
     def __init__(self, plugins: Plugins):
         self._plugins = plugins
 
-    def _call(self, name: str, **kwargs: Any) -> list[Any]:
+    def _call(self, name: str, propagate: tuple[type[BaseException], ...] = (), **kwargs: Any) -> list[Any]:
         from webui.jobs import Interrupted
 
         caller = getattr(self._plugins.pm.hook, name)
@@ -193,6 +197,8 @@ class Hooks:
             try:
                 res = impl.function(**args)
             except Interrupted:
+                raise
+            except propagate:
                 raise
             except Exception as exc:  # noqa: BLE001 - isolate a failing plugin
                 log.exception("Plugin %s failed in hook %s", impl.plugin_name, name)
@@ -231,6 +237,13 @@ class Hooks:
     def before_generate(self, request: Any, job: Any) -> None:
         self._call("before_generate", request=request, job=job)
 
+    def unet_patches(self, request: Any, model: Any, job: Any) -> list[Any]:
+        from webui.models.errors import ModelError
+        from webui.pipeline.request import RequestError
+
+        return [p for res in self._call("unet_patches", propagate=(RequestError, ModelError), request=request,
+                                        model=model, job=job) for p in res]
+
     def on_step_end(self, state: Any) -> None:
         self._call("on_step_end", state=state)
 
@@ -254,6 +267,9 @@ class Hooks:
 
     def ui_tabs(self, ctx: Any) -> list[Any]:
         return self._flat("ui_tabs", ctx=ctx)
+
+    def ui_sections(self, ctx: Any, mode: str) -> list[Any]:
+        return self._flat("ui_sections", ctx=ctx, mode=mode)
 
     def has_impl(self, name: str) -> bool:
         return bool(getattr(self._plugins.pm.hook, name).get_hookimpls())

@@ -66,6 +66,7 @@ def _request_from_api(body: m.Txt2ImgRequest) -> GenerationRequest:
         "styles": tuple(data.get("styles") or ()),
         "tiling": bool(data.get("tiling")),
         "restore_faces": bool(data.get("restore_faces")),
+        "alwayson_scripts": dict(data.get("alwayson_scripts") or {}),
     }
     if data.get("enable_hr"):
         kwargs.update(

@@ -4,4 +4,7 @@
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "webui.builtin.samplers",
     "webui.builtin.upscalers",
+    "webui.builtin.gan_upscalers",
+    "webui.builtin.face_restorers",
+    "webui.builtin.controlnet",
 )

@@ -54,13 +54,14 @@ def _indices(keys: Iterable[str], pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for k in keys if (m := regex.match(k))})
 
 
-def unet_config_from_ldm(sd: Mapping[str, torch.Tensor], spec: ModelSpec) -> dict[str, Any]:
+def unet_config_from_ldm(sd: Mapping[str, torch.Tensor], spec: ModelSpec, *, decoder: bool = True) -> dict[str, Any]:
     """Build a ``UNet2DConditionModel`` config from ``model.diffusion_model.*`` shapes.
 
     ``sd`` may be the whole checkpoint or the UNet keys with the prefix
     already removed.  For SDXL the ``text_time`` embedding size is derived from
     ``label_emb.0.0.weight`` and, when present, the second text encoder's
     projection width (``conditioner.embedders.1.model.text_projection``).
+    ``decoder=False`` reads an encoder-only UNet (a ControlNet): no output blocks.
     """
     unet = _strip(sd, (UNET_PREFIX,)) or dict(sd)
     conv_in = _need(unet, "input_blocks.0.0.weight", "UNet")
@@ -80,7 +81,7 @@ def unet_config_from_ldm(sd: Mapping[str, torch.Tensor], spec: ModelSpec) -> dic
         depths.append(depth)
     up_depths = [len(_indices(unet, rf"output_blocks\.{u * (layers + 1)}\.1\.transformer_blocks\.(\d+)\."))
                  for u in range(levels)]
-    if up_depths != depths[::-1]:
+    if decoder and up_depths != depths[::-1]:
         raise ModelError(STATE_DICT, f"the UNet has asymmetric attention depths (down {depths}, up "
                                      f"{up_depths[::-1]}), which is not supported.")
     to_k = [v for k, v in unet.items() if k.endswith("attn2.to_k.weight")]
@@ -92,7 +93,7 @@ def unet_config_from_ldm(sd: Mapping[str, torch.Tensor], spec: ModelSpec) -> dic
         "sample_size": {"sd1": 64, "sd2": 96 if spec.prediction_type == "v_prediction" else 64,
                         "sdxl": 128}[spec.family],
         "in_channels": int(conv_in.shape[1]),
-        "out_channels": int(_need(unet, "out.2.weight", "UNet").shape[0]),
+        "out_channels": int(_need(unet, "out.2.weight", "UNet").shape[0]) if decoder else 4,
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
         "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in attention[::-1]],
         "mid_block_type": "UNetMidBlock2DCrossAttn",

@@ -10,6 +10,7 @@ import torch
 
 from webui.models.manager import LoadedModel
 from webui.pipeline.conditioning import Conditioning
+from webui.pipeline.patches import UNetCall, sum_residuals
 from webui.pipeline.prompt_schedule import JobConditioning, stack
 from webui.sampling.denoiser import Denoiser, DiscreteSchedule
 
@@ -31,11 +32,14 @@ class Inpaint:
 
 
 def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, width: int, height: int,
-                 batch: int, inpaint: Inpaint | None = None) -> tuple[ModelFn, DiscreteSchedule]:
+                 batch: int, inpaint: Inpaint | None = None, patches: list[Any] | None = None,
+                 step_of: Callable[[], tuple[int, int]] | None = None,
+                 hires: bool = False) -> tuple[ModelFn, DiscreteSchedule]:
     """The guided denoiser for one batch, following the prompt schedules.
 
     Composable prompts: ``uncond + cfg * sum_k w_k (cond_k - uncond)`` (A1111's combine step).
-    The uncond pass is skipped when CFG is 1 and there is a single part.
+    The uncond pass is skipped when CFG is 1 and there is a single part. ``patches`` (e.g.
+    ControlNets) add residuals to every U-Net call; ``step_of()`` gives (step, steps) of the pass.
     """
     c = model.components
     unet = c.unet
@@ -71,9 +75,17 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
         ctx = current["ctx"]
         added = None if time_ids is None else {"text_embeds": ctx.pooled, "time_ids": time_ids}
         x_in = x_scaled.to(model.dtype)
+        extra: dict[str, Any] = {}
+        if patches:
+            step, steps = step_of() if step_of is not None else (0, 1)
+            res = sum_residuals(patches, UNetCall(x_in, t, ctx.context, added, batch, groups, use_uncond, step, steps,
+                                                  width, height, hires))
+            if res is not None:
+                extra = {"down_block_additional_residuals": res[0], "mid_block_additional_residual": res[1]}
         if image_cond is not None:
             x_in = torch.cat([x_in, image_cond], dim=1)
-        out = unet(x_in, t, encoder_hidden_states=ctx.context, added_cond_kwargs=added, return_dict=False)[0]
+        out = unet(x_in, t, encoder_hidden_states=ctx.context, added_cond_kwargs=added, return_dict=False,
+                   **extra)[0]
         return out.float()
 
     # built once per batch: the denoiser keeps a host copy of the sigmas, which must not be made per step

@@ -55,6 +55,7 @@ class GenerationRequest:
     s_noise: float | None = None
     save_images: bool = True
     override_settings: dict[str, Any] = field(default_factory=dict)
+    alwayson_scripts: dict[str, Any] = field(default_factory=dict)  # {"controlnet": {"args": [...]}, ...}
     mode: str = "txt2img"  # or "img2img"
     init_images: tuple[Any, ...] = ()  # PIL images (img2img)
     denoising_strength: float = 0.75

@@ -88,6 +88,7 @@ class _Run:
     hr_conds: JobConditioning | None = None
     hires: HiresPlan | None = None
     restorer: FaceRestorerDef | None = None
+    patches: list[Any] = field(default_factory=list)
     init: InitLatents | None = None
     steps_run: int = 0
     sampler_params: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +110,7 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
     run = _Run(env, model, req, job, opts, sampler, schedule, int(opts.get("CLIP_stop_at_last_layers", 1)),
                resolve_seed(req.seed), resolve_seed(req.subseed), GenerationResult(), hires=hires, restorer=restorer)
     env.hooks.before_generate(req, job)
+    run.patches = env.hooks.unet_patches(req, model, job)
     job.job_count = req.n_iter
     run.extra_info = env.hooks.extra_infotext(req)
     c = model.components
@@ -278,21 +280,31 @@ def _step_callback(run: _Run, offset: int, steps: int):
     return on_step
 
 
+def _step_of(run: _Run, offset: int, steps: int):
+    job = run.job
+    return lambda: (job.sampling_step - offset, steps)
+
+
 def _first_pass(run: _Run, it: int, seeds: list[int], subseeds: list[int]) -> torch.Tensor:
     """Seeded noise and the sampling loop of one batch (txt2img, or img2img from the init latents)."""
     req, model, c = run.req, run.model, run.model.components
+    for patch in run.patches:
+        patch.prepare(req.width, req.height, False)
+    patch_args = {"patches": run.patches, "step_of": _step_of(run, 0, run.steps_run)}
     latent_shape = (c.unet.config.out_channels, req.height // 8, req.width // 8)
     rng = _rng(run, latent_shape, seeds, subseeds)
     on_step = _step_callback(run, 0, run.steps_run)
     if run.init is None:
-        model_fn, ds = cfg_denoiser(model, run.conds, req.cfg_scale, req.width, req.height, req.batch_size)
+        model_fn, ds = cfg_denoiser(model, run.conds, req.cfg_scale, req.width, req.height, req.batch_size,
+                                    **patch_args)
         sigmas = sigmas_for(run.sampler, run.schedule, req.steps, ds)
         return sample(run.sampler, model_fn, ds, sigmas, rng, seeds, params=run.sampler_params, callback=on_step)
     noise = rng.first()
     x0, inpaint = run.init.for_batch(it * req.batch_size, req.batch_size, noise)
     if run.steps_run == 0:  # strength 0: the init image, no denoising step
         return x0
-    model_fn, ds = cfg_denoiser(model, run.conds, req.cfg_scale, req.width, req.height, req.batch_size, inpaint)
+    model_fn, ds = cfg_denoiser(model, run.conds, req.cfg_scale, req.width, req.height, req.batch_size, inpaint,
+                                **patch_args)
     tail = sigmas_for(run.sampler, run.schedule, req.steps, ds)[-run.steps_run - 1:]
     x = x0 + noise * _noise_multiplier(run) * tail[0].to(noise.device)
     latents = sample(run.sampler, model_fn, ds, tail, rng, seeds, params=run.sampler_params, callback=on_step, x=x)
@@ -309,8 +321,11 @@ def _hires_pass(run: _Run, latents: torch.Tensor, seeds: list[int], subseeds: li
     if steps == 0:  # denoising strength 0: the enlarged first pass as it is
         return latents
     rng = _rng(run, tuple(latents.shape[1:]), seeds, subseeds)
+    for patch in run.patches:
+        patch.prepare(plan.width, plan.height, True)
     model_fn, ds = cfg_denoiser(model, run.hr_conds, req.cfg_scale, plan.width, plan.height, req.batch_size,
-                                Inpaint())
+                                Inpaint(), patches=run.patches, step_of=_step_of(run, run.steps_run, steps),
+                                hires=True)
     tail = plan.sigmas(sigmas_for(plan.sampler, plan.schedule, plan.total_steps(req.denoising_strength), ds))
     noise = rng.first()
     x = latents.to(noise.device) + noise * tail[0].to(noise.device)

@@ -14,10 +14,10 @@ import gradio as gr
 from webui.context import AppContext
 from webui.pipeline.conditioning import count_tokens
 from webui.pipeline.hires import LATENT_UPSCALE_MODES, SAME_SAMPLER, SAME_SCHEDULER
-from webui.pipeline.request import GenerationRequest
+from webui.pipeline.request import GenerationRequest, RequestError
 from webui.styles import Style
 from webui.ui.img2img_inputs import Img2ImgInputs, build_img2img_inputs, img2img_request, run_img2img
-from webui.ui.progress import named_handler, run_with_progress
+from webui.ui.progress import named_handler, run_with_progress, user_error
 
 #: Request fields converted from UI values.
 _INTS = {"steps", "width", "height", "n_iter", "batch_size", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y"}
@@ -102,6 +102,10 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
                 f["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=f"{mode}_tiling")
             if mode == "txt2img":
                 _hires_controls(ctx, f, samplers, schedules)
+            sections = ctx.hooks.ui_sections(ctx, mode)
+            for section in sections:
+                for key, component in section.render().items():
+                    f[f"{section.name}__{key}"] = component
         with gr.Column():
             tab.gallery = gr.Gallery(label="Output", columns=2, height=512, elem_id=f"{mode}_gallery",
                                      format="png", interactive=False, type="pil")
@@ -121,10 +125,11 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
 
     def generate_fn(v: dict[str, Any], request: gr.Request, progress: gr.Progress):
         owner = getattr(request, "session_hash", None)
+        base = _common_request(v).with_(alwayson_scripts=_collect_sections(sections, v))
         if mode == "img2img":
-            result = run_img2img(ctx, tab.img2img, _common_request(v), v, owner, progress)
+            result = run_img2img(ctx, tab.img2img, base, v, owner, progress)
         else:
-            result = run_with_progress(ctx, _common_request(v).with_(**_hires_fields(v)), owner, progress)
+            result = run_with_progress(ctx, base.with_(**_hires_fields(v)), owner, progress)
         gallery_items = [(img, f"seed {s}") for img, s in zip(result.images, result.seeds)]
         text = result.infotexts[0] if result.infotexts else ""
         if result.interrupted:
@@ -150,6 +155,21 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
     _wire_helpers(ctx, tab, token_counter, neg_token_counter, lora_pick, lora_add, emb_pick, emb_add,
                   networks_refresh, style_name, save_style, interrupt, random_seed, reuse_seed, used_seed)
     return tab
+
+
+def _collect_sections(sections: list[Any], v: dict[str, Any]) -> dict[str, Any]:
+    """``alwayson_scripts`` from the plugin sections' values (grouped back by section name)."""
+    out: dict[str, Any] = {}
+    for section in sections:
+        prefix = f"{section.name}__"
+        values = {k[len(prefix):]: val for k, val in v.items() if k.startswith(prefix)}
+        try:
+            collected = section.collect(values)
+        except RequestError as exc:
+            raise user_error(exc) from None
+        if collected is not None:
+            out[section.name] = collected
+    return out
 
 
 def _hires_controls(ctx: AppContext, f: dict[str, Any], samplers: list[str], schedules: list[str]) -> None:

@@ -1,0 +1,211 @@
+"""Built-in plugin: ControlNet (sd-webui-controlnet's units, API routes and infotext).
+
+Units come from ``alwayson_scripts["controlnet"]["args"]`` (API) or the "ControlNet" section of the
+txt2img/img2img tabs. Each enabled unit's image (or the img2img input) goes through its preprocessor
+once per job (results are cached across jobs too), is resized to the generation size with the unit's
+resize mode, and its ControlNet adds residuals to the U-Net inside the unit's guidance window.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from webui.controlnet.patch import ControlNetPatch, PreparedUnit, pixel_perfect_resolution
+from webui.controlnet.preprocessors import PreprocessorRegistry, UnknownPreprocessor, annotator_dir_for, module_detail
+from webui.controlnet.registry import ControlNetRegistry
+from webui.controlnet.units import ControlUnit, unit_infotext, units_from_request
+from webui.hookspecs import hookimpl
+from webui.pipeline.request import RequestError
+from webui.settings import OptionDef
+
+log = logging.getLogger(__name__)
+API_VERSION = 2
+FAMILY_LABEL = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+
+
+def _decoder(value: str, field: str) -> Image.Image:
+    from webui.api.images import InvalidImage, decode_base64_image
+
+    try:
+        return decode_base64_image(value, field)
+    except InvalidImage as exc:
+        raise RequestError(field, str(exc)) from None
+
+
+class ControlNetPlugin:
+    """State (model list, preprocessor cache) lives here, created when the app starts."""
+
+    def __init__(self) -> None:
+        self.ctx: Any = None
+        self.models: ControlNetRegistry | None = None
+        self.preprocessors: PreprocessorRegistry | None = None
+
+    # --- set-up -------------------------------------------------------------------------------
+    @hookimpl
+    def register_settings(self) -> list[OptionDef]:
+        return [OptionDef("control_net_unit_count", 3, "ControlNet units in the UI (restart to apply)", "ControlNet",
+                          minimum=1, maximum=10),
+                OptionDef("control_net_model_cache_size", 2, "ControlNet models kept loaded", "ControlNet",
+                          minimum=1, maximum=10)]
+
+    @hookimpl
+    def startup(self, ctx: Any) -> None:
+        self.ctx = ctx
+        cn_dir = ctx.settings.model_dir("ControlNet")
+        self.models = ControlNetRegistry([cn_dir], ctx.device.device, ctx.device.dtype,
+                                         cache=int(ctx.options.current.get("control_net_model_cache_size", 2)))
+        self.preprocessors = PreprocessorRegistry(annotator_dir=annotator_dir_for(ctx.settings.models_root),
+                                                  device=ctx.device.device)
+
+    # --- generation ---------------------------------------------------------------------------
+    def _prepare(self, unit: ControlUnit, index: int, request: Any, model: Any) -> PreparedUnit:
+        prefix = f"alwayson_scripts.controlnet.args[{index}]"
+        assert self.models is not None and self.preprocessors is not None
+        if unit.model in ("", "None", None):
+            raise RequestError(f"{prefix}.model", "choose a ControlNet model (GET /controlnet/model_list)")
+        info = self.models.find(unit.model, f"{prefix}.model")
+        unet_cfg = model.components.unet.config
+        cn = self.models.load(info, int(getattr(unet_cfg, "addition_time_embed_dim", None) or 256))
+        from webui.controlnet.models import family_of
+
+        family, ckpt_family = family_of(cn), model.components.spec.family
+        if family != ckpt_family or int(cn.config.cross_attention_dim) != int(unet_cfg.cross_attention_dim):
+            raise RequestError(f"{prefix}.model", f"{info.title} is a {FAMILY_LABEL.get(family, family)} ControlNet "
+                                                  f"but the checkpoint is {FAMILY_LABEL.get(ckpt_family, ckpt_family)}")
+        image = unit.image
+        if image is None and request.init_images:
+            image = request.init_images[0]  # sd-webui-controlnet: the img2img input
+        if image is None:
+            raise RequestError(f"{prefix}.image", "a ControlNet unit needs an image (or use img2img)")
+        arr = np.asarray(image.convert("RGB"))
+        try:
+            pre = self.preprocessors.get(unit.module or "none")
+        except UnknownPreprocessor as exc:
+            raise RequestError(f"{prefix}.module", str(exc)) from None
+        res = unit.processor_res
+        if unit.pixel_perfect:
+            res = pixel_perfect_resolution(arr.shape[:2], request.width, request.height, unit.resize_mode)
+        detected = self.preprocessors.detect(arr, pre.name, res if res > 0 else None,
+                                             unit.threshold_a if unit.threshold_a >= 0 else None,
+                                             unit.threshold_b if unit.threshold_b >= 0 else None)
+        return PreparedUnit(unit, cn, detected)
+
+    @hookimpl
+    def unet_patches(self, request: Any, model: Any, job: Any) -> list[ControlNetPatch] | None:
+        units = units_from_request(request.alwayson_scripts, _decoder)
+        if not units:
+            return None
+        prepared = [self._prepare(u, i, request, model) for i, u in enumerate(units)]
+        return [ControlNetPatch(prepared, model.device, model.dtype)]
+
+    @hookimpl
+    def extra_infotext(self, request: Any) -> dict[str, Any] | None:
+        try:
+            units = units_from_request(request.alwayson_scripts)
+        except RequestError:
+            return None  # reported by unet_patches
+        if not units or self.preprocessors is None or self.models is None:
+            return None
+        info = {}
+        for i, unit in enumerate(units):
+            try:
+                title = self.models.find(unit.model).title
+                pre = self.preprocessors.get(unit.module or "none")
+            except (RequestError, UnknownPreprocessor):
+                return None
+            res, a, b = pre.resolve_params(unit.processor_res if unit.processor_res > 0 else None,
+                                           unit.threshold_a if unit.threshold_a >= 0 else None,
+                                           unit.threshold_b if unit.threshold_b >= 0 else None)
+            info[f"ControlNet {i}"] = unit_infotext(unit.with_(module=pre.name), title, res or -1,
+                                                    a if a is not None else -1, b if b is not None else -1)
+        return info
+
+    # --- HTTP API (sd-webui-controlnet's routes) -------------------------------------------------
+    @hookimpl
+    def api_routes(self, router: Any, ctx: Any) -> None:
+        from fastapi import Body
+
+        plugin = self
+
+        @router.get("/controlnet/version", tags=["controlnet"])
+        def version() -> dict:
+            return {"version": API_VERSION}
+
+        @router.get("/controlnet/model_list", tags=["controlnet"])
+        def model_list(update: bool = True) -> dict:
+            if update:
+                plugin.models.refresh()
+            return {"model_list": plugin.models.titles()}
+
+        @router.get("/controlnet/module_list", tags=["controlnet"])
+        def module_list(alias_names: bool = False) -> dict:
+            procs = plugin.preprocessors.preprocessors()
+            names = [p.display_name if alias_names else p.internal_name for p in procs]
+            return {"module_list": names,
+                    "module_detail": {(p.display_name if alias_names else p.internal_name): module_detail(p)
+                                      for p in procs}}
+
+        @router.get("/controlnet/control_types", tags=["controlnet"])
+        def control_types() -> dict:
+            types = plugin.preprocessors.control_types()
+            titles = plugin.models.titles()
+            for name, entry in types["control_types"].items():
+                key = name.split("/")[0].lower().replace(" ", "")
+                entry["model_list"] = ["None", *[t for t in titles if name == "All" or key in t.lower()]]
+            return types
+
+        @router.get("/controlnet/settings", tags=["controlnet"])
+        def settings() -> dict:
+            return {"control_net_unit_count": int(ctx.options.current.get("control_net_unit_count", 3)),
+                    "control_net_max_models_num": int(ctx.options.current.get("control_net_unit_count", 3))}
+
+        @router.post("/controlnet/detect", tags=["controlnet"])
+        def detect(body: dict = Body(...)) -> dict:  # noqa: B008 - FastAPI's parameter declaration
+            module = body.get("controlnet_module", "none")
+            images = body.get("controlnet_input_images") or []
+            if not isinstance(images, list) or not images:
+                raise RequestError("controlnet_input_images", "give a list of base64 images")
+            out = []
+            for i, data in enumerate(images):
+                image = _decoder(data, f"controlnet_input_images[{i}]") if isinstance(data, str) else None
+                if image is None:
+                    raise RequestError(f"controlnet_input_images[{i}]", "must be a base64 image")
+                try:
+                    res = plugin.preprocessors.detect(np.asarray(image.convert("RGB")), module,
+                                                      _opt(body.get("controlnet_processor_res")),
+                                                      _opt(body.get("controlnet_threshold_a")),
+                                                      _opt(body.get("controlnet_threshold_b")))
+                except UnknownPreprocessor as exc:
+                    raise RequestError("controlnet_module", str(exc)) from None
+                buf = io.BytesIO()
+                Image.fromarray(res).save(buf, format="PNG")
+                out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+            return {"images": out, "info": "Success"}
+
+    # --- UI --------------------------------------------------------------------------------------
+    @hookimpl
+    def ui_sections(self, ctx: Any, mode: str) -> list[Any]:
+        from webui.controlnet.ui import controlnet_section
+
+        return [controlnet_section(self, ctx, mode)]
+
+
+def _opt(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if value < 0 else value
+
+
+def make_plugin() -> ControlNetPlugin:
+    return ControlNetPlugin()
+

@@ -1,0 +1,1 @@
+"""ControlNet: preprocessors, models and their use in generation."""

@@ -1,0 +1,94 @@
+"""ControlNet during sampling: prepared units and the U-Net patch that adds their residuals.
+
+Control modes follow sd-webui-controlnet: "Balanced" scales every residual by the weight and applies
+it to the conditional and unconditional passes; "My prompt is more important" scales the 12 down
+residuals and the mid residual by ``weight * 0.825 ** (12 - i)`` (deeper = stronger, "soft
+injection"); "ControlNet is more important" does the same and leaves the unconditional pass without
+control, so CFG pushes towards the control. The hires-fix second pass always uses soft injection.
+A unit acts on step ``i`` of ``n`` when ``guidance_start <= i / n <= guidance_end``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import ControlNetModel
+from PIL import Image
+
+from webui.controlnet.units import ControlUnit
+from webui.pipeline.init_image import resize_image
+from webui.pipeline.patches import Residuals, UNetCall
+
+SOFT_BASE = 0.825
+
+
+def pixel_perfect_resolution(image_hw: tuple[int, int], width: int, height: int, resize_mode: int) -> int:
+    """sd-webui-controlnet's "pixel perfect" processor resolution for a target size."""
+    raw_h, raw_w = image_hw
+    k0, k1 = height / raw_h, width / raw_w
+    k = min(k0, k1) if resize_mode == 2 else max(k0, k1)
+    return int(round(k * min(raw_h, raw_w)))
+
+
+@dataclass
+class PreparedUnit:
+    unit: ControlUnit
+    model: ControlNetModel
+    detected: np.ndarray  # the preprocessor's output (H x W x 3 uint8)
+    hint: torch.Tensor | None = field(default=None)  # [1, 3, height, width] in [0, 1] at the pass's size
+
+
+class ControlNetPatch:
+    """The :class:`~webui.pipeline.patches.UNetPatch` of a job's enabled units."""
+
+    def __init__(self, units: list[PreparedUnit], device: torch.device, dtype: torch.dtype):
+        self.units = units
+        self.device, self.dtype = device, dtype
+        self.calls = 0  # ControlNet evaluations (for tests and benchmarks)
+
+    def prepare(self, width: int, height: int, hires: bool = False) -> None:
+        for u in self.units:
+            image = resize_image(Image.fromarray(u.detected), width, height, u.unit.resize_mode)
+            hint = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+            if u.unit.mask is not None:
+                mask = resize_image(u.unit.mask.convert("RGB"), width, height, u.unit.resize_mode).convert("L")
+                hint = hint * torch.from_numpy((np.asarray(mask) > 127).astype(np.float32))[None, None]
+            u.hint = hint.to(self.device, self.dtype)
+
+    def residuals(self, call: UNetCall) -> Residuals | None:
+        fraction = call.step / max(call.steps, 1)
+        total: Residuals | None = None
+        for u in self.units:
+            unit = u.unit
+            if unit.weight == 0 or not unit.guidance_start <= fraction <= unit.guidance_end or u.hint is None:
+                continue
+            n = call.x.shape[0]
+            hint = u.hint.expand(n, -1, -1, -1)
+            down, mid = u.model(call.x.to(self.dtype), call.t, encoder_hidden_states=call.context.to(self.dtype),
+                                controlnet_cond=hint, added_cond_kwargs=call.added, return_dict=False)
+            self.calls += 1
+            count = len(down) + 1
+            if unit.control_mode != 0 or call.hires:
+                scales = [unit.weight * SOFT_BASE ** float(count - 1 - i) for i in range(count)]
+            else:
+                scales = [unit.weight] * count
+            down = [d * s for d, s in zip(down, scales)]
+            mid = mid * scales[-1]
+            only_cond = unit.control_mode == 2 or bool(getattr(u.model.config, "global_pool_conditions", False))
+            if only_cond and call.has_uncond:
+                keep = torch.ones(n, 1, 1, 1, device=mid.device, dtype=mid.dtype)
+                keep[n - call.batch:] = 0  # the unconditional rows come last
+                down = [d * keep for d in down]
+                mid = mid * keep
+            if total is None:
+                total = (down, mid)
+            else:
+                total = ([a + b for a, b in zip(total[0], down)], total[1] + mid)
+        return total
+
+
+def describe(units: list[Any]) -> str:
+    return ", ".join(f"{u.unit.module}/{u.unit.model}" for u in units)

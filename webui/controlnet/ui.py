@@ -1,0 +1,113 @@
+"""The "ControlNet" section of the txt2img/img2img tabs: N units (option ``control_net_unit_count``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from webui.controlnet.preprocessors import UnknownPreprocessor
+from webui.controlnet.units import CONTROL_MODES, RESIZE_MODES, ControlUnit
+from webui.ui.tabs import UiSection
+
+FIELDS = ("enabled", "image", "mask", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
+          "resize_mode", "pixel_perfect", "processor_res", "threshold_a", "threshold_b")
+
+
+def controlnet_section(plugin: Any, ctx: Any, mode: str) -> UiSection:
+    count = int(ctx.options.current.get("control_net_unit_count", 3))
+
+    def render() -> Mapping[str, Any]:
+        comps: dict[str, Any] = {}
+        modules = plugin.preprocessors.names()
+        with gr.Accordion("ControlNet", open=False, elem_id=f"{mode}_controlnet"):
+            with gr.Tabs():
+                for i in range(count):
+                    with gr.Tab(f"ControlNet Unit {i}"):
+                        comps.update(_unit(plugin, mode, i, modules))
+        return comps
+
+    def collect(values: Mapping[str, Any]) -> dict[str, Any] | None:
+        units = []
+        for i in range(count):
+            v = {f: values.get(f"{i}_{f}") for f in FIELDS}
+            if not v["enabled"]:
+                continue
+            units.append(ControlUnit(
+                enabled=True, module=v["module"] or "none", model=v["model"] or "None",
+                weight=float(v["weight"] if v["weight"] is not None else 1.0), image=v["image"], mask=v["mask"],
+                resize_mode=RESIZE_MODES.index(v["resize_mode"]) if v["resize_mode"] in RESIZE_MODES else 1,
+                processor_res=int(v["processor_res"] or -1), threshold_a=float(_or(v["threshold_a"], -1)),
+                threshold_b=float(_or(v["threshold_b"], -1)), guidance_start=float(v["guidance_start"] or 0),
+                guidance_end=float(_or(v["guidance_end"], 1)), pixel_perfect=bool(v["pixel_perfect"]),
+                control_mode=CONTROL_MODES.index(v["control_mode"]) if v["control_mode"] in CONTROL_MODES else 0))
+        return {"args": units} if units else None
+
+    return UiSection("controlnet", render, collect)
+
+
+def _or(value: Any, default: float) -> float:
+    return default if value is None or value == "" else value
+
+
+def _unit(plugin: Any, mode: str, i: int, modules: list[str]) -> dict[str, Any]:
+    p = f"{mode}_controlnet_{i}"
+    c: dict[str, Any] = {}
+    with gr.Row():
+        c[f"{i}_image"] = gr.Image(label="Control image" + (" (empty: the img2img input)" if mode == "img2img" else ""),
+                                   type="pil", sources=["upload", "clipboard"], elem_id=f"{p}_image", height=240)
+        preview = gr.Image(label="Preprocessor preview", interactive=False, elem_id=f"{p}_preview", height=240)
+    with gr.Accordion("Mask (optional: white = where the control applies)", open=False):
+        c[f"{i}_mask"] = gr.Image(label="Mask", type="pil", sources=["upload", "clipboard"], elem_id=f"{p}_mask",
+                                  height=160)
+    with gr.Row():
+        c[f"{i}_enabled"] = gr.Checkbox(False, label="Enable", elem_id=f"{p}_enabled")
+        c[f"{i}_pixel_perfect"] = gr.Checkbox(False, label="Pixel Perfect", elem_id=f"{p}_pixel_perfect")
+        preview_button = gr.Button("💥 Preview preprocessor", elem_id=f"{p}_preview_button", size="sm")
+    with gr.Row():
+        c[f"{i}_module"] = gr.Dropdown(modules, value="none", label="Preprocessor", elem_id=f"{p}_module")
+        c[f"{i}_model"] = gr.Dropdown(["None", *plugin.models.titles()], value="None", label="Model",
+                                      elem_id=f"{p}_model")
+        refresh = gr.Button("🔄", min_width=40, scale=0, elem_id=f"{p}_refresh")
+    with gr.Row():
+        c[f"{i}_weight"] = gr.Slider(0, 2, value=1, step=0.05, label="Control Weight", elem_id=f"{p}_weight")
+        c[f"{i}_guidance_start"] = gr.Slider(0, 1, value=0, step=0.01, label="Starting Control Step",
+                                             elem_id=f"{p}_guidance_start")
+        c[f"{i}_guidance_end"] = gr.Slider(0, 1, value=1, step=0.01, label="Ending Control Step",
+                                           elem_id=f"{p}_guidance_end")
+    with gr.Row():
+        c[f"{i}_processor_res"] = gr.Slider(-1, 2048, value=-1, step=8, label="Preprocessor resolution (-1: default)",
+                                            elem_id=f"{p}_processor_res")
+        c[f"{i}_threshold_a"] = gr.Number(-1, label="Threshold A (-1: default)", elem_id=f"{p}_threshold_a")
+        c[f"{i}_threshold_b"] = gr.Number(-1, label="Threshold B (-1: default)", elem_id=f"{p}_threshold_b")
+    c[f"{i}_control_mode"] = gr.Radio(list(CONTROL_MODES), value=CONTROL_MODES[0], label="Control Mode",
+                                      elem_id=f"{p}_control_mode")
+    c[f"{i}_resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[1], label="Resize Mode",
+                                     elem_id=f"{p}_resize_mode")
+
+    def on_preview(image, module, res, a, b):
+        if image is None:
+            raise gr.Error("Upload a control image first")
+        try:
+            out = plugin.preprocessors.detect(np.asarray(image.convert("RGB")), module or "none",
+                                              int(res) if res and res > 0 else None,
+                                              a if a is not None and a >= 0 else None,
+                                              b if b is not None and b >= 0 else None)
+        except UnknownPreprocessor as exc:
+            raise gr.Error(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - e.g. missing annotator weights: show the message
+            raise gr.Error(str(exc)) from None
+        return out
+
+    preview_button.click(on_preview, inputs=[c[f"{i}_image"], c[f"{i}_module"], c[f"{i}_processor_res"],
+                                             c[f"{i}_threshold_a"], c[f"{i}_threshold_b"]],
+                         outputs=preview, api_name=f"{p}_preview")
+
+    def on_refresh():
+        plugin.models.refresh()
+        return gr.update(choices=["None", *plugin.models.titles()])
+
+    refresh.click(on_refresh, inputs=None, outputs=c[f"{i}_model"], api_name=f"{p}_refresh")
+    return c

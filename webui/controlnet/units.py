@@ -1,0 +1,176 @@
+"""ControlNet units in sd-webui-controlnet's shape: parsing API/UI input, infotext writing and reading."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from PIL import Image
+
+from webui.pipeline.request import RequestError
+
+RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
+CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+_RESIZE_ALIASES = {"just resize": 0, "resize": 0, "crop and resize": 1, "scale to fit (inner fit)": 1,
+                   "inner fit": 1, "resize and fill": 2, "envelope (outer fit)": 2, "outer fit": 2}
+_CONTROL_ALIASES = {"balanced": 0, "my prompt is more important": 1, "controlnet is more important": 2}
+#: sd-webui-controlnet's older field names.
+_FIELD_ALIASES = {"input_image": "image", "processor_resolution": "processor_res", "guidance": "guidance_end",
+                  "lowvram": "low_vram", "guessmode": "guess_mode"}
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet unit (sd-webui-controlnet's fields and defaults)."""
+
+    enabled: bool = True
+    module: str = "none"
+    model: str = "None"
+    weight: float = 1.0
+    image: Any = None  # PIL image (None: the img2img input)
+    mask: Any = None  # PIL image, white = where the control applies
+    resize_mode: int = 1  # 0 Just Resize, 1 Crop and Resize, 2 Resize and Fill
+    processor_res: int = -1  # -1: the module's default
+    threshold_a: float = -1.0
+    threshold_b: float = -1.0
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    pixel_perfect: bool = False
+    control_mode: int = 0  # 0 Balanced, 1 My prompt is more important, 2 ControlNet is more important
+    low_vram: bool = False
+
+    def with_(self, **changes: Any) -> ControlUnit:
+        return replace(self, **changes)
+
+
+def _choice(field: str, value: Any, aliases: Mapping[str, int], names: tuple[str, ...]) -> int:
+    if isinstance(value, bool):
+        raise RequestError(field, f"must be one of {list(names)} or 0-{len(names) - 1}")
+    if isinstance(value, (int, float)) and int(value) == value and 0 <= int(value) < len(names):
+        return int(value)
+    if isinstance(value, str) and value.strip().lower() in aliases:
+        return aliases[value.strip().lower()]
+    raise RequestError(field, f"must be one of {list(names)} or 0-{len(names) - 1}, got {value!r}")
+
+
+def _number(field: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(field, f"must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise RequestError(field, f"must be between {lo} and {hi}, got {value}")
+    return float(value)
+
+
+def parse_unit(data: Any, index: int, decode_image=None) -> ControlUnit:
+    """A unit from an API dict (names or integers for the modes, image as base64 or {image, mask}) or a
+    :class:`ControlUnit`. ``decode_image(value, field)`` turns base64 into a PIL image."""
+    if isinstance(data, ControlUnit):
+        return data
+    prefix = f"alwayson_scripts.controlnet.args[{index}]"
+    if not isinstance(data, Mapping):
+        raise RequestError(prefix, "a ControlNet unit must be an object")
+    known = {f.name for f in fields(ControlUnit)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        key = _FIELD_ALIASES.get(key, key)
+        if key in known and value is not None:
+            values[key] = value
+    image = values.get("image")
+    if isinstance(image, Mapping):  # {"image": ..., "mask": ...}
+        values["image"] = image.get("image")
+        if image.get("mask") is not None:
+            values["mask"] = image.get("mask")
+    for key in ("image", "mask"):
+        if isinstance(values.get(key), str) and values[key]:
+            if decode_image is not None:  # without a decoder the text is kept (e.g. for infotext)
+                values[key] = decode_image(values[key], f"{prefix}.{key}")
+        elif values.get(key) is not None and not isinstance(values[key], Image.Image):
+            raise RequestError(f"{prefix}.{key}", "must be a base64 image")
+        elif values.get(key) == "":
+            values[key] = None
+    if "resize_mode" in values:
+        values["resize_mode"] = _choice(f"{prefix}.resize_mode", values["resize_mode"], _RESIZE_ALIASES, RESIZE_MODES)
+    if "control_mode" in values:
+        values["control_mode"] = _choice(f"{prefix}.control_mode", values["control_mode"], _CONTROL_ALIASES,
+                                         CONTROL_MODES)
+    elif values.pop("guess_mode", False):
+        values["control_mode"] = 2
+    values.pop("guess_mode", None)
+    if "weight" in values:
+        values["weight"] = _number(f"{prefix}.weight", values["weight"], 0.0, 2.0)
+    for key in ("guidance_start", "guidance_end"):
+        if key in values:
+            values[key] = _number(f"{prefix}.{key}", values[key], 0.0, 1.0)
+    if "processor_res" in values:
+        values["processor_res"] = int(_number(f"{prefix}.processor_res", values["processor_res"], -1, 4096))
+    for key in ("threshold_a", "threshold_b"):
+        if key in values:
+            values[key] = _number(f"{prefix}.{key}", values[key], -1e6, 1e6)
+    for key in ("module", "model"):
+        if key in values and not isinstance(values[key], str):
+            raise RequestError(f"{prefix}.{key}", "must be a string")
+    for key in ("enabled", "pixel_perfect", "low_vram"):
+        if key in values:
+            values[key] = bool(values[key])
+    unit = ControlUnit(**values)
+    if unit.guidance_start > unit.guidance_end:
+        raise RequestError(f"{prefix}.guidance_start", "must not be after guidance_end")
+    return unit
+
+
+def units_from_request(alwayson: Mapping[str, Any], decode_image=None) -> list[ControlUnit]:
+    """The enabled units of ``alwayson_scripts["controlnet"]`` (``{"args": [...]}`` or a bare list)."""
+    entry = None
+    for key, value in (alwayson or {}).items():
+        if key.lower() in ("controlnet", "sd-webui-controlnet"):
+            entry = value
+    if entry is None:
+        return []
+    args = entry.get("args") if isinstance(entry, Mapping) else entry
+    if not isinstance(args, list):
+        raise RequestError("alwayson_scripts.controlnet.args", "must be a list of units")
+    units = [parse_unit(a, i, decode_image) for i, a in enumerate(args)]
+    return [u for u in units if u.enabled]
+
+
+def _num(value: float) -> str:
+    return str(float(value))
+
+
+def unit_infotext(unit: ControlUnit, model_title: str, res: int, thr_a: float, thr_b: float) -> str:
+    """sd-webui-controlnet's infotext value for a unit (written JSON-quoted as ``ControlNet N: "..."``)."""
+    return (f"Module: {unit.module}, Model: {model_title}, Weight: {_num(unit.weight)}, "
+            f"Resize Mode: {RESIZE_MODES[unit.resize_mode]}, Processor Res: {res}, Threshold A: {_num(thr_a)}, "
+            f"Threshold B: {_num(thr_b)}, Guidance Start: {_num(unit.guidance_start)}, "
+            f"Guidance End: {_num(unit.guidance_end)}, Pixel Perfect: {unit.pixel_perfect}, "
+            f"Control Mode: {CONTROL_MODES[unit.control_mode]}")
+
+
+_INFO_FIELDS = {"Module": ("module", str), "Model": ("model", str), "Weight": ("weight", float),
+                "Resize Mode": ("resize_mode", str), "Processor Res": ("processor_res", int),
+                "Threshold A": ("threshold_a", float), "Threshold B": ("threshold_b", float),
+                "Guidance Start": ("guidance_start", float), "Guidance End": ("guidance_end", float),
+                "Pixel Perfect": ("pixel_perfect", lambda v: v.strip() == "True"),
+                "Control Mode": ("control_mode", str)}
+
+
+def units_from_infotext(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Unit dicts (API shape) from parsed infotext keys ``ControlNet 0``, ``ControlNet 1``, ..."""
+    units = []
+    for i in range(32):
+        text = params.get(f"ControlNet {i}")
+        if text is None:
+            continue
+        unit: dict[str, Any] = {"enabled": True}
+        for part in str(text).split(", "):
+            key, _, value = part.partition(": ")
+            if key in _INFO_FIELDS:
+                name, conv = _INFO_FIELDS[key]
+                try:
+                    unit[name] = conv(value)
+                except ValueError:
+                    continue
+        units.append(unit)
+    return units
