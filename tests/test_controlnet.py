@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tests.conftest import make_settings
+from tests.test_lora import kohya_lora
 from webui.context import build_context
 from webui.controlnet.models import controlnet_to_original, load_controlnet
 from webui.controlnet.units import units_from_infotext
@@ -64,6 +65,8 @@ def cn_root(tmp_path_factory):
     torch.save(controlnet_to_original(tiny_controlnet("sd1", 1)), cn_dir / "control_tiny_depth.pth")
     tiny_controlnet("sd1", 2).save_pretrained(cn_dir / "tiny_diffusers_cn")
     save_file(controlnet_to_original(tiny_controlnet("sdxl", 3), prefix=""), cn_dir / "control_tiny_sdxl.safetensors")
+    (root / "Lora").mkdir()
+    save_file(kohya_lora(build_tiny_components("sd1", seed=1)), str(root / "Lora" / "film.safetensors"))
     return root
 
 
@@ -231,3 +234,47 @@ def test_api_units_routes_and_infotext(cn_ctx):
     assert np.array_equal(edges, cv2.Canny(np.asarray(img), 100, 200))
     bad = client.post("/controlnet/detect", json={"controlnet_module": "nope", "controlnet_input_images": [b64(img)]})
     assert bad.status_code == 422 and "controlnet_module" in bad.text
+
+
+def test_controlnet_with_lora_and_another_sampler(cn_ctx):
+    cn_only = run(cn_ctx, [unit()], sampler_name="DPM++ 2M", scheduler="Karras")
+    both = run(cn_ctx, [unit()], sampler_name="DPM++ 2M", scheduler="Karras", prompt="x <lora:film:1>")
+    again = run(cn_ctx, [unit()], sampler_name="DPM++ 2M", scheduler="Karras", prompt="x <lora:film:1>")
+    assert both.images[0].tobytes() == again.images[0].tobytes() != cn_only.images[0].tobytes()
+    assert "Lora hashes" in both.infotexts[0] and "ControlNet 0" in both.infotexts[0]
+
+
+def test_sdxl_controlnet_with_an_sdxl_checkpoint(tmp_path):
+    root = tmp_path / "models"
+    (root / "Stable-diffusion").mkdir(parents=True)
+    (root / "ControlNet").mkdir()
+    save_single_file(build_tiny_components("sdxl", seed=1), root / "Stable-diffusion" / "tiny-xl.safetensors")
+    save_file(controlnet_to_original(tiny_controlnet("sdxl", 3)), root / "ControlNet" / "control_xl.safetensors")
+    ctx = build_context(make_settings(tmp_path / "data", root), load_model=True)
+    plain = ctx.txt2img(GenerationRequest(**BASE)).images[0].tobytes()
+    xl = {"module": "canny", "model": "control_xl", "image": picture()}
+    assert run(ctx, [xl]).images[0].tobytes() != plain
+    assert run(ctx, [{**xl, "weight": 0}]).images[0].tobytes() == plain
+
+
+def test_ui_section_and_preview_through_gradio_client(cn_ctx, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from tests.live_server import LiveServer
+
+    picture().save(tmp_path / "control.png")
+    with LiveServer(create_app(cn_ctx)) as srv:
+        client = Client(srv.url, verbose=False)
+        gallery, info = client.predict(prompt="x", steps=3, width=64, height=64, seed=2, sampler_name="Euler",
+                                       controlnet__0_enabled=True, controlnet__0_module="canny",
+                                       controlnet__0_model=next(t for t in client.view_api(
+                                           return_format="dict", print_info=False)["named_endpoints"]["/txt2img"][
+                                           "parameters"] if t["parameter_name"] == "controlnet__0_model")[
+                                           "type"]["enum"][1],
+                                       controlnet__0_image=handle_file(str(tmp_path / "control.png")),
+                                       controlnet__0_weight=0.7, api_name="/txt2img")
+        assert 'ControlNet 0: "Module: canny, Model: control_tiny_canny [' in info and "Weight: 0.7" in info
+        preview = client.predict(handle_file(str(tmp_path / "control.png")), "canny", 64, 100, 200,
+                                 api_name="/txt2img_controlnet_0_preview")
+        edges = np.asarray(Image.open(preview).convert("L"))
+        assert np.array_equal(edges, cv2.Canny(np.asarray(picture()), 100, 200))

@@ -134,6 +134,25 @@ def test_hook_register_face_restorers(tmp_path, models_root):
     assert out.size == (32, 32)
 
 
+def test_hook_prepare_model(tmp_path, models_root):
+    calls = []
+
+    class P:
+        @hookimpl
+        def prepare_model(self, request, model, opts):
+            calls.append((request.prompt, model.info.name, opts.get("CLIP_stop_at_last_layers")))
+            if request.prompt == "refuse":
+                raise RequestError("prompt", "refused by the plugin")
+            return {"Prepared by": "test"}
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    res = ctx.txt2img(GenerationRequest(**SMALL, override_settings={"CLIP_stop_at_last_layers": 2}))
+    assert calls == [("a red circle", "tiny-sd1.safetensors", 2)]
+    assert "Prepared by: test" in res.infotexts[0]
+    with pytest.raises(RequestError):
+        ctx.txt2img(GenerationRequest(**{**SMALL, "prompt": "refuse"}))
+
+
 def test_hook_unet_patches(tmp_path, models_root):
     import torch
 

@@ -410,7 +410,7 @@ def test_request_from_inpaint_sample() -> None:
     assert (request["seed_resize_from_w"], request["seed_resize_from_h"]) == (768, 768)
     assert (request["width"], request["height"]) == (1024, 1024)
     assert request["enable_hr"] is False
-    assert request["override_settings"] == {"CLIP_stop_at_last_layers": 1}
+    assert request["override_settings"] == {"CLIP_stop_at_last_layers": 1, "sd_vae": "sdxl_vae.safetensors"}
 
 
 def test_request_from_hires_prompts_sample() -> None:

@@ -61,7 +61,8 @@ class AppContext:
     def pipeline_env(self) -> PipelineEnv:
         return PipelineEnv(self.hooks, self.samplers, self.saver, self.settings.data_dir, styles=self.styles,
                            loras=self.loras, embeddings=self.embeddings, file_hash=self.models.hashes.sha256,
-                           upscalers=self.upscalers, face_restorers=self.face_restorers)
+                           upscalers=self.upscalers, face_restorers=self.face_restorers,
+                           load_refiner=self.models.load_aux)
 
     def refresh_upscalers(self) -> None:
         """Rescan upscaler and face-restorer model folders (plugins register again)."""
@@ -147,6 +148,8 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
         device.dtype,
         default_checkpoint=lambda: ensure_default_checkpoint(settings.cache_dir),
         on_loaded=hooks.model_loaded,
+        vae_dtype=torch.float32 if settings.no_half_vae and device.dtype != torch.float32 else None,
+        cache_size=lambda: int(options.current.get("sd_checkpoint_cache", 0)),
     )
     ctx = AppContext(settings, options, plugins, samplers, models,
                      JobQueue(settings.concurrency, settings.max_queue_size), device, ImageSaver(),

@@ -12,6 +12,7 @@ major version and log a warning (see docs/extensions.md, "Versioning").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -117,6 +118,16 @@ def before_generate(request: GenerationRequest, job: Job) -> None:
     """Called after the request is validated, before any model work. May call ``job.interrupt()``.
 
     versionadded: 1.0
+    """
+
+
+@hookspec
+def prepare_model(request: GenerationRequest, model: LoadedModel, opts: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Called once per job, before any model work, with the model about to be used and the request's options.
+
+    May adjust the model for this request (the built-in VAE plugin swaps VAE weights here) and return
+    ``Key: value`` pairs for the infotext. ``RequestError``/``ModelError`` reach the client as a 4xx.
+    versionadded: 1.1
     """
 
 

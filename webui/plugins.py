@@ -237,6 +237,16 @@ class Hooks:
     def before_generate(self, request: Any, job: Any) -> None:
         self._call("before_generate", request=request, job=job)
 
+    def prepare_model(self, request: Any, model: Any, opts: Any) -> dict[str, Any]:
+        from webui.models.errors import ModelError
+        from webui.pipeline.request import RequestError
+
+        merged: dict[str, Any] = {}
+        for res in self._call("prepare_model", propagate=(RequestError, ModelError), request=request, model=model,
+                              opts=opts):
+            merged.update(res)
+        return merged
+
     def unet_patches(self, request: Any, model: Any, job: Any) -> list[Any]:
         from webui.models.errors import ModelError
         from webui.pipeline.request import RequestError

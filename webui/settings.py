@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -63,6 +63,8 @@ class Settings:
     nowebui: bool = False
     use_cpu: bool = False
     no_half: bool = False
+    no_half_vae: bool = False
+    vae_dir: Path | None = None
     device_id: int | None = None
     gradio_auth: str | None = None
     api_auth: str | None = None
@@ -87,6 +89,9 @@ class Settings:
         if kind not in MODEL_FOLDERS:
             raise KeyError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_FOLDERS)}")
         return self.models_root / MODEL_FOLDERS[kind]
+
+    def vae_dirs(self) -> list[Path]:
+        return [self.model_dir("VAE")] + ([self.vae_dir] if self.vae_dir is not None else [])
 
     def lora_dirs(self) -> list[Path]:
         return [self.model_dir("Lora")] + ([self.lora_dir] if self.lora_dir is not None else [])
@@ -127,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nowebui", action="store_true", help="serve the API only")
     p.add_argument("--use-cpu", action="store_true", help="run on the CPU even if a GPU is present")
     p.add_argument("--no-half", action="store_true", help="use float32 on the GPU")
+    p.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32 (no NaN retries needed)")
+    p.add_argument("--vae-dir", type=Path, default=None, help="extra folder with VAE files")
     p.add_argument("--device-id", type=int, default=None, help="CUDA device index")
     p.add_argument("--gradio-auth", default=None, help="user:pass[,user2:pass2] for the UI")
     p.add_argument("--api-auth", default=None, help="user:pass[,user2:pass2] for the API")
@@ -157,6 +164,8 @@ def parse_args(argv: Iterable[str] | None = None, env: Mapping[str, str] | None 
         nowebui=ns.nowebui,
         use_cpu=ns.use_cpu,
         no_half=ns.no_half,
+        no_half_vae=ns.no_half_vae,
+        vae_dir=ns.vae_dir,
         device_id=ns.device_id,
         gradio_auth=ns.gradio_auth,
         api_auth=ns.api_auth,
@@ -183,6 +192,8 @@ class OptionDef:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    #: choices offered in the UI when they change at run time (e.g. files); not used to validate
+    choices_fn: Callable[[], list[Any]] | None = field(default=None, compare=False)
 
     def coerce(self, value: Any) -> Any:
         """Return ``value`` converted to this option's type, or raise ValueError."""
@@ -222,6 +233,8 @@ def core_option_defs() -> list[OptionDef]:
     """The options the core itself owns (A1111 keys)."""
     return [
         OptionDef("sd_model_checkpoint", "", "Stable Diffusion checkpoint", "Stable Diffusion"),
+        OptionDef("sd_checkpoint_cache", 0, "Checkpoints to keep in RAM besides the current one",
+                  "Stable Diffusion", minimum=0, maximum=10),
         OptionDef("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
         OptionDef("emphasis", "Original", "Emphasis mode", "Stable Diffusion",
                   choices=("Original", "No norm", "None")),

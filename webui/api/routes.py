@@ -67,6 +67,8 @@ def _request_from_api(body: m.Txt2ImgRequest) -> GenerationRequest:
         "tiling": bool(data.get("tiling")),
         "restore_faces": bool(data.get("restore_faces")),
         "alwayson_scripts": dict(data.get("alwayson_scripts") or {}),
+        "refiner_checkpoint": data.get("refiner_checkpoint"),
+        "refiner_switch_at": 0.8 if data.get("refiner_switch_at") is None else data["refiner_switch_at"],
     }
     if data.get("enable_hr"):
         kwargs.update(
@@ -257,6 +259,50 @@ def build_router(ctx: AppContext) -> APIRouter:
     @r.post("/refresh-checkpoints")
     def refresh_checkpoints() -> dict:
         ctx.models.refresh()
+        return {}
+
+    @r.get("/memory")
+    def memory() -> dict[str, Any]:
+        """A1111's shape: host RAM, and CUDA memory statistics when a GPU is used."""
+        import psutil
+        import torch
+
+        vm = psutil.virtual_memory()
+        process = psutil.Process()
+        ram = {"free": vm.available, "used": process.memory_info().rss, "total": vm.total}
+        if not torch.cuda.is_available() or ctx.device.device.type != "cuda":
+            return {"ram": ram, "cuda": {"error": "no CUDA device in use"}}
+        index = ctx.device.device.index or 0
+        free, total = torch.cuda.mem_get_info(index)
+        stats = torch.cuda.memory_stats(index)
+
+        def pool(name: str) -> dict[str, int]:
+            return {"current": stats.get(f"{name}.all.current", 0), "peak": stats.get(f"{name}.all.peak", 0)}
+
+        cuda = {"system": {"free": free, "used": total - free, "total": total},
+                "active": pool("active_bytes"), "allocated": pool("allocated_bytes"),
+                "reserved": pool("reserved_bytes"), "inactive": pool("inactive_split_bytes"),
+                "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)}}
+        return {"ram": ram, "cuda": cuda}
+
+    @r.post("/unload-checkpoint")
+    def unload_checkpoint() -> dict:
+        """Free the model's memory; the next job (or reload-checkpoint) loads it again."""
+        ctx.models.unload()
+        from webui.devices import free_memory
+
+        free_memory()
+        return {}
+
+    @r.post("/reload-checkpoint")
+    def reload_checkpoint() -> dict:
+        """Load the selected checkpoint again (after unload-checkpoint, or to re-read a changed file)."""
+        name = str(ctx.options.current.get("sd_model_checkpoint") or "") or None
+        current = ctx.models.current
+        if current is not None and (name is None or ctx.models.find(name).path == current.info.path):
+            ctx.models.load(current.info, force=True)
+        else:
+            ctx.models.ensure_loaded(name)
         return {}
 
     @r.get("/options")

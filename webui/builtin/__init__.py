@@ -7,4 +7,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "webui.builtin.gan_upscalers",
     "webui.builtin.face_restorers",
     "webui.builtin.controlnet",
+    "webui.builtin.vae",
+    "webui.builtin.previews",
 )

@@ -57,11 +57,13 @@ def _unit(plugin: Any, mode: str, i: int, modules: list[str]) -> dict[str, Any]:
     c: dict[str, Any] = {}
     with gr.Row():
         c[f"{i}_image"] = gr.Image(label="Control image" + (" (empty: the img2img input)" if mode == "img2img" else ""),
-                                   type="pil", sources=["upload", "clipboard"], elem_id=f"{p}_image", height=240)
-        preview = gr.Image(label="Preprocessor preview", interactive=False, elem_id=f"{p}_preview", height=240)
+                                   type="pil", sources=["upload", "clipboard"], elem_id=f"{p}_image", height=240,
+                                   format="png")
+        preview = gr.Image(label="Preprocessor preview", interactive=False, elem_id=f"{p}_preview", height=240,
+                           format="png")
     with gr.Accordion("Mask (optional: white = where the control applies)", open=False):
         c[f"{i}_mask"] = gr.Image(label="Mask", type="pil", sources=["upload", "clipboard"], elem_id=f"{p}_mask",
-                                  height=160)
+                                  height=160, format="png")
     with gr.Row():
         c[f"{i}_enabled"] = gr.Checkbox(False, label="Enable", elem_id=f"{p}_enabled")
         c[f"{i}_pixel_perfect"] = gr.Checkbox(False, label="Pixel Perfect", elem_id=f"{p}_pixel_perfect")

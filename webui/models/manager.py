@@ -17,6 +17,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,8 @@ class ModelManager:
         dtype: torch.dtype,
         default_checkpoint: Callable[[], Path] | None = None,
         on_loaded: Callable[[LoadedModel], None] | None = None,
+        vae_dtype: torch.dtype | None = None,
+        cache_size: Callable[[], int] | None = None,
     ):
         self.dirs = dirs
         self.hashes = hash_cache
@@ -162,6 +165,10 @@ class ModelManager:
         self.dtype = dtype
         self._default_checkpoint = default_checkpoint
         self._on_loaded = on_loaded
+        self.vae_dtype = vae_dtype
+        self._cache_size = cache_size or (lambda: 0)
+        self._cache: OrderedDict[Path, LoadedModel] = OrderedDict()  # recently used models, kept in RAM
+        self._aux: LoadedModel | None = None  # the refiner
         self._lock = threading.RLock()
         self._current: LoadedModel | None = None
         self._checkpoints: list[CheckpointInfo] = []
@@ -213,13 +220,22 @@ class ModelManager:
     def current(self) -> LoadedModel | None:
         return self._current
 
-    def load(self, info: CheckpointInfo) -> LoadedModel:
-        """Load ``info`` and make it current. On failure the previous model stays current."""
+    def load(self, info: CheckpointInfo, *, force: bool = False) -> LoadedModel:
+        """Load ``info`` and make it current. On failure the previous model stays current.
+
+        Up to ``sd_checkpoint_cache`` previously used models stay in RAM (moved off the GPU) and come
+        back without reading the file again; ``force`` reads the file again anyway."""
         from webui.models.loader import load_components
 
         with self._lock:
-            if self._current is not None and self._current.info.path == info.path:
+            if not force and self._current is not None and self._current.info.path == info.path:
                 return self._current
+            cached = None if force else self._cache.pop(info.path, None)
+            if cached is not None:
+                cached.components = cached.components.to(device=self.device)
+                self._switch(cached)
+                log.info("Switched to %s (from the checkpoint cache)", cached.title)
+                return cached
             start = time.perf_counter()
             log.info("Loading checkpoint %s", info.path)
             try:
@@ -230,15 +246,55 @@ class ModelManager:
                 raise
             except OSError as exc:
                 raise ModelError(info.path, f"cannot read the file: {exc}") from exc
-            previous = self._current
-            self._current = LoadedModel(info, sha, components, self.device, self.dtype, time.perf_counter() - start)
-            del previous
-            log.info(
-                "Loaded %s (%s) in %.1f s", self._current.title, components.spec.label, self._current.load_seconds
-            )
+            if self.vae_dtype is not None:
+                components.vae.to(dtype=self.vae_dtype)
+            model = LoadedModel(info, sha, components, self.device, self.dtype, time.perf_counter() - start)
+            self._switch(model)
+            log.info("Loaded %s (%s) in %.1f s", model.title, components.spec.label, model.load_seconds)
             if self._on_loaded is not None:
-                self._on_loaded(self._current)
-            return self._current
+                self._on_loaded(model)
+            return model
+
+    def _switch(self, model: LoadedModel) -> None:
+        previous, self._current = self._current, model
+        size = max(0, int(self._cache_size()))
+        if previous is not None and size > 0 and previous.info.path != model.info.path:
+            if self.device.type != "cpu":
+                previous.components = previous.components.to(device=torch.device("cpu"))
+            self._cache[previous.info.path] = previous
+        while len(self._cache) > size:
+            self._cache.popitem(last=False)
+
+    def load_aux(self, name: str) -> LoadedModel:
+        """A second model used beside the current one (the refiner); kept until another is asked for."""
+        from webui.models.loader import load_components
+
+        with self._lock:
+            try:
+                info = self.find(name)
+            except KeyError:
+                raise UnknownCheckpoint(name, [self.title(i) for i in self.checkpoints()]) from None
+            if self._current is not None and self._current.info.path == info.path:
+                return self._current
+            aux = getattr(self, "_aux", None)
+            if aux is not None and aux.info.path == info.path:
+                return aux
+            self._aux = None
+            start = time.perf_counter()
+            log.info("Loading refiner checkpoint %s", info.path)
+            try:
+                sha = self.hashes.sha256(info.path)
+                components = load_components(info.path, dtype=self.dtype).to(device=self.device)
+            except OSError as exc:
+                raise ModelError(info.path, f"cannot read the file: {exc}") from exc
+            if self.vae_dtype is not None:
+                components.vae.to(dtype=self.vae_dtype)
+            self._aux = LoadedModel(info, sha, components, self.device, self.dtype, time.perf_counter() - start)
+            return self._aux
+
+    def cached(self) -> list[LoadedModel]:
+        """Models kept in RAM besides the current one (most recent last)."""
+        return list(self._cache.values())
 
     def ensure_loaded(self, name: str | None = None) -> LoadedModel:
         """The model named ``name`` (or the current / first one), loading it if needed."""
@@ -258,8 +314,11 @@ class ModelManager:
             return self.load(infos[0])
 
     def unload(self) -> None:
+        """Drop the current model and the cache (A1111's unload-checkpoint); the next job loads again."""
         with self._lock:
             self._current = None
+            self._aux = None
+            self._cache.clear()
 
 
 class UnknownCheckpoint(KeyError):

@@ -62,6 +62,8 @@ class GenerationRequest:
     resize_mode: int = 0
     tiling: bool = False
     restore_faces: bool = False
+    refiner_checkpoint: str | None = None  # A1111 1.6+: a second model takes over at refiner_switch_at
+    refiner_switch_at: float = 0.8
     # inpainting (img2img with a mask); defaults are A1111's API defaults
     mask: Any = None  # PIL image; white = repaint
     mask_blur_x: int = 4
@@ -146,6 +148,10 @@ def check_request(req: GenerationRequest) -> None:
         _check_inpaint(req)
     if req.mode == "txt2img" and req.enable_hr:
         _check_hires(req)
+    if req.refiner_checkpoint not in (None, "", "None"):
+        _finite("refiner_switch_at", req.refiner_switch_at)
+        if not 0 < req.refiner_switch_at < 1:
+            raise RequestError("refiner_switch_at", f"must be between 0 and 1 (exclusive), got {req.refiner_switch_at}")
     if req.initial_noise_multiplier is not None:
         _finite("initial_noise_multiplier", req.initial_noise_multiplier)
         if not 0 <= req.initial_noise_multiplier <= 2:

@@ -21,6 +21,8 @@ class StepState:
     sigma: float | torch.Tensor
     latents: torch.Tensor
     denoised: torch.Tensor
+    model: Any = None  # the LoadedModel generating (for previews)
+    opts: Any = None  # the request's options (a mapping)
 
 
 @dataclass

@@ -61,6 +61,7 @@ class PipelineEnv:
     file_hash: Callable[[Path], str] | None = None  # sha256 of a file (cached)
     upscalers: UpscalerRegistry | None = None
     face_restorers: FaceRestorerRegistry | None = None
+    load_refiner: Callable[[str], LoadedModel] | None = None  # a second model beside the current one
 
 
 class _StopSampling(Exception):
@@ -89,6 +90,8 @@ class _Run:
     hires: HiresPlan | None = None
     restorer: FaceRestorerDef | None = None
     patches: list[Any] = field(default_factory=list)
+    refiner: LoadedModel | None = None
+    refiner_conds: JobConditioning | None = None
     init: InitLatents | None = None
     steps_run: int = 0
     sampler_params: dict[str, Any] = field(default_factory=dict)
@@ -110,9 +113,14 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
     run = _Run(env, model, req, job, opts, sampler, schedule, int(opts.get("CLIP_stop_at_last_layers", 1)),
                resolve_seed(req.seed), resolve_seed(req.subseed), GenerationResult(), hires=hires, restorer=restorer)
     env.hooks.before_generate(req, job)
+    model_info = env.hooks.prepare_model(req, model, opts)
     run.patches = env.hooks.unet_patches(req, model, job)
+    run.refiner = _load_refiner(env, req, model)
+    if run.refiner is not None:
+        model_info["Refiner"] = run.refiner.title
+        model_info["Refiner switch at"] = req.refiner_switch_at
     job.job_count = req.n_iter
-    run.extra_info = env.hooks.extra_infotext(req)
+    run.extra_info = {**model_info, **env.hooks.extra_infotext(req)}
     c = model.components
 
     # 2. extra networks from the prompt (applied for this job only), then encode each distinct
@@ -124,6 +132,10 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
                             comma_padding_backtrack=int(opts.get("comma_padding_backtrack", 20)))
         lookup = env.embeddings.lookup(c) if env.embeddings is not None else None
         run.conds = build_job_conditioning(c, prompt_text, req.negative_prompt, req.steps, enc, lookup)
+        if run.refiner is not None:
+            ref_lookup = env.embeddings.lookup(run.refiner.components) if env.embeddings is not None else None
+            run.refiner_conds = build_job_conditioning(run.refiner.components, prompt_text, req.negative_prompt,
+                                                       req.steps, enc, ref_lookup)
         if hires is not None:
             hr_text, _ = parse_extra_networks(hires.prompt)
             run.hr_conds = build_job_conditioning(c, hr_text, hires.negative_prompt, hires.steps, enc, lookup)
@@ -140,6 +152,23 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
                                 run.result)
     env.hooks.after_generate(run.result, job)
     return run.result
+
+
+def _load_refiner(env: PipelineEnv, req: GenerationRequest, model: LoadedModel) -> LoadedModel | None:
+    """The refiner model (A1111 1.6+), which must share the base model's latent space."""
+    name = req.refiner_checkpoint
+    if name in (None, "", "None") or env.load_refiner is None:
+        return None
+    from webui.models.manager import UnknownCheckpoint
+
+    try:
+        refiner = env.load_refiner(name)
+    except UnknownCheckpoint as exc:
+        raise RequestError("refiner_checkpoint", str(exc)) from None
+    if refiner.spec.family != model.spec.family and {refiner.spec.family, model.spec.family} != {"sd1", "sd2"}:
+        raise RequestError("refiner_checkpoint", f"{refiner.title} is {refiner.spec.label}; it cannot continue "
+                                                 f"the latents of {model.title} ({model.spec.label})")
+    return refiner
 
 
 def _face_restorer(env: PipelineEnv, req: GenerationRequest, opts: Mapping[str, Any]) -> FaceRestorerDef | None:
@@ -269,7 +298,7 @@ def _step_callback(run: _Run, offset: int, steps: int):
     hooks, job, total = run.env.hooks, run.job, run.job.sampling_steps
 
     def on_step(i: int, x_i: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> None:
-        state = StepState(job, i, steps, sigma, x_i, denoised)
+        state = StepState(job, i, steps, sigma, x_i, denoised, run.model, run.opts)
         hooks.on_step_end(state)
         if state.latents is not x_i:
             x_i.copy_(state.latents)
@@ -297,6 +326,7 @@ def _first_pass(run: _Run, it: int, seeds: list[int], subseeds: list[int]) -> to
     if run.init is None:
         model_fn, ds = cfg_denoiser(model, run.conds, req.cfg_scale, req.width, req.height, req.batch_size,
                                     **patch_args)
+        model_fn, on_step = _with_refiner(run, model_fn, on_step, None)
         sigmas = sigmas_for(run.sampler, run.schedule, req.steps, ds)
         return sample(run.sampler, model_fn, ds, sigmas, rng, seeds, params=run.sampler_params, callback=on_step)
     noise = rng.first()
@@ -305,12 +335,36 @@ def _first_pass(run: _Run, it: int, seeds: list[int], subseeds: list[int]) -> to
         return x0
     model_fn, ds = cfg_denoiser(model, run.conds, req.cfg_scale, req.width, req.height, req.batch_size, inpaint,
                                 **patch_args)
+    model_fn, on_step = _with_refiner(run, model_fn, on_step, inpaint)
     tail = sigmas_for(run.sampler, run.schedule, req.steps, ds)[-run.steps_run - 1:]
     x = x0 + noise * _noise_multiplier(run) * tail[0].to(noise.device)
     latents = sample(run.sampler, model_fn, ds, tail, rng, seeds, params=run.sampler_params, callback=on_step, x=x)
     if inpaint.keep is not None:  # A1111 blends once more after sampling
         latents = inpaint.init * inpaint.keep + latents * (1 - inpaint.keep)
     return latents
+
+
+def _with_refiner(run: _Run, base_fn, on_step, inpaint: Inpaint | None):
+    """A1111 1.6+: after the step where ``refiner_switch_at`` of the steps are done, the refiner (with its
+    own text conditioning) answers every further denoiser call of this pass."""
+    if run.refiner is None:
+        return base_fn, on_step
+    req = run.req
+    refiner_fn, _ = cfg_denoiser(run.refiner, run.refiner_conds, req.cfg_scale, req.width, req.height,
+                                 req.batch_size, inpaint)
+    state = {"refining": False}
+    total = max(run.steps_run, 1)
+
+    def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return (refiner_fn if state["refining"] else base_fn)(x, sigma)
+
+    def step(i: int, x_i: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> None:
+        on_step(i, x_i, denoised, sigma)
+        if not state["refining"] and (i + 1) / total >= req.refiner_switch_at:
+            state["refining"] = True
+            run.job.textinfo = f"{run.job.textinfo} (refiner)".strip()
+
+    return model_fn, step
 
 
 def _hires_pass(run: _Run, latents: torch.Tensor, seeds: list[int], subseeds: list[int],

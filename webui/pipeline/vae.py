@@ -79,10 +79,20 @@ def encode_pixels(model: LoadedModel, pixels: torch.Tensor, tiled: bool = False)
 
 @torch.no_grad()
 def decode_to_pixels(model: LoadedModel, latents: torch.Tensor, tiled: bool = False) -> torch.Tensor:
-    """``[N, 3, H, W]`` float32 pixels in [0, 1]."""
+    """``[N, 3, H, W]`` float32 pixels in [0, 1].
+
+    NaN-safe: a half-precision decode that yields NaN/inf (A1111's black images) is redone in float32,
+    and the VAE stays in float32 from then on (``--no-half-vae`` does that from the start)."""
     vae = model.components.vae
-    z = latents.to(model.device, vae.dtype) / model.components.vae_scaling_factor
-    x = _retry_tiled("decode", lambda: vae.decode(z, return_dict=False)[0], tiled, vae)
+    scaled = latents / model.components.vae_scaling_factor
+    x = _retry_tiled("decode", lambda: vae.decode(scaled.to(model.device, vae.dtype), return_dict=False)[0],
+                     tiled, vae)
+    if vae.dtype in (torch.float16, torch.bfloat16) and not bool(torch.isfinite(x).all()):
+        log.warning("The VAE produced NaN/inf in %s; decoding again in float32 and keeping the VAE in float32 "
+                    "(start with --no-half-vae to skip the retry)", str(vae.dtype).removeprefix("torch."))
+        vae.to(torch.float32)
+        x = _retry_tiled("decode", lambda: vae.decode(scaled.to(model.device, torch.float32), return_dict=False)[0],
+                         tiled, vae)
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 

@@ -14,6 +14,7 @@ from webui.models.manager import UnknownCheckpoint
 from webui.ui.editor import editor_value
 from webui.ui.extras import build_extras_tab
 from webui.ui.generation import GenerationTab, build_generation_tab
+from webui.ui.merger import build_merger_tab
 from webui.ui.pnginfo import build_pnginfo_tab
 from webui.ui.sendto import values_from_infotext
 
@@ -41,6 +42,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 elem_id="sd_model_checkpoint", scale=4,
             )
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", min_width=40, scale=0)
+            _option_dropdowns(ctx, ("sd_vae",))
         notice = gr.Markdown(HOW_TO_ADD if ctx.models.using_builtin_default else "", elem_id="model_notice")
 
         def on_change(title: str | None):
@@ -73,12 +75,47 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 extras = build_extras_tab(ctx)
             with gr.Tab("PNG Info", id="pnginfo"):
                 png = build_pnginfo_tab()
+            with gr.Tab("Checkpoint Merger", id="modelmerger"):
+                build_merger_tab(ctx)
             for tab in ctx.hooks.ui_tabs(ctx):
                 with gr.Tab(tab.title, elem_id=tab.elem_id):
                     tab.render()
         _wire_send_to(tabs, t2i, i2i, png, extras)
     demo.queue(max_size=ctx.settings.max_queue_size)
     return demo
+
+
+def _option_dropdowns(ctx: AppContext, keys: tuple[str, ...]) -> None:
+    """Quick settings: a dropdown per option whose choices come from its ``choices_fn`` (e.g. VAE files)."""
+    for key in keys:
+        d = ctx.options.defs.get(key)
+        if d is None or d.choices_fn is None:
+            continue
+
+        def choices(d=d) -> list:
+            try:
+                return list(d.choices_fn())
+            except Exception:  # noqa: BLE001 - a plugin's listing must not break the page
+                log.exception("Listing the choices of %s failed", d.key)
+                return [d.default]
+
+        current = ctx.options.current.get(key, d.default)
+        dropdown = gr.Dropdown(choices(), value=current, label=d.label, elem_id=key, scale=2,
+                               allow_custom_value=True)
+        button = gr.Button("🔄", elem_id=f"refresh_{key}", min_width=40, scale=0)
+
+        def on_change(value, key=key):
+            try:
+                ctx.options.update(ctx.options.validate({key: value}))
+            except Exception as exc:  # noqa: BLE001 - shown to the user
+                raise gr.Error(str(exc)) from None
+            return gr.update()
+
+        def on_refresh(choices=choices):
+            return gr.update(choices=choices())
+
+        dropdown.input(on_change, inputs=dropdown, outputs=dropdown, api_name=f"set_{key}")
+        button.click(on_refresh, inputs=None, outputs=dropdown, api_name=f"refresh_{key}")
 
 
 def _param_names(tab: GenerationTab) -> list[str]:

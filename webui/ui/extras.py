@@ -29,7 +29,7 @@ def build_extras_tab(ctx: AppContext) -> dict[str, Any]:
             with gr.Tabs(elem_id="mode_extras"):
                 with gr.Tab(MODES["single"], id="extras_single_tab") as t_single:
                     f["image"] = gr.Image(label="Source", type="pil", sources=["upload", "clipboard"],
-                                          elem_id="extras_image", image_mode="RGBA")
+                                          elem_id="extras_image", image_mode="RGBA", format="png")
                 with gr.Tab(MODES["batch"], id="extras_batch_tab") as t_batch:
                     f["files"] = gr.File(label="Images", file_count="multiple", file_types=["image"],
                                          elem_id="extras_image_batch")

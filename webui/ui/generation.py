@@ -16,8 +16,8 @@ from webui.pipeline.conditioning import count_tokens
 from webui.pipeline.hires import LATENT_UPSCALE_MODES, SAME_SAMPLER, SAME_SCHEDULER
 from webui.pipeline.request import GenerationRequest, RequestError
 from webui.styles import Style
-from webui.ui.img2img_inputs import Img2ImgInputs, build_img2img_inputs, img2img_request, run_img2img
-from webui.ui.progress import named_handler, run_with_progress, user_error
+from webui.ui.img2img_inputs import Img2ImgInputs, build_img2img_inputs, img2img_request, stream_img2img
+from webui.ui.progress import map_yields, named_handler, stream_with_progress, user_error
 
 #: Request fields converted from UI values.
 _INTS = {"steps", "width", "height", "n_iter", "batch_size", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y"}
@@ -102,6 +102,14 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
                 f["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=f"{mode}_tiling")
             if mode == "txt2img":
                 _hires_controls(ctx, f, samplers, schedules)
+            with gr.Accordion("Refiner", open=False, elem_id=f"{mode}_refiner"):
+                with gr.Row():
+                    titles = ["None", *(ctx.models.title(i) for i in ctx.models.checkpoints())]
+                    f["refiner_checkpoint"] = gr.Dropdown(titles, value="None", label="Refiner checkpoint",
+                                                          elem_id=f"{mode}_refiner_checkpoint",
+                                                          allow_custom_value=True)
+                    f["refiner_switch_at"] = gr.Slider(0.01, 0.99, value=0.8, step=0.01, label="Switch at",
+                                                       elem_id=f"{mode}_refiner_switch_at")
             sections = ctx.hooks.ui_sections(ctx, mode)
             for section in sections:
                 for key, component in section.render().items():
@@ -127,16 +135,19 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
         owner = getattr(request, "session_hash", None)
         base = _common_request(v).with_(alwayson_scripts=_collect_sections(sections, v))
         if mode == "img2img":
-            result = run_img2img(ctx, tab.img2img, base, v, owner, progress)
+            stream = stream_img2img(ctx, tab.img2img, base, v, owner, progress)
         else:
-            result = run_with_progress(ctx, base.with_(**_hires_fields(v)), owner, progress)
+            stream = stream_with_progress(ctx, base.with_(**_hires_fields(v)), owner, progress)
+        # live previews (when on): the gallery shows the preview and the info box the progress meanwhile
+        result = yield from map_yields(stream, lambda p: ([(p.image, "Preview")], p.text, gr.skip(), gr.skip(),
+                                                          gr.skip()))
         gallery_items = [(img, f"seed {s}") for img, s in zip(result.images, result.seeds)]
         text = result.infotexts[0] if result.infotexts else ""
         if result.interrupted:
             text = "(interrupted)\n" + text
         if result.warnings:
             text += "\n" + "\n".join(result.warnings)
-        return gallery_items, text, (result.seeds[0] if result.seeds else -1), list(result.infotexts), 0
+        yield gallery_items, text, (result.seeds[0] if result.seeds else -1), list(result.infotexts), 0
 
     on_generate = named_handler(names, generate_fn)
     on_generate.__name__ = mode
@@ -222,6 +233,8 @@ def _common_request(v: dict[str, Any]) -> GenerationRequest:
         seed_resize_from_h=int(v["seed_resize_from_h"]) if v.get("seed_resize_from_h") else -1,
         styles=tuple(v.get("styles") or ()), tiling=bool(v.get("tiling")), save_images=True,
         restore_faces=bool(v.get("restore_faces")),
+        refiner_checkpoint=None if v.get("refiner_checkpoint") in (None, "", "None") else v["refiner_checkpoint"],
+        refiner_switch_at=_num(v.get("refiner_switch_at"), float, 0.8),
         denoising_strength=_num(v.get("denoising_strength"), float, 0.75),
     )
 

@@ -3,6 +3,7 @@ sub-tabs, the inpainting controls and outpainting, and turning their values into
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from webui.pipeline.outpaint import DIRECTIONS, outpaint_request
 from webui.pipeline.request import GenerationRequest, RequestError
 from webui.pipeline.result import GenerationResult
 from webui.ui.editor import inpaint_input, inpaint_sketch_input, sketch_input
-from webui.ui.progress import run_with_progress, user_error
+from webui.ui.progress import Preview, run_with_progress, stream_with_progress, user_error
 
 #: Sub-tab id -> label; the id is what ``input_mode`` holds.
 INPUT_TABS = {"img2img": "img2img", "sketch": "Sketch", "inpaint": "Inpaint", "inpaint_sketch": "Inpaint sketch",
@@ -40,7 +41,7 @@ def build_img2img_inputs(f: dict[str, Any]) -> Img2ImgInputs:
     with gr.Tabs(elem_id="mode_img2img") as out.tabs:
         with gr.Tab("img2img", id="img2img_img2img_tab") as t:
             f["input_image"] = gr.Image(label="Image for img2img", type="pil", sources=["upload", "clipboard"],
-                                        elem_id="img2img_image", height=360, image_mode="RGBA")
+                                        elem_id="img2img_image", height=360, image_mode="RGBA", format="png")
         out.tab_items["img2img"] = t
         with gr.Tab("Sketch", id="img2img_sketch_tab") as t:
             f["input_sketch"] = gr.ImageEditor(label="Sketch", type="pil", sources=["upload", "clipboard"],
@@ -64,10 +65,11 @@ def build_img2img_inputs(f: dict[str, Any]) -> Img2ImgInputs:
         with gr.Tab("Inpaint upload", id="img2img_inpaint_upload_tab") as t:
             with gr.Row():
                 f["input_upload_image"] = gr.Image(label="Image", type="pil", sources=["upload", "clipboard"],
-                                                   elem_id="img2img_inpaint_upload_image", image_mode="RGBA")
+                                                   elem_id="img2img_inpaint_upload_image", image_mode="RGBA",
+                                                   format="png")
                 f["input_upload_mask"] = gr.Image(label="Mask (white = repaint)", type="pil",
                                                   sources=["upload", "clipboard"], image_mode="RGBA",
-                                                  elem_id="img2img_inpaint_upload_mask")
+                                                  elem_id="img2img_inpaint_upload_mask", format="png")
         out.tab_items["inpaint_upload"] = t
         with gr.Tab("Batch", id="img2img_batch_tab") as t:
             gr.Markdown("Process every image of a folder on the server. Masks (optional) are matched by file name.")
@@ -151,6 +153,18 @@ def img2img_request(base: GenerationRequest, v: dict[str, Any]) -> GenerationReq
         req = outpaint_request(req, int(v.get("outpaint_pixels") or 128), list(v.get("outpaint_directions") or []),
                                fields["mask_blur_x"], fields["inpainting_fill"])
     return req
+
+
+def stream_img2img(ctx: AppContext, inputs: Img2ImgInputs | None, base: GenerationRequest, v: dict[str, Any],
+                   owner: str | None, progress: gr.Progress) -> Generator[Preview, None, GenerationResult]:
+    """:func:`run_img2img` yielding live previews (single requests; the Batch sub-tab shows none)."""
+    if v.get("input_mode") == "batch":
+        return run_img2img(ctx, inputs, base, v, owner, progress)
+    try:
+        req = img2img_request(base, v)
+    except RequestError as exc:
+        raise user_error(exc) from None
+    return (yield from stream_with_progress(ctx, req, owner, progress))
 
 
 def run_img2img(ctx: AppContext, inputs: Img2ImgInputs | None, base: GenerationRequest, v: dict[str, Any],

@@ -30,7 +30,7 @@ def build_pnginfo_tab() -> dict[str, gr.components.Component]:
     """The tab; returns its image, raw infotext and "send to" buttons for :mod:`webui.ui.app` to wire."""
     with gr.Row():
         image = gr.Image(label="Source", type="pil", sources=["upload", "clipboard"], elem_id="pnginfo_image",
-                         image_mode=None)
+                         image_mode=None, format="png")
         with gr.Column():
             html_out = gr.HTML(elem_id="pnginfo_html")
             raw = gr.Textbox(label="Infotext", lines=4, interactive=False, elem_id="pnginfo_generation_info")

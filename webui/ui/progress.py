@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
-from typing import Any
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import gradio as gr
 
@@ -14,6 +17,8 @@ from webui.models.manager import NoCheckpoint, UnknownCheckpoint
 from webui.pipeline.request import GenerationRequest, RequestError
 from webui.pipeline.result import GenerationResult
 from webui.sampling.registry import UnknownName
+
+T = TypeVar("T")
 
 USER_ERRORS = (RequestError, UnknownName, ModelError, UnknownCheckpoint, NoCheckpoint, QueueFull, GenerationFailed)
 
@@ -26,9 +31,19 @@ def user_error(exc: BaseException) -> gr.Error:
     return gr.Error(f"Generation failed: {type(exc).__name__}: {exc}")
 
 
-def run_with_progress(ctx: AppContext, req: GenerationRequest, owner: str | None, progress: gr.Progress,
-                      prefix: str = "") -> GenerationResult:
-    """Run ``req`` in a worker thread and report its progress to Gradio until it ends."""
+@dataclass
+class Preview:
+    """A live preview to show while a job runs (see :func:`stream_with_progress`)."""
+
+    image: Any  # PIL image (job.current_image)
+    text: str  # progress text, e.g. "Batch 1 out of 1 - step 4/20"
+
+
+def stream_with_progress(ctx: AppContext, req: GenerationRequest, owner: str | None, progress: gr.Progress,
+                         prefix: str = "") -> Generator[Preview, None, GenerationResult]:
+    """Run ``req`` in a worker thread, report its progress to Gradio and yield a :class:`Preview` each time
+    the job's live preview (``job.current_image``) changes; returns the result. Closing the generator
+    (the UI event was cancelled) interrupts the job."""
     job = Job(kind=req.mode, owner=owner)
     box: dict[str, Any] = {}
 
@@ -40,27 +55,70 @@ def run_with_progress(ctx: AppContext, req: GenerationRequest, owner: str | None
 
     thread = threading.Thread(target=work, name=f"job-{job.id[:8]}", daemon=True)
     thread.start()
-    while thread.is_alive():
-        thread.join(0.2)
-        if job.sampling_steps:
-            desc = f"{prefix}{job.textinfo} - step {job.sampling_step}/{job.sampling_steps}".strip(" -")
-            progress(job.progress, desc=desc)
-        else:
-            progress(0.0, desc=prefix + ("Waiting in queue" if job.started is None else "Preparing"))
+    shown = None
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+            if job.sampling_steps:
+                desc = f"{prefix}{job.textinfo} - step {job.sampling_step}/{job.sampling_steps}".strip(" -")
+                progress(job.progress, desc=desc)
+            else:
+                desc = prefix + ("Waiting in queue" if job.started is None else "Preparing")
+                progress(0.0, desc=desc)
+            image = job.current_image
+            if image is not None and image is not shown and thread.is_alive():
+                shown = image
+                yield Preview(image, desc)
+    except GeneratorExit:
+        job.interrupt()
+        raise
     if "error" in box:
         raise user_error(box["error"])
     return box["result"]
 
 
+def drain(stream: Generator[Any, None, T]) -> T:
+    """Run a generator to its end, dropping what it yields; returns its return value."""
+    while True:
+        try:
+            next(stream)
+        except StopIteration as stop:
+            return stop.value
+
+
+def map_yields(stream: Generator[Any, None, T], fn: Callable[[Any], Any]) -> Generator[Any, None, T]:
+    """``stream`` with ``fn`` applied to each yielded item; returns what ``stream`` returns."""
+    try:
+        while True:
+            try:
+                item = next(stream)
+            except StopIteration as stop:
+                return stop.value
+            yield fn(item)
+    finally:
+        stream.close()
+
+
+def run_with_progress(ctx: AppContext, req: GenerationRequest, owner: str | None, progress: gr.Progress,
+                      prefix: str = "") -> GenerationResult:
+    """Run ``req`` in a worker thread and report its progress to Gradio until it ends (no previews shown)."""
+    return drain(stream_with_progress(ctx, req, owner, progress, prefix))
+
+
 def named_handler(names: list[str], fn: Any) -> Any:
     """A Gradio event handler whose parameters are ``names`` (so API clients see and may pass them by
     keyword) followed by the request and progress Gradio injects; calls ``fn(values_by_name, request,
-    progress)``."""
-    import inspect
+    progress)``. When ``fn`` is a generator function the handler is one too (Gradio streams what it
+    yields; API clients' ``predict`` gets the last output)."""
 
-    def handler(*args: Any) -> Any:
-        values = dict(zip(names, args[:len(names)]))
-        return fn(values, args[len(names)], args[len(names) + 1])
+    if inspect.isgeneratorfunction(fn):
+        def handler(*args: Any) -> Any:
+            values = dict(zip(names, args[:len(names)]))
+            yield from fn(values, args[len(names)], args[len(names) + 1])
+    else:
+        def handler(*args: Any) -> Any:
+            values = dict(zip(names, args[:len(names)]))
+            return fn(values, args[len(names)], args[len(names) + 1])
 
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     # default None: API clients may leave out any field (a component's own value is the default)

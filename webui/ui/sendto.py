@@ -23,6 +23,7 @@ ABSENT_DEFAULTS: Mapping[str, Any] = {
     "hr_sampler_name": "Use same sampler",
     "hr_scheduler": "Use same scheduler",
     "scheduler": "Automatic",
+    "refiner_checkpoint": "None",
 }
 
 #: Radio fields whose UI value is a label rather than the request's number/bool.

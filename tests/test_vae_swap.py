@@ -1,0 +1,177 @@
+"""VAE swapping, NaN-safe decoding, checkpoint switching and the checkpoint cache."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import save_file
+
+from tests.conftest import make_settings
+from webui.context import build_context
+from webui.models.original_layout import save_single_file, vae_to_original
+from webui.models.tiny import build_tiny_components
+from webui.pipeline.request import GenerationRequest
+from webui.pipeline.vae import decode_to_pixels
+from webui.server import create_app
+
+BASE = dict(prompt="x", steps=2, width=64, height=64, seed=3, sampler_name="Euler", save_images=False)
+
+
+@pytest.fixture
+def root(tmp_path):
+    root = tmp_path / "models"
+    (root / "Stable-diffusion").mkdir(parents=True)
+    (root / "VAE").mkdir()
+    save_single_file(build_tiny_components("sd1", seed=1), root / "Stable-diffusion" / "alpha.safetensors")
+    save_single_file(build_tiny_components("sd1", seed=2), root / "Stable-diffusion" / "beta.safetensors")
+    save_file(vae_to_original(build_tiny_components("sd1", seed=7).vae), str(root / "VAE" / "other.safetensors"))
+    torch.save({"state_dict": {"first_stage_model." + k: v for k, v in
+                               vae_to_original(build_tiny_components("sd1", seed=8).vae).items()}},
+               root / "VAE" / "wrapped.vae.pt")
+    build_tiny_components("sd1", seed=9).vae.save_pretrained(root / "VAE" / "folder-vae")
+    save_file({"encoder.conv_in.weight": torch.zeros(3, 3, 3, 3), "decoder.conv_out.weight": torch.zeros(3, 3)},
+              str(root / "VAE" / "broken.safetensors"))
+    return root
+
+
+@pytest.fixture
+def ctx(root, tmp_path):
+    return build_context(make_settings(tmp_path / "data", root), load_model=True)
+
+
+def img(ctx, **kw):
+    return ctx.txt2img(GenerationRequest(**{**BASE, **kw}))
+
+
+def test_swap_changes_the_image_and_none_restores_it_exactly(ctx):
+    own = img(ctx)
+    other = img(ctx, override_settings={"sd_vae": "other.safetensors"})
+    assert other.images[0].tobytes() != own.images[0].tobytes()
+    assert "VAE: other.safetensors" in other.infotexts[0] and "VAE hash: " in other.infotexts[0]
+    after = img(ctx)  # the override was for one request only
+    assert after.images[0].tobytes() == own.images[0].tobytes() and "VAE:" not in after.infotexts[0]
+    for name in ("wrapped.vae.pt", "folder-vae"):  # pickles (weights_only) and diffusers folders too
+        res = img(ctx, override_settings={"sd_vae": name})
+        assert res.images[0].tobytes() != own.images[0].tobytes() and f"VAE: {name}" in res.infotexts[0]
+    assert img(ctx, override_settings={"sd_vae": "None"}).images[0].tobytes() == own.images[0].tobytes()
+
+
+def test_automatic_uses_the_vae_named_after_the_checkpoint(ctx, root):
+    own = img(ctx).images[0].tobytes()
+    (root / "Stable-diffusion" / "alpha.vae.safetensors").write_bytes((root / "VAE" / "other.safetensors").read_bytes())
+    auto = img(ctx)  # sd_vae defaults to Automatic
+    assert auto.images[0].tobytes() != own and "VAE: alpha.vae.safetensors" in auto.infotexts[0]
+    assert img(ctx, override_settings={"sd_vae": "None"}).images[0].tobytes() == own
+
+
+def test_api_routes_options_and_errors(ctx, root):
+    client = TestClient(create_app(ctx))
+    names = [v["model_name"] for v in client.get("/sdapi/v1/sd-vae").json()]
+    assert names == ["broken.safetensors", "folder-vae", "other.safetensors", "wrapped.vae.pt"]
+    (root / "VAE" / "late.safetensors").write_bytes((root / "VAE" / "other.safetensors").read_bytes())
+    assert client.post("/sdapi/v1/refresh-vae").status_code == 200
+    assert "late.safetensors" in [v["model_name"] for v in client.get("/sdapi/v1/sd-vae").json()]
+    assert client.post("/sdapi/v1/options", json={"sd_vae": "other.safetensors"}).status_code == 200
+    assert client.get("/sdapi/v1/options").json()["sd_vae"] == "other.safetensors"
+    r = client.post("/sdapi/v1/txt2img", json=BASE)
+    assert r.status_code == 200 and "VAE: other.safetensors" in r.json()["info"]
+    bad = client.post("/sdapi/v1/txt2img", json={**BASE, "override_settings": {"sd_vae": "nope.pt"}})
+    assert bad.status_code == 422 and "sd_vae" in bad.text
+    broken = client.post("/sdapi/v1/txt2img", json={**BASE, "override_settings": {"sd_vae": "broken.safetensors"}})
+    assert broken.status_code == 422 and "broken.safetensors" in broken.text
+    assert client.post("/sdapi/v1/txt2img", json=BASE).status_code == 200  # still serving
+
+
+def test_half_precision_nan_is_decoded_again_in_float32(ctx, caplog):
+    model = ctx.models.current
+    vae = model.components.vae.to(torch.float16)
+    real = vae.decode
+
+    def nan_in_half(z, *a, **kw):
+        out = real(z, *a, **kw)
+        if vae.dtype == torch.float16:
+            return (out[0] * float("nan"),)
+        return out
+
+    vae.decode = nan_in_half
+    try:
+        with caplog.at_level(logging.WARNING):
+            pixels = decode_to_pixels(model, torch.randn(1, 4, 8, 8))
+    finally:
+        del vae.decode
+    assert torch.isfinite(pixels).all() and vae.dtype == torch.float32
+    assert "NaN" in caplog.text and "float32" in caplog.text
+
+
+def test_switching_checkpoints_via_the_api(ctx, root):
+    client = TestClient(create_app(ctx))
+    before = client.post("/sdapi/v1/txt2img", json=BASE).json()["images"][0]
+    titles = [m["title"] for m in client.get("/sdapi/v1/sd-models").json()]
+    beta = next(t for t in titles if t.startswith("beta"))
+    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": beta}).status_code == 200
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("beta.safetensors [")
+    after = client.post("/sdapi/v1/txt2img", json=BASE).json()
+    assert after["images"][0] != before and '"sd_model_name": "beta"' in after["info"]
+    (root / "Stable-diffusion" / "gamma.safetensors").write_bytes(b"<html>not a model</html>")
+    client.post("/sdapi/v1/refresh-checkpoints")
+    bad = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "gamma.safetensors"})
+    assert bad.status_code == 422 and "gamma.safetensors" in bad.text
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("beta")  # still the old one
+    assert client.post("/sdapi/v1/txt2img", json=BASE).json()["images"][0] == after["images"][0]
+
+
+def test_checkpoint_cache_and_unload_reload(ctx, monkeypatch):
+    import webui.models.loader as loader
+
+    reads = []
+    real = loader.load_components
+    monkeypatch.setattr(loader, "load_components", lambda path, **kw: reads.append(path.name) or real(path, **kw))
+    ctx.options.update({"sd_checkpoint_cache": 1})
+    first = img(ctx, override_settings={"sd_model_checkpoint": "alpha"}).images[0].tobytes()
+    img(ctx, override_settings={"sd_model_checkpoint": "beta"})
+    again = img(ctx, override_settings={"sd_model_checkpoint": "alpha"}).images[0].tobytes()
+    assert first == again and reads.count("alpha.safetensors") <= 1 and [m.info.name for m in ctx.models.cached()]
+    client = TestClient(create_app(ctx))
+    assert client.post("/sdapi/v1/unload-checkpoint").status_code == 200 and ctx.models.current is None
+    assert client.post("/sdapi/v1/reload-checkpoint").status_code == 200 and ctx.models.current is not None
+    assert np.asarray(img(ctx).images[0]).shape == (64, 64, 3)
+
+
+def test_memory_route_reports_ram(ctx):
+    body = TestClient(create_app(ctx)).get("/sdapi/v1/memory").json()
+    assert body["ram"]["total"] > body["ram"]["used"] > 0 and "error" in body["cuda"]
+
+
+def test_refiner_takes_over_at_the_switch_step(ctx):
+    from webui.pipeline.request import RequestError
+
+    base = img(ctx, steps=4).images[0].tobytes()
+    refiner = ctx.models.load_aux("beta")
+    calls = []
+    real = refiner.components.unet.forward
+
+    def spy(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    refiner.components.unet.forward = spy
+    try:
+        res = img(ctx, steps=4, refiner_checkpoint="beta", refiner_switch_at=0.5)
+    finally:
+        del refiner.components.unet.forward
+    assert len(calls) == 2  # steps 3 and 4 of 4 (Euler: one batched U-Net call per step)
+    assert res.images[0].tobytes() != base and ctx.models.current.info.name == "alpha.safetensors"
+    assert "Refiner: beta.safetensors [" in res.infotexts[0] and "Refiner switch at: 0.5" in res.infotexts[0]
+    with pytest.raises(RequestError) as e:
+        img(ctx, refiner_checkpoint="nope")
+    assert e.value.field == "refiner_checkpoint"
+    with pytest.raises(RequestError) as e:
+        img(ctx, refiner_checkpoint="beta", refiner_switch_at=1.5)
+    assert e.value.field == "refiner_switch_at"
+    r = TestClient(create_app(ctx)).post("/sdapi/v1/txt2img", json={**BASE, "refiner_checkpoint": "beta",
+                                                                     "refiner_switch_at": 0.6})
+    assert r.status_code == 200 and "Refiner switch at: 0.6" in r.json()["info"]

@@ -1,0 +1,140 @@
+"""Built-in plugin: VAE swapping (A1111's ``sd_vae``).
+
+Choices: "Automatic" (a ``<checkpoint>.vae.*`` file beside the checkpoint or in the VAE folders,
+else the checkpoint's own VAE), "None" (the checkpoint's own), or a file from ``models/VAE``. The
+option is read per request, so ``override_settings: {"sd_vae": ...}`` applies to one request and the
+next request puts its own choice back. The checkpoint's own VAE weights are kept on the CPU the first
+time another VAE replaces them, so "None" restores them exactly. Infotext: ``VAE hash``, ``VAE``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from webui.hookspecs import hookimpl
+from webui.models.errors import ModelError
+from webui.models.vae_files import VaeFile, automatic_vae, list_vae_files, vae_weights
+from webui.pipeline.request import RequestError
+from webui.settings import OptionDef
+
+log = logging.getLogger(__name__)
+AUTOMATIC, NONE = "Automatic", "None"
+
+
+class VaePlugin:
+    def __init__(self) -> None:
+        self.ctx: Any = None
+        self.files: list[VaeFile] = []
+        self._baked: dict[int, dict[str, torch.Tensor]] = {}  # id(model) -> its own VAE weights (CPU)
+        self._applied: dict[int, Path | None] = {}  # id(model) -> VAE file now in it (None: its own)
+        self._cache: OrderedDict[tuple[Path, str], dict[str, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def choices(self) -> list[str]:
+        """The option's choices (the folders are scanned again: a cheap directory listing)."""
+        self.refresh()
+        return [AUTOMATIC, NONE, *[f.name for f in self.files]]
+
+    @hookimpl
+    def register_settings(self) -> list[OptionDef]:
+        return [OptionDef("sd_vae", AUTOMATIC, "SD VAE", "VAE", choices_fn=self.choices),
+                OptionDef("sd_vae_checkpoint_cache", 1, "VAE files kept in RAM", "VAE", minimum=0, maximum=10)]
+
+    @hookimpl
+    def startup(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.refresh()
+
+    def refresh(self) -> list[VaeFile]:
+        self.files = list_vae_files(self.ctx.settings.vae_dirs()) if self.ctx is not None else []
+        return self.files
+
+    def _choose(self, request: Any, model: Any, opts: Any) -> VaeFile | None:
+        name = str(opts.get("sd_vae", AUTOMATIC) or AUTOMATIC)
+        if name == AUTOMATIC:
+            return automatic_vae(model.info.path, self.files)
+        if name == NONE:
+            return None
+        for f in self.files:
+            if name in (f.name, f.path.stem):
+                return f
+        if "sd_vae" in (request.override_settings or {}):
+            raise RequestError("override_settings.sd_vae",
+                               f"unknown VAE {name!r}; choose Automatic, None or one of: "
+                               + (", ".join(f.name for f in self.files) or "(no files in models/VAE)"))
+        log.warning("The saved VAE %r is not in models/VAE any more; using the checkpoint's own", name)
+        return None
+
+    def _weights(self, vae_file: VaeFile, config: Any) -> dict[str, torch.Tensor]:
+        key = (vae_file.path, str(dict(config)))
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        weights = vae_weights(vae_file.path, config)
+        size = int(self.ctx.options.current.get("sd_vae_checkpoint_cache", 1)) if self.ctx is not None else 1
+        if size > 0:
+            self._cache[key] = weights
+            while len(self._cache) > size:
+                self._cache.popitem(last=False)
+        return weights
+
+    def apply(self, model: Any, vae_file: VaeFile | None) -> None:
+        """Put ``vae_file``'s weights (None: the checkpoint's own) into ``model``'s VAE."""
+        vae = model.components.vae
+        key = id(model)
+        with self._lock:
+            current = self._applied.get(key)
+            wanted = vae_file.path if vae_file is not None else None
+            if current == wanted:
+                return
+            if key not in self._baked:
+                self._baked[key] = {k: v.detach().to("cpu", copy=True) for k, v in vae.state_dict().items()}
+            weights = self._baked[key] if vae_file is None else self._weights(vae_file, vae.config)
+            try:
+                missing, unexpected = vae.load_state_dict(weights, strict=False)
+                if missing or unexpected:
+                    raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+            except RuntimeError as exc:
+                vae.load_state_dict(self._baked[key])
+                self._applied[key] = None
+                raise ModelError(vae_file.path if vae_file else model.info.path,
+                                 f"this VAE does not fit the checkpoint's VAE ({model.spec.label}): {exc}") from exc
+            self._applied[key] = wanted
+            log.info("VAE: %s", vae_file.name if vae_file else f"the checkpoint's own ({model.info.name})")
+
+    @hookimpl
+    def prepare_model(self, request: Any, model: Any, opts: Any) -> dict[str, Any] | None:
+        vae_file = self._choose(request, model, opts)
+        if vae_file is not None and model.spec.family == "sdxl" and "xl" not in vae_file.name.lower() \
+                and "sd_vae" in (request.override_settings or {}):
+            log.warning("VAE %s does not look like an SDXL VAE (no 'xl' in its name)", vae_file.name)
+        self.apply(model, vae_file)
+        if vae_file is None:
+            return None
+        info = {"VAE": vae_file.name}
+        if vae_file.path.is_file():
+            info = {"VAE hash": self.ctx.models.hashes.sha256(vae_file.path)[:10], **info}
+        return info
+
+    @hookimpl
+    def api_routes(self, router: Any, ctx: Any) -> None:
+        plugin = self
+
+        @router.get("/sdapi/v1/sd-vae", tags=["sdapi"])
+        def sd_vae() -> list[dict]:
+            return [{"model_name": f.name, "filename": str(f.path)} for f in plugin.files]
+
+        @router.post("/sdapi/v1/refresh-vae", tags=["sdapi"])
+        def refresh_vae() -> dict:
+            plugin.refresh()
+            return {}
+
+
+def make_plugin() -> VaePlugin:
+    return VaePlugin()
