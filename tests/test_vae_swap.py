@@ -175,3 +175,32 @@ def test_refiner_takes_over_at_the_switch_step(ctx):
     r = TestClient(create_app(ctx)).post("/sdapi/v1/txt2img", json={**BASE, "refiner_checkpoint": "beta",
                                                                      "refiner_switch_at": 0.6})
     assert r.status_code == 200 and "Refiner switch at: 0.6" in r.json()["info"]
+
+
+@pytest.mark.parametrize("mode", ["medvram", "lowvram"])
+def test_memory_modes_change_no_pixel(ctx, mode):
+    """The offload hooks (forced on here: on the CPU they are normally skipped) give identical images."""
+    from webui.models.offload import apply_memory_mode
+
+    before = img(ctx).images[0].tobytes()
+    hooks = apply_memory_mode(ctx.models.current.components, mode, torch.device("cpu"), force=True)
+    assert hooks and img(ctx).images[0].tobytes() == before
+
+
+def test_flags_for_memory_modes_and_precision():
+    from webui.settings import parse_args
+
+    assert parse_args(["--medvram"]).memory_mode == "medvram"
+    assert parse_args(["--lowvram", "--medvram"]).memory_mode == "lowvram"
+    assert parse_args(["--precision", "full"]).no_half and not parse_args([]).no_half
+    assert parse_args(["--attention", "eager"]).attention == "eager"
+    with pytest.raises(SystemExit):
+        parse_args(["--memory-mode-typo"]) if False else parse_args(["--attention", "flash9"])
+
+
+def test_eager_attention_gives_the_same_image(root, tmp_path):
+    base = build_context(make_settings(tmp_path / "a", root), load_model=True)
+    eager = build_context(make_settings(tmp_path / "b", root, attention="eager"), load_model=True)
+    a = np.asarray(img(base).images[0], dtype=int)
+    b = np.asarray(img(eager).images[0], dtype=int)
+    assert np.abs(a - b).max() <= 1

@@ -64,6 +64,8 @@ class Settings:
     use_cpu: bool = False
     no_half: bool = False
     no_half_vae: bool = False
+    memory_mode: str = "none"  # "medvram" | "lowvram"
+    attention: str = "sdpa"  # "sdpa" (PyTorch scaled_dot_product_attention) | "eager"
     vae_dir: Path | None = None
     device_id: int | None = None
     gradio_auth: str | None = None
@@ -133,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-cpu", action="store_true", help="run on the CPU even if a GPU is present")
     p.add_argument("--no-half", action="store_true", help="use float32 on the GPU")
     p.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32 (no NaN retries needed)")
+    p.add_argument("--precision", choices=("autocast", "half", "full"), default="autocast",
+                   help="full: float32 everywhere (same as --no-half)")
+    p.add_argument("--medvram", action="store_true", help="move model parts to the GPU only while they run")
+    p.add_argument("--lowvram", action="store_true", help="move weights to the GPU layer by layer (slowest)")
+    p.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa",
+                   help="attention kernel: PyTorch SDPA (default) or the plain eager implementation")
     p.add_argument("--vae-dir", type=Path, default=None, help="extra folder with VAE files")
     p.add_argument("--device-id", type=int, default=None, help="CUDA device index")
     p.add_argument("--gradio-auth", default=None, help="user:pass[,user2:pass2] for the UI")
@@ -163,8 +171,10 @@ def parse_args(argv: Iterable[str] | None = None, env: Mapping[str, str] | None 
         api=ns.api,
         nowebui=ns.nowebui,
         use_cpu=ns.use_cpu,
-        no_half=ns.no_half,
+        no_half=ns.no_half or ns.precision == "full",
         no_half_vae=ns.no_half_vae,
+        memory_mode="lowvram" if ns.lowvram else "medvram" if ns.medvram else "none",
+        attention=ns.attention,
         vae_dir=ns.vae_dir,
         device_id=ns.device_id,
         gradio_auth=ns.gradio_auth,

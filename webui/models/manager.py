@@ -158,6 +158,8 @@ class ModelManager:
         on_loaded: Callable[[LoadedModel], None] | None = None,
         vae_dtype: torch.dtype | None = None,
         cache_size: Callable[[], int] | None = None,
+        memory_mode: str = "none",
+        attention: str = "sdpa",
     ):
         self.dirs = dirs
         self.hashes = hash_cache
@@ -166,6 +168,8 @@ class ModelManager:
         self._default_checkpoint = default_checkpoint
         self._on_loaded = on_loaded
         self.vae_dtype = vae_dtype
+        self.memory_mode = memory_mode
+        self.attention = attention
         self._cache_size = cache_size or (lambda: 0)
         self._cache: OrderedDict[Path, LoadedModel] = OrderedDict()  # recently used models, kept in RAM
         self._aux: LoadedModel | None = None  # the refiner
@@ -232,7 +236,8 @@ class ModelManager:
                 return self._current
             cached = None if force else self._cache.pop(info.path, None)
             if cached is not None:
-                cached.components = cached.components.to(device=self.device)
+                if self.memory_mode == "none":  # offloaded models move by their hooks
+                    cached.components = cached.components.to(device=self.device)
                 self._switch(cached)
                 log.info("Switched to %s (from the checkpoint cache)", cached.title)
                 return cached
@@ -240,14 +245,12 @@ class ModelManager:
             log.info("Loading checkpoint %s", info.path)
             try:
                 sha = self.hashes.sha256(info.path)
-                components = load_components(info.path, dtype=self.dtype)
-                components = components.to(device=self.device)
+                components = self._to_device(load_components(info.path, dtype=self.dtype))
             except ModelError:
                 raise
             except OSError as exc:
                 raise ModelError(info.path, f"cannot read the file: {exc}") from exc
-            if self.vae_dtype is not None:
-                components.vae.to(dtype=self.vae_dtype)
+            self._prepare(components)
             model = LoadedModel(info, sha, components, self.device, self.dtype, time.perf_counter() - start)
             self._switch(model)
             log.info("Loaded %s (%s) in %.1f s", model.title, components.spec.label, model.load_seconds)
@@ -255,11 +258,31 @@ class ModelManager:
                 self._on_loaded(model)
             return model
 
+    def _to_device(self, components):
+        """All modules to the device, or (memory modes) only the schedule: the hooks move the modules."""
+        if self.memory_mode == "none" or self.device.type == "cpu":
+            return components.to(device=self.device)
+        components.alphas_cumprod = components.alphas_cumprod.to(self.device)
+        return components
+
+    def _prepare(self, components) -> None:
+        """Precision of the VAE, attention kernel and memory mode of freshly loaded components."""
+        from webui.models.offload import apply_memory_mode
+
+        if self.vae_dtype is not None:
+            components.vae.to(dtype=self.vae_dtype)
+        if self.attention == "eager":
+            from diffusers.models.attention_processor import AttnProcessor
+
+            components.unet.set_attn_processor(AttnProcessor())
+            components.vae.set_attn_processor(AttnProcessor())
+        apply_memory_mode(components, self.memory_mode, self.device)
+
     def _switch(self, model: LoadedModel) -> None:
         previous, self._current = self._current, model
         size = max(0, int(self._cache_size()))
         if previous is not None and size > 0 and previous.info.path != model.info.path:
-            if self.device.type != "cpu":
+            if self.device.type != "cpu" and self.memory_mode == "none":
                 previous.components = previous.components.to(device=torch.device("cpu"))
             self._cache[previous.info.path] = previous
         while len(self._cache) > size:
@@ -284,11 +307,10 @@ class ModelManager:
             log.info("Loading refiner checkpoint %s", info.path)
             try:
                 sha = self.hashes.sha256(info.path)
-                components = load_components(info.path, dtype=self.dtype).to(device=self.device)
+                components = self._to_device(load_components(info.path, dtype=self.dtype))
             except OSError as exc:
                 raise ModelError(info.path, f"cannot read the file: {exc}") from exc
-            if self.vae_dtype is not None:
-                components.vae.to(dtype=self.vae_dtype)
+            self._prepare(components)
             self._aux = LoadedModel(info, sha, components, self.device, self.dtype, time.perf_counter() - start)
             return self._aux
 

@@ -1,0 +1,62 @@
+"""Memory modes (A1111's ``--medvram`` / ``--lowvram``) on our components, with accelerate's hooks.
+
+- ``medvram``: model CPU offload. Every component lives in RAM and moves to the GPU when called;
+  calling the next one in the chain (text encoders -> U-Net -> VAE) sends the previous one back.
+  About the U-Net's size in VRAM instead of the whole model's, for a few hundred ms per job.
+- ``lowvram``: block-wise offload, as A1111 does it: the U-Net's down blocks, mid block and up blocks
+  are chained one by one (its small stem/embedding/head layers stay on the GPU), so about one U-Net
+  block is in VRAM at a time, besides the text encoder or VAE in use. The slowest mode.
+
+``alphas_cumprod`` and every input stay on the execution device. On the CPU the modes do nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+MODES = ("none", "medvram", "lowvram")
+_UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks")
+
+
+def _chain(modules: list[torch.nn.Module], device: torch.device) -> list:
+    from accelerate import cpu_offload_with_hook
+
+    hooks, previous = [], None
+    for module in modules:
+        _, previous = cpu_offload_with_hook(module, execution_device=device, prev_module_hook=previous)
+        hooks.append(previous)
+    return hooks
+
+
+def _unet_blocks(unet: torch.nn.Module, device: torch.device) -> list[torch.nn.Module]:
+    """The U-Net's big blocks in call order; its other children are moved to ``device`` for good."""
+    for name, child in unet.named_children():
+        if name not in _UNET_BLOCKS:
+            child.to(device)
+    return [*unet.down_blocks, *([unet.mid_block] if unet.mid_block is not None else []), *unet.up_blocks]
+
+
+def apply_memory_mode(components, mode: str, device: torch.device, *, force: bool = False) -> list:
+    """Install the offload hooks for ``mode``; returns the hooks (empty for "none" or on the CPU).
+
+    ``force`` installs them even when ``device`` is the CPU (tests: the hooks must not change results)."""
+    if mode not in MODES:
+        raise ValueError(f"memory mode must be one of {MODES}, got {mode!r}")
+    if mode == "none":
+        return []
+    if device.type == "cpu" and not force:
+        log.info("--%s has no effect on the CPU", mode)
+        return []
+    encoders, unet, vae = list(components.text_encoders), components.unet, components.vae
+    for module in (*encoders, unet, vae):
+        module.to("cpu")
+    if mode == "lowvram":
+        hooks = _chain([*encoders, *_unet_blocks(unet, device), vae], device)
+        log.info("Memory mode lowvram: block-wise CPU offload (%d parts) to %s", len(hooks), device)
+        return hooks
+    hooks = _chain([*encoders, unet, vae], device)
+    log.info("Memory mode medvram: model CPU offload (text encoders -> U-Net -> VAE) to %s", device)
+    return hooks
