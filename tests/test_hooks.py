@@ -240,6 +240,37 @@ def test_hook_ui_sections(tmp_path, models_root):
     assert collected == [{"strength": 0.75}, {"args": [0.75]}]
 
 
+def test_hook_register_scripts(tmp_path, models_root):
+    from webui.scripts import ScriptDef
+
+    def twice(run):
+        first = run.generate(run.request)
+        second = run.generate(run.request.with_(seed=run.request.seed + int(run.args.get("offset", 1))))
+        first.images += second.images
+        first.infotexts += second.infotexts
+        return first
+
+    def parse(args, mode):
+        if isinstance(args, list):
+            return {"offset": args[0]} if args else {}
+        return dict(args or {})
+
+    class P:
+        @hookimpl
+        def register_scripts(self):
+            return [ScriptDef("Twice", twice, modes=("txt2img",), parse_args=parse)]
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    assert "Twice" in ctx.scripts.titles("txt2img") and "Twice" not in ctx.scripts.titles("img2img")
+    res = ctx.run_script(GenerationRequest(**SMALL), "twice", [3])
+    assert len(res.images) == 2 and "Seed: 8" in res.infotexts[1]
+    client = TestClient(__import__("webui.server", fromlist=["create_app"]).create_app(ctx))
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": "Twice", "script_args": {"offset": 2}})
+    assert r.status_code == 200 and len(r.json()["images"]) == 2
+    bad = client.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": "Thrice"})
+    assert bad.status_code == 422 and "script_name" in bad.text and "Twice" in bad.text
+
+
 def test_hook_register_settings(tmp_path, models_root):
     from webui.settings import OptionDef
 

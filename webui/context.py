@@ -23,6 +23,7 @@ from webui.pipeline.txt2img import PipelineEnv, txt2img
 from webui.plugins import Hooks, Plugins, make_plugin_manager
 from webui.restoration.registry import FaceRestorerRegistry
 from webui.sampling.registry import SamplerRegistry
+from webui.scripts import ScriptChoices, ScriptRegistry, ScriptRun
 from webui.settings import Options, OptionsStore, Settings, core_option_defs
 from webui.styles import StyleStore
 from webui.upscaling.registry import UpscalerRegistry
@@ -53,6 +54,7 @@ class AppContext:
     embeddings: EmbeddingDB
     upscalers: UpscalerRegistry
     face_restorers: FaceRestorerRegistry
+    scripts: ScriptRegistry
 
     @property
     def hooks(self) -> Hooks:
@@ -107,6 +109,41 @@ class AppContext:
                 raise GenerationFailed(f"out of memory: {exc}", out_of_memory=True) from exc
 
 
+    def script_choices(self) -> ScriptChoices:
+        vae = self.options.defs.get("sd_vae")
+        return ScriptChoices(
+            samplers=list(self.samplers.samplers), schedules=[s.label for s in self.samplers.schedules.values()],
+            checkpoints=[self.models.title(i) for i in self.models.checkpoints()],
+            vaes=list(vae.choices_fn()) if vae is not None and vae.choices_fn is not None else [],
+            upscalers=self.upscalers.names(), styles=self.styles.names())
+
+    def run_script(self, req: GenerationRequest, name: str, script_args: Any, job: Job | None = None
+                   ) -> GenerationResult:
+        """Run the script ``name`` on ``req`` in one queue slot (its generations share the job)."""
+        script = self.scripts.get(name, req.mode)
+        args = script.named_args(script_args, req.mode)
+        job = job or Job(kind=req.mode)
+        env = self.pipeline_env()
+
+        def generate(r: GenerationRequest) -> GenerationResult:
+            opts = self.options_for(r.override_settings)
+            return txt2img(env, self.model_for(opts), r, job, opts)
+
+        def save_grid(image: Any, infotext: str) -> str | None:
+            opts = self.options.current
+            if not (req.save_images and opts.get("grid_save", True)):
+                return None
+            key = "outdir_img2img_grids" if req.mode == "img2img" else "outdir_txt2img_grids"
+            outdir = self.settings.data_dir / str(opts.get(key, f"outputs/{req.mode}-grids"))
+            return str(self.saver.save(image, outdir, 0, infotext, add_number=True))
+
+        with self.jobs.slot(job):
+            try:
+                return script.run(ScriptRun(req, args, req.mode, generate, job, self.script_choices(), save_grid))
+            except torch.OutOfMemoryError as exc:
+                free_memory()
+                raise GenerationFailed(f"out of memory: {exc}", out_of_memory=True) from exc
+
     def extras(self, image: Any, req: Any, job: Job | None = None, override_settings: Mapping[str, Any] | None = None):
         """Run the Extras operation on one image through the shared queue; returns (image, info)."""
         from webui.extras import run_extras
@@ -158,7 +195,8 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
                      StyleStore(settings.data_dir / "styles.csv"), LoraRegistry(settings.lora_dirs()),
                      EmbeddingDB([settings.model_dir("embeddings")]),
                      UpscalerRegistry(hooks.register_upscalers(settings)),
-                     FaceRestorerRegistry(hooks.register_face_restorers(settings)))
+                     FaceRestorerRegistry(hooks.register_face_restorers(settings)),
+                     ScriptRegistry(hooks.register_scripts()))
     if load_model:
         ctx.load_initial_model()
     hooks.startup(ctx)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from webui.pipeline.result import GenerationResult
     from webui.pipeline.state import ImageState, StepState
     from webui.restoration.registry import FaceRestorerDef
+    from webui.scripts import ScriptDef
     from webui.sampling.registry import SamplerDef
     from webui.sampling.schedules import ScheduleDef
     from webui.settings import OptionDef, Settings
@@ -86,6 +87,18 @@ def register_face_restorers(settings: Settings) -> list[FaceRestorerDef]:
 
     ``restore`` gets a whole picture, restores the faces it finds and returns the picture (unchanged
     when it finds none). Called at start-up and on refresh; listed by ``GET /sdapi/v1/face-restorers``.
+    versionadded: 1.1
+    """
+
+
+@hookspec
+def register_scripts() -> list[ScriptDef]:
+    """Return selectable scripts (A1111's "Script" dropdown; ``script_name`` + ``script_args`` in the API).
+
+    A :class:`~webui.scripts.ScriptDef` has a title, ``run(ScriptRun) -> GenerationResult`` (which may
+    call ``run.generate(request)`` any number of times inside the same job), the modes it serves, an
+    optional ``parse_args(script_args, mode)`` accepting A1111's positional list and/or a keyword dict,
+    and an optional ``render(mode)`` building its UI controls (values come back by name).
     versionadded: 1.1
     """
 

@@ -228,6 +228,9 @@ class Hooks:
     def register_face_restorers(self, settings: Any) -> list[Any]:
         return self._flat("register_face_restorers", settings=settings)
 
+    def register_scripts(self) -> list[Any]:
+        return self._flat("register_scripts")
+
     def register_settings(self) -> list[Any]:
         return self._flat("register_settings")
 

@@ -20,8 +20,6 @@ from webui.images import png_bytes
 from webui.infotext import infotext_to_request, parse_infotext
 from webui.jobs import Job
 from webui.pipeline.hires import LATENT_UPSCALE_MODES
-from webui.pipeline.outpaint import SCRIPT_NAMES as OUTPAINT_SCRIPTS
-from webui.pipeline.outpaint import outpaint_from_script
 from webui.pipeline.request import GenerationRequest, RequestError
 from webui.pnginfo import read_image_info
 
@@ -94,27 +92,17 @@ def _inpaint_fields(body: m.Img2ImgRequest) -> dict[str, Any]:
             "inpainting_mask_invert": int(body.inpainting_mask_invert)}
 
 
-def _apply_script(req: GenerationRequest, body: m.Txt2ImgRequest) -> GenerationRequest:
-    """Built-in scripts reachable through ``script_name`` (outpainting, img2img only)."""
-    name = (body.script_name or "").strip()
-    if name.lower() in ("", "none"):
-        return req
-    if name.lower() in OUTPAINT_SCRIPTS:
-        if req.mode != "img2img":
-            raise RequestError("script_name", f"{name!r} is an img2img script")
-        return outpaint_from_script(req, name, body.script_args)
-    raise RequestError("script_name", f"unknown script {name!r}; available: Poor man's outpainting, Outpainting mk2")
-
-
 def build_router(ctx: AppContext) -> APIRouter:
     r = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
 
     def _run(req: GenerationRequest, body: m.Txt2ImgRequest) -> m.ImageResponse:
-        if body.script_name:
-            req = _apply_script(req, body)
         job = Job(id=body.force_task_id or Job().id, kind=req.mode)
+        script = (body.script_name or "").strip()
         try:
-            result = ctx.txt2img(req, job)
+            if script and script.lower() != "none":
+                result = ctx.run_script(req, script, body.script_args, job)
+            else:
+                result = ctx.txt2img(req, job)
         except GenerationFailed as exc:
             from fastapi import HTTPException
 

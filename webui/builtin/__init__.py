@@ -8,5 +8,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "webui.builtin.face_restorers",
     "webui.builtin.controlnet",
     "webui.builtin.vae",
+    "webui.builtin.outpainting",
     "webui.builtin.previews",
 )
