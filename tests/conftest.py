@@ -39,7 +39,8 @@ def models_root(tmp_path_factory, tiny_sd1_file) -> Path:
 def make_settings(data_dir: Path, models_root: Path | None = None, **kw):
     from webui.settings import Settings
 
-    return Settings(data_dir=data_dir, models_dir=models_root, disable_extensions=True, use_cpu=True, **kw)
+    kw = {"disable_extensions": True, "use_cpu": True, **kw}
+    return Settings(data_dir=data_dir, models_dir=models_root, **kw)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -160,6 +161,17 @@ class AppContext:
                 raise GenerationFailed(f"out of memory: {exc}", out_of_memory=True) from exc
 
 
+def saved_disabled_extensions(config_file: Path) -> list[str]:
+    """The ``disabled_extensions`` option, read before the options store exists (plugins come first)."""
+    import json
+
+    try:
+        value = json.loads(config_file.read_text(encoding="utf-8")).get("disabled_extensions", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
 def build_context(settings: Settings, *, plugins: Plugins | None = None, load_model: bool = False) -> AppContext:
     """Build the application: plugins, options, samplers, models, jobs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -168,6 +180,7 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
             extensions_dir=settings.extensions_dir,
             enabled_extensions=settings.extensions,
             disable_extensions=settings.disable_extensions,
+            disabled_extensions=saved_disabled_extensions(settings.config_file),
         )
     hooks = plugins.hooks
     options = OptionsStore.open(settings.config_file, [*core_option_defs(), *hooks.register_settings()])

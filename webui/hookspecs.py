@@ -29,9 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from webui.pipeline.result import GenerationResult
     from webui.pipeline.state import ImageState, StepState
     from webui.restoration.registry import FaceRestorerDef
-    from webui.scripts import ScriptDef
     from webui.sampling.registry import SamplerDef
     from webui.sampling.schedules import ScheduleDef
+    from webui.scripts import ScriptDef
     from webui.settings import OptionDef, Settings
     from webui.ui.tabs import UiSection, UiTab
     from webui.upscaling.registry import UpscalerDef

@@ -41,6 +41,7 @@ class PluginReport:
     ok: bool
     error: str | None = None
     path: str | None = None
+    disabled: bool = False  # switched off by the user (Extensions tab / disabled_extensions)
 
 
 @dataclass
@@ -124,6 +125,7 @@ def make_plugin_manager(
     extensions_dir: Path | None = None,
     enabled_extensions: Iterable[str] | None = None,
     disable_extensions: bool = False,
+    disabled_extensions: Iterable[str] = (),
     disabled_builtins: Iterable[str] = (),
     load_entrypoints: bool = True,
 ) -> Plugins:
@@ -131,6 +133,7 @@ def make_plugin_manager(
 
     :param enabled_extensions: names of extensions to load (None = all found).
     :param disable_extensions: load no third-party plugin at all.
+    :param disabled_extensions: names the user switched off (kept in ``config.json``).
     :param disabled_builtins: built-in plugin module names (or their last part) to skip.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -150,9 +153,13 @@ def make_plugin_manager(
     if disable_extensions:
         return plugins
     wanted = None if enabled_extensions is None else set(enabled_extensions)
+    off = set(disabled_extensions)
     if load_entrypoints:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if wanted is not None and ep.name not in wanted:
+                continue
+            if ep.name in off:
+                plugins.reports.append(PluginReport(ep.name, "entrypoint", False, None, None, disabled=True))
                 continue
             try:
                 obj = ep.load()
@@ -162,18 +169,39 @@ def make_plugin_manager(
                 continue
             _register(plugins, obj, ep.name, "entrypoint")
     if extensions_dir is not None:
-        for folder in discover_extension_folders(extensions_dir):
-            if wanted is not None and folder.name not in wanted:
-                continue
-            try:
-                module = _import_extension(folder)
-            except Exception as exc:  # noqa: BLE001
-                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                plugins.reports.append(PluginReport(folder.name, "extension", False, detail, str(folder)))
-                log.error("Extension %s failed to import: %s", folder.name, detail)
-                continue
-            _register(plugins, module, folder.name, "extension", str(folder))
+        _load_extension_folders(plugins, extensions_dir, wanted, off)
     return plugins
+
+
+def _load_extension_folders(plugins: Plugins, root: Path, wanted: set[str] | None, off: set[str]) -> None:
+    """Import the extension folders, then register them by ``LOAD_ORDER`` (default 100) and name; an
+    extension whose ``REQUIRES`` (names of other extensions) are not all loaded is reported, not loaded."""
+    imported: list[tuple[int, str, ModuleType, Path]] = []
+    for folder in discover_extension_folders(root):
+        if wanted is not None and folder.name not in wanted:
+            continue
+        if folder.name in off:
+            plugins.reports.append(PluginReport(folder.name, "extension", False, None, str(folder), disabled=True))
+            continue
+        try:
+            module = _import_extension(folder)
+        except Exception as exc:  # noqa: BLE001
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            plugins.reports.append(PluginReport(folder.name, "extension", False, detail, str(folder)))
+            log.error("Extension %s failed to import: %s", folder.name, detail)
+            continue
+        order = getattr(module, "LOAD_ORDER", 100)
+        imported.append((order if isinstance(order, int) else 100, folder.name, module, folder))
+    loaded: set[str] = set()
+    for _, name, module, folder in sorted(imported, key=lambda t: (t[0], t[1])):
+        missing = [r for r in getattr(module, "REQUIRES", ()) if r not in loaded]
+        if missing:
+            msg = f"requires {', '.join(missing)}, which is not loaded (missing, disabled or failed, or loads later)"
+            plugins.reports.append(PluginReport(name, "extension", False, msg, str(folder)))
+            log.error("Extension %s %s", name, msg)
+            continue
+        if _register(plugins, module, name, "extension", str(folder)):
+            loaded.add(name)
 
 
 class Hooks:

@@ -65,6 +65,7 @@ class Settings:
     no_half: bool = False
     no_half_vae: bool = False
     memory_mode: str = "none"  # "medvram" | "lowvram"
+    enable_insecure_extension_access: bool = False
     attention: str = "sdpa"  # "sdpa" (PyTorch scaled_dot_product_attention) | "eager"
     vae_dir: Path | None = None
     device_id: int | None = None
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-allow-origins", default="", help="comma-separated allowed origins")
     p.add_argument("--api-log", action="store_true", help="log every API request")
     p.add_argument("--disable-extensions", action="store_true", help="load no third-party extension")
+    p.add_argument("--enable-insecure-extension-access", action="store_true",
+                   help="allow installing extensions from the UI even with --listen")
     p.add_argument("--extensions", default=None, help="comma-separated extension names to load")
     p.add_argument("--max-queue-size", type=int, default=16)
     p.add_argument("--concurrency", type=int, default=1, help="GPU jobs run at once")
@@ -182,6 +185,7 @@ def parse_args(argv: Iterable[str] | None = None, env: Mapping[str, str] | None 
         cors_allow_origins=tuple(o.strip() for o in ns.cors_allow_origins.split(",") if o.strip()),
         api_log=ns.api_log,
         disable_extensions=ns.disable_extensions,
+        enable_insecure_extension_access=ns.enable_insecure_extension_access,
         extensions=None if ext_names is None else tuple(n.strip() for n in ext_names.split(",") if n.strip()),
         max_queue_size=ns.max_queue_size,
         concurrency=max(1, ns.concurrency),
@@ -228,6 +232,10 @@ class OptionDef:
                 raise ValueError(f"{self.key}: must be >= {self.minimum}")
             if self.maximum is not None and out > self.maximum:
                 raise ValueError(f"{self.key}: must be <= {self.maximum}")
+        elif kind is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{self.key}: expected a list of strings, got {value!r}")
+            out = list(value)
         elif kind is str:
             if not isinstance(value, str):
                 raise ValueError(f"{self.key}: expected a string, got {value!r}")
@@ -258,6 +266,7 @@ def core_option_defs() -> list[OptionDef]:
         OptionDef("outdir_txt2img_grids", "outputs/txt2img-grids", "Output folder for txt2img grids", "Saving images"),
         OptionDef("outdir_img2img_grids", "outputs/img2img-grids", "Output folder for img2img grids", "Saving images"),
         OptionDef("grid_save", True, "Save grids made by scripts", "Saving images"),
+        OptionDef("disabled_extensions", [], "Extensions switched off (applied at the next start)", "Extensions"),
         OptionDef("save_images_add_number", True, "Add number to file names", "Saving images"),
         OptionDef("enable_pnginfo", True, "Save infotext in PNG files", "Saving images"),
         OptionDef("eta_ancestral", 1.0, "Eta for ancestral samplers", "Sampler parameters", minimum=0.0, maximum=1.0),

@@ -12,11 +12,13 @@ from webui.models.default import HOW_TO_ADD
 from webui.models.errors import ModelError
 from webui.models.manager import UnknownCheckpoint
 from webui.ui.editor import editor_value
+from webui.ui.extensions_tab import build_extensions_tab
 from webui.ui.extras import build_extras_tab
 from webui.ui.generation import GenerationTab, build_generation_tab
 from webui.ui.merger import build_merger_tab
 from webui.ui.pnginfo import build_pnginfo_tab
 from webui.ui.sendto import values_from_infotext
+from webui.ui.settings_tab import build_settings_tab
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,10 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 png = build_pnginfo_tab()
             with gr.Tab("Checkpoint Merger", id="modelmerger"):
                 build_merger_tab(ctx)
+            with gr.Tab("Settings", id="settings"):
+                build_settings_tab(ctx)
+            with gr.Tab("Extensions", id="extensions"):
+                build_extensions_tab(ctx)
             for tab in ctx.hooks.ui_tabs(ctx):
                 with gr.Tab(tab.title, elem_id=tab.elem_id):
                     tab.render()

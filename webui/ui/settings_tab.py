@@ -1,0 +1,78 @@
+"""The Settings tab: every option (core and plugins') grouped by section, applied and persisted together."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any
+
+import gradio as gr
+
+from webui.context import AppContext
+from webui.settings import OptionDef, OptionError
+from webui.ui.progress import named_handler
+
+
+def _component(d: OptionDef, value: Any) -> Any:
+    eid = f"setting_{re.sub(r'[^A-Za-z0-9_]', '_', d.key)}"
+    if d.choices_fn is not None or d.choices is not None:
+        choices = list(d.choices_fn()) if d.choices_fn is not None else list(d.choices or ())
+        if value not in choices:
+            choices.append(value)
+        return gr.Dropdown(choices, value=value, label=d.label, elem_id=eid,
+                           allow_custom_value=d.choices_fn is not None)
+    if isinstance(d.default, bool):
+        return gr.Checkbox(bool(value), label=d.label, elem_id=eid)
+    if isinstance(d.default, (int, float)):
+        return gr.Number(value, label=d.label, elem_id=eid, minimum=d.minimum, maximum=d.maximum,
+                         precision=0 if isinstance(d.default, int) else None)
+    return gr.Textbox(str(value if value is not None else ""), label=d.label, elem_id=eid)
+
+
+def build_settings_tab(ctx: AppContext) -> None:
+    sections: dict[str, list[OptionDef]] = defaultdict(list)
+    for d in ctx.options.defs.values():
+        if isinstance(d.default, (bool, int, float, str)):  # lists (e.g. disabled_extensions) have their own UI
+            sections[d.section].append(d)
+    fields: dict[str, Any] = {}
+    with gr.Row():
+        apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
+        reload_ui = gr.Button("Reload values", elem_id="settings_reload")
+    result = gr.Markdown("", elem_id="settings_result")
+    current = ctx.options.current
+    for section in sorted(sections, key=str.lower):
+        with gr.Accordion(section, open=section in ("Stable Diffusion", "Saving images")):
+            for d in sorted(sections[section], key=lambda o: o.label.lower()):
+                fields[d.key] = _component(d, current.get(d.key, d.default))
+    keys = list(fields)
+
+    def on_apply(values: dict[str, Any], request: gr.Request, progress: gr.Progress):
+        now = ctx.options.current
+        changes = {k: v for k, v in values.items() if v is not None and v != now.get(k)}
+        for key, value in list(changes.items()):  # gr.Number gives floats; int options want ints
+            d = ctx.options.defs[key]
+            if isinstance(d.default, int) and not isinstance(d.default, bool) and isinstance(value, float) \
+                    and value.is_integer():
+                changes[key] = int(value)
+        if not changes:
+            return "Nothing changed."
+        try:
+            clean = ctx.options.validate(changes)
+            if clean.get("sd_model_checkpoint"):
+                clean["sd_model_checkpoint"] = ctx.models.ensure_loaded(clean["sd_model_checkpoint"]).title
+            ctx.options.update(clean)
+        except OptionError as exc:
+            raise gr.Error("; ".join(f"{k}: {m}" for k, m in exc.errors.items())) from None
+        except Exception as exc:  # noqa: BLE001 - e.g. a checkpoint that fails to load
+            raise gr.Error(str(exc)) from None
+        return f"{len(clean)} setting(s) changed: {', '.join(sorted(clean))}."
+
+    handler = named_handler(keys, on_apply)
+    handler.__name__ = "apply_settings"
+    apply.click(handler, inputs=[fields[k] for k in keys], outputs=result, api_name="apply_settings")
+
+    def on_reload():
+        snapshot = ctx.options.current
+        return [gr.update(value=snapshot.get(k)) for k in keys]
+
+    reload_ui.click(on_reload, inputs=None, outputs=[fields[k] for k in keys], api_name="reload_settings")
