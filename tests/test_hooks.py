@@ -271,6 +271,34 @@ def test_hook_register_scripts(tmp_path, models_root):
     assert bad.status_code == 422 and "script_name" in bad.text and "Twice" in bad.text
 
 
+def test_hook_ui_assets(tmp_path, models_root):
+    from webui.ui.assets import UiAsset, page_css_and_head
+
+    class P:
+        @hookimpl
+        def ui_assets(self, ctx):
+            return [UiAsset("css", "#txt2img_prompt { outline: 1px solid red; }", "mine.css"),
+                    UiAsset("js", "window.myExt = '</script>';", "mine.js"), "not an asset"]
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    ext = tmp_path / "extensions" / "with-assets"
+    (ext / "javascript").mkdir(parents=True)
+    (ext / "__init__.py").write_text("")
+    (ext / "javascript" / "b.js").write_text("window.b = 2;")
+    (ext / "javascript" / "a.js").write_text("window.a = 1;")
+    (ext / "style.css").write_text(".ext { color: blue; }")
+    from webui.plugins import PluginReport
+
+    ctx.plugins.reports.append(PluginReport("with-assets", "extension", True, None, str(ext)))
+    css, head = page_css_and_head(ctx)
+    assert ".ext { color: blue; }" in css and "outline: 1px solid red" in css
+    assert head.index("window.a = 1;") < head.index("window.b = 2;")  # file-name order
+    assert "<\\/script>" in head and head.count("</script>") == 3  # an embedded end tag is escaped
+    client = TestClient(__import__("webui.server", fromlist=["create_app"]).create_app(ctx))
+    page = client.get("/").text + client.get("/config").text
+    assert "window.a = 1;" in page and ".ext { color: blue; }" in page
+
+
 def test_hook_register_settings(tmp_path, models_root):
     from webui.settings import OptionDef
 

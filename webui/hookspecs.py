@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from webui.sampling.schedules import ScheduleDef
     from webui.scripts import ScriptDef
     from webui.settings import OptionDef, Settings
+    from webui.ui.assets import UiAsset
     from webui.ui.tabs import UiSection, UiTab
     from webui.upscaling.registry import UpscalerDef
 
@@ -223,5 +224,15 @@ def ui_sections(ctx: AppContext, mode: str) -> list[UiSection] | None:
 
     Each ``UiSection(name, render, collect)`` renders inside the tab; on Generate its values, by name,
     go through ``collect`` into ``request.alwayson_scripts[name]`` (the API's ``alwayson_scripts``).
+    versionadded: 1.1
+    """
+
+
+@hookspec
+def ui_assets(ctx: AppContext) -> list[UiAsset] | None:
+    """Return JavaScript/CSS for the page: ``webui.ui.assets.UiAsset(kind="js"|"css", text, name)``.
+
+    Extension folders need not implement it: their ``javascript/*.js`` and ``style.css`` are added
+    automatically. Read once when the UI is built.
     versionadded: 1.1
     """

@@ -309,6 +309,9 @@ class Hooks:
     def ui_tabs(self, ctx: Any) -> list[Any]:
         return self._flat("ui_tabs", ctx=ctx)
 
+    def ui_assets(self, ctx: Any) -> list[Any]:
+        return self._flat("ui_assets", ctx=ctx)
+
     def ui_sections(self, ctx: Any, mode: str) -> list[Any]:
         return self._flat("ui_sections", ctx=ctx, mode=mode)
 

@@ -10,4 +10,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "webui.builtin.vae",
     "webui.builtin.outpainting",
     "webui.builtin.previews",
+    "webui.builtin.xyz_plot",
+    "webui.builtin.prompt_matrix",
+    "webui.builtin.prompts_from_file",
 )

@@ -6,6 +6,8 @@ event handler receives the values by name, so adding a control never shifts the 
 
 from __future__ import annotations
 
+import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +116,7 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
             for section in sections:
                 for key, component in section.render().items():
                     f[f"{section.name}__{key}"] = component
+            _script_controls(ctx, mode, f)
         with gr.Column():
             tab.gallery = gr.Gallery(label="Output", columns=2, height=512, elem_id=f"{mode}_gallery",
                                      format="png", interactive=False, type="pil")
@@ -134,10 +137,11 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
     def generate_fn(v: dict[str, Any], request: gr.Request, progress: gr.Progress):
         owner = getattr(request, "session_hash", None)
         base = _common_request(v).with_(alwayson_scripts=_collect_sections(sections, v))
+        script = _chosen_script(ctx, mode, v)
         if mode == "img2img":
-            stream = stream_img2img(ctx, tab.img2img, base, v, owner, progress)
+            stream = stream_img2img(ctx, tab.img2img, base, v, owner, progress, script=script)
         else:
-            stream = stream_with_progress(ctx, base.with_(**_hires_fields(v)), owner, progress)
+            stream = stream_with_progress(ctx, base.with_(**_hires_fields(v)), owner, progress, script=script)
         # live previews (when on): the gallery shows the preview and the info box the progress meanwhile
         result = yield from map_yields(stream, lambda p: ([(p.image, "Preview")], p.text, gr.skip(), gr.skip(),
                                                           gr.skip()))
@@ -181,6 +185,61 @@ def _collect_sections(sections: list[Any], v: dict[str, Any]) -> dict[str, Any]:
         if collected is not None:
             out[section.name] = collected
     return out
+
+
+def script_slug(title: str) -> str:
+    """A script's title as a name part: ``X/Y/Z plot`` -> ``x_y_z_plot``."""
+    return re.sub(r"[^0-9a-z]+", "_", title.lower()).strip("_")
+
+
+def script_field(title: str, name: str) -> str:
+    """The field (and API keyword) of a script's control ``name``: ``script__<slug>__<name>``."""
+    return f"script__{script_slug(title)}__{name}"
+
+
+def _script_controls(ctx: AppContext, mode: str, f: dict[str, Any]) -> None:
+    """The "Script" dropdown (``script_name``) and, for each selectable script with controls, a hidden group
+    holding them (shown while the script is selected); controls are registered by :func:`script_field`."""
+    titles = sorted(ctx.scripts.titles(mode), key=str.casefold)
+    f["script_name"] = gr.Dropdown(["None", *titles], value="None", label="Script", elem_id=f"{mode}_script",
+                                   allow_custom_value=True)
+    groups: dict[str, Any] = {}
+    for script in sorted(ctx.scripts.all(), key=lambda s: s.title.casefold()):
+        if mode not in script.modes or script.render is None:
+            continue
+        with gr.Group(visible=False, elem_id=f"{mode}_script_{script_slug(script.title)}") as group:
+            try:  # a render that takes ``choices`` gets the app's current names (samplers, checkpoints ...)
+                wants_choices = "choices" in inspect.signature(script.render).parameters
+            except (TypeError, ValueError):
+                wants_choices = False
+            controls = script.render(mode, choices=ctx.script_choices) if wants_choices else script.render(mode)
+        for name, component in (controls or {}).items():
+            f[script_field(script.title, name)] = component
+        groups[script.title.lower()] = group
+    if not groups:
+        return
+
+    def on_script(name: str | None):
+        chosen = (name or "").strip().lower()
+        return [gr.update(visible=key == chosen) for key in groups]
+
+    f["script_name"].change(on_script, inputs=f["script_name"], outputs=list(groups.values()), api_name=False,
+                            queue=False, show_progress="hidden")
+
+
+def _chosen_script(ctx: AppContext, mode: str, v: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """``(title, named args)`` of the selected script, or None; controls left out (None) take the script's
+    defaults."""
+    name = (v.get("script_name") or "").strip()
+    if not name or name.lower() == "none":
+        return None
+    try:
+        script = ctx.scripts.get(name, mode)
+    except RequestError as exc:
+        raise user_error(exc) from None
+    prefix = script_field(script.title, "")
+    args = {k[len(prefix):]: val for k, val in v.items() if k.startswith(prefix) and val is not None}
+    return script.title, args
 
 
 def _hires_controls(ctx: AppContext, f: dict[str, Any], samplers: list[str], schedules: list[str]) -> None:

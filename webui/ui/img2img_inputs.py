@@ -156,7 +156,8 @@ def img2img_request(base: GenerationRequest, v: dict[str, Any]) -> GenerationReq
 
 
 def stream_img2img(ctx: AppContext, inputs: Img2ImgInputs | None, base: GenerationRequest, v: dict[str, Any],
-                   owner: str | None, progress: gr.Progress) -> Generator[Preview, None, GenerationResult]:
+                   owner: str | None, progress: gr.Progress, script: tuple[str, Any] | None = None
+                   ) -> Generator[Preview, None, GenerationResult]:
     """:func:`run_img2img` yielding live previews (single requests; the Batch sub-tab shows none)."""
     if v.get("input_mode") == "batch":
         return run_img2img(ctx, inputs, base, v, owner, progress)
@@ -164,18 +165,19 @@ def stream_img2img(ctx: AppContext, inputs: Img2ImgInputs | None, base: Generati
         req = img2img_request(base, v)
     except RequestError as exc:
         raise user_error(exc) from None
-    return (yield from stream_with_progress(ctx, req, owner, progress))
+    return (yield from stream_with_progress(ctx, req, owner, progress, script=script))
 
 
 def run_img2img(ctx: AppContext, inputs: Img2ImgInputs | None, base: GenerationRequest, v: dict[str, Any],
-                owner: str | None, progress: gr.Progress) -> GenerationResult:
-    """Run the img2img tab's request (or, in the Batch sub-tab, one request per image of a folder)."""
+                owner: str | None, progress: gr.Progress, script: tuple[str, Any] | None = None) -> GenerationResult:
+    """Run the img2img tab's request (or, in the Batch sub-tab, one request per image of a folder). ``script``
+    ``(name, args)`` runs that selectable script on the request (the Batch sub-tab ignores it)."""
     if v.get("input_mode") != "batch":
         try:
             req = img2img_request(base, v)
         except RequestError as exc:
             raise user_error(exc) from None
-        return run_with_progress(ctx, req, owner, progress)
+        return run_with_progress(ctx, req, owner, progress, script=script)
     if ctx.settings.listen and not ctx.settings.gradio_auth:
         raise gr.Error("Batch from server folders is off when the server listens on the network without "
                        "--gradio-auth")

@@ -40,16 +40,21 @@ class Preview:
 
 
 def stream_with_progress(ctx: AppContext, req: GenerationRequest, owner: str | None, progress: gr.Progress,
-                         prefix: str = "") -> Generator[Preview, None, GenerationResult]:
+                         prefix: str = "", script: tuple[str, Any] | None = None
+                         ) -> Generator[Preview, None, GenerationResult]:
     """Run ``req`` in a worker thread, report its progress to Gradio and yield a :class:`Preview` each time
     the job's live preview (``job.current_image``) changes; returns the result. Closing the generator
-    (the UI event was cancelled) interrupts the job."""
+    (the UI event was cancelled) interrupts the job. ``script``: ``(name, args)`` runs that selectable
+    script on ``req`` (:meth:`AppContext.run_script`) instead of one generation."""
     job = Job(kind=req.mode, owner=owner)
     box: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            box["result"] = ctx.txt2img(req, job)
+            if script is not None:
+                box["result"] = ctx.run_script(req, script[0], script[1], job)
+            else:
+                box["result"] = ctx.txt2img(req, job)
         except BaseException as exc:  # noqa: BLE001 - handed to the UI thread
             box["error"] = exc
 
@@ -100,9 +105,10 @@ def map_yields(stream: Generator[Any, None, T], fn: Callable[[Any], Any]) -> Gen
 
 
 def run_with_progress(ctx: AppContext, req: GenerationRequest, owner: str | None, progress: gr.Progress,
-                      prefix: str = "") -> GenerationResult:
-    """Run ``req`` in a worker thread and report its progress to Gradio until it ends (no previews shown)."""
-    return drain(stream_with_progress(ctx, req, owner, progress, prefix))
+                      prefix: str = "", script: tuple[str, Any] | None = None) -> GenerationResult:
+    """Run ``req`` (or the ``script`` ``(name, args)`` on it) in a worker thread and report its progress to
+    Gradio until it ends (no previews shown)."""
+    return drain(stream_with_progress(ctx, req, owner, progress, prefix, script))
 
 
 def named_handler(names: list[str], fn: Any) -> Any:
