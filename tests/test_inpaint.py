@@ -285,7 +285,7 @@ def test_outpaint_canvas_grows_the_chosen_sides_and_masks_the_new_area():
 def test_outpainting_through_the_api_keeps_the_original_and_fills_the_border(client):
     img = noisy_picture(64, 64, seed=9)
     body = {"init_images": [b64(img)], "steps": 4, "width": 64, "height": 64, "seed": 3, "denoising_strength": 0.9,
-            "script_name": "Poor man's outpainting", "script_args": [None, 32, 4, 0, ["right", "up"]]}
+            "script_name": "Poor man's outpainting", "script_args": [32, 4, 0, ["right", "up"]]}
     r = client.post("/sdapi/v1/img2img", json=body)
     assert r.status_code == 200, r.text
     from webui.api.images import decode_base64_image
@@ -305,7 +305,7 @@ def test_outpainting_through_the_api_keeps_the_original_and_fills_the_border(cli
     assert json.loads(kw.json()["info"])["width"] == 64 and json.loads(kw.json()["info"])["height"] == 80
 
 
-@pytest.mark.parametrize("args", [[None, 0, 4, 0, ["left"]], [None, 64, 4, 0, ["sideways"]], [None, 64, 4, 9, ["up"]]])
+@pytest.mark.parametrize("args", [[0, 4, 0, ["left"]], [64, 4, 0, ["sideways"]], [64, 4, 9, ["up"]]])
 def test_bad_outpainting_args_are_422(client, args):
     body = {"init_images": [b64(picture())], "steps": 2, "width": 64, "height": 64,
             "script_name": "Poor man's outpainting", "script_args": args}

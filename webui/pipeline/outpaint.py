@@ -81,7 +81,7 @@ def outpaint_from_script(req: GenerationRequest, name: str, args: Sequence[Any] 
                          ) -> GenerationRequest:
     """A1111's outpainting scripts by ``script_name``/``script_args``.
 
-    Positional forms: "Poor man's outpainting" ``[_, pixels, mask_blur, inpainting_fill, direction]``,
+    Positional forms: "Poor man's outpainting" ``[pixels, mask_blur, inpainting_fill, direction]``,
     "Outpainting mk2" ``[_, pixels, mask_blur, direction, noise_q, color_variation]``; or keywords
     ``{"pixels", "mask_blur", "direction", "inpainting_fill"}``.
     """
@@ -89,7 +89,7 @@ def outpaint_from_script(req: GenerationRequest, name: str, args: Sequence[Any] 
     if isinstance(args, Mapping):
         kw = dict(args)
     elif key == SCRIPT_NAMES[0]:
-        kw = dict(zip(("_", "pixels", "mask_blur", "inpainting_fill", "direction"), args))
+        kw = dict(zip(("pixels", "mask_blur", "inpainting_fill", "direction"), args))
     else:
         kw = dict(zip(("_", "pixels", "mask_blur", "direction", "noise_q", "color_variation"), args))
     direction = kw.get("direction", list(DIRECTIONS))
