@@ -94,3 +94,58 @@ class ScriptRegistry:
         if script is None or mode not in script.modes:
             raise UnknownScript(name, self.titles(mode))
         return script
+
+
+def script_flag(title: str, name: str, value: Any, default: bool = False) -> bool:
+    """A boolean script argument: bools, numbers and "true"/"false"/"yes"/"no"/"1"/"0"."""
+    if value is None:
+        return default
+    if isinstance(value, (bool, int, float)):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no", ""):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise RequestError("script_args", f"{title}: {name} must be true or false, got {value!r}")
+
+
+def raw_script_args(title: str, args: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """``script_args`` as a dict by name: A1111's positional list (in ``names`` order; missing trailing
+    ones are left out) or a keyword dict (unknown keys refused)."""
+    if args is None:
+        return {}
+    if isinstance(args, Mapping):
+        unknown = sorted(set(args) - set(names))
+        if unknown:
+            raise RequestError("script_args", f"{title}: unknown argument(s) {', '.join(map(str, unknown))}; "
+                                              f"valid: {', '.join(names)}")
+        return dict(args)
+    if isinstance(args, (list, tuple)):
+        if len(args) > len(names):
+            raise RequestError("script_args", f"{title} takes at most {len(names)} positional arguments "
+                                              f"({', '.join(names)}), got {len(args)}")
+        return dict(zip(names, args))
+    raise RequestError("script_args", f"{title}: script_args must be a list or an object")
+
+
+def script_int(title: str, name: str, value: Any, lo: int, hi: int, default: int = 0) -> int:
+    """An integer script argument in ``[lo, hi]`` (numbers or numeric text; empty = ``default``)."""
+    try:
+        out = int(float(value)) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        raise RequestError("script_args", f"{title}: {name} must be a number, got {value!r}") from None
+    if not lo <= out <= hi:
+        raise RequestError("script_args", f"{title}: {name} must be between {lo} and {hi}, got {out}")
+    return out
+
+
+def generate_all(run: ScriptRun, requests: list[GenerationRequest]) -> tuple[list[GenerationResult], bool]:
+    """Run ``requests`` one after another until the job is interrupted; returns the results that have
+    images and whether the run stopped early (interrupt, or a generation that was interrupted)."""
+    done: list[GenerationResult] = []
+    for req in requests:
+        if run.job.interrupted:
+            break
+        res = run.generate(req)
+        if res.images:
+            done.append(res)
+    interrupted = run.job.interrupted or len(done) < len(requests) or any(res.interrupted for res in done)
+    return done, interrupted

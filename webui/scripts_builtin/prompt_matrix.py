@@ -8,7 +8,6 @@ a grid labelled with the parts (greyed and struck through where a part is left o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from PIL import Image
@@ -16,7 +15,7 @@ from PIL import Image
 from webui.pipeline.noise import resolve_seed
 from webui.pipeline.request import RequestError, check_request
 from webui.pipeline.result import GenerationResult
-from webui.scripts import ScriptDef, ScriptRun
+from webui.scripts import ScriptDef, ScriptRun, generate_all, raw_script_args, script_flag, script_int
 from webui.scripts_builtin.grid import Annotation, draw_annotations, image_grid
 from webui.scripts_builtin.results import combined_info
 
@@ -33,31 +32,11 @@ MAX_MARGIN = 500
 
 
 def _bool(name: str, value: Any) -> bool:
-    if value is None:
-        return bool(DEFAULTS[name])
-    if isinstance(value, (bool, int, float)):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no", ""):
-        return value.strip().lower() in ("true", "1", "yes")
-    raise RequestError(FIELD, f"{TITLE}: {name} must be true or false, got {value!r}")
+    return script_flag(TITLE, name, value, bool(DEFAULTS[name]))
 
 
 def parse_args(args: Any, mode: str) -> dict[str, Any]:
-    if args is None:
-        raw: dict[str, Any] = {}
-    elif isinstance(args, Mapping):
-        unknown = sorted(set(args) - set(ARG_NAMES))
-        if unknown:
-            raise RequestError(FIELD, f"{TITLE}: unknown argument(s) {', '.join(map(str, unknown))}; valid: "
-                                      f"{', '.join(ARG_NAMES)}")
-        raw = dict(args)
-    elif isinstance(args, (list, tuple)):
-        if len(args) > len(ARG_NAMES):
-            raise RequestError(FIELD, f"{TITLE} takes at most {len(ARG_NAMES)} positional arguments "
-                                      f"({', '.join(ARG_NAMES)}), got {len(args)}")
-        raw = dict(zip(ARG_NAMES, args))
-    else:
-        raise RequestError(FIELD, f"{TITLE}: script_args must be a list or an object")
+    raw = raw_script_args(TITLE, args, ARG_NAMES)
     out = {name: _bool(name, raw.get(name)) for name in ("put_at_start", "different_seeds")}
     prompt_type = str(raw.get("prompt_type") or DEFAULTS["prompt_type"]).strip().lower()
     if prompt_type not in PROMPT_TYPES:
@@ -66,13 +45,7 @@ def parse_args(args: Any, mode: str) -> dict[str, Any]:
     if delimiter not in DELIMITERS:
         raise RequestError(FIELD, f"{TITLE}: variations_delimiter must be comma or space, got "
                                   f"{raw.get('variations_delimiter')!r}")
-    margin = raw.get("margin_size")
-    try:
-        margin = int(float(margin)) if margin not in (None, "") else 0
-    except (TypeError, ValueError):
-        raise RequestError(FIELD, f"{TITLE}: margin_size must be a number, got {margin!r}") from None
-    if not 0 <= margin <= MAX_MARGIN:
-        raise RequestError(FIELD, f"{TITLE}: margin_size must be between 0 and {MAX_MARGIN}, got {margin}")
+    margin = script_int(TITLE, "margin_size", raw.get("margin_size"), 0, MAX_MARGIN)
     return {**out, "prompt_type": prompt_type, "variations_delimiter": delimiter, "margin_size": margin}
 
 
@@ -114,16 +87,7 @@ def run(r: ScriptRun) -> GenerationResult:
         changes = {"prompt": text} if positive else {"negative_prompt": text}
         requests.append(base.with_(**changes, seed=base.seed + (i if a["different_seeds"] else 0),
                                    batch_size=1, n_iter=1))
-    done: list[GenerationResult] = []
-    for req in requests:
-        if r.job.interrupted:
-            break
-        res = r.generate(req)
-        if res.images:
-            done.append(res)
-        if r.job.interrupted:
-            break
-    interrupted = r.job.interrupted or len(done) < len(requests) or any(res.interrupted for res in done)
+    done, interrupted = generate_all(r, requests)
     if not done:
         return GenerationResult(interrupted=interrupted, info={"infotexts": [], "interrupted": interrupted})
     first = done[0]

@@ -11,13 +11,12 @@ works too).
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
 from typing import Any
 
 from webui.pipeline.noise import resolve_seed
 from webui.pipeline.request import GenerationRequest, RequestError, check_request
 from webui.pipeline.result import GenerationResult
-from webui.scripts import ScriptChoices, ScriptDef, ScriptRun
+from webui.scripts import ScriptChoices, ScriptDef, ScriptRun, generate_all, raw_script_args, script_flag
 from webui.scripts_builtin.results import closest_checkpoint, combined_info
 
 TITLE = "Prompts from file or textbox"
@@ -39,34 +38,13 @@ TAGS: dict[str, str] = {
 
 
 def _bool(name: str, value: Any) -> bool:
-    if value is None:
-        return False
-    if isinstance(value, (bool, int, float)):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no", ""):
-        return value.strip().lower() in ("true", "1", "yes")
-    raise RequestError(FIELD, f"{TITLE}: {name} must be true or false, got {value!r}")
+    return script_flag(TITLE, name, value, False)
 
 
 def parse_args(args: Any, mode: str) -> dict[str, Any]:
-    if args is None:
-        raw: dict[str, Any] = {}
-    elif isinstance(args, Mapping):
-        unknown = sorted(set(args) - set(ARG_NAMES))
-        if unknown:
-            raise RequestError(FIELD, f"{TITLE}: unknown argument(s) {', '.join(map(str, unknown))}; valid: "
-                                      f"{', '.join(ARG_NAMES)}")
-        raw = dict(args)
-    elif isinstance(args, (list, tuple)):
-        if len(args) > len(ARG_NAMES):
-            raise RequestError(FIELD, f"{TITLE} takes at most {len(ARG_NAMES)} positional arguments "
-                                      f"({', '.join(ARG_NAMES)}), got {len(args)}")
-        if len(args) == 3 and str(args[2]).strip().lower() not in POSITIONS:  # before A1111 1.6: no position
-            raw = dict(zip(("checkbox_iterate", "checkbox_iterate_batch", "prompt_txt"), args))
-        else:
-            raw = dict(zip(ARG_NAMES, args))
-    else:
-        raise RequestError(FIELD, f"{TITLE}: script_args must be a list or an object")
+    if isinstance(args, (list, tuple)) and len(args) == 3 and str(args[2]).strip().lower() not in POSITIONS:
+        args = dict(zip(("checkbox_iterate", "checkbox_iterate_batch", "prompt_txt"), args))  # before A1111 1.6
+    raw = raw_script_args(TITLE, args, ARG_NAMES)
     position = str(raw.get("prompt_position") or "start").strip().lower()
     if position not in POSITIONS:
         raise RequestError(FIELD, f"{TITLE}: prompt_position must be start or end, got {raw.get('prompt_position')!r}")
@@ -196,16 +174,7 @@ def run(r: ScriptRun) -> GenerationResult:
         except RequestError as exc:
             raise _line_error(n, f"{exc.field}: {exc.message}") from None
         requests.append(req)
-    done: list[GenerationResult] = []
-    for req in requests:
-        if r.job.interrupted:
-            break
-        res = r.generate(req)
-        if res.images:
-            done.append(res)
-        if r.job.interrupted:
-            break
-    interrupted = r.job.interrupted or len(done) < len(requests) or any(res.interrupted for res in done)
+    done, interrupted = generate_all(r, requests)
     if not done:
         return GenerationResult(interrupted=interrupted, info={"infotexts": [], "interrupted": interrupted})
     paths = [p for res in done for p in res.paths]

@@ -15,7 +15,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from io import StringIO
 from typing import Any
@@ -26,7 +26,7 @@ from webui.pipeline.hires import LATENT_UPSCALE_MODES, SAME_SAMPLER
 from webui.pipeline.noise import resolve_seed
 from webui.pipeline.request import GenerationRequest, RequestError, check_request
 from webui.pipeline.result import GenerationResult
-from webui.scripts import ScriptChoices, ScriptDef, ScriptRun
+from webui.scripts import ScriptChoices, ScriptDef, ScriptRun, raw_script_args, script_flag, script_int
 from webui.scripts_builtin.grid import draw_annotations, image_grid
 from webui.scripts_builtin.results import add_params, closest_checkpoint, combined_info
 
@@ -302,15 +302,7 @@ def axis_labels(mode: str) -> list[str]:
 
 
 def _bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value is None:
-        return bool(DEFAULTS[name])
-    if isinstance(value, (int, float)):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no", ""):
-        return value.strip().lower() in ("true", "1", "yes")
-    raise RequestError(FIELD, f"{TITLE}: {name} must be true or false, got {value!r}")
+    return script_flag(TITLE, name, value, bool(DEFAULTS[name]))
 
 
 def _axis_type(name: str, value: Any, mode: str) -> str:
@@ -360,21 +352,7 @@ def _dropdown_arg(name: str, value: Any) -> list[Any]:
 def parse_args(args: Any, mode: str) -> dict[str, Any]:
     """A1111's positional ``script_args`` (16 items; missing trailing ones take the UI defaults) or a dict with
     the same names, normalised: axis types become labels, flags booleans."""
-    if args is None:
-        raw: dict[str, Any] = {}
-    elif isinstance(args, Mapping):
-        unknown = sorted(set(args) - set(ARG_NAMES))
-        if unknown:
-            raise RequestError(FIELD, f"{TITLE}: unknown argument(s) {', '.join(map(str, unknown))}; valid: "
-                                      f"{', '.join(ARG_NAMES)}")
-        raw = dict(args)
-    elif isinstance(args, (list, tuple)):
-        if len(args) > len(ARG_NAMES):
-            raise RequestError(FIELD, f"{TITLE} takes at most {len(ARG_NAMES)} positional arguments "
-                                      f"({', '.join(ARG_NAMES)}), got {len(args)}")
-        raw = dict(zip(ARG_NAMES, args))
-    else:
-        raise RequestError(FIELD, f"{TITLE}: script_args must be a list or an object")
+    raw = raw_script_args(TITLE, args, ARG_NAMES)
     out: dict[str, Any] = {}
     for axis in "xyz":
         out[f"{axis}_type"] = _axis_type(f"{axis}_type", raw.get(f"{axis}_type"), mode)
@@ -382,13 +360,7 @@ def parse_args(args: Any, mode: str) -> dict[str, Any]:
         out[f"{axis}_values_dropdown"] = _dropdown_arg(f"{axis}_values_dropdown", raw.get(f"{axis}_values_dropdown"))
     for name in ("draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds", "csv_mode", "raw_mode"):
         out[name] = _bool(name, raw.get(name))
-    margin = raw.get("margin_size")
-    try:
-        margin = int(float(margin)) if margin not in (None, "") else 0
-    except (TypeError, ValueError):
-        raise RequestError(FIELD, f"{TITLE}: margin_size must be a number, got {margin!r}") from None
-    if not 0 <= margin <= MAX_MARGIN:
-        raise RequestError(FIELD, f"{TITLE}: margin_size must be between 0 and {MAX_MARGIN}, got {margin}")
+    margin = script_int(TITLE, "margin_size", raw.get("margin_size"), 0, MAX_MARGIN)
     out["margin_size"] = margin
     return out
 
