@@ -13,6 +13,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from webui.hookspecs import hookimpl  # noqa: E402
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
@@ -58,3 +60,22 @@ def fresh_ctx(tmp_path, models_root):
     from webui.context import build_context
 
     return build_context(make_settings(tmp_path, models_root), load_model=True)
+
+
+class StepCounter:
+    """Records ``(step, total_steps)`` of every sampling step (an ``on_step_end`` plugin)."""
+
+    def __init__(self):
+        self.steps = []
+
+    @hookimpl
+    def on_step_end(self, state):
+        self.steps.append((state.step, state.total_steps))
+
+
+@pytest.fixture
+def counter(ctx):
+    plugin = StepCounter()
+    ctx.plugins.register(plugin, "step-counter")
+    yield plugin
+    ctx.plugins.unregister("step-counter")

@@ -8,20 +8,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.test_img2img import StepCounter
 from webui.pipeline.hires import LATENT_UPSCALE_MODES
 from webui.pipeline.request import GenerationRequest, RequestError, hires_target
 from webui.server import create_app
 
 SMALL = dict(prompt="a red circle", steps=4, width=64, height=64, seed=11, sampler_name="Euler", save_images=False)
-
-
-@pytest.fixture
-def counter(ctx):
-    plugin = StepCounter()
-    ctx.plugins.register(plugin, "hires-step-counter")
-    yield plugin
-    ctx.plugins.unregister("hires-step-counter")
 
 
 def test_target_sizes():

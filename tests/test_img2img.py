@@ -12,7 +12,6 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from webui.hookspecs import hookimpl
 from webui.pipeline.init_image import encode_init_images, resize_image
 from webui.pipeline.request import GenerationRequest
 from webui.pipeline.vae import decode_latents
@@ -33,23 +32,6 @@ def b64(image: Image.Image) -> str:
 
 BASE = dict(prompt="a cat", steps=10, width=64, height=64, seed=4, sampler_name="Euler", save_images=False,
             mode="img2img")
-
-
-class StepCounter:
-    def __init__(self):
-        self.steps = []
-
-    @hookimpl
-    def on_step_end(self, state):
-        self.steps.append((state.step, state.total_steps))
-
-
-@pytest.fixture
-def counter(ctx):
-    plugin = StepCounter()
-    ctx.plugins.register(plugin, "step-counter")
-    yield plugin
-    ctx.plugins.unregister("step-counter")
 
 
 def test_steps_follow_a1111_rule(ctx, counter):

@@ -12,7 +12,6 @@ checkpoint's UNet, and the weights are renamed onto diffusers' ``ControlNetModel
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +24,7 @@ from diffusers import ControlNetModel
 from webui.models.errors import ModelError
 from webui.models.infer_config import unet_config_from_ldm
 from webui.models.original_layout import _RESNET_UNET, _rename, _unet_table
-from webui.models.safeload import read_state_dict
+from webui.models.safeload import diffusers_class, read_state_dict
 from webui.models.spec import ModelSpec
 
 FAMILY_LABEL = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
@@ -142,14 +141,7 @@ def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_d
     ``time_embed_dim``: the SDXL checkpoint's ``addition_time_embed_dim`` (see :func:`config_from_original`)."""
     path = Path(path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelError(path, "a ControlNet folder needs a diffusers config.json.")
-        try:
-            cls = json.loads((path / "config.json").read_text(encoding="utf-8")).get("_class_name")
-        except (OSError, ValueError) as exc:
-            raise ModelError(path / "config.json", f"it is not valid JSON ({exc}).") from exc
-        if cls not in (None, "ControlNetModel"):
-            raise ModelError(path, f"this diffusers folder holds a {cls}, not a ControlNetModel.")
+        diffusers_class(path, "ControlNetModel", "ControlNet")
         try:
             return ControlNetModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype).eval()
         except (OSError, ValueError, RuntimeError) as exc:

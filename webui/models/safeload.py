@@ -248,3 +248,17 @@ def _tensors_from(path: Path, obj: Any) -> dict[str, torch.Tensor]:
     if not tensors:
         raise ModelError(path, "it contains no weight tensors. Pick a model checkpoint file.")
     return tensors
+
+
+def diffusers_class(folder: Path, expected: str, what: str) -> None:
+    """Check that a diffusers folder's ``config.json`` is readable and names ``expected`` (or no class);
+    ModelError naming the folder otherwise."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        raise ModelError(folder, f"a diffusers {what} folder needs a config.json.")
+    try:
+        cls = json.loads(config.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelError(config, f"it is not valid JSON ({exc}).") from exc
+    if cls not in (None, expected):
+        raise ModelError(folder, f"this diffusers folder holds a {cls}, not a {expected}.")

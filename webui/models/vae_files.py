@@ -8,7 +8,6 @@ original layout (``encoder.*``, ``decoder.*``, ``quant_conv``, ``post_quant_conv
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors.torch import load_file
 
 from webui.models.errors import ModelError
-from webui.models.safeload import read_state_dict
+from webui.models.safeload import diffusers_class, read_state_dict
 
 VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 
@@ -66,12 +65,7 @@ def vae_weights(path: Path, config: Mapping) -> dict[str, torch.Tensor]:
         weights = sorted(path.glob("*.safetensors"))
         if not weights:
             raise ModelError(path, "a diffusers VAE folder needs diffusion_pytorch_model.safetensors")
-        try:
-            cls = json.loads((path / "config.json").read_text(encoding="utf-8")).get("_class_name")
-        except (OSError, ValueError) as exc:
-            raise ModelError(path / "config.json", f"it is not valid JSON ({exc}).") from exc
-        if cls not in (None, "AutoencoderKL"):
-            raise ModelError(path, f"this folder holds a {cls}, not an AutoencoderKL VAE.")
+        diffusers_class(path, "AutoencoderKL", "VAE")
         return load_file(str(weights[0]))
     sd, _ = read_state_dict(path)
     for prefix in ("first_stage_model.", "vae."):
