@@ -79,3 +79,14 @@ def counter(ctx):
     ctx.plugins.register(plugin, "step-counter")
     yield plugin
     ctx.plugins.unregister("step-counter")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item (``item.reports["call"]``), so fixtures can see whether their
+    test failed (the browser tests save screenshots then, see tests/browser_helpers.py)."""
+    report = yield
+    if not hasattr(item, "reports"):
+        item.reports = {}
+    item.reports[report.when] = report
+    return report

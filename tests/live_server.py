@@ -30,7 +30,8 @@ class LiveServer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/", timeout=2).status_code == 200:
+                # any answer means it serves ("/" is 404 with --nowebui, 401 behind auth)
+                if httpx.get(self.url + "/", timeout=2).status_code < 500:
                     return self
             except httpx.HTTPError:
                 pass

@@ -1,5 +1,6 @@
 """``--api-auth``: HTTP Basic on every API route (all methods), plugin routes, the docs and unknown API paths;
-the Gradio UI at ``/`` is guarded by ``--gradio-auth`` instead. Without ``--api-auth`` all stay open."""
+the Gradio UI needs a login (``--gradio-auth`` users, else the ``--api-auth`` ones). Without either flag all
+stay open."""
 
 from __future__ import annotations
 
@@ -83,13 +84,18 @@ def test_unknown_api_paths_need_auth_then_404_or_405(auth_client):
     assert r.status_code == 405 and "POST" in r.headers["allow"]
 
 
-def test_ui_is_not_behind_api_auth(auth_client):
+def test_ui_is_behind_the_same_auth(auth_client):
+    """One auth layer: with only --api-auth the UI wants a login too (the --api-auth users)."""
     app, client = auth_client
     nowebui = not any(type(r).__name__ == "Mount" for r in app.routes)
     if nowebui:
         assert client.get("/").status_code == 401  # API only: every path is an API path
     else:
-        assert client.get("/").status_code == 200  # guarded by --gradio-auth (not set here)
+        assert client.get("/").status_code == 200  # the login page
+        assert client.get("/config").status_code == 401 and client.get("/gradio_api/info").status_code == 401
+        assert client.post("/login", data={"username": "u", "password": "p"}).status_code == 200
+        assert client.get("/config").status_code == 200
+        client.cookies.clear()
 
 
 def test_without_api_auth_everything_is_open(ctx):

@@ -2,7 +2,8 @@
 
 Every operation of the schema is fuzzed through the ASGI app (tiny model, fresh data folder), with
 schemathesis' positive (schema-valid) and negative (schema-violating) data, a few examples each, and
-checked with ``not_a_server_error``.
+checked with ``not_a_server_error`` and ``response_schema_conformance`` (every answer matches the schema
+declared for its status code).
 
 The generation and extras operations (``txt2img``, ``img2img``, ``extra-single-image``,
 ``extra-batch-images``) are NOT in the free random run: a schema-valid request may be a huge job (up
@@ -101,7 +102,7 @@ def test_schema_lists_every_operation(app):
 def _fuzz(op, mode, failures: list[str], examples: int = MAX_EXAMPLES, pin=None) -> None:
     """``examples`` cases of one operation in one generation mode; failures are collected.
     ``pin(body)`` overwrites fields of a dict body before the call."""
-    from schemathesis.checks import not_a_server_error
+    from schemathesis.checks import not_a_server_error, response_schema_conformance
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
@@ -111,7 +112,7 @@ def _fuzz(op, mode, failures: list[str], examples: int = MAX_EXAMPLES, pin=None)
             pin(case.body)
         response = case.call()
         try:
-            case.validate_response(response, checks=[not_a_server_error])
+            case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
         except Exception as exc:  # noqa: BLE001 - collected and reported together
             failures.append(f"{op.label} [{mode.value}] query={case.query!r} body={case.body!r} -> "
                             f"{response.status_code} {response.text[:300]}: {exc}")

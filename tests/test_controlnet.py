@@ -236,6 +236,43 @@ def test_api_units_routes_and_infotext(cn_ctx):
     assert bad.status_code == 422 and "controlnet_module" in bad.text
 
 
+def test_infotext_units_are_read_back_by_the_ui_and_the_api(cn_ctx):
+    from webui.ui.app import build_ui
+
+    def pixels(response):
+        assert response.status_code == 200, response.text
+        return Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))).convert("RGB").tobytes()
+
+    client = TestClient(create_app(cn_ctx))
+    init = b64(picture(1))
+    cn_unit = {"module": "canny", "model": "control_tiny_canny", "weight": 0.7, "threshold_a": 80,
+               "threshold_b": 160, "processor_res": 64, "control_mode": 1}
+    explicit = client.post("/sdapi/v1/img2img", json={**BASE, "init_images": [init], "denoising_strength": 0.6,
+                                                      "alwayson_scripts": {"controlnet": {"args": [cn_unit]}}})
+    text = json.loads(explicit.json()["info"])["infotexts"][0]
+    assert "ControlNet 0: " in text and "Denoising strength: 0.6" in text
+    # the API's infotext field rebuilds the unit through the section (img2img: the input is the control image)
+    again = client.post("/sdapi/v1/img2img", json={"infotext": text, "init_images": [init]})
+    assert pixels(again) == pixels(explicit)
+    # txt2img has no image for the unit: a readable 422, unless the request sets its own units
+    no_image = client.post("/sdapi/v1/txt2img", json={"infotext": text})
+    assert no_image.status_code == 422 and "args[0].image" in no_image.text
+    own = client.post("/sdapi/v1/txt2img", json={"infotext": text, "alwayson_scripts": {"controlnet": {"args": []}}})
+    assert own.status_code == 200, own.text
+    # the UI: "Send to txt2img" fills unit 0's controls and leaves the other units alone
+    demo = build_ui(cn_ctx)
+    send = next(f for f in demo.fns.values() if f.api_name == "pnginfo_send_to_txt2img")
+    updates = dict(zip([c.elem_id for c in send.outputs], send.fn(text)))
+    unit0 = {k[len("txt2img_controlnet_0_"):]: u.get("value") for k, u in updates.items()
+             if k and k.startswith("txt2img_controlnet_0_")}
+    assert {k: unit0[k] for k in ("enabled", "module", "weight", "control_mode", "resize_mode", "processor_res",
+                                  "threshold_b")} == {
+        "enabled": True, "module": "canny", "weight": 0.7, "control_mode": "My prompt is more important",
+        "resize_mode": "Crop and Resize", "processor_res": 64, "threshold_b": 160.0}
+    assert unit0["model"].startswith("control_tiny_canny [")
+    assert "value" not in updates["txt2img_controlnet_1_enabled"]
+
+
 def test_controlnet_with_lora_and_another_sampler(cn_ctx):
     cn_only = run(cn_ctx, [unit()], sampler_name="DPM++ 2M", scheduler="Karras")
     both = run(cn_ctx, [unit()], sampler_name="DPM++ 2M", scheduler="Karras", prompt="x <lora:film:1>")

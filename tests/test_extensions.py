@@ -46,6 +46,60 @@ def test_example_extensions_work_through_the_app(tmp_path, models_root):
     assert saved["example_greeting"] == "Hi"
 
 
+def test_film_grain_infotext_is_read_back_by_the_ui_and_the_api(tmp_path, models_root):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from webui.ui.app import build_ui
+
+    ctx = with_examples(tmp_path, models_root)
+    grain = ctx.txt2img(GenerationRequest(**{**SMALL, "save_images": True},
+                                          alwayson_scripts={"film_grain": {"args": [0.2]}}))
+    demo = build_ui(ctx)
+
+    def handler(api_name):
+        return next(f for f in demo.fns.values() if f.api_name == api_name)
+
+    def value(block_fn, updates, elem_id):
+        return updates[[c.elem_id for c in block_fn.outputs].index(elem_id)].get("value")
+
+    # PNG Info of the saved image -> "Send to txt2img" / "Send to img2img" refill the film grain section
+    with Image.open(grain.paths[0]) as saved:
+        saved.load()
+        _, text, params = handler("png_info").fn(saved)
+    assert params["Film grain"] == "0.2"
+    send = handler("pnginfo_send_to_txt2img")
+    updates = send.fn(text)
+    assert value(send, updates, "txt2img_film_grain_strength") == 0.2 and value(send, updates, "txt2img_seed") == 4
+    send = handler("pnginfo_send_to_img2img")
+    assert value(send, send.fn(saved, text), "img2img_film_grain_strength") == 0.2
+    paste = handler("txt2img_paste")  # the ↙ button, with the infotext in the prompt box
+    assert value(paste, paste.fn(text, []), "txt2img_film_grain_strength") == 0.2
+    # an infotext without the key switches the grain off
+    plain_text = ctx.txt2img(GenerationRequest(**SMALL)).infotexts[0]
+    assert value(paste, paste.fn(plain_text, []), "txt2img_film_grain_strength") == 0.0
+
+    # the API's infotext field applies the grain: same pixels as the explicit alwayson_scripts request
+    client = TestClient(create_app(ctx))
+    body = {k: v for k, v in SMALL.items() if k != "save_images"}
+
+    def pixels(response):
+        assert response.status_code == 200, response.text
+        return Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))).convert("RGB").tobytes()
+
+    from_infotext = pixels(client.post("/sdapi/v1/txt2img", json={"infotext": text}))
+    explicit = pixels(client.post("/sdapi/v1/txt2img",
+                                  json={**body, "alwayson_scripts": {"film_grain": {"args": [0.2]}}}))
+    plain = pixels(client.post("/sdapi/v1/txt2img", json=body))
+    assert from_infotext == explicit == grain.images[0].convert("RGB").tobytes() and from_infotext != plain
+    # an explicit alwayson_scripts entry wins over the infotext's
+    override = client.post("/sdapi/v1/txt2img", json={"infotext": text,
+                                                       "alwayson_scripts": {"film_grain": {"args": [0.1]}}})
+    assert "Film grain: 0.1" in json.loads(override.json()["info"])["infotexts"][0]
+
+
 def test_ui_section_settings_tab_and_extensions_tab(tmp_path, models_root):
     from gradio_client import Client
 

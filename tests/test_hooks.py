@@ -404,6 +404,76 @@ def test_hook_extra_infotext(tmp_path, models_root):
     assert "My ext: len 12" in res.infotexts[0]
 
 
+def _handler(demo, api_name: str):
+    """The Python function behind a Gradio event (called directly, as the event would)."""
+    return next(f for f in demo.fns.values() if f.api_name == api_name)
+
+
+def _update_for(block_fn, updates, elem_id: str):
+    """The value an event's updates give the output component ``elem_id`` (KeyError: left unchanged)."""
+    index = [c.elem_id for c in block_fn.outputs].index(elem_id)
+    return updates[index]["value"]
+
+
+def test_hook_parse_infotext(tmp_path, models_root):
+    import gradio as gr
+
+    from webui.server import create_app
+    from webui.ui.app import build_ui
+    from webui.ui.tabs import UiSection
+
+    seen = []
+
+    class P:
+        @hookimpl
+        def ui_sections(self, ctx, mode):
+            def render():
+                return {"strength": gr.Slider(0, 1, value=0, label="Mine", elem_id=f"{mode}_mine_strength")}
+
+            return [UiSection("mine", render, lambda v: {"args": [v["strength"]]} if v.get("strength") else None)]
+
+        @hookimpl
+        def extra_infotext(self, request):
+            seen.append({k: v for k, v in request.alwayson_scripts.items() if k in ("mine", "headless")})
+            entry = request.alwayson_scripts.get("mine")
+            return {"Mine": entry["args"][0]} if entry else None
+
+        @hookimpl
+        def parse_infotext(self, params, mode):
+            if "Mine" not in params:
+                return None
+            return {"mine__strength": float(params["Mine"]), "alwayson_scripts": {"headless": {"args": [mode]}},
+                    "subseed_strength": 0.25}
+
+    ctx = _ctx_with(P(), tmp_path, models_root)
+    text = ctx.txt2img(GenerationRequest(**SMALL, alwayson_scripts={"mine": {"args": [0.5]}})).infotexts[0]
+    assert "Mine: 0.5" in text
+    # the UI: PNG Info's "Send to txt2img"/"img2img" and each tab's paste button refill the section
+    demo = build_ui(ctx)
+    send = _handler(demo, "pnginfo_send_to_txt2img")
+    updates = send.fn(text)
+    assert _update_for(send, updates, "txt2img_mine_strength") == 0.5
+    assert _update_for(send, updates, "txt2img_subseed_strength") == 0.25
+    send = _handler(demo, "pnginfo_send_to_img2img")
+    assert _update_for(send, send.fn(Image.new("RGB", (64, 64)), text), "img2img_mine_strength") == 0.5
+    paste = _handler(demo, "txt2img_paste")
+    assert _update_for(paste, paste.fn(text, []), "txt2img_mine_strength") == 0.5
+    assert _update_for(paste, paste.fn("", [text]), "txt2img_mine_strength") == 0.5  # empty prompt: last image
+    # the API: the section's collect builds the alwayson_scripts entry; explicit entries win
+    client = TestClient(create_app(ctx))
+    seen.clear()
+    r = client.post("/sdapi/v1/txt2img", json={"infotext": text})
+    assert r.status_code == 200, r.text
+    assert seen == [{"mine": {"args": [0.5]}, "headless": {"args": ["txt2img"]}}]
+    assert r.json()["parameters"]["subseed_strength"] == 0.25
+    seen.clear()
+    r = client.post("/sdapi/v1/txt2img", json={"infotext": text, "subseed_strength": 0.0,
+                                               "alwayson_scripts": {"mine": {"args": [0.75]}}})
+    assert r.status_code == 200, r.text
+    assert seen == [{"mine": {"args": [0.75]}, "headless": {"args": ["txt2img"]}}]
+    assert r.json()["parameters"]["subseed_strength"] == 0.0
+
+
 def test_hook_image_saved(tmp_path, models_root):
     saved = []
 

@@ -13,6 +13,7 @@ import json
 import pytest
 from PIL import Image, ImageChops
 
+from webui.hookspecs import hookimpl
 from webui.infotext import format_infotext, parse_infotext
 from webui.jobs import Job
 from webui.pipeline.request import GenerationRequest, RequestError
@@ -375,3 +376,72 @@ def test_gradio_client_xyz(app):
     assert grid.width == 128 and grid.height > 64  # column labels only
     assert Image.open(gallery[1]["image"]).size == (64, 64)
     assert "Script: X/Y/Z plot" in info and "X Type: Steps" in info
+
+
+def test_script_info_lists_args_in_a1111_positional_order(app):
+    from fastapi.testclient import TestClient
+
+    info = TestClient(app).get("/sdapi/v1/script-info").json()
+    by_name = {(i["name"], i["is_img2img"]): [a["name"] for a in i["args"]] for i in info}
+    for module in (xyz, prompt_matrix, prompts_file):
+        title = module.TITLE.lower()
+        assert by_name[(title, False)] == list(module.ARG_NAMES) == by_name[(title, True)]
+    xyz_args = next(i for i in info if i["name"] == "x/y/z plot")["args"]
+    assert [a["label"] for a in xyz_args][9:13] == ["Draw legend", "Include Sub Images", "Include Sub Grids",
+                                                   "Keep -1 for seeds"]
+
+
+def test_render_controls_passes_choices_only_to_a_render_that_takes_them():
+    from webui.scripts import ScriptDef
+
+    got = []
+    one = ScriptDef("one", lambda r: None, render=lambda mode: got.append(mode) or {"a": 1})
+    two = ScriptDef("two", lambda r: None, render=lambda mode, choices: got.append(choices()) or {"b": 2})
+    assert one.render_controls("txt2img", lambda: CHOICES) == {"a": 1}
+    assert two.render_controls("img2img", lambda: CHOICES) == {"b": 2}
+    assert got == ["txt2img", CHOICES]
+    assert ScriptDef("none", lambda r: None).render_controls("txt2img") == {}
+
+
+class ProgressSpy:
+    """Records the job's counters at every sampling step."""
+
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl
+    def on_step_end(self, state):
+        job = state.job
+        self.seen.append((job.job_no, job.job_count, job.progress))
+
+
+def test_xyz_progress_counts_cells_times_batches(ctx):
+    spy = ProgressSpy()
+    ctx.plugins.register(spy, "xyz-progress-spy")
+    try:
+        job = Job()
+        res = ctx.run_script(GenerationRequest(**{**BASE, "n_iter": 2}), "X/Y/Z plot",
+                             {"x_type": "Steps", "x_values": "2,3", "y_type": "CFG Scale", "y_values": "5,7"}, job)
+    finally:
+        ctx.plugins.unregister("xyz-progress-spy")
+    assert res.images and job.job_count == 4 * 2
+    assert {count for _, count, _ in spy.seen} == {8}
+    assert sorted({no for no, _, _ in spy.seen}) == list(range(8))  # every batch of every cell, counted on
+    progress = [p for _, _, p in spy.seen]
+    assert progress == sorted(progress) and progress[0] < 0.1 and progress[-1] > 0.85
+    assert job.progress == 1.0
+
+
+def test_job_progress_without_a_plan_is_per_generation():
+    job = Job()
+    job.begin_generation(2)
+    job.set_stage(1, 4)
+    assert (job.job_no, job.job_count) == (1, 2)
+    job.plan(6)
+    job.begin_generation(2)
+    job.begin_generation(3)
+    job.set_stage(1, 4)
+    job.step(2)
+    assert (job.job_no, job.job_count) == (3, 6) and job.progress == pytest.approx(3.5 / 6)
+    job.begin_generation(2)  # more than announced: the count grows, never shrinks
+    assert job.job_count == 7

@@ -39,3 +39,7 @@ def test_gradio_auth_guards_the_ui(tmp_path, models_root):
     assert client.post("/login", data={"username": "ui", "password": "wrong"}).status_code in (400, 401)
     assert client.post("/login", data={"username": "ui", "password": "secret"}).status_code == 200
     assert client.get("/config").status_code == 200
+    # one auth layer: the API (Basic, same users when there is no --api-auth) and the docs too
+    client.cookies.clear()
+    assert client.get("/sdapi/v1/progress").status_code == 401 and client.get("/docs").status_code == 401
+    assert client.get("/sdapi/v1/progress", auth=("ui", "secret")).status_code == 200

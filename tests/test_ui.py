@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 from PIL import Image
 
+from tests.browser_helpers import launch, needs_chromium, screenshot_tabs
 from tests.live_server import LiveServer
 from webui.server import create_app
-
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -63,20 +58,12 @@ def test_gradio_client_png_info(server, tmp_path, ctx):
     assert params["Seed"] == "9"
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-
-
-@pytest.mark.skipif(_chromium() is None, reason="Debian chromium is not installed (launch.py --tests installs it)")
+@needs_chromium
 def test_browser_generate(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=_chromium(), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
-        )
+        browser = launch(p)
         page = browser.new_page()
         try:
             page.goto(server.url + "/", wait_until="domcontentloaded")
@@ -123,8 +110,7 @@ def test_browser_generate(server):
             page.wait_for_function(
                 "document.querySelector('#extras_info').innerText.includes('Postprocess upscale by')", timeout=60_000)
         except Exception:
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "browser_generate.png"), full_page=True)
+            screenshot_tabs(page, "test_browser_generate")
             raise
         finally:
             browser.close()

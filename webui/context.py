@@ -136,7 +136,11 @@ class AppContext:
                 return None
             key = "outdir_img2img_grids" if req.mode == "img2img" else "outdir_txt2img_grids"
             outdir = self.settings.data_dir / str(opts.get(key, f"outputs/{req.mode}-grids"))
-            return str(self.saver.save(image, outdir, 0, infotext, add_number=True))
+            try:
+                return str(self.saver.save(image, outdir, 0, infotext, add_number=True))
+            except OSError as exc:  # the grid is still returned to the client
+                log.error("Could not save the grid: %s", exc)
+                return None
 
         with self.jobs.slot(job):
             try:

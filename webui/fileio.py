@@ -1,4 +1,8 @@
-"""Atomic file writes: temporary file in the same folder, fsync, rename."""
+"""Atomic file writes: temporary file in the same folder, fsync, rename.
+
+A failed write (full disk, read-only or missing folder, a file where a folder should be) leaves the old
+file as it was, removes the temporary file and raises :class:`StorageError` naming the file.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,25 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+class StorageError(OSError):
+    """A file could not be written; the message names it and the reason (e.g. "No space left on device")."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     """Write ``path`` through ``write(fileobj)``; readers never see a partial file."""
     path = Path(path)
+    try:
+        return _atomic_write(path, write)
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError(exc.errno, f"could not write {path}: {exc.strerror or exc}") from exc
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

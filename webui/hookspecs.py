@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from webui.ui.tabs import UiSection, UiTab
     from webui.upscaling.registry import UpscalerDef
 
-HOOKS_VERSION = "1.1"
+HOOKS_VERSION = "1.2"
 PROJECT = "webui"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -99,7 +99,9 @@ def register_scripts() -> list[ScriptDef]:
     A :class:`~webui.scripts.ScriptDef` has a title, ``run(ScriptRun) -> GenerationResult`` (which may
     call ``run.generate(request)`` any number of times inside the same job), the modes it serves, an
     optional ``parse_args(script_args, mode)`` accepting A1111's positional list and/or a keyword dict,
-    and an optional ``render(mode)`` building its UI controls (values come back by name).
+    an optional ``render(mode)`` or ``render(mode, choices)`` building its UI controls (values come back
+    by name; ``choices()`` gives the app's current :class:`~webui.scripts.ScriptChoices`) and, since 1.2,
+    ``arg_names``: A1111's positional order (``GET /sdapi/v1/script-info`` lists the controls in it).
     versionadded: 1.1
     """
 
@@ -188,6 +190,27 @@ def extra_infotext(request: GenerationRequest) -> dict[str, Any] | None:
     """Return extra ``Key: value`` pairs to write in the infotext of every image of ``request``.
 
     versionadded: 1.0
+    """
+
+
+@hookspec
+def parse_infotext(params: Mapping[str, Any], mode: str) -> dict[str, Any] | None:
+    """Read this plugin's own infotext keys back (the reverse of ``extra_infotext``/``postprocess_image``).
+
+    Called for PNG Info's "Send to txt2img/img2img", the gallery's send buttons, the tab's paste button and
+    the API's ``infotext`` field. ``params`` is the parsed infotext (:func:`webui.infotext.parse_infotext`:
+    ``{"Prompt": ..., "Steps": "20", "Film grain": "0.2", ...}``, values mostly text, read-only); ``mode``
+    is ``"txt2img"`` or ``"img2img"``. Return values by field name, leaving out what the infotext does not
+    determine:
+
+    * ``"<section>__<value name>"``: a control of this plugin's ``ui_sections`` section (the names its
+      ``render`` returned). The tab shows the value; the API passes a section's values (only those
+      returned) to its ``collect`` to build ``alwayson_scripts[<section>]``, exactly as Generate does.
+    * a request field (``"steps"``, ``"sampler_name"``, ...): fills that control / request field.
+    * ``"alwayson_scripts"``: ``{name: entry}`` for the API only (plugins without a section).
+
+    In the API, fields and ``alwayson_scripts`` entries the client set explicitly win over the infotext.
+    versionadded: 1.2
     """
 
 

@@ -37,7 +37,7 @@ class Job:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     kind: str = "txt2img"
     owner: str | None = None  # e.g. a UI session hash; None for API jobs
-    job_count: int = 1  # images groups (batch count) in this job
+    job_count: int = 1  # image groups (batch count) in this job; a script's whole run when it called plan()
     job_no: int = 0
     sampling_steps: int = 0
     sampling_step: int = 0
@@ -49,6 +49,9 @@ class Job:
     _interrupt: threading.Event = field(default_factory=threading.Event, repr=False)
     _skip: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _planned: int = field(default=0, repr=False)  # image groups a script announced (0: none)
+    _offset: int = field(default=0, repr=False)  # image groups of earlier generations of this job
+    _next: int = field(default=0, repr=False)
 
     # --- control -------------------------------------------------------------
     def interrupt(self) -> None:
@@ -72,9 +75,29 @@ class Job:
     def begin(self) -> None:
         self.started = time.monotonic()
 
-    def set_stage(self, job_no: int, steps: int, text: str = "") -> None:
+    def plan(self, total: int) -> None:
+        """A script announces ``total`` image groups (the batch counts of all its generations) for this job:
+        ``job_count`` becomes ``total`` and each generation's batches count on from where the previous
+        generation's ended, so the progress grows steadily over the whole run (A1111's ``state.job_count``)."""
         with self._lock:
-            self.job_no = job_no
+            self._planned = self.job_count = max(1, int(total))
+            self._offset = self._next = self.job_no = 0
+
+    def begin_generation(self, n_iter: int) -> None:
+        """The pipeline starts one generation of ``n_iter`` batches in this job."""
+        with self._lock:
+            if self._planned:
+                self._offset = self._next
+                self._next += n_iter
+                self.job_count = max(self._planned, self._next)
+            else:
+                self.job_count = n_iter
+                self._offset = 0
+
+    def set_stage(self, job_no: int, steps: int, text: str = "") -> None:
+        """Batch ``job_no`` of the current generation starts (counted on after earlier ones when planned)."""
+        with self._lock:
+            self.job_no = self._offset + job_no
             self.sampling_steps = steps
             self.sampling_step = 0
             self.textinfo = text

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -30,13 +32,78 @@ def _load_first_model(ctx, log: logging.Logger) -> None:
         log.error("No model loaded: %s. Choose another checkpoint in the UI or via /sdapi/v1/options.", exc)
 
 
+def security_warnings(settings) -> list[str]:
+    """What to warn about at start: a network bind without any auth."""
+    out = []
+    if settings.listen and not settings.auth_enabled:
+        out.append("Listening on all interfaces (--listen) without --gradio-auth/--api-auth: anyone on the "
+                   "network can use the UI and the API. Add --gradio-auth user:password.")
+    if settings.listen and settings.enable_insecure_extension_access:
+        out.append("--enable-insecure-extension-access: extensions (code) can be installed from the network")
+    return out
+
+
+class GracefulServer:
+    """uvicorn's server with this shutdown on SIGTERM / SIGINT: stop accepting connections at once, let
+    running jobs finish for ``grace`` seconds, then interrupt them (each stops within one sampling step and
+    its request answers with what is done), and return so that the process exits with status 0. A second
+    Ctrl+C quits at once."""
+
+    def __init__(self, app, host: str, port: int, jobs, grace: float, **config):
+        import uvicorn
+
+        self.jobs, self.grace = jobs, grace
+        outer = self
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):  # uvicorn re-raises the signal afterwards (exit status -15); not here
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                previous = {sig: signal.signal(sig, outer.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+
+        # connections get grace + a few seconds: interrupted jobs still answer
+        config.setdefault("timeout_graceful_shutdown", int(grace) + 5)
+        self.server = _Server(uvicorn.Config(app, host=host, port=port, **config))
+        self._timer: threading.Timer | None = None
+
+    def on_signal(self, sig: int, frame=None) -> None:
+        if self.server.should_exit:
+            if sig == signal.SIGINT:
+                self.server.force_exit = True
+            return
+        logging.getLogger("webui").info("Shutting down: no new requests; running jobs get %.0f s to finish",
+                                        self.grace)
+        self.server.should_exit = True
+        self._timer = threading.Timer(self.grace, self.interrupt_jobs)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def interrupt_jobs(self) -> None:
+        n = self.jobs.interrupt()
+        if n:
+            logging.getLogger("webui").info("Shutting down: interrupted %d running job(s)", n)
+
+    def run(self) -> None:
+        try:
+            self.server.run()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            self.interrupt_jobs()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     configure_environment()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("webui")
     start = time.perf_counter()
-
-    import uvicorn
 
     from webui.context import build_context
     from webui.server import create_app
@@ -53,11 +120,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     app = create_app(ctx)
     url = f"http://{settings.host}:{settings.port}"
     log.info("Device: %s", ctx.device.description)
-    if settings.listen and not (settings.gradio_auth or settings.api_auth):
-        log.warning("Listening on all interfaces without --gradio-auth/--api-auth: anyone on the network can use it")
+    for warning in security_warnings(settings):
+        log.warning(warning)
     for report in ctx.plugins.reports:
         if not report.ok:
             log.warning("Plugin %s (%s) not loaded: %s", report.name, report.source, report.error)
     log.info("Ready in %.1f s. Open %s%s", time.perf_counter() - start, url, "/docs" if settings.nowebui else "/")
     print(f"Running on local URL:  {url}", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10)
+    GracefulServer(app, settings.host, settings.port, ctx.jobs, settings.shutdown_grace, log_level="warning").run()
+    log.info("Stopped")

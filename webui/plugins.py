@@ -16,7 +16,7 @@ import importlib.util
 import logging
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -298,6 +298,23 @@ class Hooks:
         merged: dict[str, Any] = {}
         for res in self._call("extra_infotext", request=request):
             merged.update(res)
+        return merged
+
+    def parse_infotext(self, params: Any, mode: str) -> dict[str, Any]:
+        """Every plugin's values read back from a parsed infotext, merged (``alwayson_scripts`` per entry);
+        plugins get a read-only view of ``params``."""
+        from types import MappingProxyType
+
+        view = MappingProxyType(dict(params))
+        merged: dict[str, Any] = {}
+        for res in self._call("parse_infotext", params=view, mode=mode):
+            if not isinstance(res, Mapping):
+                continue
+            for key, value in res.items():
+                if key == "alwayson_scripts" and isinstance(value, Mapping):
+                    merged["alwayson_scripts"] = {**merged.get("alwayson_scripts", {}), **value}
+                else:
+                    merged[key] = value
         return merged
 
     def image_saved(self, path: str, infotext: str, image: Any) -> None:

@@ -12,6 +12,7 @@ Arguments arrive as A1111's positional ``script_args`` list or as a keyword dict
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,15 +53,30 @@ class ScriptDef:
     :param run: does the work; calls ``run.generate(request)`` as often as it needs.
     :param parse_args: ``(script_args, mode) -> named args``; default: a dict is taken as is, a
         positional list is refused.
-    :param render: ``(mode) -> {name: gradio component}`` builds its controls for the UI (optional);
-        the values come back by the same names.
+    :param render: ``(mode) -> {name: gradio component}`` or ``(mode, choices) -> {...}`` builds its
+        controls for the UI (optional); the values come back by the same names. A render with a second
+        parameter named ``choices`` gets a callable returning the app's current :class:`ScriptChoices`
+        (samplers, checkpoints ...; call it in event handlers, so the lists stay current). See
+        :meth:`render_controls`.
+    :param arg_names: the names of the arguments in A1111's positional ``script_args`` order (optional);
+        ``GET /sdapi/v1/script-info`` lists the controls in this order (others follow in render order).
     """
 
     title: str
     run: Callable[[ScriptRun], GenerationResult]
     modes: tuple[str, ...] = ("txt2img", "img2img")
     parse_args: Callable[[Any, str], dict[str, Any]] | None = None
-    render: Callable[[str], Mapping[str, Any]] | None = None
+    render: Callable[..., Mapping[str, Any]] | None = None
+    arg_names: tuple[str, ...] = ()
+
+    def render_controls(self, mode: str, choices: Callable[[], ScriptChoices] | None = None) -> dict[str, Any]:
+        """Build the controls (inside the caller's Gradio layout): ``render(mode)``, or
+        ``render(mode, choices=choices)`` when ``render`` has a ``choices`` parameter. ``{}`` without render."""
+        if self.render is None:
+            return {}
+        if choices is not None and _takes_choices(self.render):
+            return dict(self.render(mode, choices=choices) or {})
+        return dict(self.render(mode) or {})
 
     def named_args(self, args: Any, mode: str) -> dict[str, Any]:
         if self.parse_args is not None:
@@ -70,6 +86,14 @@ class ScriptDef:
         if isinstance(args, Mapping):
             return dict(args)
         raise RequestError("script_args", f"{self.title!r} takes keyword arguments (an object)")
+
+
+def _takes_choices(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "choices" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 class UnknownScript(RequestError):
@@ -138,8 +162,10 @@ def script_int(title: str, name: str, value: Any, lo: int, hi: int, default: int
 
 
 def generate_all(run: ScriptRun, requests: list[GenerationRequest]) -> tuple[list[GenerationResult], bool]:
-    """Run ``requests`` one after another until the job is interrupted; returns the results that have
-    images and whether the run stopped early (interrupt, or a generation that was interrupted)."""
+    """Run ``requests`` one after another until the job is interrupted (the job's progress counts over all
+    of them); returns the results that have images and whether the run stopped early (interrupt, or a
+    generation that was interrupted)."""
+    run.job.plan(sum(req.n_iter for req in requests))
     done: list[GenerationResult] = []
     for req in requests:
         if run.job.interrupted:

@@ -78,10 +78,17 @@ class Settings:
     max_queue_size: int = 16
     concurrency: int = 1
     max_body_mb: int = 64
+    allow_image_urls: bool = False  # API image fields may be http(s) URLs (public addresses only)
+    shutdown_grace: float = 10.0  # seconds running jobs may finish after SIGTERM before they are interrupted
 
     @property
     def host(self) -> str:
         return "0.0.0.0" if self.listen else "127.0.0.1"
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Any of ``--gradio-auth`` / ``--api-auth`` given: then every route (UI, API, docs, files) needs it."""
+        return bool((self.gradio_auth or "").strip() or (self.api_auth or "").strip())
 
     @property
     def models_root(self) -> Path:
@@ -154,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extensions", default=None, help="comma-separated extension names to load")
     p.add_argument("--max-queue-size", type=int, default=16)
     p.add_argument("--concurrency", type=int, default=1, help="GPU jobs run at once")
+    p.add_argument("--max-body-mb", type=int, default=64, help="largest request body accepted (413 beyond)")
+    p.add_argument("--allow-image-urls", action="store_true",
+                   help="let API image fields be http(s) URLs the server fetches (public addresses only)")
+    p.add_argument("--shutdown-grace", type=float, default=10.0,
+                   help="seconds running jobs may finish after SIGTERM/Ctrl+C before they are interrupted")
     return p
 
 
@@ -189,6 +201,9 @@ def parse_args(argv: Iterable[str] | None = None, env: Mapping[str, str] | None 
         extensions=None if ext_names is None else tuple(n.strip() for n in ext_names.split(",") if n.strip()),
         max_queue_size=ns.max_queue_size,
         concurrency=max(1, ns.concurrency),
+        max_body_mb=max(1, ns.max_body_mb),
+        allow_image_urls=ns.allow_image_urls,
+        shutdown_grace=max(0.0, ns.shutdown_grace),
     )
 
 
@@ -208,6 +223,8 @@ class OptionDef:
     maximum: float | None = None
     #: choices offered in the UI when they change at run time (e.g. files); not used to validate
     choices_fn: Callable[[], list[Any]] | None = field(default=None, compare=False)
+    #: an extra check of the coerced value (raises ValueError), e.g. :func:`inside_data_folder`
+    check: Callable[[str, Any], None] | None = field(default=None, compare=False)
 
     def coerce(self, value: Any) -> Any:
         """Return ``value`` converted to this option's type, or raise ValueError."""
@@ -244,7 +261,21 @@ class OptionDef:
             out = value
         if self.choices is not None and out not in self.choices:
             raise ValueError(f"{self.key}: {out!r} is not one of {list(self.choices)}")
+        if self.check is not None:
+            self.check(self.key, out)
         return out
+
+
+def inside_data_folder(key: str, value: Any) -> None:
+    """Output folders are relative paths that stay inside the data folder (``--data-dir``): no absolute
+    path, drive, home (``~``) or ``..`` part, so neither the API nor the UI can make the server write files
+    elsewhere (A1111 keeps these options out of the API for the same reason)."""
+    text = str(value).replace("\\", "/")
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if (not parts or text.startswith("/") or text.startswith("~") or (len(text) > 1 and text[1] == ":")
+            or ".." in parts):
+        raise ValueError(f"{key}: {value!r} must be a relative folder inside the data folder (no absolute path, "
+                         "'~' or '..')")
 
 
 def core_option_defs() -> list[OptionDef]:
@@ -260,11 +291,16 @@ def core_option_defs() -> list[OptionDef]:
                   maximum=74),
         OptionDef("samples_save", True, "Always save all generated images", "Saving images"),
         OptionDef("samples_format", "png", "File format for images", "Saving images", choices=("png",)),
-        OptionDef("outdir_txt2img_samples", "outputs/txt2img-images", "Output folder for txt2img", "Saving images"),
-        OptionDef("outdir_img2img_samples", "outputs/img2img-images", "Output folder for img2img", "Saving images"),
-        OptionDef("outdir_extras_samples", "outputs/extras-images", "Output folder for Extras", "Saving images"),
-        OptionDef("outdir_txt2img_grids", "outputs/txt2img-grids", "Output folder for txt2img grids", "Saving images"),
-        OptionDef("outdir_img2img_grids", "outputs/img2img-grids", "Output folder for img2img grids", "Saving images"),
+        OptionDef("outdir_txt2img_samples", "outputs/txt2img-images", "Output folder for txt2img", "Saving images",
+                  check=inside_data_folder),
+        OptionDef("outdir_img2img_samples", "outputs/img2img-images", "Output folder for img2img", "Saving images",
+                  check=inside_data_folder),
+        OptionDef("outdir_extras_samples", "outputs/extras-images", "Output folder for Extras", "Saving images",
+                  check=inside_data_folder),
+        OptionDef("outdir_txt2img_grids", "outputs/txt2img-grids", "Output folder for txt2img grids", "Saving images",
+                  check=inside_data_folder),
+        OptionDef("outdir_img2img_grids", "outputs/img2img-grids", "Output folder for img2img grids", "Saving images",
+                  check=inside_data_folder),
         OptionDef("grid_save", True, "Save grids made by scripts", "Saving images"),
         OptionDef("disabled_extensions", [], "Extensions switched off (applied at the next start)", "Extensions"),
         OptionDef("save_images_add_number", True, "Add number to file names", "Saving images"),
@@ -390,9 +426,11 @@ class OptionsStore:
         """Validate, apply and persist ``changes``; returns the new snapshot."""
         clean = self.validate(changes)
         with self._lock:
-            self._current = self._current.replaced(clean)
-            atomic_write_text(self.path, json.dumps(self._current.as_dict(), indent=2, sort_keys=True))
-            return self._current
+            new = self._current.replaced(clean)
+            # written first: a failed write (StorageError) leaves both the file and the options unchanged
+            atomic_write_text(self.path, json.dumps(new.as_dict(), indent=2, sort_keys=True))
+            self._current = new
+            return new
 
     def add_defs(self, defs: Iterable[OptionDef]) -> None:
         with self._lock:

@@ -78,20 +78,24 @@ class StyleStore:
         return prompt, negative
 
     def save(self, style: Style) -> None:
-        """Add or replace a style and write the file atomically."""
+        """Add or replace a style and write the file atomically (a failed write, :class:`StorageError`,
+        changes neither the file nor the styles in memory)."""
         with self._lock:
-            self._styles[style.name] = style
-            self._write()
+            styles = {**self._styles, style.name: style}
+            self._write(styles)
+            self._styles = styles
 
     def delete(self, name: str) -> None:
         with self._lock:
-            if self._styles.pop(name, None) is not None:
-                self._write()
+            if name in self._styles:
+                styles = {k: v for k, v in self._styles.items() if k != name}
+                self._write(styles)
+                self._styles = styles
 
-    def _write(self) -> None:
+    def _write(self, styles: dict[str, Style]) -> None:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
         writer.writeheader()
-        for s in self._styles.values():
+        for s in styles.values():
             writer.writerow({"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt})
         atomic_write_text(self.path, buf.getvalue())

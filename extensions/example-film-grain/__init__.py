@@ -2,8 +2,10 @@
 
 Adds a "Film grain" section (strength 0 = off). When on, grain is added to every image after it is
 decoded (``postprocess_image``), deterministically from the image's seed, and the strength is written
-to the infotext as ``Film grain``. Shows: ``ui_sections`` (named values), ``postprocess_image``,
-reading the request's ``alwayson_scripts``.
+to the infotext as ``Film grain``; ``parse_infotext`` reads it back, so PNG Info's "Send to txt2img" and the
+paste button refill the section, and an API request with ``infotext`` applies the same grain. Shows:
+``ui_sections`` (named values), ``postprocess_image``, ``parse_infotext``, reading the request's
+``alwayson_scripts``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from PIL import Image
 from webui.hookspecs import hookimpl
 
 NAME = "film_grain"
+INFOTEXT_KEY = "Film grain"
 
 
 def add_grain(image: Image.Image, strength: float, seed: int) -> Image.Image:
@@ -55,4 +58,15 @@ def postprocess_image(state):
     strength = strength_of(state.request)
     if strength > 0:
         state.image = add_grain(state.image, strength, state.seed)
-        state.extra_infotext["Film grain"] = strength
+        state.extra_infotext[INFOTEXT_KEY] = strength
+
+
+@hookimpl
+def parse_infotext(params, mode):
+    # "Film grain: 0.2" -> the section's "strength" control; no key means no grain (so pasting an infotext
+    # without it switches the grain off, as the image had none). The API runs the section's collect on it.
+    try:
+        strength = float(params.get(INFOTEXT_KEY, 0))
+    except (TypeError, ValueError):
+        return None
+    return {f"{NAME}__strength": max(0.0, min(1.0, strength))}

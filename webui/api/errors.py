@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from webui.api.images import InvalidImage
+from webui.fileio import StorageError
 from webui.jobs import QueueFull
 from webui.models.errors import ModelError
 from webui.models.manager import NoCheckpoint, UnknownCheckpoint
@@ -77,6 +78,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QueueFull)
     async def _queue_full(_req: Request, exc: QueueFull) -> JSONResponse:
         return error_json(503, "QueueFull", str(exc), errors=str(exc))
+
+    @app.exception_handler(StorageError)
+    async def _storage(_req: Request, exc: StorageError) -> JSONResponse:
+        # a full disk or unwritable folder: the server's state is unchanged (files are written atomically)
+        return error_json(507, "StorageError", str(exc), errors=str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -8,12 +8,12 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 
 from webui.api import models as m
-from webui.api.images import decode_base64_image, encode_png_base64
+from webui.api.images import Fetcher, decode_base64_image, encode_png_base64
 from webui.context import AppContext, GenerationFailed
 from webui.extras import ExtrasRequest, postprocessing_text
 from webui.images import png_bytes
@@ -22,21 +22,51 @@ from webui.jobs import Job
 from webui.pipeline.hires import LATENT_UPSCALE_MODES
 from webui.pipeline.request import GenerationRequest, RequestError
 from webui.pnginfo import read_image_info
+from webui.ui.tabs import SECTION_SEP, collect_sections
 
 DEFAULT_SAMPLER = "Euler a"
 EXTRAS_FIELDS = {f.name for f in dataclasses.fields(ExtrasRequest)}
+B = TypeVar("B", bound=m.Txt2ImgRequest)
+
+
+def apply_infotext(ctx: AppContext, body: B, mode: str) -> B:
+    """A1111 1.8+'s ``infotext`` field: the infotext's parameters fill the fields the request did not set.
+
+    Core keys map through :func:`~webui.infotext.infotext_to_request`; the plugins read their own keys back
+    with the ``parse_infotext`` hook: request fields, section values (each mentioned section's ``collect``
+    builds its ``alwayson_scripts`` entry, as Generate does in the UI) and ``alwayson_scripts`` entries.
+    Fields, options (``override_settings``) and ``alwayson_scripts`` entries set explicitly win."""
+    if not body.infotext:
+        return body
+    parsed = parse_infotext(body.infotext)
+    plugin = ctx.hooks.parse_infotext(parsed, mode)
+    fields = infotext_to_request(parsed)
+    for key, value in plugin.items():
+        if key == "override_settings" and isinstance(value, dict):
+            fields[key] = {**(fields.get(key) or {}), **value}
+        elif SECTION_SEP not in key and key != "alwayson_scripts":
+            fields[key] = value
+    explicit = set(body.model_fields_set)
+    if explicit & {"mask_blur_x", "mask_blur_y"}:
+        explicit.add("mask_blur")  # mask_blur would override the explicit per-axis blur
+    known = type(body).model_fields
+    updates: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key == "override_settings" and isinstance(value, dict):
+            updates[key] = {**value, **(body.override_settings or {})}
+        elif key in known and key not in explicit and key not in ("alwayson_scripts", "infotext"):
+            updates[key] = value
+    scripts = dict(plugin.get("alwayson_scripts") or {})
+    scripts.update(collect_sections(ctx.hooks.ui_sections(ctx, mode), plugin, only_mentioned=True))
+    given = {name.lower() for name in body.alwayson_scripts}
+    added = {name: entry for name, entry in scripts.items() if name.lower() not in given}
+    if added:
+        updates["alwayson_scripts"] = {**added, **body.alwayson_scripts}
+    return body.model_copy(update=updates)
 
 
 def _request_from_api(body: m.Txt2ImgRequest) -> GenerationRequest:
     data = body.model_dump()
-    if body.infotext:
-        # A1111 1.8+: fields from an infotext fill the fields the request did not set.
-        parsed = infotext_to_request(parse_infotext(body.infotext))
-        for key, value in parsed.items():
-            if key in GenerationRequest.field_names() and key not in body.model_fields_set:
-                data[key] = value
-            elif key == "override_settings":
-                data["override_settings"] = {**value, **(data.get("override_settings") or {})}
     sampler = data.get("sampler_name") or data.get("sampler_index") or DEFAULT_SAMPLER
     kwargs: dict[str, Any] = {
         "prompt": data["prompt"],
@@ -79,11 +109,36 @@ def _request_from_api(body: m.Txt2ImgRequest) -> GenerationRequest:
     return GenerationRequest(**kwargs)
 
 
-def _inpaint_fields(body: m.Img2ImgRequest) -> dict[str, Any]:
+def api_owner(request: Request) -> str | None:
+    """Who runs an API job: ``"api:<user>"`` with ``--api-auth``/``--gradio-auth`` (the credentials were
+    checked by the router's dependency), else None. ``/interrupt`` and ``/skip`` touch only the caller's own
+    jobs when there is a user; without auth there is one anonymous API client, which may stop any job (A1111's
+    behaviour, for a server on loopback)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        user = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[0]
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return f"api:{user}"
+
+
+def image_fetcher(ctx: AppContext) -> Fetcher | None:
+    """How image fields given as URLs are fetched: not at all unless ``--allow-image-urls``."""
+    if not ctx.settings.allow_image_urls:
+        return None
+    from webui.netfetch import fetch_url
+
+    return lambda url: fetch_url(url, max_bytes=ctx.settings.max_body_mb * 1024 * 1024)
+
+
+def _inpaint_fields(body: m.Img2ImgRequest, fetch: Fetcher | None = None) -> dict[str, Any]:
     """The mask and A1111's inpainting fields (``mask_blur`` overrides both ``mask_blur_x/y``)."""
     if not body.mask:
         return {}
-    mask = decode_base64_image(body.mask, "mask")
+    mask = decode_base64_image(body.mask, "mask", fetch)
     blur_x = body.mask_blur if body.mask_blur is not None else body.mask_blur_x
     blur_y = body.mask_blur if body.mask_blur is not None else body.mask_blur_y
     return {"mask": mask, "mask_blur_x": blur_x, "mask_blur_y": blur_y, "mask_round": body.mask_round,
@@ -94,9 +149,13 @@ def _inpaint_fields(body: m.Img2ImgRequest) -> dict[str, Any]:
 
 def build_router(ctx: AppContext) -> APIRouter:
     r = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
+    fetch = image_fetcher(ctx)
 
-    def _run(req: GenerationRequest, body: m.Txt2ImgRequest) -> m.ImageResponse:
-        job = Job(id=body.force_task_id or Job().id, kind=req.mode)
+    def owner_of(request: Request) -> str | None:
+        return api_owner(request) if ctx.settings.auth_enabled else None
+
+    def _run(req: GenerationRequest, body: m.Txt2ImgRequest, owner: str | None = None) -> m.ImageResponse:
+        job = Job(id=body.force_task_id or Job().id, kind=req.mode, owner=owner)
         script = (body.script_name or "").strip()
         try:
             if script and script.lower() != "none":
@@ -118,23 +177,25 @@ def build_router(ctx: AppContext) -> APIRouter:
         return m.ImageResponse(images=images, parameters=parameters, info=json.dumps(result.info, default=str))
 
     @r.post("/txt2img", response_model=m.ImageResponse)
-    def txt2img(body: m.Txt2ImgRequest) -> m.ImageResponse:
-        return _run(_request_from_api(body), body)
+    def txt2img(body: m.Txt2ImgRequest, request: Request) -> m.ImageResponse:
+        body = apply_infotext(ctx, body, "txt2img")
+        return _run(_request_from_api(body), body, owner_of(request))
 
     @r.post("/img2img", response_model=m.ImageResponse)
-    def img2img(body: m.Img2ImgRequest) -> m.ImageResponse:
+    def img2img(body: m.Img2ImgRequest, request: Request) -> m.ImageResponse:
+        body = apply_infotext(ctx, body, "img2img")
         if not body.init_images:
             raise RequestError("init_images", "at least one base64 image is required")
-        images = tuple(decode_base64_image(img, f"init_images[{i}]") for i, img in enumerate(body.init_images))
+        images = tuple(decode_base64_image(img, f"init_images[{i}]", fetch) for i, img in enumerate(body.init_images))
         req = _request_from_api(body).with_(mode="img2img", init_images=images, resize_mode=body.resize_mode,
                                             denoising_strength=body.denoising_strength,
                                             initial_noise_multiplier=body.initial_noise_multiplier,
-                                            **_inpaint_fields(body))
-        return _run(req, body)
+                                            **_inpaint_fields(body, fetch))
+        return _run(req, body, owner_of(request))
 
     @r.post("/png-info", response_model=m.PngInfoResponse)
     def png_info(body: m.PngInfoRequest) -> m.PngInfoResponse:
-        image = decode_base64_image(body.image, "image")
+        image = decode_base64_image(body.image, "image", fetch)
         text, items = read_image_info(image)
         return m.PngInfoResponse(info=text or "", items=items, parameters=parse_infotext(text) if text else {})
 
@@ -159,13 +220,13 @@ def build_router(ctx: AppContext) -> APIRouter:
                                   current_image=current, textinfo=job.textinfo)
 
     @r.post("/interrupt")
-    def interrupt() -> dict:
-        ctx.jobs.interrupt()
+    def interrupt(request: Request) -> dict:
+        ctx.jobs.interrupt(owner=owner_of(request))
         return {}
 
     @r.post("/skip")
-    def skip() -> dict:
-        ctx.jobs.skip()
+    def skip(request: Request) -> dict:
+        ctx.jobs.skip(owner=owner_of(request))
         return {}
 
     def _extras_req(body: m.ExtrasBase) -> ExtrasRequest:
@@ -185,14 +246,15 @@ def build_router(ctx: AppContext) -> APIRouter:
 
     @r.post("/extra-single-image", response_model=m.ExtrasSingleImageResponse)
     def extra_single_image(body: m.ExtrasSingleImageRequest) -> m.ExtrasSingleImageResponse:
-        image = decode_base64_image(body.image, "image")
+        image = decode_base64_image(body.image, "image", fetch)
         data, post = _extras_one(image, _extras_req(body))
         return m.ExtrasSingleImageResponse(image=data, html_info=f"<p>{html.escape(post)}</p>")
 
     @r.post("/extra-batch-images", response_model=m.ExtrasBatchImagesResponse)
     def extra_batch_images(body: m.ExtrasBatchImagesRequest) -> m.ExtrasBatchImagesResponse:
         req = _extras_req(body)
-        images = [decode_base64_image(item.data, f"imageList[{i}].data") for i, item in enumerate(body.imageList)]
+        images = [decode_base64_image(item.data, f"imageList[{i}].data", fetch)
+                  for i, item in enumerate(body.imageList)]
         results = [_extras_one(image, req) for image in images]
         post = results[0][1] if results else ""
         return m.ExtrasBatchImagesResponse(images=[d for d, _ in results], html_info=f"<p>{html.escape(post)}</p>")

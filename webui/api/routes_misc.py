@@ -7,7 +7,6 @@ Mounted by :func:`webui.server.create_app` beside the main router, behind the sa
 
 from __future__ import annotations
 
-import inspect
 import logging
 import subprocess
 from pathlib import Path
@@ -165,16 +164,11 @@ def _script_args(ctx: AppContext, script: Any, mode: str) -> list[ScriptArg]:
         import gradio as gr
 
         with gr.Blocks():
-            try:
-                wants_choices = "choices" in inspect.signature(script.render).parameters
-            except (TypeError, ValueError):
-                wants_choices = False
-            controls = (script.render(mode, choices=ctx.script_choices) if wants_choices
-                        else script.render(mode)) or {}
+            controls = script.render_controls(mode, ctx.script_choices)
     except Exception:  # noqa: BLE001 - a plugin's UI code failing must not break the route
         log.exception("script %r: could not read its controls for script-info", script.title)
         return []
-    order = list(getattr(script, "arg_names", None) or controls)
+    order = [n for n in script.arg_names if n in controls]
     order += [n for n in controls if n not in order]
     return [_arg_from_component(n, controls[n]) for n in order if n in controls]
 

@@ -1,9 +1,10 @@
 """Built-in plugin: ControlNet (sd-webui-controlnet's units, API routes and infotext).
 
 Units come from ``alwayson_scripts["controlnet"]["args"]`` (API) or the "ControlNet" section of the
-txt2img/img2img tabs. Each enabled unit's image (or the img2img input) goes through its preprocessor
-once per job (results are cached across jobs too), is resized to the generation size with the unit's
-resize mode, and its ControlNet adds residuals to the U-Net inside the unit's guidance window.
+txt2img/img2img tabs; ``parse_infotext`` reads the infotext's ``ControlNet N`` keys back into that section.
+Each enabled unit's image (or the img2img input) goes through its preprocessor once per job (results are
+cached across jobs too), is resized to the generation size with the unit's resize mode, and its ControlNet
+adds residuals to the U-Net inside the unit's guidance window.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from PIL import Image
 from webui.controlnet.patch import ControlNetPatch, PreparedUnit, pixel_perfect_resolution
 from webui.controlnet.preprocessors import PreprocessorRegistry, UnknownPreprocessor, annotator_dir_for, module_detail
 from webui.controlnet.registry import ControlNetRegistry
-from webui.controlnet.units import ControlUnit, unit_infotext, units_from_request
+from webui.controlnet.units import SECTION, ControlUnit, unit_infotext, units_from_infotext, units_from_request
 from webui.hookspecs import hookimpl
 from webui.pipeline.request import RequestError
 from webui.settings import OptionDef
+from webui.ui.tabs import section_field
 
 log = logging.getLogger(__name__)
 API_VERSION = 2
@@ -125,6 +127,17 @@ class ControlNetPlugin:
             info[f"ControlNet {i}"] = unit_infotext(unit.with_(module=pre.name), title, res or -1,
                                                     a if a is not None else -1, b if b is not None else -1)
         return info
+
+    @hookimpl
+    def parse_infotext(self, params: Any, mode: str) -> dict[str, Any] | None:
+        """``ControlNet N: "Module: ..., Model: ..."`` back into the section's unit controls (in order; the
+        image is not in the infotext: the UI keeps the one shown, the API needs one unless img2img)."""
+        units = units_from_infotext(params)
+        if not units:
+            return None
+        count = int(self.ctx.options.current.get("control_net_unit_count", 3)) if self.ctx else len(units)
+        return {section_field(SECTION, f"{i}_{key}"): value
+                for i, unit in enumerate(units[:count]) for key, value in unit.items()}
 
     # --- HTTP API (sd-webui-controlnet's routes) -------------------------------------------------
     @hookimpl

@@ -41,9 +41,18 @@ class VaePlugin:
         self.refresh()
         return [AUTOMATIC, NONE, *[f.name for f in self.files]]
 
+    def check(self, key: str, value: Any) -> None:
+        """A new value must name a VAE that is there (saved values are read before the folders are
+        scanned, so they pass and an unknown one falls back to the checkpoint's own VAE with a warning)."""
+        if self.ctx is None or value in (AUTOMATIC, NONE):
+            return
+        names = self.choices()
+        if value not in names and not any(value == f.path.stem for f in self.files):
+            raise ValueError(f"{key}: unknown VAE {value!r}; choose one of: {', '.join(names)}")
+
     @hookimpl
     def register_settings(self) -> list[OptionDef]:
-        return [OptionDef("sd_vae", AUTOMATIC, "SD VAE", "VAE", choices_fn=self.choices),
+        return [OptionDef("sd_vae", AUTOMATIC, "SD VAE", "VAE", choices_fn=self.choices, check=self.check),
                 OptionDef("sd_vae_checkpoint_cache", 1, "VAE files kept in RAM", "VAE", minimum=0, maximum=10)]
 
     @hookimpl

@@ -9,7 +9,7 @@ import gradio as gr
 import numpy as np
 
 from webui.controlnet.preprocessors import UnknownPreprocessor
-from webui.controlnet.units import CONTROL_MODES, RESIZE_MODES, ControlUnit
+from webui.controlnet.units import CONTROL_MODES, RESIZE_MODES, SECTION
 from webui.ui.tabs import UiSection
 
 FIELDS = ("enabled", "image", "mask", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
@@ -30,26 +30,27 @@ def controlnet_section(plugin: Any, ctx: Any, mode: str) -> UiSection:
         return comps
 
     def collect(values: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The enabled units as API-shaped dicts (checked by ``parse_unit`` like an API request's units;
+        a value left out, or empty, takes the unit's default)."""
         units = []
         for i in range(count):
             v = {f: values.get(f"{i}_{f}") for f in FIELDS}
             if not v["enabled"]:
                 continue
-            units.append(ControlUnit(
-                enabled=True, module=v["module"] or "none", model=v["model"] or "None",
-                weight=float(v["weight"] if v["weight"] is not None else 1.0), image=v["image"], mask=v["mask"],
-                resize_mode=RESIZE_MODES.index(v["resize_mode"]) if v["resize_mode"] in RESIZE_MODES else 1,
-                processor_res=int(v["processor_res"] or -1), threshold_a=float(_or(v["threshold_a"], -1)),
-                threshold_b=float(_or(v["threshold_b"], -1)), guidance_start=float(v["guidance_start"] or 0),
-                guidance_end=float(_or(v["guidance_end"], 1)), pixel_perfect=bool(v["pixel_perfect"]),
-                control_mode=CONTROL_MODES.index(v["control_mode"]) if v["control_mode"] in CONTROL_MODES else 0))
+            unit: dict[str, Any] = {"enabled": True, "module": v["module"] or "none", "model": v["model"] or "None"}
+            for key in ("image", "mask", "weight", "guidance_start", "guidance_end"):
+                if v[key] is not None and v[key] != "":
+                    unit[key] = v[key]
+            for key in ("processor_res", "threshold_a", "threshold_b"):
+                if v[key] is not None and v[key] != "":
+                    unit[key] = int(v[key]) if key == "processor_res" else float(v[key])
+            unit["pixel_perfect"] = bool(v["pixel_perfect"])
+            unit["resize_mode"] = v["resize_mode"] if v["resize_mode"] in RESIZE_MODES else RESIZE_MODES[1]
+            unit["control_mode"] = v["control_mode"] if v["control_mode"] in CONTROL_MODES else CONTROL_MODES[0]
+            units.append(unit)
         return {"args": units} if units else None
 
-    return UiSection("controlnet", render, collect)
-
-
-def _or(value: Any, default: float) -> float:
-    return default if value is None or value == "" else value
+    return UiSection(SECTION, render, collect)
 
 
 def _unit(plugin: Any, mode: str, i: int, modules: list[str]) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from PIL import Image
 
 from webui.pipeline.request import RequestError
 
+SECTION = "controlnet"
+"""The UI section's name, which is also the ``alwayson_scripts`` key."""
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 _RESIZE_ALIASES = {"just resize": 0, "resize": 0, "crop and resize": 1, "scale to fit (inner fit)": 1,

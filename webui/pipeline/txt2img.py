@@ -119,7 +119,7 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
     if run.refiner is not None:
         model_info["Refiner"] = run.refiner.title
         model_info["Refiner switch at"] = req.refiner_switch_at
-    job.job_count = req.n_iter
+    job.begin_generation(req.n_iter)
     run.extra_info = {**model_info, **env.hooks.extra_infotext(req)}
     c = model.components
 

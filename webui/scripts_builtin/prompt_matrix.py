@@ -131,4 +131,4 @@ def render(mode: str) -> dict[str, Any]:
 
 
 def script_def() -> ScriptDef:
-    return ScriptDef(TITLE, run, parse_args=parse_args, render=render)
+    return ScriptDef(TITLE, run, parse_args=parse_args, render=render, arg_names=ARG_NAMES)

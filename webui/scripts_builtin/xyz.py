@@ -607,6 +607,7 @@ def run(r: ScriptRun) -> GenerationResult:
                     raise RequestError(FIELD, f"{TITLE}: cell {where or 1}: {exc.field}: {exc.message}") from None
                 plan.cells[(ix, iy, iz)] = _Cell(req)
 
+    r.job.plan(sum(cell.request.n_iter for cell in plan.cells.values()))  # progress over the whole grid
     for key in _order(x, y, z):
         if r.job.interrupted:
             break
@@ -727,4 +728,4 @@ def render(mode: str, choices: Callable[[], ScriptChoices] | None = None) -> dic
 
 
 def script_def() -> ScriptDef:
-    return ScriptDef(TITLE, run, parse_args=parse_args, render=render)
+    return ScriptDef(TITLE, run, parse_args=parse_args, render=render, arg_names=ARG_NAMES)

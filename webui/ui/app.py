@@ -86,7 +86,9 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             for tab in ctx.hooks.ui_tabs(ctx):
                 with gr.Tab(tab.title, elem_id=tab.elem_id):
                     tab.render()
-        _wire_send_to(tabs, t2i, i2i, png, extras)
+        _wire_send_to(ctx, tabs, t2i, i2i, png, extras)
+        for tab in (t2i, i2i):
+            _wire_paste(ctx, tab)
     demo.queue(max_size=ctx.settings.max_queue_size)
     return demo
 
@@ -129,12 +131,28 @@ def _param_names(tab: GenerationTab) -> list[str]:
                                                           "outpaint_"))]
 
 
-def _fill(tab: GenerationTab, infotext: str) -> list[Any]:
-    values = values_from_infotext(infotext or "", _param_names(tab))
+def _fill(ctx: AppContext, tab: GenerationTab, infotext: str) -> list[Any]:
+    """Updates for the tab's parameter fields from an infotext (core fields and the plugins' own keys)."""
+    values = values_from_infotext(infotext or "", _param_names(tab), ctx.hooks, tab.mode)
     return [gr.update(value=values[n]) if n in values else gr.update() for n in _param_names(tab)]
 
 
-def _wire_send_to(tabs: gr.Tabs, t2i: GenerationTab, i2i: GenerationTab, png: dict[str, Any],
+def _wire_paste(ctx: AppContext, tab: GenerationTab) -> None:
+    """The ↙ button (A1111's "paste"): read the parameters from the prompt box, or, when it is empty, from
+    the last generation shown in this tab."""
+    names = _param_names(tab)
+
+    def paste(prompt: str | None, infotexts: list[str] | None) -> list[Any]:
+        text = prompt if (prompt or "").strip() else (infotexts[0] if infotexts else "")
+        if not (text or "").strip():
+            return [gr.update() for _ in names]
+        return _fill(ctx, tab, text)
+
+    tab.paste.click(paste, inputs=[tab.fields["prompt"], tab.infotexts], outputs=[tab.fields[n] for n in names],
+                    api_name=f"{tab.mode}_paste", queue=False)
+
+
+def _wire_send_to(ctx: AppContext, tabs: gr.Tabs, t2i: GenerationTab, i2i: GenerationTab, png: dict[str, Any],
                   extras: dict[str, Any]) -> None:
     """"Send to" buttons: the selected output (or the PNG Info image) and its parameters go to a tab."""
     assert i2i.img2img is not None
@@ -156,12 +174,12 @@ def _wire_send_to(tabs: gr.Tabs, t2i: GenerationTab, i2i: GenerationTab, png: di
     def send_img2img(gallery, index, infotexts):
         image, text = pick(gallery, index, infotexts)
         return [gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img_img2img_tab"), "img2img", image,
-                *_fill(i2i, text)]
+                *_fill(ctx, i2i, text)]
 
     def send_inpaint(gallery, index, infotexts):
         image, text = pick(gallery, index, infotexts)
         return [gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img_inpaint_tab"), "inpaint",
-                editor_value(image), *_fill(i2i, text)]
+                editor_value(image), *_fill(ctx, i2i, text)]
 
     def send_extras(gallery, index, infotexts):
         image, _ = pick(gallery, index, infotexts)
@@ -178,7 +196,7 @@ def _wire_send_to(tabs: gr.Tabs, t2i: GenerationTab, i2i: GenerationTab, png: di
                                           api_name=f"{src.mode}_send_to_inpaint")
 
     def png_to_txt2img(text):
-        return [gr.Tabs(selected="txt2img"), *_fill(t2i, text)]
+        return [gr.Tabs(selected="txt2img"), *_fill(ctx, t2i, text)]
 
     def png_to(target: str):
         def send(image, text):
@@ -186,7 +204,7 @@ def _wire_send_to(tabs: gr.Tabs, t2i: GenerationTab, i2i: GenerationTab, png: di
                 raise gr.Error("Drop an image into PNG Info first")
             value = image if target == "img2img" else editor_value(image)
             return [gr.Tabs(selected="img2img"), gr.Tabs(selected=f"img2img_{target}_tab"), target, value,
-                    *_fill(i2i, text)]
+                    *_fill(ctx, i2i, text)]
 
         return send
 

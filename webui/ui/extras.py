@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from webui.pipeline.batch_folder import input_files
 from webui.pipeline.request import RequestError
 from webui.pnginfo import read_image_info
 from webui.ui.progress import USER_ERRORS, named_handler, user_error
+
+log = logging.getLogger(__name__)
 
 MODES = {"single": "Single Image", "batch": "Batch Process", "folder": "Batch from Directory"}
 
@@ -70,12 +73,12 @@ def build_extras_tab(ctx: AppContext) -> dict[str, Any]:
     names = list(f)
 
     def work(v: dict[str, Any], request: gr.Request, progress: gr.Progress):
-        if v.get("mode") == "folder" and ctx.settings.listen and not ctx.settings.gradio_auth:
+        if v.get("mode") == "folder" and ctx.settings.listen and not ctx.settings.auth_enabled:
             raise gr.Error("Folders on the server are off when it listens on the network without --gradio-auth")
         req = _request(v)
         sources = _sources(v)
         outdir = _outdir(ctx, v)
-        images, texts = [], []
+        images, texts, warnings = [], [], []
         for n, (name, image) in enumerate(sources):
             progress(n / max(len(sources), 1), desc=f"Extras: {name} ({n + 1}/{len(sources)})")
             try:
@@ -85,15 +88,21 @@ def build_extras_tab(ctx: AppContext) -> dict[str, Any]:
             original, _ = read_image_info(image)
             post = postprocessing_text(post_info)
             extra = {"postprocessing": post} if post else None
-            if outdir is not None:
-                ctx.saver.save_as(out, outdir / f"{Path(name).stem}.png", original, extra)
-            else:
-                ctx.saver.save(out, ctx.settings.data_dir / str(ctx.options.current.get(
-                    "outdir_extras_samples", "outputs/extras-images")), 0, original, extra=extra)
+            try:  # the result is shown even when it cannot be saved (full disk, read-only folder)
+                if outdir is not None:
+                    ctx.saver.save_as(out, outdir / f"{Path(name).stem}.png", original, extra)
+                else:
+                    ctx.saver.save(out, ctx.settings.data_dir / str(ctx.options.current.get(
+                        "outdir_extras_samples", "outputs/extras-images")), 0, original, extra=extra)
+            except OSError as exc:
+                log.error("Extras: could not save %s: %s", name, exc)
+                if not warnings:
+                    warnings.append(f"could not save the image: {exc}")
             images.append(out)
             texts.append(post)
         summary = html.escape(texts[0] if texts else "") + (f" ({len(images)} images)" if len(images) > 1 else "")
-        return images, f"<p>{summary}</p>"
+        notes = "".join(f"<p class='warning'>{html.escape(w)}</p>" for w in warnings)
+        return images, f"<p>{summary}</p>{notes}"
 
     handler = named_handler(names, work)
     handler.__name__ = "extras"

@@ -6,7 +6,6 @@ event handler receives the values by name, so adding a control never shifts the 
 
 from __future__ import annotations
 
-import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,12 +13,14 @@ from typing import Any
 import gradio as gr
 
 from webui.context import AppContext
+from webui.fileio import StorageError
 from webui.pipeline.conditioning import count_tokens
 from webui.pipeline.hires import LATENT_UPSCALE_MODES, SAME_SAMPLER, SAME_SCHEDULER
 from webui.pipeline.request import GenerationRequest, RequestError
 from webui.styles import Style
 from webui.ui.img2img_inputs import Img2ImgInputs, build_img2img_inputs, img2img_request, stream_img2img
 from webui.ui.progress import map_yields, named_handler, stream_with_progress, user_error
+from webui.ui.tabs import collect_sections, section_field
 
 #: Request fields converted from UI values.
 _INTS = {"steps", "width", "height", "n_iter", "batch_size", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y"}
@@ -35,6 +36,7 @@ class GenerationTab:
     infotexts: Any = None  # gr.State: infotext of each shown image
     selected: Any = None  # gr.State: index of the selected gallery image
     send_buttons: dict[str, Any] = field(default_factory=dict)
+    paste: Any = None  # the ↙ button: read parameters from the prompt (or the last generation)
     img2img: Img2ImgInputs | None = None
 
 
@@ -67,7 +69,9 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
             token_counter = gr.HTML("", elem_id=f"{mode}_token_counter")
             neg_token_counter = gr.HTML("", elem_id=f"{mode}_negative_token_counter")
             generate = gr.Button("Generate", variant="primary", elem_id=f"{mode}_generate")
-            interrupt = gr.Button("Interrupt", elem_id=f"{mode}_interrupt")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id=f"{mode}_interrupt")
+                tab.paste = gr.Button("↙", elem_id=f"{mode}_paste", min_width=40, scale=0)
     with gr.Row():
         with gr.Column():
             with gr.Row():
@@ -115,7 +119,7 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
             sections = ctx.hooks.ui_sections(ctx, mode)
             for section in sections:
                 for key, component in section.render().items():
-                    f[f"{section.name}__{key}"] = component
+                    f[section_field(section.name, key)] = component
             _script_controls(ctx, mode, f)
         with gr.Column():
             tab.gallery = gr.Gallery(label="Output", columns=2, height=512, elem_id=f"{mode}_gallery",
@@ -174,17 +178,10 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
 
 def _collect_sections(sections: list[Any], v: dict[str, Any]) -> dict[str, Any]:
     """``alwayson_scripts`` from the plugin sections' values (grouped back by section name)."""
-    out: dict[str, Any] = {}
-    for section in sections:
-        prefix = f"{section.name}__"
-        values = {k[len(prefix):]: val for k, val in v.items() if k.startswith(prefix)}
-        try:
-            collected = section.collect(values)
-        except RequestError as exc:
-            raise user_error(exc) from None
-        if collected is not None:
-            out[section.name] = collected
-    return out
+    try:
+        return collect_sections(sections, v)
+    except RequestError as exc:
+        raise user_error(exc) from None
 
 
 def script_slug(title: str) -> str:
@@ -208,11 +205,7 @@ def _script_controls(ctx: AppContext, mode: str, f: dict[str, Any]) -> None:
         if mode not in script.modes or script.render is None:
             continue
         with gr.Group(visible=False, elem_id=f"{mode}_script_{script_slug(script.title)}") as group:
-            try:  # a render that takes ``choices`` gets the app's current names (samplers, checkpoints ...)
-                wants_choices = "choices" in inspect.signature(script.render).parameters
-            except (TypeError, ValueError):
-                wants_choices = False
-            controls = script.render(mode, choices=ctx.script_choices) if wants_choices else script.render(mode)
+            controls = script.render_controls(mode, ctx.script_choices)
         for name, component in (controls or {}).items():
             f[script_field(script.title, name)] = component
         groups[script.title.lower()] = group
@@ -348,7 +341,10 @@ def _wire_helpers(ctx: AppContext, tab: GenerationTab, token_counter, neg_token_
         name = (name or "").strip()
         if not name:
             raise gr.Error("Enter a name for the style")
-        ctx.styles.save(Style(name, p or "", n or ""))
+        try:
+            ctx.styles.save(Style(name, p or "", n or ""))
+        except StorageError as exc:
+            raise gr.Error(f"The style was not saved: {exc}") from None
         return gr.update(choices=ctx.styles.names()), ""
 
     save_style.click(on_save_style, inputs=[style_name, f["prompt"], f["negative_prompt"]],

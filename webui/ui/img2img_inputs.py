@@ -178,7 +178,7 @@ def run_img2img(ctx: AppContext, inputs: Img2ImgInputs | None, base: GenerationR
         except RequestError as exc:
             raise user_error(exc) from None
         return run_with_progress(ctx, req, owner, progress, script=script)
-    if ctx.settings.listen and not ctx.settings.gradio_auth:
+    if ctx.settings.listen and not ctx.settings.auth_enabled:
         raise gr.Error("Batch from server folders is off when the server listens on the network without "
                        "--gradio-auth")
     base = base.with_(mode="img2img", resize_mode=_index(RESIZE_MODES, v.get("resize_mode"), 0), **_mask_fields(v))

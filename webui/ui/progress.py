@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 import gradio as gr
 
 from webui.context import AppContext, GenerationFailed
+from webui.fileio import StorageError
 from webui.jobs import Job, QueueFull
 from webui.models.errors import ModelError
 from webui.models.manager import NoCheckpoint, UnknownCheckpoint
@@ -19,8 +21,10 @@ from webui.pipeline.result import GenerationResult
 from webui.sampling.registry import UnknownName
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
-USER_ERRORS = (RequestError, UnknownName, ModelError, UnknownCheckpoint, NoCheckpoint, QueueFull, GenerationFailed)
+USER_ERRORS = (RequestError, UnknownName, ModelError, UnknownCheckpoint, NoCheckpoint, QueueFull, GenerationFailed,
+               StorageError)
 
 
 def user_error(exc: BaseException) -> gr.Error:
@@ -48,6 +52,7 @@ def stream_with_progress(ctx: AppContext, req: GenerationRequest, owner: str | N
     script on ``req`` (:meth:`AppContext.run_script`) instead of one generation."""
     job = Job(kind=req.mode, owner=owner)
     box: dict[str, Any] = {}
+    client_connected = gradio_event_alive()
 
     def work() -> None:
         try:
@@ -64,6 +69,9 @@ def stream_with_progress(ctx: AppContext, req: GenerationRequest, owner: str | N
     try:
         while thread.is_alive():
             thread.join(0.2)
+            if not job.interrupted and not client_connected():
+                log.info("The browser of job %s went away; interrupting it", job.id[:8])
+                job.interrupt()
             if job.sampling_steps:
                 desc = f"{prefix}{job.textinfo} - step {job.sampling_step}/{job.sampling_steps}".strip(" -")
                 progress(job.progress, desc=desc)
@@ -80,6 +88,34 @@ def stream_with_progress(ctx: AppContext, req: GenerationRequest, owner: str | N
     if "error" in box:
         raise user_error(box["error"])
     return box["result"]
+
+
+def gradio_event_alive() -> Callable[[], bool]:
+    """A check whether the Gradio event that runs the calling handler is still wanted.
+
+    Gradio marks an event dead (``alive = False``) when its client's event stream closes (tab closed,
+    network gone), but it can only stop a handler between two yields; a job runs in a worker thread for
+    many seconds without yielding, so :func:`stream_with_progress` polls this and interrupts the job. Outside
+    a Gradio event (tests, scripts) the check always answers True."""
+    try:
+        from gradio.context import LocalContext
+
+        blocks = LocalContext.blocks.get(None)
+        event_id = LocalContext.event_id.get(None)
+    except Exception:  # noqa: BLE001 - another Gradio version: no cancellation on disconnect
+        return lambda: True
+    if blocks is None or event_id is None:
+        return lambda: True
+
+    def alive() -> bool:
+        queue = getattr(blocks, "_queue", None)
+        for batch in list(getattr(queue, "active_jobs", None) or ()):
+            for event in list(batch or ()):
+                if getattr(event, "_id", None) == event_id:
+                    return bool(getattr(event, "alive", True))
+        return True
+
+    return alive
 
 
 def drain(stream: Generator[Any, None, T]) -> T:

@@ -35,11 +35,17 @@ _LABELS: Mapping[str, Mapping[Any, str]] = {
 }
 
 
-def values_from_infotext(text: str, wanted: list[str]) -> dict[str, Any]:
-    """UI values for the fields in ``wanted`` that ``text`` determines (absent ones get A1111's reset)."""
+def values_from_infotext(text: str, wanted: list[str], hooks: Any = None, mode: str = "txt2img") -> dict[str, Any]:
+    """UI values for the fields in ``wanted`` that ``text`` determines (absent ones get A1111's reset).
+
+    With ``hooks`` (:class:`webui.plugins.Hooks`), the plugins' ``parse_infotext`` values come on top: their
+    section controls (``<section>__<name>``) and any request field they read back."""
     if not text or not text.strip():
         return {}
-    req = infotext_to_request(parse_infotext(text))
+    parsed = parse_infotext(text)
+    req = infotext_to_request(parsed)
+    if hooks is not None:
+        req.update((k, v) for k, v in hooks.parse_infotext(parsed, mode).items() if k != "alwayson_scripts")
     if "mask_blur" in req:
         req["mask_blur_x"] = req["mask_blur"]
     out: dict[str, Any] = {}

@@ -13,20 +13,27 @@ from webui.settings import OptionDef, OptionError
 from webui.ui.progress import named_handler
 
 
-def _component(d: OptionDef, value: Any) -> Any:
+def _component(ctx: AppContext, d: OptionDef) -> Any:
+    """The option's control; its value is read again at every page load (a callable value), so a reload
+    shows the saved options, not the ones of the server's start."""
     eid = f"setting_{re.sub(r'[^A-Za-z0-9_]', '_', d.key)}"
+    value = ctx.options.current.get(d.key, d.default)
+
+    def current(convert=lambda v: v):
+        return lambda: convert(ctx.options.current.get(d.key, d.default))
+
     if d.choices_fn is not None or d.choices is not None:
         choices = list(d.choices_fn()) if d.choices_fn is not None else list(d.choices or ())
         if value not in choices:
             choices.append(value)
-        return gr.Dropdown(choices, value=value, label=d.label, elem_id=eid,
+        return gr.Dropdown(choices, value=current(), label=d.label, elem_id=eid,
                            allow_custom_value=d.choices_fn is not None)
     if isinstance(d.default, bool):
-        return gr.Checkbox(bool(value), label=d.label, elem_id=eid)
+        return gr.Checkbox(current(bool), label=d.label, elem_id=eid)
     if isinstance(d.default, (int, float)):
-        return gr.Number(value, label=d.label, elem_id=eid, minimum=d.minimum, maximum=d.maximum,
+        return gr.Number(current(), label=d.label, elem_id=eid, minimum=d.minimum, maximum=d.maximum,
                          precision=0 if isinstance(d.default, int) else None)
-    return gr.Textbox(str(value if value is not None else ""), label=d.label, elem_id=eid)
+    return gr.Textbox(current(lambda v: str(v if v is not None else "")), label=d.label, elem_id=eid)
 
 
 def build_settings_tab(ctx: AppContext) -> None:
@@ -39,11 +46,10 @@ def build_settings_tab(ctx: AppContext) -> None:
         apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
         reload_ui = gr.Button("Reload values", elem_id="settings_reload")
     result = gr.Markdown("", elem_id="settings_result")
-    current = ctx.options.current
     for section in sorted(sections, key=str.lower):
         with gr.Accordion(section, open=section in ("Stable Diffusion", "Saving images")):
             for d in sorted(sections[section], key=lambda o: o.label.lower()):
-                fields[d.key] = _component(d, current.get(d.key, d.default))
+                fields[d.key] = _component(ctx, d)
     keys = list(fields)
 
     def on_apply(values: dict[str, Any], request: gr.Request, progress: gr.Progress):

@@ -28,3 +28,36 @@ class UiSection:
     name: str
     render: Callable[[], Mapping[str, Any]]
     collect: Callable[[Mapping[str, Any]], Any]
+
+
+#: Separator between a section's name and a value name in a tab field (``film_grain__strength``).
+SECTION_SEP = "__"
+
+
+def section_field(section: str, name: str) -> str:
+    """The tab field (and Gradio API keyword) of value ``name`` of section ``section``."""
+    return f"{section}{SECTION_SEP}{name}"
+
+
+def section_values(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of ``section`` among tab fields ``values``, by value name (prefix removed)."""
+    prefix = section_field(section, "")
+    return {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+
+
+def collect_sections(sections: list[UiSection], values: Mapping[str, Any], *,
+                     only_mentioned: bool = False) -> dict[str, Any]:
+    """``alwayson_scripts`` entries from tab field values: each section's values go through its ``collect``.
+
+    With ``only_mentioned``, sections none of whose values are in ``values`` are skipped (reading an
+    infotext back: a plugin the infotext does not mention adds nothing). ``RequestError`` propagates.
+    """
+    out: dict[str, Any] = {}
+    for section in sections:
+        mine = section_values(section.name, values)
+        if only_mentioned and not mine:
+            continue
+        collected = section.collect(mine)
+        if collected is not None:
+            out[section.name] = collected
+    return out

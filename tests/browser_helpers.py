@@ -1,0 +1,73 @@
+"""Shared pieces of the browser tests (Playwright driving Debian's chromium, headless).
+
+* :func:`chromium_path` / :data:`needs_chromium`: skip where ``/usr/bin/chromium`` is missing;
+* :func:`launch` starts the browser (``--no-sandbox``, no network extras);
+* :func:`screenshot_tabs` saves a screenshot of every top-level tab of the UI under ``tests/artifacts/``;
+  the ``page`` fixtures of the browser test modules call it when their test failed (the outcome comes
+  from the ``pytest_runtest_makereport`` hook in ``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+
+
+needs_chromium = pytest.mark.skipif(chromium_path() is None,
+                                    reason="Debian chromium is not installed (launch.py --tests installs it)")
+
+
+def launch(playwright):
+    return playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+
+
+def screenshot_tabs(page, name: str) -> list[Path]:
+    """A full-page screenshot of the page as it is, then one per top-level tab (``#tabs``)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80]
+    saved = []
+    try:
+        path = ARTIFACTS / f"{stem}--as-failed.png"
+        page.screenshot(path=str(path), full_page=True, timeout=10_000)
+        saved.append(path)
+        buttons = page.locator("#tabs > .tab-wrapper button[role=tab], #tabs button[role=tab]")
+        titles = []
+        for i in range(buttons.count()):
+            title = (buttons.nth(i).inner_text(timeout=2_000) or f"tab{i}").strip()
+            if title and title not in titles:
+                titles.append(title)
+        for title in titles:
+            page.locator("#tabs button[role=tab]", has_text=title).first.click(timeout=5_000)
+            page.wait_for_timeout(300)
+            path = ARTIFACTS / f"{stem}--tab-{re.sub(r'[^A-Za-z0-9]+', '_', title)}.png"
+            page.screenshot(path=str(path), full_page=True, timeout=10_000)
+            saved.append(path)
+    except Exception:  # noqa: BLE001 - the screenshots must not hide the test's own failure
+        pass
+    return saved
+
+
+def failed(request) -> bool:
+    """Whether the test of ``request`` failed in setup or in its call (set by conftest's report hook)."""
+    reports = getattr(request.node, "reports", {})
+    return any(rep.failed for rep in reports.values())
+
+
+def wait_text(page, selector: str, text: str, timeout: float = 60_000, prop: str = "value") -> None:
+    """Wait until the element's ``value`` (or ``innerText``) contains ``text``."""
+    page.wait_for_function(
+        "([sel, text, prop]) => { const el = document.querySelector(sel);"
+        " return !!el && String(el[prop] ?? '').includes(text); }",
+        arg=[selector, text, prop], timeout=timeout)
