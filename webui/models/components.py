@@ -89,6 +89,8 @@ class SDComponents:
     #: SD2 diffusers folders ship the OpenCLIP encoder without its last layer (diffusers' convention),
     #: so their conditioning is the encoder's last layer instead of the penultimate one.
     sd2_last_layer_dropped: bool = False
+    #: The checkpoint's own linear latent->RGB preview map (metadata ``webui.latent_rgb``), if any.
+    latent_rgb: Any = None
 
     def modules(self) -> list[torch.nn.Module]:
         """The torch modules: UNet, VAE, then the text encoders."""

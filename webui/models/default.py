@@ -1,9 +1,16 @@
-"""The embedded default model used when ``models/Stable-diffusion`` holds no checkpoint.
+"""The default model used when ``models/Stable-diffusion`` holds no checkpoint.
 
-For now it is a tiny SD 1.x-shaped model with random weights, created locally on
-first use and cached as a single-file checkpoint in the original layout (it
-produces noise-like images, not pictures). A later issue replaces it with a
-small trained model. The UI says plainly how to add a real checkpoint.
+It is the project's own "shapes" model (``models/default/shapes-64.safetensors``,
+17 MB): an SD 1.x-architecture checkpoint in the original single-file layout,
+trained by ``python -m webui.training`` on the synthetic shapes data set.  It
+draws 64x64 pictures of a circle, square or triangle in a named colour at a
+named place on a coloured background ("a red circle on the left, blue
+background").  It is loaded through the same registry and pipeline as any
+user checkpoint.
+
+If the shipped file is missing (a damaged checkout), a tiny random-weight
+model is built in the cache instead so the server still starts, with a log
+line saying how to get the real one back.
 """
 
 from __future__ import annotations
@@ -13,27 +20,42 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "builtin-tiny-sd1.safetensors"
-DEFAULT_SEED = 20261127
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_FILE = REPO_ROOT / "models" / "default" / "shapes-64.safetensors"
+DEFAULT_SIZE = 64
+FALLBACK_NAME = "builtin-tiny-sd1.safetensors"
+FALLBACK_SEED = 20261127
+EXAMPLE_PROMPT = "a large red circle on the left, blue background"
 
 HOW_TO_ADD = (
-    "No checkpoint found, so the built-in tiny demo model is used (it makes abstract noise, not pictures). "
-    "To generate real images, put a Stable Diffusion checkpoint such as v1-5-pruned-emaonly.safetensors "
-    "(SD 1.5), a SD 2.x or an SDXL .safetensors file into models/Stable-diffusion and press the refresh button."
+    "No checkpoint found in models/Stable-diffusion, so the built-in shapes demo model is used: it draws 64x64 "
+    f"pictures of simple shapes, e.g. \"{EXAMPLE_PROMPT}\" (colours: red, green, blue, yellow, purple, orange, "
+    "white, black; shapes: circle, square, triangle; places: left, right, top, bottom, center). To generate real "
+    "images, put a Stable Diffusion checkpoint such as v1-5-pruned-emaonly.safetensors (SD 1.5), a SD 2.x or an "
+    "SDXL .safetensors file into models/Stable-diffusion and press the refresh button."
 )
 
 
+def default_checkpoint_path() -> Path:
+    """Where the shipped default model lives."""
+    return DEFAULT_FILE
+
+
 def ensure_default_checkpoint(cache_dir: Path) -> Path:
-    """Path of the default checkpoint, building it on first use."""
-    path = cache_dir / "default-model" / DEFAULT_NAME
+    """Path of the default checkpoint: the shipped model, else a random fallback built once in ``cache_dir``."""
+    if DEFAULT_FILE.exists():
+        return DEFAULT_FILE
+    path = cache_dir / "default-model" / FALLBACK_NAME
+    log.warning("The shipped default model %s is missing (restore it with `git checkout -- %s`, or rebuild it "
+                "with the command in README.md); using a random-weight stand-in that draws noise.",
+                DEFAULT_FILE, DEFAULT_FILE.relative_to(REPO_ROOT))
     if path.exists():
         return path
     from webui.models.original_layout import save_single_file
     from webui.models.tiny import build_tiny_components
 
-    log.info("Creating the built-in tiny default model at %s", path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    components = build_tiny_components("sd1", seed=DEFAULT_SEED)
+    components = build_tiny_components("sd1", seed=FALLBACK_SEED)
     tmp = path.with_suffix(".tmp.safetensors")
     save_single_file(components, tmp, metadata={"webui.builtin": "tiny-random"})
     tmp.replace(path)

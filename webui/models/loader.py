@@ -39,6 +39,7 @@ from webui.models.infer_config import (
 )
 from webui.models.safeload import read_state_dict
 from webui.models.spec import ModelSpec, detect_spec, detect_spec_diffusers
+from webui.previews.approx import parse_metadata
 
 SD1_CLIP_PREFIX = "cond_stage_model.transformer."
 SD2_OPENCLIP_PREFIX = "cond_stage_model.model."
@@ -69,7 +70,9 @@ def load_components(path: Path, *, dtype: torch.dtype = torch.float32) -> SDComp
         state_dict, metadata = read_state_dict(path)
         sidecar = path.with_suffix(".yaml")
         spec = detect_spec(state_dict, metadata, sidecar if sidecar.is_file() else None)
-        return components_from_original(state_dict, spec, dtype=dtype)
+        components = components_from_original(state_dict, spec, dtype=dtype)
+        components.latent_rgb = parse_metadata(metadata)
+        return components
     except ModelError as exc:
         if exc.path == STATE_DICT:
             raise ModelError(path, exc.message) from exc

@@ -102,7 +102,7 @@ class PreviewRenderer:
                 from webui.pipeline.vae import to_images
 
                 return to_images(decode(decoder, latent))[0]
-        return approx_image(latent, family)
+        return approx_image(latent, family, own=getattr(getattr(model, "components", None), "latent_rgb", None))
 
 
 def _family(model: Any) -> str:

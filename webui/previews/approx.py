@@ -4,6 +4,8 @@ The coefficients are the widely used ones (A1111's ``cheap_approximation``; firs
 https://discuss.huggingface.co/t/decoding-latents-to-rgb-without-upscaling/23204/2). They act on the
 *scaled* latents the sampler works with and give RGB in about [-1, 1]. The per-family bias is zero for
 the published A1111 sets; it is kept so a fitted set with a bias can be added without code changes.
+A checkpoint may carry its own fitted map in its metadata (``webui.latent_rgb``, e.g. the built-in
+shapes model, whose latents are not SD's); it then wins over the family's.
 The result has 1/8 of the image size and is upscaled x8 so the preview has the final image size.
 """
 
@@ -37,26 +39,48 @@ LATENT_RGB: dict[str, tuple[tuple[tuple[float, float, float], ...], tuple[float,
 SCALE = 8  # latent pixel -> image pixels
 
 
-def latent_rgb(family: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``[4, 3]`` factors and ``[3]`` bias for ``family`` (unknown families use SD 1.x's)."""
-    factors, bias = LATENT_RGB.get(family, LATENT_RGB["sd1"])
+Coefficients = tuple[tuple[tuple[float, float, float], ...], tuple[float, float, float]]
+#: Checkpoint metadata key with a model's own fitted map: JSON ``{"factors": 4x3, "bias": 3}``.
+METADATA_KEY = "webui.latent_rgb"
+
+
+def latent_rgb(family: str, own: Coefficients | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``[4, 3]`` factors and ``[3]`` bias: the model's ``own`` if given, else ``family``'s
+    (unknown families use SD 1.x's)."""
+    factors, bias = own if own is not None else LATENT_RGB.get(family, LATENT_RGB["sd1"])
     return torch.tensor(factors, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32)
 
 
+def parse_metadata(metadata: dict[str, str]) -> Coefficients | None:
+    """A model's own map from its checkpoint metadata, or None when absent or malformed."""
+    import json
+
+    try:
+        raw = json.loads(metadata[METADATA_KEY])
+        factors = tuple(tuple(float(v) for v in row) for row in raw["factors"])
+        bias = tuple(float(v) for v in raw["bias"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(factors) != 4 or any(len(row) != 3 for row in factors) or len(bias) != 3:
+        return None
+    return factors, bias  # type: ignore[return-value]
+
+
 @torch.no_grad()
-def approx_pixels(latents: torch.Tensor, family: str) -> torch.Tensor:
+def approx_pixels(latents: torch.Tensor, family: str, own: Coefficients | None = None) -> torch.Tensor:
     """``[N, 3, h, w]`` float32 RGB in [0, 1] at latent resolution from ``[N, 4, h, w]`` scaled latents."""
-    factors, bias = latent_rgb(family)
+    factors, bias = latent_rgb(family, own)
     x = latents[:, :4].float().cpu()
     rgb = torch.einsum("nchw,cr->nrhw", x, factors) + bias.view(1, 3, 1, 1)
     return (rgb * 0.5 + 0.5).clamp(0, 1)
 
 
-def approx_image(latent: torch.Tensor, family: str, scale: int = SCALE) -> Image.Image:
+def approx_image(latent: torch.Tensor, family: str, scale: int = SCALE, own: Coefficients | None = None
+                 ) -> Image.Image:
     """Preview of one latent (``[4, h, w]`` or ``[1, 4, h, w]``) as an RGB image ``scale`` times larger."""
     if latent.dim() == 3:
         latent = latent.unsqueeze(0)
-    px = approx_pixels(latent[:1], family)[0]
+    px = approx_pixels(latent[:1], family, own)[0]
     arr = (px.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
     image = Image.fromarray(arr, "RGB")
     if scale != 1:

@@ -14,6 +14,7 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.fileio import StorageError
+from webui.models.default import DEFAULT_SIZE, EXAMPLE_PROMPT
 from webui.pipeline.conditioning import count_tokens
 from webui.pipeline.hires import LATENT_UPSCALE_MODES, SAME_SAMPLER, SAME_SCHEDULER
 from webui.pipeline.request import GenerationRequest, RequestError
@@ -46,11 +47,14 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
     f = tab.fields
     samplers = list(ctx.samplers.samplers)
     schedules = ["Automatic", *(s.label for s in ctx.samplers.schedules.values())]
+    demo = ctx.models.using_builtin_default  # the shapes demo model draws 64x64 pictures
+    size = DEFAULT_SIZE if demo else 512
     if mode == "img2img":
         tab.img2img = build_img2img_inputs(f)
     with gr.Row():
         with gr.Column(scale=3):
-            f["prompt"] = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt", elem_id=f"{mode}_prompt")
+            f["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{mode}_prompt",
+                                     placeholder=f"Prompt, e.g. {EXAMPLE_PROMPT}" if demo else "Prompt")
             f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{mode}_neg_prompt")
             with gr.Row():
                 f["styles"] = gr.Dropdown(ctx.styles.names(), value=[], multiselect=True, label="Styles",
@@ -81,8 +85,8 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
                                              elem_id=f"{mode}_scheduler")
             f["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{mode}_steps")
             with gr.Row():
-                f["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{mode}_width")
-                f["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{mode}_height")
+                f["width"] = gr.Slider(64, 2048, value=size, step=8, label="Width", elem_id=f"{mode}_width")
+                f["height"] = gr.Slider(64, 2048, value=size, step=8, label="Height", elem_id=f"{mode}_height")
             with gr.Row():
                 f["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{mode}_batch_count")
                 f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{mode}_batch_size")

@@ -1,0 +1,127 @@
+"""Behaviour of the shipped default model (the trained shapes model) through the real pipeline.
+
+These tests read generated pictures back with the same simple image analysis
+as the prompt-following benchmark (``python -m webui.training.evaluate``), so
+they check what the model draws, not only image shapes.  Prompts are
+held-out combinations (never seen in training).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_settings
+from webui.context import build_context
+from webui.models.default import DEFAULT_FILE, ensure_default_checkpoint
+from webui.pipeline.request import GenerationRequest
+from webui.training import scoring, shapes
+
+pytestmark = pytest.mark.skipif(not DEFAULT_FILE.exists(), reason="the shipped default model file is missing")
+
+#: Held-out combinations used below (``shapes.is_held_out`` is asserted, so they stay unseen in training).
+HELD_OUT = [scene for scene in shapes.eval_scenes() if scene.size == "large"]
+BASE = dict(steps=20, cfg_scale=7.0, width=64, height=64, sampler_name="DPM++ 2M", save_images=False)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A context on an empty models folder: the built-in default model is what loads."""
+    data = tmp_path_factory.mktemp("demo")
+    ctx = build_context(make_settings(data, data / "models"), load_model=True)
+    assert ctx.models.using_builtin_default
+    return ctx
+
+
+def read(ctx, **kw):
+    return scoring.read_image(ctx.txt2img(GenerationRequest(**{**BASE, **kw})).images[0])
+
+
+def test_default_model_is_the_shipped_checkpoint(demo, tmp_path):
+    assert ensure_default_checkpoint(tmp_path) == DEFAULT_FILE
+    assert DEFAULT_FILE.stat().st_size <= 20 * 1024 * 1024
+    model = demo.models.current
+    assert model.info.builtin and model.info.path == DEFAULT_FILE and model.spec.family == "sd1"
+
+
+def test_prompt_colour_wins(demo):
+    scene = next(s for s in HELD_OUT if s.colour not in ("red", "green") and s.background not in ("red", "green"))
+    assert shapes.is_held_out(scene)
+    for colour in ("red", "green"):
+        prompt = shapes.caption(shapes.Scene(scene.shape, colour, scene.background, scene.position, "large"))
+        readings = [read(demo, prompt=prompt, seed=seed) for seed in (11, 12, 13)]
+        assert [r.colour for r in readings].count(colour) >= 2, (prompt, readings)
+
+
+def test_generation_follows_held_out_prompts(demo):
+    """A small sample of the benchmark: colour and background on 6 unseen prompts.
+
+    (Position is not learned yet by the shipped model, see docs/status.md; add it here when it is.)
+    """
+    rng = random.Random(3)
+    scenes = rng.sample(HELD_OUT, 6)
+    results = [scoring.score(s, read(demo, prompt=shapes.caption(s), seed=100 + i)) for i, s in enumerate(scenes)]
+    for key in ("colour", "background"):
+        assert sum(r[key] for r in results) >= 5, (key, results)
+
+
+def _rendered(scene: shapes.Scene):
+    return shapes.render(scene, random.Random(0))
+
+
+def test_img2img_strength_keeps_layout_or_follows_prompt(demo):
+    source = shapes.Scene("square", "yellow", "purple", "right", "large")
+    target = shapes.Scene("circle", "white", "green", "left", "large")
+    image = _rendered(source)
+    common = dict(mode="img2img", init_images=(image,), prompt=shapes.caption(target), seed=21)
+    low = demo.txt2img(GenerationRequest(**{**BASE, **common, "denoising_strength": 0.25})).images[0]
+    kept = scoring.read_image(low)
+    assert kept.position == "right" and kept.shape is not None  # the input's layout survives
+    # (the colours already move towards the prompt's at this strength: the model weighs colour words strongly)
+    high_image = demo.txt2img(GenerationRequest(**{**BASE, **common, "denoising_strength": 1.0})).images[0]
+    high = scoring.read_image(high_image)
+    assert (high.colour, high.background) == ("white", "green")
+
+
+def test_inpainting_changes_the_masked_area_only(demo):
+    from PIL import Image
+
+    source = shapes.Scene("circle", "red", "blue", "center", "large")
+    image = _rendered(source)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    prompt = shapes.caption(shapes.Scene("circle", "yellow", "blue", "center", "large"))
+    out = demo.txt2img(GenerationRequest(**{**BASE, "mode": "img2img", "init_images": (image,), "mask": mask,
+                                            "prompt": prompt, "seed": 5, "denoising_strength": 1.0,
+                                            "inpainting_fill": 1, "inpaint_full_res": False})).images[0]
+    before, after = np.asarray(image, dtype=np.float32), np.asarray(out, dtype=np.float32)
+    outside = np.ones((64, 64), bool)
+    outside[8:56, 8:56] = False  # mask plus its blur
+    assert np.abs(after[outside] - before[outside]).max() <= 1
+    centre = after[24:40, 24:40].reshape(-1, 3).mean(axis=0)
+    assert scoring.nearest_colour(centre) == "yellow", centre
+
+
+#: Sampler -> (steps, CFG, schedule) as people use it (LMS: "LMS Karras" in A1111 before 1.9).
+USUAL = {"DPM fast": (30, 7.0, "Automatic"), "LCM": (8, 1.5, "Automatic"), "LMS": (20, 7.0, "Karras"),
+         "PLMS": (50, 7.0, "Automatic")}  # PLMS: the original SD scripts used 50 steps
+
+
+def test_every_sampler_draws_on_distribution(demo):
+    """Every sampler draws one shape on a plain background; most also get the prompt's colours right."""
+    scene = HELD_OUT[0]
+    prompt = shapes.caption(scene)
+    readings = {}
+    for name in demo.samplers.samplers:
+        steps, cfg, schedule = USUAL.get(name, (20, 7.0, "Automatic"))
+        image = demo.txt2img(GenerationRequest(**{**BASE, "prompt": prompt, "seed": 7, "sampler_name": name,
+                                                  "steps": steps, "cfg_scale": cfg, "scheduler": schedule})).images[0]
+        pixels = np.asarray(image, dtype=np.float32)
+        ring = np.concatenate([pixels[:3].reshape(-1, 3), pixels[-3:].reshape(-1, 3)])
+        assert np.abs(ring - np.median(ring, axis=0)).mean() < 20, name  # a plain background
+        readings[name] = scoring.read_image(image)
+        assert readings[name].shape is not None, (name, readings[name])  # and a shape on it
+    right = [n for n, r in readings.items() if (r.colour, r.background) == (scene.colour, scene.background)]
+    assert len(right) >= len(readings) - 3, readings

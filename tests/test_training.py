@@ -1,0 +1,179 @@
+"""The shapes data set, its scorer and the training loop (tiny runs on CPU)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from webui.training import scoring, shapes
+from webui.training.loop import STATE_FILE, TrainConfig, Trainer
+
+TINY = TrainConfig(seed=5, vae_steps=3, vae_batch=2, vae_crop=16, decoder_steps=2, decoder_batch=2, latent_samples=12,
+                   unet_steps=4, batch=3, warmup=2, save_every=2)
+
+
+def test_samples_are_deterministic_and_captioned():
+    a, b = shapes.sample(7, 42), shapes.sample(7, 42)
+    assert a[0] == b[0] and a[1] == b[1]
+    assert np.array_equal(np.asarray(a[2]), np.asarray(b[2]))
+    assert a[2].size == (64, 64) and a[2].mode == "RGB"
+    scene, text, _ = a
+    for word in (scene.colour, scene.shape, scene.background, shapes.POSITIONS[scene.position][0]):
+        assert word in text
+    assert shapes.sample(7, 43)[1] != text or shapes.sample(7, 43)[0] != scene
+
+
+def test_canonical_caption():
+    scene = shapes.Scene("circle", "red", "blue", "left", "small")
+    assert shapes.caption(scene) == "a small red circle on the left, blue background"
+
+
+def test_held_out_combinations_never_appear_in_training():
+    held = {s.combination() for s in shapes.eval_scenes()}
+    assert 50 <= len(held) <= 120  # about a tenth of 3 shapes x 8 colours x 7 backgrounds x 5 positions
+    for i in range(400):
+        assert shapes.sample(1, i)[0].combination() not in held
+        assert shapes.sample(1, i, split="eval")[0].combination() in held
+    with pytest.raises(ValueError, match="split"):
+        shapes.sample(1, 0, split="test")
+
+
+def test_scorer_reads_rendered_scenes_exactly():
+    rng = random.Random(0)
+    for _ in range(300):
+        scene = shapes.random_scene(rng)
+        reading = scoring.read_image(shapes.render(scene, rng))
+        assert all(scoring.score(scene, reading).values()), (scene, reading)
+
+
+def test_scorer_on_an_empty_picture():
+    reading = scoring.read_image(Image.new("RGB", (64, 64), shapes.COLOURS["green"]))
+    assert reading.background == "green" and reading.shape is None and reading.colour is None
+    assert not scoring.score(shapes.Scene("circle", "red", "green", "left", "large"), reading)["colour"]
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, module in (("unet", trainer.components.unet), ("vae", trainer.components.vae),
+                         ("text", trainer.components.text_encoders[0])):
+        out.update({f"{name}.{k}": v.clone() for k, v in module.state_dict().items()})
+    out.update({f"ema.{k}": v.clone() for k, v in trainer.ema.items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train-full")
+    trainer = Trainer(TINY, folder)
+    losses = []
+    trainer.run(lambda p: losses.append((p.phase, p.step, p.loss)))
+    return trainer, losses
+
+
+def test_training_runs_both_phases_and_is_deterministic(finished, tmp_path):
+    trainer, losses = finished
+    assert trainer.phase == "done"
+    assert [(p, s) for p, s, _ in losses] == [("vae", 1), ("vae", 2), ("vae", 3), ("decoder", 1), ("decoder", 2),
+                                              ("unet", 1), ("unet", 2), ("unet", 3), ("unet", 4)]
+    assert all(np.isfinite(loss) for *_, loss in losses)
+    again = Trainer(TINY, tmp_path)
+    again.run()
+    first, second = _weights(trainer), _weights(again)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_resumed_training_equals_uninterrupted(finished, tmp_path):
+    partial = Trainer(TINY, tmp_path)
+    partial.run(stop_after=7)  # 3 VAE steps, 2 decoder steps, then 2 U-Net steps (saved at step 2)
+    assert (partial.phase, partial.step) == ("unet", 2)
+    resumed = Trainer(TINY, tmp_path)
+    assert resumed.load() and (resumed.phase, resumed.step) == ("unet", 2)
+    resumed.run()
+    expected, got = _weights(finished[0]), _weights(resumed)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_resume_refuses_other_settings(finished, tmp_path):
+    Trainer(TINY, tmp_path).save()
+    other = TrainConfig(**{**TINY.__dict__, "lr": 0.5})
+    with pytest.raises(ValueError, match="other settings"):
+        Trainer(other, tmp_path).load()
+    assert (tmp_path / STATE_FILE).exists()
+
+
+def test_decoder_phase_leaves_the_encoder_alone(tmp_path):
+    trainer = Trainer(TINY, tmp_path)
+    trainer.run(stop_after=3)
+    assert (trainer.phase, trainer.step) == ("decoder", 0)
+    encoder = {k: v.clone() for k, v in trainer.components.vae.encoder.state_dict().items()}
+    decoder = {k: v.clone() for k, v in trainer.components.vae.decoder.state_dict().items()}
+    trainer.run(stop_after=2)
+    assert trainer.phase == "unet"
+    assert all(torch.equal(v, trainer.components.vae.encoder.state_dict()[k]) for k, v in encoder.items())
+    assert not all(torch.equal(v, trainer.components.vae.decoder.state_dict()[k]) for k, v in decoder.items())
+
+
+def test_latent_statistics_are_folded_into_the_vae(finished):
+    trainer, _ = finished
+    vae, scale = trainer.components.vae, trainer.components.vae_scaling_factor
+    x = torch.from_numpy(np.stack([shapes.to_tensor_array(shapes.sample(TINY.seed + 1, i)[2]) for i in range(64)]))
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mean * scale
+    assert z.mean(dim=(0, 2, 3)).abs().max() < 0.05
+    assert (z.std(dim=(0, 2, 3)) - 1).abs().max() < 0.05
+
+
+def test_exported_checkpoint_loads_and_generates(finished, tmp_path):
+    from webui.models.loader import load_components
+
+    trainer, _ = finished
+    path = trainer.export(tmp_path / "shapes.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["webui.builtin"] == "shapes-64"
+        assert "webui.latent_rgb" in f.metadata()
+        assert any(k.startswith("cond_stage_model.transformer.text_model.") for k in f.keys())
+        assert f.get_tensor("model.diffusion_model.out.2.weight").dtype == torch.float16
+    loaded = load_components(path)
+    assert loaded.spec.family == "sd1"
+    assert loaded.unet.config.block_out_channels == [64, 128]
+    assert loaded.latent_rgb is not None and len(loaded.latent_rgb[0]) == 4  # its own cheap-preview map
+    ema_out = trainer.ema["unet.conv_out.weight"]
+    assert torch.allclose(loaded.unet.state_dict()["conv_out.weight"].float(), ema_out, atol=1e-3)
+
+
+def test_export_refuses_an_unfinished_run(tmp_path):
+    with pytest.raises(RuntimeError, match="not finished"):
+        Trainer(TINY, tmp_path).export(tmp_path / "x.safetensors")
+
+
+def test_until_stops_the_diffusion_phase_and_exports_it(tmp_path):
+    from safetensors import safe_open
+
+    trainer = Trainer(TINY, tmp_path)
+    trainer.run(until=3)
+    assert (trainer.phase, trainer.step) == ("unet", 3)
+    resumed = Trainer(TINY, tmp_path)
+    assert resumed.load() and resumed.step == 3  # the stop was saved although 3 is not a save step
+    path = resumed.export(tmp_path / "partial.safetensors", partial=True)
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["webui.training_step"] == "unet 3"
+
+
+def test_multires_noise_is_unit_variance_with_coarse_structure():
+    from webui.training.loop import multires_noise
+
+    shape = torch.Size([256, 4, 8, 8])
+    a = multires_noise(shape, torch.Generator().manual_seed(1), 0.5, 3)
+    b = multires_noise(shape, torch.Generator().manual_seed(1), 0.5, 3)
+    white = multires_noise(shape, torch.Generator().manual_seed(1), 0.5, 0)
+    assert torch.equal(a, b)
+    assert torch.allclose(a.std(dim=(1, 2, 3)), torch.ones(256), atol=1e-5)
+    # the per-image mean (the coarsest component) varies much more than for white noise
+    assert a.mean(dim=(2, 3)).std() > 1.5 * white.mean(dim=(2, 3)).std()  # 0.235 vs 0.125 (1/8)

@@ -1,0 +1,1 @@
+"""Training the built-in default model: synthetic data set, training loop, scoring (docs/training.md)."""

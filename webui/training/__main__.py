@@ -1,0 +1,83 @@
+"""``python -m webui.training``: train the default model (resumable), then export it.
+
+Example (the command that made the shipped model)::
+
+    python -m webui.training --out runs/shapes --export models/default/shapes-64.safetensors
+
+Run it again with the same ``--out`` to resume after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from webui.training.loop import Progress, TrainConfig, Trainer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m webui.training", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="folder for the resumable training state")
+    p.add_argument("--export", type=Path, help="write the finished model here (.safetensors, float16)")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--vae-steps", type=int, default=defaults.vae_steps)
+    p.add_argument("--steps", type=int, default=defaults.unet_steps, help="diffusion (U-Net) steps")
+    p.add_argument("--batch", type=int, default=defaults.batch)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--latent-samples", type=int, default=defaults.latent_samples)
+    p.add_argument("--save-every", type=int, default=defaults.save_every)
+    p.add_argument("--until", type=int,
+                   help="stop the diffusion phase at this step and export its EMA weights (stays resumable)")
+    p.add_argument("--no-train", action="store_true",
+                   help="only export the current state (with --export), even an unfinished diffusion phase")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.steps, batch=args.batch,
+                         lr=args.lr, latent_samples=args.latent_samples, save_every=args.save_every)
+    trainer = Trainer(config, args.out)
+    trainer.load()
+    bars: dict[str, tqdm] = {}
+    started = {"time": time.perf_counter(), "phase": trainer.phase, "step": trainer.step}
+
+    def progress(p: Progress) -> None:
+        if p.phase not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[p.phase] = tqdm(total=p.total, initial=p.step - 1, desc=p.phase, unit="step", dynamic_ncols=True)
+        bar = bars[p.phase]
+        bar.update(1)
+        bar.set_postfix(loss=f"{p.loss:.4f}")
+
+    if args.no_train:
+        if not args.export:
+            raise SystemExit("--no-train needs --export")
+        path = trainer.export(args.export, partial=True)
+        logging.info("Exported %s at %s step %d", path, trainer.phase, trainer.step)
+        return 0
+    trainer.run(progress, until=args.until)
+    for bar in bars.values():
+        bar.close()
+    elapsed = time.perf_counter() - started["time"]
+    logging.info("Training finished in %.0f s (phase %s, step %d)", elapsed, trainer.phase, trainer.step)
+    if args.export:
+        path = trainer.export(args.export, partial=args.until is not None)
+        logging.info("Exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
