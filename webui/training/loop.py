@@ -112,6 +112,16 @@ def multires_noise(shape: torch.Size, gen: torch.Generator, discount: float, lev
     return noise / noise.std(dim=tuple(range(1, len(shape))), keepdim=True)
 
 
+def _stack(images) -> torch.Tensor:
+    """PIL images -> ``[N, 3, H, W]`` float32 in [-1, 1]."""
+    return torch.from_numpy(np.stack([shapes.to_tensor_array(image) for image in images]))
+
+
+def _images(seed: int, indices) -> torch.Tensor:
+    """Training images ``indices`` of data set ``seed`` as one VAE input batch."""
+    return _stack(shapes.sample(seed, i)[2] for i in indices)
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 10 %."""
     if step < warmup:
@@ -251,8 +261,7 @@ class Trainer:
         while self.step < cfg.decoder_steps and budget != 0:
             gen = _generator(cfg.seed, "decoder", self.step)
             first = self.step * cfg.decoder_batch
-            x = torch.from_numpy(np.stack([shapes.to_tensor_array(shapes.sample(cfg.seed, first + j)[2])
-                                           for j in range(cfg.decoder_batch)]))
+            x = _images(cfg.seed, range(first, first + cfg.decoder_batch))
             with torch.no_grad():
                 z = vae.encode(x).latent_dist.mean
             z = z + LATENT_NOISE * z.std() * torch.randn(z.shape, generator=gen)
@@ -274,20 +283,16 @@ class Trainer:
         cfg = self.config
         first, crop = self.step * cfg.vae_batch, cfg.vae_crop
         corners = torch.randint(0, (shapes.IMAGE_SIZE - crop) // 8 + 1, (cfg.vae_batch, 2), generator=gen) * 8
-        crops = []
-        for j in range(cfg.vae_batch):
-            image = shapes.to_tensor_array(shapes.sample(cfg.seed, first + j)[2])
-            top, left = corners[j].tolist()
-            crops.append(image[:, top:top + crop, left:left + crop])
-        return torch.from_numpy(np.stack(crops))
+        images = _images(cfg.seed, range(first, first + cfg.vae_batch))
+        return torch.stack([image[:, top:top + crop, left:left + crop]
+                            for image, (top, left) in zip(images, corners.tolist())])
 
     def _normalise_latents(self) -> None:
         """Fold per-channel mean/std of the latents into quant_conv and post_quant_conv (exact)."""
         cfg, vae = self.config, self.components.vae
         scale = self.components.vae_scaling_factor
         with torch.no_grad():
-            x = torch.from_numpy(np.stack([shapes.to_tensor_array(shapes.sample(cfg.seed + 1, i)[2])
-                                           for i in range(512)]))
+            x = _images(cfg.seed + 1, range(512))
             z = torch.cat([vae.encode(x[i:i + 64]).latent_dist.mean for i in range(0, len(x), 64)])
             mean, std = z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
             c = std * scale  # new latent z' = (z - mean) / c, so z' * scale = (z - mean) / std
@@ -316,7 +321,7 @@ class Trainer:
         chunk = 256
         for start in range(0, cfg.latent_samples, chunk):
             items = [shapes.sample(cfg.seed, i) for i in range(start, min(start + chunk, cfg.latent_samples))]
-            x = torch.from_numpy(np.stack([shapes.to_tensor_array(image) for _, _, image in items]))
+            x = _stack(image for _, _, image in items)
             with torch.no_grad():
                 latents.append(vae.encode(x).latent_dist.mean * scale)
             ids.append(tokenizer([text for _, text, _ in items], padding="max_length", max_length=77,
@@ -394,7 +399,7 @@ class Trainer:
     def _fit_latent_rgb(self, c: SDComponents) -> dict[str, list]:
         """Least-squares linear map from scaled latents to 8x8-pooled RGB in [-1, 1] (the cheap live preview)."""
         cfg = self.config
-        x = torch.from_numpy(np.stack([shapes.to_tensor_array(shapes.sample(cfg.seed + 2, i)[2]) for i in range(256)]))
+        x = _images(cfg.seed + 2, range(256))
         with torch.no_grad():
             z = c.vae.encode(x).latent_dist.mean * c.vae_scaling_factor
         rgb = F.avg_pool2d(x, 8)
