@@ -79,3 +79,71 @@ def test_interrupt_is_per_owner_and_waiting_job_can_be_cancelled():
         with q.slot(b):
             pass
     assert q.interrupt() == 0  # nothing running: a harmless no-op
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_queue_serves_jobs_in_arrival_order(concurrency):
+    """First come, first served: under load no job is overtaken by later ones (A1111's queue is FIFO too)."""
+    q = JobQueue(concurrency=concurrency, max_size=32)
+    gate = threading.Event()
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(job, n):
+        with lock:
+            started.append(n)
+        gate.wait(5) if n < concurrency else time.sleep(0.005)
+
+    holders = [threading.Thread(target=q.run, args=(Job(), lambda j, n=n: work(j, n))) for n in range(concurrency)]
+    for t in holders:
+        t.start()
+    while len(q.running()) < concurrency:
+        time.sleep(0.005)
+    threads = []
+    for n in range(concurrency, concurrency + 12):  # queue up one by one, so arrival order is known
+        t = threading.Thread(target=q.run, args=(Job(), lambda j, n=n: work(j, n)))
+        t.start()
+        threads.append(t)
+        while len(q.waiting()) < n - concurrency + 1:
+            time.sleep(0.002)
+        time.sleep(0.03)  # spread arrivals over the 0.1 s wake-up period of waiting jobs
+    gate.set()
+    for t in holders + threads:
+        t.join(10)
+    order = started[concurrency:]
+    assert sorted(order) == list(range(concurrency, concurrency + 12))
+    # slots are granted strictly in order; jobs admitted together may log their start in either order
+    assert all(abs(order.index(n) - (n - concurrency)) < concurrency for n in order), order
+
+
+def test_interrupting_a_waiting_job_lets_the_next_one_start():
+    q = JobQueue(concurrency=1)
+    gate = threading.Event()
+    holder = threading.Thread(target=q.run, args=(Job(), lambda j: gate.wait(5)))
+    holder.start()
+    while not q.running():
+        time.sleep(0.005)
+    first, second = Job(), Job()
+    results: dict[str, object] = {}
+
+    def run(job, name):
+        try:
+            results[name] = q.run(job, lambda j: name)
+        except Interrupted as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=run, args=(job, name)) for job, name in ((first, "first"), (second, "second"))]
+    threads[0].start()
+    while len(q.waiting()) < 1:
+        time.sleep(0.002)
+    threads[1].start()
+    while len(q.waiting()) < 2:
+        time.sleep(0.002)
+    first.interrupt()
+    while len(q.waiting()) > 1:
+        time.sleep(0.002)
+    gate.set()
+    for t in [holder, *threads]:
+        t.join(5)
+    assert isinstance(results["first"], Interrupted) and results["second"] == "second"
+    assert q.waiting() == [] and q.running() == []

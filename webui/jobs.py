@@ -137,43 +137,49 @@ class JobQueue:
 
     concurrency: int = 1
     max_size: int = 16
-    _slots: threading.Semaphore = field(init=False)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _changed: threading.Condition = field(init=False)
     _waiting: "OrderedDict[str, Job]" = field(init=False, default_factory=OrderedDict)
     _running: "OrderedDict[str, Job]" = field(init=False, default_factory=OrderedDict)
     _finished: "OrderedDict[str, Job]" = field(init=False, default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
-        self._slots = threading.Semaphore(self.concurrency)
+        self._changed = threading.Condition(self._lock)
 
     @contextmanager
     def slot(self, job: Job) -> Iterator[Job]:
-        """Wait for a free slot, mark ``job`` running, and release on exit."""
-        with self._lock:
+        """Wait for a free slot in arrival order (FIFO), mark ``job`` running, and release on exit."""
+        with self._changed:
             if len(self._waiting) >= self.max_size:
                 raise QueueFull(f"the queue is full ({self.max_size} jobs waiting); try again later")
             self._waiting[job.id] = job
-        acquired = False
-        try:
-            while not acquired:
-                if job.interrupted:
-                    raise Interrupted("interrupted while waiting in the queue")
-                acquired = self._slots.acquire(timeout=0.1)
-            with self._lock:
+            try:
+                # first come, first served: only the oldest waiting job may take a free slot
+                while True:
+                    if job.interrupted:
+                        raise Interrupted("interrupted while waiting in the queue")
+                    if len(self._running) < self.concurrency and next(iter(self._waiting)) == job.id:
+                        break
+                    self._changed.wait(timeout=0.1)  # the timeout notices interrupts of waiting jobs
+            except BaseException:
                 self._waiting.pop(job.id, None)
-                self._running[job.id] = job
-            job.begin()
+                self._changed.notify_all()
+                job.end()
+                raise
+            self._waiting.pop(job.id)
+            self._running[job.id] = job
+            self._changed.notify_all()  # with more than one slot the next job may start too
+        job.begin()
+        try:
             yield job
         finally:
-            with self._lock:
-                self._waiting.pop(job.id, None)
-                if self._running.pop(job.id, None) is not None:
-                    self._finished[job.id] = job
-                    while len(self._finished) > 64:
-                        self._finished.popitem(last=False)
+            with self._changed:
+                self._running.pop(job.id, None)
+                self._finished[job.id] = job
+                while len(self._finished) > 64:
+                    self._finished.popitem(last=False)
+                self._changed.notify_all()
             job.end()
-            if acquired:
-                self._slots.release()
 
     def run(self, job: Job, fn: Callable[[Job], T]) -> T:
         with self.slot(job):
