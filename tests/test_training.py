@@ -13,7 +13,7 @@ from webui.training import scoring, shapes
 from webui.training.loop import STATE_FILE, TrainConfig, Trainer
 
 TINY = TrainConfig(seed=5, vae_steps=3, vae_batch=2, vae_crop=16, decoder_steps=2, decoder_batch=2, latent_samples=12,
-                   unet_steps=4, batch=3, warmup=2, save_every=2)
+                   unet_steps=4, batch=3, warmup=2, save_every=2, layout_from=2)  # steps 2-3: layout stage
 
 
 def test_samples_are_deterministic_and_captioned():
@@ -177,3 +177,37 @@ def test_multires_noise_is_unit_variance_with_coarse_structure():
     assert torch.allclose(a.std(dim=(1, 2, 3)), torch.ones(256), atol=1e-5)
     # the per-image mean (the coarsest component) varies much more than for white noise
     assert a.mean(dim=(2, 3)).std() > 1.5 * white.mean(dim=(2, 3)).std()  # 0.235 vs 0.125 (1/8)
+
+
+def test_layout_weights_turn_the_noise_loss_into_an_image_loss():
+    from webui.models.components import scaled_linear_alphas_cumprod
+    from webui.training.loop import layout_weights
+
+    alphas = scaled_linear_alphas_cumprod()
+    snr = alphas / (1 - alphas)
+    w = layout_weights(snr, 700, 200.0)
+    assert w[700:].mean().item() == pytest.approx(1.0)
+    # uncapped part: w * snr is constant, i.e. weighted eps error == const * x0 error
+    product = (w * snr)[300:800]
+    assert torch.allclose(product, product[0].expand_as(product), rtol=1e-4)
+    assert torch.isclose(w[999] / w[700], 200.0 * snr[700], rtol=1e-4)  # the cap binds at the noisiest end
+
+
+def test_layout_stage_draws_half_of_each_batch_from_high_noise(tmp_path, monkeypatch):
+    config = TrainConfig(**{**TINY.__dict__, "batch": 4, "layout_t_min": 900})
+    trainer = Trainer(config, tmp_path)
+    seen: list[list[int]] = []
+    unet = trainer.components.unet
+    original = unet.forward
+
+    def recording(sample, timestep, *args, **kwargs):
+        seen.append(timestep.tolist())
+        return original(sample, timestep, *args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", recording)
+    trainer.run()
+    assert len(seen) == config.unet_steps
+    before, after = seen[:config.layout_from], seen[config.layout_from:]
+    assert all(all(t >= 900 for t in step[:2]) for step in after)
+    # before the layout stage timesteps are uniform: with 8 draws over 0..999, not all in the top tenth
+    assert not all(t >= 900 for step in before for t in step[:2])

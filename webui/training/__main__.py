@@ -2,7 +2,7 @@
 
 Example (the command that made the shipped model)::
 
-    python -m webui.training --out runs/shapes --export models/default/shapes-64.safetensors
+    python -m webui.training --out runs/shapes --until 4000 --export models/default/shapes-64.safetensors
 
 Run it again with the same ``--out`` to resume after an interruption.
 """

@@ -16,6 +16,9 @@ Two phases on the synthetic shapes data set (:mod:`webui.training.shapes`):
    The text encoder is trained with the U-Net; 10 % of captions are dropped
    to the empty prompt so classifier-free guidance works.  An exponential
    moving average of the weights is what gets exported.
+   From ``layout_from`` on (the *layout stage*) most of each batch comes
+   from the high-noise band with an image-space loss: only there is the
+   layout still open, so only there can the prompt's "on the left" be learned.
 
 Everything random is drawn from generators seeded with ``(seed, phase,
 step)`` and sample ``i`` of the data set depends only on ``(seed, i)``, so a
@@ -76,6 +79,11 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     multires_noise_discount: float = 0.5
     multires_noise_levels: int = 3
+    layout_from: int = 2000
+    layout_fraction: float = 0.75
+    layout_t_min: int = 800
+    layout_weight: float = 10.0
+    layout_weight_cap: float = 200.0
     save_every: int = 250
 
 
@@ -110,6 +118,18 @@ def multires_noise(shape: torch.Size, gen: torch.Generator, discount: float, lev
         coarse = torch.randn(*shape[:-2], h, w, generator=gen)
         noise = noise + discount**level * F.interpolate(coarse, size=shape[-2:], mode="bilinear", align_corners=False)
     return noise / noise.std(dim=tuple(range(1, len(shape))), keepdim=True)
+
+
+def layout_weights(snr: torch.Tensor, t_min: int, cap: float) -> torch.Tensor:
+    """Per-timestep weights on the noise-prediction loss that make it an image-space (x0) loss.
+
+    ``|eps error|^2 = snr * |x0 error|^2``, so weighting by ``1/snr`` (capped) scores the image the
+    prediction implies.  Normalised to mean 1 over ``t >= t_min``.  Only at high noise is the layout
+    still undecided by the noisy latent; there, plain (min-SNR weighted) noise-prediction loss gives the
+    prompt's "on the left" almost no say, and the model never learns it (see docs/training.md).
+    """
+    w = torch.clamp(1 / snr, max=cap)
+    return w / w[t_min:].mean()
 
 
 def _stack(images) -> torch.Tensor:
@@ -340,6 +360,8 @@ class Trainer:
         alphas = c.alphas_cumprod
         snr = alphas / (1 - alphas)
         weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr
+        layout_weight = cfg.layout_weight * layout_weights(snr, cfg.layout_t_min, cfg.layout_weight_cap)
+        n_layout = round(cfg.batch * cfg.layout_fraction)
         c.unet.train()
         c.text_encoders[0].train()
         n = latents.shape[0]
@@ -352,12 +374,17 @@ class Trainer:
             x0, tokens = latents[index], ids[index].long()
             tokens[torch.rand(cfg.batch, generator=gen) < cfg.caption_dropout] = empty
             t = torch.randint(0, len(alphas), (cfg.batch,), generator=gen)
+            per_sample = weight[t]
+            if self.step >= cfg.layout_from and n_layout:
+                # the layout stage: part of every batch comes from the high-noise band, with an image-space loss
+                t[:n_layout] = torch.randint(cfg.layout_t_min, len(alphas), (n_layout,), generator=gen)
+                per_sample = torch.cat([layout_weight[t[:n_layout]], weight[t[n_layout:]]])
             noise = multires_noise(x0.shape, gen, cfg.multires_noise_discount, cfg.multires_noise_levels)
             a = alphas[t].view(-1, 1, 1, 1)
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
             context = c.text_encoders[0](tokens)[0]
             predicted = c.unet(noisy, t, context).sample
-            loss = (weight[t] * (predicted - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+            loss = (per_sample * (predicted - noise).pow(2).mean(dim=(1, 2, 3))).mean()
             self._update(loss, _lr_factor(self.step, cfg.unet_steps, cfg.warmup) * cfg.lr)
             self._update_ema()
             budget -= 1
