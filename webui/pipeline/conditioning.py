@@ -72,7 +72,9 @@ def tokenize_prompt(tokenizer, text: str, opts: EncodeOptions, embeddings=None) 
     embedding's name by placeholders whose vectors are substituted at encoding time.
     """
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    comma = tokenizer.get_vocab().get(COMMA_TOKEN)
+    comma = tokenizer.convert_tokens_to_ids(COMMA_TOKEN)  # a lookup; get_vocab() copies 49408 entries
+    if comma == tokenizer.unk_token_id:
+        comma = None
     parsed = parse_prompt_attention(text) if opts.emphasis != "None" else [[text, 1.0]]
     pieces = tokenizer([t for t, _ in parsed], add_special_tokens=False, truncation=False)["input_ids"]
     chunks: list[PromptChunk] = []
