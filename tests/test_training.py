@@ -193,7 +193,7 @@ def test_layout_weights_turn_the_noise_loss_into_an_image_loss():
     assert torch.isclose(w[999] / w[700], 200.0 * snr[700], rtol=1e-4)  # the cap binds at the noisiest end
 
 
-def test_layout_stage_draws_half_of_each_batch_from_high_noise(tmp_path, monkeypatch):
+def test_layout_stage_draws_most_of_each_batch_from_high_noise(tmp_path, monkeypatch):
     config = TrainConfig(**{**TINY.__dict__, "batch": 4, "layout_t_min": 900})
     trainer = Trainer(config, tmp_path)
     seen: list[list[int]] = []
@@ -208,6 +208,7 @@ def test_layout_stage_draws_half_of_each_batch_from_high_noise(tmp_path, monkeyp
     trainer.run()
     assert len(seen) == config.unet_steps
     before, after = seen[:config.layout_from], seen[config.layout_from:]
-    assert all(all(t >= 900 for t in step[:2]) for step in after)
-    # before the layout stage timesteps are uniform: with 8 draws over 0..999, not all in the top tenth
-    assert not all(t >= 900 for step in before for t in step[:2])
+    n_layout = round(config.batch * config.layout_fraction)  # 3 of 4
+    assert n_layout == 3 and all(all(t >= 900 for t in step[:n_layout]) for step in after)
+    # before the layout stage timesteps are uniform: with 6 draws over 0..999, not all in the top tenth
+    assert not all(t >= 900 for step in before for t in step[:n_layout])

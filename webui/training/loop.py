@@ -378,7 +378,7 @@ class Trainer:
             if self.step >= cfg.layout_from and n_layout:
                 # the layout stage: part of every batch comes from the high-noise band, with an image-space loss
                 t[:n_layout] = torch.randint(cfg.layout_t_min, len(alphas), (n_layout,), generator=gen)
-                per_sample = torch.cat([layout_weight[t[:n_layout]], weight[t[n_layout:]]])
+                per_sample[:n_layout] = layout_weight[t[:n_layout]]
             noise = multires_noise(x0.shape, gen, cfg.multires_noise_discount, cfg.multires_noise_levels)
             a = alphas[t].view(-1, 1, 1, 1)
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
