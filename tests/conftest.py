@@ -90,3 +90,17 @@ def pytest_runtest_makereport(item, call):
         item.reports = {}
     item.reports[report.when] = report
     return report
+
+
+@pytest.fixture(scope="session")
+def api_client(ctx):
+    """An HTTP client for the API alone (``--nowebui``: no Gradio UI is built) on the session context."""
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+
+    from webui.server import create_app
+
+    api_ctx = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, nowebui=True))
+    with TestClient(create_app(api_ctx)) as client:
+        yield client

@@ -26,8 +26,8 @@ BASE = dict(prompt="a red cat", steps=2, width=64, height=64, seed=1, sampler_na
 CHOICES = ScriptChoices(samplers=["Euler", "Euler a", "DDIM"], schedules=["Karras", "Exponential"],
                         checkpoints=["tiny-sd1.safetensors [0123456789]"], vaes=["Automatic", "None"],
                         upscalers=["None", "Lanczos"], styles=["warm"])
-# A1111's positional X/Y/Z layout: steps 2,3 across, CFG 5,7,9 down, legend, sub images
-XYZ_ARGS = [4, "2,3", [], 6, "5,7,9", [], 0, "", [], True, True, False, False, 0, False, False]
+# A1111's positional X/Y/Z layout (v1.7-v1.10, 18 items): steps 2,3 across, CFG 5,7,9 down, legend, sub images
+XYZ_ARGS = [4, "2,3", [], 6, "5,7,9", [], 0, "", [], True, True, False, False, False, False, False, 0, False]
 
 
 class FakeGen:
@@ -109,7 +109,7 @@ def test_axis_table_and_indices_per_mode():
     assert xyz.parse_args([23, "0.5"], "txt2img")["x_type"] == "Denoising"
     assert xyz.parse_args([22, "0.5"], "img2img")["x_type"] == "Denoising"
     assert xyz.parse_args({"x_type": "steps", "y_type": "6"}, "txt2img")["y_type"] == "CFG Scale"
-    for bad in ([99, "1"], {"x_type": "Size"}, {"bogus": 1}, [0] * 17):
+    for bad in ([99, "1"], {"x_type": "Size"}, {"bogus": 1}, {"raw_mode": True}, [0] * 19):
         with pytest.raises(RequestError) as e:
             xyz.parse_args(bad, "txt2img")
         assert e.value.field == "script_args"
@@ -294,7 +294,8 @@ def test_xyz_unknown_sampler_fails_before_generating(ctx, monkeypatch):
     monkeypatch.setattr("webui.context.txt2img", lambda *a, **k: calls.append(a))
     with pytest.raises(RequestError) as e:
         ctx.run_script(GenerationRequest(**BASE), "X/Y/Z plot", [10, "Euler, Nope", [], 0, "", [], 0, "", [],
-                                                                  True, False, False, False, 0, True, False])
+                                                                  True, False, False, False, False, False, False,
+                                                                  0, True])
     assert e.value.field == "script_args" and "Nope" in e.value.message and "Euler a" in e.value.message
     with pytest.raises(RequestError) as e:
         ctx.run_script(GenerationRequest(**BASE), "Prompts from file or textbox",
@@ -315,7 +316,8 @@ def test_xyz_api_positional(app):
 
     client = TestClient(app)
     body = {**BASE, "script_name": "x/y/z plot",
-            "script_args": [4, "2,3", [], 6, "5,7", [], 0, "", [], True, True, False, False, 0, False, False]}
+            "script_args": [4, "2,3", [], 6, "5,7", [], 0, "", [], True, True, False, False, False, False, False, 0,
+                            False]}
     r = client.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 200, r.text
     data = r.json()
@@ -334,7 +336,7 @@ def test_xyz_img2img_denoising(ctx):
     init = Image.new("RGB", (64, 64), (200, 40, 40))
     req = GenerationRequest(**BASE).with_(mode="img2img", init_images=(init,))
     res = ctx.run_script(req, "X/Y/Z plot", [22, "0.3,0.6", [], 0, "", [], 0, "", [], False, False, False, False,
-                                             0, False, False])
+                                             False, False, False, 0, False])
     assert len(res.images) == 1 and res.images[0].size == (128, 64)
     assert "X Type: Denoising" in res.infotexts[0] and "Denoising strength: 0.3" in res.infotexts[0]
 

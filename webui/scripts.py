@@ -43,6 +43,14 @@ class ScriptRun:
     job: Job
     choices: ScriptChoices = field(default_factory=ScriptChoices)
     save_grid: Callable[[Any, str], str | None] | None = None  # (image, infotext) -> saved path
+    #: ``(image, upscaler name, width, height) -> image``: enlarged to exactly that size with a registered
+    #: upscaler (the request's options apply); an unknown name raises ``UnknownUpscaler`` (a KeyError).
+    upscale: Callable[[Any, str, int, int], Any] | None = None
+    #: ``(image, seed, infotext) -> saved path``: saves an image the script made (not a generation's own) as
+    #: a sample of the tab, when the request saves images and ``samples_save`` is on; None when not saved.
+    save_image: Callable[[Any, int, str], str | None] | None = None
+    #: the options in force for this request (saved options with its ``override_settings``)
+    opts: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -13,4 +13,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "webui.builtin.xyz_plot",
     "webui.builtin.prompt_matrix",
     "webui.builtin.prompts_from_file",
+    "webui.builtin.sd_upscale",
+    "webui.builtin.loopback",
 )

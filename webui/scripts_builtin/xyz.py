@@ -5,7 +5,8 @@ Clients address the axes by index into the list of :data:`AXES` available in the
 ``script_args`` layout, see :data:`ARG_NAMES`) or by label; :func:`parse_args` accepts both, and the
 keyword form ``{"x_type": "Steps", "x_values": "10,20", ...}``. Values are checked -- choices
 against ``run.choices``, every cell's request against :func:`~webui.pipeline.request.check_request`
--- before anything is generated.
+-- before anything is generated. Seeds of -1 are fixed once unless ``no_fixed_seeds``; the
+``vary_seeds_x/y/z`` flags then give each cell along those axes its own seed (:func:`seed_offset`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image
 
 from webui.pipeline.hires import LATENT_UPSCALE_MODES, SAME_SAMPLER
 from webui.pipeline.noise import resolve_seed
-from webui.pipeline.request import GenerationRequest, RequestError, check_request
+from webui.pipeline.request import MAX_SEED, GenerationRequest, RequestError, check_request
 from webui.pipeline.result import GenerationResult
 from webui.scripts import ScriptChoices, ScriptDef, ScriptRun, raw_script_args, script_flag, script_int
 from webui.scripts_builtin.grid import draw_annotations, image_grid
@@ -32,16 +33,20 @@ from webui.scripts_builtin.results import add_params, closest_checkpoint, combin
 
 TITLE = "X/Y/Z plot"
 FIELD = "script_args"
-#: A1111's positional ``script_args`` order.
+#: A1111's positional ``script_args`` order (v1.7 to v1.10: 18 items; v1.7 put the three "vary seeds"
+#: flags between ``no_fixed_seeds`` and ``margin_size``).
 ARG_NAMES = ("x_type", "x_values", "x_values_dropdown", "y_type", "y_values", "y_values_dropdown",
              "z_type", "z_values", "z_values_dropdown", "draw_legend", "include_lone_images",
-             "include_sub_grids", "no_fixed_seeds", "margin_size", "csv_mode", "raw_mode")
+             "include_sub_grids", "no_fixed_seeds", "vary_seeds_x", "vary_seeds_y", "vary_seeds_z",
+             "margin_size", "csv_mode")
+FLAGS = ("draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds", "vary_seeds_x",
+         "vary_seeds_y", "vary_seeds_z", "csv_mode")
 DEFAULTS: dict[str, Any] = {
     "x_type": "Nothing", "x_values": "", "x_values_dropdown": [],
     "y_type": "Nothing", "y_values": "", "y_values_dropdown": [],
     "z_type": "Nothing", "z_values": "", "z_values_dropdown": [],
     "draw_legend": True, "include_lone_images": False, "include_sub_grids": False, "no_fixed_seeds": False,
-    "margin_size": 0, "csv_mode": False, "raw_mode": False,
+    "vary_seeds_x": False, "vary_seeds_y": False, "vary_seeds_z": False, "margin_size": 0, "csv_mode": False,
 }
 #: A grid above this many megapixels is refused (A1111's ``img_max_size_mp`` default).
 MAX_GRID_MP = 200
@@ -268,7 +273,7 @@ AXES: tuple[AxisOption, ...] = (
     _opt("Clip skip", "int", _override("CLIP_stop_at_last_layers"), minimum=1, maximum=12),
     _opt("Denoising", "float", _field("denoising_strength")),
     _opt("Initial noise multiplier", "float", _field("initial_noise_multiplier")),
-    _opt("Extra noise", "float", neutral=0.0),
+    _opt("Extra noise", "float", _override("img2img_extra_noise"), minimum=0.0, maximum=1.0),
     _opt("Hires upscaler", "str", _field("hr_upscaler"), mode="txt2img",
          choices=lambda c: [*LATENT_UPSCALE_MODES, *c.upscalers], resolve=_hires_upscaler),
     _opt("Cond. Image Mask Weight", "float", _override("inpainting_mask_weight"), mode="img2img", minimum=0.0,
@@ -350,15 +355,15 @@ def _dropdown_arg(name: str, value: Any) -> list[Any]:
 
 
 def parse_args(args: Any, mode: str) -> dict[str, Any]:
-    """A1111's positional ``script_args`` (16 items; missing trailing ones take the UI defaults) or a dict with
-    the same names, normalised: axis types become labels, flags booleans."""
+    """A1111's positional ``script_args`` (the 18 items of :data:`ARG_NAMES`; missing trailing ones take the
+    UI defaults) or a dict with the same names, normalised: axis types become labels, flags booleans."""
     raw = raw_script_args(TITLE, args, ARG_NAMES)
     out: dict[str, Any] = {}
     for axis in "xyz":
         out[f"{axis}_type"] = _axis_type(f"{axis}_type", raw.get(f"{axis}_type"), mode)
         out[f"{axis}_values"] = _values_arg(f"{axis}_values", raw.get(f"{axis}_values"))
         out[f"{axis}_values_dropdown"] = _dropdown_arg(f"{axis}_values_dropdown", raw.get(f"{axis}_values_dropdown"))
-    for name in ("draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds", "csv_mode", "raw_mode"):
+    for name in FLAGS:
         out[name] = _bool(name, raw.get(name))
     margin = script_int(TITLE, "margin_size", raw.get("margin_size"), 0, MAX_MARGIN)
     out["margin_size"] = margin
@@ -484,8 +489,6 @@ def _axis(run: ScriptRun, name: str) -> Axis:
     elif isinstance(text_arg, list):
         raw_values = [str(v).strip() if isinstance(v, str) else v for v in text_arg]
         text = list_to_csv(raw_values)
-    elif args.get("raw_mode") and "\n" in text_arg.strip():
-        raw_values, text = text_arg.strip().split("\n"), text_arg
     else:
         raw_values, text = csv_to_list(text_arg), text_arg
     try:
@@ -520,6 +523,28 @@ def _is_neutral(opt: AxisOption, v: Any) -> bool:
 def _fix_seeds(axis: Axis) -> None:
     if axis.opt.label in ("Seed", "Var. seed"):
         axis.values = [resolve_seed(v) if v in (None, "", -1) else v for v in axis.values]
+
+
+def seed_offset(ix: int, iy: int, iz: int, sizes: tuple[int, int, int], vary: tuple[bool, bool, bool]) -> int:
+    """How far "Vary seeds for X/Y/Z" (A1111 v1.7+) moves the seed of cell ``(ix, iy, iz)`` on.
+
+    The varied axes number their cells like digits, X the fastest: a varied X adds ``ix``, a varied Y adds
+    ``iy`` times the X size, a varied Z ``iz`` times the X and Y sizes -- where an axis that is not varied
+    counts as size 1, so with only Y varied the rows get seed, seed+1, seed+2 ... whatever the X size.
+    """
+    nx = sizes[0] if vary[0] else 1
+    ny = sizes[1] if vary[1] else 1
+    return (ix if vary[0] else 0) + (iy * nx if vary[1] else 0) + (iz * nx * ny if vary[2] else 0)
+
+
+def _vary_seed(req: GenerationRequest, offset: int) -> GenerationRequest:
+    """The cell's request with its seed moved on by ``offset`` (after the axes are applied, so a Seed axis
+    value moves too). A seed of -1 ("Keep -1 for seeds") stays random: each such cell draws its own seed
+    anyway (A1111 would add the offset to -1 and give the fixed seeds 0, 1, ...). Past the largest seed it
+    wraps around to 0."""
+    if not offset or req.seed == -1:
+        return req
+    return req.with_(seed=(req.seed + offset) % (MAX_SEED + 1))
 
 
 # --------------------------------------------------------------------------- running
@@ -588,17 +613,23 @@ def run(r: ScriptRun) -> GenerationResult:
         if axis.opt.check is not None:
             axis.opt.check(base, axis.values, axis.name)
     count = len(x.values) * len(y.values) * len(z.values)
-    mp = count * base.width * base.height / 1_000_000
-    if mp > MAX_GRID_MP:
-        raise RequestError(FIELD, f"{TITLE}: the grid would be {mp:.0f} megapixels (at most {MAX_GRID_MP})")
+    # A1111 (scripts/xyz_grid.py): the grid's rounded megapixels must stay below img_max_size_mp
+    limit = float(r.opts.get("img_max_size_mp", MAX_GRID_MP))
+    mp = round(count * base.width * base.height / 1_000_000)
+    if mp >= limit:
+        raise RequestError(FIELD, f"{TITLE}: the grid would be {mp} megapixels; the limit is below {limit:g} "
+                                  "(option img_max_size_mp)")
 
     plan = _Plan(x, y, z)
+    sizes = (len(x.values), len(y.values), len(z.values))
+    vary = (a["vary_seeds_x"], a["vary_seeds_y"], a["vary_seeds_z"])
     for ix, vx in enumerate(x.values):
         for iy, vy in enumerate(y.values):
             for iz, vz in enumerate(z.values):
                 req = base
                 for axis, v in ((x, vx), (y, vy), (z, vz)):
                     req = axis.opt.apply(req, v, axis.values) if axis.opt.supported else req
+                req = _vary_seed(req, seed_offset(ix, iy, iz, sizes, vary))
                 try:
                     check_request(req)
                 except RequestError as exc:
@@ -670,7 +701,25 @@ def _assemble(r: ScriptRun, plan: _Plan, a: dict[str, Any], fixed: bool) -> Gene
                 paths.append(saved)
     for res in done:
         paths += res.paths
-    return combined_info(grids, grid_infos, done, lone, first, interrupted, paths)
+    out = combined_info(grids, grid_infos, done, lone, first, interrupted, paths)
+    if a["include_sub_grids"]:
+        _sub_grid_params(out, [plan.cells[(0, 0, iz)].result for iz in range(len(z.values))])
+    return out
+
+
+def _sub_grid_params(out: GenerationResult, firsts: Sequence[GenerationResult | None]) -> None:
+    """Sub-grid ``1 + iz`` takes the seed, variation seed and prompts of its own first cell ``firsts[iz]`` (as
+    its infotext does, and A1111's ``all_seeds``): they differ from the main grid's with a Z axis of seeds,
+    prompts, or "Vary seeds for Z"."""
+    for i, res in enumerate(firsts, start=1):
+        if res is None or not res.images:
+            continue
+        for name in ("seeds", "subseeds", "prompts", "negative_prompts"):
+            values = getattr(res, name)
+            if values and i < len(getattr(out, name)):
+                getattr(out, name)[i] = values[0]
+    out.info.update(all_seeds=list(out.seeds), all_subseeds=list(out.subseeds), all_prompts=list(out.prompts),
+                    all_negative_prompts=list(out.negative_prompts))
 
 
 def render(mode: str, choices: Callable[[], ScriptChoices] | None = None) -> dict[str, Any]:
@@ -691,18 +740,24 @@ def render(mode: str, choices: Callable[[], ScriptChoices] | None = None) -> dic
                                                          label=f"{axis.upper()} values", visible=False, scale=3,
                                                          elem_id=f"{mode}_xyz_{axis}_values_dropdown")
     with gr.Row():
-        out["draw_legend"] = gr.Checkbox(True, label="Draw legend", elem_id=f"{mode}_xyz_draw_legend")
-        out["no_fixed_seeds"] = gr.Checkbox(False, label="Keep -1 for seeds", elem_id=f"{mode}_xyz_no_fixed_seeds")
-        out["include_lone_images"] = gr.Checkbox(False, label="Include Sub Images",
-                                                 elem_id=f"{mode}_xyz_include_lone_images")
-    with gr.Row():
-        out["include_sub_grids"] = gr.Checkbox(False, label="Include Sub Grids",
-                                               elem_id=f"{mode}_xyz_include_sub_grids")
-        out["raw_mode"] = gr.Checkbox(False, label="Use raw text lines", elem_id=f"{mode}_xyz_raw_mode")
-        out["csv_mode"] = gr.Checkbox(False, label="Use text inputs instead of dropdowns",
-                                      elem_id=f"{mode}_xyz_csv_mode")
-    out["margin_size"] = gr.Slider(0, MAX_MARGIN, value=0, step=2, label="Grid margins (px)",
-                                   elem_id=f"{mode}_xyz_margin_size")
+        with gr.Column():
+            out["draw_legend"] = gr.Checkbox(True, label="Draw legend", elem_id=f"{mode}_xyz_draw_legend")
+            out["no_fixed_seeds"] = gr.Checkbox(False, label="Keep -1 for seeds",
+                                                elem_id=f"{mode}_xyz_no_fixed_seeds")
+            with gr.Row():
+                for axis in "xyz":
+                    out[f"vary_seeds_{axis}"] = gr.Checkbox(False, label=f"Vary seeds for {axis.upper()}",
+                                                            min_width=80, elem_id=f"{mode}_xyz_vary_seeds_{axis}")
+        with gr.Column():
+            out["include_lone_images"] = gr.Checkbox(False, label="Include Sub Images",
+                                                     elem_id=f"{mode}_xyz_include_lone_images")
+            out["include_sub_grids"] = gr.Checkbox(False, label="Include Sub Grids",
+                                                   elem_id=f"{mode}_xyz_include_sub_grids")
+            out["csv_mode"] = gr.Checkbox(False, label="Use text inputs instead of dropdowns",
+                                          elem_id=f"{mode}_xyz_csv_mode")
+        with gr.Column():
+            out["margin_size"] = gr.Slider(0, MAX_MARGIN, value=0, step=2, label="Grid margins (px)",
+                                           elem_id=f"{mode}_xyz_margin_size")
 
     def select_axis(label: str, text: str, picked: list[str] | None, csv_mode: bool):
         opt = by_label.get(label)
