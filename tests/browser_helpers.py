@@ -71,3 +71,11 @@ def wait_text(page, selector: str, text: str, timeout: float = 60_000, prop: str
         "([sel, text, prop]) => { const el = document.querySelector(sel);"
         " return !!el && String(el[prop] ?? '').includes(text); }",
         arg=[selector, text, prop], timeout=timeout)
+
+
+def choose(page, selector: str, value: str) -> None:
+    """Pick ``value`` in the Gradio dropdown ``selector`` the way a user does: open it, click the option."""
+    box = page.locator(f"{selector} input").first
+    box.click()
+    page.get_by_role("option", name=value, exact=True).first.click()
+    page.wait_for_function(f"document.querySelector('{selector} input').value === {value!r}", timeout=10_000)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.browser_helpers import launch, needs_chromium, screenshot_tabs, wait_text
+from tests.browser_helpers import choose, launch, needs_chromium, screenshot_tabs, wait_text
 from tests.conftest import make_settings
 from tests.live_server import LiveServer
 from webui.context import build_context
@@ -150,6 +150,7 @@ def test_extras_upscale(page, tmp_path):
     open_tab(page, "Extras")
     page.locator("#extras_image input[type=file]").first.set_input_files(png_file(tmp_path, size=32))
     page.locator("#extras_image img").first.wait_for(state="visible")
+    choose(page, "#extras_upscaler_1", "Lanczos")  # with "None" Extras does not upscale (A1111)
     page.locator("#extras_generate").click()
     wait_text(page, "#extras_info", "Postprocess upscale by", prop="innerText")
     image = page.locator("#extras_gallery img").first

@@ -101,7 +101,9 @@ def run_extras(upscalers: UpscalerRegistry, restorers: FaceRestorerRegistry, ima
     if max(out_w, out_h) > MAX_OUTPUT_SIDE:
         field = "upscaling_resize" if req.resize_mode == 0 else "upscaling_resize_w"
         raise RequestError(field, f"the result would be {out_w}x{out_h}; the limit is {MAX_OUTPUT_SIDE} per side")
-    if up1 is not None or up2 is not None or scale != 1.0:
+    # A1111 (scripts/postprocessing_upscale.py): with upscaler 1 "None" the upscaling step does nothing at
+    # all, whatever the scale and upscaler 2 say
+    if up1 is not None:
         upscaled = _scaled(up1, image, scale, opts)
         if up2 is not None:
             second = _scaled(up2, image, scale, opts)
@@ -118,7 +120,7 @@ def run_extras(upscalers: UpscalerRegistry, restorers: FaceRestorerRegistry, ima
                 info["Postprocess crop to"] = f"{req.upscaling_resize_w}x{req.upscaling_resize_h}"
         else:
             info["Postprocess upscale by"] = req.upscaling_resize
-        info["Postprocess upscaler"] = up1.name if up1 is not None else "None"
+        info["Postprocess upscaler"] = up1.name
         if up2 is not None:
             info["Postprocess upscaler 2"] = up2.name
             info["Postprocess upscaler 2 visibility"] = req.extras_upscaler_2_visibility

@@ -105,11 +105,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     log = logging.getLogger("webui")
     start = time.perf_counter()
 
-    from webui.context import build_context
-    from webui.server import create_app
     from webui.settings import parse_args
 
+    # before the heavy imports: a mistyped flag is refused at once (exit status 2)
     settings = parse_args(sys.argv[1:] if argv is None else argv)
+    for note in settings.flag_notes:
+        log.info(note)
+
+    from webui.context import build_context
+    from webui.server import create_app
+
     ctx = build_context(settings)
     if ctx.models.using_builtin_default:
         from webui.models.default import HOW_TO_ADD
