@@ -102,12 +102,13 @@ def test_batch_folder_with_masks_outputs_and_a_broken_file(ctx, tmp_path):
     report = run_folder(ctx.txt2img, base, src, out, ctx.saver, masks)
     assert report.processed == ["a.png", "b.jpg"]
     assert [name for name, _ in report.skipped] == ["c.png"]
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
-    first = np.asarray(Image.open(out / "a.png").convert("RGB"))
+    # A1111 img2img batch with an output folder: the input's name after the number (save_images_add_number)
+    assert sorted(p.name for p in out.iterdir()) == ["00000-a.png", "00001-b.png"]
+    first = np.asarray(Image.open(out / "00000-a.png").convert("RGB"))
     assert np.array_equal(first[m == 0], a[m == 0])  # a.png was inpainted with its mask
     assert "Mask blur: 0" in report.infotexts[0] and "Mask blur" not in report.infotexts[1]
-    again = run_folder(ctx.txt2img, base, src, out, ctx.saver, masks)  # never overwrites
-    assert sorted(p.name for p in out.iterdir()) == ["a-1.png", "a.png", "b-1.png", "b.png"]
+    again = run_folder(ctx.txt2img, base, src, out, ctx.saver, masks)  # numbered on: never overwrites
+    assert sorted(p.name for p in out.iterdir()) == ["00000-a.png", "00001-b.png", "00002-a.png", "00003-b.png"]
     assert again.processed == report.processed
 
 

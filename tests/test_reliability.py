@@ -769,13 +769,15 @@ def test_23_shutdown_interrupts_jobs_after_the_grace_period(tmp_path, models_roo
 def test_writes_are_atomic_and_a_failed_write_changes_nothing(fresh_ctx, monkeypatch, target):
     import webui.fileio as fileio
     from webui.fileio import StorageError
+    from webui.filenames import ImageFields
     from webui.styles import Style
 
     ctx = fresh_ctx
     ctx.options.update({"CLIP_stop_at_last_layers": 2})
     ctx.styles.save(Style("old", "old prompt"))
     image_dir = ctx.settings.outputs_dir / "t"
-    first = ctx.saver.save(Image.new("RGB", (8, 8)), image_dir, 1, "first", add_number=False)
+    first = ctx.saver.save_image(Image.new("RGB", (8, 8)), "samples", {"save_images_add_number": False},
+                                 ctx.settings.data_dir, ImageFields(seed=1), "first", outdir=image_dir).path
     paths = {"options": ctx.settings.config_file, "styles": ctx.styles.path, "image": first}
     path = paths[target]
     before, inode = path.read_bytes(), path.stat().st_ino
@@ -786,7 +788,7 @@ def test_writes_are_atomic_and_a_failed_write_changes_nothing(fresh_ctx, monkeyp
         elif target == "styles":
             ctx.styles.save(Style("new", "new prompt"))
         else:
-            # the same name: save() never overwrites, so write it through the atomic writer the saver uses
+            # the same name, written through the atomic writer the saver uses
             fileio.atomic_write(first, lambda fh: fh.write(b"new image bytes"))
 
     for failure in ("fsync", "replace"):

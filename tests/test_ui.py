@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from tests.browser_helpers import launch, needs_chromium, screenshot_tabs
+from tests.browser_helpers import choose, launch, needs_chromium, screenshot_tabs
 from tests.live_server import LiveServer
 from webui.server import create_app
 
@@ -106,6 +106,7 @@ def test_browser_generate(server):
             # and on to Extras: upscale the inpainted image 2x
             page.locator("#img2img_send_to_extras").click()
             page.locator("#extras_image img").first.wait_for(state="visible", timeout=20_000)
+            choose(page, "#extras_upscaler_1", "Lanczos")  # with "None" Extras does not upscale (A1111)
             page.locator("#extras_generate").click()
             page.wait_for_function(
                 "document.querySelector('#extras_info').innerText.includes('Postprocess upscale by')", timeout=60_000)
@@ -218,3 +219,18 @@ def test_gradio_client_extras_keeps_infotext_and_saves(server, ctx, tmp_path):
     with Image.open(saved) as im:
         assert im.size == (128, 128) and im.info["parameters"].startswith("extras source")
         assert im.info["postprocessing"].startswith("Postprocess upscale by: 2")
+
+
+def test_settings_tab_shows_the_options_that_take_effect_only(server, ctx):
+    import httpx
+
+    config = httpx.get(server.url + "/config", timeout=30).json()
+    ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+    for key in ("samples_format", "jpeg_quality", "CLIP_stop_at_last_layers", "img2img_color_correction",
+                "eta_noise_seed_delta", "s_churn", "sdxl_crop_top"):
+        assert f"setting_{key}" in ids, key
+    # accepted-but-no-effect A1111 keys are not offered as controls
+    for key in ("send_seed", "token_merging_ratio", "js_modal_lightbox", "interrogate_clip_num_beams"):
+        assert ctx.options.defs[key].note and f"setting_{key}" not in ids, key
+    labels = {c.get("props", {}).get("label") for c in config["components"]}
+    assert {"Saving images/grids", "Paths for saving", "Sampler parameters", "Compatibility"} <= labels

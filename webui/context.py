@@ -11,8 +11,11 @@ from typing import Any
 
 import torch
 
+from webui.a1111_options import a1111_option_defs
 from webui.devices import DevicePolicy, choose_device, free_memory
+from webui.filenames import ImageFields, request_fields, timestamp_of
 from webui.images import ImageSaver
+from webui.infotext import parse_infotext
 from webui.jobs import Job, JobQueue
 from webui.models.default import ensure_default_checkpoint
 from webui.models.manager import HashCache, LoadedModel, ModelManager
@@ -22,12 +25,13 @@ from webui.pipeline.request import GenerationRequest
 from webui.pipeline.result import GenerationResult
 from webui.pipeline.txt2img import PipelineEnv, txt2img
 from webui.plugins import Hooks, Plugins, make_plugin_manager
+from webui.prompts.parser import parse_extra_networks
 from webui.restoration.registry import FaceRestorerRegistry
 from webui.sampling.registry import SamplerRegistry
 from webui.scripts import ScriptChoices, ScriptRegistry, ScriptRun
-from webui.settings import Options, OptionsStore, Settings, core_option_defs
+from webui.settings import OptionError, Options, OptionsStore, Settings, core_option_defs
 from webui.styles import StyleStore
-from webui.upscaling.registry import UpscalerRegistry
+from webui.upscaling.registry import UpscalerRegistry, upscale_to
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +80,11 @@ class AppContext:
         """Current options with a request's ``override_settings`` applied (validated, not persisted)."""
         if not override_settings:
             return self.options.current
-        return self.options.current.replaced(self.options.validate(override_settings))
+        try:
+            clean = self.options.validate(override_settings)
+        except OptionError as exc:  # name the request field: override_settings.<key>
+            raise OptionError({f"override_settings.{k}": v for k, v in exc.errors.items()}) from None
+        return self.options.current.replaced(clean)
 
     def model_for(self, opts: Options) -> LoadedModel:
         name = str(opts.get("sd_model_checkpoint") or "")
@@ -130,21 +138,72 @@ class AppContext:
             opts = self.options_for(r.override_settings)
             return txt2img(env, self.model_for(opts), r, job, opts)
 
-        def save_grid(image: Any, infotext: str) -> str | None:
+        def image_fields(seed: int | None, prompt: str | None = None) -> ImageFields:
+            model = self.models.current
+            styles = [self.styles.get(name) for name in req.styles]
+            values: dict[str, Any] = {"seed": seed, "style_prompts": tuple(s.prompt for s in styles if s is not None),
+                                      "job_timestamp": timestamp_of(job.started)}
+            if prompt is not None:
+                values["prompt"] = parse_extra_networks(prompt)[0]
+            if seed is not None:
+                values["all_seeds"] = tuple(seed + k for k in range(req.n_iter * req.batch_size))
+            if model is not None:
+                values.update(model_name=model.info.model_name, model_hash=model.short_hash)
+            return request_fields(req, **values)
+
+        # A1111 names the grids of these scripts after them, with the seed (the others: grid-NNNN)
+        own_grid_name = {"x/y/z plot": "xyz_grid", "prompt matrix": "prompt_matrix"}.get(script.title.lower())
+
+        def save_grid(image: Any, infotext: str, *, basename: str | None = None, seed: int | None = None,
+                      prompt: str | None = None, short_filename: bool | None = None) -> str | None:
+            """A script's grid, as A1111 saves it: ``grid-NNNN`` (Loopback, process_images), X/Y/Z plot's
+            ``xyz_grid-NNNN-<seed>`` and Prompt matrix's ``prompt_matrix-NNNN-<seed>``. Options: the saved
+            ones (A1111 restores a request's override_settings before a script saves its grid)."""
+            if basename is None:
+                basename = own_grid_name or "grid"
+                if own_grid_name is not None and short_filename is None:
+                    short_filename = False
+                if own_grid_name == "prompt_matrix" and prompt is None:
+                    prompt = req.prompt
             opts = self.options.current
             if not (req.save_images and opts.get("grid_save", True)):
                 return None
-            key = "outdir_img2img_grids" if req.mode == "img2img" else "outdir_txt2img_grids"
-            outdir = self.settings.data_dir / str(opts.get(key, f"outputs/{req.mode}-grids"))
+            first = parse_infotext(infotext) if infotext else {}
+            if seed is None:
+                try:
+                    seed = int(str(first.get("Seed", req.seed)))
+                except ValueError:
+                    seed = req.seed
             try:
-                return str(self.saver.save(image, outdir, 0, infotext, add_number=True))
+                saved = self.saver.save_image(
+                    image, "grids", opts, self.settings.data_dir,
+                    image_fields(seed, prompt if prompt is not None else str(first.get("Prompt", req.prompt))),
+                    infotext, basename=basename, short_filename=short_filename, hooks=self.hooks)
             except OSError as exc:  # the grid is still returned to the client
                 log.error("Could not save the grid: %s", exc)
                 return None
+            return str(saved.path)
+
+        def upscale(image: Any, upscaler: str, width: int, height: int) -> Any:
+            opts = self.options_for(req.override_settings)
+            return upscale_to(self.upscalers.get(upscaler), image, width, height, opts=opts)
+
+        def save_image(image: Any, seed: int, infotext: str) -> str | None:
+            opts = self.options_for(req.override_settings)
+            if not (req.save_images and opts.get("samples_save", True)):
+                return None
+            try:  # A1111 (SD upscale): as a sample of the tab, named with the request's prompt
+                saved = self.saver.save_image(image, "samples", opts, self.settings.data_dir,
+                                              image_fields(seed, req.prompt), infotext, hooks=self.hooks)
+            except OSError as exc:  # the image is still returned to the client
+                log.error("Could not save the image: %s", exc)
+                return None
+            return str(saved.path)
 
         with self.jobs.slot(job):
             try:
-                return script.run(ScriptRun(req, args, req.mode, generate, job, self.script_choices(), save_grid))
+                return script.run(ScriptRun(req, args, req.mode, generate, job, self.script_choices(), save_grid,
+                                            upscale, save_image, opts=self.options_for(req.override_settings)))
             except torch.OutOfMemoryError as exc:
                 free_memory()
                 raise GenerationFailed(f"out of memory: {exc}", out_of_memory=True) from exc
@@ -176,6 +235,22 @@ def saved_disabled_extensions(config_file: Path) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
+def _check_upscaler_option(options: OptionsStore, upscalers: UpscalerRegistry) -> None:
+    """``upscaler_for_img2img`` must name a registered upscaler (empty/None/"None" = Lanczos)."""
+    import dataclasses
+
+    def check(key: str, value: Any) -> None:
+        if value in (None, "", "None"):
+            return
+        names = upscalers.names()
+        if str(value).lower() not in (n.lower() for n in names):
+            raise ValueError(f"{key}: unknown upscaler {value!r}; choose one of: {', '.join(names)}")
+
+    d = options.defs.get("upscaler_for_img2img")
+    if d is not None and d.check is None:
+        options.defs[d.key] = dataclasses.replace(d, check=check, choices_fn=lambda: ["None", *upscalers.names()])
+
+
 def build_context(settings: Settings, *, plugins: Plugins | None = None, load_model: bool = False) -> AppContext:
     """Build the application: plugins, options, samplers, models, jobs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -187,7 +262,10 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
             disabled_extensions=saved_disabled_extensions(settings.config_file),
         )
     hooks = plugins.hooks
-    options = OptionsStore.open(settings.config_file, [*core_option_defs(), *hooks.register_settings()])
+    defs = [*core_option_defs(), *hooks.register_settings()]
+    # every other A1111 1.10 key: accepted, typed, stored; no effect here (listed in docs/api.md)
+    defs += a1111_option_defs(d.key for d in defs)
+    options = OptionsStore.open(settings.config_file, defs)
     samplers = SamplerRegistry(hooks.register_samplers(), hooks.register_schedules())
     device = choose_device(settings)
     for d in settings.checkpoint_dirs():
@@ -214,6 +292,7 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
                      UpscalerRegistry(hooks.register_upscalers(settings)),
                      FaceRestorerRegistry(hooks.register_face_restorers(settings)),
                      ScriptRegistry(hooks.register_scripts()))
+    _check_upscaler_option(options, ctx.upscalers)
     if load_model:
         ctx.load_initial_model()
     hooks.startup(ctx)

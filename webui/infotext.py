@@ -18,7 +18,9 @@ The module offers:
 * :func:`parse_infotext` to read one back (never raises), filling in the
   defaults A1111 assumes for keys that older infotexts leave out,
 * :func:`infotext_to_request` to turn a parsed infotext into the field names
-  and types of A1111's ``/sdapi/v1/txt2img`` / ``img2img`` request body.
+  and types of A1111's ``/sdapi/v1/txt2img`` / ``img2img`` request body,
+* :func:`backcompat` to add the compatibility options an infotext of an older
+  A1111 version needs (option ``auto_backcompat``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import NamedTuple
 
+from packaging.version import InvalidVersion, Version
+
 __all__ = [
     "NEGATIVE_PROMPT_PREFIX",
     "PARSE_DEFAULTS",
@@ -40,6 +44,8 @@ __all__ = [
     "format_infotext",
     "parse_infotext",
     "infotext_to_request",
+    "parse_version",
+    "backcompat",
 ]
 
 NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
@@ -317,6 +323,11 @@ def _to_float(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _to_bool(value: object) -> bool | None:
+    """``True``/``"True"`` and ``False``/``"False"`` (as A1111 writes them); else ``None``."""
+    return {"True": True, "False": False}.get(str(value).strip())
+
+
 def _lookup(table: Mapping[str, object], value: object) -> object | None:
     """A named choice's value (``None`` for an unknown name)."""
     return table.get(str(value).strip())
@@ -371,6 +382,8 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("Hires prompt", ("hr_prompt",), _to_str),
     RequestField("Hires negative prompt", ("hr_negative_prompt",), _to_str),
     RequestField("Clip skip", (OVERRIDE_SETTINGS, "CLIP_stop_at_last_layers"), _to_int),
+    RequestField("Old prompt editing timelines", (OVERRIDE_SETTINGS, "use_old_scheduling"), _to_bool),
+    RequestField("Downcast alphas_cumprod", (OVERRIDE_SETTINGS, "use_downcasted_alpha_bar"), _to_bool),
     RequestField("VAE", (OVERRIDE_SETTINGS, "sd_vae"), _to_str),
     RequestField("Refiner", ("refiner_checkpoint",), _to_str),
     RequestField("Refiner switch at", ("refiner_switch_at",), _to_float),
@@ -435,3 +448,64 @@ def infotext_to_request(parsed: Mapping[str, object]) -> dict[str, object]:
             _set_path(request, field.target, value)
     request["enable_hr"] = _hires_enabled(parsed)
     return request
+
+
+# --------------------------------------------------------------------------- backward compatibility
+
+V160 = Version("1.6.0")
+"""Before it: the old prompt-editing timelines (A1111 ``infotext_versions.v160``)."""
+
+V170_TSNR = Version("1.7.0.post225")
+"""Before it (``v1.7.0-225``, the zero-terminal-SNR commit): alphas_cumprod was float16."""
+
+BACKCOMPAT_KEYS = ("Old prompt editing timelines", "Downcast alphas_cumprod")
+"""The compatibility keys :func:`backcompat` may add (both map to ``override_settings``)."""
+
+_RE_GIT_DESCRIBE = re.compile(r"([^-]+-[^-]+)-.*")
+
+
+def parse_version(text: object) -> Version | None:
+    """An infotext's ``Version`` as A1111 reads it (``infotext_versions.parse_version``), or None.
+
+    From ``git describe`` text such as ``v1.7.0-225-gabc1234`` only ``v1.7.0-225`` is kept (the part
+    before the second ``-``), then the text is read as a PEP 440 version: ``v1.7.0-225`` is 1.7.0.post225,
+    ``v1.6.0-RC`` is 1.6.0rc0. Anything else, this web UI's own ``webui-<version>`` included, is None.
+    """
+    if not isinstance(text, str):
+        return None
+    m = _RE_GIT_DESCRIBE.match(text)
+    if m:
+        text = m.group(1)
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
+
+
+def backcompat(parsed: Mapping[str, object], enabled: bool) -> dict[str, object]:
+    """A copy of a :func:`parse_infotext` result with A1111's backward-compatibility keys added.
+
+    A1111 1.10 (``infotext_versions.backcompat``, called at the end of ``parse_generation_parameters``
+    when the option ``auto_backcompat`` is on) looks at the infotext's ``Version``; when it reads as a
+    version (:func:`parse_version`):
+
+    * older than 1.6.0 and the prompt contains ``[``: "Old prompt editing timelines: True"
+      (option ``use_old_scheduling``);
+    * older than ``v1.7.0-225``: "Downcast alphas_cumprod: True" (``use_downcasted_alpha_bar``).
+
+    A1111's other two rules are not applied, their options having no effect here: older than 1.6.0 with
+    sampler DDIM or PLMS -> "Pad conds v0" (``pad_cond_uncond_v0``, not implemented), older than 1.8.0
+    with a refiner -> "Refiner switch by sampling steps" (``refiner_switch_by_sample_steps``: the refiner
+    always switches by sampling steps here).
+    """
+    out = dict(parsed)
+    if not enabled:
+        return out
+    ver = parse_version(out.get("Version"))
+    if ver is None:
+        return out
+    if ver < V160 and "[" in str(out.get(PROMPT_KEY, "")):
+        out["Old prompt editing timelines"] = True
+    if ver < V170_TSNR:
+        out["Downcast alphas_cumprod"] = True
+    return out

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from webui.cli_flags import add_ignored_flags, ignored_flag_notes, unknown_flags_message
 from webui.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Settings:
     max_body_mb: int = 64
     allow_image_urls: bool = False  # API image fields may be http(s) URLs (public addresses only)
     shutdown_grace: float = 10.0  # seconds running jobs may finish after SIGTERM before they are interrupted
+    flag_notes: tuple[str, ...] = ()  # one line per A1111 flag given that has no effect here (logged at start)
 
     @property
     def host(self) -> str:
@@ -130,7 +132,7 @@ class Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="launch.py", description="Stable Diffusion web UI")
+    p = argparse.ArgumentParser(prog="launch.py", description="Stable Diffusion web UI", allow_abbrev=False)
     p.add_argument("--listen", action="store_true", help="listen on 0.0.0.0 instead of 127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--ckpt", type=Path, default=None, help="checkpoint to load at start")
@@ -140,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path, default=None, help="folder holding the model folders")
     p.add_argument("--api", action="store_true", help="serve /sdapi/v1 beside the UI (always on)")
     p.add_argument("--nowebui", action="store_true", help="serve the API only")
-    p.add_argument("--use-cpu", action="store_true", help="run on the CPU even if a GPU is present")
+    p.add_argument("--use-cpu", nargs="*", default=None, metavar="MODULE",
+                   help="run on the CPU even if a GPU is present (A1111's module names, e.g. 'all', are accepted)")
     p.add_argument("--no-half", action="store_true", help="use float32 on the GPU")
     p.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32 (no NaN retries needed)")
     p.add_argument("--precision", choices=("autocast", "half", "full"), default="autocast",
@@ -166,13 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let API image fields be http(s) URLs the server fetches (public addresses only)")
     p.add_argument("--shutdown-grace", type=float, default=10.0,
                    help="seconds running jobs may finish after SIGTERM/Ctrl+C before they are interrupted")
+    add_ignored_flags(p)
     return p
 
 
 def parse_args(argv: Iterable[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Build :class:`Settings` from command-line arguments (and ``WEBUI_EXTENSIONS``)."""
+    """Build :class:`Settings` from command-line arguments (and ``WEBUI_EXTENSIONS``).
+
+    An unknown flag (or a stray value) exits with status 2 and a message naming it and the closest known
+    flag, as A1111 does; A1111 flags with no effect here are accepted and listed in ``flag_notes``."""
     env = os.environ if env is None else env
-    ns, _unknown = build_parser().parse_known_args(list(argv) if argv is not None else None)
+    parser = build_parser()
+    ns, unknown = parser.parse_known_args(list(argv) if argv is not None else None)
+    if unknown:
+        parser.error(unknown_flags_message(unknown, parser))
     data_dir = (ns.data_dir or REPO_ROOT).resolve()
     ext_names = ns.extensions if ns.extensions is not None else env.get("WEBUI_EXTENSIONS")
     return Settings(
@@ -185,7 +195,7 @@ def parse_args(argv: Iterable[str] | None = None, env: Mapping[str, str] | None 
         models_dir=ns.models_dir.resolve() if ns.models_dir else None,
         api=ns.api,
         nowebui=ns.nowebui,
-        use_cpu=ns.use_cpu,
+        use_cpu=ns.use_cpu is not None,
         no_half=ns.no_half or ns.precision == "full",
         no_half_vae=ns.no_half_vae,
         memory_mode="lowvram" if ns.lowvram else "medvram" if ns.medvram else "none",
@@ -204,6 +214,7 @@ def parse_args(argv: Iterable[str] | None = None, env: Mapping[str, str] | None 
         max_body_mb=max(1, ns.max_body_mb),
         allow_image_urls=ns.allow_image_urls,
         shutdown_grace=max(0.0, ns.shutdown_grace),
+        flag_notes=ignored_flag_notes(ns),
     )
 
 
@@ -225,13 +236,20 @@ class OptionDef:
     choices_fn: Callable[[], list[Any]] | None = field(default=None, compare=False)
     #: an extra check of the coerced value (raises ValueError), e.g. :func:`inside_data_folder`
     check: Callable[[str, Any], None] | None = field(default=None, compare=False)
+    #: for an A1111 key that is accepted but changes nothing here: why (docs/api.md lists these; the
+    #: Settings tab leaves them out). Empty for options that mean something.
+    note: str = ""
 
     def coerce(self, value: Any) -> Any:
         """Return ``value`` converted to this option's type, or raise ValueError."""
         kind = type(self.default)
-        if kind is bool:
+        if self.default is None:  # A1111's "no value yet" options (sd_model_checkpoint, upscaler_for_img2img)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{self.key}: expected a string or null, got {value!r}")
+            out: Any = value
+        elif kind is bool:
             if isinstance(value, bool):
-                out: Any = value
+                out = value
             elif isinstance(value, str) and value.lower() in ("true", "false"):
                 out = value.lower() == "true"
             else:
@@ -240,9 +258,12 @@ class OptionDef:
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise ValueError(f"{self.key}: expected a number, got {value!r}")
             try:
-                out = kind(value)
+                number = float(value)
             except (TypeError, ValueError):
                 raise ValueError(f"{self.key}: expected a number, got {value!r}") from None
+            if kind is int and math.isfinite(number) and not number.is_integer():
+                raise ValueError(f"{self.key}: expected a whole number, got {value!r}")
+            out = int(number) if kind is int and math.isfinite(number) else number
             if isinstance(out, float) and not math.isfinite(out):
                 raise ValueError(f"{self.key}: must be finite")
             if self.minimum is not None and out < self.minimum:
@@ -278,53 +299,118 @@ def inside_data_folder(key: str, value: Any) -> None:
                          "'~' or '..')")
 
 
+def inside_data_folder_or_empty(key: str, value: Any) -> None:
+    """As :func:`inside_data_folder`, but empty means "use the per-mode folders" (A1111's outdir_samples)."""
+    if str(value) != "":
+        inside_data_folder(key, value)
+
+
+#: image formats ``samples_format`` / ``grid_format`` accept (A1111 offers these in its dropdown)
+IMAGE_FORMATS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "avif")
+
+
 def core_option_defs() -> list[OptionDef]:
-    """The options the core itself owns (A1111 keys)."""
+    """The options the core itself owns: A1111 keys with A1111's defaults, in A1111's sections.
+
+    Every other A1111 1.10 key is accepted too (:mod:`webui.a1111_options`) but changes nothing here."""
+    saving, paths, dirs = "Saving images/grids", "Paths for saving", "Saving to a directory"
+    sd, samplers, compat, i2i = "Stable Diffusion", "Sampler parameters", "Compatibility", "img2img"
+
+    def outdir(key: str, default: str, label: str, optional: bool = False) -> OptionDef:
+        return OptionDef(key, default, label, paths,
+                         check=inside_data_folder_or_empty if optional else inside_data_folder)
+
     return [
-        OptionDef("sd_model_checkpoint", "", "Stable Diffusion checkpoint", "Stable Diffusion"),
-        OptionDef("sd_checkpoint_cache", 0, "Checkpoints to keep in RAM besides the current one",
-                  "Stable Diffusion", minimum=0, maximum=10),
-        OptionDef("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
-        OptionDef("emphasis", "Original", "Emphasis mode", "Stable Diffusion",
-                  choices=("Original", "No norm", "None")),
-        OptionDef("comma_padding_backtrack", 20, "Prompt word wrap length limit", "Stable Diffusion", minimum=0,
-                  maximum=74),
-        OptionDef("samples_save", True, "Always save all generated images", "Saving images"),
-        OptionDef("samples_format", "png", "File format for images", "Saving images", choices=("png",)),
-        OptionDef("outdir_txt2img_samples", "outputs/txt2img-images", "Output folder for txt2img", "Saving images",
-                  check=inside_data_folder),
-        OptionDef("outdir_img2img_samples", "outputs/img2img-images", "Output folder for img2img", "Saving images",
-                  check=inside_data_folder),
-        OptionDef("outdir_extras_samples", "outputs/extras-images", "Output folder for Extras", "Saving images",
-                  check=inside_data_folder),
-        OptionDef("outdir_txt2img_grids", "outputs/txt2img-grids", "Output folder for txt2img grids", "Saving images",
-                  check=inside_data_folder),
-        OptionDef("outdir_img2img_grids", "outputs/img2img-grids", "Output folder for img2img grids", "Saving images",
-                  check=inside_data_folder),
-        OptionDef("grid_save", True, "Save grids made by scripts", "Saving images"),
-        OptionDef("disabled_extensions", [], "Extensions switched off (applied at the next start)", "Extensions"),
-        OptionDef("save_images_add_number", True, "Add number to file names", "Saving images"),
-        OptionDef("enable_pnginfo", True, "Save infotext in PNG files", "Saving images"),
-        OptionDef("eta_ancestral", 1.0, "Eta for ancestral samplers", "Sampler parameters", minimum=0.0, maximum=1.0),
-        OptionDef("eta_ddim", 0.0, "Eta for DDIM", "Sampler parameters", minimum=0.0, maximum=1.0),
-        OptionDef("eta_noise_seed_delta", 0, "Eta noise seed delta (ENSD)", "Sampler parameters", minimum=0,
-                  maximum=2**32 - 1),
-        OptionDef("s_noise", 1.0, "Sigma noise", "Sampler parameters", minimum=0.0, maximum=1.1),
-        OptionDef("randn_source", "GPU", "Random number generator source", "Stable Diffusion",
-                  choices=("GPU", "CPU", "NV")),
-        OptionDef("show_progress_every_n_steps", 0, "Live preview every N steps (0: off)", "Live previews", minimum=0),
-        OptionDef("initial_noise_multiplier", 1.0, "Noise multiplier for img2img", "img2img", minimum=0.0,
-                  maximum=1.5),
-        OptionDef("img2img_background_color", "#ffffff", "Colour under transparent parts of init images", "img2img"),
-        OptionDef("inpainting_mask_weight", 1.0, "Inpainting conditioning mask strength", "img2img", minimum=0.0,
+        # Saving images/grids
+        OptionDef("samples_save", True, "Always save all generated images", saving),
+        OptionDef("samples_format", "png", "File format for images", saving, choices=IMAGE_FORMATS),
+        OptionDef("samples_filename_pattern", "", "Images filename pattern (empty: [seed], or [seed]-[prompt_spaces] "
+                  "when not saving to subfolders)", saving),
+        OptionDef("save_images_add_number", True, "Add number to file names", saving),
+        OptionDef("save_images_replace_action", "Replace", "Saving the image to an existing file", saving,
+                  choices=("Replace", "Add number suffix")),
+        OptionDef("grid_save", True, "Save grids made by scripts", saving),
+        OptionDef("grid_format", "png", "File format for grids", saving, choices=IMAGE_FORMATS),
+        OptionDef("grid_extended_filename", False, "Add seed and prompt to grid file names", saving),
+        OptionDef("use_original_name_batch", True, "Extras batch: keep the original file names", saving),
+        OptionDef("jpeg_quality", 80, "Quality for saved JPEG, WEBP and AVIF images", saving, minimum=1, maximum=100),
+        OptionDef("webp_lossless", False, "Lossless WEBP images", saving),
+        OptionDef("img_max_size_mp", 200.0, "Largest grid a script may make, in megapixels", saving, minimum=0.0),
+        OptionDef("save_init_img", False, "Save init images of img2img", saving),
+        # Paths for saving (relative to the data folder)
+        outdir("outdir_samples", "", "Output folder for images (empty: the per-mode folders below)", optional=True),
+        outdir("outdir_txt2img_samples", "outputs/txt2img-images", "Output folder for txt2img"),
+        outdir("outdir_img2img_samples", "outputs/img2img-images", "Output folder for img2img"),
+        outdir("outdir_extras_samples", "outputs/extras-images", "Output folder for Extras"),
+        outdir("outdir_grids", "", "Output folder for grids (empty: the per-mode folders below)", optional=True),
+        outdir("outdir_txt2img_grids", "outputs/txt2img-grids", "Output folder for txt2img grids"),
+        outdir("outdir_img2img_grids", "outputs/img2img-grids", "Output folder for img2img grids"),
+        outdir("outdir_init_images", "outputs/init-images", "Output folder for img2img init images"),
+        # Saving to a directory
+        OptionDef("save_to_dirs", True, "Save images to a subfolder", dirs),
+        OptionDef("grid_save_to_dirs", True, "Save grids to a subfolder", dirs),
+        OptionDef("directories_filename_pattern", "[date]", "Subfolder name pattern", dirs),
+        OptionDef("directories_max_prompt_words", 8, "Most prompt words for [prompt_words]", dirs, minimum=1,
+                  maximum=20),
+        # Infotext
+        OptionDef("enable_pnginfo", True, "Write infotext into the image files", "Infotext"),
+        OptionDef("save_txt", False, "Write a .txt file with the infotext next to every image", "Infotext"),
+        OptionDef("add_model_name_to_info", True, "Add model name to infotext", "Infotext"),
+        OptionDef("add_model_hash_to_info", True, "Add model hash to infotext", "Infotext"),
+        OptionDef("add_vae_name_to_info", True, "Add VAE name to infotext", "Infotext"),
+        OptionDef("add_vae_hash_to_info", True, "Add VAE hash to infotext", "Infotext"),
+        OptionDef("add_version_to_infotext", True, "Add program version to infotext", "Infotext"),
+        # Stable Diffusion
+        OptionDef("sd_model_checkpoint", None, "Stable Diffusion checkpoint", sd),
+        OptionDef("sd_checkpoint_cache", 0, "Checkpoints to keep in RAM besides the current one", sd, minimum=0,
+                  maximum=10),
+        OptionDef("CLIP_stop_at_last_layers", 1, "Clip skip", sd, minimum=1, maximum=12),
+        OptionDef("emphasis", "Original", "Emphasis mode", sd, choices=("Original", "No norm", "None")),
+        OptionDef("comma_padding_backtrack", 20, "Prompt word wrap length limit", sd, minimum=0, maximum=74),
+        OptionDef("randn_source", "GPU", "Random number generator source", sd, choices=("GPU", "CPU", "NV")),
+        OptionDef("tiling", False, "Tiling (when a request does not say)", sd),
+        OptionDef("sdxl_crop_top", 0, "SDXL crop top coordinate", "Stable Diffusion XL"),
+        OptionDef("sdxl_crop_left", 0, "SDXL crop left coordinate", "Stable Diffusion XL"),
+        # Sampler parameters
+        OptionDef("eta_ancestral", 1.0, "Eta for ancestral and SDE samplers", samplers, minimum=0.0, maximum=1.0),
+        OptionDef("eta_ddim", 0.0, "Eta for DDIM", samplers, minimum=0.0, maximum=1.0),
+        OptionDef("eta_noise_seed_delta", 0, "Eta noise seed delta (ENSD)", samplers, minimum=0, maximum=2**32 - 1),
+        OptionDef("s_churn", 0.0, "Sigma churn (Euler, Heun, DPM2)", samplers, minimum=0.0, maximum=100.0),
+        OptionDef("s_tmin", 0.0, "Sigma tmin", samplers, minimum=0.0, maximum=10.0),
+        OptionDef("s_tmax", 0.0, "Sigma tmax (0 = infinity)", samplers, minimum=0.0, maximum=999.0),
+        OptionDef("s_noise", 1.0, "Sigma noise", samplers, minimum=0.0, maximum=1.1),
+        # Compatibility
+        OptionDef("auto_backcompat", True, "Turn on compatibility options for infotext of older A1111 versions",
+                  compat),
+        OptionDef("use_old_emphasis_implementation", False, "Old emphasis implementation (A1111 before 1.0)",
+                  compat),
+        OptionDef("use_old_scheduling", False, "Old prompt editing timelines (A1111 before 1.6)", compat),
+        OptionDef("use_downcasted_alpha_bar", False, "Downcast alphas_cumprod to float16 (A1111 before 1.7)",
+                  compat),
+        # Live previews
+        OptionDef("show_progress_every_n_steps", 10, "Live preview every N steps (0: off, -1: after each batch)",
+                  "Live previews", minimum=-1, maximum=32),
+        # img2img
+        OptionDef("initial_noise_multiplier", 1.0, "Noise multiplier for img2img", i2i, minimum=0.0, maximum=1.5),
+        OptionDef("img2img_extra_noise", 0.0, "Extra noise multiplier for img2img and hires fix", i2i, minimum=0.0,
                   maximum=1.0),
-        OptionDef("vae_tiling_threshold", 1536, "Tiled VAE above this many pixels per side (0: never)", "VAE",
-                  minimum=0, maximum=16384),
-        OptionDef("vae_tiling_enabled", False, "Always use tiled VAE encode/decode", "VAE"),
+        OptionDef("img2img_color_correction", False, "Colour-correct img2img results to the init image", i2i),
+        OptionDef("img2img_fix_steps", False, "img2img runs exactly the steps asked for", i2i),
+        OptionDef("img2img_background_color", "#ffffff", "Colour under transparent parts of init images", i2i),
+        OptionDef("inpainting_mask_weight", 1.0, "Inpainting conditioning mask strength", i2i, minimum=0.0,
+                  maximum=1.0),
+        OptionDef("upscaler_for_img2img", None, "Upscaler for img2img (empty: Lanczos)", "Upscaling"),
+        # Face restoration
+        OptionDef("face_restoration", False, "Restore faces (when a request does not say)", "Face restoration"),
         OptionDef("face_restoration_model", "CodeFormer", "Face restoration model (\"Restore faces\")",
                   "Face restoration"),
         OptionDef("code_former_weight", 0.5, "CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
                   "Face restoration", minimum=0.0, maximum=1.0),
+        # ours
+        OptionDef("vae_tiling_threshold", 1536, "Tiled VAE above this many pixels per side (0: never)", "VAE",
+                  minimum=0, maximum=16384),
+        OptionDef("vae_tiling_enabled", False, "Always use tiled VAE encode/decode", "VAE"),
+        OptionDef("disabled_extensions", [], "Extensions switched off (applied at the next start)", "Extensions"),
     ]
 
 

@@ -6,7 +6,6 @@ import base64
 import dataclasses
 import html
 import json
-import math
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +16,7 @@ from webui.api.images import Fetcher, decode_base64_image, encode_png_base64
 from webui.context import AppContext, GenerationFailed
 from webui.extras import ExtrasRequest, postprocessing_text
 from webui.images import png_bytes
-from webui.infotext import infotext_to_request, parse_infotext
+from webui.infotext import backcompat, infotext_to_request, parse_infotext
 from webui.jobs import Job
 from webui.pipeline.hires import LATENT_UPSCALE_MODES
 from webui.pipeline.request import GenerationRequest, RequestError
@@ -35,10 +34,12 @@ def apply_infotext(ctx: AppContext, body: B, mode: str) -> B:
     Core keys map through :func:`~webui.infotext.infotext_to_request`; the plugins read their own keys back
     with the ``parse_infotext`` hook: request fields, section values (each mentioned section's ``collect``
     builds its ``alwayson_scripts`` entry, as Generate does in the UI) and ``alwayson_scripts`` entries.
-    Fields, options (``override_settings``) and ``alwayson_scripts`` entries set explicitly win."""
+    Fields, options (``override_settings``) and ``alwayson_scripts`` entries set explicitly win.
+    With the option ``auto_backcompat`` on, an infotext of an older A1111 version also brings the
+    compatibility options it needs (:func:`~webui.infotext.backcompat`)."""
     if not body.infotext:
         return body
-    parsed = parse_infotext(body.infotext)
+    parsed = backcompat(parse_infotext(body.infotext), auto_backcompat(ctx, body.override_settings))
     plugin = ctx.hooks.parse_infotext(parsed, mode)
     fields = infotext_to_request(parsed)
     for key, value in plugin.items():
@@ -65,6 +66,14 @@ def apply_infotext(ctx: AppContext, body: B, mode: str) -> B:
     return body.model_copy(update=updates)
 
 
+def auto_backcompat(ctx: AppContext, override_settings: Any = None) -> bool:
+    """The option ``auto_backcompat`` for reading an infotext: the request's own ``override_settings``
+    value when it gives a boolean (A1111 reads only the server's option), else the server's option."""
+    if isinstance(override_settings, dict) and isinstance(override_settings.get("auto_backcompat"), bool):
+        return override_settings["auto_backcompat"]
+    return bool(ctx.options.current.get("auto_backcompat", True))
+
+
 def _request_from_api(body: m.Txt2ImgRequest) -> GenerationRequest:
     data = body.model_dump()
     sampler = data.get("sampler_name") or data.get("sampler_index") or DEFAULT_SAMPLER
@@ -85,15 +94,17 @@ def _request_from_api(body: m.Txt2ImgRequest) -> GenerationRequest:
         "batch_size": data["batch_size"],
         "n_iter": data["n_iter"],
         "eta": data.get("eta"),
+        # None (not given): the options s_churn, s_tmin, s_tmax, s_noise (A1111)
         "s_noise": data.get("s_noise"),
-        "s_churn": data.get("s_churn") or 0.0,
-        "s_tmin": data.get("s_tmin") or 0.0,
-        "s_tmax": data["s_tmax"] if data.get("s_tmax") else math.inf,
+        "s_churn": data.get("s_churn"),
+        "s_tmin": data.get("s_tmin"),
+        "s_tmax": data.get("s_tmax"),
         "save_images": bool(data.get("save_images")) and not data.get("do_not_save_samples"),
         "override_settings": dict(data.get("override_settings") or {}),
         "styles": tuple(data.get("styles") or ()),
-        "tiling": bool(data.get("tiling")),
-        "restore_faces": bool(data.get("restore_faces")),
+        # None (not given): the options tiling / face_restoration (A1111)
+        "tiling": data.get("tiling"),
+        "restore_faces": data.get("restore_faces"),
         "alwayson_scripts": dict(data.get("alwayson_scripts") or {}),
         "refiner_checkpoint": data.get("refiner_checkpoint"),
         "refiner_switch_at": 0.8 if data.get("refiner_switch_at") is None else data["refiner_switch_at"],
@@ -197,7 +208,9 @@ def build_router(ctx: AppContext) -> APIRouter:
     def png_info(body: m.PngInfoRequest) -> m.PngInfoResponse:
         image = decode_base64_image(body.image, "image", fetch)
         text, items = read_image_info(image)
-        return m.PngInfoResponse(info=text or "", items=items, parameters=parse_infotext(text) if text else {})
+        # A1111 returns parse_generation_parameters, which applies backcompat
+        parameters = backcompat(parse_infotext(text), auto_backcompat(ctx)) if text else {}
+        return m.PngInfoResponse(info=text or "", items=items, parameters=parameters)
 
     @r.get("/progress", response_model=m.ProgressResponse)
     def progress(skip_current_image: bool = False) -> m.ProgressResponse:

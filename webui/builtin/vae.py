@@ -53,7 +53,7 @@ class VaePlugin:
     @hookimpl
     def register_settings(self) -> list[OptionDef]:
         return [OptionDef("sd_vae", AUTOMATIC, "SD VAE", "VAE", choices_fn=self.choices, check=self.check),
-                OptionDef("sd_vae_checkpoint_cache", 1, "VAE files kept in RAM", "VAE", minimum=0, maximum=10)]
+                OptionDef("sd_vae_checkpoint_cache", 0, "VAE files kept in RAM", "VAE", minimum=0, maximum=10)]
 
     @hookimpl
     def startup(self, ctx: Any) -> None:
@@ -86,7 +86,7 @@ class VaePlugin:
             self._cache.move_to_end(key)
             return self._cache[key]
         weights = vae_weights(vae_file.path, config)
-        size = int(self.ctx.options.current.get("sd_vae_checkpoint_cache", 1)) if self.ctx is not None else 1
+        size = int(self.ctx.options.current.get("sd_vae_checkpoint_cache", 0)) if self.ctx is not None else 0
         if size > 0:
             self._cache[key] = weights
             while len(self._cache) > size:

@@ -3,15 +3,20 @@ after their inputs. A file that is not a readable image is reported and skipped,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from webui.filenames import request_fields
 from webui.images import ImageSaver
 from webui.pipeline.request import GenerationRequest, RequestError
 from webui.pipeline.result import GenerationResult
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -72,11 +77,13 @@ def iter_inputs(input_dir: str | Path, mask_dir: str | Path | None = None
 
 def run_folder(run_one: Callable[[GenerationRequest], GenerationResult], base: GenerationRequest,
                input_dir: str | Path, output_dir: str | Path | None, saver: ImageSaver,
-               mask_dir: str | Path | None = None, on_item: Callable[[int, int, str], None] | None = None
-               ) -> BatchReport:
+               mask_dir: str | Path | None = None, on_item: Callable[[int, int, str], None] | None = None,
+               opts: Mapping[str, Any] | None = None) -> BatchReport:
     """Run ``base`` (img2img) once per image of ``input_dir``; with ``output_dir`` the results are
-    written there as ``<input name>.png`` (``-<n>`` for further images), else to the usual outputs."""
-    out = Path(str(output_dir)).expanduser() if output_dir else None
+    written there named after their input (A1111: ``00000-<input name>.png`` with the numbering option
+    on, ``-[generation_number]`` added when a request makes several images), else to the usual outputs.
+    ``opts``: the saving options (None: A1111's defaults)."""
+    out = Path(str(output_dir)).expanduser().absolute() if output_dir else None
     report = BatchReport()
     items = list(iter_inputs(input_dir, mask_dir))
     if not items:
@@ -93,12 +100,30 @@ def run_folder(run_one: Callable[[GenerationRequest], GenerationResult], base: G
         report.images.extend(result.images)
         report.infotexts.extend(result.infotexts)
         report.seeds.extend(result.seeds)
-        if out is not None:
-            for image_out, info in zip(result.images, result.infotexts):
-                report.outputs.append(saver.save_as(image_out, out / f"{path.stem}.png", info))
+        if out is not None and (opts or {}).get("samples_save", True):
+            report.outputs.extend(_save_outputs(saver, req, result, path.stem, out, opts or {}))
         else:
             report.outputs.extend(Path(p) for p in result.paths)
         if result.interrupted:
             report.interrupted = True
             break
     return report
+
+
+def _save_outputs(saver: ImageSaver, req: GenerationRequest, result: GenerationResult, stem: str, out: Path,
+                  opts: Mapping[str, Any]) -> list[Path]:
+    """A1111 ``process_batch`` with an output folder: no subfolder, the file name pattern is the input's name
+    (and ``-[generation_number]`` for several images per input); numbering and "Replace" as the options
+    say. A file that cannot be written is logged and skipped."""
+    several = req.n_iter > 1 or req.batch_size > 1
+    batch_opts = {**opts, "save_to_dirs": False,
+                  "samples_filename_pattern": f"{stem}-[generation_number]" if several else stem}
+    saved: list[Path] = []
+    for k, (image, info) in enumerate(zip(result.images, result.infotexts)):
+        seed = result.seeds[k] if k < len(result.seeds) else None
+        fields = request_fields(req, seed=seed, index=k, all_seeds=tuple(result.seeds))
+        try:
+            saved.append(saver.save_image(image, "samples", batch_opts, out, fields, info, outdir=out).path)
+        except OSError as exc:
+            log.error("Batch: could not save the result of %s: %s", stem, exc)
+    return saved

@@ -12,6 +12,8 @@
 * Layers: SD 1.x the last layer minus clip skip (then the final norm), SD 2.x the penultimate
   OpenCLIP layer (then the final norm), SDXL the penultimate layer of both encoders (no norm)
   plus the second encoder's pooled projection of the first chunk.
+* ``old_emphasis`` (A1111's option ``use_old_emphasis_implementation``, its code before 1.0):
+  see :func:`tokenize_prompt_old`. The emphasis mode still applies to the multipliers afterwards.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 
+from webui.pipeline.request import RequestError
 from webui.prompts.parser import parse_prompt_attention
 
 CHUNK = 75
@@ -63,14 +66,89 @@ class EncodeOptions:
     clip_skip: int = 1
     emphasis: str = "Original"
     comma_padding_backtrack: int = 20
+    #: A1111's ``use_old_emphasis_implementation`` (SD 1.x text encoders only)
+    old_emphasis: bool = False
+
+
+_BRACKETS = frozenset("()[]")
+
+
+def _old_bracket_multiplier(token_text: str) -> float | None:
+    """The multiplier change a token stands for in A1111's old emphasis (``token_mults``), or None.
+
+    A1111 (``FrozenCLIPEmbedderWithCustomWords.__init__``) walks the characters of every vocabulary
+    entry containing a bracket: ``[`` divides by 1.1, ``]`` multiplies, ``(`` multiplies, ``)`` divides;
+    entries whose product is not exactly 1.0 are multiplier tokens. Computing it for the tokens of the
+    prompt gives the same values as A1111's table without copying the 49408-entry vocabulary.
+    """
+    if not any(ch in _BRACKETS for ch in token_text):
+        return None
+    mult = 1.0
+    for ch in token_text:
+        if ch == "[" or ch == ")":
+            mult /= 1.1
+        elif ch == "]" or ch == "(":
+            mult *= 1.1
+    return None if mult == 1.0 else mult
+
+
+def tokenize_prompt_old(tokenizer, text: str, opts: EncodeOptions, embeddings=None) -> tuple[list[PromptChunk], int]:
+    """A1111's emphasis implementation from before 1.0 (``sd_hijack_clip_old.process_text_old``).
+
+    The whole text is tokenized at once (no emphasis parsing: ``(a:1.5)``, escapes and ``BREAK`` are plain
+    text). Walking the tokens, a token made of brackets (``(``, ``))``, ``[`` ...) is dropped and multiplies
+    the running multiplier by its factor (:func:`_old_bracket_multiplier`; not when the emphasis mode is
+    "None"); an embedding's name becomes its placeholders; any other token is kept with the running
+    multiplier. The result is a single chunk: the first 75 tokens, padded with the end token, between the
+    start and end tokens -- the rest is cut off. The token count is the count before the cut.
+    """
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+    tokens: list[int] = []
+    multipliers: list[float] = []
+    fixes: list[tuple[int, Any]] = []
+    mult = 1.0
+    pos = 0
+    while pos < len(ids):
+        token = ids[pos]
+        change = None
+        if opts.emphasis != "None":
+            change = _old_bracket_multiplier(tokenizer.convert_ids_to_tokens(token))
+        if change is not None:
+            mult *= change
+            pos += 1
+            continue
+        found = embeddings.match(ids, pos) if embeddings is not None else None
+        if found is None:
+            tokens.append(token)
+            multipliers.append(mult)
+            pos += 1
+            continue
+        emb, name_len = found
+        n = emb.num_vectors
+        # A1111 keeps every fix and clips its vectors at the end of the 77 tokens (even over the end
+        # token); a fix starting after the last position would break its encoder, here it is dropped
+        if len(tokens) + 1 < CHUNK + 2:
+            fixes.append((len(tokens), emb))
+        tokens += [0] * n
+        multipliers += [mult] * n
+        pos += name_len
+    token_count = len(tokens)
+    pad = max(CHUNK - len(tokens), 0)
+    chunk = PromptChunk([bos, *tokens[:CHUNK], *([eos] * pad), eos],
+                        [1.0, *multipliers[:CHUNK], *([1.0] * pad), 1.0], fixes)
+    return [chunk], token_count
 
 
 def tokenize_prompt(tokenizer, text: str, opts: EncodeOptions, embeddings=None) -> tuple[list[PromptChunk], int]:
     """Split ``text`` into A1111 chunks of 77 token ids with per-token multipliers; also the token count.
 
     ``embeddings`` (an :class:`~webui.networks.embeddings.EmbeddingLookup`) replaces the tokens of an
-    embedding's name by placeholders whose vectors are substituted at encoding time.
+    embedding's name by placeholders whose vectors are substituted at encoding time. With
+    ``opts.old_emphasis`` the old implementation is used (:func:`tokenize_prompt_old`).
     """
+    if opts.old_emphasis:
+        return tokenize_prompt_old(tokenizer, text, opts, embeddings)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     comma = tokenizer.convert_tokens_to_ids(COMMA_TOKEN)  # a lookup; get_vocab() copies 49408 entries
     if comma == tokenizer.unk_token_id:
@@ -154,7 +232,9 @@ def _run_encoder(encoder, ids: list[int], fixes, encoder_index: int, n_encoders:
         output = output.clone()
         for offset, emb in fixes:
             vec = emb.for_encoder(encoder_index, n_encoders).to(output.device, output.dtype)
-            output[0, 1 + offset : 1 + offset + vec.shape[0]] = vec
+            n = min(vec.shape[0], output.shape[1] - 1 - offset)  # clipped at the end (old emphasis)
+            if n > 0:
+                output[0, 1 + offset : 1 + offset + n] = vec[:n]
         return output
 
     handle = _token_embedding(encoder).register_forward_hook(substitute)
@@ -199,6 +279,11 @@ def encode_prompt(components, text: str, opts: EncodeOptions = EncodeOptions(), 
                   n_chunks: int | None = None, embeddings=None) -> Conditioning:
     """Encode one prompt. ``n_chunks`` pads the result with empty chunks to that many chunks."""
     spec = components.spec
+    if opts.old_emphasis and spec.family != "sd1":
+        # A1111's OpenCLIP wrappers (SD 2.x, SDXL's second encoder) assert "Old emphasis implementation
+        # not supported for Open Clip"; the job fails there too
+        raise RequestError("use_old_emphasis_implementation",
+                           f"the old emphasis implementation works only with SD 1.x text encoders, not {spec.label}")
     encoders, tokenizers = components.text_encoders, components.tokenizers
     device = encoders[0].device
 

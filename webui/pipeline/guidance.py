@@ -34,21 +34,26 @@ class Inpaint:
 def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, width: int, height: int,
                  batch: int, inpaint: Inpaint | None = None, patches: list[Any] | None = None,
                  step_of: Callable[[], tuple[int, int]] | None = None,
-                 hires: bool = False) -> tuple[ModelFn, DiscreteSchedule]:
+                 hires: bool = False, sdxl_crop: tuple[int, int] = (0, 0),
+                 downcast_alphas: bool = False) -> tuple[ModelFn, DiscreteSchedule]:
     """The guided denoiser for one batch, following the prompt schedules.
 
     Composable prompts: ``uncond + cfg * sum_k w_k (cond_k - uncond)`` (A1111's combine step).
     The uncond pass is skipped when CFG is 1 and there is a single part. ``patches`` (e.g.
     ControlNets) add residuals to every U-Net call; ``step_of()`` gives (step, steps) of the pass.
+    SDXL's added conditioning is A1111's: original size = target size = the pass's size, crop
+    coordinates ``sdxl_crop`` = (options ``sdxl_crop_top``, ``sdxl_crop_left``). ``downcast_alphas``: the
+    option ``use_downcasted_alpha_bar`` (see :class:`~webui.sampling.denoiser.DiscreteSchedule`).
     """
     c = model.components
     unet = c.unet
-    schedule = DiscreteSchedule(c.alphas_cumprod, c.spec.family).to(model.device)
+    schedule = DiscreteSchedule(c.alphas_cumprod, c.spec.family, downcast=downcast_alphas).to(model.device)
     use_uncond = not (cfg_scale == 1.0 and len(conds.positives) == 1)
     groups = len(conds.positives) + (1 if use_uncond else 0)
     time_ids = None
     if c.spec.family == "sdxl":
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=model.device, dtype=model.dtype)
+        top, left = sdxl_crop
+        time_ids = torch.tensor([[height, width, top, left, height, width]], device=model.device, dtype=model.dtype)
         time_ids = time_ids.expand(batch * groups, -1)
     inpaint = inpaint or Inpaint()
     image_cond = None

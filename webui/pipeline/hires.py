@@ -55,6 +55,8 @@ class HiresPlan:
         return full[len(full) - self.steps - 1:]
 
     def total_steps(self, denoising_strength: float) -> int:
+        """A1111's ``setup_img2img_steps`` with explicit steps, which the hires pass always gives: the
+        "fixed steps" rule whatever the option ``img2img_fix_steps`` says."""
         return int(self.steps / min(denoising_strength, 0.999))
 
 

@@ -45,6 +45,22 @@ def infotext_params(req: GenerationRequest, model: LoadedModel, sampler: Sampler
     return params
 
 
+#: infotext keys the A1111 "Add ... to infotext" options leave out when they are off
+INFOTEXT_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("add_model_name_to_info", "Model"),
+    ("add_model_hash_to_info", "Model hash"),
+    ("add_vae_name_to_info", "VAE"),
+    ("add_vae_hash_to_info", "VAE hash"),
+    ("add_version_to_infotext", "Version"),
+)
+
+
+def apply_infotext_options(params: dict[str, Any], opts: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` without the keys whose A1111 "Add ... to infotext" option is off."""
+    return {k: v for k, v in params.items()
+            if not any(k == key and not opts.get(option, True) for option, key in INFOTEXT_OPTIONS)}
+
+
 
 def info_json(req: GenerationRequest, model: LoadedModel, sampler: SamplerDef, schedule: ScheduleDef | None,
           clip_skip: int, seed: int, subseed: int, extra_info: Mapping[str, Any],

@@ -7,6 +7,8 @@ size, rounded to a multiple of 8, and resize the latent bilinearly).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,22 +30,33 @@ def flatten(image: Image.Image, background: str = "#ffffff") -> Image.Image:
     return image.convert("RGB")
 
 
-def resize_image(image: Image.Image, width: int, height: int, mode: int) -> Image.Image:
+#: ``resize(image, width, height)``: how the image itself is scaled inside a resize mode (default: Lanczos)
+Resize = Callable[[Image.Image, int, int], Image.Image]
+
+
+def _lanczos(image: Image.Image, width: int, height: int) -> Image.Image:
+    return image.resize((width, height), _LANCZOS)
+
+
+def resize_image(image: Image.Image, width: int, height: int, mode: int, resize: Resize | None = None) -> Image.Image:
+    """``image`` at ``width x height`` by resize mode ``mode``; ``resize`` scales the picture itself (A1111's
+    ``resize_image`` with an upscaler name; the filled bands of mode 2 are always plain resizes)."""
     image = image.convert("RGB")
+    resize = resize or _lanczos
     if mode in (0, 3):
-        return image.resize((width, height), _LANCZOS)
+        return resize(image, width, height)
     ratio, src_ratio = width / height, image.width / image.height
     if mode == 1:
         scale_w = width if ratio > src_ratio else image.width * height // image.height
         scale_h = height if ratio <= src_ratio else image.height * width // image.width
-        resized = image.resize((scale_w, scale_h), _LANCZOS)
+        resized = resize(image, scale_w, scale_h)
         out = Image.new("RGB", (width, height))
         out.paste(resized, (width // 2 - scale_w // 2, height // 2 - scale_h // 2))
         return out
     if mode == 2:
         scale_w = width if ratio < src_ratio else image.width * height // image.height
         scale_h = height if ratio >= src_ratio else image.height * width // image.width
-        resized = image.resize((scale_w, scale_h), _LANCZOS)
+        resized = resize(image, scale_w, scale_h)
         out = Image.new("RGB", (width, height))
         x0, y0 = width // 2 - scale_w // 2, height // 2 - scale_h // 2
         out.paste(resized, (x0, y0))

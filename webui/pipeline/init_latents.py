@@ -7,6 +7,7 @@ processed at the output size and pasted back into the full-size original at the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,11 +17,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from webui.models.manager import LoadedModel
+from webui.pipeline.color_correction import apply_color_correction, color_reference
 from webui.pipeline.guidance import Inpaint
-from webui.pipeline.init_image import flatten, image_to_tensor, resize_image
+from webui.pipeline.init_image import Resize, flatten, image_to_tensor, resize_image
 from webui.pipeline.masking import PreparedMask, apply_overlay, fill_masked, make_overlay, prepare_mask
 from webui.pipeline.request import GenerationRequest
 from webui.pipeline.vae import encode_pixels, tiling_wanted
+from webui.upscaling.registry import UpscalerDef, upscale_to
 
 #: A1111's ``inpainting_fill`` values.
 MASKED_CONTENT = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
@@ -39,6 +42,8 @@ class InitLatents:
     overlays: list[Image.Image] | None = None
     paste_to: tuple[int, int, int, int] | None = None
     fill: int = 1
+    color_refs: list[np.ndarray] | None = None  # option img2img_color_correction: LAB references
+    resize: Resize | None = None  # option upscaler_for_img2img: how the result is enlarged to paste back
 
     def index(self, image_index: int) -> int:
         """The init image used for image ``image_index`` of the job (the last one repeats)."""
@@ -59,11 +64,43 @@ class InitLatents:
         cond = None if self.image_cond is None else self.image_cond[idx]
         return x0, Inpaint(image_cond=cond, init=x0, keep=keep)
 
+    def correct_colors(self, image: Image.Image, image_index: int) -> Image.Image:
+        """Colour correction against the init image of ``image_index`` (when the option is on)."""
+        if not self.color_refs:
+            return image
+        return apply_color_correction(self.color_refs[min(self.index(image_index), len(self.color_refs) - 1)], image)
+
     def finish(self, image: Image.Image, image_index: int) -> Image.Image:
         """The overlay step: the generated image pasted back, original pixels on top where unmasked."""
         if self.overlays is None:
             return image
+        if self.paste_to is not None and self.resize is not None:
+            # A1111 pastes back with resize mode 1 and the img2img upscaler; once at the region's size the
+            # overlay's own resize leaves the image as it is
+            image = resize_image(image, self.paste_to[2], self.paste_to[3], 1, self.resize)
         return apply_overlay(image, self.overlays[self.index(image_index)], self.paste_to)
+
+
+def img2img_steps(steps: int, denoising_strength: float, fix_steps: bool) -> tuple[int, int]:
+    """``(schedule steps, steps run)`` of img2img, A1111's ``setup_img2img_steps``: the run is the last
+    steps of a schedule. Option ``img2img_fix_steps`` on: exactly ``steps`` steps of a schedule of
+    ``int(steps / min(strength, 0.999))``; off: ``int(min(strength, 0.999) * steps) + 1`` steps of a
+    ``steps`` schedule. Strength 0 runs no step (the init image comes back)."""
+    if denoising_strength <= 0:
+        return steps, 0
+    strength = min(denoising_strength, 0.999)
+    if fix_steps:
+        return int(steps / strength), steps
+    return steps, int(strength * steps) + 1
+
+
+def upscaler_resize(upscaler: UpscalerDef | None, opts: Mapping[str, Any] | None = None) -> Resize | None:
+    """A1111's ``resize_image`` with an upscaler: enlargements go through ``upscaler`` (then Lanczos to the
+    exact size); reductions, and everything without an upscaler, are Lanczos resizes (``upscale_to`` runs
+    the upscaler only while the image is smaller than the target)."""
+    if upscaler is None:
+        return None
+    return lambda image, width, height: upscale_to(upscaler, image, width, height, opts=opts)
 
 
 def _latent_mask(mask: Image.Image, h: int, w: int, round_mask: bool) -> torch.Tensor:
@@ -87,9 +124,18 @@ def _inpaint_conditioning(model: LoadedModel, pixels: torch.Tensor, mask: Image.
     return torch.cat([small, latent], dim=1)
 
 
-def prepare_init(model: LoadedModel, req: GenerationRequest, opts: dict[str, Any] | Any) -> InitLatents:
-    """Resize, mask, fill and encode the init images of ``req`` (once per request)."""
+def prepare_init(model: LoadedModel, req: GenerationRequest, opts: dict[str, Any] | Any,
+                 upscaler: UpscalerDef | None = None) -> InitLatents:
+    """Resize, mask, fill and encode the init images of ``req`` (once per request). ``upscaler`` enlarges
+    the init images (option ``upscaler_for_img2img``; None: Lanczos)."""
     w, h = req.width, req.height
+    resize = upscaler_resize(upscaler, opts)
+    correct = bool(opts.get("img2img_color_correction", False))
+    color_refs: list[np.ndarray] | None = None
+    if correct and req.color_correction_images:  # given references (loopback: the first init image)
+        color_refs = [color_reference(im) for im in req.color_correction_images]
+    elif correct:
+        color_refs = []
     background = str(opts.get("img2img_background_color", "#ffffff"))
     images = [flatten(im, background) for im in req.init_images]
     prepared: PreparedMask | None = None
@@ -103,13 +149,18 @@ def prepare_init(model: LoadedModel, req: GenerationRequest, opts: dict[str, Any
             if image.size != prepared.overlay_mask.size:
                 image = image.resize(prepared.overlay_mask.size, Image.Resampling.LANCZOS)
             overlays.append(make_overlay(image, prepared.overlay_mask))
-            work = resize_image(image.crop(prepared.region), w, h, 2)
+            work = _resize(image.crop(prepared.region), w, h, 2, resize)
         else:
-            work = _resize_for_mode(image, w, h, req.resize_mode, masked=prepared is not None)
+            work = _resize_for_mode(image, w, h, req.resize_mode, masked=prepared is not None, resize=resize)
             if prepared is not None:
                 overlays.append(make_overlay(work, prepared.overlay_mask))
         if prepared is not None and req.inpainting_fill == 0:
             work = fill_masked(work, prepared.mask)
+        if color_refs is not None and not req.color_correction_images:
+            # A1111: the reference is the image as processed -- resized, cropped, and filled unless the
+            # masked content is "original"
+            ref = fill_masked(work, prepared.mask) if prepared is not None and req.inpainting_fill in (2, 3) else work
+            color_refs.append(color_reference(ref))
         pixels.append(image_to_tensor(work))
     tiled = tiling_wanted(opts, w, h)
     if prepared is None and req.resize_mode == 3:
@@ -123,7 +174,7 @@ def prepare_init(model: LoadedModel, req: GenerationRequest, opts: dict[str, Any
             sized = torch.cat([_as_size(p, w, h) for p in pixels])
             image_cond = _inpaint_conditioning(model, sized, full, latents.shape[-2:], True,
                                                float(opts.get("inpainting_mask_weight", 1.0)), tiled)
-        return InitLatents(latents, image_cond=image_cond)
+        return InitLatents(latents, image_cond=image_cond, color_refs=color_refs, resize=resize)
     round_mask = bool(req.mask_round)
     latmask = _latent_mask(prepared.mask, latents.shape[2], latents.shape[3], round_mask)
     image_cond = None
@@ -135,15 +186,22 @@ def prepare_init(model: LoadedModel, req: GenerationRequest, opts: dict[str, Any
         x1, y1, x2, y2 = prepared.region
         paste_to = (x1, y1, x2 - x1, y2 - y1)
     return InitLatents(latents, keep=1.0 - latmask, image_cond=image_cond, overlays=overlays, paste_to=paste_to,
-                       fill=int(req.inpainting_fill))
+                       fill=int(req.inpainting_fill), color_refs=color_refs, resize=resize)
 
 
-def _resize_for_mode(image: Image.Image, w: int, h: int, mode: int, masked: bool) -> Image.Image:
+def _resize_for_mode(image: Image.Image, w: int, h: int, mode: int, masked: bool,
+                     resize: Resize | None = None) -> Image.Image:
+    """The init image at the processing size; ``resize`` (the img2img upscaler) scales it in modes 0-2,
+    which are the modes A1111 resizes with it."""
     if mode == 3:  # latent upscale: encoded at its own size (multiple of 8); with a mask, plain resize
         if masked:
             return resize_image(image, w, h, 0)
         return resize_image(image, max(64, image.width // 8 * 8), max(64, image.height // 8 * 8), 0)
-    return resize_image(image, w, h, mode)
+    return _resize(image, w, h, mode, resize)
+
+
+def _resize(image: Image.Image, w: int, h: int, mode: int, resize: Resize | None) -> Image.Image:
+    return resize_image(image, w, h, mode) if resize is None else resize_image(image, w, h, mode, resize)
 
 
 def _latent_upscale(model: LoadedModel, pixels: list[torch.Tensor], w: int, h: int, opts: Any) -> torch.Tensor:

@@ -45,17 +45,25 @@ class JobConditioning:
     positives: list[tuple[ScheduledPrompt, float]]
     negative: ScheduledPrompt
     distinct_texts: int
+    #: ``use_old_scheduling`` was on and changed a schedule (A1111 then writes "Old prompt editing timelines")
+    old_timelines: bool = False
 
     def at(self, step: int) -> tuple[list[tuple[Conditioning, float]], Conditioning]:
         return [(p.at(step), w) for p, w in self.positives], self.negative.at(step)
 
 
 def build_job_conditioning(components, prompt: str, negative: str, steps: int,
-                           opts: EncodeOptions, embeddings=None) -> JobConditioning:
-    """Parse schedules and AND-parts of both prompts and encode every distinct text once."""
+                           opts: EncodeOptions, embeddings=None, *, hires_steps: int | None = None,
+                           use_old_scheduling: bool = False) -> JobConditioning:
+    """Parse schedules and AND-parts of both prompts and encode every distinct text once.
+
+    ``steps`` are the first pass's steps; for the hires pass ``hires_steps`` are its own steps, and
+    ``[a:b:N]`` counts from the end of the first pass (A1111's ``get_learned_conditioning`` with
+    ``hires_steps``). ``use_old_scheduling`` is A1111's "Old prompt editing timelines" option.
+    """
     res_indexes, flat, _ = get_multicond_prompt_list([prompt])
-    pos_schedules = get_learned_conditioning_prompt_schedules(flat, steps)
-    neg_schedule = get_learned_conditioning_prompt_schedules([negative], steps)[0]
+    pos_schedules = get_learned_conditioning_prompt_schedules(flat, steps, hires_steps, use_old_scheduling)
+    neg_schedule = get_learned_conditioning_prompt_schedules([negative], steps, hires_steps, use_old_scheduling)[0]
     texts = {t for sched in pos_schedules for _, t in sched} | {t for _, t in neg_schedule}
     n_chunks = max(chunk_count(components, t, opts, embeddings) for t in texts)
     cache: dict[str, Conditioning] = {
@@ -72,7 +80,37 @@ def build_job_conditioning(components, prompt: str, negative: str, steps: int,
         return ScheduledPrompt(entries)
 
     positives = [(scheduled(pos_schedules[i]), float(w)) for i, w in res_indexes[0]]
-    return JobConditioning(positives, scheduled(neg_schedule, True), len(texts))
+    return JobConditioning(positives, scheduled(neg_schedule, True), len(texts),
+                           use_old_scheduling and old_timelines_differ([prompt, negative], steps, hires_steps))
+
+
+def old_timelines_differ(prompts: list[str], steps: int, hires_steps: int | None = None) -> bool:
+    """Whether the old and the new prompt-editing rule give different schedules for these (whole) prompts.
+
+    A1111 (``processing.get_conds_with_caching``) compares both rules on the prompts of each pass when
+    ``use_old_scheduling`` is on and writes "Old prompt editing timelines: True" only if they differ.
+    """
+    old = get_learned_conditioning_prompt_schedules(prompts, steps, hires_steps, True)
+    new = get_learned_conditioning_prompt_schedules(prompts, steps, hires_steps, False)
+    return old != new
+
+
+def compat_infotext(opts, *jobs: JobConditioning | None) -> dict[str, bool]:
+    """The infotext keys A1111 writes for the compatibility options in effect.
+
+    * "Old prompt editing timelines: True" when ``use_old_scheduling`` changed a schedule of the job
+      (``processing.get_conds_with_caching``);
+    * "Downcast alphas_cumprod: True" whenever ``use_downcasted_alpha_bar`` is on
+      (``sd_models.apply_alpha_schedule_override``).
+
+    ``use_old_emphasis_implementation`` has no infotext key in A1111 (its option defines none).
+    """
+    info: dict[str, bool] = {}
+    if any(job is not None and job.old_timelines for job in jobs):
+        info["Old prompt editing timelines"] = True
+    if opts.get("use_downcasted_alpha_bar", False):
+        info["Downcast alphas_cumprod"] = True
+    return info
 
 
 def stack(conds: list[Conditioning], batch: int, device: torch.device, dtype: torch.dtype) -> Conditioning:

@@ -49,9 +49,10 @@ class GenerationRequest:
     batch_size: int = 1
     n_iter: int = 1
     eta: float | None = None
-    s_churn: float = 0.0
-    s_tmin: float = 0.0
-    s_tmax: float = float("inf")
+    # sigma parameters; None: the option of the same name (A1111). s_tmax 0 means no upper limit.
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
     s_noise: float | None = None
     save_images: bool = True
     override_settings: dict[str, Any] = field(default_factory=dict)
@@ -60,8 +61,8 @@ class GenerationRequest:
     init_images: tuple[Any, ...] = ()  # PIL images (img2img)
     denoising_strength: float = 0.75
     resize_mode: int = 0
-    tiling: bool = False
-    restore_faces: bool = False
+    tiling: bool | None = None  # None: the "tiling" option (A1111)
+    restore_faces: bool | None = None  # None: the "face_restoration" option (A1111)
     refiner_checkpoint: str | None = None  # A1111 1.6+: a second model takes over at refiner_switch_at
     refiner_switch_at: float = 0.8
     # inpainting (img2img with a mask); defaults are A1111's API defaults
@@ -74,6 +75,9 @@ class GenerationRequest:
     inpaint_full_res_padding: int = 0
     inpainting_mask_invert: int = 0
     initial_noise_multiplier: float | None = None
+    #: colour-correction references (A1111's ``p.color_corrections``, set by loopback so every loop is
+    #: corrected to the first init image); empty: each init image as it is encoded
+    color_correction_images: tuple[Any, ...] = ()
     # hires fix (txt2img)
     enable_hr: bool = False
     hr_scale: float = 2.0
@@ -130,12 +134,13 @@ def check_request(req: GenerationRequest) -> None:
         raise RequestError("subseed_strength", f"must be between 0 and 1, got {req.subseed_strength}")
     for name in ("seed_resize_from_w", "seed_resize_from_h"):
         _int_range(name, getattr(req, name), -1, MAX_SIDE)
-    for name in ("eta", "s_noise"):
+    for name in ("eta", "s_noise", "s_churn", "s_tmin"):
         value = getattr(req, name)
         if value is not None:
             _finite(name, value)
-    for name in ("s_churn", "s_tmin"):
-        _finite(name, getattr(req, name))
+    if req.s_tmax is not None:  # infinity allowed: no upper limit
+        if not isinstance(req.s_tmax, (int, float)) or isinstance(req.s_tmax, bool) or math.isnan(req.s_tmax):
+            raise RequestError("s_tmax", f"must be a number, got {req.s_tmax!r}")
     if req.mode == "img2img":
         if not req.init_images:
             raise RequestError("init_images", "img2img needs at least one init image")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from webui.filenames import request_fields, timestamp_of
 from webui.images import ImageSaver
 from webui.infotext import format_infotext
 from webui.jobs import Interrupted, Job
@@ -26,11 +27,12 @@ from webui.networks.lora import AppliedLoras, LoraRegistry, apply_loras
 from webui.pipeline.conditioning import EncodeOptions
 from webui.pipeline.guidance import Inpaint, cfg_denoiser
 from webui.pipeline.hires import HiresPlan, hires_infotext, plan_hires, upscale_latents
-from webui.pipeline.info import info_json, infotext_params
-from webui.pipeline.init_latents import InitLatents, inpaint_infotext, prepare_init
+from webui.pipeline.info import apply_infotext_options, info_json, infotext_params
+from webui.pipeline.init_latents import InitLatents, img2img_steps, inpaint_infotext, prepare_init
 from webui.pipeline.noise import ImageRNG, resolve_seed
-from webui.pipeline.prompt_schedule import JobConditioning, build_job_conditioning
+from webui.pipeline.prompt_schedule import JobConditioning, build_job_conditioning, compat_infotext
 from webui.pipeline.request import GenerationRequest, RequestError, check_request
+from webui.pipeline.sampler_params import sigma_params
 from webui.pipeline.result import GenerationResult
 from webui.pipeline.sample import eta_infotext, sample, sigmas_for
 from webui.pipeline.state import ImageState, StepState
@@ -42,7 +44,7 @@ from webui.restoration.registry import FaceRestorerDef, FaceRestorerRegistry, Un
 from webui.sampling.registry import SamplerDef, SamplerRegistry
 from webui.sampling.schedules import ScheduleDef
 from webui.styles import StyleStore
-from webui.upscaling.registry import UpscalerRegistry
+from webui.upscaling.registry import UnknownUpscaler, UpscalerDef, UpscalerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +96,14 @@ class _Run:
     refiner_conds: JobConditioning | None = None
     init: InitLatents | None = None
     steps_run: int = 0
+    schedule_steps: int = 0  # img2img: the steps of the schedule whose last steps_run steps run
     sampler_params: dict[str, Any] = field(default_factory=dict)
+    hr_sampler_params: dict[str, Any] = field(default_factory=dict)
+    extra_noise: float = 0.0  # option img2img_extra_noise (img2img and the hires pass)
+    img2img_upscaler: UpscalerDef | None = None  # option upscaler_for_img2img (None: Lanczos)
     ensd: int = 0
     extra_info: dict[str, Any] = field(default_factory=dict)
+    raw_prompts: tuple[str, str] = ("", "")  # prompt and negative prompt before styles (file name patterns)
 
 
 def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: Job,
@@ -104,14 +111,17 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
     """Run a generation job (any mode). Raises RequestError / UnknownName for bad input before model work."""
     # 1. check inputs, resolve names
     check_request(req)
+    req = _option_defaults(req, opts)
     sampler, schedule = env.samplers.resolve(req.sampler_name, req.scheduler)
+    img2img_upscaler = _img2img_upscaler(env, req, opts) if req.mode == "img2img" else None
     hires = None
     if req.mode == "txt2img" and req.enable_hr:
         hires = plan_hires(req, env.samplers, env.upscalers, sampler, schedule)
     restorer = _face_restorer(env, req, opts)
-    req = _apply_styles(env, req)
+    raw_prompts, req = (req.prompt, req.negative_prompt), _apply_styles(env, req)
     run = _Run(env, model, req, job, opts, sampler, schedule, int(opts.get("CLIP_stop_at_last_layers", 1)),
-               resolve_seed(req.seed), resolve_seed(req.subseed), GenerationResult(), hires=hires, restorer=restorer)
+               resolve_seed(req.seed), resolve_seed(req.subseed), GenerationResult(), hires=hires, restorer=restorer,
+               img2img_upscaler=img2img_upscaler)
     env.hooks.before_generate(req, job)
     model_info = env.hooks.prepare_model(req, model, opts)
     run.patches = env.hooks.unet_patches(req, model, job)
@@ -119,6 +129,8 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
     if run.refiner is not None:
         model_info["Refiner"] = run.refiner.title
         model_info["Refiner switch at"] = req.refiner_switch_at
+    run.raw_prompts = raw_prompts
+    _save_init_images(run)
     job.begin_generation(req.n_iter)
     run.extra_info = {**model_info, **env.hooks.extra_infotext(req)}
     c = model.components
@@ -129,20 +141,24 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
     applied, network_info = _apply_networks(env, c, tags, run.result)
     try:
         enc = EncodeOptions(clip_skip=run.clip_skip, emphasis=str(opts.get("emphasis", "Original")),
-                            comma_padding_backtrack=int(opts.get("comma_padding_backtrack", 20)))
+                            comma_padding_backtrack=int(opts.get("comma_padding_backtrack", 20)),
+                            old_emphasis=bool(opts.get("use_old_emphasis_implementation", False)))
+        old_timelines = bool(opts.get("use_old_scheduling", False))
         lookup = env.embeddings.lookup(c) if env.embeddings is not None else None
-        run.conds = build_job_conditioning(c, prompt_text, req.negative_prompt, req.steps, enc, lookup)
+        run.conds = build_job_conditioning(c, prompt_text, req.negative_prompt, req.steps, enc, lookup,
+                                           use_old_scheduling=old_timelines)
         if run.refiner is not None:
             ref_lookup = env.embeddings.lookup(run.refiner.components) if env.embeddings is not None else None
             run.refiner_conds = build_job_conditioning(run.refiner.components, prompt_text, req.negative_prompt,
-                                                       req.steps, enc, ref_lookup)
+                                                       req.steps, enc, ref_lookup, use_old_scheduling=old_timelines)
         if hires is not None:
             hr_text, _ = parse_extra_networks(hires.prompt)
-            run.hr_conds = build_job_conditioning(c, hr_text, hires.negative_prompt, hires.steps, enc, lookup)
+            run.hr_conds = build_job_conditioning(c, hr_text, hires.negative_prompt, req.steps, enc, lookup,
+                                                  hires_steps=hires.steps, use_old_scheduling=old_timelines)
         if lookup is not None and lookup.used and env.file_hash is not None:
             network_info["TI hashes"] = ", ".join(f"{name}: {env.file_hash(e.path)[:12]}"
                                                   for name, e in lookup.used.items())
-        run.extra_info = {**run.extra_info, **network_info}
+        run.extra_info = {**run.extra_info, **network_info, **compat_infotext(opts, run.conds, run.hr_conds)}
         with circular_padding(c.unet, c.vae, enabled=req.tiling):
             _prepare(run)
             _run_batches(run)
@@ -152,6 +168,35 @@ def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: J
                                 run.result)
     env.hooks.after_generate(run.result, job)
     return run.result
+
+
+def _option_defaults(req: GenerationRequest, opts: Mapping[str, Any]) -> GenerationRequest:
+    """A1111 1.10 (``process_images_inner``): ``restore_faces`` / ``tiling`` left unset (None) take the
+    options ``face_restoration`` / ``tiling``."""
+    changes: dict[str, Any] = {}
+    if req.restore_faces is None:
+        changes["restore_faces"] = bool(opts.get("face_restoration", False))
+    if req.tiling is None:
+        changes["tiling"] = bool(opts.get("tiling", False))
+    return req.with_(**changes) if changes else req
+
+
+def _img2img_upscaler(env: PipelineEnv, req: GenerationRequest, opts: Mapping[str, Any]) -> UpscalerDef | None:
+    """The upscaler of option ``upscaler_for_img2img`` (None, empty or "None": Lanczos). An unknown name
+    is the request's error when the request set it in ``override_settings``; a saved one is logged and
+    Lanczos is used (A1111 prints a warning and falls back too)."""
+    name = opts.get("upscaler_for_img2img")
+    if name is None or str(name).strip() in ("", "None", "none"):
+        return None
+    try:
+        if env.upscalers is None:
+            raise UnknownUpscaler(str(name), [])
+        return env.upscalers.get(str(name))
+    except UnknownUpscaler as exc:
+        if "upscaler_for_img2img" in req.override_settings:
+            raise RequestError("override_settings.upscaler_for_img2img", str(exc)) from None
+        log.warning("Option upscaler_for_img2img: %s; img2img resizes with Lanczos", exc)
+        return None
 
 
 def _load_refiner(env: PipelineEnv, req: GenerationRequest, model: LoadedModel) -> LoadedModel | None:
@@ -228,23 +273,30 @@ def _prepare(run: _Run) -> None:
     """Sampler parameters, and (img2img) the init latents and masks -- once per request."""
     req, opts, sampler = run.req, run.opts, run.sampler
     eta = req.eta if req.eta is not None else float(opts.get(sampler.eta_option, 1.0))
-    run.sampler_params = {
-        "eta": eta,
-        "s_noise": req.s_noise if req.s_noise is not None else float(opts.get("s_noise", 1.0)),
-        "s_churn": req.s_churn, "s_tmin": req.s_tmin, "s_tmax": req.s_tmax,
-    }
+    sigmas, sigma_info = sigma_params(sampler, req, opts)
+    run.sampler_params = {"eta": eta, **sigmas}
     run.ensd = int(opts.get("eta_noise_seed_delta", 0))
-    info = {**eta_infotext(sampler, eta), **({"ENSD": run.ensd} if run.ensd and sampler.uses_ensd else {})}
-    run.steps_run = req.steps
+    info = {**eta_infotext(sampler, eta), **sigma_info,
+            **({"ENSD": run.ensd} if run.ensd and sampler.uses_ensd else {})}
+    if run.hires is not None:  # the second pass's sampler takes its own sigma parameters (A1111)
+        hr_sigmas, hr_sigma_info = sigma_params(run.hires.sampler, req, opts)
+        run.hr_sampler_params = {"eta": eta, **hr_sigmas}
+        info = {**info, **hr_sigma_info}
+    # A1111: extra noise (option img2img_extra_noise) is added after the usual noising in img2img and in
+    # the hires pass, when > 0 (sd_samplers_kdiffusion.sample_img2img)
+    run.extra_noise = max(float(opts.get("img2img_extra_noise", 0.0)), 0.0)
+    run.steps_run = run.schedule_steps = req.steps
     if req.mode == "img2img":
-        run.init = prepare_init(run.model, req, opts)
-        # A1111: t_enc = int(strength * steps); sampling runs the last t_enc + 1 sigmas of a `steps` schedule.
-        # Strength 0 is the exception: it returns the init image without any step.
-        t_enc = int(min(req.denoising_strength, 0.999) * req.steps)
-        run.steps_run = t_enc + 1 if req.denoising_strength > 0 else 0
+        run.init = prepare_init(run.model, req, opts, upscaler=run.img2img_upscaler)
+        run.schedule_steps, run.steps_run = img2img_steps(req.steps, req.denoising_strength,
+                                                          bool(opts.get("img2img_fix_steps", False)))
         info = {"Denoising strength": req.denoising_strength, **inpaint_infotext(req), **info}
         if _noise_multiplier(run) != 1.0:
             info["Noise multiplier"] = _noise_multiplier(run)
+        if run.extra_noise > 0 and run.steps_run > 0:
+            info["Extra noise"] = run.extra_noise
+    elif run.hires is not None and run.extra_noise > 0 and req.denoising_strength > 0:
+        info["Extra noise"] = run.extra_noise
     if req.tiling:
         info["Tiling"] = True
     if run.restorer is not None:
@@ -314,12 +366,18 @@ def _step_of(run: _Run, offset: int, steps: int):
     return lambda: (job.sampling_step - offset, steps)
 
 
+def _denoiser_options(run: _Run) -> dict[str, Any]:
+    """Options of the guided denoiser: A1111's ``use_downcasted_alpha_bar`` and SDXL crop coordinates."""
+    return {"downcast_alphas": bool(run.opts.get("use_downcasted_alpha_bar", False)),
+            "sdxl_crop": (int(run.opts.get("sdxl_crop_top", 0)), int(run.opts.get("sdxl_crop_left", 0)))}
+
+
 def _first_pass(run: _Run, it: int, seeds: list[int], subseeds: list[int]) -> torch.Tensor:
     """Seeded noise and the sampling loop of one batch (txt2img, or img2img from the init latents)."""
     req, model, c = run.req, run.model, run.model.components
     for patch in run.patches:
         patch.prepare(req.width, req.height, False)
-    patch_args = {"patches": run.patches, "step_of": _step_of(run, 0, run.steps_run)}
+    patch_args = {"patches": run.patches, "step_of": _step_of(run, 0, run.steps_run), **_denoiser_options(run)}
     latent_shape = (c.unet.config.out_channels, req.height // 8, req.width // 8)
     rng = _rng(run, latent_shape, seeds, subseeds)
     on_step = _step_callback(run, 0, run.steps_run)
@@ -336,8 +394,11 @@ def _first_pass(run: _Run, it: int, seeds: list[int], subseeds: list[int]) -> to
     model_fn, ds = cfg_denoiser(model, run.conds, req.cfg_scale, req.width, req.height, req.batch_size, inpaint,
                                 **patch_args)
     model_fn, on_step = _with_refiner(run, model_fn, on_step, inpaint)
-    tail = sigmas_for(run.sampler, run.schedule, req.steps, ds)[-run.steps_run - 1:]
-    x = x0 + noise * _noise_multiplier(run) * tail[0].to(noise.device)
+    tail = sigmas_for(run.sampler, run.schedule, run.schedule_steps, ds)[-run.steps_run - 1:]
+    noise = noise * _noise_multiplier(run)
+    x = x0 + noise * tail[0].to(noise.device)
+    if run.extra_noise > 0:
+        x = x + noise * run.extra_noise
     latents = sample(run.sampler, model_fn, ds, tail, rng, seeds, params=run.sampler_params, callback=on_step, x=x)
     if inpaint.keep is not None:  # A1111 blends once more after sampling
         latents = inpaint.init * inpaint.keep + latents * (1 - inpaint.keep)
@@ -351,7 +412,7 @@ def _with_refiner(run: _Run, base_fn, on_step, inpaint: Inpaint | None):
         return base_fn, on_step
     req = run.req
     refiner_fn, _ = cfg_denoiser(run.refiner, run.refiner_conds, req.cfg_scale, req.width, req.height,
-                                 req.batch_size, inpaint)
+                                 req.batch_size, inpaint, sdxl_crop=_denoiser_options(run)["sdxl_crop"])
     state = {"refining": False}
     total = max(run.steps_run, 1)
 
@@ -379,11 +440,13 @@ def _hires_pass(run: _Run, latents: torch.Tensor, seeds: list[int], subseeds: li
         patch.prepare(plan.width, plan.height, True)
     model_fn, ds = cfg_denoiser(model, run.hr_conds, req.cfg_scale, plan.width, plan.height, req.batch_size,
                                 Inpaint(), patches=run.patches, step_of=_step_of(run, run.steps_run, steps),
-                                hires=True)
+                                hires=True, **_denoiser_options(run))
     tail = plan.sigmas(sigmas_for(plan.sampler, plan.schedule, plan.total_steps(req.denoising_strength), ds))
     noise = rng.first()
     x = latents.to(noise.device) + noise * tail[0].to(noise.device)
-    return sample(plan.sampler, model_fn, ds, tail, rng, seeds, params=run.sampler_params,
+    if run.extra_noise > 0:
+        x = x + noise * run.extra_noise
+    return sample(plan.sampler, model_fn, ds, tail, rng, seeds, params=run.hr_sampler_params,
                   callback=_step_callback(run, run.steps_run, steps), x=x)
 
 
@@ -393,18 +456,19 @@ def _emit(run: _Run, it: int, images: list[Image.Image], seeds: list[int], subse
     for j, image in enumerate(images):
         index = it * req.batch_size + j
         if run.restorer is not None:  # before the overlay, so unmasked pixels stay the original's (A1111)
-            image = run.restorer.restore(image, opts)
-        if run.init is not None:
-            image = run.init.finish(image, index)
+            image = _restore_faces(run, image)
+        if run.init is not None:  # colour correction (option), then the overlay -- A1111's order
+            image = run.init.finish(run.init.correct_colors(image, index), index)
         state = ImageState(image, seeds[j], index, req)
         env.hooks.postprocess_image(state)
         params = infotext_params(req, run.model, run.sampler, run.schedule, seeds[j], subseeds[j], run.clip_skip,
                                  {**run.extra_info, **state.extra_infotext})
         if req.subseed_strength <= 0:
             params.pop("Variation seed", None)
+        params = apply_infotext_options(params, opts)
         infotext = format_infotext(req.prompt, req.negative_prompt, params)
         if req.save_images and opts.get("samples_save", True):
-            _save(run, state.image, seeds[j], infotext)
+            _save(run, state.image, seeds[j], infotext, index)
         result.images.append(state.image)
         result.seeds.append(seeds[j])
         result.subseeds.append(subseeds[j])
@@ -413,17 +477,55 @@ def _emit(run: _Run, it: int, images: list[Image.Image], seeds: list[int], subse
         result.negative_prompts.append(req.negative_prompt)
 
 
-def _save(run: _Run, image: Image.Image, seed: int, infotext: str) -> None:
-    env, opts = run.env, run.opts
-    key, default = (("outdir_img2img_samples", "outputs/img2img-images") if run.req.mode == "img2img"
-                    else ("outdir_txt2img_samples", "outputs/txt2img-images"))
-    outdir = env.data_dir / str(opts.get(key, default))
+def _restore_faces(run: _Run, image: Image.Image) -> Image.Image:
+    """"Restore faces" on one image. Without the restorer's weight files (never downloaded) the job goes on
+    without restoration: the rest of the job skips it too, and the warning names the files to install."""
+    from webui.restoration.faces import MissingWeights
+
+    assert run.restorer is not None
     try:
-        path = env.saver.save(image, outdir, seed, infotext if opts.get("enable_pnginfo", True) else None,
-                              add_number=bool(opts.get("save_images_add_number", True)))
-        run.result.paths.append(str(path))
-        env.hooks.image_saved(str(path), infotext, image)
+        return run.restorer.restore(image, run.opts)
+    except MissingWeights as exc:
+        msg = f"Restore faces skipped ({run.restorer.name}): {exc}"
+        log.warning(msg)
+        run.result.warnings.append(msg)
+        run.restorer = None
+        run.extra_info.pop("Face restoration", None)
+        return image
+
+
+def _save(run: _Run, image: Image.Image, seed: int, infotext: str, index: int = 0) -> None:
+    """Save one generated image as A1111 does (webui/images.py); a failed write is a warning."""
+    env, opts, req = run.env, run.opts, run.req
+    scheduler = req.scheduler or "Automatic"
+    if scheduler == "Automatic" and run.schedule is not None and req.sampler_name != run.sampler.name:
+        scheduler = run.schedule.label  # a legacy combined name ("DPM++ 2M Karras")
+    styles = [env.styles.get(name) if env.styles is not None else None for name in req.styles]
+    fields = request_fields(
+        req, seed=seed, request_prompt=run.raw_prompts[0], negative_prompt=run.raw_prompts[1],
+        sampler=run.sampler.name, scheduler=scheduler, default_scheduler=run.sampler.default_scheduler,
+        style_prompts=tuple(s.prompt for s in styles if s is not None), model_name=run.model.info.model_name,
+        model_hash=run.model.short_hash, vae_file=run.extra_info.get("VAE"), index=index,
+        all_seeds=tuple(run.seed + k for k in range(req.n_iter * req.batch_size)),
+        job_timestamp=timestamp_of(run.job.started))
+    try:
+        saved = env.saver.save_image(image, "samples", opts, env.data_dir, fields, infotext, hooks=env.hooks)
+        run.result.paths.append(str(saved.path))
     except OSError as exc:
-        msg = f"could not save image to {outdir}: {exc}"
+        msg = f"could not save image: {exc}"
         log.error(msg)
         run.result.warnings.append(msg)
+
+
+def _save_init_images(run: _Run) -> None:
+    """A1111 ``save_init_img``: each img2img init image as ``<outdir_init_images>/<md5 of its pixels>.png``
+    (whether or not the request saves its results)."""
+    if run.req.mode != "img2img" or not run.opts.get("save_init_img", False):
+        return
+    for image in run.req.init_images:
+        try:
+            run.env.saver.save_image(image, "init", run.opts, run.env.data_dir, hooks=run.env.hooks)
+        except OSError as exc:
+            msg = f"could not save the init image: {exc}"
+            log.error(msg)
+            run.result.warnings.append(msg)

@@ -32,7 +32,7 @@ from webui.previews.taesd import TAESDDecoders, TAESDMissing, decode
 log = logging.getLogger(__name__)
 
 PREVIEW_TYPES = ("Full", "Approx NN", "Approx cheap", "TAESD")
-DEFAULT_TYPE = "Approx cheap"
+DEFAULT_TYPE = "Approx NN"  # A1111's default; rendered with the cheap approximation (no weight file)
 
 
 def preview_interval(opts: Mapping[str, Any] | None) -> int:

@@ -24,21 +24,30 @@ def scaled_linear_alphas_cumprod(
 
 
 class DiscreteSchedule:
-    """The training sigmas of a checkpoint and conversions sigma <-> t."""
+    """The training sigmas of a checkpoint and conversions sigma <-> t.
 
-    def __init__(self, alphas_cumprod: torch.Tensor, family: str = "sd1"):
+    ``downcast`` is A1111's option ``use_downcasted_alpha_bar`` ("Downcast alphas_cumprod"): before
+    sampling, A1111 (``sd_models.apply_alpha_schedule_override``) casts the model's ``alphas_cumprod`` to
+    float16, as every model had it before 1.7, and k-diffusion's ``CompVisDenoiser`` then computes
+    ``sigmas = ((1 - a) / a) ** 0.5`` and ``log_sigmas`` from that float16 tensor, in float16. Here too:
+    ``sigmas`` and ``log_sigmas`` are then float16 tensors, and every computation with them promotes to
+    float32 exactly as k-diffusion's does (``low - high`` in :meth:`sigma_to_t` stays float16).
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor, family: str = "sd1", downcast: bool = False):
         self.family = family  # some schedules (Align Your Steps) have per-architecture tables
-        ac = alphas_cumprod.to(torch.float32)
+        ac = alphas_cumprod.to(torch.float16 if downcast else torch.float32)
         self.sigmas = ((1 - ac) / ac) ** 0.5
         self.log_sigmas = self.sigmas.log()
 
     @property
     def sigma_min(self) -> torch.Tensor:
-        return self.sigmas[0]
+        # float32 like A1111's ``sigmas[0].item()`` turned back into a tensor
+        return self.sigmas[0].float()
 
     @property
     def sigma_max(self) -> torch.Tensor:
-        return self.sigmas[-1]
+        return self.sigmas[-1].float()
 
     def to(self, device: torch.device) -> "DiscreteSchedule":
         self.sigmas = self.sigmas.to(device)

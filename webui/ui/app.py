@@ -133,8 +133,18 @@ def _param_names(tab: GenerationTab) -> list[str]:
 
 def _fill(ctx: AppContext, tab: GenerationTab, infotext: str) -> list[Any]:
     """Updates for the tab's parameter fields from an infotext (core fields and the plugins' own keys)."""
-    values = values_from_infotext(infotext or "", _param_names(tab), ctx.hooks, tab.mode)
-    return [gr.update(value=values[n]) if n in values else gr.update() for n in _param_names(tab)]
+    current = ctx.options.current
+    values = values_from_infotext(infotext or "", _param_names(tab), ctx.hooks, tab.mode,
+                                  auto_backcompat=bool(current.get("auto_backcompat", True)), current=current)
+
+    def update(n: str):
+        if n not in values:
+            return gr.update()
+        if n == "override_settings":  # shown only when the infotext changes some settings (A1111)
+            return gr.update(value=values[n], choices=values[n], visible=bool(values[n]))
+        return gr.update(value=values[n])
+
+    return [update(n) for n in _param_names(tab)]
 
 
 def _wire_paste(ctx: AppContext, tab: GenerationTab) -> None:

@@ -85,15 +85,18 @@ def build_extras_tab(ctx: AppContext) -> dict[str, Any]:
                 out, post_info = ctx.extras(image, req)
             except USER_ERRORS as exc:
                 raise user_error(exc) from None
-            original, _ = read_image_info(image)
+            original, items = read_image_info(image)
             post = postprocessing_text(post_info)
-            extra = {"postprocessing": post} if post else None
+            # A1111 (postprocessing.py): the source's text items and parameters, "postprocessing" and
+            # "extras" chunks; named after the source in the batch modes (use_original_name_batch), else
+            # numbered; into the batch's output folder or outdir_samples / outdir_extras_samples
+            existing = {**items, **({"parameters": original} if original else {}), "postprocessing": post}
+            opts = ctx.options.current
+            keep_name = v.get("mode") in ("batch", "folder") and opts.get("use_original_name_batch", True)
             try:  # the result is shown even when it cannot be saved (full disk, read-only folder)
-                if outdir is not None:
-                    ctx.saver.save_as(out, outdir / f"{Path(name).stem}.png", original, extra)
-                else:
-                    ctx.saver.save(out, ctx.settings.data_dir / str(ctx.options.current.get(
-                        "outdir_extras_samples", "outputs/extras-images")), 0, original, extra=extra)
+                ctx.saver.save_image(out, "extras", opts, ctx.settings.data_dir, None, post, outdir=outdir,
+                                     forced_filename=Path(name).stem if keep_name else None,
+                                     existing_info=existing, hooks=ctx.hooks)
             except OSError as exc:
                 log.error("Extras: could not save %s: %s", name, exc)
                 if not warnings:
@@ -155,5 +158,5 @@ def _sources(v: dict[str, Any]) -> list[tuple[str, Image.Image]]:
 
 def _outdir(ctx: AppContext, v: dict[str, Any]) -> Path | None:
     if v.get("mode") == "folder" and v.get("output_dir"):
-        return Path(str(v["output_dir"])).expanduser()
+        return Path(str(v["output_dir"])).expanduser().absolute()
     return None

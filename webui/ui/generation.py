@@ -21,6 +21,7 @@ from webui.pipeline.request import GenerationRequest, RequestError
 from webui.styles import Style
 from webui.ui.img2img_inputs import Img2ImgInputs, build_img2img_inputs, img2img_request, stream_img2img
 from webui.ui.progress import map_yields, named_handler, stream_with_progress, user_error
+from webui.ui.sendto import override_settings_from_pairs
 from webui.ui.tabs import collect_sections, section_field
 
 #: Request fields converted from UI values.
@@ -120,6 +121,10 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
                                                           allow_custom_value=True)
                     f["refiner_switch_at"] = gr.Slider(0.01, 0.99, value=0.8, step=0.01, label="Switch at",
                                                        elem_id=f"{mode}_refiner_switch_at")
+            # A1111's "Override settings": filled by pasting an infotext (Clip skip, compatibility options, ...)
+            f["override_settings"] = gr.Dropdown([], value=[], multiselect=True, label="Override settings",
+                                                 visible=False, allow_custom_value=True,
+                                                 elem_id=f"{mode}_override_settings")
             sections = ctx.hooks.ui_sections(ctx, mode)
             for section in sections:
                 for key, component in section.render().items():
@@ -292,6 +297,7 @@ def _common_request(v: dict[str, Any]) -> GenerationRequest:
         refiner_checkpoint=None if v.get("refiner_checkpoint") in (None, "", "None") else v["refiner_checkpoint"],
         refiner_switch_at=_num(v.get("refiner_switch_at"), float, 0.8),
         denoising_strength=_num(v.get("denoising_strength"), float, 0.75),
+        override_settings=override_settings_from_pairs(v.get("override_settings")),
     )
 
 

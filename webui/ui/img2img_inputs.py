@@ -193,7 +193,8 @@ def run_img2img(ctx: AppContext, inputs: Img2ImgInputs | None, base: GenerationR
 
     try:
         report = run_folder(one, base, v.get("batch_input_dir") or "", v.get("batch_output_dir") or None,
-                            ctx.saver, v.get("batch_mask_dir") or None, on_item=on_item)
+                            ctx.saver, v.get("batch_mask_dir") or None, on_item=on_item,
+                            opts=ctx.options_for(base.override_settings))
     except RequestError as exc:
         raise user_error(exc) from None
     result = GenerationResult(images=report.images, infotexts=report.infotexts, seeds=report.seeds,

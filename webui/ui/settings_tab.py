@@ -39,7 +39,9 @@ def _component(ctx: AppContext, d: OptionDef) -> Any:
 def build_settings_tab(ctx: AppContext) -> None:
     sections: dict[str, list[OptionDef]] = defaultdict(list)
     for d in ctx.options.defs.values():
-        if isinstance(d.default, (bool, int, float, str)):  # lists (e.g. disabled_extensions) have their own UI
+        # A1111 keys that change nothing here stay out (docs/api.md lists them); lists (e.g.
+        # disabled_extensions) have their own UI
+        if not d.note and (d.default is None or isinstance(d.default, (bool, int, float, str))):
             sections[d.section].append(d)
     fields: dict[str, Any] = {}
     with gr.Row():
@@ -47,14 +49,17 @@ def build_settings_tab(ctx: AppContext) -> None:
         reload_ui = gr.Button("Reload values", elem_id="settings_reload")
     result = gr.Markdown("", elem_id="settings_result")
     for section in sorted(sections, key=str.lower):
-        with gr.Accordion(section, open=section in ("Stable Diffusion", "Saving images")):
+        with gr.Accordion(section, open=section in ("Stable Diffusion", "Saving images/grids")):
             for d in sorted(sections[section], key=lambda o: o.label.lower()):
                 fields[d.key] = _component(ctx, d)
     keys = list(fields)
 
     def on_apply(values: dict[str, Any], request: gr.Request, progress: gr.Progress):
         now = ctx.options.current
-        changes = {k: v for k, v in values.items() if v is not None and v != now.get(k)}
+        # a text box shows "no value" (an option defaulting to None) as ""
+        values = {k: (None if v == "" and ctx.options.defs[k].default is None else v) for k, v in values.items()}
+        changes = {k: v for k, v in values.items()
+                   if v != now.get(k) and (v is not None or ctx.options.defs[k].default is None)}
         for key, value in list(changes.items()):  # gr.Number gives floats; int options want ints
             d = ctx.options.defs[key]
             if isinstance(d.default, int) and not isinstance(d.default, bool) and isinstance(value, float) \
