@@ -79,3 +79,31 @@ def choose(page, selector: str, value: str) -> None:
     box.click()
     page.get_by_role("option", name=value, exact=True).first.click()
     page.wait_for_function(f"document.querySelector('{selector} input').value === {value!r}", timeout=10_000)
+
+
+def inpaint_with_a_stroke(page, canvas) -> None:
+    """Draw a mask stroke across ``canvas`` (the img2img Inpaint editor) and press Generate until the infotext
+    shows the mask was used: the editor may still be loading its image when the first stroke lands (three
+    tries; the "paint over the area" error of a lost stroke is closed in between)."""
+    for attempt in range(3):
+        page.wait_for_timeout(1000 * (attempt + 1))
+        canvas.scroll_into_view_if_needed()  # mouse strokes need the canvas on screen
+        box = canvas.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5, steps=8)
+        page.mouse.up()
+        page.locator("#img2img_generate").click()
+        try:  # done, or the "paint over the area" error when the stroke was lost
+            page.wait_for_function(
+                "document.querySelector('#img2img_info textarea').value.includes('Mask blur')"
+                " || !!document.querySelector('[data-testid=toast-body]')", timeout=30_000)
+        except Exception:
+            if attempt == 2:
+                raise
+        if "Mask blur" in page.locator("#img2img_info textarea").input_value():
+            return
+        close = page.locator("[data-testid=toast-close]")
+        if close.count():
+            close.first.click()
+    raise AssertionError("the drawn mask never reached the server")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,23 +64,44 @@ def fresh_ctx(tmp_path, models_root):
     return build_context(make_settings(tmp_path, models_root), load_model=True)
 
 
-class StepCounter:
-    """Records ``(step, total_steps)`` of every sampling step (an ``on_step_end`` plugin)."""
+class CodeRunningPickle:
+    """Pickles to ``os.system("touch <marker>")``: a file holding it runs code when unpickled unsafely, so
+    the marker file exists afterwards only if the code under test did so."""
 
-    def __init__(self):
-        self.steps = []
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+class StepRecorder:
+    """An ``on_step_end`` plugin that appends ``what(state)`` to ``seen`` at every sampling step."""
+
+    def __init__(self, what):
+        self.what = what
+        self.seen = []
 
     @hookimpl
     def on_step_end(self, state):
-        self.steps.append((state.step, state.total_steps))
+        self.seen.append(self.what(state))
+
+
+@contextlib.contextmanager
+def registered(ctx, plugin, name: str):
+    """``plugin`` registered on ``ctx`` (as ``name``) for the ``with`` block only."""
+    ctx.plugins.register(plugin, name)
+    try:
+        yield plugin
+    finally:
+        ctx.plugins.unregister(name)
 
 
 @pytest.fixture
 def counter(ctx):
-    plugin = StepCounter()
-    ctx.plugins.register(plugin, "step-counter")
-    yield plugin
-    ctx.plugins.unregister("step-counter")
+    """``(step, total_steps)`` of every sampling step, in ``counter.seen``."""
+    with registered(ctx, StepRecorder(lambda state: (state.step, state.total_steps)), "step-counter") as plugin:
+        yield plugin
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webui.pnginfo import read_image_info
 
 
 def _b64_png(image: Image.Image) -> str:

@@ -108,6 +108,7 @@ def test_unknown_sampler_lists_valid_names(client):
     r = client.post("/sdapi/v1/txt2img", json={**BASE, "sampler_name": "Nope"})
     assert r.status_code == 422
     assert "sampler_name" in r.text and "Euler a" in r.text
+    assert r.json()["error"] == "UnknownChoice" and r.json()["detail"][0]["loc"] == ["body", "sampler_name"]
 
 
 def test_unknown_checkpoint_override_is_422(client):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.browser_helpers import choose, launch, needs_chromium, screenshot_tabs, wait_text
+from tests.browser_helpers import choose, inpaint_with_a_stroke, launch, needs_chromium, screenshot_tabs, wait_text
 from tests.conftest import make_settings
 from tests.live_server import LiveServer
 from webui.context import build_context
@@ -120,27 +120,7 @@ def test_img2img_inpaint_with_an_uploaded_image_and_a_drawn_mask(page, tmp_path)
     page.locator("#img2img_inpaint input[type=file]").first.set_input_files(png_file(tmp_path))
     canvas = page.locator("#img2img_inpaint canvas").first
     canvas.wait_for(state="visible")
-    for attempt in range(3):  # the editor may still be loading the upload when the first stroke lands
-        page.wait_for_timeout(800 * (attempt + 1))
-        canvas.scroll_into_view_if_needed()  # mouse strokes need the canvas on screen
-        box = canvas.bounding_box()
-        page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5)
-        page.mouse.down()
-        page.mouse.move(box["x"] + box["width"] * 0.55, box["y"] + box["height"] * 0.5, steps=8)
-        page.mouse.up()
-        page.locator("#img2img_generate").click()
-        try:  # done, or the "paint over the area" error when the stroke was lost
-            page.wait_for_function(
-                "document.querySelector('#img2img_info textarea').value.includes('Mask blur')"
-                " || !!document.querySelector('[data-testid=toast-body]')", timeout=30_000)
-        except Exception:
-            if attempt == 2:
-                raise
-        if "Mask blur" in page.locator("#img2img_info textarea").input_value():
-            break
-        page.locator("[data-testid=toast-close]").first.click() if page.locator(
-            "[data-testid=toast-close]").count() else None
-        assert attempt < 2, "the drawn mask never reached the server"
+    inpaint_with_a_stroke(page, canvas)
     info = page.locator("#img2img_info textarea").input_value()
     assert "a blue square" in info and "Denoising strength" in info and "Size: 64x64" in info
     assert page.locator("#img2img_gallery img").count() >= 1

@@ -30,15 +30,16 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import StepRecorder, registered
 from webui.api import models as m
 from webui.api.routes import apply_infotext
+from webui.errors import RequestError
 from webui.infotext import backcompat, infotext_to_request, parse_infotext, parse_version
 from webui.models.components import scaled_linear_alphas_cumprod
 from webui.models.tiny import build_tiny_components
 from webui.pipeline.conditioning import CHUNK, EncodeOptions, encode_prompt, tokenize_prompt
 from webui.pipeline.prompt_schedule import build_job_conditioning, compat_infotext
-from webui.pipeline.request import GenerationRequest, RequestError
-from webui.hookspecs import hookimpl
+from webui.pipeline.request import GenerationRequest
 from webui.sampling.denoiser import DiscreteSchedule
 from webui.ui.sendto import override_settings_from_pairs, values_from_infotext
 
@@ -315,37 +316,26 @@ def test_downcast_sigma_to_t_keeps_k_diffusions_float16_difference():
         float(np.exp(np.float32(l16[999]))), rel=1e-6)
 
 
-class _Sigmas:
-    def __init__(self):
-        self.sigmas = []
-
-    @hookimpl
-    def on_step_end(self, state):
-        self.sigmas.append(float(state.sigma if not torch.is_tensor(state.sigma) else state.sigma.flatten()[0]))
-
-
 def test_pipeline_downcast_uses_float16_sigmas_and_writes_the_key(ctx):
     s16, l16 = _half_schedule()
     full = DiscreteSchedule(scaled_linear_alphas_cumprod())
-    rec = _Sigmas()
-    ctx.plugins.register(rec, "compat-sigmas")
-    try:
+    sigmas = StepRecorder(lambda state: float(state.sigma if not torch.is_tensor(state.sigma)
+                                              else state.sigma.flatten()[0]))
+    with registered(ctx, sigmas, "compat-sigmas") as rec:
         base = dict(prompt="a red circle", steps=2, width=64, height=64, seed=3, sampler_name="Euler",
                     scheduler="Uniform", save_images=False)
         down = ctx.txt2img(GenerationRequest(override_settings={"use_downcasted_alpha_bar": True}, **base))
-        first_down = rec.sigmas[0]
-        rec.sigmas.clear()
+        first_down = rec.seen[0]
+        rec.seen.clear()
         plain = ctx.txt2img(GenerationRequest(**base))
-        first_plain = rec.sigmas[0]
-        rec.sigmas.clear()
+        first_plain = rec.seen[0]
+        rec.seen.clear()
         # hires: 2 steps at strength 0.5 run the last 2 steps of a 4-step Uniform schedule (t 999, 666, 333, 0;
         # HiresPlan.sigmas), from t = 333
         ctx.txt2img(GenerationRequest(override_settings={"use_downcasted_alpha_bar": True}, enable_hr=True,
                                       hr_scale=1.0, hr_upscaler="Latent", hr_second_pass_steps=2,
                                       denoising_strength=0.5, **base))
-        first_hires = rec.sigmas[2]
-    finally:
-        ctx.plugins.unregister("compat-sigmas")
+        first_hires = rec.seen[2]
     # Uniform starts at t = 999: exp(log sigma) of the float16 table against the float32 one
     assert first_down == pytest.approx(float(np.exp(np.float32(l16[999]))), rel=1e-6)
     assert first_plain == pytest.approx(float(full.sigmas[999]), rel=1e-6)
@@ -440,7 +430,7 @@ def test_api_infotext_field_end_to_end(api_client):
 def test_api_png_info_parameters_include_backcompat_keys(api_client):
     from PIL import Image
 
-    from webui.api.images import encode_png_base64
+    from webui.image_codec import encode_png_base64
 
     png = encode_png_base64(Image.new("RGB", (8, 8)), OLD_TEXT)
     params = api_client.post("/sdapi/v1/png-info", json={"image": png}).json()["parameters"]

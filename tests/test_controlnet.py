@@ -16,16 +16,17 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, registered
 from tests.test_lora import kohya_lora
 from webui.context import build_context
 from webui.controlnet.models import controlnet_to_original, load_controlnet
 from webui.controlnet.units import units_from_infotext
+from webui.errors import RequestError
 from webui.hookspecs import hookimpl
 from webui.infotext import parse_infotext
 from webui.models.original_layout import save_single_file
 from webui.models.tiny import build_tiny_components
-from webui.pipeline.request import GenerationRequest, RequestError
+from webui.pipeline.request import GenerationRequest
 from webui.server import create_app
 
 BASE = dict(prompt="x", steps=4, width=64, height=64, seed=1, sampler_name="Euler", save_images=False)
@@ -119,8 +120,6 @@ class StepSpy:
 def test_a_unit_acts_only_inside_its_window(cn_ctx, monkeypatch):
     cn = cn_ctx.plugins.pm.get_plugin("webui.builtin.controlnet").models.load(
         cn_ctx.plugins.pm.get_plugin("webui.builtin.controlnet").models.find("control_tiny_canny"))
-    spy = StepSpy()
-    cn_ctx.plugins.register(spy, "cn-step-spy")
     steps = []
     real = cn.forward
 
@@ -129,10 +128,8 @@ def test_a_unit_acts_only_inside_its_window(cn_ctx, monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(cn, "forward", forward)
-    try:
+    with registered(cn_ctx, StepSpy(), "cn-step-spy") as spy:
         run(cn_ctx, [unit(guidance_start=0.5, guidance_end=0.75)], steps=8)
-    finally:
-        cn_ctx.plugins.unregister("cn-step-spy")
     assert steps == [4, 5, 6]  # steps i with 0.5 <= i/8 <= 0.75 (Euler: one model call per step)
 
 

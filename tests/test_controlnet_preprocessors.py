@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
-import shlex
 import socket
 import sys
 from pathlib import Path
@@ -15,19 +13,19 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import CodeRunningPickle
 from webui.controlnet import preprocessors as pp
 from webui.controlnet.preprocessors import (
     MissingAnnotator,
     Preprocessor,
     PreprocessorRegistry,
     Slider,
-    UnknownPreprocessor,
     annotator_url,
     builtin_preprocessors,
     control_types,
     module_detail,
 )
-from webui.models.errors import ModelError
+from webui.errors import ModelError, UnknownChoice
 
 H, W = 64, 80
 WEIGHT_FREE = [p for p in builtin_preprocessors() if not p.weights]
@@ -236,11 +234,12 @@ def test_aliases_and_legacy_names(registry, alias, name):
 
 
 def test_unknown_name(registry):
-    with pytest.raises(UnknownPreprocessor) as info:
+    with pytest.raises(UnknownChoice) as info:
         registry.get("seg_ufade20k")
+    assert info.value.field == "module" and info.value.value == "seg_ufade20k"
     assert "canny" in info.value.choices and "depth_midas" in info.value.choices
     assert "seg_ufade20k" in str(info.value) and "canny" in str(info.value)
-    with pytest.raises(UnknownPreprocessor):
+    with pytest.raises(UnknownChoice):
         registry.detect(_picture(), "nope")
 
 
@@ -373,23 +372,15 @@ def test_weights_of_another_network_are_refused(tmp_path, no_network):
         PreprocessorRegistry(annotator_dir=tmp_path).detect(_picture(), "softedge_hed", 64)
 
 
-class _Evil:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
-
-
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
 def test_malicious_pickle_is_refused_and_not_executed(tmp_path, no_network, fmt):
     marker = tmp_path / "pwned"
     path = tmp_path / "ControlNetHED.pth"
     if fmt == "zip":
-        torch.save({"norm": _Evil(marker)}, path)
+        torch.save({"norm": CodeRunningPickle(marker)}, path)
     else:
         with open(path, "wb") as handle:
-            pickle.dump({"norm": _Evil(marker)}, handle, protocol=2)
+            pickle.dump({"norm": CodeRunningPickle(marker)}, handle, protocol=2)
     reg = PreprocessorRegistry(annotator_dir=tmp_path)
     with pytest.raises(ModelError) as info:
         reg.detect(_picture(), "softedge_hed", 64)

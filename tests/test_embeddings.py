@@ -94,7 +94,7 @@ def test_sdxl_pair_embedding(tmp_path):
 
 
 def test_read_errors_name_the_file(tmp_path):
-    from webui.models.errors import ModelError
+    from webui.errors import ModelError
 
     save_file({"weird": torch.zeros(2, 2, 2)}, str(tmp_path / "odd.safetensors"))
     with pytest.raises(ModelError) as e:

@@ -14,8 +14,9 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import make_settings
 from webui.context import build_context
+from webui.errors import RequestError
 from webui.extensions_admin import install_from_git, update
-from webui.pipeline.request import GenerationRequest, RequestError
+from webui.pipeline.request import GenerationRequest
 from webui.server import create_app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,9 +14,10 @@ from PIL import Image
 from tests.conftest import make_settings
 from tests.test_img2img import b64
 from webui.context import build_context
+from webui.errors import RequestError
 from webui.extras import ExtrasRequest
 from webui.hookspecs import hookimpl
-from webui.pipeline.request import GenerationRequest, RequestError
+from webui.pipeline.request import GenerationRequest
 from webui.plugins import make_plugin_manager
 from webui.restoration.registry import FaceRestorerDef
 from webui.server import create_app

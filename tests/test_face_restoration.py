@@ -6,7 +6,6 @@ The networks are the real architectures with random weights, saved the way the o
 
 from __future__ import annotations
 
-import os
 import pickle
 import warnings
 from pathlib import Path
@@ -16,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import make_settings
-from webui.models.errors import ModelError
+from tests.conftest import CodeRunningPickle, make_settings
+from webui.errors import ModelError
 from webui.restoration.faces import (
     DETECTION_FILE,
     FACE_TEMPLATE,
@@ -252,14 +251,6 @@ def test_helper_weights_also_found_in_codeformer_folder(tmp_path):
 # --- unsafe files -----------------------------------------------------------------------------------------
 
 
-class _RunsCode:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
 def test_code_running_pickle_is_refused(tmp_path, writer):
     from webui.builtin import face_restorers
@@ -267,7 +258,7 @@ def test_code_running_pickle_is_refused(tmp_path, writer):
     marker = tmp_path / "pwned"
     root = _dummy_models(tmp_path / "models", leave_out="")
     bad = root / "GFPGAN" / GFPGAN_NAME
-    payload = {"params_ema": _RunsCode(marker)}
+    payload = {"params_ema": CodeRunningPickle(marker)}
     if writer == "torch.save":
         torch.save(payload, bad)
     else:

@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.conftest import make_settings
-from webui.models.errors import ModelError
+from tests.conftest import CodeRunningPickle, make_settings
+from webui.errors import ModelError
 from webui.server import create_app
 from webui.upscaling.gan import (
     FlexRRDBNet,
@@ -265,14 +265,6 @@ def test_tiled_image_matches_untiled_and_default_overlap_on_compact():
 # --- the plugin ---------------------------------------------------------------------------------------
 
 
-class Evil:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 @pytest.fixture(scope="module")
 def gan_models(tmp_path_factory, models_root) -> tuple[Path, Path]:
     """A models folder: the tiny SD checkpoint (copied), GAN files in the official layouts, and bad files."""
@@ -285,9 +277,9 @@ def gan_models(tmp_path_factory, models_root) -> tuple[Path, Path]:
     save(rrdb(2, seed=7, **small).state_dict(), real / "RealESRGAN_x2plus.pth", "params")
     save(compact().state_dict(), real / "realesr-general-x4v3.safetensors")
     marker = tmp_path_factory.mktemp("marker") / "pwned"
-    torch.save({"params_ema": Evil(marker)}, esrgan / "evil.pth")
+    torch.save({"params_ema": CodeRunningPickle(marker)}, esrgan / "evil.pth")
     with open(esrgan / "evil_plain.pth", "wb") as handle:
-        pickle.dump(Evil(marker), handle)
+        pickle.dump(CodeRunningPickle(marker), handle)
     (esrgan / "broken.pth").write_bytes(os.urandom(3000))
     save({"foo.weight": torch.zeros(4, 4)}, esrgan / "not_a_gan.safetensors")
     (esrgan / "notes.txt").write_text("not a model")
@@ -315,6 +307,22 @@ def test_plugin_lists_model_files_and_api(gan_ctx):
     assert items["RealESRGAN_x4plus"]["scale"] == 4.0 and items["RealESRGAN_x2plus"]["scale"] == 2.0
     assert items["4x_OldStyle"]["model_path"].endswith("4x_OldStyle.pth") and items["4x_OldStyle"]["scale"] == 4.0
     assert items["realesr-general-x4v3"]["model_name"] == "RealESRGAN"
+
+
+def test_refresh_rescans_the_upscaler_folders(gan_ctx):
+    """The refresh action calls ``register_upscalers`` again, as the hook's documentation says."""
+    folder = gan_ctx.settings.model_dir("ESRGAN")
+    late = folder / "4x_Late.pth"
+    late.write_bytes((folder / "4x_OldStyle.pth").read_bytes())
+    client = TestClient(create_app(gan_ctx))
+    try:
+        assert "4x_Late" not in gan_ctx.upscalers.names()
+        assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+        assert "4x_Late" in [u["name"] for u in client.get("/sdapi/v1/upscalers").json()]
+    finally:
+        late.unlink()
+        gan_ctx.refresh_models()
+    assert "4x_Late" not in gan_ctx.upscalers.names() and set(STEMS) <= set(gan_ctx.upscalers.names())
 
 
 def test_options_exist_with_defaults_and_are_used(gan_ctx):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from webui.errors import RequestError
 from webui.pipeline.hires import LATENT_UPSCALE_MODES
-from webui.pipeline.request import GenerationRequest, RequestError, hires_target
+from webui.pipeline.request import GenerationRequest, hires_target
 from webui.server import create_app
 
 SMALL = dict(prompt="a red circle", steps=4, width=64, height=64, seed=11, sampler_name="Euler", save_images=False)
@@ -28,7 +29,7 @@ def test_hires_output_size_steps_and_infotext(ctx, counter):
                                         denoising_strength=0.5))
     assert res.images[0].size == (128, 128)
     # first pass: 4 steps; second pass: exactly hr_second_pass_steps = 3
-    assert [t for _, t in counter.steps] == [4] * 4 + [3] * 3
+    assert [t for _, t in counter.seen] == [4] * 4 + [3] * 3
     info = res.infotexts[0]
     for needle in ("Size: 64x64", "Denoising strength: 0.5", "Hires upscale: 2,", "Hires steps: 3",
                    "Hires upscaler: Latent"):
@@ -38,7 +39,7 @@ def test_hires_output_size_steps_and_infotext(ctx, counter):
 
 def test_second_pass_steps_default_to_the_first_pass(ctx, counter):
     ctx.txt2img(GenerationRequest(**SMALL, enable_hr=True, hr_scale=1.5, denoising_strength=0.7))
-    assert len(counter.steps) == 4 + 4
+    assert len(counter.seen) == 4 + 4
 
 
 def test_hires_changes_the_image_and_reproduces(ctx):
@@ -60,7 +61,7 @@ def test_every_upscaler_gives_the_requested_size(ctx, upscaler):
 
 def test_strength_zero_returns_the_upscaled_first_pass_without_steps(ctx, counter):
     res = ctx.txt2img(GenerationRequest(**SMALL, enable_hr=True, hr_upscaler="Nearest", denoising_strength=0.0))
-    assert len(counter.steps) == 4 and res.images[0].size == (128, 128)
+    assert len(counter.seen) == 4 and res.images[0].size == (128, 128)
 
 
 def test_separate_sampler_scheduler_and_prompt(ctx, counter):

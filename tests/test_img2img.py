@@ -37,13 +37,13 @@ BASE = dict(prompt="a cat", steps=10, width=64, height=64, seed=4, sampler_name=
 def test_steps_follow_a1111_rule(ctx, counter):
     res = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.5, **BASE))
     # A1111: t_enc = int(0.5 * 10) = 5, and the last t_enc + 1 = 6 sigmas of the 10-step schedule are run
-    assert [s for s, _ in counter.steps] == list(range(6)) and counter.steps[0][1] == 6
+    assert [s for s, _ in counter.seen] == list(range(6)) and counter.seen[0][1] == 6
     assert "Denoising strength: 0.5" in res.infotexts[0] and res.info["denoising_strength"] == 0.5
 
 
 def test_strength_zero_returns_the_init_image_without_steps(ctx, counter):
     res = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.0, **BASE))
-    assert counter.steps == []
+    assert counter.seen == []
     model = ctx.models.current
     round_trip = decode_latents(model, encode_init_images(model, [picture()], 64, 64, 0))[0]
     assert res.images[0].tobytes() == round_trip.tobytes()

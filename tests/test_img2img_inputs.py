@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from webui.errors import RequestError
 from webui.pipeline.batch_folder import run_folder
-from webui.pipeline.request import GenerationRequest, RequestError
+from webui.pipeline.request import GenerationRequest
 from webui.ui.editor import editor_value, inpaint_input, inpaint_sketch_input, sketch_input, strokes_mask
 from webui.ui.img2img_inputs import img2img_request
 from webui.ui.sendto import values_from_infotext

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import StepRecorder, registered
 from webui.hookspecs import hookimpl
 from webui.infotext import parse_infotext
 from webui.jobs import Job
@@ -76,23 +77,11 @@ def arr(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
-class SigmaRecorder:
-    """Records the sigma of every sampling step."""
-
-    def __init__(self):
-        self.sigmas: list[float] = []
-
-    @hookimpl
-    def on_step_end(self, state):
-        self.sigmas.append(float(state.sigma))
-
-
 @pytest.fixture
 def sigmas(ctx):
-    plugin = SigmaRecorder()
-    ctx.plugins.register(plugin, "sigma-recorder")
-    yield plugin
-    ctx.plugins.unregister("sigma-recorder")
+    """The sigma of every sampling step, in ``sigmas.seen``."""
+    with registered(ctx, StepRecorder(lambda state: float(state.sigma)), "sigma-recorder") as plugin:
+        yield plugin
 
 
 # --------------------------------------------------------------------------- img2img_fix_steps
@@ -107,10 +96,10 @@ def sigmas(ctx):
 ])
 def test_fix_steps_counts(ctx, counter, steps, strength, off, on):
     for fix, expected in ((False, off), (True, on)):
-        counter.steps.clear()
+        counter.seen.clear()
         ctx.txt2img(GenerationRequest(**{**I2I, "steps": steps, "denoising_strength": strength},
                                       init_images=(picture(),), override_settings={"img2img_fix_steps": fix}))
-        assert counter.steps == [(i, expected) for i in range(expected)], fix
+        assert counter.seen == [(i, expected) for i in range(expected)], fix
 
 
 def test_fix_steps_runs_the_tail_of_the_longer_schedule(ctx, sigmas):
@@ -118,11 +107,11 @@ def test_fix_steps_runs_the_tail_of_the_longer_schedule(ctx, sigmas):
     # steps of the same 8-step schedule -- so the fixed run visits that run's last 4 sigmas
     fixed = dict(I2I, init_images=(picture(),))
     ctx.txt2img(GenerationRequest(**fixed, override_settings={"img2img_fix_steps": True}))
-    on = list(sigmas.sigmas)
-    sigmas.sigmas.clear()
+    on = list(sigmas.seen)
+    sigmas.seen.clear()
     ctx.txt2img(GenerationRequest(**{**fixed, "steps": 8}))
-    assert len(on) == 4 and len(sigmas.sigmas) == 5
-    assert on == sigmas.sigmas[1:]
+    assert len(on) == 4 and len(sigmas.seen) == 5
+    assert on == sigmas.seen[1:]
 
 
 def test_fix_steps_leaves_the_hires_pass_alone(ctx, counter):
@@ -130,9 +119,9 @@ def test_fix_steps_leaves_the_hires_pass_alone(ctx, counter):
     req = dict(BASE, steps=2, enable_hr=True, hr_scale=1.0, hr_second_pass_steps=2, denoising_strength=0.5)
     images = []
     for fix in (False, True):
-        counter.steps.clear()
+        counter.seen.clear()
         res = ctx.txt2img(GenerationRequest(**req, override_settings={"img2img_fix_steps": fix}))
-        assert [t for _, t in counter.steps] == [2, 2, 2, 2]  # 2 first-pass steps + 2 hires steps
+        assert [t for _, t in counter.seen] == [2, 2, 2, 2]  # 2 first-pass steps + 2 hires steps
         images.append(res.images[0].tobytes())
     assert images[0] == images[1]
 
@@ -160,7 +149,7 @@ def test_extra_noise_is_added_to_the_noised_init(ctx, sigmas, multiplier):
     extra = 0.5
     noisy = ctx.txt2img(GenerationRequest(**req, initial_noise_multiplier=multiplier,
                                           override_settings={"img2img_extra_noise": extra}))
-    sigma_0 = sigmas.sigmas[0]
+    sigma_0 = sigmas.seen[0]
     same = ctx.txt2img(GenerationRequest(**req, initial_noise_multiplier=multiplier * (sigma_0 + extra) / sigma_0))
     assert np.abs(arr(noisy.images[0]) - arr(same.images[0])).max() <= 2
 
@@ -195,11 +184,9 @@ class DoublerPlugin:
 
 @pytest.fixture
 def doubler(ctx):
-    plugin = DoublerPlugin()
-    ctx.plugins.register(plugin, "test-doubler")
-    ctx.refresh_upscalers()
-    yield plugin
-    ctx.plugins.unregister("test-doubler")
+    with registered(ctx, DoublerPlugin(), "test-doubler") as plugin:
+        ctx.refresh_upscalers()
+        yield plugin
     ctx.refresh_upscalers()
 
 

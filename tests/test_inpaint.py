@@ -288,7 +288,7 @@ def test_outpainting_through_the_api_keeps_the_original_and_fills_the_border(cli
             "script_name": "Poor man's outpainting", "script_args": [32, 4, 0, ["right", "up"]]}
     r = client.post("/sdapi/v1/img2img", json=body)
     assert r.status_code == 200, r.text
-    from webui.api.images import decode_base64_image
+    from webui.image_codec import decode_base64_image
 
     out = np.asarray(decode_base64_image(r.json()["images"][0], "x"))
     assert out.shape == (96, 96, 3)

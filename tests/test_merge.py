@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from webui.errors import RequestError
 from webui.models.merge import MergeRequest, legacy_hash, merge_checkpoints
 from webui.models.safeload import read_state_dict
-from webui.pipeline.request import RequestError
 
 CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
 SOME_KEYS = (CONV_IN, "model.diffusion_model.out.2.weight",
@@ -51,7 +51,7 @@ def manager(root, tmp_path_factory):
 
 
 def _merge(manager, root, out_dir, **kw) -> Path:
-    return merge_checkpoints(MergeRequest(**kw), checkpoint_paths=manager.find, vae_dir=root / "VAE",
+    return merge_checkpoints(MergeRequest(**kw), checkpoint_paths=manager.find, vae_dirs=[root / "VAE"],
                              out_dir=out_dir, hashes=manager.hashes)
 
 
@@ -62,7 +62,7 @@ def _sd(root, name):
 def test_weighted_sum_formula(manager, root, tmp_path):
     calls = []
     path = merge_checkpoints(MergeRequest(primary="a", secondary="b.safetensors", multiplier=0.3),
-                             checkpoint_paths=manager.find, vae_dir=root / "VAE", out_dir=tmp_path,
+                             checkpoint_paths=manager.find, vae_dirs=[root / "VAE"], out_dir=tmp_path,
                              hashes=manager.hashes, progress=lambda i, n: calls.append((i, n)))
     assert path == tmp_path / "a_b_0.3-merged.safetensors"
     out, a, b = read_state_dict(path)[0], _sd(root, "a"), _sd(root, "b")
@@ -117,6 +117,40 @@ def test_bake_in_vae_replaces_exactly_the_vae_keys(manager, root, tmp_path):
     with pytest.raises(RequestError) as err:
         _merge(manager, root, tmp_path, primary="a", interp_method="No interpolation", bake_in_vae="nope.pt")
     assert err.value.field == "bake_in_vae" and "tiny.vae.pt" in err.value.message
+
+
+def test_merger_lists_the_vaes_settings_lists_and_bakes_from_both_folders(manager, root, tmp_path):
+    from types import SimpleNamespace
+
+    from tests.conftest import make_settings
+    from webui.builtin.vae import VaePlugin
+    from webui.ui.merger import _vae_choices
+
+    models, extra = tmp_path / "models", tmp_path / "more-vaes"
+    (models / "VAE" / "sub").mkdir(parents=True)
+    extra.mkdir()
+    (models / "VAE" / "sub" / "b.pt").write_bytes((root / "VAE" / "tiny.vae.pt").read_bytes())
+    (models / "VAE" / "c.bin").write_bytes(b"x")
+    (extra / "d.ckpt").write_bytes((root / "VAE" / "tiny.vae.pt").read_bytes())
+    (models / "VAE" / "folder-vae").mkdir()
+    (models / "VAE" / "folder-vae" / "config.json").write_text("{}")
+    ctx = SimpleNamespace(settings=make_settings(tmp_path / "data", models, vae_dir=extra))
+    settings_tab = VaePlugin()
+    settings_tab.ctx = ctx
+    assert settings_tab.choices()[:2] == ["Automatic", "None"]
+    assert _vae_choices(ctx) == ["None", *settings_tab.choices()[2:]] == ["None", "b.pt", "c.bin", "d.ckpt",
+                                                                            "folder-vae"]
+    for name in ("d.ckpt", "sub/b.pt"):  # the --vae-dir folder, a path inside a VAE folder
+        path = merge_checkpoints(MergeRequest(primary="a", interp_method="No interpolation", bake_in_vae=name,
+                                              custom_name=f"baked-{name[0]}"),
+                                 checkpoint_paths=manager.find, vae_dirs=ctx.settings.vae_dirs(), out_dir=tmp_path,
+                                 hashes=manager.hashes)
+        assert path.is_file()
+    with pytest.raises(RequestError) as err:
+        merge_checkpoints(MergeRequest(primary="a", interp_method="No interpolation", bake_in_vae="folder-vae"),
+                          checkpoint_paths=manager.find, vae_dirs=ctx.settings.vae_dirs(), out_dir=tmp_path,
+                          hashes=manager.hashes)
+    assert err.value.field == "bake_in_vae" and "single-file" in err.value.message
 
 
 def test_discard_weights_regex(manager, root, tmp_path):

@@ -16,7 +16,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from webui.models.errors import ModelError  # noqa: E402
+from tests.conftest import CodeRunningPickle  # noqa: E402
+from webui.errors import ModelError  # noqa: E402
 from webui.models.loader import load_components  # noqa: E402
 from webui.models.original_layout import (  # noqa: E402
     save_diffusers_folder,
@@ -231,16 +232,6 @@ def test_ckpt_variants_and_dtype(saved, tmp_path):
     assert file_sha256(legacy) == hashlib.sha256(legacy.read_bytes()).hexdigest()
 
 
-class _Evil:
-    """Pickles to a call of os.system (never unpickled unsafely by the code under test)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def _bad_files(folder: Path, good: Path) -> dict[str, Path]:
     files = {}
     files["empty"] = folder / "empty.safetensors"
@@ -276,10 +267,10 @@ def test_bad_files_raise_model_error(saved, tmp_path):
 def test_malicious_pickles_are_refused(tmp_path):
     marker = tmp_path / "pwned"
     zipped = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {"w": torch.zeros(1), "x": _Evil(marker)}}, zipped)
+    torch.save({"state_dict": {"w": torch.zeros(1), "x": CodeRunningPickle(marker)}}, zipped)
     legacy = tmp_path / "evil-legacy.pt"
     with open(legacy, "wb") as handle:
-        pickle.dump({"state_dict": _Evil(marker)}, handle, protocol=2)
+        pickle.dump({"state_dict": CodeRunningPickle(marker)}, handle, protocol=2)
     for path in (zipped, legacy):
         assert b"system" in path.read_bytes()
         for reader in (read_state_dict, load_components):

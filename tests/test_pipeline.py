@@ -12,8 +12,8 @@ from PIL import Image
 
 from tests.conftest import make_settings
 from webui.context import build_context
+from webui.errors import ModelError
 from webui.jobs import Job
-from webui.models.errors import ModelError
 from webui.models.original_layout import save_diffusers_folder, save_single_file
 from webui.models.tiny import build_tiny_components
 from webui.pipeline.noise import ImageRNG
@@ -204,11 +204,11 @@ def test_sde_and_ancestral_images_do_not_depend_on_the_batch(ctx, sampler):
 
 
 def test_unknown_scheduler_lists_valid_names(ctx):
-    from webui.sampling.registry import UnknownName
+    from webui.errors import UnknownChoice
 
-    with pytest.raises(UnknownName) as e:
+    with pytest.raises(UnknownChoice) as e:
         ctx.txt2img(GenerationRequest(**{**SMALL, "scheduler": "Nope"}))
-    assert e.value.field_name == "scheduler" and "Karras" in e.value.valid and "Automatic" in e.value.valid
+    assert e.value.field == "scheduler" and "Karras" in e.value.choices and "Automatic" in e.value.choices
 
 
 def _all_sampler_names():

@@ -13,7 +13,6 @@ import errno
 import http.client
 import http.server
 import json
-import os
 import signal
 import struct
 import threading
@@ -25,7 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import make_settings
+from tests.conftest import CodeRunningPickle, make_settings
 from tests.live_server import LiveServer
 from webui.context import build_context
 from webui.server import create_app
@@ -423,7 +422,7 @@ def test_05_ui_config_carries_no_secrets(auth_app):
 
 def test_06_extension_install_and_update_are_refused_on_a_network_bind(tmp_path):
     from webui.extensions_admin import install_allowed, install_from_git, update
-    from webui.pipeline.request import RequestError
+    from webui.errors import RequestError
 
     for kw in ({"listen": True}, {"listen": True, "gradio_auth": "a:b"}):
         settings = make_settings(tmp_path, **kw)
@@ -441,14 +440,6 @@ def test_06_extension_install_and_update_are_refused_on_a_network_bind(tmp_path)
 # ============================================================================ 7, 15. bad and malicious model files
 
 
-class _Evil:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_07_15_bad_and_malicious_checkpoints_are_refused_and_the_old_model_keeps_serving(tmp_path, tiny_sd1_file):
     import torch
 
@@ -462,7 +453,7 @@ def test_07_15_bad_and_malicious_checkpoints_are_refused_and_the_old_model_keeps
     (folder / "hugeheader.safetensors").write_bytes(struct.pack("<Q", 2**40) + b"{}")
     (folder / "badjson.safetensors").write_bytes(struct.pack("<Q", 12) + b"{not json!!}" + b"\0" * 64)
     marker = tmp_path / "pwned"
-    torch.save({"state_dict": {"w": torch.zeros(1), "x": _Evil(marker)}}, folder / "evil.ckpt")
+    torch.save({"state_dict": {"w": torch.zeros(1), "x": CodeRunningPickle(marker)}}, folder / "evil.ckpt")
     (folder / "renamed-pickle.safetensors").write_bytes((folder / "evil.ckpt").read_bytes())
     ctx = build_context(make_settings(tmp_path, tmp_path / "models", nowebui=True), load_model=False)
     client = TestClient(create_app(ctx))

@@ -13,10 +13,11 @@ import json
 import pytest
 from PIL import Image, ImageChops
 
-from webui.hookspecs import hookimpl
+from tests.conftest import StepRecorder, registered
+from webui.errors import RequestError
 from webui.infotext import format_infotext, parse_infotext
 from webui.jobs import Job
-from webui.pipeline.request import GenerationRequest, RequestError
+from webui.pipeline.request import GenerationRequest
 from webui.pipeline.result import GenerationResult
 from webui.scripts import ScriptChoices, ScriptRun
 from webui.scripts_builtin import prompt_matrix, prompts_file, xyz
@@ -405,27 +406,12 @@ def test_render_controls_passes_choices_only_to_a_render_that_takes_them():
     assert ScriptDef("none", lambda r: None).render_controls("txt2img") == {}
 
 
-class ProgressSpy:
-    """Records the job's counters at every sampling step."""
-
-    def __init__(self):
-        self.seen = []
-
-    @hookimpl
-    def on_step_end(self, state):
-        job = state.job
-        self.seen.append((job.job_no, job.job_count, job.progress))
-
-
 def test_xyz_progress_counts_cells_times_batches(ctx):
-    spy = ProgressSpy()
-    ctx.plugins.register(spy, "xyz-progress-spy")
-    try:
+    counters = StepRecorder(lambda state: (state.job.job_no, state.job.job_count, state.job.progress))
+    with registered(ctx, counters, "xyz-progress-spy") as spy:
         job = Job()
         res = ctx.run_script(GenerationRequest(**{**BASE, "n_iter": 2}), "X/Y/Z plot",
                              {"x_type": "Steps", "x_values": "2,3", "y_type": "CFG Scale", "y_values": "5,7"}, job)
-    finally:
-        ctx.plugins.unregister("xyz-progress-spy")
     assert res.images and job.job_count == 4 * 2
     assert {count for _, count, _ in spy.seen} == {8}
     assert sorted({no for no, _, _ in spy.seen}) == list(range(8))  # every batch of every cell, counted on

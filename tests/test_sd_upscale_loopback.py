@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webui.hookspecs import hookimpl
+from tests.conftest import StepRecorder, registered
+from webui.errors import RequestError
 from webui.jobs import Job
-from webui.pipeline.request import GenerationRequest, RequestError
+from webui.pipeline.request import GenerationRequest
 from webui.pipeline.result import GenerationResult
 from webui.scripts import ScriptChoices, ScriptRun
 from webui.scripts_builtin import loopback, sd_upscale
@@ -336,25 +337,13 @@ def a1111_request(init: Image.Image) -> dict:
             "styles": [], "subseed": -1, "subseed_strength": 0, "tiling": False, "width": 64}
 
 
-class ProgressSpy:
-    def __init__(self):
-        self.seen = []
-
-    @hookimpl
-    def on_step_end(self, state):
-        self.seen.append((state.job.job_no, state.job.job_count))
-
-
 def test_api_a1111_sd_upscale_payload(ctx, client):
     # A1111 test/test_img2img.py test_img2img_sd_upscale_performed; 40x40 at 2 -> 80x80:
     # cols = rows = ceil((80 - 8) / 56) = 2 -> 4 tiles of 64x64
     body = {**a1111_request(gradient(40, 40)), "script_name": "sd upscale", "script_args": ["", 8, "Lanczos", 2.0]}
-    spy = ProgressSpy()
-    ctx.plugins.register(spy, "sd-upscale-progress-spy")
-    try:
+    counters = StepRecorder(lambda state: (state.job.job_no, state.job.job_count))
+    with registered(ctx, counters, "sd-upscale-progress-spy") as spy:
         r = client.post("/sdapi/v1/img2img", json=body)
-    finally:
-        ctx.plugins.unregister("sd-upscale-progress-spy")
     assert r.status_code == 200, r.text
     # the job's progress counts over all tiles: job_count 4, job_no 0..3
     assert sorted({no for no, _ in spy.seen}) == [0, 1, 2, 3] and {c for _, c in spy.seen} == {4}

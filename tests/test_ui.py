@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from tests.browser_helpers import choose, launch, needs_chromium, screenshot_tabs
+from tests.browser_helpers import choose, inpaint_with_a_stroke, launch, needs_chromium, screenshot_tabs
 from tests.live_server import LiveServer
 from webui.server import create_app
 
@@ -85,21 +85,7 @@ def test_browser_generate(server):
             # draw a mask stroke on the editor's canvas, then generate
             canvas = page.locator("#img2img_inpaint canvas").first
             canvas.wait_for(state="visible", timeout=20_000)
-            done = "document.querySelector('#img2img_info textarea').value.includes('Mask blur')"
-            for attempt in range(3):  # the editor may still be loading the sent image when the first stroke lands
-                page.wait_for_timeout(1000 * (attempt + 1))
-                box = canvas.bounding_box()
-                page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5)
-                page.mouse.down()
-                page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5, steps=8)
-                page.mouse.up()
-                page.locator("#img2img_generate").click()
-                try:
-                    page.wait_for_function(done, timeout=30_000)
-                    break
-                except Exception:
-                    if attempt == 2:
-                        raise
+            inpaint_with_a_stroke(page, canvas)
             info = page.locator("#img2img_info textarea").input_value()
             assert "Denoising strength" in info and "Size: 64x64" in info
 

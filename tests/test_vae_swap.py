@@ -141,13 +141,85 @@ def test_checkpoint_cache_and_unload_reload(ctx, monkeypatch):
     assert np.asarray(img(ctx).images[0]).shape == (64, 64, 3)
 
 
+def test_a_then_b_then_a_each_model_gets_the_vae_asked_for(ctx, root):
+    """The plugin's per-model state goes with the model: B, loaded after A was dropped (possibly at A's
+    address), starts from its own VAE, and A loaded again too; no copy of a dropped model's VAE is kept."""
+    import gc
+
+    from webui.models.loader import load_components
+    from webui.models.vae_files import vae_weights
+
+    plugin = ctx.plugins.pm.get_plugin("webui.builtin.vae")
+    config = ctx.models.current.components.vae.config
+    other = vae_weights(root / "VAE" / "other.safetensors", config)
+    own = {name: load_components(root / "Stable-diffusion" / f"{name}.safetensors").vae.state_dict()
+           for name in ("alpha", "beta")}
+
+    def vae_of_current(expected: dict[str, torch.Tensor]) -> bool:
+        got = ctx.models.current.components.vae.state_dict()
+        return got.keys() == expected.keys() and all(torch.equal(got[k], expected[k].to(got[k].dtype)) for k in got)
+
+    def live_states() -> int:
+        gc.collect()
+        return len(plugin._states)
+
+    img(ctx, override_settings={"sd_vae": "other.safetensors"})  # A with another VAE
+    assert ctx.models.current.info.name == "alpha.safetensors" and vae_of_current(other)
+    ctx.models.unload()  # A is dropped before B is built
+    assert live_states() == 0
+    img(ctx, override_settings={"sd_model_checkpoint": "beta"})  # B, Automatic: its own
+    assert ctx.models.current.info.name == "beta.safetensors" and vae_of_current(own["beta"])
+    img(ctx, override_settings={"sd_model_checkpoint": "beta", "sd_vae": "other.safetensors"})
+    assert vae_of_current(other)
+    img(ctx, override_settings={"sd_model_checkpoint": "alpha"})  # A again, Automatic: its own
+    assert ctx.models.current.info.name == "alpha.safetensors" and vae_of_current(own["alpha"])
+    assert live_states() <= 1  # B's state went with B
+    img(ctx, override_settings={"sd_model_checkpoint": "alpha", "sd_vae": "other.safetensors"})
+    assert vae_of_current(other)
+    img(ctx, override_settings={"sd_model_checkpoint": "alpha", "sd_vae": "None"})
+    assert vae_of_current(own["alpha"])
+
+
+def test_a_new_model_where_an_old_one_was_starts_from_its_own_vae(root):
+    """What an id-keyed cache got wrong: B in the place (here: the very object) A had gets neither A's own
+    VAE nor is it taken to hold the VAE A was given."""
+    from types import SimpleNamespace
+
+    from webui.builtin.vae import VaePlugin
+    from webui.models.vae_files import VaeFile, vae_weights
+
+    def state(vae):
+        return {k: v.clone() for k, v in vae.state_dict().items()}
+
+    def same(vae, expected) -> bool:
+        return all(torch.equal(v, expected[k]) for k, v in vae.state_dict().items())
+
+    vae_a, vae_b = build_tiny_components("sd1", seed=1).vae, build_tiny_components("sd1", seed=2).vae
+    own_a, own_b = state(vae_a), state(vae_b)
+    other_file = VaeFile(root / "VAE" / "other.safetensors", "other.safetensors")
+    other = vae_weights(other_file.path, vae_a.config)
+    plugin = VaePlugin()
+    model = SimpleNamespace(components=SimpleNamespace(vae=vae_a), info=SimpleNamespace(path=root, name="a"),
+                            spec=SimpleNamespace(label="SD 1.x"))
+    plugin.apply(model, other_file)
+    assert same(vae_a, other)
+    plugin.apply(model, None)
+    assert same(vae_a, own_a)
+    plugin.apply(model, other_file)
+    model.components = SimpleNamespace(vae=vae_b)  # B takes A's place
+    plugin.apply(model, None)
+    assert same(vae_b, own_b)  # not A's own weights
+    plugin.apply(model, other_file)
+    assert same(vae_b, other)  # not skipped as "already applied"
+
+
 def test_memory_route_reports_ram(ctx):
     body = TestClient(create_app(ctx)).get("/sdapi/v1/memory").json()
     assert body["ram"]["total"] > body["ram"]["used"] > 0 and "error" in body["cuda"]
 
 
 def test_refiner_takes_over_at_the_switch_step(ctx):
-    from webui.pipeline.request import RequestError
+    from webui.errors import RequestError
 
     base = img(ctx, steps=4).images[0].tobytes()
     refiner = ctx.models.load_aux("beta")

@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 from tests.test_scripts_builtin import BASE, fake_run
+from webui.errors import RequestError
 from webui.infotext import parse_infotext
-from webui.pipeline.request import GenerationRequest, RequestError
+from webui.pipeline.request import GenerationRequest
 from webui.scripts_builtin import xyz
 
 #: The 18 names, in A1111 v1.7-v1.10's order (``Script.ui`` return list / ``Script.run`` parameters).

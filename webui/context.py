@@ -4,7 +4,8 @@ and passed down (no module globals)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 
 from webui.a1111_options import a1111_option_defs
 from webui.devices import DevicePolicy, choose_device, free_memory
+from webui.errors import UnknownChoice
 from webui.filenames import ImageFields, request_fields, timestamp_of
 from webui.images import ImageSaver
 from webui.infotext import parse_infotext
@@ -37,11 +39,21 @@ log = logging.getLogger(__name__)
 
 
 class GenerationFailed(RuntimeError):
-    """A job failed for a reason that is not the request's fault (e.g. out of memory)."""
+    """A job failed for a reason that is not the request's fault (e.g. out of memory: the API answers 507)."""
 
     def __init__(self, message: str, *, out_of_memory: bool = False):
         super().__init__(message)
         self.out_of_memory = out_of_memory
+
+
+@contextmanager
+def _out_of_memory_fails_the_job() -> Iterator[None]:
+    """Out of memory inside a job: the device caches are freed and :class:`GenerationFailed` is raised."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        free_memory()
+        raise GenerationFailed(f"out of memory: {exc}", out_of_memory=True) from exc
 
 
 @dataclass
@@ -76,6 +88,13 @@ class AppContext:
         self.upscalers.replace(self.hooks.register_upscalers(self.settings))
         self.face_restorers.replace(self.hooks.register_face_restorers(self.settings))
 
+    def refresh_models(self) -> None:
+        """The refresh action (``POST /sdapi/v1/refresh-checkpoints``, the 🔄 beside the checkpoint): rescan
+        the checkpoint folders, and the upscaler and face-restorer ones (the ``register_upscalers`` and
+        ``register_face_restorers`` hooks are called again)."""
+        self.models.refresh()
+        self.refresh_upscalers()
+
     def options_for(self, override_settings: Mapping[str, Any] | None) -> Options:
         """Current options with a request's ``override_settings`` applied (validated, not persisted)."""
         if not override_settings:
@@ -89,7 +108,7 @@ class AppContext:
     def model_for(self, opts: Options) -> LoadedModel:
         name = str(opts.get("sd_model_checkpoint") or "")
         if name and name != self.options.current.get("sd_model_checkpoint"):
-            return self.models.ensure_loaded(name)  # per-request override: unknown -> UnknownCheckpoint
+            return self.models.ensure_loaded(name)  # per-request override: unknown -> UnknownChoice
         try:
             return self.models.ensure_loaded(name or None)
         except KeyError:
@@ -109,13 +128,9 @@ class AppContext:
         """Run a txt2img request through the shared queue."""
         job = job or Job(kind=req.mode)
         opts = self.options_for(req.override_settings)
-        with self.jobs.slot(job):
-            try:
-                model = self.model_for(opts)
-                return txt2img(self.pipeline_env(), model, req, job, opts)
-            except torch.OutOfMemoryError as exc:
-                free_memory()
-                raise GenerationFailed(f"out of memory: {exc}", out_of_memory=True) from exc
+        with self.jobs.slot(job), _out_of_memory_fails_the_job():
+            model = self.model_for(opts)
+            return txt2img(self.pipeline_env(), model, req, job, opts)
 
 
     def script_choices(self) -> ScriptChoices:
@@ -200,13 +215,9 @@ class AppContext:
                 return None
             return str(saved.path)
 
-        with self.jobs.slot(job):
-            try:
-                return script.run(ScriptRun(req, args, req.mode, generate, job, self.script_choices(), save_grid,
-                                            upscale, save_image, opts=self.options_for(req.override_settings)))
-            except torch.OutOfMemoryError as exc:
-                free_memory()
-                raise GenerationFailed(f"out of memory: {exc}", out_of_memory=True) from exc
+        with self.jobs.slot(job), _out_of_memory_fails_the_job():
+            return script.run(ScriptRun(req, args, req.mode, generate, job, self.script_choices(), save_grid,
+                                        upscale, save_image, opts=self.options_for(req.override_settings)))
 
     def extras(self, image: Any, req: Any, job: Job | None = None, override_settings: Mapping[str, Any] | None = None):
         """Run the Extras operation on one image through the shared queue; returns (image, info)."""
@@ -214,14 +225,10 @@ class AppContext:
 
         job = job or Job(kind="extras")
         opts = self.options_for(override_settings)
-        with self.jobs.slot(job):
+        with self.jobs.slot(job), _out_of_memory_fails_the_job():
             job.job_count = 1
             job.set_stage(0, 0, "Extras")
-            try:
-                return run_extras(self.upscalers, self.face_restorers, image, req, opts)
-            except torch.OutOfMemoryError as exc:
-                free_memory()
-                raise GenerationFailed(f"out of memory: {exc}", out_of_memory=True) from exc
+            return run_extras(self.upscalers, self.face_restorers, image, req, opts)
 
 
 def saved_disabled_extensions(config_file: Path) -> list[str]:
@@ -244,7 +251,7 @@ def _check_upscaler_option(options: OptionsStore, upscalers: UpscalerRegistry) -
             return
         names = upscalers.names()
         if str(value).lower() not in (n.lower() for n in names):
-            raise ValueError(f"{key}: unknown upscaler {value!r}; choose one of: {', '.join(names)}")
+            raise UnknownChoice(key, "upscaler", value, names)
 
     d = options.defs.get("upscaler_for_img2img")
     if d is not None and d.check is None:

@@ -12,10 +12,10 @@ from typing import Any
 
 from PIL import Image
 
+from webui.errors import RequestError
 from webui.infotext import format_infotext
-from webui.pipeline.request import RequestError
-from webui.restoration.registry import FaceRestorerRegistry, UnknownFaceRestorer, blend
-from webui.upscaling.registry import UnknownUpscaler, UpscalerDef, UpscalerRegistry
+from webui.restoration.registry import FaceRestorerRegistry, blend
+from webui.upscaling.registry import UpscalerDef, UpscalerRegistry
 
 MAX_OUTPUT_SIDE = 8192
 
@@ -63,10 +63,7 @@ def check_extras(req: ExtrasRequest) -> None:
 def _upscaler(upscalers: UpscalerRegistry, name: str | None, field: str) -> UpscalerDef | None:
     if name in (None, "", "None"):
         return None
-    try:
-        return upscalers.get(name)
-    except UnknownUpscaler as exc:
-        raise RequestError(field, str(exc)) from None
+    return upscalers.get(name, field)
 
 
 def _scaled(up: UpscalerDef | None, image: Image.Image, scale: float, opts: Mapping[str, Any]) -> Image.Image:
@@ -127,10 +124,7 @@ def run_extras(upscalers: UpscalerRegistry, restorers: FaceRestorerRegistry, ima
     for name, visibility in (("GFPGAN", req.gfpgan_visibility), ("CodeFormer", req.codeformer_visibility)):
         if visibility <= 0:
             continue
-        try:
-            restorer = restorers.get(name)
-        except UnknownFaceRestorer as exc:
-            raise RequestError(f"{name.lower()}_visibility", str(exc)) from None
+        restorer = restorers.get(name, f"{name.lower()}_visibility")
         restore_opts = {**opts, "code_former_weight": req.codeformer_weight} if name == "CodeFormer" else opts
         image = blend(image, restorer.restore(image, restore_opts), visibility)
         info[f"{name} visibility"] = visibility

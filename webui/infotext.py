@@ -39,6 +39,9 @@ __all__ = [
     "PARSE_DEFAULTS",
     "LEGACY_SCHEDULE_SUFFIXES",
     "REQUEST_FIELDS",
+    "MASK_MODE",
+    "MASKED_CONTENT",
+    "INPAINT_AREA",
     "quote",
     "unquote",
     "format_infotext",
@@ -50,6 +53,16 @@ __all__ = [
 
 NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
 """Prefix of the line that starts the negative prompt."""
+
+MASK_MODE: Mapping[int, str] = MappingProxyType({0: "Inpaint masked", 1: "Inpaint not masked"})
+"""A1111's labels of ``inpainting_mask_invert`` (infotext "Mask mode", the img2img tab's radio)."""
+
+MASKED_CONTENT: Mapping[int, str] = MappingProxyType({0: "fill", 1: "original", 2: "latent noise",
+                                                      3: "latent nothing"})
+"""A1111's labels of ``inpainting_fill`` (infotext "Masked content", the img2img tab, outpainting scripts)."""
+
+INPAINT_AREA: Mapping[bool, str] = MappingProxyType({False: "Whole picture", True: "Only masked"})
+"""A1111's labels of ``inpaint_full_res`` (infotext "Inpaint area", the img2img tab's radio)."""
 
 PARAM_SEPARATOR = ", "
 """Separator between ``Key: value`` pairs on the parameter line."""
@@ -87,9 +100,9 @@ PARSE_DEFAULTS: Mapping[str, object] = MappingProxyType(
         "Hires prompt": "",
         "Hires negative prompt": "",
         # img2img inpainting defaults.
-        "Mask mode": "Inpaint masked",
-        "Masked content": "original",
-        "Inpaint area": "Whole picture",
+        "Mask mode": MASK_MODE[0],
+        "Masked content": MASKED_CONTENT[1],
+        "Inpaint area": INPAINT_AREA[False],
         "Masked area padding": 32,
         # Missing RNG means the default GPU noise source.
         "RNG": "GPU",
@@ -333,6 +346,11 @@ def _lookup(table: Mapping[str, object], value: object) -> object | None:
     return table.get(str(value).strip())
 
 
+def _value_of(labels: Mapping[object, str]) -> dict[str, object]:
+    """label -> value of a table of labels (value -> label)."""
+    return {label: value for value, label in labels.items()}
+
+
 def _choice_unless(sentinel: str) -> Callable[[object], str | None]:
     """Make a string converter that skips the "use the same as ..." ``sentinel``."""
 
@@ -390,12 +408,9 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("Face restoration", ("restore_faces",), lambda v: True if str(v).strip() else None),
     RequestField("Tiling", ("tiling",), lambda v: _lookup({"True": True, "False": False}, v)),
     RequestField("Mask blur", ("mask_blur",), _to_int),
-    RequestField("Mask mode", ("inpainting_mask_invert",),
-                 lambda v: _lookup({"Inpaint masked": 0, "Inpaint not masked": 1}, v)),
-    RequestField("Masked content", ("inpainting_fill",),
-                 lambda v: _lookup({"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}, v)),
-    RequestField("Inpaint area", ("inpaint_full_res",),
-                 lambda v: _lookup({"Whole picture": False, "Only masked": True}, v)),
+    RequestField("Mask mode", ("inpainting_mask_invert",), lambda v: _lookup(_value_of(MASK_MODE), v)),
+    RequestField("Masked content", ("inpainting_fill",), lambda v: _lookup(_value_of(MASKED_CONTENT), v)),
+    RequestField("Inpaint area", ("inpaint_full_res",), lambda v: _lookup(_value_of(INPAINT_AREA), v)),
     RequestField("Masked area padding", ("inpaint_full_res_padding",), _to_int),
 )
 """Infotext key → API request field; add a line here to map another field."""

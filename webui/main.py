@@ -23,7 +23,7 @@ def configure_environment() -> None:
 
 
 def _load_first_model(ctx, log: logging.Logger) -> None:
-    from webui.models.errors import ModelError
+    from webui.errors import ModelError
 
     try:
         model = ctx.load_initial_model()

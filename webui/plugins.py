@@ -4,32 +4,84 @@
 at import time).  Every plugin -- built-in or third party -- goes through
 :func:`_register`, which validates its hook implementations; a plugin that fails
 to import or implements an unknown hook is reported in :attr:`Plugins.reports`
-and skipped.  :class:`Hooks` is the typed facade the core calls: each call
-runs every implementation, isolating and reporting exceptions per plugin.
+and skipped.  :class:`Hooks` is the typed facade the core calls.
+
+Hook calls go through pluggy (``pm.hook.<name>(...)``), so everything pluggy
+offers works for extensions: new-style ``@hookimpl(wrapper=True)`` and
+old-style ``hookwrapper=True`` wrappers run around the other implementations,
+``tryfirst``/``trylast`` order them, ``firstresult``/``historic`` specs behave as
+pluggy documents, and ``pm.add_hookcall_monitoring``/``pm.enable_tracing`` see
+every call.
+
+Isolation (a failing plugin is logged, reported under its name in
+``Plugins.reports`` and the others still run) needs a guard around *each*
+implementation: pluggy's call loop stops at the first exception, so a wrapper of
+our own around the whole call could only report that *some* plugin failed, after
+the rest were skipped.  The guard is installed as the manager's innermost call
+function (:func:`_isolate_failures`, wrapping ``pm._inner_hookexec``, the
+function pluggy's own tracing wraps): at each call it hands pluggy's loop the
+same implementations with their function behind a guard.  Tracing added later
+wraps around it and so sees the plugins' own implementations; pluggy's
+ordering, wrappers, ``firstresult`` and historic replay are untouched, since
+they are pluggy's loop.  (Guarding at registration instead would mean
+registering a proxy object in place of the plugin, which changes what
+``pm.get_plugin`` returns.)  Wrappers are guarded too: an exception raised by the
+wrapper's own code, before or after its ``yield``, is reported and the call goes
+on as if the wrapper had stepped aside; an exception coming from inside (thrown
+into the wrapper) is the wrapper's to handle and passes through unchanged.
+
+Exceptions that are not a plugin's failure but a deliberate answer pass through
+the guard: :class:`webui.jobs.Interrupted` from any hook, and
+``RequestError``/``ModelError`` (input errors reaching the client as a 4xx) from
+the hooks in :data:`CLIENT_ERROR_HOOKS`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
 import logging
 import sys
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from types import MappingProxyType, ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from webui import hookspecs
 from webui.builtin import BUILTIN_PLUGINS
 
+if TYPE_CHECKING:  # pragma: no cover - the hookspecs' types, for the facade's annotations
+    import fastapi
+    from PIL import Image
+
+    from webui.context import AppContext
+    from webui.jobs import Job
+    from webui.models.manager import LoadedModel
+    from webui.pipeline.patches import UNetPatch
+    from webui.pipeline.request import GenerationRequest
+    from webui.pipeline.result import GenerationResult
+    from webui.pipeline.state import ImageState, StepState
+    from webui.restoration.registry import FaceRestorerDef
+    from webui.sampling.registry import SamplerDef
+    from webui.sampling.schedules import ScheduleDef
+    from webui.scripts import ScriptDef
+    from webui.settings import OptionDef, Settings
+    from webui.ui.assets import UiAsset
+    from webui.sections import UiSection, UiTab
+    from webui.upscaling.registry import UpscalerDef
+
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "webui"
+
+#: Hooks whose ``RequestError``/``ModelError`` reach the caller (a 4xx answer) instead of being isolated.
+CLIENT_ERROR_HOOKS = frozenset({"prepare_model", "unet_patches"})
 
 
 @dataclass
@@ -37,7 +89,7 @@ class PluginReport:
     """What happened to one plugin at load time, or a later hook failure."""
 
     name: str
-    source: str  # "builtin", "entrypoint", "extension"
+    source: str  # "builtin", "entrypoint", "extension", or "hook" for a failure in a hook call
     ok: bool
     error: str | None = None
     path: str | None = None
@@ -46,10 +98,16 @@ class PluginReport:
 
 @dataclass
 class Plugins:
-    """The plugin manager plus load reports and the typed hook facade."""
+    """The plugin manager plus load reports and the typed hook facade.
+
+    Creating it makes ``pm``'s hook calls isolate each plugin's failures into :attr:`reports`.
+    """
 
     pm: pluggy.PluginManager
     reports: list[PluginReport] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _isolate_failures(self.pm, self._hook_failed)
 
     @property
     def hooks(self) -> Hooks:
@@ -65,25 +123,34 @@ class Plugins:
         self.pm.unregister(name=name)
         self.reports = [r for r in self.reports if r.name != name]
 
+    def _hook_failed(self, hook_name: str, plugin_name: str, exc: Exception) -> None:
+        log.error("Plugin %s failed in hook %s", plugin_name, hook_name, exc_info=exc)
+        self.reports.append(PluginReport(plugin_name, "hook", False, f"{hook_name}: {type(exc).__name__}: {exc}"))
+
+
+def _implemented_hooks(pm: pluggy.PluginManager, plugin: object) -> list[str]:
+    """The hook names ``plugin`` implements, found as ``pm.register`` finds them (markers, ``specname``)."""
+    names = []
+    for attr in dir(plugin):
+        opts = pm.parse_hookimpl_opts(plugin, attr)
+        if opts is not None:
+            names.append(opts.get("specname") or attr)
+    return names
+
 
 def _register(plugins: Plugins, plugin: object, name: str, source: str, path: str | None = None) -> bool:
     """Register ``plugin``; a module that defines ``make_plugin()`` registers the object it returns
-    instead (so a plugin can keep state in an instance rather than in module globals)."""
+    instead (so a plugin can keep state in an instance rather than in module globals).  A plugin
+    implementing a hook without a spec is refused before it is registered."""
     pm = plugins.pm
     try:
         if isinstance(plugin, ModuleType) and callable(getattr(plugin, "make_plugin", None)):
             plugin = plugin.make_plugin()
-        pm.register(plugin, name=name)
-        unknown = [
-            impl.plugin_name
-            for hook_name in dir(pm.hook)
-            if not hook_name.startswith("_")
-            for impl in getattr(pm.hook, hook_name).get_hookimpls()
-            if impl.plugin is plugin and not getattr(pm.hook, hook_name).has_spec()
-        ]
+        unknown = [hook for hook in _implemented_hooks(pm, plugin)
+                   if not (hasattr(pm.hook, hook) and getattr(pm.hook, hook).has_spec())]
         if unknown:
-            pm.unregister(plugin)
             raise pluggy.PluginValidationError(plugin, f"implements hooks that do not exist: {unknown}")
+        pm.register(plugin, name=name)
     except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, never fatal
         log.error("Plugin %s (%s) was not loaded: %s", name, source, exc)
         plugins.reports.append(PluginReport(name, source, False, f"{type(exc).__name__}: {exc}", path))
@@ -204,110 +271,214 @@ def _load_extension_folders(plugins: Plugins, root: Path, wanted: set[str] | Non
             loaded.add(name)
 
 
-class Hooks:
-    """Typed facade over the hooks: the core never calls ``pm.hook.<name>`` by string elsewhere.
+# --- isolation ------------------------------------------------------------------------------------
 
-    Every implementation runs in turn; an exception in one is logged, recorded in
-    ``plugins.reports`` and does not stop the others (isolation).
-    Exceptions of type :class:`webui.jobs.Interrupted` propagate.
+_OnError = Callable[[str, str, Exception], None]  # (hook name, plugin name, exception)
+
+
+def _isolate_failures(pm: pluggy.PluginManager, on_error: _OnError) -> None:
+    """Make every hook call of ``pm`` run each implementation behind a guard (see the module docstring).
+
+    pluggy calls ``pm._inner_hookexec(hook_name, impls, kwargs, firstresult)`` for every call (plain,
+    historic, historic replay, ``call_extra``); ``add_hookcall_monitoring``/``enable_tracing`` wrap
+    that same function, so tracers installed afterwards sit outside the guards.
+    """
+    inner = pm._inner_hookexec  # pluggy's call loop
+
+    def isolated(hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, object],
+                 firstresult: bool) -> object:
+        return inner(hook_name, [_guarded(impl, hook_name, on_error) for impl in impls], kwargs, firstresult)
+
+    pm._inner_hookexec = isolated
+
+
+def _passes_through(hook_name: str, exc: Exception) -> bool:
+    """Whether ``exc`` is a deliberate answer rather than a plugin failure (the caller gets it)."""
+    from webui.jobs import Interrupted
+
+    if isinstance(exc, Interrupted):
+        return True
+    if hook_name in CLIENT_ERROR_HOOKS:
+        from webui.errors import ModelError, RequestError
+
+        return isinstance(exc, (RequestError, ModelError))
+    return False
+
+
+def _guarded(impl: pluggy.HookImpl, hook_name: str, on_error: _OnError) -> pluggy.HookImpl:
+    """``impl`` with its function behind a guard that reports the plugin's own exceptions and carries on.
+
+    The guard keeps the function's signature (``functools.wraps``: pluggy reads the argument names
+    through ``__wrapped__``) and its options (wrapper, tryfirst, ...), so pluggy calls it as it would
+    the original.  A guarded call that failed gives ``None``: no result, as if the plugin had none.
+    """
+    fn = impl.function
+    what = f"{impl.plugin_name}'s {hook_name} wrapper"
+
+    def absorbed(exc: Exception) -> bool:
+        if _passes_through(hook_name, exc):
+            return False
+        on_error(hook_name, impl.plugin_name, exc)
+        return True
+
+    @functools.wraps(fn)
+    def plain(*args: Any, **kwargs: Any) -> object:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not absorbed(exc):
+                raise
+            return None
+
+    @functools.wraps(fn)
+    def new_style(*args: Any, **kwargs: Any) -> Generator[None, object, object]:
+        teardown = fn(*args, **kwargs)
+        try:
+            next(teardown)
+        except StopIteration:
+            absorbed(RuntimeError(f"{what} did not yield"))
+            return (yield)
+        except Exception as exc:  # failed before its yield: step aside
+            if not absorbed(exc):
+                raise
+            return (yield)
+        try:
+            result = yield
+        except BaseException as inner:  # from inside: the wrapper's to handle
+            try:
+                teardown.throw(inner)
+            except StopIteration as stop:
+                return stop.value  # it handled the exception and returned a result
+            except Exception as exc:
+                if exc is inner or not absorbed(exc):
+                    raise
+            else:
+                teardown.close()
+                absorbed(RuntimeError(f"{what} has a second yield"))
+            raise inner
+        try:
+            teardown.send(result)
+        except StopIteration as stop:
+            return stop.value
+        except Exception as exc:  # failed after its yield: the result stands
+            if not absorbed(exc):
+                raise
+            return result
+        teardown.close()
+        absorbed(RuntimeError(f"{what} has a second yield"))
+        return result
+
+    @functools.wraps(fn)
+    def old_style(*args: Any, **kwargs: Any) -> Generator[None, pluggy.Result[object], None]:
+        teardown = fn(*args, **kwargs)
+        try:
+            next(teardown)
+        except StopIteration:
+            absorbed(RuntimeError(f"{what} did not yield"))
+            yield
+            return
+        except Exception as exc:
+            if not absorbed(exc):
+                raise
+            yield
+            return
+        outcome = yield
+        try:
+            teardown.send(outcome)
+        except StopIteration:
+            return
+        except Exception as exc:
+            if not absorbed(exc):
+                raise
+            return
+        teardown.close()
+        absorbed(RuntimeError(f"{what} has a second yield"))
+
+    guard = new_style if impl.wrapper else old_style if impl.hookwrapper else plain
+    return pluggy.HookImpl(impl.plugin, impl.plugin_name, guard, impl.opts)
+
+
+# --- the facade ------------------------------------------------------------------------------------
+
+
+def _concat(results: Iterable[Iterable[Any]]) -> list[Any]:
+    """The lists the plugins returned, one after the other."""
+    return [item for res in results for item in res]
+
+
+def _merge(results: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The dicts the plugins returned, merged (a later plugin's key wins)."""
+    merged: dict[str, Any] = {}
+    for res in results:
+        merged.update(res)
+    return merged
+
+
+class Hooks:
+    """Typed facade over the hooks: the core never calls ``pm.hook.<name>`` elsewhere.
+
+    Each method calls its hook through pluggy and shapes the plugins' answers: lists are
+    concatenated, dicts merged.  The parameters are the hookspec's, names and types
+    (``tests/test_hook_calls.py`` checks); isolation is the manager's (see the module docstring).
     """
 
     def __init__(self, plugins: Plugins):
         self._plugins = plugins
 
-    def _call(self, name: str, propagate: tuple[type[BaseException], ...] = (), **kwargs: Any) -> list[Any]:
-        from webui.jobs import Interrupted
+    @property
+    def _hook(self) -> pluggy.HookRelay:
+        return self._plugins.pm.hook
 
-        caller = getattr(self._plugins.pm.hook, name)
-        results = []
-        for impl in reversed(caller.get_hookimpls()):
-            args = {a: kwargs[a] for a in impl.argnames}
-            try:
-                res = impl.function(**args)
-            except Interrupted:
-                raise
-            except propagate:
-                raise
-            except Exception as exc:  # noqa: BLE001 - isolate a failing plugin
-                log.exception("Plugin %s failed in hook %s", impl.plugin_name, name)
-                self._plugins.reports.append(
-                    PluginReport(impl.plugin_name, "hook", False, f"{name}: {type(exc).__name__}: {exc}")
-                )
-                continue
-            if res is not None:
-                results.append(res)
-        return results
+    def startup(self, ctx: AppContext) -> None:
+        self._hook.startup.call_historic(kwargs={"ctx": ctx})
 
-    def _flat(self, name: str, **kwargs: Any) -> list[Any]:
-        return [item for res in self._call(name, **kwargs) for item in res]
+    def register_samplers(self) -> list[SamplerDef]:
+        return _concat(self._hook.register_samplers())
 
-    def startup(self, ctx: Any) -> None:
-        self._call("startup", ctx=ctx)
+    def register_schedules(self) -> list[ScheduleDef]:
+        return _concat(self._hook.register_schedules())
 
-    def register_samplers(self) -> list[Any]:
-        return self._flat("register_samplers")
+    def register_upscalers(self, settings: Settings) -> list[UpscalerDef]:
+        return _concat(self._hook.register_upscalers(settings=settings))
 
-    def register_schedules(self) -> list[Any]:
-        return self._flat("register_schedules")
+    def register_face_restorers(self, settings: Settings) -> list[FaceRestorerDef]:
+        return _concat(self._hook.register_face_restorers(settings=settings))
 
-    def register_upscalers(self, settings: Any) -> list[Any]:
-        return self._flat("register_upscalers", settings=settings)
+    def register_scripts(self) -> list[ScriptDef]:
+        return _concat(self._hook.register_scripts())
 
-    def register_face_restorers(self, settings: Any) -> list[Any]:
-        return self._flat("register_face_restorers", settings=settings)
+    def register_settings(self) -> list[OptionDef]:
+        return _concat(self._hook.register_settings())
 
-    def register_scripts(self) -> list[Any]:
-        return self._flat("register_scripts")
+    def model_loaded(self, model: LoadedModel) -> None:
+        self._hook.model_loaded(model=model)
 
-    def register_settings(self) -> list[Any]:
-        return self._flat("register_settings")
+    def before_generate(self, request: GenerationRequest, job: Job) -> None:
+        self._hook.before_generate(request=request, job=job)
 
-    def model_loaded(self, model: Any) -> None:
-        self._call("model_loaded", model=model)
+    def prepare_model(self, request: GenerationRequest, model: LoadedModel, opts: Mapping[str, Any]) -> dict[str, Any]:
+        return _merge(self._hook.prepare_model(request=request, model=model, opts=opts))
 
-    def before_generate(self, request: Any, job: Any) -> None:
-        self._call("before_generate", request=request, job=job)
+    def unet_patches(self, request: GenerationRequest, model: LoadedModel, job: Job) -> list[UNetPatch]:
+        return _concat(self._hook.unet_patches(request=request, model=model, job=job))
 
-    def prepare_model(self, request: Any, model: Any, opts: Any) -> dict[str, Any]:
-        from webui.models.errors import ModelError
-        from webui.pipeline.request import RequestError
+    def on_step_end(self, state: StepState) -> None:
+        self._hook.on_step_end(state=state)
 
-        merged: dict[str, Any] = {}
-        for res in self._call("prepare_model", propagate=(RequestError, ModelError), request=request, model=model,
-                              opts=opts):
-            merged.update(res)
-        return merged
+    def postprocess_image(self, state: ImageState) -> None:
+        self._hook.postprocess_image(state=state)
 
-    def unet_patches(self, request: Any, model: Any, job: Any) -> list[Any]:
-        from webui.models.errors import ModelError
-        from webui.pipeline.request import RequestError
+    def after_generate(self, result: GenerationResult, job: Job) -> None:
+        self._hook.after_generate(result=result, job=job)
 
-        return [p for res in self._call("unet_patches", propagate=(RequestError, ModelError), request=request,
-                                        model=model, job=job) for p in res]
+    def extra_infotext(self, request: GenerationRequest) -> dict[str, Any]:
+        return _merge(self._hook.extra_infotext(request=request))
 
-    def on_step_end(self, state: Any) -> None:
-        self._call("on_step_end", state=state)
-
-    def postprocess_image(self, state: Any) -> None:
-        self._call("postprocess_image", state=state)
-
-    def after_generate(self, result: Any, job: Any) -> None:
-        self._call("after_generate", result=result, job=job)
-
-    def extra_infotext(self, request: Any) -> dict[str, Any]:
-        merged: dict[str, Any] = {}
-        for res in self._call("extra_infotext", request=request):
-            merged.update(res)
-        return merged
-
-    def parse_infotext(self, params: Any, mode: str) -> dict[str, Any]:
+    def parse_infotext(self, params: Mapping[str, Any], mode: str) -> dict[str, Any]:
         """Every plugin's values read back from a parsed infotext, merged (``alwayson_scripts`` per entry);
         plugins get a read-only view of ``params``."""
-        from types import MappingProxyType
-
-        view = MappingProxyType(dict(params))
         merged: dict[str, Any] = {}
-        for res in self._call("parse_infotext", params=view, mode=mode):
+        for res in self._hook.parse_infotext(params=MappingProxyType(dict(params)), mode=mode):
             if not isinstance(res, Mapping):
                 continue
             for key, value in res.items():
@@ -317,20 +488,18 @@ class Hooks:
                     merged[key] = value
         return merged
 
-    def image_saved(self, path: str, infotext: str, image: Any) -> None:
-        self._call("image_saved", path=path, infotext=infotext, image=image)
+    def image_saved(self, path: str, infotext: str, image: Image.Image) -> None:
+        self._hook.image_saved(path=path, infotext=infotext, image=image)
 
-    def api_routes(self, router: Any, ctx: Any) -> None:
-        self._call("api_routes", router=router, ctx=ctx)
+    def api_routes(self, router: fastapi.APIRouter, ctx: AppContext) -> None:
+        self._hook.api_routes(router=router, ctx=ctx)
 
-    def ui_tabs(self, ctx: Any) -> list[Any]:
-        return self._flat("ui_tabs", ctx=ctx)
+    def ui_tabs(self, ctx: AppContext) -> list[UiTab]:
+        return _concat(self._hook.ui_tabs(ctx=ctx))
 
-    def ui_assets(self, ctx: Any) -> list[Any]:
-        return self._flat("ui_assets", ctx=ctx)
+    def ui_sections(self, ctx: AppContext, mode: str) -> list[UiSection]:
+        return _concat(self._hook.ui_sections(ctx=ctx, mode=mode))
 
-    def ui_sections(self, ctx: Any, mode: str) -> list[Any]:
-        return self._flat("ui_sections", ctx=ctx, mode=mode)
+    def ui_assets(self, ctx: AppContext) -> list[UiAsset]:
+        return _concat(self._hook.ui_assets(ctx=ctx))
 
-    def has_impl(self, name: str) -> bool:
-        return bool(getattr(self._plugins.pm.hook, name).get_hookimpls())

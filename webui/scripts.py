@@ -13,12 +13,14 @@ Arguments arrive as A1111's positional ``script_args`` list or as a keyword dict
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from webui.errors import RequestError, UnknownChoice
 from webui.jobs import Job
-from webui.pipeline.request import GenerationRequest, RequestError
+from webui.pipeline.request import GenerationRequest
 from webui.pipeline.result import GenerationResult
 
 
@@ -44,7 +46,7 @@ class ScriptRun:
     choices: ScriptChoices = field(default_factory=ScriptChoices)
     save_grid: Callable[[Any, str], str | None] | None = None  # (image, infotext) -> saved path
     #: ``(image, upscaler name, width, height) -> image``: enlarged to exactly that size with a registered
-    #: upscaler (the request's options apply); an unknown name raises ``UnknownUpscaler`` (a KeyError).
+    #: upscaler (the request's options apply); an unknown name raises :class:`~webui.errors.UnknownChoice` (a KeyError).
     upscale: Callable[[Any, str, int, int], Any] | None = None
     #: ``(image, seed, infotext) -> saved path``: saves an image the script made (not a generation's own) as
     #: a sample of the tab, when the request saves images and ``samples_save`` is on; None when not saved.
@@ -104,11 +106,6 @@ def _takes_choices(fn: Callable[..., Any]) -> bool:
     return "choices" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-class UnknownScript(RequestError):
-    def __init__(self, name: str, choices: list[str]):
-        super().__init__("script_name", f"unknown script {name!r}; available: {', '.join(choices) or 'none'}")
-
-
 class ScriptRegistry:
     def __init__(self, defs: Iterable[ScriptDef] = ()):
         self._defs: dict[str, ScriptDef] = {}
@@ -124,7 +121,7 @@ class ScriptRegistry:
     def get(self, name: str, mode: str) -> ScriptDef:
         script = self._defs.get(name.strip().lower())
         if script is None or mode not in script.modes:
-            raise UnknownScript(name, self.titles(mode))
+            raise UnknownChoice("script_name", "script", name, self.titles(mode))
         return script
 
 
@@ -166,6 +163,22 @@ def script_int(title: str, name: str, value: Any, lo: int, hi: int, default: int
         raise RequestError("script_args", f"{title}: {name} must be a number, got {value!r}") from None
     if not lo <= out <= hi:
         raise RequestError("script_args", f"{title}: {name} must be between {lo} and {hi}, got {out}")
+    return out
+
+
+def script_float(title: str, name: str, value: Any, lo: float, hi: float, default: float, *,
+                 above_lo: bool = False) -> float:
+    """A number script argument in ``[lo, hi]`` (``(lo, hi]`` with ``above_lo``; numbers or numeric text,
+    not booleans; empty = ``default``)."""
+    if value in (None, ""):
+        return default
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise RequestError("script_args", f"{title}: {name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(out) or not (lo < out if above_lo else lo <= out) or out > hi:
+        where = f"above {lo:g} and at most {hi:g}" if above_lo else f"between {lo:g} and {hi:g}"
+        raise RequestError("script_args", f"{title}: {name} must be {where}, got {value!r}")
     return out
 
 

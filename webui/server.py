@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import re
 import secrets
@@ -364,7 +363,3 @@ def create_app(ctx: AppContext) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(s.cors_allow_origins), allow_methods=["*"],
                            allow_headers=["*"], allow_credentials=True)
     return app
-
-
-def _basic_header(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()

@@ -20,12 +20,13 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from webui.cli_flags import add_ignored_flags, ignored_flag_notes, unknown_flags_message
+from webui.errors import UnknownChoice
 from webui.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,7 @@ class OptionDef:
         else:
             out = value
         if self.choices is not None and out not in self.choices:
-            raise ValueError(f"{self.key}: {out!r} is not one of {list(self.choices)}")
+            raise UnknownChoice(self.key, "value", out, map(str, self.choices))
         if self.check is not None:
             self.check(self.key, out)
         return out
@@ -518,13 +519,6 @@ class OptionsStore:
             self._current = new
             return new
 
-    def add_defs(self, defs: Iterable[OptionDef]) -> None:
-        with self._lock:
-            for d in defs:
-                self.defs[d.key] = d
-                if d.key not in self._current:
-                    self._current = self._current.replaced({d.key: d.default})
-
 
 class OptionError(ValueError):
     """Invalid option values; ``errors`` maps each key to a message."""
@@ -532,7 +526,3 @@ class OptionError(ValueError):
     def __init__(self, errors: Mapping[str, str]):
         self.errors = dict(errors)
         super().__init__("; ".join(self.errors.values()))
-
-
-def settings_field_names() -> list[str]:
-    return [f.name for f in fields(Settings)]

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from webui.errors import UnknownChoice
 from webui.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,12 @@ class StyleStore:
             return self._styles.get(name)
 
     def apply(self, prompt: str, negative: str, names: list[str]) -> tuple[str, str]:
-        """Apply the named styles in order; unknown names raise KeyError listing the valid ones."""
+        """Apply the named styles in order; an unknown name raises :class:`~webui.errors.UnknownChoice`
+        (field ``styles``, a KeyError) listing the valid ones."""
         for name in names:
             style = self.get(name)
             if style is None:
-                raise KeyError(f"unknown style {name!r}; valid: {', '.join(self.names()) or 'none'}")
+                raise UnknownChoice("styles", "style", name, self.names())
             prompt = merge_style_text(style.prompt, prompt)
             negative = merge_style_text(style.negative_prompt, negative)
         return prompt, negative

@@ -39,7 +39,7 @@ def strength_of(request) -> float:
 def ui_sections(ctx, mode):
     import gradio as gr
 
-    from webui.ui.tabs import UiSection
+    from webui.sections import UiSection
 
     def render():
         with gr.Accordion("Film grain (example extension)", open=False):

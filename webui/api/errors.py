@@ -7,6 +7,7 @@ with the exception type, and the server keeps serving.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,13 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from webui.api.images import InvalidImage
+from webui.context import GenerationFailed
+from webui.errors import ModelError, RequestError
 from webui.fileio import StorageError
+from webui.image_codec import InvalidImage
 from webui.jobs import QueueFull
-from webui.models.errors import ModelError
-from webui.models.manager import NoCheckpoint, UnknownCheckpoint
-from webui.pipeline.request import RequestError
-from webui.sampling.registry import UnknownName
+from webui.models.manager import NoCheckpoint
 from webui.settings import OptionError
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,20 @@ def error_json(status: int, error: str, detail: Any, errors: Any = None, body: A
 def field_error(status: int, error: str, field: str, message: str) -> JSONResponse:
     detail = [{"loc": ["body", field], "msg": message, "type": error}]
     return error_json(status, error, detail, errors=f"{field}: {message}")
+
+
+#: The errors whose message says it all, with their status: an unusable model file (422), no checkpoint or a
+#: full queue (503: try again later), a full disk or unwritable folder (507; the server's state is unchanged,
+#: files are written atomically).
+MESSAGE_ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (ModelError, 422), (NoCheckpoint, 503), (QueueFull, 503), (StorageError, 507))
+
+
+def _message_error(status: int, name: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handler(_req: Request, exc: Exception) -> JSONResponse:
+        return error_json(status, name, str(exc), errors=str(exc))
+
+    return handler
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -48,11 +62,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestError)
     async def _request_error(_req: Request, exc: RequestError) -> JSONResponse:
-        return field_error(422, "RequestError", exc.field, exc.message)
-
-    @app.exception_handler(UnknownName)
-    async def _unknown_name(_req: Request, exc: UnknownName) -> JSONResponse:
-        return field_error(422, "UnknownName", exc.field_name, str(exc))
+        return field_error(422, type(exc).__name__, exc.field, exc.message)  # also UnknownChoice
 
     @app.exception_handler(InvalidImage)
     async def _invalid_image(_req: Request, exc: InvalidImage) -> JSONResponse:
@@ -63,26 +73,13 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = [{"loc": ["body", k], "msg": v, "type": "OptionError"} for k, v in exc.errors.items()]
         return error_json(422, "OptionError", detail, errors=str(exc))
 
-    @app.exception_handler(UnknownCheckpoint)
-    async def _unknown_ckpt(_req: Request, exc: UnknownCheckpoint) -> JSONResponse:
-        return field_error(422, "UnknownCheckpoint", "sd_model_checkpoint", str(exc))
+    for kind, status in MESSAGE_ERRORS:
+        app.add_exception_handler(kind, _message_error(status, kind.__name__))
 
-    @app.exception_handler(ModelError)
-    async def _model_error(_req: Request, exc: ModelError) -> JSONResponse:
-        return error_json(422, "ModelError", str(exc), errors=str(exc))
-
-    @app.exception_handler(NoCheckpoint)
-    async def _no_ckpt(_req: Request, exc: NoCheckpoint) -> JSONResponse:
-        return error_json(503, "NoCheckpoint", str(exc), errors=str(exc))
-
-    @app.exception_handler(QueueFull)
-    async def _queue_full(_req: Request, exc: QueueFull) -> JSONResponse:
-        return error_json(503, "QueueFull", str(exc), errors=str(exc))
-
-    @app.exception_handler(StorageError)
-    async def _storage(_req: Request, exc: StorageError) -> JSONResponse:
-        # a full disk or unwritable folder: the server's state is unchanged (files are written atomically)
-        return error_json(507, "StorageError", str(exc), errors=str(exc))
+    @app.exception_handler(GenerationFailed)
+    async def _generation_failed(_req: Request, exc: GenerationFailed) -> JSONResponse:
+        # not the request's fault: out of memory answers 507 (insufficient storage), anything else 500
+        return error_json(507 if exc.out_of_memory else 500, "GenerationFailed", str(exc), errors=str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:

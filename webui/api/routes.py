@@ -12,16 +12,17 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Body, Request
 
 from webui.api import models as m
-from webui.api.images import Fetcher, decode_base64_image, encode_png_base64
-from webui.context import AppContext, GenerationFailed
+from webui.context import AppContext
+from webui.errors import RequestError
 from webui.extras import ExtrasRequest, postprocessing_text
+from webui.image_codec import Fetcher, decode_base64_image, encode_png_base64
 from webui.images import png_bytes
 from webui.infotext import backcompat, infotext_to_request, parse_infotext
 from webui.jobs import Job
 from webui.pipeline.hires import LATENT_UPSCALE_MODES
-from webui.pipeline.request import GenerationRequest, RequestError
+from webui.pipeline.request import GenerationRequest, request_from_values
 from webui.pnginfo import read_image_info
-from webui.ui.tabs import SECTION_SEP, collect_sections
+from webui.sections import SECTION_SEP, collect_sections
 
 DEFAULT_SAMPLER = "Euler a"
 EXTRAS_FIELDS = {f.name for f in dataclasses.fields(ExtrasRequest)}
@@ -74,50 +75,27 @@ def auto_backcompat(ctx: AppContext, override_settings: Any = None) -> bool:
     return bool(ctx.options.current.get("auto_backcompat", True))
 
 
+#: The request fields an API body sets as they are (None, not given: the field's default; for eta, the
+#: sigma parameters, tiling and restore_faces that means the option of the same name, as in A1111).
+API_FIELDS = ("prompt", "negative_prompt", "steps", "cfg_scale", "width", "height", "seed", "subseed",
+              "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "batch_size", "n_iter", "eta",
+              "s_noise", "s_churn", "s_tmin", "s_tmax", "tiling", "restore_faces", "refiner_checkpoint",
+              "refiner_switch_at")
+
+
 def _request_from_api(body: m.Txt2ImgRequest) -> GenerationRequest:
     data = body.model_dump()
-    sampler = data.get("sampler_name") or data.get("sampler_index") or DEFAULT_SAMPLER
-    kwargs: dict[str, Any] = {
-        "prompt": data["prompt"],
-        "negative_prompt": data["negative_prompt"],
-        "steps": data["steps"],
-        "cfg_scale": data["cfg_scale"],
-        "width": data["width"],
-        "height": data["height"],
-        "seed": data["seed"],
-        "subseed": data["subseed"],
-        "subseed_strength": data["subseed_strength"],
-        "seed_resize_from_w": data["seed_resize_from_w"],
-        "seed_resize_from_h": data["seed_resize_from_h"],
-        "sampler_name": sampler,
-        "scheduler": data.get("scheduler") or "Automatic",
-        "batch_size": data["batch_size"],
-        "n_iter": data["n_iter"],
-        "eta": data.get("eta"),
-        # None (not given): the options s_churn, s_tmin, s_tmax, s_noise (A1111)
-        "s_noise": data.get("s_noise"),
-        "s_churn": data.get("s_churn"),
-        "s_tmin": data.get("s_tmin"),
-        "s_tmax": data.get("s_tmax"),
-        "save_images": bool(data.get("save_images")) and not data.get("do_not_save_samples"),
-        "override_settings": dict(data.get("override_settings") or {}),
-        "styles": tuple(data.get("styles") or ()),
-        # None (not given): the options tiling / face_restoration (A1111)
-        "tiling": data.get("tiling"),
-        "restore_faces": data.get("restore_faces"),
-        "alwayson_scripts": dict(data.get("alwayson_scripts") or {}),
-        "refiner_checkpoint": data.get("refiner_checkpoint"),
-        "refiner_switch_at": 0.8 if data.get("refiner_switch_at") is None else data["refiner_switch_at"],
-    }
-    if data.get("enable_hr"):
-        kwargs.update(
-            enable_hr=True,
-            # A1111's UI default; the API leaves it unset
-            denoising_strength=0.7 if data.get("denoising_strength") is None else data["denoising_strength"],
-            **{k: data[k] for k in ("hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
-                                    "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt")},
-        )
-    return GenerationRequest(**kwargs)
+    hires: dict[str, Any] = {}
+    if data.get("enable_hr"):  # A1111's UI default; the API leaves it unset
+        hires["denoising_strength"] = 0.7 if data.get("denoising_strength") is None else data["denoising_strength"]
+    return request_from_values(
+        data, API_FIELDS, **hires,
+        sampler_name=data.get("sampler_name") or data.get("sampler_index") or DEFAULT_SAMPLER,
+        scheduler=data.get("scheduler") or "Automatic",
+        save_images=bool(data.get("save_images")) and not data.get("do_not_save_samples"),
+        override_settings=dict(data.get("override_settings") or {}),
+        styles=tuple(data.get("styles") or ()),
+        alwayson_scripts=dict(data.get("alwayson_scripts") or {}))
 
 
 def api_owner(request: Request) -> str | None:
@@ -168,15 +146,10 @@ def build_router(ctx: AppContext) -> APIRouter:
     def _run(req: GenerationRequest, body: m.Txt2ImgRequest, owner: str | None = None) -> m.ImageResponse:
         job = Job(id=body.force_task_id or Job().id, kind=req.mode, owner=owner)
         script = (body.script_name or "").strip()
-        try:
-            if script and script.lower() != "none":
-                result = ctx.run_script(req, script, body.script_args, job)
-            else:
-                result = ctx.txt2img(req, job)
-        except GenerationFailed as exc:
-            from fastapi import HTTPException
-
-            raise HTTPException(status_code=507 if exc.out_of_memory else 500, detail=str(exc)) from exc
+        if script and script.lower() != "none":
+            result = ctx.run_script(req, script, body.script_args, job)
+        else:
+            result = ctx.txt2img(req, job)
         images = (
             [encode_png_base64(img, info) for img, info in zip(result.images, result.infotexts)]
             if body.send_images
@@ -247,12 +220,7 @@ def build_router(ctx: AppContext) -> APIRouter:
 
     def _extras_one(image, req: ExtrasRequest) -> tuple[str, str]:
         text, _ = read_image_info(image)
-        try:
-            out, info = ctx.extras(image, req)
-        except GenerationFailed as exc:
-            from fastapi import HTTPException
-
-            raise HTTPException(status_code=507 if exc.out_of_memory else 500, detail=str(exc)) from exc
+        out, info = ctx.extras(image, req)
         post = postprocessing_text(info)
         buf = png_bytes(out, text, {"postprocessing": post} if post else None)
         return base64.b64encode(buf).decode("ascii"), post
@@ -321,7 +289,7 @@ def build_router(ctx: AppContext) -> APIRouter:
 
     @r.post("/refresh-checkpoints")
     def refresh_checkpoints() -> dict:
-        ctx.models.refresh()
+        ctx.refresh_models()
         return {}
 
     @r.get("/memory")

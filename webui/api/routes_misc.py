@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from webui.api.errors import error_json
 from webui.context import AppContext
+from webui.infotext import MASKED_CONTENT
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ KNOWN_ARGS: dict[str, list[ScriptArg]] = {
     POOR_MANS_OUTPAINTING: [
         _slider("Pixels to expand", 128, 8, 256, 8),
         _slider("Mask blur", 4, 0, 64, 1),
-        ScriptArg(label="Masked content", value="fill", choices=["fill", "original", "latent noise", "latent nothing"]),
+        ScriptArg(label="Masked content", value=MASKED_CONTENT[0], choices=list(MASKED_CONTENT.values())),
         ScriptArg(label="Outpainting direction", value=list(DIRECTIONS), choices=list(DIRECTIONS)),
     ],
     OUTPAINTING_MK2: [

@@ -18,22 +18,21 @@ import numpy as np
 from PIL import Image
 
 from webui.controlnet.patch import ControlNetPatch, PreparedUnit, pixel_perfect_resolution
-from webui.controlnet.preprocessors import PreprocessorRegistry, UnknownPreprocessor, annotator_dir_for, module_detail
+from webui.controlnet.preprocessors import PreprocessorRegistry, annotator_dir_for, module_detail
 from webui.controlnet.registry import ControlNetRegistry
 from webui.controlnet.units import SECTION, ControlUnit, unit_infotext, units_from_infotext, units_from_request
+from webui.errors import RequestError, UnknownChoice
 from webui.hookspecs import hookimpl
-from webui.pipeline.request import RequestError
+from webui.image_codec import InvalidImage, decode_base64_image
+from webui.models.spec import FAMILY_LABELS
+from webui.sections import section_field
 from webui.settings import OptionDef
-from webui.ui.tabs import section_field
 
 log = logging.getLogger(__name__)
 API_VERSION = 2
-FAMILY_LABEL = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 
 
 def _decoder(value: str, field: str) -> Image.Image:
-    from webui.api.images import InvalidImage, decode_base64_image
-
     try:
         return decode_base64_image(value, field)
     except InvalidImage as exc:
@@ -78,18 +77,16 @@ class ControlNetPlugin:
 
         family, ckpt_family = family_of(cn), model.components.spec.family
         if family != ckpt_family or int(cn.config.cross_attention_dim) != int(unet_cfg.cross_attention_dim):
-            raise RequestError(f"{prefix}.model", f"{info.title} is a {FAMILY_LABEL.get(family, family)} ControlNet "
-                                                  f"but the checkpoint is {FAMILY_LABEL.get(ckpt_family, ckpt_family)}")
+            label = {f: FAMILY_LABELS.get(f, f) for f in (family, ckpt_family)}
+            raise RequestError(f"{prefix}.model", f"{info.title} is a {label[family]} ControlNet "
+                                                  f"but the checkpoint is {label[ckpt_family]}")
         image = unit.image
         if image is None and request.init_images:
             image = request.init_images[0]  # sd-webui-controlnet: the img2img input
         if image is None:
             raise RequestError(f"{prefix}.image", "a ControlNet unit needs an image (or use img2img)")
         arr = np.asarray(image.convert("RGB"))
-        try:
-            pre = self.preprocessors.get(unit.module or "none")
-        except UnknownPreprocessor as exc:
-            raise RequestError(f"{prefix}.module", str(exc)) from None
+        pre = self.preprocessors.get(unit.module or "none", f"{prefix}.module")
         res = unit.processor_res
         if unit.pixel_perfect:
             res = pixel_perfect_resolution(arr.shape[:2], request.width, request.height, unit.resize_mode)
@@ -119,7 +116,7 @@ class ControlNetPlugin:
             try:
                 title = self.models.find(unit.model).title
                 pre = self.preprocessors.get(unit.module or "none")
-            except (RequestError, UnknownPreprocessor):
+            except RequestError:  # an unknown model or preprocessor (UnknownChoice)
                 return None
             res, a, b = pre.resolve_params(unit.processor_res if unit.processor_res > 0 else None,
                                            unit.threshold_a if unit.threshold_a >= 0 else None,
@@ -194,8 +191,8 @@ class ControlNetPlugin:
                                                       _opt(body.get("controlnet_processor_res")),
                                                       _opt(body.get("controlnet_threshold_a")),
                                                       _opt(body.get("controlnet_threshold_b")))
-                except UnknownPreprocessor as exc:
-                    raise RequestError("controlnet_module", str(exc)) from None
+                except UnknownChoice as exc:
+                    raise exc.for_field("controlnet_module") from None
                 buf = io.BytesIO()
                 Image.fromarray(res).save(buf, format="PNG")
                 out.append(base64.b64encode(buf.getvalue()).decode("ascii"))

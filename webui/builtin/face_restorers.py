@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from webui.devices import choose_device
+from webui.errors import ModelError
 from webui.hookspecs import hookimpl
-from webui.models.errors import ModelError
 from webui.restoration.faces import (
     FaceHelpers,
     MissingFile,

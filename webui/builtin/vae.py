@@ -4,35 +4,46 @@ Choices: "Automatic" (a ``<checkpoint>.vae.*`` file beside the checkpoint or in 
 else the checkpoint's own VAE), "None" (the checkpoint's own), or a file from ``models/VAE``. The
 option is read per request, so ``override_settings: {"sd_vae": ...}`` applies to one request and the
 next request puts its own choice back. The checkpoint's own VAE weights are kept on the CPU the first
-time another VAE replaces them, so "None" restores them exactly. Infotext: ``VAE hash``, ``VAE``.
+time another VAE replaces them, so "None" restores them exactly. That copy, and which file is in the VAE
+now, belong to the model's VAE module (weak keys): a model that is dropped takes them along, and a model
+loaded later never finds another one's. Infotext: ``VAE hash``, ``VAE``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from webui.errors import ModelError, UnknownChoice
 from webui.hookspecs import hookimpl
-from webui.models.errors import ModelError
 from webui.models.vae_files import VaeFile, automatic_vae, list_vae_files, vae_weights
-from webui.pipeline.request import RequestError
 from webui.settings import OptionDef
 
 log = logging.getLogger(__name__)
 AUTOMATIC, NONE = "Automatic", "None"
 
 
+@dataclass
+class _VaeState:
+    """What the plugin knows of one model's VAE module."""
+
+    own: dict[str, torch.Tensor] | None = None  # the checkpoint's own VAE weights (CPU), once replaced
+    applied: Path | None = None  # the VAE file now in it (None: its own)
+
+
 class VaePlugin:
     def __init__(self) -> None:
         self.ctx: Any = None
         self.files: list[VaeFile] = []
-        self._baked: dict[int, dict[str, torch.Tensor]] = {}  # id(model) -> its own VAE weights (CPU)
-        self._applied: dict[int, Path | None] = {}  # id(model) -> VAE file now in it (None: its own)
+        #: per VAE module, weakly: gone with the model, so neither memory nor a reused id outlives it
+        self._states: weakref.WeakKeyDictionary[torch.nn.Module, _VaeState] = weakref.WeakKeyDictionary()
         self._cache: OrderedDict[tuple[Path, str], dict[str, torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -48,7 +59,7 @@ class VaePlugin:
             return
         names = self.choices()
         if value not in names and not any(value == f.path.stem for f in self.files):
-            raise ValueError(f"{key}: unknown VAE {value!r}; choose one of: {', '.join(names)}")
+            raise UnknownChoice(key, "VAE", value, names)
 
     @hookimpl
     def register_settings(self) -> list[OptionDef]:
@@ -74,9 +85,7 @@ class VaePlugin:
             if name in (f.name, f.path.stem):
                 return f
         if "sd_vae" in (request.override_settings or {}):
-            raise RequestError("override_settings.sd_vae",
-                               f"unknown VAE {name!r}; choose Automatic, None or one of: "
-                               + (", ".join(f.name for f in self.files) or "(no files in models/VAE)"))
+            raise UnknownChoice("override_settings.sd_vae", "VAE", name, self.choices())
         log.warning("The saved VAE %r is not in models/VAE any more; using the checkpoint's own", name)
         return None
 
@@ -96,25 +105,24 @@ class VaePlugin:
     def apply(self, model: Any, vae_file: VaeFile | None) -> None:
         """Put ``vae_file``'s weights (None: the checkpoint's own) into ``model``'s VAE."""
         vae = model.components.vae
-        key = id(model)
         with self._lock:
-            current = self._applied.get(key)
+            state = self._states.setdefault(vae, _VaeState())
             wanted = vae_file.path if vae_file is not None else None
-            if current == wanted:
+            if state.applied == wanted:
                 return
-            if key not in self._baked:
-                self._baked[key] = {k: v.detach().to("cpu", copy=True) for k, v in vae.state_dict().items()}
-            weights = self._baked[key] if vae_file is None else self._weights(vae_file, vae.config)
+            if state.own is None:
+                state.own = {k: v.detach().to("cpu", copy=True) for k, v in vae.state_dict().items()}
+            weights = state.own if vae_file is None else self._weights(vae_file, vae.config)
             try:
                 missing, unexpected = vae.load_state_dict(weights, strict=False)
                 if missing or unexpected:
                     raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
             except RuntimeError as exc:
-                vae.load_state_dict(self._baked[key])
-                self._applied[key] = None
+                vae.load_state_dict(state.own)
+                state.applied = None
                 raise ModelError(vae_file.path if vae_file else model.info.path,
                                  f"this VAE does not fit the checkpoint's VAE ({model.spec.label}): {exc}") from exc
-            self._applied[key] = wanted
+            state.applied = wanted
             log.info("VAE: %s", vae_file.name if vae_file else f"the checkpoint's own ({model.info.name})")
 
     @hookimpl

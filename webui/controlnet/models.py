@@ -21,13 +21,12 @@ from typing import Any
 import torch
 from diffusers import ControlNetModel
 
-from webui.models.errors import ModelError
+from webui.errors import ModelError
 from webui.models.infer_config import unet_config_from_ldm
 from webui.models.original_layout import _RESNET_UNET, _rename, _unet_table
 from webui.models.safeload import diffusers_class, read_state_dict
 from webui.models.spec import ModelSpec
 
-FAMILY_LABEL = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 _CN_CONFIG_KEYS = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block", "cross_attention_dim",
                    "use_linear_projection", "norm_num_groups", "upcast_attention", "attention_head_dim",
                    "transformer_layers_per_block", "addition_embed_type", "addition_time_embed_dim",

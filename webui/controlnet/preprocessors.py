@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 import torch
 
-from webui.models.errors import ModelError
+from webui.errors import ModelError, UnknownChoice
 from webui.models.safeload import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -163,18 +163,6 @@ class Preprocessor:
         with torch.no_grad():
             out = self.fn(_hwc3(image), resolution=res, threshold_a=a, threshold_b=b, models=models)
         return np.ascontiguousarray(_hwc3(np.asarray(out)))
-
-
-class UnknownPreprocessor(LookupError):
-    """No preprocessor of that name; ``choices`` lists the known ones."""
-
-    def __init__(self, name: str, choices: Iterable[str]):
-        self.name = name
-        self.choices = list(choices)
-        super().__init__(f"Unknown ControlNet preprocessor {name!r}. Choices: {', '.join(self.choices)}")
-
-    def __reduce__(self):
-        return (type(self), (self.name, self.choices))
 
 
 class MissingAnnotator(ModelError):
@@ -831,11 +819,12 @@ class PreprocessorRegistry:
     def preprocessors(self) -> list[Preprocessor]:
         return list(self._procs.values())
 
-    def get(self, name: str) -> Preprocessor:
-        """By canonical name, display name, legacy A1111 name or alias (case-insensitive last)."""
+    def get(self, name: str, field: str = "module") -> Preprocessor:
+        """By canonical name, display name, legacy A1111 name or alias (case-insensitive last);
+        :class:`~webui.errors.UnknownChoice` on ``field`` otherwise."""
         p = self._lookup.get(name) or self._lower.get(str(name).lower())
         if p is None:
-            raise UnknownPreprocessor(name, self.names())
+            raise UnknownChoice(field, "ControlNet preprocessor", name, self.names())
         return p
 
     def __contains__(self, name: object) -> bool:

@@ -12,8 +12,7 @@ import torch
 from diffusers import ControlNetModel
 
 from webui.controlnet.models import load_controlnet
-from webui.models.errors import ModelError
-from webui.pipeline.request import RequestError
+from webui.errors import ModelError, RequestError
 
 SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt", ".bin")
 

@@ -8,9 +8,8 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from webui.controlnet.preprocessors import UnknownPreprocessor
 from webui.controlnet.units import CONTROL_MODES, RESIZE_MODES, SECTION
-from webui.ui.tabs import UiSection
+from webui.sections import UiSection
 
 FIELDS = ("enabled", "image", "mask", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
           "resize_mode", "pixel_perfect", "processor_res", "threshold_a", "threshold_b")
@@ -98,9 +97,7 @@ def _unit(plugin: Any, mode: str, i: int, modules: list[str]) -> dict[str, Any]:
                                               int(res) if res and res > 0 else None,
                                               a if a is not None and a >= 0 else None,
                                               b if b is not None and b >= 0 else None)
-        except UnknownPreprocessor as exc:
-            raise gr.Error(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - e.g. missing annotator weights: show the message
+        except Exception as exc:  # noqa: BLE001 - an unknown name, missing annotator weights: show the message
             raise gr.Error(str(exc)) from None
         return out
 

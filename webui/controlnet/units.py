@@ -9,7 +9,7 @@ from typing import Any
 
 from PIL import Image
 
-from webui.pipeline.request import RequestError
+from webui.errors import RequestError
 
 SECTION = "controlnet"
 """The UI section's name, which is also the ``alwayson_scripts`` key."""

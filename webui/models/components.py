@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,24 @@ TOKENIZER_DIR = Path(__file__).resolve().parent / "configs" / "clip_tokenizer"
 CLIP_PAD, OPENCLIP_PAD = "<|endoftext|>", "!"
 TOKENIZER_PADS = {"sd1": (CLIP_PAD,), "sd2": (OPENCLIP_PAD,), "sdxl": (CLIP_PAD, OPENCLIP_PAD)}
 BETA_START, BETA_END, TRAIN_STEPS = 0.00085, 0.012, 1000
+
+#: A linear latent->RGB preview map: 4x3 factors (one row per latent channel) and an RGB bias.
+Coefficients = tuple[tuple[tuple[float, float, float], ...], tuple[float, float, float]]
+#: Checkpoint metadata key with a model's own fitted map: JSON ``{"factors": 4x3, "bias": 3}``.
+METADATA_KEY = "webui.latent_rgb"
+
+
+def parse_metadata(metadata: dict[str, str]) -> Coefficients | None:
+    """A model's own preview map from its checkpoint metadata, or None when absent or malformed."""
+    try:
+        raw = json.loads(metadata[METADATA_KEY])
+        factors = tuple(tuple(float(v) for v in row) for row in raw["factors"])
+        bias = tuple(float(v) for v in raw["bias"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(factors) != 4 or any(len(row) != 3 for row in factors) or len(bias) != 3:
+        return None
+    return factors, bias  # type: ignore[return-value]
 
 
 def shipped_tokenizer(pad_token: str = CLIP_PAD) -> CLIPTokenizer:
@@ -90,7 +109,7 @@ class SDComponents:
     #: so their conditioning is the encoder's last layer instead of the penultimate one.
     sd2_last_layer_dropped: bool = False
     #: The checkpoint's own linear latent->RGB preview map (metadata ``webui.latent_rgb``), if any.
-    latent_rgb: Any = None
+    latent_rgb: Coefficients | None = None
 
     def modules(self) -> list[torch.nn.Module]:
         """The torch modules: UNet, VAE, then the text encoders."""

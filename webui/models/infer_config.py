@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from transformers import CLIPTextConfig
 
-from webui.models.errors import ModelError
+from webui.errors import ModelError
 from webui.models.spec import UNET_PREFIX, ModelSpec
 
 VAE_PREFIXES = ("first_stage_model.", "vae.")

@@ -24,12 +24,13 @@ from diffusers.loaders.single_file_utils import (
 )
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from webui.errors import ModelError
 from webui.models.components import (
     SDComponents,
+    parse_metadata,
     scaled_linear_alphas_cumprod,
     shipped_tokenizers,
 )
-from webui.models.errors import ModelError
 from webui.models.infer_config import (
     STATE_DICT,
     VAE_SCALING,
@@ -38,8 +39,7 @@ from webui.models.infer_config import (
     vae_config_from_ldm,
 )
 from webui.models.safeload import read_state_dict
-from webui.models.spec import ModelSpec, detect_spec, detect_spec_diffusers
-from webui.previews.approx import parse_metadata
+from webui.models.spec import ModelSpec, PredictionType, classify_prediction, detect_spec, detect_spec_diffusers
 
 SD1_CLIP_PREFIX = "cond_stage_model.transformer."
 SD2_OPENCLIP_PREFIX = "cond_stage_model.model."
@@ -69,7 +69,8 @@ def load_components(path: Path, *, dtype: torch.dtype = torch.float32) -> SDComp
             return _load_diffusers_folder(path, dtype)
         state_dict, metadata = read_state_dict(path)
         sidecar = path.with_suffix(".yaml")
-        spec = detect_spec(state_dict, metadata, sidecar if sidecar.is_file() else None)
+        spec = detect_spec(state_dict, metadata, sidecar if sidecar.is_file() else None,
+                           probe=behavioural_prediction_type)
         components = components_from_original(state_dict, spec, dtype=dtype)
         components.latent_rgb = parse_metadata(metadata)
         return components
@@ -107,6 +108,37 @@ def normalise_original_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str,
         for key in old:
             sd[SD1_CLIP_PREFIX + "text_model." + key[len(SD1_CLIP_PREFIX):]] = sd.pop(key)
     return sd
+
+
+def behavioural_prediction_type(state_dict: Mapping[str, torch.Tensor],
+                                spec: ModelSpec) -> PredictionType | None:
+    """Run the UNet at t=999 on fixed inputs and classify with :func:`~webui.models.spec.classify_prediction`.
+
+    Returns ``None`` when the UNet cannot be built or the result is not
+    conclusive (e.g. random test weights).
+    """
+    try:
+        unet = build_unet(state_dict, spec, dtype=torch.float32)
+    except ModelError:
+        return None
+    in_ch = int(unet.config.in_channels)
+    context_dim = int(unet.config.cross_attention_dim)
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn((1, 4, 8, 8), generator=generator)
+    context = torch.randn((1, 77, context_dim), generator=generator) * 0.5
+    const = torch.full((1, 4, 8, 8), 0.5)
+    timestep = torch.tensor([999])
+
+    def run(latent: torch.Tensor) -> torch.Tensor:
+        if in_ch > 4:  # inpainting: mask everything, blank masked image
+            extra = torch.zeros((1, in_ch - 4, 8, 8))
+            extra[:, 0] = 1.0
+            latent = torch.cat([latent, extra], dim=1)
+        return unet(latent, timestep, encoder_hidden_states=context).sample[:, :4]
+
+    with torch.no_grad():
+        result = classify_prediction(noise, run(noise), const, run(const))
+    return result
 
 
 def build_unet(sd: Mapping[str, torch.Tensor], spec: ModelSpec, *,

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
+from webui.errors import ModelError, UnknownChoice
 from webui.fileio import atomic_write_text
-from webui.models.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,9 @@ class ModelManager:
     def title(self, info: CheckpointInfo) -> str:
         return info.title(self.short_hash(info))
 
-    def find(self, name: str) -> CheckpointInfo:
-        """Find a checkpoint by title, name, model name, short hash or full hash (A1111 rules)."""
+    def find(self, name: str, field: str = "sd_model_checkpoint") -> CheckpointInfo:
+        """Find a checkpoint by title, name, model name, short hash or full hash (A1111 rules);
+        :class:`~webui.errors.UnknownChoice` on ``field`` (a KeyError) listing the titles otherwise."""
         name = name.strip()
         infos = self.checkpoints()
         for info in infos:
@@ -217,7 +218,7 @@ class ModelManager:
         for info in infos:
             if base in (info.name, info.model_name):
                 return info
-        raise KeyError(name)
+        raise UnknownChoice(field, "checkpoint", name, [self.title(i) for i in infos])
 
     # --- loading ----------------------------------------------------------------
     @property
@@ -293,10 +294,7 @@ class ModelManager:
         from webui.models.loader import load_components
 
         with self._lock:
-            try:
-                info = self.find(name)
-            except KeyError:
-                raise UnknownCheckpoint(name, [self.title(i) for i in self.checkpoints()]) from None
+            info = self.find(name)
             if self._current is not None and self._current.info.path == info.path:
                 return self._current
             aux = getattr(self, "_aux", None)
@@ -322,12 +320,7 @@ class ModelManager:
         """The model named ``name`` (or the current / first one), loading it if needed."""
         with self._lock:
             if name:
-                try:
-                    info = self.find(name)
-                except KeyError:
-                    valid = [self.title(i) for i in self.checkpoints()]
-                    raise UnknownCheckpoint(name, valid) from None
-                return self.load(info)
+                return self.load(self.find(name))
             if self._current is not None:
                 return self._current
             infos = self.checkpoints()
@@ -341,16 +334,6 @@ class ModelManager:
             self._current = None
             self._aux = None
             self._cache.clear()
-
-
-class UnknownCheckpoint(KeyError):
-    def __init__(self, name: str, valid: list[str]):
-        self.name = name
-        self.valid = valid
-        super().__init__(f"unknown checkpoint {name!r}; available: {', '.join(valid) or 'none'}")
-
-    def __str__(self) -> str:
-        return self.args[0]
 
 
 class NoCheckpoint(RuntimeError):

@@ -19,19 +19,18 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from webui.models.errors import ModelError
+from webui.errors import ModelError, RequestError, UnknownChoice
 from webui.models.safeload import read_state_dict
-from webui.pipeline.request import RequestError
+from webui.models.vae_files import list_vae_files
 
 METHODS = ("Weighted sum", "Add difference", "No interpolation")
-VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 VAE_PREFIX = "first_stage_model."
 CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
 # A1111 never merges these (integer position ids; some checkpoints hold them as floats)
@@ -50,7 +49,7 @@ class MergeRequest:
     multiplier: float = 0.3
     save_as_half: bool = False
     custom_name: str = ""
-    bake_in_vae: str | None = None  # file name in models/VAE; None or "None": keep the merged VAE
+    bake_in_vae: str | None = None  # a VAE as Settings lists it (file name); None or "None": keep the merged VAE
     discard_weights: str = ""  # regex; matching keys are left out of the result
     overwrite: bool = False
     checkpoint_format: str = "safetensors"  # only safetensors is written
@@ -73,23 +72,6 @@ class _Source:
     model_name: str  # file name without extension
 
 
-def _vae_paths(vae_dir: Path) -> dict[str, Path]:
-    """VAE files under ``vae_dir`` (recursive) by file name, as A1111 names them (first one wins)."""
-    vae_dir = Path(vae_dir)
-    if not vae_dir.is_dir():
-        return {}
-    found: dict[str, Path] = {}
-    for p in sorted(vae_dir.rglob("*")):
-        if p.is_file() and p.suffix.lower() in VAE_SUFFIXES:
-            found.setdefault(p.name, p)
-    return found
-
-
-def list_vae_files(vae_dir: Path) -> list[str]:
-    """Names of the VAE files under ``vae_dir`` (file names, like A1111's VAE dropdown), sorted."""
-    return sorted(_vae_paths(vae_dir), key=str.lower)
-
-
 def legacy_hash(path: Path) -> str:
     """A1111's old 8-digit model hash: SHA-256 of the 64 KiB at offset 1 MiB."""
     try:
@@ -110,9 +92,10 @@ def default_name(method: str, a: str, b: str | None, c: str | None, multiplier: 
     return f"{a}-merged"
 
 
-def merge_checkpoints(request: MergeRequest, *, checkpoint_paths: Resolver, vae_dir: Path, out_dir: Path,
+def merge_checkpoints(request: MergeRequest, *, checkpoint_paths: Resolver, vae_dirs: Iterable[Path], out_dir: Path,
                       hashes: Hashes, progress: Progress | None = None) -> Path:
-    """Merge according to ``request`` and save into ``out_dir``; returns the new file's path.
+    """Merge according to ``request`` and save into ``out_dir``; returns the new file's path. ``bake_in_vae``
+    names one of :func:`~webui.models.vae_files.list_vae_files` in ``vae_dirs`` (the list Settings shows).
 
     Raises:
         RequestError: a bad or unknown input (``field`` is the MergeRequest field), an existing output
@@ -137,7 +120,7 @@ def merge_checkpoints(request: MergeRequest, *, checkpoint_paths: Resolver, vae_
     b = _resolve(checkpoint_paths, "secondary", request.secondary) if method != "No interpolation" else None
     c = _resolve(checkpoint_paths, "tertiary", request.tertiary) if method == "Add difference" else None
     vae_name = _vae_choice(request.bake_in_vae)
-    vae_path = _resolve_vae(Path(vae_dir), vae_name) if vae_name else None
+    vae_path = _resolve_vae([Path(d) for d in vae_dirs], vae_name) if vae_name else None
 
     out_dir = Path(out_dir)
     base = (request.custom_name or "").strip() or default_name(
@@ -228,6 +211,8 @@ def _resolve(resolver: Resolver, field: str, name: str | None) -> _Source:
         raise RequestError(field, f"choose the {field} model ({label})")
     try:
         found = resolver(str(name))
+    except UnknownChoice as exc:  # the manager's: it lists the checkpoints
+        raise exc.for_field(field) from None
     except KeyError:
         found = None
     if found is None:
@@ -251,13 +236,16 @@ def _vae_choice(value: str | None) -> str | None:
     return None if value in ("", "None") else value
 
 
-def _resolve_vae(vae_dir: Path, name: str) -> Path:
-    found = _vae_paths(vae_dir)
-    path = found.get(name) or next((p for p in found.values() if p.relative_to(vae_dir).as_posix() == name), None)
-    if path is None:
-        raise RequestError("bake_in_vae", f"unknown VAE {name!r}; available: {', '.join(sorted(found)) or 'none'} "
-                                          f"(files in {vae_dir})")
-    return path
+def _resolve_vae(vae_dirs: list[Path], name: str) -> Path:
+    """The listed VAE named ``name`` (its file name, or its path inside one of ``vae_dirs``)."""
+    files = list_vae_files(vae_dirs)
+    found = next((f.path for f in files if f.name == name or any(f.path == d / name for d in vae_dirs)), None)
+    if found is None:
+        raise UnknownChoice("bake_in_vae", "VAE", name, [f.name for f in files])
+    if found.is_dir():
+        raise RequestError("bake_in_vae", f"{name!r} is a diffusers VAE folder; baking in needs a single-file VAE "
+                                          "in the original layout")
+    return found
 
 
 def _read_vae(path: Path) -> dict[str, torch.Tensor]:

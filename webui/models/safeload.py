@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from webui.models.errors import ModelError
+from webui.errors import ModelError
 
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # bytes; real headers are a few MB at most
 _ZIP_MAGIC = b"PK\x03\x04"

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 import torch
 
-from webui.models.errors import ModelError
+from webui.errors import ModelError
 
 Family = Literal["sd1", "sd2", "sdxl"]
 PredictionType = Literal["epsilon", "v_prediction"]
@@ -30,7 +31,8 @@ SDXL_REFINER_KEY = "conditioner.embedders.0.model.ln_final.weight"
 UNET_CONV_IN = UNET_PREFIX + "input_blocks.0.0.weight"
 SIDECAR_METADATA_KEY = "modelspec.prediction_type"
 
-_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+#: How the UI, the infotext and error messages name each family.
+FAMILY_LABELS: Mapping[str, str] = MappingProxyType({"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"})
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class ModelSpec:
     @property
     def label(self) -> str:
         """Human readable name, e.g. ``"SD 2.x (v-prediction)"`` or ``"SD 1.x inpainting"``."""
-        text = _LABELS[self.family]
+        text = FAMILY_LABELS[self.family]
         if self.inpainting:
             text += " inpainting"
         if self.prediction_type == "v_prediction":
@@ -52,10 +54,15 @@ class ModelSpec:
         return text
 
 
+#: ``probe(state_dict, spec) -> prediction type or None`` (inconclusive): a check that runs the model.
+PredictionProbe = Callable[[Mapping[str, torch.Tensor], ModelSpec], "PredictionType | None"]
+
+
 def detect_spec(
     state_dict: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str] | None = None,
     sidecar_yaml: Path | None = None,
+    probe: PredictionProbe | None = None,
 ) -> ModelSpec:
     """Detect the :class:`ModelSpec` of an original-layout checkpoint.
 
@@ -64,9 +71,10 @@ def detect_spec(
     ``cond_stage_model.transformer.*``), inpainting from the 9 input channels
     of ``input_blocks.0.0``.  The prediction type is decided, in order, by
     the safetensors metadata ``modelspec.prediction_type``, then by a sidecar
-    YAML (``parameterization: "v"``), then (SD2 only) by
-    :func:`behavioural_prediction_type`; when that is inconclusive SD2 with a
-    1024-wide UNet context and no inpainting defaults to v-prediction.
+    YAML (``parameterization: "v"``), then (SD2 only) by ``probe`` (the loader
+    passes :func:`webui.models.loader.behavioural_prediction_type`, which runs
+    the UNet); when there is none or it is inconclusive, SD2 with a 1024-wide
+    UNet context and no inpainting defaults to v-prediction.
     Everything else defaults to epsilon.
 
     Raises:
@@ -76,14 +84,15 @@ def detect_spec(
     family = _detect_family(state_dict)
     conv_in = state_dict.get(UNET_CONV_IN)
     if conv_in is None or conv_in.ndim != 4:
-        raise ModelError(Path("<state dict>"), f"it has a {_LABELS[family]} text encoder but no UNet "
+        raise ModelError(Path("<state dict>"), f"it has a {FAMILY_LABELS[family]} text encoder but no UNet "
                                                f"({UNET_CONV_IN} is missing). Use a full checkpoint.")
     inpainting = int(conv_in.shape[1]) == 9
     prediction = prediction_type_from_metadata(metadata)
     if prediction is None and sidecar_yaml is not None:
         prediction = prediction_type_from_yaml(sidecar_yaml)
     if prediction is None and family == "sd2":
-        prediction = behavioural_prediction_type(state_dict, ModelSpec("sd2", "epsilon", inpainting))
+        if probe is not None:
+            prediction = probe(state_dict, ModelSpec("sd2", "epsilon", inpainting))
         if prediction is None:
             context = _unet_context_dim(state_dict)
             prediction = "v_prediction" if context == 1024 and not inpainting else "epsilon"
@@ -170,39 +179,6 @@ def classify_prediction(noise: torch.Tensor, output: torch.Tensor, const_input: 
     if float(cosine) < 0.5 and shift < -1.0:
         return "v_prediction"
     return None
-
-
-def behavioural_prediction_type(state_dict: Mapping[str, torch.Tensor],
-                                spec: ModelSpec) -> PredictionType | None:
-    """Run the UNet at t=999 on fixed inputs and classify with :func:`classify_prediction`.
-
-    Returns ``None`` when the UNet cannot be built or the result is not
-    conclusive (e.g. random test weights).
-    """
-    from webui.models.loader import build_unet  # lazy: loader imports this module
-
-    try:
-        unet = build_unet(state_dict, spec, dtype=torch.float32)
-    except ModelError:
-        return None
-    in_ch = int(unet.config.in_channels)
-    context_dim = int(unet.config.cross_attention_dim)
-    generator = torch.Generator().manual_seed(0)
-    noise = torch.randn((1, 4, 8, 8), generator=generator)
-    context = torch.randn((1, 77, context_dim), generator=generator) * 0.5
-    const = torch.full((1, 4, 8, 8), 0.5)
-    timestep = torch.tensor([999])
-
-    def run(latent: torch.Tensor) -> torch.Tensor:
-        if in_ch > 4:  # inpainting: mask everything, blank masked image
-            extra = torch.zeros((1, in_ch - 4, 8, 8))
-            extra[:, 0] = 1.0
-            latent = torch.cat([latent, extra], dim=1)
-        return unet(latent, timestep, encoder_hidden_states=context).sample[:, :4]
-
-    with torch.no_grad():
-        result = classify_prediction(noise, run(noise), const, run(const))
-    return result
 
 
 def detect_spec_diffusers(folder: Path) -> ModelSpec:

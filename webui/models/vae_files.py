@@ -16,7 +16,7 @@ import torch
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors.torch import load_file
 
-from webui.models.errors import ModelError
+from webui.errors import ModelError
 from webui.models.safeload import diffusers_class, read_state_dict
 
 VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")

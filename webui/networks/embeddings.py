@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from webui.models.errors import ModelError
+from webui.errors import ModelError
 from webui.models.safeload import read_state_dict
 
 log = logging.getLogger(__name__)

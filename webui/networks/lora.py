@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from webui.models.errors import ModelError
+from webui.errors import ModelError
 from webui.models.original_layout import ldm_module_name, unet_module_table
 from webui.models.safeload import read_state_dict
 

@@ -11,9 +11,10 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from webui.errors import RequestError
 from webui.filenames import request_fields
 from webui.images import ImageSaver
-from webui.pipeline.request import GenerationRequest, RequestError
+from webui.pipeline.request import GenerationRequest
 from webui.pipeline.result import GenerationResult
 
 log = logging.getLogger(__name__)

@@ -23,12 +23,11 @@ from typing import Any
 
 import torch
 
-from webui.pipeline.request import RequestError
+from webui.errors import RequestError
 from webui.prompts.parser import parse_prompt_attention
 
 CHUNK = 75
 COMMA_TOKEN = ",</w>"
-EMPHASIS_MODES = ("Original", "No norm", "None")
 
 
 @dataclass

@@ -15,13 +15,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from webui.errors import UnknownChoice
 from webui.models.manager import LoadedModel
 from webui.pipeline.init_image import image_to_tensor
-from webui.pipeline.request import GenerationRequest, RequestError, hires_target
+from webui.pipeline.request import GenerationRequest, hires_target
 from webui.pipeline.vae import decode_latents, encode_pixels, tiling_wanted
-from webui.sampling.registry import SamplerDef, SamplerRegistry, UnknownName
+from webui.sampling.registry import SamplerDef, SamplerRegistry
 from webui.sampling.schedules import ScheduleDef
-from webui.upscaling.registry import UnknownUpscaler, UpscalerDef, UpscalerRegistry, upscale_to
+from webui.upscaling.registry import UpscalerDef, UpscalerRegistry, upscale_to
 
 #: A1111's latent upscale modes: name -> (interpolation, antialias).
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
@@ -62,18 +63,16 @@ class HiresPlan:
 
 def plan_hires(req: GenerationRequest, samplers: SamplerRegistry, upscalers: UpscalerRegistry | None,
                sampler: SamplerDef, schedule: ScheduleDef | None) -> HiresPlan:
-    """Resolve the hires fields of ``req`` (raising :class:`RequestError` for unknown names)."""
+    """Resolve the hires fields of ``req`` (:class:`~webui.errors.UnknownChoice` for unknown names)."""
     w, h = hires_target(req)
     name = req.hr_upscaler or "Latent"
     latent_mode = LATENT_UPSCALE_MODES.get(name)
     upscaler = None
     if latent_mode is None:
-        if upscalers is None:
-            raise RequestError("hr_upscaler", f"unknown upscaler {name!r}")
         try:
-            upscaler = upscalers.get(name)
-        except UnknownUpscaler as exc:
-            raise RequestError("hr_upscaler", f"{exc}; or a latent mode: {', '.join(LATENT_UPSCALE_MODES)}") from None
+            upscaler = (upscalers or UpscalerRegistry()).get(name, "hr_upscaler")
+        except UnknownChoice as exc:  # the latent modes are valid too
+            raise UnknownChoice(exc.field, exc.what, name, [*exc.choices, *LATENT_UPSCALE_MODES]) from None
         name = upscaler.name
     hr_sampler, hr_schedule = sampler, schedule
     same_sampler = req.hr_sampler_name in (None, "", SAME_SAMPLER)
@@ -83,8 +82,8 @@ def plan_hires(req: GenerationRequest, samplers: SamplerRegistry, upscalers: Ups
             hr_sampler, hr_schedule = samplers.resolve(
                 req.sampler_name if same_sampler else req.hr_sampler_name,
                 req.scheduler if same_scheduler else req.hr_scheduler)
-        except UnknownName as exc:
-            raise RequestError("hr_sampler_name" if not same_sampler else "hr_scheduler", str(exc)) from None
+        except UnknownChoice as exc:
+            raise exc.for_field("hr_sampler_name" if not same_sampler else "hr_scheduler") from None
     return HiresPlan(w, h, req.hr_resize_x > 0 and req.hr_resize_y > 0, name, latent_mode, upscaler,
                      req.hr_second_pass_steps or req.steps, hr_sampler, hr_schedule,
                      req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from webui.infotext import INPAINT_AREA, MASK_MODE, MASKED_CONTENT
 from webui.models.manager import LoadedModel
 from webui.pipeline.color_correction import apply_color_correction, color_reference
 from webui.pipeline.guidance import Inpaint
@@ -24,11 +25,6 @@ from webui.pipeline.masking import PreparedMask, apply_overlay, fill_masked, mak
 from webui.pipeline.request import GenerationRequest
 from webui.pipeline.vae import encode_pixels, tiling_wanted
 from webui.upscaling.registry import UpscalerDef, upscale_to
-
-#: A1111's ``inpainting_fill`` values.
-MASKED_CONTENT = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
-INPAINT_AREA = {False: "Whole picture", True: "Only masked"}
-MASK_MODE = {0: "Inpaint masked", 1: "Inpaint not masked"}
 
 
 @dataclass

@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from webui.errors import RequestError
+from webui.infotext import MASKED_CONTENT
 from webui.pipeline.init_image import flatten
-from webui.pipeline.request import MAX_SIDE, SIZE_MULTIPLE, GenerationRequest, RequestError
+from webui.pipeline.request import MAX_SIDE, SIZE_MULTIPLE, GenerationRequest
 
 DIRECTIONS = ("left", "right", "up", "down")
 SCRIPT_NAMES = ("poor man's outpainting", "outpainting mk2")
@@ -97,7 +99,7 @@ def outpaint_from_script(req: GenerationRequest, name: str, args: Sequence[Any] 
         direction = [direction]
     fill = kw.get("inpainting_fill", 0 if key == SCRIPT_NAMES[1] else 1)
     if isinstance(fill, str):
-        names = ["fill", "original", "latent noise", "latent nothing"]
+        names = list(MASKED_CONTENT.values())
         fill = names.index(fill) if fill in names else -1
     if fill not in (0, 1, 2, 3):
         raise RequestError("script_args", f"masked content must be 0-3, got {fill!r}")

@@ -7,8 +7,11 @@ raises :class:`RequestError` naming the offending field -- the API turns it into
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from webui.errors import RequestError
 
 #: Documented limits (also shown in the API schema).
 MAX_SIDE = 4096
@@ -17,15 +20,6 @@ MAX_BATCH_SIZE = 64
 MAX_BATCH_COUNT = 100
 MAX_SEED = 2**32 - 1
 SIZE_MULTIPLE = 8
-
-
-class RequestError(ValueError):
-    """Invalid request value; ``field`` names the request field."""
-
-    def __init__(self, field_name: str, message: str):
-        self.field = field_name
-        self.message = message
-        super().__init__(f"{field_name}: {message}")
 
 
 @dataclass(frozen=True)
@@ -93,9 +87,19 @@ class GenerationRequest:
     def with_(self, **changes: Any) -> GenerationRequest:
         return replace(self, **changes)
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+
+#: The hires-fix fields, which an API body or the txt2img tab sets only with ``enable_hr`` on.
+HIRES_FIELDS = ("hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+                "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt")
+
+
+def request_from_values(values: Mapping[str, Any], names: Iterable[str], **fixed: Any) -> GenerationRequest:
+    """The request an API body or a tab's form asks for: each field of ``names`` whose value in ``values``
+    (A1111's names) is given -- None keeps the field's default --, ``enable_hr`` and :data:`HIRES_FIELDS`
+    when ``enable_hr`` is on, then ``fixed``."""
+    chosen = [*names, *(("enable_hr", *HIRES_FIELDS) if values.get("enable_hr") else ())]
+    given = {name: values[name] for name in chosen if values.get(name) is not None}
+    return GenerationRequest(**{**given, **fixed})
 
 
 def _finite(name: str, value: float) -> None:

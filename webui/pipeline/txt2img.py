@@ -12,11 +12,12 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
 
+from webui.errors import RequestError, UnknownChoice
 from webui.filenames import request_fields, timestamp_of
 from webui.images import ImageSaver
 from webui.infotext import format_infotext
@@ -30,30 +31,52 @@ from webui.pipeline.hires import HiresPlan, hires_infotext, plan_hires, upscale_
 from webui.pipeline.info import apply_infotext_options, info_json, infotext_params
 from webui.pipeline.init_latents import InitLatents, img2img_steps, inpaint_infotext, prepare_init
 from webui.pipeline.noise import ImageRNG, resolve_seed
+from webui.pipeline.patches import UNetPatch
 from webui.pipeline.prompt_schedule import JobConditioning, build_job_conditioning, compat_infotext
-from webui.pipeline.request import GenerationRequest, RequestError, check_request
+from webui.pipeline.request import GenerationRequest, check_request
 from webui.pipeline.sampler_params import sigma_params
 from webui.pipeline.result import GenerationResult
 from webui.pipeline.sample import eta_infotext, sample, sigmas_for
 from webui.pipeline.state import ImageState, StepState
 from webui.pipeline.tiling import circular_padding
 from webui.pipeline.vae import decode_latents, tiling_wanted
-from webui.plugins import Hooks
 from webui.prompts.parser import parse_extra_networks
-from webui.restoration.registry import FaceRestorerDef, FaceRestorerRegistry, UnknownFaceRestorer
+from webui.restoration.registry import FaceRestorerDef, FaceRestorerRegistry
 from webui.sampling.registry import SamplerDef, SamplerRegistry
 from webui.sampling.schedules import ScheduleDef
 from webui.styles import StyleStore
-from webui.upscaling.registry import UnknownUpscaler, UpscalerDef, UpscalerRegistry
+from webui.upscaling.registry import UpscalerDef, UpscalerRegistry
 
 log = logging.getLogger(__name__)
+
+
+class GenerationHooks(Protocol):
+    """The hooks a generation calls. :class:`webui.plugins.Hooks` is one; the pipeline only names what it
+    calls, so it does not import the plugin layer (which sits above it)."""
+
+    def before_generate(self, request: GenerationRequest, job: Job) -> None: ...
+
+    def prepare_model(self, request: GenerationRequest, model: LoadedModel, opts: Mapping[str, Any]
+                      ) -> dict[str, Any]: ...
+
+    def unet_patches(self, request: GenerationRequest, model: LoadedModel, job: Job) -> list[UNetPatch]: ...
+
+    def extra_infotext(self, request: GenerationRequest) -> dict[str, Any]: ...
+
+    def on_step_end(self, state: StepState) -> None: ...
+
+    def postprocess_image(self, state: ImageState) -> None: ...
+
+    def after_generate(self, result: GenerationResult, job: Job) -> None: ...
+
+    def image_saved(self, path: str, infotext: str, image: Image.Image) -> None: ...
 
 
 @dataclass
 class PipelineEnv:
     """What a generation needs from the application, passed down explicitly."""
 
-    hooks: Hooks
+    hooks: GenerationHooks
     samplers: SamplerRegistry
     saver: ImageSaver
     data_dir: Path
@@ -108,7 +131,8 @@ class _Run:
 
 def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: Job,
             opts: Mapping[str, Any]) -> GenerationResult:
-    """Run a generation job (any mode). Raises RequestError / UnknownName for bad input before model work."""
+    """Run a generation job (any mode). Raises RequestError (UnknownChoice for an unknown name) for bad input
+    before model work."""
     # 1. check inputs, resolve names
     check_request(req)
     req = _option_defaults(req, opts)
@@ -189,13 +213,11 @@ def _img2img_upscaler(env: PipelineEnv, req: GenerationRequest, opts: Mapping[st
     if name is None or str(name).strip() in ("", "None", "none"):
         return None
     try:
-        if env.upscalers is None:
-            raise UnknownUpscaler(str(name), [])
-        return env.upscalers.get(str(name))
-    except UnknownUpscaler as exc:
+        return (env.upscalers or UpscalerRegistry()).get(str(name), "upscaler_for_img2img")
+    except UnknownChoice as exc:
         if "upscaler_for_img2img" in req.override_settings:
-            raise RequestError("override_settings.upscaler_for_img2img", str(exc)) from None
-        log.warning("Option upscaler_for_img2img: %s; img2img resizes with Lanczos", exc)
+            raise exc.for_field("override_settings.upscaler_for_img2img") from None
+        log.warning("Option %s; img2img resizes with Lanczos", exc)
         return None
 
 
@@ -204,12 +226,10 @@ def _load_refiner(env: PipelineEnv, req: GenerationRequest, model: LoadedModel) 
     name = req.refiner_checkpoint
     if name in (None, "", "None") or env.load_refiner is None:
         return None
-    from webui.models.manager import UnknownCheckpoint
-
     try:
         refiner = env.load_refiner(name)
-    except UnknownCheckpoint as exc:
-        raise RequestError("refiner_checkpoint", str(exc)) from None
+    except UnknownChoice as exc:
+        raise exc.for_field("refiner_checkpoint") from None
     if refiner.spec.family != model.spec.family and {refiner.spec.family, model.spec.family} != {"sd1", "sd2"}:
         raise RequestError("refiner_checkpoint", f"{refiner.title} is {refiner.spec.label}; it cannot continue "
                                                  f"the latents of {model.title} ({model.spec.label})")
@@ -221,12 +241,7 @@ def _face_restorer(env: PipelineEnv, req: GenerationRequest, opts: Mapping[str, 
     if not req.restore_faces:
         return None
     name = str(opts.get("face_restoration_model", "CodeFormer"))
-    try:
-        if env.face_restorers is None:
-            raise UnknownFaceRestorer(name, [])
-        return env.face_restorers.get(name)
-    except UnknownFaceRestorer as exc:
-        raise RequestError("restore_faces", str(exc)) from None
+    return (env.face_restorers or FaceRestorerRegistry()).get(name, "restore_faces")
 
 
 def _apply_styles(env: PipelineEnv, req: GenerationRequest) -> GenerationRequest:
@@ -234,10 +249,7 @@ def _apply_styles(env: PipelineEnv, req: GenerationRequest) -> GenerationRequest
         return req
     if env.styles is None:
         raise RequestError("styles", "styles are not available")
-    try:
-        prompt, negative = env.styles.apply(req.prompt, req.negative_prompt, list(req.styles))
-    except KeyError as exc:
-        raise RequestError("styles", str(exc.args[0])) from None
+    prompt, negative = env.styles.apply(req.prompt, req.negative_prompt, list(req.styles))  # UnknownChoice
     return req.with_(prompt=prompt, negative_prompt=negative)
 
 

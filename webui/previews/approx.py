@@ -4,8 +4,9 @@ The coefficients are the widely used ones (A1111's ``cheap_approximation``; firs
 https://discuss.huggingface.co/t/decoding-latents-to-rgb-without-upscaling/23204/2). They act on the
 *scaled* latents the sampler works with and give RGB in about [-1, 1]. The per-family bias is zero for
 the published A1111 sets; it is kept so a fitted set with a bias can be added without code changes.
-A checkpoint may carry its own fitted map in its metadata (``webui.latent_rgb``, e.g. the built-in
-shapes model, whose latents are not SD's); it then wins over the family's.
+A checkpoint may carry its own fitted map in its metadata (``webui.latent_rgb``, read by the loader with
+:func:`webui.models.components.parse_metadata`; e.g. the built-in shapes model, whose latents are not
+SD's); it then wins over the family's.
 The result has 1/8 of the image size and is upscaled x8 so the preview has the final image size.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import torch
 from PIL import Image
+
+from webui.models.components import Coefficients
 
 #: latent channel -> (R, G, B) contribution, one row per latent channel.
 _SD_FACTORS = (
@@ -39,9 +42,6 @@ LATENT_RGB: dict[str, tuple[tuple[tuple[float, float, float], ...], tuple[float,
 SCALE = 8  # latent pixel -> image pixels
 
 
-Coefficients = tuple[tuple[tuple[float, float, float], ...], tuple[float, float, float]]
-#: Checkpoint metadata key with a model's own fitted map: JSON ``{"factors": 4x3, "bias": 3}``.
-METADATA_KEY = "webui.latent_rgb"
 
 
 def latent_rgb(family: str, own: Coefficients | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,21 +49,6 @@ def latent_rgb(family: str, own: Coefficients | None = None) -> tuple[torch.Tens
     (unknown families use SD 1.x's)."""
     factors, bias = own if own is not None else LATENT_RGB.get(family, LATENT_RGB["sd1"])
     return torch.tensor(factors, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32)
-
-
-def parse_metadata(metadata: dict[str, str]) -> Coefficients | None:
-    """A model's own map from its checkpoint metadata, or None when absent or malformed."""
-    import json
-
-    try:
-        raw = json.loads(metadata[METADATA_KEY])
-        factors = tuple(tuple(float(v) for v in row) for row in raw["factors"])
-        bias = tuple(float(v) for v in raw["bias"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    if len(factors) != 4 or any(len(row) != 3 for row in factors) or len(bias) != 3:
-        return None
-    return factors, bias  # type: ignore[return-value]
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from webui.models.errors import ModelError
+from webui.errors import ModelError
 from webui.models.safeload import read_state_dict
 
 DETECTION_FILE = "detection_Resnet50_Final.pth"

@@ -8,23 +8,15 @@ whole picture, restores them and pastes them back (an image without faces comes 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
+from webui.registry import NamedRegistry
+
 RestoreFn = Callable[[Image.Image, Mapping[str, Any]], Image.Image]
-
-
-class UnknownFaceRestorer(KeyError):
-    def __init__(self, name: str, choices: list[str]):
-        super().__init__(name)
-        self.name = name
-        self.choices = choices
-
-    def __str__(self) -> str:
-        return f"unknown face restorer {self.name!r}; choose one of: {', '.join(self.choices) or '(none installed)'}"
 
 
 @dataclass(frozen=True)
@@ -34,28 +26,10 @@ class FaceRestorerDef:
     model_path: str | None = None
 
 
-class FaceRestorerRegistry:
-    def __init__(self, defs: Iterable[FaceRestorerDef] = ()):
-        self._defs: dict[str, FaceRestorerDef] = {}
-        self.replace(defs)
+class FaceRestorerRegistry(NamedRegistry[FaceRestorerDef]):
+    """Face restorers by name (case-insensitive lookup); filled from the hook, refreshable."""
 
-    def replace(self, defs: Iterable[FaceRestorerDef]) -> None:
-        fresh: dict[str, FaceRestorerDef] = {}
-        for d in defs:
-            fresh.setdefault(d.name, d)
-        self._defs = fresh
-
-    def names(self) -> list[str]:
-        return list(self._defs)
-
-    def all(self) -> list[FaceRestorerDef]:
-        return list(self._defs.values())
-
-    def get(self, name: str) -> FaceRestorerDef:
-        for key, d in self._defs.items():
-            if key == name or key.lower() == name.lower():
-                return d
-        raise UnknownFaceRestorer(name, self.names())
+    what, field = "face restorer", "face_restoration_model"
 
 
 def blend(original: Image.Image, restored: Image.Image, visibility: float) -> Image.Image:

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from webui.errors import UnknownChoice
 from webui.sampling.schedules import ScheduleDef
 
 #: Legacy A1111 combined names end in one of these schedule labels ("DPM++ 2M Karras").
@@ -75,16 +76,6 @@ class SamplerDef:
         return out
 
 
-class UnknownName(ValueError):
-    """An unknown sampler/scheduler name; ``valid`` lists the accepted names."""
-
-    def __init__(self, field_name: str, value: str, valid: Iterable[str]):
-        self.field_name = field_name
-        self.value = value
-        self.valid = list(valid)
-        super().__init__(f"unknown {field_name} {value!r}; valid: {', '.join(self.valid)}")
-
-
 class SamplerRegistry:
     """Name lookup over samplers and schedule types (case-insensitive, aliases)."""
 
@@ -101,7 +92,7 @@ class SamplerRegistry:
     def sampler(self, name: str) -> SamplerDef:
         s = self._sampler_index.get(name.lower())
         if s is None:
-            raise UnknownName("sampler_name", name, self.samplers)
+            raise UnknownChoice("sampler_name", "sampler", name, self.samplers)
         return s
 
     def schedule(self, name: str) -> ScheduleDef | None:
@@ -110,7 +101,8 @@ class SamplerRegistry:
             return None
         s = self._schedule_index.get(name.lower())
         if s is None:
-            raise UnknownName("scheduler", name, ["Automatic", *(d.label for d in self.schedules.values())])
+            valid = ["Automatic", *(d.label for d in self.schedules.values())]
+            raise UnknownChoice("scheduler", "scheduler", name, valid)
         return s
 
     def resolve(self, sampler_name: str, scheduler: str | None) -> tuple[SamplerDef, ScheduleDef | None]:

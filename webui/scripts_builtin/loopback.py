@@ -20,10 +20,11 @@ import math
 from dataclasses import replace
 from typing import Any
 
+from webui.errors import RequestError
 from webui.pipeline.noise import resolve_seed
-from webui.pipeline.request import MAX_SEED, RequestError, check_request
+from webui.pipeline.request import MAX_SEED, check_request
 from webui.pipeline.result import GenerationResult
-from webui.scripts import ScriptDef, ScriptRun, raw_script_args, script_int
+from webui.scripts import ScriptDef, ScriptRun, raw_script_args, script_float, script_int
 from webui.scripts_builtin.grid import image_grid
 from webui.scripts_builtin.results import add_params, combined_info
 
@@ -46,18 +47,6 @@ def _curve(value: Any) -> str:
     raise RequestError(FIELD, f"{TITLE}: denoising_curve must be one of {', '.join(CURVES)}, got {value!r}")
 
 
-def _final(value: Any) -> float:
-    if value in (None, ""):
-        return DEFAULT_FINAL
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise RequestError(FIELD, f"{TITLE}: final_denoising_strength must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(out) or not 0 <= out <= 1:
-        raise RequestError(FIELD, f"{TITLE}: final_denoising_strength must be between 0 and 1, got {value!r}")
-    return out
-
-
 def _interrogator(value: Any) -> str:
     if value in (None, ""):
         return "None"
@@ -73,7 +62,8 @@ def _interrogator(value: Any) -> str:
 def parse_args(args: Any, mode: str) -> dict[str, Any]:
     raw = raw_script_args(TITLE, args, ARG_NAMES)
     return {"loops": script_int(TITLE, "loops", raw.get("loops"), 1, MAX_LOOPS, DEFAULT_LOOPS),
-            "final_denoising_strength": _final(raw.get("final_denoising_strength")),
+            "final_denoising_strength": script_float(TITLE, "final_denoising_strength",
+                                                     raw.get("final_denoising_strength"), 0.0, 1.0, DEFAULT_FINAL),
             "denoising_curve": _curve(raw.get("denoising_curve")),
             "append_interrogation": _interrogator(raw.get("append_interrogation"))}
 

@@ -12,8 +12,9 @@ from typing import Any
 
 from PIL import Image
 
+from webui.errors import RequestError
 from webui.pipeline.noise import resolve_seed
-from webui.pipeline.request import RequestError, check_request
+from webui.pipeline.request import check_request
 from webui.pipeline.result import GenerationResult
 from webui.scripts import ScriptDef, ScriptRun, generate_all, raw_script_args, script_flag, script_int
 from webui.scripts_builtin.grid import Annotation, draw_annotations, image_grid

@@ -13,8 +13,9 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from webui.errors import RequestError
 from webui.pipeline.noise import resolve_seed
-from webui.pipeline.request import GenerationRequest, RequestError, check_request
+from webui.pipeline.request import GenerationRequest, check_request
 from webui.pipeline.result import GenerationResult
 from webui.scripts import ScriptChoices, ScriptDef, ScriptRun, generate_all, raw_script_args, script_flag
 from webui.scripts_builtin.results import closest_checkpoint, combined_info

@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from webui.errors import RequestError
 from webui.pipeline.init_image import flatten
 from webui.pipeline.noise import resolve_seed
-from webui.pipeline.request import MAX_SEED, MAX_SIDE, RequestError, check_request
+from webui.pipeline.request import MAX_SEED, MAX_SIDE, check_request
 from webui.pipeline.result import GenerationResult
-from webui.scripts import ScriptDef, ScriptRun, raw_script_args, script_int
+from webui.scripts import ScriptDef, ScriptRun, raw_script_args, script_float, script_int
 from webui.scripts_builtin.results import add_params, combined_info
 
 TITLE = "SD upscale"
@@ -151,18 +152,6 @@ def upscaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
 # --------------------------------------------------------------------------- arguments
 
 
-def _scale(value: Any) -> float:
-    if value in (None, ""):
-        return DEFAULT_SCALE
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise RequestError(FIELD, f"{TITLE}: scale_factor must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(out) or not 0 < out <= MAX_SCALE:
-        raise RequestError(FIELD, f"{TITLE}: scale_factor must be above 0 and at most {MAX_SCALE:g}, got {value!r}")
-    return out
-
-
 def _upscaler_arg(value: Any) -> int | str:
     if value in (None, ""):
         return 0
@@ -181,7 +170,8 @@ def parse_args(args: Any, mode: str) -> dict[str, Any]:
     raw = raw_script_args(TITLE, args, ARG_NAMES)
     return {"overlap": script_int(TITLE, "overlap", raw.get("overlap"), 0, MAX_SIDE, DEFAULT_OVERLAP),
             "upscaler_index": _upscaler_arg(raw.get("upscaler_index")),
-            "scale_factor": _scale(raw.get("scale_factor"))}
+            "scale_factor": script_float(TITLE, "scale_factor", raw.get("scale_factor"), 0.0, MAX_SCALE, DEFAULT_SCALE,
+                                         above_lo=True)}
 
 
 def resolve_upscaler(value: int | str, names: Sequence[str]) -> str:

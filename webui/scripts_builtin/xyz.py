@@ -23,9 +23,10 @@ from typing import Any
 
 from PIL import Image
 
+from webui.errors import RequestError
 from webui.pipeline.hires import LATENT_UPSCALE_MODES, SAME_SAMPLER
 from webui.pipeline.noise import resolve_seed
-from webui.pipeline.request import MAX_SEED, GenerationRequest, RequestError, check_request
+from webui.pipeline.request import MAX_SEED, GenerationRequest, check_request
 from webui.pipeline.result import GenerationResult
 from webui.scripts import ScriptChoices, ScriptDef, ScriptRun, raw_script_args, script_flag, script_int
 from webui.scripts_builtin.grid import draw_annotations, image_grid

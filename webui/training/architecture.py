@@ -19,8 +19,6 @@ from webui.models.components import SDComponents, scaled_linear_alphas_cumprod, 
 from webui.models.infer_config import CLIP_BOS, CLIP_EOS, CLIP_VOCAB, VAE_SCALING
 from webui.models.spec import ModelSpec
 
-IMAGE_SIZE = 64
-LATENT_SIZE = IMAGE_SIZE // 8
 TEXT_WIDTH = 64
 
 

@@ -43,9 +43,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from webui.models.components import SDComponents
+from webui.models.components import METADATA_KEY, SDComponents
 from webui.models.original_layout import save_single_file
-from webui.previews.approx import METADATA_KEY
 from webui.training import shapes
 from webui.training.architecture import build_components
 

@@ -8,9 +8,8 @@ from typing import Any
 import gradio as gr
 
 from webui.context import AppContext
+from webui.errors import ModelError, UnknownChoice
 from webui.models.default import HOW_TO_ADD
-from webui.models.errors import ModelError
-from webui.models.manager import UnknownCheckpoint
 from webui.ui.editor import editor_value
 from webui.ui.extensions_tab import build_extensions_tab
 from webui.ui.extras import build_extras_tab
@@ -53,12 +52,12 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             try:
                 model = ctx.models.ensure_loaded(title)
                 ctx.options.update({"sd_model_checkpoint": model.title})
-            except (ModelError, UnknownCheckpoint) as exc:
+            except (ModelError, UnknownChoice) as exc:
                 raise gr.Error(str(exc)) from exc
             return gr.update(choices=_checkpoint_titles(ctx), value=model.title)
 
         def on_refresh():
-            ctx.models.refresh()
+            ctx.refresh_models()
             return (
                 gr.update(choices=_checkpoint_titles(ctx), value=_current_title(ctx)),
                 HOW_TO_ADD if ctx.models.using_builtin_default else "",

@@ -7,8 +7,8 @@ import html
 import gradio as gr
 
 from webui.context import AppContext
+from webui.errors import RequestError
 from webui.extensions_admin import install_allowed, install_from_git, update
-from webui.pipeline.request import RequestError
 
 
 def _status_table(ctx: AppContext) -> str:

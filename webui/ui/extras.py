@@ -11,9 +11,9 @@ import gradio as gr
 from PIL import Image
 
 from webui.context import AppContext
+from webui.errors import RequestError
 from webui.extras import ExtrasRequest, postprocessing_text
 from webui.pipeline.batch_folder import input_files
-from webui.pipeline.request import RequestError
 from webui.pnginfo import read_image_info
 from webui.ui.progress import USER_ERRORS, named_handler, user_error
 

@@ -7,26 +7,25 @@ event handler receives the values by name, so adding a control never shifts the 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import gradio as gr
 
 from webui.context import AppContext
+from webui.errors import RequestError
 from webui.fileio import StorageError
 from webui.models.default import DEFAULT_SIZE, EXAMPLE_PROMPT
 from webui.pipeline.conditioning import count_tokens
 from webui.pipeline.hires import LATENT_UPSCALE_MODES, SAME_SAMPLER, SAME_SCHEDULER
-from webui.pipeline.request import GenerationRequest, RequestError
+from webui.pipeline.request import GenerationRequest, request_from_values
+from webui.sections import collect_sections, section_field
 from webui.styles import Style
 from webui.ui.img2img_inputs import Img2ImgInputs, build_img2img_inputs, img2img_request, stream_img2img
 from webui.ui.progress import map_yields, named_handler, stream_with_progress, user_error
 from webui.ui.sendto import override_settings_from_pairs
-from webui.ui.tabs import collect_sections, section_field
-
-#: Request fields converted from UI values.
-_INTS = {"steps", "width", "height", "n_iter", "batch_size", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y"}
-_FLOATS = {"cfg_scale", "subseed_strength", "hr_scale", "denoising_strength"}
 
 
 @dataclass
@@ -149,12 +148,12 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
 
     def generate_fn(v: dict[str, Any], request: gr.Request, progress: gr.Progress):
         owner = getattr(request, "session_hash", None)
-        base = _common_request(v).with_(alwayson_scripts=_collect_sections(sections, v))
+        base = _form_request(v).with_(alwayson_scripts=_collect_sections(sections, v))
         script = _chosen_script(ctx, mode, v)
         if mode == "img2img":
             stream = stream_img2img(ctx, tab.img2img, base, v, owner, progress, script=script)
         else:
-            stream = stream_with_progress(ctx, base.with_(**_hires_fields(v)), owner, progress, script=script)
+            stream = stream_with_progress(ctx, base, owner, progress, script=script)
         # live previews (when on): the gallery shows the preview and the info box the progress meanwhile
         result = yield from map_yields(stream, lambda p: ([(p.image, "Preview")], p.text, gr.skip(), gr.skip(),
                                                           gr.skip()))
@@ -273,43 +272,30 @@ def _hires_controls(ctx: AppContext, f: dict[str, Any], samplers: list[str], sch
                                                  elem_id="txt2img_hr_neg_prompt")
 
 
-def _num(value: Any, kind: type, default: Any) -> Any:
-    if value is None or value == "":
-        return default
-    return kind(value)
+#: The form's number fields (sliders and number boxes give floats; None or "": the field's default).
+_NUMBERS: Mapping[str, type] = MappingProxyType({
+    "steps": int, "width": int, "height": int, "n_iter": int, "batch_size": int, "seed": int, "subseed": int,
+    "cfg_scale": float, "subseed_strength": float, "refiner_switch_at": float, "denoising_strength": float,
+    "hr_scale": float, "hr_second_pass_steps": int, "hr_resize_x": int, "hr_resize_y": int})
+#: The request fields every tab's form sets as they are (the hires ones join with enable_hr).
+_FORM_FIELDS = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "width", "height", "n_iter",
+                "batch_size", "cfg_scale", "seed", "subseed", "subseed_strength", "refiner_switch_at",
+                "denoising_strength")
 
 
-def _common_request(v: dict[str, Any]) -> GenerationRequest:
-    """The fields every tab has, converted from UI values."""
-    seed = v.get("seed")
-    sub = v.get("subseed")
-    return GenerationRequest(
-        prompt=v.get("prompt") or "", negative_prompt=v.get("negative_prompt") or "",
-        steps=_num(v["steps"], int, 20), sampler_name=v["sampler_name"], scheduler=v["scheduler"],
-        width=_num(v["width"], int, 512), height=_num(v["height"], int, 512), n_iter=_num(v["n_iter"], int, 1),
-        batch_size=_num(v["batch_size"], int, 1), cfg_scale=_num(v["cfg_scale"], float, 7.0),
-        seed=int(seed) if seed is not None else -1, subseed=int(sub) if sub is not None else -1,
-        subseed_strength=_num(v["subseed_strength"], float, 0.0),
+def _form_request(v: dict[str, Any]) -> GenerationRequest:
+    """The request a tab's form asks for, converted from UI values."""
+    typed = {**v, "hr_upscaler": v.get("hr_upscaler") or "Latent"}
+    for name, kind in _NUMBERS.items():
+        typed[name] = None if v.get(name) in (None, "") else kind(v[name])
+    return request_from_values(
+        typed, _FORM_FIELDS,
         seed_resize_from_w=int(v["seed_resize_from_w"]) if v.get("seed_resize_from_w") else -1,
         seed_resize_from_h=int(v["seed_resize_from_h"]) if v.get("seed_resize_from_h") else -1,
         styles=tuple(v.get("styles") or ()), tiling=bool(v.get("tiling")), save_images=True,
         restore_faces=bool(v.get("restore_faces")),
         refiner_checkpoint=None if v.get("refiner_checkpoint") in (None, "", "None") else v["refiner_checkpoint"],
-        refiner_switch_at=_num(v.get("refiner_switch_at"), float, 0.8),
-        denoising_strength=_num(v.get("denoising_strength"), float, 0.75),
-        override_settings=override_settings_from_pairs(v.get("override_settings")),
-    )
-
-
-def _hires_fields(v: dict[str, Any]) -> dict[str, Any]:
-    if not v.get("enable_hr"):
-        return {}
-    return {"enable_hr": True, "hr_upscaler": v.get("hr_upscaler") or "Latent",
-            "hr_scale": _num(v.get("hr_scale"), float, 2.0),
-            "hr_second_pass_steps": _num(v.get("hr_second_pass_steps"), int, 0),
-            "hr_resize_x": _num(v.get("hr_resize_x"), int, 0), "hr_resize_y": _num(v.get("hr_resize_y"), int, 0),
-            "hr_sampler_name": v.get("hr_sampler_name"), "hr_scheduler": v.get("hr_scheduler"),
-            "hr_prompt": v.get("hr_prompt") or "", "hr_negative_prompt": v.get("hr_negative_prompt") or ""}
+        override_settings=override_settings_from_pairs(v.get("override_settings")))
 
 
 def _wire_helpers(ctx: AppContext, tab: GenerationTab, token_counter, neg_token_counter, lora_pick, lora_add,

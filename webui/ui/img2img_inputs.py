@@ -3,7 +3,7 @@ sub-tabs, the inpainting controls and outpainting, and turning their values into
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,11 +11,12 @@ import gradio as gr
 from PIL import Image
 
 from webui.context import AppContext
+from webui.errors import RequestError
+from webui.infotext import INPAINT_AREA, MASK_MODE, MASKED_CONTENT
 from webui.pipeline.batch_folder import run_folder
 from webui.pipeline.init_image import RESIZE_MODES
-from webui.pipeline.init_latents import INPAINT_AREA, MASK_MODE, MASKED_CONTENT
 from webui.pipeline.outpaint import DIRECTIONS, outpaint_request
-from webui.pipeline.request import GenerationRequest, RequestError
+from webui.pipeline.request import GenerationRequest
 from webui.pipeline.result import GenerationResult
 from webui.ui.editor import inpaint_input, inpaint_sketch_input, sketch_input
 from webui.ui.progress import Preview, run_with_progress, stream_with_progress, user_error
@@ -108,7 +109,7 @@ def build_img2img_inputs(f: dict[str, Any]) -> Img2ImgInputs:
     return out
 
 
-def _index(table: dict[Any, str], label: Any, default: Any) -> Any:
+def _index(table: Mapping[Any, str], label: Any, default: Any) -> Any:
     for key, value in table.items():
         if value == label:
             return key

@@ -9,7 +9,8 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.jobs import Job
-from webui.models.merge import METHODS, MergeRequest, list_vae_files, merge_checkpoints
+from webui.models.merge import METHODS, MergeRequest, merge_checkpoints
+from webui.models.vae_files import list_vae_files
 from webui.ui.progress import USER_ERRORS, named_handler, user_error
 
 
@@ -18,7 +19,7 @@ def _titles(ctx: AppContext) -> list[str]:
 
 
 def _vae_choices(ctx: AppContext) -> list[str]:
-    return ["None", *list_vae_files(ctx.settings.model_dir("VAE"))]
+    return ["None", *(f.name for f in list_vae_files(ctx.settings.vae_dirs()))]  # the list Settings shows
 
 
 def run_merge(ctx: AppContext, request: MergeRequest, progress: Any = None) -> Path:
@@ -35,7 +36,7 @@ def run_merge(ctx: AppContext, request: MergeRequest, progress: Any = None) -> P
                 progress(done / max(total, 1), desc=f"Merging {done}/{total}")
 
         path = merge_checkpoints(request, checkpoint_paths=ctx.models.find,
-                                 vae_dir=ctx.settings.model_dir("VAE"),
+                                 vae_dirs=ctx.settings.vae_dirs(),
                                  out_dir=ctx.settings.model_dir("Stable-diffusion"),
                                  hashes=ctx.models.hashes, progress=report)
     ctx.models.hashes.sha256(path)  # so the new title carries its short hash, like A1111's

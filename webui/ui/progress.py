@@ -12,19 +12,17 @@ from typing import Any, TypeVar
 import gradio as gr
 
 from webui.context import AppContext, GenerationFailed
+from webui.errors import ModelError, RequestError
 from webui.fileio import StorageError
 from webui.jobs import Job, QueueFull
-from webui.models.errors import ModelError
-from webui.models.manager import NoCheckpoint, UnknownCheckpoint
-from webui.pipeline.request import GenerationRequest, RequestError
+from webui.models.manager import NoCheckpoint
+from webui.pipeline.request import GenerationRequest
 from webui.pipeline.result import GenerationResult
-from webui.sampling.registry import UnknownName
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (RequestError, UnknownName, ModelError, UnknownCheckpoint, NoCheckpoint, QueueFull, GenerationFailed,
-               StorageError)
+USER_ERRORS = (RequestError, ModelError, NoCheckpoint, QueueFull, GenerationFailed, StorageError)
 
 
 def user_error(exc: BaseException) -> gr.Error:

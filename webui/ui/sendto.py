@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from webui.infotext import OVERRIDE_SETTINGS, REQUEST_FIELDS, backcompat, infotext_to_request, parse_infotext
+from webui.infotext import (
+    INPAINT_AREA,
+    MASK_MODE,
+    MASKED_CONTENT,
+    OVERRIDE_SETTINGS,
+    REQUEST_FIELDS,
+    backcompat,
+    infotext_to_request,
+    parse_infotext,
+)
 from webui.pipeline.init_image import RESIZE_MODES
 
 #: What a field becomes when the infotext does not mention it (A1111's paste behaviour).
@@ -29,9 +38,9 @@ ABSENT_DEFAULTS: Mapping[str, Any] = {
 #: Radio fields whose UI value is a label rather than the request's number/bool.
 _LABELS: Mapping[str, Mapping[Any, str]] = {
     "resize_mode": RESIZE_MODES,
-    "inpainting_fill": {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"},
-    "inpaint_full_res": {False: "Whole picture", True: "Only masked"},
-    "inpainting_mask_invert": {0: "Inpaint masked", 1: "Inpaint not masked"},
+    "inpainting_fill": MASKED_CONTENT,
+    "inpaint_full_res": INPAINT_AREA,
+    "inpainting_mask_invert": MASK_MODE,
 }
 
 

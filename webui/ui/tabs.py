@@ -1,63 +1,6 @@
-"""UI contributed by plugins: top-level tabs (``ui_tabs``) and sections in the generation tabs (``ui_sections``)."""
+"""Deprecated: the UI-section contract moved to :mod:`webui.sections`; these names stay importable from here
+for extensions written against ``webui.ui.tabs`` (docs/extensions.md, "Moved names")."""
 
-from __future__ import annotations
+from webui.sections import SECTION_SEP, UiSection, UiTab, collect_sections, section_field, section_values
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
-
-
-@dataclass(frozen=True)
-class UiTab:
-    """A top-level tab: ``render()`` is called inside ``gr.Tab(title)`` and creates its components."""
-
-    title: str
-    render: Callable[[], None]
-    elem_id: str | None = None
-
-
-@dataclass(frozen=True)
-class UiSection:
-    """Controls a plugin adds inside the txt2img/img2img tab (returned by the ``ui_sections`` hook).
-
-    ``render()`` creates the components (inside the tab's layout) and returns them by value name;
-    on Generate, ``collect(values_by_name)`` turns their values into ``request.alwayson_scripts[name]``
-    (return None to add nothing). The values arrive by name, never as positional slices.
-    """
-
-    name: str
-    render: Callable[[], Mapping[str, Any]]
-    collect: Callable[[Mapping[str, Any]], Any]
-
-
-#: Separator between a section's name and a value name in a tab field (``film_grain__strength``).
-SECTION_SEP = "__"
-
-
-def section_field(section: str, name: str) -> str:
-    """The tab field (and Gradio API keyword) of value ``name`` of section ``section``."""
-    return f"{section}{SECTION_SEP}{name}"
-
-
-def section_values(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The values of ``section`` among tab fields ``values``, by value name (prefix removed)."""
-    prefix = section_field(section, "")
-    return {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
-
-
-def collect_sections(sections: list[UiSection], values: Mapping[str, Any], *,
-                     only_mentioned: bool = False) -> dict[str, Any]:
-    """``alwayson_scripts`` entries from tab field values: each section's values go through its ``collect``.
-
-    With ``only_mentioned``, sections none of whose values are in ``values`` are skipped (reading an
-    infotext back: a plugin the infotext does not mention adds nothing). ``RequestError`` propagates.
-    """
-    out: dict[str, Any] = {}
-    for section in sections:
-        mine = section_values(section.name, values)
-        if only_mentioned and not mine:
-            continue
-        collected = section.collect(mine)
-        if collected is not None:
-            out[section.name] = collected
-    return out
+__all__ = ["SECTION_SEP", "UiSection", "UiTab", "collect_sections", "section_field", "section_values"]

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from webui.compat import patch_torchvision_functional_tensor
-from webui.models.errors import ModelError
+from webui.errors import ModelError
 from webui.models.safeload import read_state_dict
 
 patch_torchvision_functional_tensor()  # must run before basicsr / realesrgan are imported

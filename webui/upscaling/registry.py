@@ -7,23 +7,15 @@ the "Hires upscaler"/"Upscaler" menus), its native scale and a function ``upscal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
+from webui.registry import NamedRegistry
+
 UpscaleFn = Callable[[Image.Image, float, Mapping[str, Any]], Image.Image]
-
-
-class UnknownUpscaler(KeyError):
-    def __init__(self, name: str, choices: list[str]):
-        super().__init__(name)
-        self.name = name
-        self.choices = choices
-
-    def __str__(self) -> str:
-        return f"unknown upscaler {self.name!r}; choose one of: {', '.join(self.choices)}"
 
 
 @dataclass(frozen=True)
@@ -39,32 +31,10 @@ class UpscalerDef:
     model_url: str | None = None
 
 
-class UpscalerRegistry:
+class UpscalerRegistry(NamedRegistry[UpscalerDef]):
     """Upscalers by name (case-insensitive lookup); filled from the hook, refreshable."""
 
-    def __init__(self, defs: Iterable[UpscalerDef] = ()):
-        self._defs: dict[str, UpscalerDef] = {}
-        self.replace(defs)
-
-    def replace(self, defs: Iterable[UpscalerDef]) -> None:
-        fresh: dict[str, UpscalerDef] = {}
-        for d in defs:
-            fresh.setdefault(d.name, d)  # the first registration of a name wins
-        self._defs = fresh
-
-    def names(self) -> list[str]:
-        return list(self._defs)
-
-    def all(self) -> list[UpscalerDef]:
-        return list(self._defs.values())
-
-    def get(self, name: str) -> UpscalerDef:
-        if name in self._defs:
-            return self._defs[name]
-        for key, d in self._defs.items():
-            if key.lower() == name.lower():
-                return d
-        raise UnknownUpscaler(name, self.names())
+    what = field = "upscaler"
 
 
 def upscale_to(upscaler: UpscalerDef | None, image: Image.Image, width: int, height: int,
