@@ -95,6 +95,21 @@ def ensure_browser() -> None:
         log(f"Installing chromium failed ({exc}); the browser tests will be skipped")
 
 
+def parallel_args(passthrough: list[str]) -> list[str]:
+    """pytest-xdist's options for the test run: one worker per core (at most 4), each test module on one
+    worker (``--dist loadscope``: a module's fixtures are built once). Nothing when the command line already
+    chooses (``-n 0`` runs in this process) or xdist is not installed."""
+    if any(a == "-n" or a.startswith(("-n", "--numprocesses", "--dist")) for a in passthrough):
+        return []
+    if "no:xdist" in passthrough:
+        return []
+    try:
+        import xdist  # noqa: F401
+    except ImportError:
+        return []
+    return ["-n", str(max(1, min(4, os.cpu_count() or 1))), "--dist", "loadscope"]
+
+
 def main() -> int:
     args = sys.argv[1:]
     tests = "--tests" in args
@@ -121,7 +136,7 @@ def main() -> int:
     if tests:
         import pytest
 
-        return int(pytest.main(["-q", "-p", "no:cacheprovider", "tests", *passthrough]))
+        return int(pytest.main(["-q", "-p", "no:cacheprovider", *parallel_args(passthrough), "tests", *passthrough]))
     from webui.main import main as start
 
     start(passthrough)

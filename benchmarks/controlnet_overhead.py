@@ -72,7 +72,7 @@ def main() -> None:
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                ctx.txt2img(req)
+                ctx.generate(req)
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
                 times[name].append((time.perf_counter() - t0) / args.steps)

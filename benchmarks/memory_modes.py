@@ -68,7 +68,7 @@ def main() -> None:
                                 disable_extensions=True, memory_mode=mode)
             ctx = build_context(settings, load_model=True)
             reset_device()
-            ctx.txt2img(req)
+            ctx.generate(req)
             ours = peak_device_mb()
             pipe = ctx.models.current.components.diffusers_pipeline()
             ctx.models.unload()

@@ -74,14 +74,14 @@ def main() -> None:
         for size in (int(s) for s in args.sizes.split(",")):
             base = dict(prompt="a red circle", steps=args.steps, width=size, height=size, seed=1,
                         sampler_name="Euler", save_images=False)
-            ctx.txt2img(GenerationRequest(**base))  # warm-up
+            ctx.generate(GenerationRequest(**base))  # warm-up
             row: dict = {name: {} for name in METHODS}
             times: dict[str, list[float]] = {name: [] for name in METHODS}
             for _ in range(args.repeats):  # interleaved, so load changes hit every method alike
                 for name, opts in METHODS.items():
                     overrides = {"show_progress_every_n_steps": 1, **opts}
                     t = time.perf_counter()
-                    ctx.txt2img(GenerationRequest(**base, override_settings=overrides))
+                    ctx.generate(GenerationRequest(**base, override_settings=overrides))
                     times[name].append(time.perf_counter() - t)
             latent = torch.randn(1, 4, size // 8, size // 8)
             for name in METHODS:

@@ -17,7 +17,10 @@ import torch  # noqa: E402
 
 from webui.hookspecs import hookimpl  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# under pytest-xdist every worker gets an equal share of the cores (oversubscribed torch threads only
+# make the workers wait for each other)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture(scope="session")
@@ -115,15 +118,20 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+def api_only(ctx):
+    """``ctx`` as with ``--nowebui``: ``create_app(api_only(ctx))`` builds the API and the plugins' routes
+    without the Gradio UI (for tests that check no UI; building the UI costs about a second each time)."""
+    import dataclasses
+
+    return dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, nowebui=True))
+
+
 @pytest.fixture(scope="session")
 def api_client(ctx):
     """An HTTP client for the API alone (``--nowebui``: no Gradio UI is built) on the session context."""
-    import dataclasses
-
     from fastapi.testclient import TestClient
 
     from webui.server import create_app
 
-    api_ctx = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, nowebui=True))
-    with TestClient(create_app(api_ctx)) as client:
+    with TestClient(create_app(api_only(ctx))) as client:
         yield client

@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 
-
 def _b64_png(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")

@@ -10,8 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from tests.conftest import api_only
+from webui.image_metadata import read_image_info
 from webui.infotext import parse_infotext
-from webui.pnginfo import read_image_info
 from webui.server import create_app
 
 BASE = {"prompt": "a blue square", "negative_prompt": "blurry", "steps": 3, "width": 64, "height": 64,
@@ -20,7 +21,7 @@ BASE = {"prompt": "a blue square", "negative_prompt": "blurry", "steps": 3, "wid
 
 @pytest.fixture(scope="module")
 def client(ctx):
-    return TestClient(create_app(ctx))
+    return TestClient(create_app(api_only(ctx)))
 
 
 def _img(b64: str) -> Image.Image:
@@ -191,7 +192,8 @@ def test_cmd_flags_never_echo_secrets(client):
     assert body["api_auth"] is False and "pass" not in json.dumps(body)
 
 
-def test_openapi_and_docs_are_served_beside_the_ui(client):
+def test_openapi_and_docs_are_served_beside_the_ui(ctx):
+    client = TestClient(create_app(ctx))  # with the UI
     schema = client.get("/openapi.json")
     assert schema.status_code == 200 and "/sdapi/v1/txt2img" in schema.json()["paths"]
     assert client.get("/docs").status_code == 200
@@ -204,7 +206,7 @@ def test_real_a1111_client_package(ctx):
 
     from tests.live_server import LiveServer
 
-    with LiveServer(create_app(ctx)) as srv:
+    with LiveServer(create_app(api_only(ctx))) as srv:
         api = webuiapi.WebUIApi(host="127.0.0.1", port=srv.port, sampler="Euler a", steps=3)
         result = api.txt2img(prompt="a cat", negative_prompt="", seed=77, width=64, height=64, steps=3,
                              sampler_name="Euler a", cfg_scale=7)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import make_settings
+from tests.conftest import api_only, make_settings
 from tests.live_server import LiveServer
 from webui.server import create_app
 
@@ -31,7 +31,7 @@ def server(tmp_path_factory, models_root):
     from webui.context import build_context
 
     ctx = build_context(make_settings(tmp_path_factory.mktemp("clients"), models_root), load_model=True)
-    with LiveServer(create_app(ctx)) as srv:
+    with LiveServer(create_app(api_only(ctx))) as srv:
         yield srv
 
 
@@ -222,7 +222,7 @@ def test_full_queue_answers_503_and_the_others_succeed(tmp_path, models_root):
 
     ctx = build_context(make_settings(tmp_path, models_root, max_queue_size=1, concurrency=1), load_model=True)
     out: dict = {}
-    with LiveServer(create_app(ctx)) as srv, ProgressWatcher(srv.url) as watcher, \
+    with LiveServer(create_app(api_only(ctx))) as srv, ProgressWatcher(srv.url) as watcher, \
             httpx.Client(base_url=srv.url, timeout=120) as http:
         first = _post_in_thread(srv.url, {**TINY, "seed": 1, "steps": 40, "force_task_id": "running"}, out, "a")
         watcher.wait_for(lambda s: s["job"] == "running")

@@ -64,7 +64,7 @@ def png_file(tmp_path, name: str = "in.png", infotext: str | None = None, size: 
     import numpy as np
     from PIL import Image
 
-    from webui.images import png_bytes
+    from webui.saving import png_bytes
 
     rng = np.random.default_rng(5)
     image = Image.fromarray((rng.random((size, size, 3)) * 255).astype("uint8"))

@@ -122,14 +122,14 @@ def test_pipeline_writes_old_timelines_only_when_a_schedule_changes(ctx):
     base = dict(steps=2, width=64, height=64, seed=1, sampler_name="Euler", save_images=False)
     on = {"use_old_scheduling": True}
     # 2 steps: [red:blue:1.0] is step 1 under the old rule, 1.0 * 2 = 2 under the new one
-    changed = ctx.txt2img(GenerationRequest(prompt="[red:blue:1.0]", override_settings=on, **base))
+    changed = ctx.generate(GenerationRequest(prompt="[red:blue:1.0]", override_settings=on, **base))
     assert "Old prompt editing timelines: True" in changed.infotexts[0]
-    same = ctx.txt2img(GenerationRequest(prompt="[red:blue:1]", override_settings=on, **base))
+    same = ctx.generate(GenerationRequest(prompt="[red:blue:1]", override_settings=on, **base))
     assert "Old prompt editing timelines" not in same.infotexts[0]
     # hires only: first pass 2 steps, hires 2 steps; [red:blue:3] is step 2 (clamped) under both rules in the
     # first pass, but 3 - 2 = 1 (new) against min(2, 3) = 2 (old) in the hires pass
     hires = dict(enable_hr=True, hr_scale=1.0, hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.5)
-    hr = ctx.txt2img(GenerationRequest(prompt="[red:blue:3]", override_settings=on, **base, **hires))
+    hr = ctx.generate(GenerationRequest(prompt="[red:blue:3]", override_settings=on, **base, **hires))
     assert "Old prompt editing timelines: True" in hr.infotexts[0]
 
 
@@ -273,8 +273,8 @@ def test_old_emphasis_rejected_for_openclip_models():
 def test_pipeline_old_emphasis_changes_the_image_and_writes_no_key(ctx):
     base = dict(prompt="a (red:1.5) circle", steps=2, width=64, height=64, seed=3, sampler_name="Euler",
                 save_images=False)
-    old = ctx.txt2img(GenerationRequest(override_settings={"use_old_emphasis_implementation": True}, **base))
-    new = ctx.txt2img(GenerationRequest(**base))
+    old = ctx.generate(GenerationRequest(override_settings={"use_old_emphasis_implementation": True}, **base))
+    new = ctx.generate(GenerationRequest(**base))
     assert np.asarray(old.images[0]).tobytes() != np.asarray(new.images[0]).tobytes()
     assert old.infotexts[0] == new.infotexts[0]  # A1111 writes no infotext key for this option
 
@@ -324,15 +324,15 @@ def test_pipeline_downcast_uses_float16_sigmas_and_writes_the_key(ctx):
     with registered(ctx, sigmas, "compat-sigmas") as rec:
         base = dict(prompt="a red circle", steps=2, width=64, height=64, seed=3, sampler_name="Euler",
                     scheduler="Uniform", save_images=False)
-        down = ctx.txt2img(GenerationRequest(override_settings={"use_downcasted_alpha_bar": True}, **base))
+        down = ctx.generate(GenerationRequest(override_settings={"use_downcasted_alpha_bar": True}, **base))
         first_down = rec.seen[0]
         rec.seen.clear()
-        plain = ctx.txt2img(GenerationRequest(**base))
+        plain = ctx.generate(GenerationRequest(**base))
         first_plain = rec.seen[0]
         rec.seen.clear()
         # hires: 2 steps at strength 0.5 run the last 2 steps of a 4-step Uniform schedule (t 999, 666, 333, 0;
         # HiresPlan.sigmas), from t = 333
-        ctx.txt2img(GenerationRequest(override_settings={"use_downcasted_alpha_bar": True}, enable_hr=True,
+        ctx.generate(GenerationRequest(override_settings={"use_downcasted_alpha_bar": True}, enable_hr=True,
                                       hr_scale=1.0, hr_upscaler="Latent", hr_second_pass_steps=2,
                                       denoising_strength=0.5, **base))
         first_hires = rec.seen[2]

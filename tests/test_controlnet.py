@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.conftest import make_settings, registered
+from tests.conftest import api_only, make_settings, registered
 from tests.test_lora import kohya_lora
 from webui.context import build_context
 from webui.controlnet.models import controlnet_to_original, load_controlnet
@@ -77,7 +77,7 @@ def cn_ctx(cn_root, tmp_path_factory):
 
 
 def run(ctx, units, **kw):
-    return ctx.txt2img(GenerationRequest(**{**BASE, **kw}, alwayson_scripts={"controlnet": {"args": units}}))
+    return ctx.generate(GenerationRequest(**{**BASE, **kw}, alwayson_scripts={"controlnet": {"args": units}}))
 
 
 def unit(**kw):
@@ -98,7 +98,7 @@ def test_every_layout_loads_to_the_same_weights(cn_root):
 
 
 def test_weight_zero_and_a_window_outside_the_steps_change_nothing(cn_ctx):
-    plain = cn_ctx.txt2img(GenerationRequest(**BASE)).images[0].tobytes()
+    plain = cn_ctx.generate(GenerationRequest(**BASE)).images[0].tobytes()
     assert run(cn_ctx, [unit(weight=0.0)]).images[0].tobytes() == plain
     # 4 steps: fractions 0, .25, .5, .75 -- a window from 0.8 never opens
     assert run(cn_ctx, [unit(guidance_start=0.8, guidance_end=1.0)]).images[0].tobytes() == plain
@@ -147,13 +147,13 @@ def test_control_modes_differ_and_several_units_combine(cn_ctx):
 def test_img2img_inpaint_and_hires_with_controlnet(cn_ctx):
     init = Image.fromarray(np.full((64, 64, 3), 90, np.uint8))
     # img2img: no unit image -> the img2img input is the control image
-    res = cn_ctx.txt2img(GenerationRequest(**BASE, mode="img2img", init_images=(init,),
+    res = cn_ctx.generate(GenerationRequest(**BASE, mode="img2img", init_images=(init,),
                                            alwayson_scripts={"controlnet": {"args": [
                                                {"module": "none", "model": "control_tiny_canny"}]}}))
     assert "ControlNet 0" in res.infotexts[0]
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
-    res = cn_ctx.txt2img(GenerationRequest(**BASE, mode="img2img", init_images=(init,), mask=mask, mask_blur_x=0,
+    res = cn_ctx.generate(GenerationRequest(**BASE, mode="img2img", init_images=(init,), mask=mask, mask_blur_x=0,
                                            mask_blur_y=0, inpaint_full_res=False,
                                            alwayson_scripts={"controlnet": {"args": [unit()]}}))
     out = np.asarray(res.images[0])
@@ -193,7 +193,7 @@ def test_bad_units_name_the_field(cn_ctx):
 
 
 def test_api_units_routes_and_infotext(cn_ctx):
-    client = TestClient(create_app(cn_ctx))
+    client = TestClient(create_app(api_only(cn_ctx)))
     body = {**BASE, "alwayson_scripts": {"controlnet": {"args": [
         {"enabled": True, "module": "canny", "model": "control_tiny_canny [00000000]", "weight": 0.8,
          "image": "data:image/png;base64," + b64(picture()), "resize_mode": "Crop and Resize",
@@ -285,7 +285,7 @@ def test_sdxl_controlnet_with_an_sdxl_checkpoint(tmp_path):
     save_single_file(build_tiny_components("sdxl", seed=1), root / "Stable-diffusion" / "tiny-xl.safetensors")
     save_file(controlnet_to_original(tiny_controlnet("sdxl", 3)), root / "ControlNet" / "control_xl.safetensors")
     ctx = build_context(make_settings(tmp_path / "data", root), load_model=True)
-    plain = ctx.txt2img(GenerationRequest(**BASE)).images[0].tobytes()
+    plain = ctx.generate(GenerationRequest(**BASE)).images[0].tobytes()
     xl = {"module": "canny", "model": "control_xl", "image": picture()}
     assert run(ctx, [xl]).images[0].tobytes() != plain
     assert run(ctx, [{**xl, "weight": 0}]).images[0].tobytes() == plain

@@ -9,7 +9,7 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
-from tests.conftest import make_settings
+from tests.conftest import api_only, make_settings
 from webui.context import build_context
 from webui.models.tiny import build_tiny_components
 from webui.networks.embeddings import EmbeddingDB, read_embedding
@@ -74,8 +74,8 @@ def test_name_in_prompt_becomes_vectors(emb_ctx):
 
 def test_generation_uses_embedding_and_writes_ti_hashes(emb_ctx):
     base = dict(steps=3, width=64, height=64, seed=5, sampler_name="Euler", save_images=False)
-    a = emb_ctx.txt2img(GenerationRequest(prompt="a cat, mystyle", **base))
-    b = emb_ctx.txt2img(GenerationRequest(prompt="a cat, my style", **base))
+    a = emb_ctx.generate(GenerationRequest(prompt="a cat, mystyle", **base))
+    b = emb_ctx.generate(GenerationRequest(prompt="a cat, my style", **base))
     assert a.images[0].tobytes() != b.images[0].tobytes()
     assert re.search(r'TI hashes: "mystyle: [0-9a-f]{12}"', a.infotexts[0])
     assert "TI hashes" not in b.infotexts[0]
@@ -103,7 +103,7 @@ def test_read_errors_name_the_file(tmp_path):
 
 
 def test_api_embeddings(emb_ctx):
-    client = TestClient(create_app(emb_ctx))
+    client = TestClient(create_app(api_only(emb_ctx)))
     body = client.get("/sdapi/v1/embeddings").json()
     assert body["loaded"]["mystyle"] == {"step": 500, "sd_checkpoint": "abcdef12", "sd_checkpoint_name": "v1-5",
                                          "shape": 32, "vectors": 2}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import make_settings
+from tests.conftest import api_only, make_settings
 from webui.context import build_context
 from webui.errors import RequestError
 from webui.extensions_admin import install_from_git, update
@@ -35,11 +35,11 @@ def test_example_extensions_work_through_the_app(tmp_path, models_root):
     ctx = with_examples(tmp_path, models_root)
     assert {r.name for r in ctx.plugins.reports if r.ok and r.source == "extension"} == {
         "example-film-grain", "example-hello-api"}
-    plain = ctx.txt2img(GenerationRequest(**SMALL))
-    grain = ctx.txt2img(GenerationRequest(**SMALL, alwayson_scripts={"film_grain": {"args": [0.2]}}))
+    plain = ctx.generate(GenerationRequest(**SMALL))
+    grain = ctx.generate(GenerationRequest(**SMALL, alwayson_scripts={"film_grain": {"args": [0.2]}}))
     assert "Film grain: 0.2" in grain.infotexts[0]
     assert np.abs(np.asarray(grain.images[0], int) - np.asarray(plain.images[0], int)).mean() > 5
-    client = TestClient(create_app(ctx))
+    client = TestClient(create_app(api_only(ctx)))
     assert client.get("/example/hello", params={"name": "Ada"}).json() == {"greeting": "Hello, Ada!"}
     assert client.post("/sdapi/v1/options", json={"example_greeting": "Hi"}).status_code == 200
     assert client.get("/example/hello").json() == {"greeting": "Hi, world!"}
@@ -56,7 +56,7 @@ def test_film_grain_infotext_is_read_back_by_the_ui_and_the_api(tmp_path, models
     from webui.ui.app import build_ui
 
     ctx = with_examples(tmp_path, models_root)
-    grain = ctx.txt2img(GenerationRequest(**{**SMALL, "save_images": True},
+    grain = ctx.generate(GenerationRequest(**{**SMALL, "save_images": True},
                                           alwayson_scripts={"film_grain": {"args": [0.2]}}))
     demo = build_ui(ctx)
 
@@ -79,7 +79,7 @@ def test_film_grain_infotext_is_read_back_by_the_ui_and_the_api(tmp_path, models
     paste = handler("txt2img_paste")  # the ↙ button, with the infotext in the prompt box
     assert value(paste, paste.fn(text, []), "txt2img_film_grain_strength") == 0.2
     # an infotext without the key switches the grain off
-    plain_text = ctx.txt2img(GenerationRequest(**SMALL)).infotexts[0]
+    plain_text = ctx.generate(GenerationRequest(**SMALL)).infotexts[0]
     assert value(paste, paste.fn(plain_text, []), "txt2img_film_grain_strength") == 0.0
 
     # the API's infotext field applies the grain: same pixels as the explicit alwayson_scripts request
@@ -149,7 +149,7 @@ def test_load_order_dependencies_and_broken_extensions(tmp_path, models_root):
     assert reports["zz-base"].ok and reports["aa-needs-base"].ok  # zz-base loads first by LOAD_ORDER
     assert not reports["needs-missing"].ok and "nowhere" in reports["needs-missing"].error
     assert not reports["syntax-error"].ok and "SyntaxError" in reports["syntax-error"].error
-    res = ctx.txt2img(GenerationRequest(**SMALL))
+    res = ctx.generate(GenerationRequest(**SMALL))
     assert "Base: 1" in res.infotexts[0] and "Needs base: 1" in res.infotexts[0]
 
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import make_settings
+from tests.conftest import api_only, make_settings
 from tests.test_img2img import b64
 from webui.context import build_context
 from webui.errors import RequestError
@@ -106,10 +106,10 @@ def test_bad_extras_name_the_field(fake_ctx, field, kw):
 
 
 def test_api_single_and_batch_keep_the_original_infotext(fake_ctx):
-    client = TestClient(create_app(fake_ctx))
+    client = TestClient(create_app(api_only(fake_ctx)))
     src = noisy(32, 32)
     buf = io.BytesIO()
-    from webui.pnginfo import pnginfo_for
+    from webui.image_metadata import pnginfo_for
 
     src.save(buf, format="PNG", pnginfo=pnginfo_for("a cat\nSteps: 5, Seed: 1, Size: 32x32"))
     data = base64.b64encode(buf.getvalue()).decode()
@@ -139,12 +139,12 @@ def test_api_single_and_batch_keep_the_original_infotext(fake_ctx):
 
 def test_restore_faces_in_generation(fake_ctx):
     req = dict(prompt="x", steps=2, width=64, height=64, seed=1, sampler_name="Euler", save_images=False)
-    plain = fake_ctx.txt2img(GenerationRequest(**req))
-    restored = fake_ctx.txt2img(GenerationRequest(**req, restore_faces=True,
+    plain = fake_ctx.generate(GenerationRequest(**req))
+    restored = fake_ctx.generate(GenerationRequest(**req, restore_faces=True,
                                                   override_settings={"face_restoration_model": "CodeFormer"}))
     assert np.array_equal(np.asarray(restored.images[0]), 255 - np.asarray(plain.images[0]))
     assert "Face restoration: CodeFormer" in restored.infotexts[0] and restored.info["restore_faces"] is True
     with pytest.raises(RequestError) as e:
-        fake_ctx.txt2img(GenerationRequest(**req, restore_faces=True,
+        fake_ctx.generate(GenerationRequest(**req, restore_faces=True,
                                            override_settings={"face_restoration_model": "Nope"}))
     assert e.value.field == "restore_faces"

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.conftest import CodeRunningPickle, make_settings
+from tests.conftest import CodeRunningPickle, api_only, make_settings
 from webui.errors import ModelError
 from webui.server import create_app
 from webui.upscaling.gan import (
@@ -303,7 +303,7 @@ def test_plugin_lists_model_files_and_api(gan_ctx):
     assert "notes" not in names and "evil" in names and "broken" in names  # listed: files are not opened to list
     assert gan_ctx.upscalers.get("RealESRGAN_x2plus").scale == 2.0
     assert gan_ctx.upscalers.get("RealESRGAN_x4plus").model_path.endswith("RealESRGAN_x4plus.pth")
-    items = {u["name"]: u for u in TestClient(create_app(gan_ctx)).get("/sdapi/v1/upscalers").json()}
+    items = {u["name"]: u for u in TestClient(create_app(api_only(gan_ctx))).get("/sdapi/v1/upscalers").json()}
     assert items["RealESRGAN_x4plus"]["scale"] == 4.0 and items["RealESRGAN_x2plus"]["scale"] == 2.0
     assert items["4x_OldStyle"]["model_path"].endswith("4x_OldStyle.pth") and items["4x_OldStyle"]["scale"] == 4.0
     assert items["realesr-general-x4v3"]["model_name"] == "RealESRGAN"
@@ -314,7 +314,7 @@ def test_refresh_rescans_the_upscaler_folders(gan_ctx):
     folder = gan_ctx.settings.model_dir("ESRGAN")
     late = folder / "4x_Late.pth"
     late.write_bytes((folder / "4x_OldStyle.pth").read_bytes())
-    client = TestClient(create_app(gan_ctx))
+    client = TestClient(create_app(api_only(gan_ctx)))
     try:
         assert "4x_Late" not in gan_ctx.upscalers.names()
         assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
@@ -350,7 +350,7 @@ def test_hires_fix_with_a_gan_upscaler(gan_ctx):
 
     req = dict(prompt="x", steps=2, width=64, height=64, seed=1, sampler_name="Euler", save_images=False,
                enable_hr=True, hr_scale=2, denoising_strength=0.3)
-    res = gan_ctx.txt2img(GenerationRequest(**req, hr_upscaler="RealESRGAN_x4plus"))
+    res = gan_ctx.generate(GenerationRequest(**req, hr_upscaler="RealESRGAN_x4plus"))
     assert res.images[0].size == (128, 128)
     assert "Hires upscaler: RealESRGAN_x4plus" in res.infotexts[0]
     cache = gan_ctx.upscalers.get("RealESRGAN_x4plus").upscale.cache

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.conftest import api_only
 from webui.errors import RequestError
 from webui.pipeline.hires import LATENT_UPSCALE_MODES
 from webui.pipeline.request import GenerationRequest, hires_target
@@ -25,7 +26,7 @@ def test_target_sizes():
 
 
 def test_hires_output_size_steps_and_infotext(ctx, counter):
-    res = ctx.txt2img(GenerationRequest(**SMALL, enable_hr=True, hr_scale=2.0, hr_second_pass_steps=3,
+    res = ctx.generate(GenerationRequest(**SMALL, enable_hr=True, hr_scale=2.0, hr_second_pass_steps=3,
                                         denoising_strength=0.5))
     assert res.images[0].size == (128, 128)
     # first pass: 4 steps; second pass: exactly hr_second_pass_steps = 3
@@ -38,41 +39,41 @@ def test_hires_output_size_steps_and_infotext(ctx, counter):
 
 
 def test_second_pass_steps_default_to_the_first_pass(ctx, counter):
-    ctx.txt2img(GenerationRequest(**SMALL, enable_hr=True, hr_scale=1.5, denoising_strength=0.7))
+    ctx.generate(GenerationRequest(**SMALL, enable_hr=True, hr_scale=1.5, denoising_strength=0.7))
     assert len(counter.seen) == 4 + 4
 
 
 def test_hires_changes_the_image_and_reproduces(ctx):
     req = GenerationRequest(**SMALL, enable_hr=True, hr_scale=1.5, denoising_strength=0.6)
-    a, b = ctx.txt2img(req), ctx.txt2img(req)
+    a, b = ctx.generate(req), ctx.generate(req)
     assert a.images[0].tobytes() == b.images[0].tobytes()
-    plain = ctx.txt2img(GenerationRequest(**SMALL)).images[0].resize((96, 96))
+    plain = ctx.generate(GenerationRequest(**SMALL)).images[0].resize((96, 96))
     assert np.abs(np.asarray(a.images[0], dtype=int) - np.asarray(plain, dtype=int)).mean() > 1
 
 
 @pytest.mark.parametrize("upscaler", ["Latent (bicubic antialiased)", "Latent (nearest-exact)", "Lanczos",
                                       "Nearest", "None"])
 def test_every_upscaler_gives_the_requested_size(ctx, upscaler):
-    res = ctx.txt2img(GenerationRequest(**SMALL, enable_hr=True, hr_upscaler=upscaler, hr_resize_x=96,
+    res = ctx.generate(GenerationRequest(**SMALL, enable_hr=True, hr_upscaler=upscaler, hr_resize_x=96,
                                         hr_resize_y=80, hr_second_pass_steps=1, denoising_strength=0.3))
     assert res.images[0].size == (96, 80)
     assert f"Hires upscaler: {upscaler}" in res.infotexts[0] and "Hires resize: 96x80" in res.infotexts[0]
 
 
 def test_strength_zero_returns_the_upscaled_first_pass_without_steps(ctx, counter):
-    res = ctx.txt2img(GenerationRequest(**SMALL, enable_hr=True, hr_upscaler="Nearest", denoising_strength=0.0))
+    res = ctx.generate(GenerationRequest(**SMALL, enable_hr=True, hr_upscaler="Nearest", denoising_strength=0.0))
     assert len(counter.seen) == 4 and res.images[0].size == (128, 128)
 
 
 def test_separate_sampler_scheduler_and_prompt(ctx, counter):
-    res = ctx.txt2img(GenerationRequest(**SMALL, enable_hr=True, hr_scale=1.5, hr_sampler_name="DPM++ 2M",
+    res = ctx.generate(GenerationRequest(**SMALL, enable_hr=True, hr_scale=1.5, hr_sampler_name="DPM++ 2M",
                                         hr_scheduler="Karras", hr_prompt="a blue square",
                                         hr_negative_prompt="blurry", hr_second_pass_steps=2,
                                         denoising_strength=0.5))
     info = res.infotexts[0]
     assert "Hires sampler: DPM++ 2M" in info and "Hires schedule type: Karras" in info
     assert 'Hires prompt: a blue square' in info and "Hires negative prompt: blurry" in info
-    same = ctx.txt2img(GenerationRequest(**SMALL, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2,
+    same = ctx.generate(GenerationRequest(**SMALL, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2,
                                          denoising_strength=0.5))
     assert res.images[0].tobytes() != same.images[0].tobytes()
 
@@ -85,13 +86,13 @@ def test_separate_sampler_scheduler_and_prompt(ctx, counter):
 ])
 def test_bad_hires_fields_name_the_field(ctx, field, kw):
     with pytest.raises(RequestError) as exc:
-        ctx.txt2img(GenerationRequest(**SMALL, enable_hr=True, **kw))
+        ctx.generate(GenerationRequest(**SMALL, enable_hr=True, **kw))
     assert exc.value.field == field
 
 
 @pytest.fixture(scope="module")
 def client(ctx):
-    return TestClient(create_app(ctx))
+    return TestClient(create_app(api_only(ctx)))
 
 
 def test_api_hires_and_upscaler_lists(client):
@@ -109,8 +110,8 @@ def test_api_hires_and_upscaler_lists(client):
 
 
 def test_tiling_changes_the_image_and_is_written_to_infotext(ctx):
-    tiled = ctx.txt2img(GenerationRequest(**SMALL, tiling=True))
-    plain = ctx.txt2img(GenerationRequest(**SMALL))
+    tiled = ctx.generate(GenerationRequest(**SMALL, tiling=True))
+    plain = ctx.generate(GenerationRequest(**SMALL))
     assert "Tiling: True" in tiled.infotexts[0] and "Tiling" not in plain.infotexts[0]
     assert tiled.images[0].tobytes() != plain.images[0].tobytes()
     # and the model is back to normal padding afterwards
@@ -121,5 +122,5 @@ def test_tiling_changes_the_image_and_is_written_to_infotext(ctx):
 def test_tiling_works_in_img2img(ctx):
     from tests.test_img2img import picture
 
-    res = ctx.txt2img(GenerationRequest(**SMALL, tiling=True, mode="img2img", init_images=(picture(),)))
+    res = ctx.generate(GenerationRequest(**SMALL, tiling=True, mode="img2img", init_images=(picture(),)))
     assert "Tiling: True" in res.infotexts[0]

@@ -13,13 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import make_settings
+from tests.conftest import api_only, make_settings
 from webui import hookspecs
 from webui.context import build_context
 from webui.hookspecs import hookimpl
 from webui.jobs import Job
 from webui.pipeline.request import GenerationRequest, RequestError
 from webui.plugins import make_plugin_manager
+from webui.server import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(prompt="a red circle", steps=3, width=64, height=64, seed=5, sampler_name="Euler", save_images=False)
@@ -59,11 +60,11 @@ def test_hook_register_samplers(tmp_path, models_root):
             return [SamplerDef("My Euler", my_sampler, aliases=("my_euler",))]
 
     ctx = _ctx_with(P(), tmp_path, models_root)
-    client = TestClient(__import__("webui.server", fromlist=["create_app"]).create_app(ctx))
+    client = TestClient(create_app(api_only(ctx)))
     names = [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
     assert "My Euler" in names
-    mine = ctx.txt2img(GenerationRequest(**{**SMALL, "sampler_name": "my_euler"}))
-    ref = ctx.txt2img(GenerationRequest(**SMALL))
+    mine = ctx.generate(GenerationRequest(**{**SMALL, "sampler_name": "my_euler"}))
+    ref = ctx.generate(GenerationRequest(**SMALL))
     assert calls == [4]
     assert mine.images[0].tobytes() == ref.images[0].tobytes()
 
@@ -79,8 +80,8 @@ def test_hook_register_schedules(tmp_path, models_root):
             return [ScheduleDef("flat_test", "Flat Test", lambda n, s: torch.cat([karras(n, s)[:-1], torch.zeros(1)]))]
 
     ctx = _ctx_with(P(), tmp_path, models_root)
-    a = ctx.txt2img(GenerationRequest(**{**SMALL, "scheduler": "Flat Test"}))
-    b = ctx.txt2img(GenerationRequest(**{**SMALL, "scheduler": "Karras"}))
+    a = ctx.generate(GenerationRequest(**{**SMALL, "scheduler": "Flat Test"}))
+    b = ctx.generate(GenerationRequest(**{**SMALL, "scheduler": "Karras"}))
     assert "Schedule type: Flat Test" in a.infotexts[0]
     assert a.images[0].tobytes() == b.images[0].tobytes()
 
@@ -101,10 +102,10 @@ def test_hook_register_upscalers(tmp_path, models_root):
             return [UpscalerDef("Doubler", double, scale=2.0)]
 
     ctx = _ctx_with(P(), tmp_path, models_root)
-    client = TestClient(__import__("webui.server", fromlist=["create_app"]).create_app(ctx))
+    client = TestClient(create_app(api_only(ctx)))
     listed = {u["name"]: u for u in client.get("/sdapi/v1/upscalers").json()}
     assert listed["Doubler"]["scale"] == 2.0
-    res = ctx.txt2img(GenerationRequest(**SMALL, enable_hr=True, hr_upscaler="doubler", hr_scale=3.0,
+    res = ctx.generate(GenerationRequest(**SMALL, enable_hr=True, hr_upscaler="doubler", hr_scale=3.0,
                                         denoising_strength=0.0))
     assert calls == [3.0, 1.5]  # two passes reach 3x, then Lanczos fits the exact size
     assert res.images[0].size == (192, 192) and "Hires upscaler: Doubler" in res.infotexts[0]
@@ -125,7 +126,7 @@ def test_hook_register_face_restorers(tmp_path, models_root):
     ctx = _ctx_with(P(), tmp_path, models_root)
     assert "Sharpen" in ctx.face_restorers.names()
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    res = ctx.txt2img(GenerationRequest(**SMALL, restore_faces=True,
+    res = ctx.generate(GenerationRequest(**SMALL, restore_faces=True,
                                         override_settings={"face_restoration_model": "Sharpen"}))
     assert "Face restoration: Sharpen" in res.infotexts[0]
     ctx.face_restorers.get("sharpen")  # case-insensitive lookup
@@ -146,11 +147,11 @@ def test_hook_prepare_model(tmp_path, models_root):
             return {"Prepared by": "test"}
 
     ctx = _ctx_with(P(), tmp_path, models_root)
-    res = ctx.txt2img(GenerationRequest(**SMALL, override_settings={"CLIP_stop_at_last_layers": 2}))
+    res = ctx.generate(GenerationRequest(**SMALL, override_settings={"CLIP_stop_at_last_layers": 2}))
     assert calls == [("a red circle", "tiny-sd1.safetensors", 2)]
     assert "Prepared by: test" in res.infotexts[0]
     with pytest.raises(RequestError):
-        ctx.txt2img(GenerationRequest(**{**SMALL, "prompt": "refuse"}))
+        ctx.generate(GenerationRequest(**{**SMALL, "prompt": "refuse"}))
 
 
 def test_hook_unet_patches(tmp_path, models_root):
@@ -189,8 +190,8 @@ def test_hook_unet_patches(tmp_path, models_root):
             return [Nudge()] if request.alwayson_scripts.get("nudge") else None
 
     ctx = _ctx_with(P(), tmp_path, models_root)
-    plain = ctx.txt2img(GenerationRequest(**SMALL))
-    nudged = ctx.txt2img(GenerationRequest(**SMALL, alwayson_scripts={"nudge": True}))
+    plain = ctx.generate(GenerationRequest(**SMALL))
+    nudged = ctx.generate(GenerationRequest(**SMALL, alwayson_scripts={"nudge": True}))
     assert plain.images[0].tobytes() != nudged.images[0].tobytes()
     assert seen[0] == ("prepare", 64, 64, False)
     assert [c[1:3] for c in seen[1:]] == [(0, 3), (1, 3), (2, 3)] and seen[1][3:] == (2, True)
@@ -202,7 +203,7 @@ def test_hook_unet_patches(tmp_path, models_root):
 
     ctx.plugins.register(Bad(), "bad")
     with pytest.raises(RequestError):  # unlike other hooks, input errors reach the caller
-        ctx.txt2img(GenerationRequest(**SMALL))
+        ctx.generate(GenerationRequest(**SMALL))
 
 
 def test_hook_ui_sections(tmp_path, models_root):
@@ -230,7 +231,6 @@ def test_hook_ui_sections(tmp_path, models_root):
 
     ctx = _ctx_with(P(), tmp_path, models_root)
     from tests.live_server import LiveServer
-    from webui.server import create_app
 
     with LiveServer(create_app(ctx)) as srv:
         from gradio_client import Client
@@ -264,7 +264,7 @@ def test_hook_register_scripts(tmp_path, models_root):
     assert "Twice" in ctx.scripts.titles("txt2img") and "Twice" not in ctx.scripts.titles("img2img")
     res = ctx.run_script(GenerationRequest(**SMALL), "twice", [3])
     assert len(res.images) == 2 and "Seed: 8" in res.infotexts[1]
-    client = TestClient(__import__("webui.server", fromlist=["create_app"]).create_app(ctx))
+    client = TestClient(create_app(api_only(ctx)))
     r = client.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": "Twice", "script_args": {"offset": 2}})
     assert r.status_code == 200 and len(r.json()["images"]) == 2
     bad = client.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": "Thrice"})
@@ -294,7 +294,7 @@ def test_hook_ui_assets(tmp_path, models_root):
     assert ".ext { color: blue; }" in css and "outline: 1px solid red" in css
     assert head.index("window.a = 1;") < head.index("window.b = 2;")  # file-name order
     assert "<\\/script>" in head and head.count("</script>") == 3  # an embedded end tag is escaped
-    client = TestClient(__import__("webui.server", fromlist=["create_app"]).create_app(ctx))
+    client = TestClient(create_app(ctx))
     page = client.get("/").text + client.get("/config").text
     assert "window.a = 1;" in page and ".ext { color: blue; }" in page
 
@@ -333,8 +333,8 @@ def test_hook_before_generate(tmp_path, models_root):
                 job.interrupt()
 
     ctx = _ctx_with(P(), tmp_path, models_root)
-    assert ctx.txt2img(GenerationRequest(**{**SMALL, "prompt": "forbidden"})).images == []
-    assert len(ctx.txt2img(GenerationRequest(**SMALL)).images) == 1
+    assert ctx.generate(GenerationRequest(**{**SMALL, "prompt": "forbidden"})).images == []
+    assert len(ctx.generate(GenerationRequest(**SMALL)).images) == 1
 
 
 def test_hook_on_step_end(tmp_path, models_root):
@@ -348,10 +348,10 @@ def test_hook_on_step_end(tmp_path, models_root):
                 state.job.interrupt()
 
     ctx = _ctx_with(P(), tmp_path, models_root)
-    ctx.txt2img(GenerationRequest(**SMALL))
+    ctx.generate(GenerationRequest(**SMALL))
     assert steps == [(0, 3, (1, 4, 8, 8)), (1, 3, (1, 4, 8, 8)), (2, 3, (1, 4, 8, 8))]
     steps.clear()
-    res = ctx.txt2img(GenerationRequest(**SMALL), Job(kind="stop-early"))
+    res = ctx.generate(GenerationRequest(**SMALL), Job(kind="stop-early"))
     assert [s[0] for s in steps] == [0, 1] and res.interrupted and len(res.images) == 1
 
 
@@ -362,9 +362,9 @@ def test_hook_on_step_end_can_replace_latents(tmp_path, models_root):
             state.latents = state.latents * 0
 
     ctx = _ctx_with(P(), tmp_path, models_root)
-    zeroed = ctx.txt2img(GenerationRequest(**SMALL)).images[0]
+    zeroed = ctx.generate(GenerationRequest(**SMALL)).images[0]
     plain = build_context(make_settings(tmp_path / "b", models_root), load_model=True)
-    assert zeroed.tobytes() != plain.txt2img(GenerationRequest(**SMALL)).images[0].tobytes()
+    assert zeroed.tobytes() != plain.generate(GenerationRequest(**SMALL)).images[0].tobytes()
 
 
 def test_hook_postprocess_image(tmp_path, models_root):
@@ -375,7 +375,7 @@ def test_hook_postprocess_image(tmp_path, models_root):
             state.extra_infotext["Postprocessed"] = "red"
 
     ctx = _ctx_with(P(), tmp_path, models_root)
-    res = ctx.txt2img(GenerationRequest(**SMALL))
+    res = ctx.generate(GenerationRequest(**SMALL))
     assert res.images[0].getpixel((3, 3)) == (255, 0, 0)
     assert "Postprocessed: red" in res.infotexts[0]
 
@@ -389,7 +389,7 @@ def test_hook_after_generate(tmp_path, models_root):
             results.append((len(result.images), job.kind))
 
     ctx = _ctx_with(P(), tmp_path, models_root)
-    ctx.txt2img(GenerationRequest(**{**SMALL, "batch_size": 2}))
+    ctx.generate(GenerationRequest(**{**SMALL, "batch_size": 2}))
     assert results == [(2, "txt2img")]
 
 
@@ -400,7 +400,7 @@ def test_hook_extra_infotext(tmp_path, models_root):
             return {"My ext": f"len {len(request.prompt)}"}
 
     ctx = _ctx_with(P(), tmp_path, models_root)
-    res = ctx.txt2img(GenerationRequest(**SMALL))
+    res = ctx.generate(GenerationRequest(**SMALL))
     assert "My ext: len 12" in res.infotexts[0]
 
 
@@ -418,7 +418,6 @@ def _update_for(block_fn, updates, elem_id: str):
 def test_hook_parse_infotext(tmp_path, models_root):
     import gradio as gr
 
-    from webui.server import create_app
     from webui.ui.app import build_ui
     from webui.ui.tabs import UiSection
 
@@ -446,7 +445,7 @@ def test_hook_parse_infotext(tmp_path, models_root):
                     "subseed_strength": 0.25}
 
     ctx = _ctx_with(P(), tmp_path, models_root)
-    text = ctx.txt2img(GenerationRequest(**SMALL, alwayson_scripts={"mine": {"args": [0.5]}})).infotexts[0]
+    text = ctx.generate(GenerationRequest(**SMALL, alwayson_scripts={"mine": {"args": [0.5]}})).infotexts[0]
     assert "Mine: 0.5" in text
     # the UI: PNG Info's "Send to txt2img"/"img2img" and each tab's paste button refill the section
     demo = build_ui(ctx)
@@ -483,7 +482,7 @@ def test_hook_image_saved(tmp_path, models_root):
             saved.append((path, infotext))
 
     ctx = _ctx_with(P(), tmp_path, models_root)
-    res = ctx.txt2img(GenerationRequest(**{**SMALL, "save_images": True}))
+    res = ctx.generate(GenerationRequest(**{**SMALL, "save_images": True}))
     assert [p for p, _ in saved] == res.paths and Path(saved[0][0]).is_file()
     assert saved[0][1] == res.infotexts[0]
 
@@ -497,9 +496,8 @@ def test_hook_api_routes(tmp_path, models_root):
                 return {"model": ctx.models.current.info.model_name}
 
     ctx = _ctx_with(P(), tmp_path, models_root)
-    from webui.server import create_app
 
-    client = TestClient(create_app(ctx))
+    client = TestClient(create_app(api_only(ctx)))
     assert client.get("/my-ext/hello").json() == {"model": "tiny-sd1"}
 
 
@@ -529,7 +527,7 @@ def test_failing_hook_is_isolated(tmp_path, models_root):
             raise RuntimeError("boom")
 
     ctx = _ctx_with(P(), tmp_path, models_root, name="broken")
-    res = ctx.txt2img(GenerationRequest(**SMALL))
+    res = ctx.generate(GenerationRequest(**SMALL))
     assert len(res.images) == 1
     assert any(r.name == "broken" and not r.ok and "boom" in r.error for r in ctx.plugins.reports)
 

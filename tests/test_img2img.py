@@ -12,6 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from tests.conftest import api_only
 from webui.pipeline.init_image import encode_init_images, resize_image
 from webui.pipeline.request import GenerationRequest
 from webui.pipeline.vae import decode_latents
@@ -35,14 +36,14 @@ BASE = dict(prompt="a cat", steps=10, width=64, height=64, seed=4, sampler_name=
 
 
 def test_steps_follow_a1111_rule(ctx, counter):
-    res = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.5, **BASE))
+    res = ctx.generate(GenerationRequest(init_images=(picture(),), denoising_strength=0.5, **BASE))
     # A1111: t_enc = int(0.5 * 10) = 5, and the last t_enc + 1 = 6 sigmas of the 10-step schedule are run
     assert [s for s, _ in counter.seen] == list(range(6)) and counter.seen[0][1] == 6
     assert "Denoising strength: 0.5" in res.infotexts[0] and res.info["denoising_strength"] == 0.5
 
 
 def test_strength_zero_returns_the_init_image_without_steps(ctx, counter):
-    res = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.0, **BASE))
+    res = ctx.generate(GenerationRequest(init_images=(picture(),), denoising_strength=0.0, **BASE))
     assert counter.seen == []
     model = ctx.models.current
     round_trip = decode_latents(model, encode_init_images(model, [picture()], 64, 64, 0))[0]
@@ -50,9 +51,9 @@ def test_strength_zero_returns_the_init_image_without_steps(ctx, counter):
 
 
 def test_strength_changes_and_is_deterministic(ctx):
-    low = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.3, **BASE)).images[0]
-    again = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.3, **BASE)).images[0]
-    high = ctx.txt2img(GenerationRequest(init_images=(picture(),), denoising_strength=0.9, **BASE)).images[0]
+    low = ctx.generate(GenerationRequest(init_images=(picture(),), denoising_strength=0.3, **BASE)).images[0]
+    again = ctx.generate(GenerationRequest(init_images=(picture(),), denoising_strength=0.3, **BASE)).images[0]
+    high = ctx.generate(GenerationRequest(init_images=(picture(),), denoising_strength=0.9, **BASE)).images[0]
     assert low.tobytes() == again.tobytes() and low.tobytes() != high.tobytes()
 
 
@@ -74,7 +75,7 @@ def test_latent_upscale_mode(ctx):
 
 
 def test_api_img2img(ctx):
-    client = TestClient(create_app(ctx))
+    client = TestClient(create_app(api_only(ctx)))
     body = {"prompt": "a cat", "init_images": ["data:image/png;base64," + b64(picture(80, 80))], "steps": 6,
             "width": 64, "height": 64, "seed": 9, "denoising_strength": 0.5, "sampler_name": "Euler a"}
     r = client.post("/sdapi/v1/img2img", json=body)
@@ -90,7 +91,7 @@ def test_api_img2img(ctx):
 @pytest.mark.parametrize("bad", ["not base64!!", "", base64.b64encode(b"<html></html>").decode(),
                                  "http://127.0.0.1/a.png"])
 def test_api_img2img_bad_images_are_422(ctx, bad):
-    client = TestClient(create_app(ctx))
+    client = TestClient(create_app(api_only(ctx)))
     r = client.post("/sdapi/v1/img2img", json={"init_images": [bad], "steps": 2, "width": 64, "height": 64})
     assert r.status_code == 422 and "init_images[0]" in r.text
     assert client.post("/sdapi/v1/img2img", json={"init_images": [], "steps": 2}).status_code == 422
@@ -101,8 +102,8 @@ def test_api_img2img_bad_images_are_422(ctx, bad):
 
 def test_image_of_a_batch_uses_its_init_image(ctx):
     a, b = picture(), Image.fromarray(255 - np.asarray(picture()))
-    batch = ctx.txt2img(GenerationRequest(init_images=(a, b), batch_size=2, denoising_strength=0.3, **BASE))
-    first = ctx.txt2img(GenerationRequest(init_images=(a,), denoising_strength=0.3, **BASE))
+    batch = ctx.generate(GenerationRequest(init_images=(a, b), batch_size=2, denoising_strength=0.3, **BASE))
+    first = ctx.generate(GenerationRequest(init_images=(a,), denoising_strength=0.3, **BASE))
     assert np.abs(np.asarray(batch.images[0], int) - np.asarray(first.images[0], int)).max() <= 2
     assert batch.images[0].tobytes() != batch.images[1].tobytes()
     assert torch.is_tensor(encode_init_images(ctx.models.current, [a, b], 64, 64, 0))

@@ -100,7 +100,7 @@ def test_batch_folder_with_masks_outputs_and_a_broken_file(ctx, tmp_path):
     m[16:48, 16:48] = 255
     Image.fromarray(m).save(masks / "a.png")
     base = BASE.with_(mode="img2img", mask_blur_x=0, mask_blur_y=0, inpaint_full_res=False, inpainting_fill=0)
-    report = run_folder(ctx.txt2img, base, src, out, ctx.saver, masks)
+    report = run_folder(ctx.generate, base, src, out, ctx.saver, masks)
     assert report.processed == ["a.png", "b.jpg"]
     assert [name for name, _ in report.skipped] == ["c.png"]
     # A1111 img2img batch with an output folder: the input's name after the number (save_images_add_number)
@@ -108,15 +108,15 @@ def test_batch_folder_with_masks_outputs_and_a_broken_file(ctx, tmp_path):
     first = np.asarray(Image.open(out / "00000-a.png").convert("RGB"))
     assert np.array_equal(first[m == 0], a[m == 0])  # a.png was inpainted with its mask
     assert "Mask blur: 0" in report.infotexts[0] and "Mask blur" not in report.infotexts[1]
-    again = run_folder(ctx.txt2img, base, src, out, ctx.saver, masks)  # numbered on: never overwrites
+    again = run_folder(ctx.generate, base, src, out, ctx.saver, masks)  # numbered on: never overwrites
     assert sorted(p.name for p in out.iterdir()) == ["00000-a.png", "00001-b.png", "00002-a.png", "00003-b.png"]
     assert again.processed == report.processed
 
 
 def test_batch_folder_errors_name_the_field(ctx, tmp_path):
     with pytest.raises(RequestError) as e:
-        run_folder(ctx.txt2img, BASE, tmp_path / "missing", None, ctx.saver)
+        run_folder(ctx.generate, BASE, tmp_path / "missing", None, ctx.saver)
     assert e.value.field == "input_dir"
     with pytest.raises(RequestError) as e:
-        run_folder(ctx.txt2img, BASE, tmp_path, None, ctx.saver)
+        run_folder(ctx.generate, BASE, tmp_path, None, ctx.saver)
     assert e.value.field == "input_dir" and "no images" in e.value.message

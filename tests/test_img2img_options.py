@@ -97,7 +97,7 @@ def sigmas(ctx):
 def test_fix_steps_counts(ctx, counter, steps, strength, off, on):
     for fix, expected in ((False, off), (True, on)):
         counter.seen.clear()
-        ctx.txt2img(GenerationRequest(**{**I2I, "steps": steps, "denoising_strength": strength},
+        ctx.generate(GenerationRequest(**{**I2I, "steps": steps, "denoising_strength": strength},
                                       init_images=(picture(),), override_settings={"img2img_fix_steps": fix}))
         assert counter.seen == [(i, expected) for i in range(expected)], fix
 
@@ -106,10 +106,10 @@ def test_fix_steps_runs_the_tail_of_the_longer_schedule(ctx, sigmas):
     # on, steps 4, strength 0.5: the last 4 steps of an 8-step schedule; off with steps 8: int(0.5 * 8) + 1 = 5
     # steps of the same 8-step schedule -- so the fixed run visits that run's last 4 sigmas
     fixed = dict(I2I, init_images=(picture(),))
-    ctx.txt2img(GenerationRequest(**fixed, override_settings={"img2img_fix_steps": True}))
+    ctx.generate(GenerationRequest(**fixed, override_settings={"img2img_fix_steps": True}))
     on = list(sigmas.seen)
     sigmas.seen.clear()
-    ctx.txt2img(GenerationRequest(**{**fixed, "steps": 8}))
+    ctx.generate(GenerationRequest(**{**fixed, "steps": 8}))
     assert len(on) == 4 and len(sigmas.seen) == 5
     assert on == sigmas.seen[1:]
 
@@ -120,7 +120,7 @@ def test_fix_steps_leaves_the_hires_pass_alone(ctx, counter):
     images = []
     for fix in (False, True):
         counter.seen.clear()
-        res = ctx.txt2img(GenerationRequest(**req, override_settings={"img2img_fix_steps": fix}))
+        res = ctx.generate(GenerationRequest(**req, override_settings={"img2img_fix_steps": fix}))
         assert [t for _, t in counter.seen] == [2, 2, 2, 2]  # 2 first-pass steps + 2 hires steps
         images.append(res.images[0].tobytes())
     assert images[0] == images[1]
@@ -131,9 +131,9 @@ def test_fix_steps_leaves_the_hires_pass_alone(ctx, counter):
 
 def test_extra_noise_only_when_positive(ctx):
     req = dict(I2I, init_images=(picture(),))
-    plain = ctx.txt2img(GenerationRequest(**req))
-    zero = ctx.txt2img(GenerationRequest(**req, override_settings={"img2img_extra_noise": 0.0}))
-    noisy = ctx.txt2img(GenerationRequest(**req, override_settings={"img2img_extra_noise": 0.5}))
+    plain = ctx.generate(GenerationRequest(**req))
+    zero = ctx.generate(GenerationRequest(**req, override_settings={"img2img_extra_noise": 0.0}))
+    noisy = ctx.generate(GenerationRequest(**req, override_settings={"img2img_extra_noise": 0.5}))
     assert zero.images[0].tobytes() == plain.images[0].tobytes()
     assert "Extra noise" not in zero.infotexts[0] and "Extra noise" not in plain.infotexts[0]
     assert noisy.images[0].tobytes() != plain.images[0].tobytes()
@@ -147,20 +147,20 @@ def test_extra_noise_is_added_to_the_noised_init(ctx, sigmas, multiplier):
     # multiplier of m * (sigma_0 + e) / sigma_0 without extra noise.
     req = dict(I2I, init_images=(picture(),))
     extra = 0.5
-    noisy = ctx.txt2img(GenerationRequest(**req, initial_noise_multiplier=multiplier,
+    noisy = ctx.generate(GenerationRequest(**req, initial_noise_multiplier=multiplier,
                                           override_settings={"img2img_extra_noise": extra}))
     sigma_0 = sigmas.seen[0]
-    same = ctx.txt2img(GenerationRequest(**req, initial_noise_multiplier=multiplier * (sigma_0 + extra) / sigma_0))
+    same = ctx.generate(GenerationRequest(**req, initial_noise_multiplier=multiplier * (sigma_0 + extra) / sigma_0))
     assert np.abs(arr(noisy.images[0]) - arr(same.images[0])).max() <= 2
 
 
 def test_extra_noise_in_the_hires_pass(ctx):
     req = dict(BASE, steps=2, enable_hr=True, hr_scale=1.0, denoising_strength=0.5)
-    plain = ctx.txt2img(GenerationRequest(**req))
-    noisy = ctx.txt2img(GenerationRequest(**req, override_settings={"img2img_extra_noise": 0.25}))
+    plain = ctx.generate(GenerationRequest(**req))
+    noisy = ctx.generate(GenerationRequest(**req, override_settings={"img2img_extra_noise": 0.25}))
     assert noisy.images[0].tobytes() != plain.images[0].tobytes()
     assert param(noisy.infotexts[0], "Extra noise") == 0.25 and "Extra noise" not in plain.infotexts[0]
-    first_pass = ctx.txt2img(GenerationRequest(**BASE, override_settings={"img2img_extra_noise": 0.25}))
+    first_pass = ctx.generate(GenerationRequest(**BASE, override_settings={"img2img_extra_noise": 0.25}))
     assert "Extra noise" not in first_pass.infotexts[0]  # txt2img without hires: no img2img pass
 
 
@@ -198,13 +198,13 @@ def _vae_round_trip(ctx, image: Image.Image) -> Image.Image:
 def test_upscaler_enlarges_the_init_image(ctx, doubler):
     small = picture(32, 32)
     opts = {"upscaler_for_img2img": "Test Doubler"}
-    res = ctx.txt2img(GenerationRequest(**{**I2I, "denoising_strength": 0.0}, init_images=(small,),
+    res = ctx.generate(GenerationRequest(**{**I2I, "denoising_strength": 0.0}, init_images=(small,),
                                         override_settings=opts))
     assert doubler.calls == [((32, 32), 2.0)]  # "Just resize" 32 -> 64: one 2x enlargement
     # strength 0 returns the encoded init image: the nearest-neighbour enlargement, not Lanczos
     nearest = small.resize((64, 64), Image.Resampling.NEAREST)
     assert res.images[0].tobytes() == _vae_round_trip(ctx, nearest).tobytes()
-    lanczos = ctx.txt2img(GenerationRequest(**{**I2I, "denoising_strength": 0.0}, init_images=(small,)))
+    lanczos = ctx.generate(GenerationRequest(**{**I2I, "denoising_strength": 0.0}, init_images=(small,)))
     assert lanczos.images[0].tobytes() != res.images[0].tobytes()
 
 
@@ -212,16 +212,16 @@ def test_upscaler_in_crop_and_fill_modes_and_not_for_reductions(ctx, doubler):
     opts = {"upscaler_for_img2img": "Test Doubler"}
     # Crop and resize, 32x16 -> 64x64: covered at 128x64 (A1111: scale max(128/32, 64/16) = 4); the 2x model
     # runs twice (4, then 2 for the rest)
-    ctx.txt2img(GenerationRequest(**I2I, init_images=(picture(32, 16),), resize_mode=1, override_settings=opts))
+    ctx.generate(GenerationRequest(**I2I, init_images=(picture(32, 16),), resize_mode=1, override_settings=opts))
     assert doubler.calls == [((32, 16), 4.0), ((64, 32), 2.0)]
     doubler.calls.clear()
     # Resize and fill, 16x32 -> 64x64: fitted at 32x64, scale 2
-    ctx.txt2img(GenerationRequest(**I2I, init_images=(picture(16, 32),), resize_mode=2, override_settings=opts))
+    ctx.generate(GenerationRequest(**I2I, init_images=(picture(16, 32),), resize_mode=2, override_settings=opts))
     assert doubler.calls == [((16, 32), 2.0)]
     doubler.calls.clear()
-    ctx.txt2img(GenerationRequest(**I2I, init_images=(picture(128, 128),), override_settings=opts))
+    ctx.generate(GenerationRequest(**I2I, init_images=(picture(128, 128),), override_settings=opts))
     assert doubler.calls == []  # reductions are Lanczos resizes
-    ctx.txt2img(GenerationRequest(**I2I, init_images=(picture(32, 32),),
+    ctx.generate(GenerationRequest(**I2I, init_images=(picture(32, 32),),
                                   override_settings={"upscaler_for_img2img": "None"}))
     assert doubler.calls == []  # "None": Lanczos
 
@@ -234,12 +234,12 @@ def test_upscaler_for_the_only_masked_crop_and_paste_back(ctx, doubler):
                mask_blur_x=0, mask_blur_y=0, override_settings=opts)
     small = Image.new("L", (128, 128), 0)
     small.paste(255, (48, 48, 80, 80))  # a 32x32 region: enlarged to 64x64, the result reduced back
-    ctx.txt2img(GenerationRequest(**req, mask=small))
+    ctx.generate(GenerationRequest(**req, mask=small))
     assert doubler.calls == [((32, 32), 2.0)]
     doubler.calls.clear()
     large = Image.new("L", (128, 128), 0)
     large.paste(255, (16, 16, 112, 112))  # a 96x96 region: reduced to 64x64, the result enlarged by 1.5
-    res = ctx.txt2img(GenerationRequest(**req, mask=large))
+    res = ctx.generate(GenerationRequest(**req, mask=large))
     assert doubler.calls == [((64, 64), 1.5)] and res.images[0].size == (128, 128)
 
 
@@ -253,12 +253,12 @@ def test_unknown_upscaler_override_is_422(api_client):
 
 
 def test_unknown_saved_upscaler_warns_and_uses_lanczos(ctx, caplog):
-    from webui.pipeline.txt2img import txt2img
+    from webui.pipeline.generate import generate
 
     req = GenerationRequest(**{**I2I, "denoising_strength": 0.0}, init_images=(picture(32, 32),))
     saved = ctx.options.current.replaced({"upscaler_for_img2img": "Gone Upscaler"})
-    with caplog.at_level(logging.WARNING, logger="webui.pipeline.txt2img"):
-        res = txt2img(ctx.pipeline_env(), ctx.models.current, req, Job(), saved)
+    with caplog.at_level(logging.WARNING, logger="webui.pipeline.generate"):
+        res = generate(ctx.pipeline_env(), ctx.models.current, req, Job(), saved)
     assert any("Gone Upscaler" in r.getMessage() for r in caplog.records)
     lanczos = picture(32, 32).resize((64, 64), Image.Resampling.LANCZOS)
     assert res.images[0].tobytes() == _vae_round_trip(ctx, lanczos).tobytes()
@@ -349,8 +349,8 @@ def independent_correction(reference: Image.Image, image: Image.Image) -> np.nda
 def test_color_correction_against_the_processed_init_image(ctx):
     init = picture(96, 96, seed=3)  # resized to 64x64 before encoding: that is the reference
     req = dict(I2I, init_images=(init,), batch_size=2)
-    plain = ctx.txt2img(GenerationRequest(**req))
-    corrected = ctx.txt2img(GenerationRequest(**req, override_settings={"img2img_color_correction": True}))
+    plain = ctx.generate(GenerationRequest(**req))
+    corrected = ctx.generate(GenerationRequest(**req, override_settings={"img2img_color_correction": True}))
     reference = init.resize((64, 64), Image.Resampling.LANCZOS)
     for before, after in zip(plain.images, corrected.images):
         assert np.array_equal(np.asarray(after), independent_correction(reference, before))
@@ -361,11 +361,11 @@ def test_color_correction_with_given_reference(ctx):
     # loopback: every loop is corrected to the first init image (A1111's p.color_corrections)
     init, first = picture(seed=4), picture(seed=5).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     req = dict(I2I, init_images=(init,))
-    plain = ctx.txt2img(GenerationRequest(**req))
-    corrected = ctx.txt2img(GenerationRequest(**req, color_correction_images=(first,),
+    plain = ctx.generate(GenerationRequest(**req))
+    corrected = ctx.generate(GenerationRequest(**req, color_correction_images=(first,),
                                               override_settings={"img2img_color_correction": True}))
     assert np.array_equal(np.asarray(corrected.images[0]), independent_correction(first, plain.images[0]))
-    off = ctx.txt2img(GenerationRequest(**req, color_correction_images=(first,)))
+    off = ctx.generate(GenerationRequest(**req, color_correction_images=(first,)))
     assert off.images[0].tobytes() == plain.images[0].tobytes()  # references without the option: nothing
 
 
@@ -374,12 +374,12 @@ def test_color_correction_comes_before_the_inpainting_overlay(ctx):
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
     req = dict(I2I, init_images=(init,), mask=mask, mask_blur_x=0, mask_blur_y=0, inpaint_full_res=False)
-    res = ctx.txt2img(GenerationRequest(**req, override_settings={"img2img_color_correction": True}))
+    res = ctx.generate(GenerationRequest(**req, override_settings={"img2img_color_correction": True}))
     out, original = np.asarray(res.images[0]), np.asarray(init)
     outside = np.ones((64, 64), bool)
     outside[8:56, 8:56] = False  # away from the mask's resize blur
     assert np.array_equal(out[outside], original[outside])  # the overlay restores them after correction
-    plain = ctx.txt2img(GenerationRequest(**req))
+    plain = ctx.generate(GenerationRequest(**req))
     assert not np.array_equal(out[24:40, 24:40], np.asarray(plain.images[0])[24:40, 24:40])
 
 
@@ -387,27 +387,27 @@ def test_color_correction_comes_before_the_inpainting_overlay(ctx):
 
 
 def test_s_churn_option_and_request(ctx):
-    base = ctx.txt2img(GenerationRequest(**BASE))
-    by_option = ctx.txt2img(GenerationRequest(**BASE, override_settings={"s_churn": 1.0}))
-    by_request = ctx.txt2img(GenerationRequest(**BASE, s_churn=1.0))
+    base = ctx.generate(GenerationRequest(**BASE))
+    by_option = ctx.generate(GenerationRequest(**BASE, override_settings={"s_churn": 1.0}))
+    by_request = ctx.generate(GenerationRequest(**BASE, s_churn=1.0))
     assert by_option.images[0].tobytes() != base.images[0].tobytes()
     assert param(by_option.infotexts[0], "Sigma churn") == 1.0 and "Sigma" not in base.infotexts[0]
     # a request value is used when the option is at its default, and A1111 does not write it
     assert by_request.images[0].tobytes() == by_option.images[0].tobytes()
     assert "Sigma churn" not in by_request.infotexts[0]
     # an option that differs from the sampler default replaces even a request value (Sampler.initialize)
-    both = ctx.txt2img(GenerationRequest(**BASE, s_churn=0.0, override_settings={"s_churn": 1.0}))
+    both = ctx.generate(GenerationRequest(**BASE, s_churn=0.0, override_settings={"s_churn": 1.0}))
     assert both.images[0].tobytes() == by_option.images[0].tobytes() and param(both.infotexts[0], "Sigma churn") == 1
 
 
 def test_s_tmax_zero_means_infinity(ctx):
-    base = ctx.txt2img(GenerationRequest(**BASE))
-    churn = ctx.txt2img(GenerationRequest(**BASE, override_settings={"s_churn": 1.0, "s_tmax": 0.0}))
+    base = ctx.generate(GenerationRequest(**BASE))
+    churn = ctx.generate(GenerationRequest(**BASE, override_settings={"s_churn": 1.0, "s_tmax": 0.0}))
     assert churn.images[0].tobytes() != base.images[0].tobytes() and "Sigma tmax" not in churn.infotexts[0]
-    explicit_zero = ctx.txt2img(GenerationRequest(**BASE, s_tmax=0.0, override_settings={"s_churn": 1.0}))
+    explicit_zero = ctx.generate(GenerationRequest(**BASE, s_tmax=0.0, override_settings={"s_churn": 1.0}))
     assert explicit_zero.images[0].tobytes() == churn.images[0].tobytes()
     # churn only applies for s_tmin <= sigma <= s_tmax: a tiny s_tmax switches it off for every step
-    capped = ctx.txt2img(GenerationRequest(**BASE, override_settings={"s_churn": 1.0, "s_tmax": 0.001}))
+    capped = ctx.generate(GenerationRequest(**BASE, override_settings={"s_churn": 1.0, "s_tmax": 0.001}))
     assert capped.images[0].tobytes() == base.images[0].tobytes()
     assert param(capped.infotexts[0], "Sigma churn") == 1.0 and param(capped.infotexts[0], "Sigma tmax") == 0.001
 
@@ -416,8 +416,8 @@ def test_s_noise_only_for_the_samplers_a1111_gives_it_to(ctx):
     # A1111 1.10's sampler_extra_params: DPM2 a takes s_noise, Euler a does not
     for name, takes in (("Euler a", False), ("DPM2 a", True)):
         req = dict(BASE, sampler_name=name, steps=3)
-        base = ctx.txt2img(GenerationRequest(**req))
-        low = ctx.txt2img(GenerationRequest(**req, override_settings={"s_noise": 0.5}))
+        base = ctx.generate(GenerationRequest(**req))
+        low = ctx.generate(GenerationRequest(**req, override_settings={"s_noise": 0.5}))
         assert (low.images[0].tobytes() != base.images[0].tobytes()) is takes, name
         assert param(low.infotexts[0], "Sigma noise") == (0.5 if takes else None), name
 

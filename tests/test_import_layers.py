@@ -219,9 +219,7 @@ def test_errors_and_sections_are_leaves():
 
 
 def test_moved_names_stay_importable_from_their_old_modules():
-    import webui.api.images as api_images
     import webui.errors as errors
-    import webui.image_codec as codec
     import webui.sections as sections
     from webui.models.errors import ModelError
     from webui.pipeline.request import RequestError
@@ -230,8 +228,6 @@ def test_moved_names_stay_importable_from_their_old_modules():
     assert RequestError is errors.RequestError and ModelError is errors.ModelError
     for name in ("SECTION_SEP", "UiSection", "UiTab", "collect_sections", "section_field", "section_values"):
         assert getattr(tabs, name) is getattr(sections, name)
-    for name in ("InvalidImage", "decode_base64_image", "encode_png_base64"):
-        assert getattr(api_images, name) is getattr(codec, name)
 
 
 # --------------------------------------------------------------------------- the checker on broken trees
@@ -280,11 +276,11 @@ def test_checker_finds_a_cycle_inside_one_package(tmp_path):
 REMOVED = [
     ("api/routes.py", "from webui.ui.tabs import collect_sections"),
     ("builtin/controlnet.py", "from webui.ui.tabs import section_field"),
-    ("builtin/controlnet.py", "from webui.api.images import decode_base64_image"),
+    ("builtin/controlnet.py", "from webui.api.routes import build_router"),
     ("models/merge.py", "from webui.pipeline.request import GenerationRequest"),
     ("models/loader.py", "from webui.previews.approx import approx_image"),
     ("models/spec.py", "from webui.models.loader import build_unet"),
-    ("pipeline/txt2img.py", "from webui.plugins import Hooks"),
+    ("pipeline/generate.py", "from webui.plugins import Hooks"),
 ]
 
 

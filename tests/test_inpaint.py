@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import make_settings
+from tests.conftest import api_only, make_settings
 from tests.test_img2img import b64, picture
 from webui.context import build_context
 from webui.models.original_layout import save_single_file
@@ -101,7 +101,7 @@ def test_prepare_mask_resizes_other_sizes_and_inverts():
 
 def test_unmasked_pixels_are_exactly_the_original(ctx):
     img = noisy_picture()
-    res = ctx.txt2img(GenerationRequest(init_images=(img,), mask=square_mask(), mask_blur_x=0, mask_blur_y=0,
+    res = ctx.generate(GenerationRequest(init_images=(img,), mask=square_mask(), mask_blur_x=0, mask_blur_y=0,
                                         inpaint_full_res=False, denoising_strength=0.8, **BASE))
     out, orig = np.asarray(res.images[0]), np.asarray(img)
     outside = np.asarray(square_mask()) == 0
@@ -112,7 +112,7 @@ def test_unmasked_pixels_are_exactly_the_original(ctx):
 
 def test_blurred_mask_keeps_pixels_where_the_blurred_mask_is_zero(ctx):
     img = noisy_picture(seed=3)
-    res = ctx.txt2img(GenerationRequest(init_images=(img,), mask=square_mask(), mask_blur_x=4, mask_blur_y=4,
+    res = ctx.generate(GenerationRequest(init_images=(img,), mask=square_mask(), mask_blur_x=4, mask_blur_y=4,
                                         inpaint_full_res=False, **BASE))
     untouched = np.asarray(blur_mask(square_mask(), 4, 4)) == 0
     assert np.array_equal(np.asarray(res.images[0])[untouched], np.asarray(img)[untouched])
@@ -120,7 +120,7 @@ def test_blurred_mask_keeps_pixels_where_the_blurred_mask_is_zero(ctx):
 
 def test_invert_repaints_the_outside(ctx):
     img = noisy_picture(seed=5)
-    res = ctx.txt2img(GenerationRequest(init_images=(img,), mask=square_mask(), mask_blur_x=0, mask_blur_y=0,
+    res = ctx.generate(GenerationRequest(init_images=(img,), mask=square_mask(), mask_blur_x=0, mask_blur_y=0,
                                         inpaint_full_res=False, inpainting_mask_invert=1, **BASE))
     inside = np.asarray(square_mask()) > 0
     out, orig = np.asarray(res.images[0]), np.asarray(img)
@@ -141,7 +141,7 @@ def test_only_masked_crops_and_pastes_back_in_place(ctx, monkeypatch):
         return real(image, w, h, mode)
 
     monkeypatch.setattr(il, "resize_image", spy)
-    res = ctx.txt2img(GenerationRequest(init_images=(img,), mask=mask, mask_blur_x=0, mask_blur_y=0,
+    res = ctx.generate(GenerationRequest(init_images=(img,), mask=mask, mask_blur_x=0, mask_blur_y=0,
                                         inpaint_full_res=True, inpaint_full_res_padding=8, **BASE))
     out, orig = np.asarray(res.images[0]), np.asarray(img)
     assert res.images[0].size == (128, 128)  # the original's size, not the processing size
@@ -153,7 +153,7 @@ def test_only_masked_crops_and_pastes_back_in_place(ctx, monkeypatch):
 
 
 def test_only_masked_with_an_empty_mask_falls_back_to_whole_picture(ctx):
-    res = ctx.txt2img(GenerationRequest(init_images=(noisy_picture(),), mask=Image.new("L", (64, 64)),
+    res = ctx.generate(GenerationRequest(init_images=(noisy_picture(),), mask=Image.new("L", (64, 64)),
                                         inpaint_full_res=True, **BASE))
     assert res.images[0].size == (64, 64)
 
@@ -163,7 +163,7 @@ def test_each_masked_content_mode_starts_from_something_else(ctx):
     img = picture()
     starts = {}
     for fill in range(4):
-        res = ctx.txt2img(GenerationRequest(init_images=(img,), mask=square_mask(), mask_blur_x=0, mask_blur_y=0,
+        res = ctx.generate(GenerationRequest(init_images=(img,), mask=square_mask(), mask_blur_x=0, mask_blur_y=0,
                                             inpaint_full_res=False, inpainting_fill=fill, denoising_strength=0.0,
                                             **BASE))
         starts[fill] = np.asarray(res.images[0], dtype=int)[20:44, 20:44]
@@ -181,7 +181,7 @@ def test_each_masked_content_mode_starts_from_something_else(ctx):
 def test_batch_and_seeds_reproduce(ctx):
     req = GenerationRequest(init_images=(noisy_picture(),), mask=square_mask(), inpaint_full_res=False,
                             batch_size=2, **BASE)
-    a, b = ctx.txt2img(req), ctx.txt2img(req)
+    a, b = ctx.generate(req), ctx.generate(req)
     assert [i.tobytes() for i in a.images] == [i.tobytes() for i in b.images]
     assert a.images[0].tobytes() != a.images[1].tobytes()
 
@@ -206,7 +206,7 @@ def test_inpainting_unet_gets_the_mask_and_masked_image(inpaint_ctx, monkeypatch
 
     monkeypatch.setattr(unet, "forward", spy)
     img = noisy_picture()
-    res = inpaint_ctx.txt2img(GenerationRequest(init_images=(img,), mask=square_mask(), mask_blur_x=0,
+    res = inpaint_ctx.generate(GenerationRequest(init_images=(img,), mask=square_mask(), mask_blur_x=0,
                                                 mask_blur_y=0, inpaint_full_res=False, **BASE))
     x = seen[0]
     assert x.shape[1] == 9
@@ -222,7 +222,7 @@ def test_inpainting_unet_gets_the_mask_and_masked_image(inpaint_ctx, monkeypatch
 
 @pytest.fixture(scope="module")
 def client(ctx):
-    return TestClient(create_app(ctx))
+    return TestClient(create_app(api_only(ctx)))
 
 
 def test_api_inpaint_with_data_uri_mask(client):
@@ -329,6 +329,6 @@ def test_init_image_is_encoded_once_per_request_not_per_image(ctx, monkeypatch):
         return real(x, *a, **kw)
 
     monkeypatch.setattr(vae, "encode", spy)
-    res = ctx.txt2img(GenerationRequest(init_images=(noisy_picture(),), mask=square_mask(), batch_size=2,
+    res = ctx.generate(GenerationRequest(init_images=(noisy_picture(),), mask=square_mask(), batch_size=2,
                                         **{**BASE, "n_iter": 2}))
     assert len(res.images) == 4 and calls == [(1, 3, 64, 64)]

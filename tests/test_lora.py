@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import make_settings
+from tests.conftest import api_only, make_settings
 from webui.context import build_context
 from webui.models.original_layout import ldm_module_name, unet_module_table
 from webui.networks.lora import apply_loras, read_lora
@@ -64,7 +64,7 @@ def lora_ctx(tmp_path_factory, tiny_sd1_file):
 
 
 def _img(ctx, prompt):
-    res = ctx.txt2img(GenerationRequest(prompt=prompt, **BASE))
+    res = ctx.generate(GenerationRequest(prompt=prompt, **BASE))
     return res, res.images[0].tobytes()
 
 
@@ -119,7 +119,7 @@ def test_api_lists_loras(lora_ctx):
 
     from webui.server import create_app
 
-    client = TestClient(create_app(lora_ctx))
+    client = TestClient(create_app(api_only(lora_ctx)))
     names = [x["name"] for x in client.get("/sdapi/v1/loras").json()]
     assert names == ["film", "film_ldm"]
     assert client.post("/sdapi/v1/refresh-loras").status_code == 200

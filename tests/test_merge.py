@@ -264,7 +264,7 @@ def test_merged_checkpoint_is_listed_and_generates(app_ctx):
     info = next(i for i in ctx.models.checkpoints() if i.path == path)
     title = ctx.models.title(info)
     assert title == f"gen-test.safetensors [{_sha(path)[:10]}]"
-    res = ctx.txt2img(GenerationRequest(prompt="x", steps=2, width=64, height=64, seed=1, sampler_name="Euler",
+    res = ctx.generate(GenerationRequest(prompt="x", steps=2, width=64, height=64, seed=1, sampler_name="Euler",
                                         save_images=False, override_settings={"sd_model_checkpoint": title}))
     assert res.images[0].size == (64, 64)
     assert ctx.models.current.info.path == path

@@ -13,12 +13,12 @@ from PIL import Image
 from tests.conftest import make_settings
 from webui.context import build_context
 from webui.errors import ModelError
+from webui.image_metadata import read_image_info
 from webui.jobs import Job
 from webui.models.original_layout import save_diffusers_folder, save_single_file
 from webui.models.tiny import build_tiny_components
 from webui.pipeline.noise import ImageRNG
 from webui.pipeline.request import GenerationRequest
-from webui.pnginfo import read_image_info
 
 SMALL = dict(prompt="a red circle", negative_prompt="green", steps=3, width=64, height=64, seed=11,
              sampler_name="Euler a", save_images=False)
@@ -54,8 +54,8 @@ def family_dirs(tmp_path_factory):
 def test_each_architecture_generates(family_dirs, tmp_path, name, label):
     ctx = build_context(make_settings(tmp_path, family_dirs[name]), load_model=True)
     assert label in ctx.models.current.spec.label
-    a = ctx.txt2img(GenerationRequest(**SMALL))
-    b = ctx.txt2img(GenerationRequest(**SMALL))
+    a = ctx.generate(GenerationRequest(**SMALL))
+    b = ctx.generate(GenerationRequest(**SMALL))
     assert a.images[0].size == (64, 64)
     assert a.images[0].tobytes() == b.images[0].tobytes()
     arr = np.asarray(a.images[0])
@@ -65,8 +65,8 @@ def test_each_architecture_generates(family_dirs, tmp_path, name, label):
 def test_sd2_single_file_and_diffusers_folder_agree(family_dirs, tmp_path):
     single = build_context(make_settings(tmp_path / "a", family_dirs["sd2-v"]), load_model=True)
     folder = build_context(make_settings(tmp_path / "b", family_dirs["sd2-folder"]), load_model=True)
-    x = np.asarray(single.txt2img(GenerationRequest(**SMALL)).images[0], dtype=int)
-    y = np.asarray(folder.txt2img(GenerationRequest(**SMALL)).images[0], dtype=int)
+    x = np.asarray(single.generate(GenerationRequest(**SMALL)).images[0], dtype=int)
+    y = np.asarray(folder.generate(GenerationRequest(**SMALL)).images[0], dtype=int)
     assert np.abs(x - y).max() <= 1
 
 
@@ -91,20 +91,20 @@ def test_variation_seed_mixes_noise():
 
 
 def test_images_saved_with_a1111_names_and_infotext(fresh_ctx):
-    res = fresh_ctx.txt2img(GenerationRequest(**{**SMALL, "save_images": True, "batch_size": 2}))
+    res = fresh_ctx.generate(GenerationRequest(**{**SMALL, "save_images": True, "batch_size": 2}))
     today = dt.date.today().isoformat()
     names = [p.replace("\\", "/").rsplit("/", 3)[-3:] for p in res.paths]
     assert names == [["txt2img-images", today, "00000-11.png"], ["txt2img-images", today, "00001-12.png"]]
     text, _ = read_image_info(Image.open(res.paths[1]))
     assert text == res.infotexts[1] and "Seed: 12" in text
-    again = fresh_ctx.txt2img(GenerationRequest(**{**SMALL, "save_images": True}))
+    again = fresh_ctx.generate(GenerationRequest(**{**SMALL, "save_images": True}))
     assert again.paths[0].endswith("00002-11.png")
 
 
 def test_unwritable_output_folder_still_returns_the_image(tmp_path, models_root):
     ctx = build_context(make_settings(tmp_path, models_root), load_model=True)
     (tmp_path / "outputs").write_text("a file where the folder should be")
-    res = ctx.txt2img(GenerationRequest(**{**SMALL, "save_images": True}))
+    res = ctx.generate(GenerationRequest(**{**SMALL, "save_images": True}))
     assert len(res.images) == 1 and res.paths == []
     assert res.warnings and "could not save" in res.warnings[0]
 
@@ -116,7 +116,7 @@ def test_interrupt_returns_what_is_done(ctx):
         def __init__(self):
             self.n = 0
 
-    from webui.pipeline.txt2img import txt2img
+    from webui.pipeline.generate import generate
 
     stopper = Stopper()
     env = ctx.pipeline_env()
@@ -129,7 +129,7 @@ def test_interrupt_returns_what_is_done(ctx):
             state.job.interrupt()
 
     env.hooks.on_step_end = on_step_end  # type: ignore[method-assign]
-    res = txt2img(env, ctx.models.current, GenerationRequest(**{**SMALL, "steps": 10, "n_iter": 3}), job,
+    res = generate(env, ctx.models.current, GenerationRequest(**{**SMALL, "steps": 10, "n_iter": 3}), job,
                   ctx.options.current)
     assert stopper.n == 2 and res.interrupted and len(res.images) == 1
     assert job.sampling_step == 2
@@ -150,7 +150,7 @@ def test_corrupt_checkpoint_switch_keeps_old_model(tmp_path, tiny_sd1_file):
             ctx.models.ensure_loaded(bad)
         assert bad in str(e.value)
         assert ctx.models.current.info.model_name == "good"
-    assert len(ctx.txt2img(GenerationRequest(**SMALL)).images) == 1
+    assert len(ctx.generate(GenerationRequest(**SMALL)).images) == 1
 
 
 def test_no_checkpoint_uses_builtin_default(tmp_path):
@@ -160,7 +160,7 @@ def test_no_checkpoint_uses_builtin_default(tmp_path):
     assert (root / "Stable-diffusion").is_dir()
     model = ctx.models.current
     assert model.info.builtin and model.spec.family == "sd1"
-    res = ctx.txt2img(GenerationRequest(**SMALL))
+    res = ctx.generate(GenerationRequest(**SMALL))
     assert res.images[0].size == (64, 64)
     assert re.search(r"Model hash: [0-9a-f]{10}", res.infotexts[0])
 
@@ -197,8 +197,8 @@ def test_a1111_slerp_quirks():
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DDIM", "UniPC", "LMS"])
 def test_sde_and_ancestral_images_do_not_depend_on_the_batch(ctx, sampler):
     req = dict(SMALL, sampler_name=sampler, steps=4)
-    batch = ctx.txt2img(GenerationRequest(**{**req, "batch_size": 2}))
-    alone = ctx.txt2img(GenerationRequest(**{**req, "seed": 12}))
+    batch = ctx.generate(GenerationRequest(**{**req, "batch_size": 2}))
+    alone = ctx.generate(GenerationRequest(**{**req, "seed": 12}))
     diff = np.abs(np.asarray(batch.images[1], dtype=int) - np.asarray(alone.images[0], dtype=int))
     assert diff.max() <= 2
 
@@ -207,7 +207,7 @@ def test_unknown_scheduler_lists_valid_names(ctx):
     from webui.errors import UnknownChoice
 
     with pytest.raises(UnknownChoice) as e:
-        ctx.txt2img(GenerationRequest(**{**SMALL, "scheduler": "Nope"}))
+        ctx.generate(GenerationRequest(**{**SMALL, "scheduler": "Nope"}))
     assert e.value.field == "scheduler" and "Karras" in e.value.choices and "Automatic" in e.value.choices
 
 
@@ -222,13 +222,22 @@ def v_ctx(family_dirs, tmp_path_factory):
     return build_context(make_settings(tmp_path_factory.mktemp("v"), family_dirs["sd2-v"]), load_model=True)
 
 
+@pytest.mark.parametrize("model", ["ctx", "v_ctx"], ids=["eps", "v-prediction"])
 @pytest.mark.parametrize("sampler", _all_sampler_names())
-def test_every_sampler_runs_on_v_prediction(v_ctx, sampler):
-    ctx = v_ctx
+def test_every_sampler_runs_through_the_pipeline(request, model, sampler):
+    """Every sampler on a tiny eps- and a tiny v-prediction model: an image, the same one again for the same
+    request (SDE samplers' Brownian noise is seeded), named in the infotext."""
+    ctx = request.getfixturevalue(model)
     req = GenerationRequest(**{**SMALL, "sampler_name": sampler, "steps": 4})
-    a, b = ctx.txt2img(req), ctx.txt2img(req)
+    a, b = ctx.generate(req), ctx.generate(req)
     arr = np.asarray(a.images[0])
     assert arr.shape == (64, 64, 3) and arr.std() > 0
     assert a.images[0].tobytes() == b.images[0].tobytes()
     assert f"Sampler: {sampler}," in a.infotexts[0]
 
+
+
+def test_txt2img_is_the_deprecated_name_of_generate(ctx):
+    with pytest.warns(DeprecationWarning, match="AppContext.generate"):
+        old = ctx.txt2img(GenerationRequest(**SMALL))
+    assert old.images[0].tobytes() == ctx.generate(GenerationRequest(**SMALL)).images[0].tobytes()

@@ -1,4 +1,4 @@
-"""Tests for webui.pnginfo: infotext in PNG text chunks and JPEG/WEBP EXIF."""
+"""Tests for webui.image_metadata: infotext in PNG text chunks and JPEG/WEBP EXIF."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image, PngImagePlugin
 
-from webui.pnginfo import decode_user_comment, exif_for, pnginfo_for, read_image_info
+from webui.image_metadata import decode_user_comment, exif_for, pnginfo_for, read_image_info
 
 INFOTEXT = (
     "a photo of a cat, sitting\n"

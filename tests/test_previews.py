@@ -39,7 +39,7 @@ class RecordingJob(Job):
 
 def _run(ctx, steps: int, **opts) -> RecordingJob:
     job = RecordingJob()
-    ctx.txt2img(GenerationRequest(**SMALL, steps=steps, override_settings=opts), job)
+    ctx.generate(GenerationRequest(**SMALL, steps=steps, override_settings=opts), job)
     return job
 
 
@@ -195,7 +195,7 @@ def test_full_preview_uses_the_vae(ctx, monkeypatch):
 
     monkeypatch.setattr(vae, "decode_to_pixels", spy)
     job = RecordingJob()
-    result = ctx.txt2img(GenerationRequest(**{**SMALL, "batch_size": 2}, steps=4,
+    result = ctx.generate(GenerationRequest(**{**SMALL, "batch_size": 2}, steps=4,
                                            override_settings={"show_progress_every_n_steps": 2,
                                                               "show_progress_type": "Full"}), job)
     assert decoded == [(1, 4, 8, 8), (1, 4, 8, 8), (2, 4, 8, 8)]  # two previews (first image), then the batch
@@ -210,7 +210,7 @@ def test_a_failing_preview_never_stops_the_generation(ctx, monkeypatch, caplog):
 
     monkeypatch.setattr(PreviewRenderer, "render", boom)
     with caplog.at_level(logging.WARNING, logger="webui.builtin.previews"):
-        result = ctx.txt2img(GenerationRequest(**SMALL, steps=2, override_settings={"show_progress_every_n_steps": 1}))
+        result = ctx.generate(GenerationRequest(**SMALL, steps=2, override_settings={"show_progress_every_n_steps": 1}))
     assert len(result.images) == 1 and "preview exploded" in caplog.text
 
 

@@ -141,14 +141,14 @@ def test_and_parts_with_weights(sd1):
 
 def test_schedule_beyond_steps_equals_plain_prompt(ctx):
     base = dict(steps=4, width=64, height=64, seed=3, sampler_name="Euler", save_images=False)
-    a = ctx.txt2img(GenerationRequest(prompt="[a cat:a dog:10]", **base)).images[0]
-    b = ctx.txt2img(GenerationRequest(prompt="a cat", **base)).images[0]
-    c = ctx.txt2img(GenerationRequest(prompt="[a cat:a dog:2]", **base)).images[0]
+    a = ctx.generate(GenerationRequest(prompt="[a cat:a dog:10]", **base)).images[0]
+    b = ctx.generate(GenerationRequest(prompt="a cat", **base)).images[0]
+    c = ctx.generate(GenerationRequest(prompt="[a cat:a dog:2]", **base)).images[0]
     assert a.tobytes() == b.tobytes() and c.tobytes() != b.tobytes()
 
 
 def test_and_halves_equal_the_whole(ctx):
     base = dict(steps=4, width=64, height=64, seed=3, sampler_name="Euler", save_images=False)
-    a = np.asarray(ctx.txt2img(GenerationRequest(prompt="a cat :0.5 AND a cat :0.5", **base)).images[0], int)
-    b = np.asarray(ctx.txt2img(GenerationRequest(prompt="a cat", **base)).images[0], int)
+    a = np.asarray(ctx.generate(GenerationRequest(prompt="a cat :0.5 AND a cat :0.5", **base)).images[0], int)
+    b = np.asarray(ctx.generate(GenerationRequest(prompt="a cat", **base)).images[0], int)
     assert np.abs(a - b).max() <= 2

@@ -11,6 +11,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from tests.conftest import api_only
 from webui.jobs import Job
 from webui.pipeline.request import GenerationRequest
 from webui.server import create_app
@@ -34,7 +35,7 @@ def broken_unet(fresh_ctx, monkeypatch):
 
 
 def test_pipeline_exception_fails_only_that_job(fresh_ctx, broken_unet):
-    client = TestClient(create_app(fresh_ctx), raise_server_exceptions=False)
+    client = TestClient(create_app(api_only(fresh_ctx)), raise_server_exceptions=False)
     broken_unet["error"] = RuntimeError("simulated kernel failure")
     r = client.post("/sdapi/v1/txt2img", json=BODY)
     assert r.status_code == 500 and "simulated kernel failure" in r.text and r.json()["error"]
@@ -47,7 +48,7 @@ def test_out_of_memory_is_reported_memory_freed_and_next_request_works(fresh_ctx
 
     freed = []
     monkeypatch.setattr(context, "free_memory", lambda: freed.append(1))
-    client = TestClient(create_app(fresh_ctx), raise_server_exceptions=False)
+    client = TestClient(create_app(api_only(fresh_ctx)), raise_server_exceptions=False)
     broken_unet["error"] = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
     r = client.post("/sdapi/v1/txt2img", json=BODY)
     assert r.status_code == 507 and "out of memory" in r.text and freed
@@ -62,7 +63,7 @@ def test_interrupt_from_one_session_does_not_stop_another(fresh_ctx):
                              save_images=False)
     job_a = Job(owner="session-a")
     box = {}
-    thread = threading.Thread(target=lambda: box.setdefault("res", fresh_ctx.txt2img(slow, job_a)))
+    thread = threading.Thread(target=lambda: box.setdefault("res", fresh_ctx.generate(slow, job_a)))
     thread.start()
     deadline = time.monotonic() + 30
     while job_a.sampling_step < 2 and time.monotonic() < deadline:

@@ -37,7 +37,7 @@ API_SECRET = "tok-Api-S3CRET-94ab"
 
 
 def png_b64(image: Image.Image | None = None, infotext: str | None = None) -> str:
-    from webui.images import png_bytes
+    from webui.saving import png_bytes
 
     return base64.b64encode(png_bytes(image or Image.new("RGB", (16, 16), (200, 40, 40)), infotext)).decode()
 
@@ -421,8 +421,8 @@ def test_05_ui_config_carries_no_secrets(auth_app):
 
 
 def test_06_extension_install_and_update_are_refused_on_a_network_bind(tmp_path):
-    from webui.extensions_admin import install_allowed, install_from_git, update
     from webui.errors import RequestError
+    from webui.extensions_admin import install_allowed, install_from_git, update
 
     for kw in ({"listen": True}, {"listen": True, "gradio_auth": "a:b"}):
         settings = make_settings(tmp_path, **kw)

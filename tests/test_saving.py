@@ -46,8 +46,8 @@ from PIL import Image, features
 
 from webui.a1111_options import a1111_option_defs
 from webui.filenames import ImageFields
-from webui.images import ImageSaver
-from webui.pnginfo import read_image_info
+from webui.image_metadata import read_image_info
+from webui.saving import ImageSaver
 from webui.settings import core_option_defs
 
 NOW = dt.datetime(2024, 5, 6, 7, 8, 9)  # naive local time, as A1111's datetime.now()
@@ -560,6 +560,6 @@ def test_img2img_saves_its_init_image_even_when_results_are_not_saved(ctx):
     req = GenerationRequest(prompt="x", steps=2, width=64, height=64, seed=1, sampler_name="Euler", mode="img2img",
                             init_images=(init,), denoising_strength=0.5, save_images=False,
                             override_settings={"save_init_img": True, "outdir_init_images": "outputs/test-saving-init"})
-    res = ctx.txt2img(req)
+    res = ctx.generate(req)
     folder = ctx.settings.data_dir / "outputs" / "test-saving-init"
     assert res.paths == [] and [p.name for p in folder.iterdir()] == [hashlib.md5(init.tobytes()).hexdigest() + ".png"]

@@ -20,7 +20,9 @@ from webui.jobs import Job
 from webui.pipeline.request import GenerationRequest
 from webui.pipeline.result import GenerationResult
 from webui.scripts import ScriptChoices, ScriptRun
-from webui.scripts_builtin import prompt_matrix, prompts_file, xyz
+from webui.scripts_builtin import prompt_matrix
+from webui.scripts_builtin import prompts_from_file as prompts_file
+from webui.scripts_builtin import xyz_plot as xyz
 from webui.scripts_builtin.grid import Annotation, draw_annotations, image_grid
 
 BASE = dict(prompt="a red cat", steps=2, width=64, height=64, seed=1, sampler_name="Euler", save_images=False)
@@ -124,12 +126,12 @@ def test_value_ranges_and_csv():
     assert xyz.csv_to_list('cat, "dog, big", bird') == ["cat", "dog, big", "bird"]
     with pytest.raises(ValueError):
         xyz.expand_values("int", ["two"])
-    res, gen = fake_run(xyz.script_def(), {"x_type": "Steps", "x_values": "1-5 (+2)", "y_type": "Seed",
+    res, gen = fake_run(xyz.SCRIPT, {"x_type": "Steps", "x_values": "1-5 (+2)", "y_type": "Seed",
                                             "y_values": "1-10 [4]"})
     assert sorted({r.steps for r in gen.requests}) == [1, 3, 5]
     assert sorted({r.seed for r in gen.requests}) == [1, 4, 7, 10]
     with pytest.raises(RequestError) as e:
-        fake_run(xyz.script_def(), {"x_type": "Steps", "x_values": "2,lots"})
+        fake_run(xyz.SCRIPT, {"x_type": "Steps", "x_values": "2,lots"})
     assert e.value.field == "script_args" and "Steps" in e.value.message
 
 
@@ -138,7 +140,7 @@ def test_value_ranges_and_csv():
 
 def test_xyz_grid_layout_legend_and_alignment():
     saved: list = []
-    res, gen = fake_run(xyz.script_def(), XYZ_ARGS, saved=saved)
+    res, gen = fake_run(xyz.SCRIPT, XYZ_ARGS, saved=saved)
     assert len(gen.requests) == 6 and len(res.images) == 1 + 6
     grid = res.images[0]
     assert grid.width > 128 and grid.height > 192
@@ -155,7 +157,7 @@ def test_xyz_grid_layout_legend_and_alignment():
     assert [parse_infotext(t)["CFG scale"] for t in res.infotexts[1:]] == ["5", "5", "7", "7", "9", "9"]
     assert saved and saved[0][1] == res.infotexts[0]
 
-    plain, _ = fake_run(xyz.script_def(), {**dict(zip(xyz.ARG_NAMES, XYZ_ARGS)), "draw_legend": False,
+    plain, _ = fake_run(xyz.SCRIPT, {**dict(zip(xyz.ARG_NAMES, XYZ_ARGS)), "draw_legend": False,
                                            "include_lone_images": False})
     assert len(plain.images) == 1 and plain.images[0].size == (128, 192)
     assert plain.images[0].getpixel((64 + 3, 64 * 2 + 3)) == res.images[6].getpixel((0, 0))  # (x=1, y=2)
@@ -165,15 +167,15 @@ def test_xyz_positional_equals_keyword_form():
     keyword = {"x_type": "Steps", "x_values": "2,3", "y_type": "CFG Scale", "y_values": "5,7,9",
                "include_lone_images": True}
     req = GenerationRequest(**BASE, subseed=3)
-    a, ga = fake_run(xyz.script_def(), XYZ_ARGS, req=req)
-    b, gb = fake_run(xyz.script_def(), keyword, req=req)
+    a, ga = fake_run(xyz.SCRIPT, XYZ_ARGS, req=req)
+    b, gb = fake_run(xyz.SCRIPT, keyword, req=req)
     assert ga.requests == gb.requests
     assert ImageChops.difference(a.images[0], b.images[0]).getbbox() is None
     assert a.infotexts == b.infotexts
 
 
 def test_xyz_z_axis_and_sub_grids():
-    res, gen = fake_run(xyz.script_def(), {"x_type": "Steps", "x_values": "2,3", "z_type": "CFG Scale",
+    res, gen = fake_run(xyz.SCRIPT, {"x_type": "Steps", "x_values": "2,3", "z_type": "CFG Scale",
                                            "z_values": "5,7", "include_sub_grids": True})
     assert len(gen.requests) == 4 and len(res.images) == 3  # main grid + 2 sub-grids
     main, sub = res.images[0], res.images[1]
@@ -183,54 +185,54 @@ def test_xyz_z_axis_and_sub_grids():
 
 def test_xyz_prompt_sr_and_order():
     req = GenerationRequest(**{**BASE, "prompt": "a red cat, big", "negative_prompt": "red blur"})
-    res, gen = fake_run(xyz.script_def(), {"x_type": "Prompt S/R", "x_values": "red, blue, green"}, req=req)
+    res, gen = fake_run(xyz.SCRIPT, {"x_type": "Prompt S/R", "x_values": "red, blue, green"}, req=req)
     assert [r.prompt for r in gen.requests] == ["a red cat, big", "a blue cat, big", "a green cat, big"]
     assert gen.requests[1].negative_prompt == "blue blur"
     with pytest.raises(RequestError) as e:
-        fake_run(xyz.script_def(), {"x_type": "Prompt S/R", "x_values": "purple, blue"}, req=req)
+        fake_run(xyz.SCRIPT, {"x_type": "Prompt S/R", "x_values": "purple, blue"}, req=req)
     assert e.value.field == "script_args" and "purple" in e.value.message
-    res, gen = fake_run(xyz.script_def(), {"x_type": "Prompt order", "x_values": "red, big"}, req=req)
+    res, gen = fake_run(xyz.SCRIPT, {"x_type": "Prompt order", "x_values": "red, big"}, req=req)
     assert [r.prompt for r in gen.requests] == ["a red cat, big", "a big cat, red"]
 
 
 def test_xyz_seed_fixing():
     req = GenerationRequest(**{**BASE, "seed": -1})
-    res, gen = fake_run(xyz.script_def(), {"x_type": "Seed", "x_values": "-1, 5", "y_type": "Steps",
+    res, gen = fake_run(xyz.SCRIPT, {"x_type": "Seed", "x_values": "-1, 5", "y_type": "Steps",
                                            "y_values": "2,3"}, req=req)
     seeds = [r.seed for r in gen.requests]
     assert -1 not in seeds and seeds.count(5) == 2 and len(set(seeds)) == 2
     fixed = parse_infotext(res.infotexts[0])["Fixed X Values"]
     assert fixed.endswith(", 5") and fixed.split(", ")[0] != "-1"
-    res, gen = fake_run(xyz.script_def(), {"x_type": "Steps", "x_values": "2,3"}, req=req)
+    res, gen = fake_run(xyz.SCRIPT, {"x_type": "Steps", "x_values": "2,3"}, req=req)
     assert len({r.seed for r in gen.requests}) == 1 and gen.requests[0].seed != -1  # one fixed seed for all
-    res, gen = fake_run(xyz.script_def(), {"x_type": "Seed", "x_values": "-1,-1", "no_fixed_seeds": True}, req=req)
+    res, gen = fake_run(xyz.SCRIPT, {"x_type": "Seed", "x_values": "-1,-1", "no_fixed_seeds": True}, req=req)
     assert [r.seed for r in gen.requests] == [-1, -1] and "Fixed X Values" not in res.infotexts[0]
 
 
 def test_xyz_choice_axes_and_unsupported():
-    res, gen = fake_run(xyz.script_def(), {"x_type": "Sampler", "x_values_dropdown": ["euler a", "DDIM"],
+    res, gen = fake_run(xyz.SCRIPT, {"x_type": "Sampler", "x_values_dropdown": ["euler a", "DDIM"],
                                            "y_type": "Schedule type", "y_values": "karras", "csv_mode": False})
     assert [r.sampler_name for r in gen.requests] == ["Euler a", "DDIM"] and gen.requests[0].scheduler == "Karras"
     assert parse_infotext(res.infotexts[0])["X Values"] == "euler a,DDIM"
-    _, gen = fake_run(xyz.script_def(), {"x_type": "Checkpoint name", "x_values": "tiny-sd1", "y_type": "Clip skip",
+    _, gen = fake_run(xyz.SCRIPT, {"x_type": "Checkpoint name", "x_values": "tiny-sd1", "y_type": "Clip skip",
                                          "y_values": "1,2", "z_type": "VAE", "z_values": "None"})
     assert gen.requests[0].override_settings == {"sd_model_checkpoint": "tiny-sd1.safetensors [0123456789]",
                                                  "CLIP_stop_at_last_layers": 1, "sd_vae": "None"}
-    _, gen = fake_run(xyz.script_def(), {"x_type": "Token merging ratio", "x_values": "0"})  # neutral: allowed
+    _, gen = fake_run(xyz.SCRIPT, {"x_type": "Token merging ratio", "x_values": "0"})  # neutral: allowed
     assert len(gen.requests) == 1
     for args, text in (({"x_type": "Token merging ratio", "x_values": "0.5"}, "not supported"),
                        ({"x_type": "Checkpoint name", "x_values": "nope"}, "tiny-sd1.safetensors"),
                        ({"x_type": "Clip skip", "x_values": "0,2"}, "between"),
                        ({"x_type": "Steps", "x_values": "2,900"}, "steps")):
         with pytest.raises(RequestError) as e:
-            fake_run(xyz.script_def(), args)
+            fake_run(xyz.SCRIPT, args)
         assert e.value.field == "script_args" and text in e.value.message, args
 
 
 def test_xyz_interrupt_mid_grid_returns_partial():
     job = Job()
     gen = FakeGen(job, interrupt_after=2)
-    res, _ = fake_run(xyz.script_def(), XYZ_ARGS, gen=gen, job=job)
+    res, _ = fake_run(xyz.SCRIPT, XYZ_ARGS, gen=gen, job=job)
     assert len(gen.requests) == 2 and res.interrupted and res.info["interrupted"]
     assert len(res.images) == 1 + 2 and res.images[0].size[0] > 128  # the grid, missing cells black
     assert len(res.infotexts) == 3
@@ -238,7 +240,7 @@ def test_xyz_interrupt_mid_grid_returns_partial():
 
 def test_xyz_batches_use_first_image_per_cell():
     req = GenerationRequest(**{**BASE, "batch_size": 2})
-    res, gen = fake_run(xyz.script_def(), {"x_type": "Steps", "x_values": "2,3", "draw_legend": False,
+    res, gen = fake_run(xyz.SCRIPT, {"x_type": "Steps", "x_values": "2,3", "draw_legend": False,
                                            "include_lone_images": True}, req=req)
     assert all(r.batch_size == 2 for r in gen.requests)
     assert res.images[0].size == (128, 64) and len(res.images) == 1 + 4 and len(res.seeds) == 5
@@ -257,7 +259,7 @@ def test_prompt_matrix_args_and_combinations():
     with pytest.raises(RequestError):
         prompt_matrix.parse_args({"prompt_type": "both"}, "txt2img")
     saved: list = []
-    res, gen = fake_run(prompt_matrix.script_def(), [False, False, "positive", "comma", 0], saved=saved,
+    res, gen = fake_run(prompt_matrix.SCRIPT, [False, False, "positive", "comma", 0], saved=saved,
                         req=GenerationRequest(**{**BASE, "prompt": "a cat|in a hat|on a mat"}))
     assert [r.prompt for r in gen.requests] == prompts and len(res.images) == 1 + 4 and len(res.infotexts) == 5
     assert len({r.seed for r in gen.requests}) == 1 and saved
@@ -265,7 +267,7 @@ def test_prompt_matrix_args_and_combinations():
     pad_left, pad_top = grid.width - 128, grid.height - 128  # 2x2 cells + the parts as labels
     assert pad_left > 0 and pad_top > 0
     assert not_blank(grid, (pad_left, 0, grid.width, pad_top)) and not_blank(grid, (0, pad_top, pad_left, grid.height))
-    res, gen = fake_run(prompt_matrix.script_def(), {"different_seeds": True},
+    res, gen = fake_run(prompt_matrix.SCRIPT, {"different_seeds": True},
                         req=GenerationRequest(**{**BASE, "prompt": "a cat|hat|mat|bat"}))
     assert len(gen.requests) == 8 and [r.seed for r in gen.requests] == list(range(1, 9))
     assert res.images[0].size[0] > 4 * 64 and res.images[0].size[1] > 2 * 64  # 4 columns, 2 rows + labels
@@ -282,7 +284,7 @@ def test_prompts_file_line_parsing():
             prompts_file.parse_line(line, 4, CHOICES)
         assert e.value.field == "script_args" and "line 4" in e.value.message and text in e.value.message
     assert prompts_file.parse_args([True, False, "x"], "txt2img")["prompt_txt"] == "x"  # pre-1.6 layout
-    _, gen = fake_run(prompts_file.script_def(), [True, False, "end", "one\ntwo"],
+    _, gen = fake_run(prompts_file.SCRIPT, [True, False, "end", "one\ntwo"],
                       req=GenerationRequest(**{**BASE, "prompt": "base", "seed": 10, "n_iter": 2}))
     assert [(r.prompt, r.seed) for r in gen.requests] == [("base one", 10), ("base two", 12)]
 
@@ -292,7 +294,7 @@ def test_prompts_file_line_parsing():
 
 def test_xyz_unknown_sampler_fails_before_generating(ctx, monkeypatch):
     calls = []
-    monkeypatch.setattr("webui.context.txt2img", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr("webui.context.generate", lambda *a, **k: calls.append(a))
     with pytest.raises(RequestError) as e:
         ctx.run_script(GenerationRequest(**BASE), "X/Y/Z plot", [10, "Euler, Nope", [], 0, "", [], 0, "", [],
                                                                   True, False, False, False, False, False, False,
@@ -309,7 +311,7 @@ def test_xyz_unknown_sampler_fails_before_generating(ctx, monkeypatch):
 def app(ctx):
     from webui.server import create_app
 
-    return create_app(ctx)
+    return create_app(ctx)  # with the UI: test_gradio_client_xyz drives it
 
 
 def test_xyz_api_positional(app):

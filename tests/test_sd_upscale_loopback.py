@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import StepRecorder, registered
+from tests.conftest import StepRecorder, api_only, registered
 from webui.errors import RequestError
 from webui.jobs import Job
 from webui.pipeline.request import GenerationRequest
@@ -73,7 +73,7 @@ def fake_run(module, args, req, gen=None, job=None, saved=None, upscale=None):
             saved.append(("image", image.size, seed, info))
         return f"/out/{seed}.png"
 
-    res = module.script_def().run(ScriptRun(req, named, "img2img", gen, job, CHOICES, save_grid, upscale,
+    res = module.SCRIPT.run(ScriptRun(req, named, "img2img", gen, job, CHOICES, save_grid, upscale,
                                             save_image))
     return res, gen
 
@@ -323,7 +323,7 @@ def client(ctx):
 
     from webui.server import create_app
 
-    return TestClient(create_app(ctx))
+    return TestClient(create_app(api_only(ctx)))
 
 
 def a1111_request(init: Image.Image) -> dict:
@@ -372,7 +372,7 @@ def test_api_sd_upscale_upscaler_by_index_and_keywords(client):
 ])
 def test_api_sd_upscale_bad_arguments_answer_422(client, monkeypatch, args, word):
     calls = []
-    monkeypatch.setattr("webui.context.txt2img", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr("webui.context.generate", lambda *a, **k: calls.append(a))
     body = {**a1111_request(gradient(32, 32)), "script_name": "sd upscale", "script_args": args}
     r = client.post("/sdapi/v1/img2img", json=body)
     assert r.status_code == 422 and "script_args" in r.text and word in r.text

@@ -15,8 +15,8 @@ import torch
 from webui.jobs import Job
 from webui.models.manager import CheckpointInfo, LoadedModel
 from webui.models.tiny import build_tiny_components
+from webui.pipeline.generate import generate
 from webui.pipeline.request import GenerationRequest
-from webui.pipeline.txt2img import txt2img
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_time_ids_follow_the_size_and_the_crop_options(ctx, xl, top, left):
     opts = ctx.options.current.replaced({"sdxl_crop_top": top, "sdxl_crop_left": left})
     req = GenerationRequest(prompt="a cube", steps=2, width=64, height=96, seed=1, sampler_name="Euler",
                             save_images=False)
-    txt2img(ctx.pipeline_env(), model, req, Job(kind="txt2img"), opts)
+    generate(ctx.pipeline_env(), model, req, Job(kind="txt2img"), opts)
     expected = _reference(model.components, 96, 64, top, left)
     assert seen and all(torch.equal(t, expected.expand_as(t)) for t in seen)
     assert seen[0].shape[0] == 2  # cond and uncond rows
@@ -61,6 +61,6 @@ def test_hires_pass_conditions_on_its_own_size(ctx, xl):
     req = GenerationRequest(prompt="a cube", steps=2, width=64, height=64, seed=1, sampler_name="Euler",
                             enable_hr=True, hr_scale=1.5, denoising_strength=0.5, hr_upscaler="Latent",
                             save_images=False)
-    txt2img(ctx.pipeline_env(), model, req, Job(kind="txt2img"), opts)
+    generate(ctx.pipeline_env(), model, req, Job(kind="txt2img"), opts)
     sizes = {tuple(t[0, :2].tolist()) for t in seen}
     assert sizes == {(64.0, 64.0), (96.0, 96.0)}

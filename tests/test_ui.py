@@ -50,7 +50,7 @@ def test_gradio_client_png_info(server, tmp_path, ctx):
 
     from webui.pipeline.request import GenerationRequest
 
-    res = ctx.txt2img(GenerationRequest(prompt="pnginfo test", steps=2, width=64, height=64, seed=9,
+    res = ctx.generate(GenerationRequest(prompt="pnginfo test", steps=2, width=64, height=64, seed=9,
                                         save_images=True))
     client = Client(server.url, verbose=False)
     html, raw, params = client.predict(handle_file(res.paths[0]), api_name="/png_info")
@@ -194,7 +194,7 @@ def test_gradio_client_extras_keeps_infotext_and_saves(server, ctx, tmp_path):
 
     from webui.pipeline.request import GenerationRequest
 
-    res = ctx.txt2img(GenerationRequest(prompt="extras source", steps=2, width=64, height=64, seed=3,
+    res = ctx.generate(GenerationRequest(prompt="extras source", steps=2, width=64, height=64, seed=3,
                                         save_images=True))
     client = Client(server.url, verbose=False)
     gallery, info = client.predict(image=handle_file(res.paths[0]), upscaler_1="Lanczos", upscaling_resize=2,

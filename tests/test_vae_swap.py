@@ -10,7 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
-from tests.conftest import make_settings
+from tests.conftest import api_only, make_settings
 from webui.context import build_context
 from webui.models.original_layout import save_single_file, vae_to_original
 from webui.models.tiny import build_tiny_components
@@ -44,7 +44,7 @@ def ctx(root, tmp_path):
 
 
 def img(ctx, **kw):
-    return ctx.txt2img(GenerationRequest(**{**BASE, **kw}))
+    return ctx.generate(GenerationRequest(**{**BASE, **kw}))
 
 
 def test_swap_changes_the_image_and_none_restores_it_exactly(ctx):
@@ -69,7 +69,7 @@ def test_automatic_uses_the_vae_named_after_the_checkpoint(ctx, root):
 
 
 def test_api_routes_options_and_errors(ctx, root):
-    client = TestClient(create_app(ctx))
+    client = TestClient(create_app(api_only(ctx)))
     names = [v["model_name"] for v in client.get("/sdapi/v1/sd-vae").json()]
     assert names == ["broken.safetensors", "folder-vae", "other.safetensors", "wrapped.vae.pt"]
     (root / "VAE" / "late.safetensors").write_bytes((root / "VAE" / "other.safetensors").read_bytes())
@@ -108,7 +108,7 @@ def test_half_precision_nan_is_decoded_again_in_float32(ctx, caplog):
 
 
 def test_switching_checkpoints_via_the_api(ctx, root):
-    client = TestClient(create_app(ctx))
+    client = TestClient(create_app(api_only(ctx)))
     before = client.post("/sdapi/v1/txt2img", json=BASE).json()["images"][0]
     titles = [m["title"] for m in client.get("/sdapi/v1/sd-models").json()]
     beta = next(t for t in titles if t.startswith("beta"))
@@ -135,7 +135,7 @@ def test_checkpoint_cache_and_unload_reload(ctx, monkeypatch):
     img(ctx, override_settings={"sd_model_checkpoint": "beta"})
     again = img(ctx, override_settings={"sd_model_checkpoint": "alpha"}).images[0].tobytes()
     assert first == again and reads.count("alpha.safetensors") <= 1 and [m.info.name for m in ctx.models.cached()]
-    client = TestClient(create_app(ctx))
+    client = TestClient(create_app(api_only(ctx)))
     assert client.post("/sdapi/v1/unload-checkpoint").status_code == 200 and ctx.models.current is None
     assert client.post("/sdapi/v1/reload-checkpoint").status_code == 200 and ctx.models.current is not None
     assert np.asarray(img(ctx).images[0]).shape == (64, 64, 3)
@@ -214,7 +214,7 @@ def test_a_new_model_where_an_old_one_was_starts_from_its_own_vae(root):
 
 
 def test_memory_route_reports_ram(ctx):
-    body = TestClient(create_app(ctx)).get("/sdapi/v1/memory").json()
+    body = TestClient(create_app(api_only(ctx))).get("/sdapi/v1/memory").json()
     assert body["ram"]["total"] > body["ram"]["used"] > 0 and "error" in body["cuda"]
 
 
@@ -244,7 +244,7 @@ def test_refiner_takes_over_at_the_switch_step(ctx):
     with pytest.raises(RequestError) as e:
         img(ctx, refiner_checkpoint="beta", refiner_switch_at=1.5)
     assert e.value.field == "refiner_switch_at"
-    r = TestClient(create_app(ctx)).post("/sdapi/v1/txt2img", json={**BASE, "refiner_checkpoint": "beta",
+    r = TestClient(create_app(api_only(ctx))).post("/sdapi/v1/txt2img", json={**BASE, "refiner_checkpoint": "beta",
                                                                      "refiner_switch_at": 0.6})
     assert r.status_code == 200 and "Refiner switch at: 0.6" in r.json()["info"]
 

@@ -73,7 +73,7 @@ def test_the_setting_reaches_the_pipeline(ctx, monkeypatch):
     monkeypatch.setattr(vae_mod, "TILE_PIXELS", 32)
     dec = _spy(monkeypatch, vae, "tiled_decode")
     req = dict(prompt="x", steps=2, width=64, height=64, seed=1, sampler_name="Euler", save_images=False)
-    plain = ctx.txt2img(GenerationRequest(**req))
+    plain = ctx.generate(GenerationRequest(**req))
     assert not dec
-    tiled = ctx.txt2img(GenerationRequest(**req, override_settings={"vae_tiling_enabled": True}))
+    tiled = ctx.generate(GenerationRequest(**req, override_settings={"vae_tiling_enabled": True}))
     assert dec and tiled.images[0].size == plain.images[0].size == (64, 64)

@@ -23,7 +23,7 @@ from tests.test_scripts_builtin import BASE, fake_run
 from webui.errors import RequestError
 from webui.infotext import parse_infotext
 from webui.pipeline.request import GenerationRequest
-from webui.scripts_builtin import xyz
+from webui.scripts_builtin import xyz_plot as xyz
 
 #: The 18 names, in A1111 v1.7-v1.10's order (``Script.ui`` return list / ``Script.run`` parameters).
 A1111_ARG_NAMES = ["x_type", "x_values", "x_values_dropdown", "y_type", "y_values", "y_values_dropdown",
@@ -160,7 +160,7 @@ SEEDS = {
 def test_vary_seeds_rule(varied):
     args = a1111_args(y_type=6, y_values="5,7,9", z_type="Eta", z_values="0,1", include_lone_images=True,
                       include_sub_grids=True, **{f"vary_seeds_{a}": True for a in varied})
-    res, gen = fake_run(xyz.script_def(), args, req=GenerationRequest(**{**BASE, "seed": 100}))
+    res, gen = fake_run(xyz.SCRIPT, args, req=GenerationRequest(**{**BASE, "seed": 100}))
     assert res.info["index_of_first_image"] == 3  # the main grid and the two sub-grids
     steps_cfg = [(str(s), str(c)) for s, c in [(2, 5), (3, 5), (2, 7), (3, 7), (2, 9), (3, 9)] * 2]
     assert [(st, cfg) for st, cfg, _ in cell_params(res)] == steps_cfg
@@ -174,20 +174,20 @@ def test_vary_seeds_rule(varied):
 
 def test_vary_seeds_with_a_seed_axis():
     # the offset goes on top of the Seed axis' value: 10+0, 20+1, 30+2
-    res, _ = fake_run(xyz.script_def(), a1111_args(x_type=1, x_values="10,20,30", include_lone_images=True,
+    res, _ = fake_run(xyz.SCRIPT, a1111_args(x_type=1, x_values="10,20,30", include_lone_images=True,
                                                    vary_seeds_x=True))
     assert [seed for _, _, seed in cell_params(res)] == [10, 21, 32]
     assert parse_infotext(res.infotexts[0])["Fixed X Values"] == "10, 20, 30"  # the values as given
     # a Seed axis on Y, varied along X (2 Steps values): (10, 11) in the first row, (20, 21) in the second
-    res, _ = fake_run(xyz.script_def(), a1111_args(y_type=1, y_values="10,20", include_lone_images=True,
+    res, _ = fake_run(xyz.SCRIPT, a1111_args(y_type=1, y_values="10,20", include_lone_images=True,
                                                    vary_seeds_x=True))
     assert [seed for _, _, seed in cell_params(res)] == [10, 11, 20, 21]
     # varied along Y, X not varied: the row index alone (10, 10), (20+1, 20+1)
-    res, _ = fake_run(xyz.script_def(), a1111_args(y_type=1, y_values="10,20", include_lone_images=True,
+    res, _ = fake_run(xyz.SCRIPT, a1111_args(y_type=1, y_values="10,20", include_lone_images=True,
                                                    vary_seeds_y=True))
     assert [seed for _, _, seed in cell_params(res)] == [10, 10, 21, 21]
     # a -1 on the Seed axis is fixed first (recorded in Fixed X Values), then moved on like the others
-    res, _ = fake_run(xyz.script_def(), a1111_args(x_type=1, x_values="-1,5", include_lone_images=True,
+    res, _ = fake_run(xyz.SCRIPT, a1111_args(x_type=1, x_values="-1,5", include_lone_images=True,
                                                    vary_seeds_x=True))
     fixed = parse_infotext(res.infotexts[0])["Fixed X Values"].split(", ")
     assert fixed[1] == "5" and fixed[0] != "-1"
@@ -196,20 +196,20 @@ def test_vary_seeds_with_a_seed_axis():
 
 def test_vary_seeds_with_random_and_kept_seeds():
     # a random base seed is fixed once, then moved on: s, s+1 / s+2, s+3
-    res, _ = fake_run(xyz.script_def(), a1111_args(y_type=6, y_values="5,7", include_lone_images=True,
+    res, _ = fake_run(xyz.SCRIPT, a1111_args(y_type=6, y_values="5,7", include_lone_images=True,
                                                    vary_seeds_x=True, vary_seeds_y=True),
                       req=GenerationRequest(**{**BASE, "seed": -1}))
     seeds = [seed for _, _, seed in cell_params(res)]
     assert seeds[0] >= 0 and [s - seeds[0] for s in seeds] == [0, 1, 2, 3]
     # "Keep -1 for seeds": -1 stays -1 in every cell (each draws its own); a fixed seed still moves on
-    _, gen = fake_run(xyz.script_def(), a1111_args(no_fixed_seeds=True, vary_seeds_x=True),
+    _, gen = fake_run(xyz.SCRIPT, a1111_args(no_fixed_seeds=True, vary_seeds_x=True),
                       req=GenerationRequest(**{**BASE, "seed": -1}))
     assert [r.seed for r in gen.requests] == [-1, -1]
-    _, gen = fake_run(xyz.script_def(), a1111_args(no_fixed_seeds=True, vary_seeds_x=True),
+    _, gen = fake_run(xyz.SCRIPT, a1111_args(no_fixed_seeds=True, vary_seeds_x=True),
                       req=GenerationRequest(**{**BASE, "seed": 7}))
     assert [r.seed for r in gen.requests] == [7, 8]
     # past the largest seed (2**32 - 1) it wraps around to 0
-    _, gen = fake_run(xyz.script_def(), a1111_args(x_values="2,3,2", vary_seeds_x=True),
+    _, gen = fake_run(xyz.SCRIPT, a1111_args(x_values="2,3,2", vary_seeds_x=True),
                       req=GenerationRequest(**{**BASE, "seed": 2**32 - 2}))
     assert [r.seed for r in gen.requests] == [2**32 - 2, 2**32 - 1, 0]
 
@@ -219,8 +219,8 @@ def test_keyword_form_equals_positional():
                "include_lone_images": True}
     positional = a1111_args(y_type=6, y_values="5,7", vary_seeds_y=True, include_lone_images=True)
     req = GenerationRequest(**BASE, subseed=3)
-    a, ga = fake_run(xyz.script_def(), keyword, req=req)
-    b, gb = fake_run(xyz.script_def(), positional, req=req)
+    a, ga = fake_run(xyz.SCRIPT, keyword, req=req)
+    b, gb = fake_run(xyz.SCRIPT, positional, req=req)
     assert ga.requests == gb.requests and a.infotexts == b.infotexts
     assert [r.seed for r in ga.requests] == [1, 1, 2, 2]
 

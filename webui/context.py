@@ -4,6 +4,7 @@ and passed down (no module globals)."""
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,20 +17,20 @@ from webui.a1111_options import a1111_option_defs
 from webui.devices import DevicePolicy, choose_device, free_memory
 from webui.errors import UnknownChoice
 from webui.filenames import ImageFields, request_fields, timestamp_of
-from webui.images import ImageSaver
 from webui.infotext import parse_infotext
 from webui.jobs import Job, JobQueue
 from webui.models.default import ensure_default_checkpoint
 from webui.models.manager import HashCache, LoadedModel, ModelManager
 from webui.networks.embeddings import EmbeddingDB
 from webui.networks.lora import LoraRegistry
+from webui.pipeline.generate import PipelineEnv, generate
 from webui.pipeline.request import GenerationRequest
 from webui.pipeline.result import GenerationResult
-from webui.pipeline.txt2img import PipelineEnv, txt2img
 from webui.plugins import Hooks, Plugins, make_plugin_manager
 from webui.prompts.parser import parse_extra_networks
 from webui.restoration.registry import FaceRestorerRegistry
 from webui.sampling.registry import SamplerRegistry
+from webui.saving import ImageSaver
 from webui.scripts import ScriptChoices, ScriptRegistry, ScriptRun
 from webui.settings import OptionError, Options, OptionsStore, Settings, core_option_defs
 from webui.styles import StyleStore
@@ -124,14 +125,21 @@ class AppContext:
             return self.models.load(CheckpointInfo(path, path.name, is_folder=path.is_dir()))
         return self.model_for(self.options.current)
 
-    def txt2img(self, req: GenerationRequest, job: Job | None = None) -> GenerationResult:
-        """Run a txt2img request through the shared queue."""
+    def generate(self, req: GenerationRequest, job: Job | None = None) -> GenerationResult:
+        """Run a generation request (txt2img, img2img, inpainting; hires fix and refiner included) through the
+        shared queue."""
         job = job or Job(kind=req.mode)
         opts = self.options_for(req.override_settings)
         with self.jobs.slot(job), _out_of_memory_fails_the_job():
             model = self.model_for(opts)
-            return txt2img(self.pipeline_env(), model, req, job, opts)
+            return generate(self.pipeline_env(), model, req, job, opts)
 
+
+    def txt2img(self, req: GenerationRequest, job: Job | None = None) -> GenerationResult:
+        """Deprecated name of :meth:`generate` (it always ran every mode), kept for extensions written
+        against it."""
+        warnings.warn("AppContext.txt2img is deprecated: use AppContext.generate", DeprecationWarning, stacklevel=2)
+        return self.generate(req, job)
 
     def script_choices(self) -> ScriptChoices:
         vae = self.options.defs.get("sd_vae")
@@ -149,9 +157,9 @@ class AppContext:
         job = job or Job(kind=req.mode)
         env = self.pipeline_env()
 
-        def generate(r: GenerationRequest) -> GenerationResult:
+        def run_one(r: GenerationRequest) -> GenerationResult:
             opts = self.options_for(r.override_settings)
-            return txt2img(env, self.model_for(opts), r, job, opts)
+            return generate(env, self.model_for(opts), r, job, opts)
 
         def image_fields(seed: int | None, prompt: str | None = None) -> ImageFields:
             model = self.models.current
@@ -216,7 +224,7 @@ class AppContext:
             return str(saved.path)
 
         with self.jobs.slot(job), _out_of_memory_fails_the_job():
-            return script.run(ScriptRun(req, args, req.mode, generate, job, self.script_choices(), save_grid,
+            return script.run(ScriptRun(req, args, req.mode, run_one, job, self.script_choices(), save_grid,
                                         upscale, save_image, opts=self.options_for(req.override_settings)))
 
     def extras(self, image: Any, req: Any, job: Job | None = None, override_settings: Mapping[str, Any] | None = None):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from PIL import Image, UnidentifiedImageError
 
-from webui.pnginfo import pnginfo_for
+from webui.image_metadata import pnginfo_for
 
 _DATA_URI = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 MAX_PIXELS = 8192 * 8192

@@ -158,32 +158,50 @@ class Guard:
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
         headers = scope.get("headers") or []
-        length = next((v for k, v in headers if k == b"content-length"), None)
-        limit_text = f"request body over {self.max_body // (1024 * 1024)} MB"
-        if length is not None and length.strip().isdigit() and int(length) > self.max_body:
-            for message in _error_body(413, "PayloadTooLarge", limit_text):
+        refusal = self._declared_too_large(headers) or self._hidden_file(path) or self._login_needed(path, headers)
+        if refusal is not None:
+            for message in _error_body(*refusal):
                 await send(message)
             return
-        if "file=" in path and not self.is_api_path(path):
-            # file routes never serve dot-files or dot-folders (.env, .git, ...) nor ``..`` paths (below the
-            # served folders, which may themselves lie in a dot-folder such as ~/.cache)
-            target = path.split("file=", 1)[1].replace("\\", "/")
-            for root in self.file_roots:
-                if target.startswith(root + "/"):
-                    target = target[len(root) + 1:]
-                    break
-            if any(part.startswith(".") for part in target.split("/") if part):
-                for message in _error_body(404, "NotFound", "no such file"):
-                    await send(message)
-                return
-        if self.ui_gate and not self.is_api_path(path) and path not in UI_PUBLIC_PATHS \
-                and not path.startswith(UI_PUBLIC_PREFIXES) and self.ui_user(headers) is None:
-            for message in _error_body(401, "Unauthorized", "log in first (this server has --gradio-auth/--api-auth)"):
-                await send(message)
-            return
-
         if self.ui_gate and path == "/" and self.ui_user(headers) is None:
             send = _without_api_info(send)  # the login page: no description of the app's endpoints
+        await self._run_within_limit(scope, receive, send, path)
+
+    def _limit_text(self) -> str:
+        return f"request body over {self.max_body // (1024 * 1024)} MB"
+
+    def _declared_too_large(self, headers) -> tuple[int, str, str] | None:
+        """413 when the ``Content-Length`` header is over the limit."""
+        length = next((v for k, v in headers if k == b"content-length"), None)
+        if length is not None and length.strip().isdigit() and int(length) > self.max_body:
+            return 413, "PayloadTooLarge", self._limit_text()
+        return None
+
+    def _hidden_file(self, path: str) -> tuple[int, str, str] | None:
+        """404 for a file route to a dot-file, a dot-folder (.env, .git, ...) or a ``..`` path, below the
+        served folders (which may themselves lie in a dot-folder such as ~/.cache)."""
+        if "file=" not in path or self.is_api_path(path):
+            return None
+        target = path.split("file=", 1)[1].replace("\\", "/")
+        for root in self.file_roots:
+            if target.startswith(root + "/"):
+                target = target[len(root) + 1:]
+                break
+        if any(part.startswith(".") for part in target.split("/") if part):
+            return 404, "NotFound", "no such file"
+        return None
+
+    def _login_needed(self, path: str, headers) -> tuple[int, str, str] | None:
+        """401 for a UI path without a logged-in UI session, when auth is on."""
+        if self.ui_gate and not self.is_api_path(path) and path not in UI_PUBLIC_PATHS \
+                and not path.startswith(UI_PUBLIC_PREFIXES) and self.ui_user(headers) is None:
+            return 401, "Unauthorized", "log in first (this server has --gradio-auth/--api-auth)"
+        return None
+
+    async def _run_within_limit(self, scope, receive, send, path: str) -> None:
+        """Run the application, counting the body it reads: past the limit it sees a disconnect and the
+        client gets 413 (a chunked body has no ``Content-Length``); with ``--api-log``, one line per
+        ``/sdapi`` request."""
         state = {"read": 0, "over": False, "started": False}
 
         async def counting_receive():
@@ -212,7 +230,7 @@ class Guard:
             if not state["over"]:
                 raise
         if state["over"] and not state["started"]:
-            for message in _error_body(413, "PayloadTooLarge", limit_text):
+            for message in _error_body(413, "PayloadTooLarge", self._limit_text()):
                 await send(message)
 
 

@@ -16,12 +16,12 @@ from webui.context import AppContext
 from webui.errors import RequestError
 from webui.extras import ExtrasRequest, postprocessing_text
 from webui.image_codec import Fetcher, decode_base64_image, encode_png_base64
-from webui.images import png_bytes
+from webui.image_metadata import read_image_info
 from webui.infotext import backcompat, infotext_to_request, parse_infotext
 from webui.jobs import Job
 from webui.pipeline.hires import LATENT_UPSCALE_MODES
 from webui.pipeline.request import GenerationRequest, request_from_values
-from webui.pnginfo import read_image_info
+from webui.saving import png_bytes
 from webui.sections import SECTION_SEP, collect_sections
 
 DEFAULT_SAMPLER = "Euler a"
@@ -136,10 +136,44 @@ def _inpaint_fields(body: m.Img2ImgRequest, fetch: Fetcher | None = None) -> dic
             "inpainting_mask_invert": int(body.inpainting_mask_invert)}
 
 
+def memory_report(ctx: AppContext) -> dict[str, Any]:
+    """``GET /memory`` in A1111's shape: host RAM, and CUDA memory statistics when a GPU is used."""
+    import psutil
+    import torch
+
+    vm = psutil.virtual_memory()
+    process = psutil.Process()
+    ram = {"free": vm.available, "used": process.memory_info().rss, "total": vm.total}
+    if not torch.cuda.is_available() or ctx.device.device.type != "cuda":
+        return {"ram": ram, "cuda": {"error": "no CUDA device in use"}}
+    index = ctx.device.device.index or 0
+    free, total = torch.cuda.mem_get_info(index)
+    stats = torch.cuda.memory_stats(index)
+
+    def pool(name: str) -> dict[str, int]:
+        return {"current": stats.get(f"{name}.all.current", 0), "peak": stats.get(f"{name}.all.peak", 0)}
+
+    cuda = {"system": {"free": free, "used": total - free, "total": total},
+            "active": pool("active_bytes"), "allocated": pool("allocated_bytes"),
+            "reserved": pool("reserved_bytes"), "inactive": pool("inactive_split_bytes"),
+            "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)}}
+    return {"ram": ram, "cuda": cuda}
+
+
 def build_router(ctx: AppContext) -> APIRouter:
+    """The ``/sdapi/v1`` router: one function per group of routes below."""
     r = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
     fetch = image_fetcher(ctx)
+    _generation_routes(r, ctx, fetch)
+    _image_routes(r, ctx, fetch)
+    _choice_routes(r, ctx)
+    _model_and_option_routes(r, ctx)
+    _network_and_style_routes(r, ctx)
+    return r
 
+
+def _generation_routes(r: APIRouter, ctx: AppContext, fetch: Fetcher | None) -> None:
+    """txt2img, img2img (with scripts), and the running job: progress, interrupt, skip."""
     def owner_of(request: Request) -> str | None:
         return api_owner(request) if ctx.settings.auth_enabled else None
 
@@ -149,7 +183,7 @@ def build_router(ctx: AppContext) -> APIRouter:
         if script and script.lower() != "none":
             result = ctx.run_script(req, script, body.script_args, job)
         else:
-            result = ctx.txt2img(req, job)
+            result = ctx.generate(req, job)
         images = (
             [encode_png_base64(img, info) for img, info in zip(result.images, result.infotexts)]
             if body.send_images
@@ -176,14 +210,6 @@ def build_router(ctx: AppContext) -> APIRouter:
                                             initial_noise_multiplier=body.initial_noise_multiplier,
                                             **_inpaint_fields(body, fetch))
         return _run(req, body, owner_of(request))
-
-    @r.post("/png-info", response_model=m.PngInfoResponse)
-    def png_info(body: m.PngInfoRequest) -> m.PngInfoResponse:
-        image = decode_base64_image(body.image, "image", fetch)
-        text, items = read_image_info(image)
-        # A1111 returns parse_generation_parameters, which applies backcompat
-        parameters = backcompat(parse_infotext(text), auto_backcompat(ctx)) if text else {}
-        return m.PngInfoResponse(info=text or "", items=items, parameters=parameters)
 
     @r.get("/progress", response_model=m.ProgressResponse)
     def progress(skip_current_image: bool = False) -> m.ProgressResponse:
@@ -215,6 +241,17 @@ def build_router(ctx: AppContext) -> APIRouter:
         ctx.jobs.skip(owner=owner_of(request))
         return {}
 
+
+def _image_routes(r: APIRouter, ctx: AppContext, fetch: Fetcher | None) -> None:
+    """Work on a given image: PNG Info and Extras (single and batch)."""
+    @r.post("/png-info", response_model=m.PngInfoResponse)
+    def png_info(body: m.PngInfoRequest) -> m.PngInfoResponse:
+        image = decode_base64_image(body.image, "image", fetch)
+        text, items = read_image_info(image)
+        # A1111 returns parse_generation_parameters, which applies backcompat
+        parameters = backcompat(parse_infotext(text), auto_backcompat(ctx)) if text else {}
+        return m.PngInfoResponse(info=text or "", items=items, parameters=parameters)
+
     def _extras_req(body: m.ExtrasBase) -> ExtrasRequest:
         return ExtrasRequest(**{k: v for k, v in body.model_dump().items() if k in EXTRAS_FIELDS})
 
@@ -240,6 +277,9 @@ def build_router(ctx: AppContext) -> APIRouter:
         post = results[0][1] if results else ""
         return m.ExtrasBatchImagesResponse(images=[d for d, _ in results], html_info=f"<p>{html.escape(post)}</p>")
 
+
+def _choice_routes(r: APIRouter, ctx: AppContext) -> None:
+    """The names a request may use: face restorers, upscalers, latent upscale modes, samplers, schedulers."""
     @r.get("/face-restorers", response_model=list[m.FaceRestorerItem])
     def face_restorers() -> list[m.FaceRestorerItem]:
         return [m.FaceRestorerItem(name=f.name, cmd_dir=f.model_path) for f in ctx.face_restorers.all()]
@@ -277,6 +317,9 @@ def build_router(ctx: AppContext) -> APIRouter:
                   for s in ctx.samplers.schedules.values()]
         return items
 
+
+def _model_and_option_routes(r: APIRouter, ctx: AppContext) -> None:
+    """Checkpoints (list, refresh, unload, reload), memory, options and the server's flags."""
     @r.get("/sd-models", response_model=list[m.SDModelItem])
     def sd_models() -> list[m.SDModelItem]:
         out = []
@@ -294,27 +337,7 @@ def build_router(ctx: AppContext) -> APIRouter:
 
     @r.get("/memory")
     def memory() -> dict[str, Any]:
-        """A1111's shape: host RAM, and CUDA memory statistics when a GPU is used."""
-        import psutil
-        import torch
-
-        vm = psutil.virtual_memory()
-        process = psutil.Process()
-        ram = {"free": vm.available, "used": process.memory_info().rss, "total": vm.total}
-        if not torch.cuda.is_available() or ctx.device.device.type != "cuda":
-            return {"ram": ram, "cuda": {"error": "no CUDA device in use"}}
-        index = ctx.device.device.index or 0
-        free, total = torch.cuda.mem_get_info(index)
-        stats = torch.cuda.memory_stats(index)
-
-        def pool(name: str) -> dict[str, int]:
-            return {"current": stats.get(f"{name}.all.current", 0), "peak": stats.get(f"{name}.all.peak", 0)}
-
-        cuda = {"system": {"free": free, "used": total - free, "total": total},
-                "active": pool("active_bytes"), "allocated": pool("allocated_bytes"),
-                "reserved": pool("reserved_bytes"), "inactive": pool("inactive_split_bytes"),
-                "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)}}
-        return {"ram": ram, "cuda": cuda}
+        return memory_report(ctx)
 
     @r.post("/unload-checkpoint")
     def unload_checkpoint() -> dict:
@@ -353,6 +376,21 @@ def build_router(ctx: AppContext) -> APIRouter:
         ctx.options.update(clean)
         return {}
 
+    @r.get("/cmd-flags")
+    def cmd_flags() -> dict[str, Any]:
+        s = ctx.settings
+        # Secrets (auth strings) are never echoed.
+        return {
+            "listen": s.listen, "port": s.port, "ckpt": str(s.ckpt) if s.ckpt else None,
+            "ckpt_dir": str(s.ckpt_dir) if s.ckpt_dir else None, "data_dir": str(s.data_dir),
+            "models_dir": str(s.models_root), "api": s.api, "nowebui": s.nowebui, "use_cpu": s.use_cpu,
+            "no_half": s.no_half, "device_id": s.device_id, "api_auth": bool(s.api_auth),
+            "gradio_auth": bool(s.gradio_auth),
+        }
+
+
+def _network_and_style_routes(r: APIRouter, ctx: AppContext) -> None:
+    """Prompt styles, textual-inversion embeddings and LoRAs (list and refresh)."""
     @r.get("/prompt-styles", response_model=list[m.PromptStyleItem])
     def prompt_styles() -> list[m.PromptStyleItem]:
         return [m.PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
@@ -388,17 +426,3 @@ def build_router(ctx: AppContext) -> APIRouter:
     def refresh_loras() -> dict:
         ctx.loras.refresh()
         return {}
-
-    @r.get("/cmd-flags")
-    def cmd_flags() -> dict[str, Any]:
-        s = ctx.settings
-        # Secrets (auth strings) are never echoed.
-        return {
-            "listen": s.listen, "port": s.port, "ckpt": str(s.ckpt) if s.ckpt else None,
-            "ckpt_dir": str(s.ckpt_dir) if s.ckpt_dir else None, "data_dir": str(s.data_dir),
-            "models_dir": str(s.models_root), "api": s.api, "nowebui": s.nowebui, "use_cpu": s.use_cpu,
-            "no_half": s.no_half, "device_id": s.device_id, "api_auth": bool(s.api_auth),
-            "gradio_auth": bool(s.gradio_auth),
-        }
-
-    return r

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -242,53 +243,36 @@ def build_misc_router(ctx: AppContext) -> APIRouter:
         """Always empty: hypernetworks are not supported (A1111 answers a list, so clients get one)."""
         return []
 
-    @r.post("/interrogate", responses=_NOT_IMPLEMENTED_RESPONSE)
-    def interrogate(body: dict[str, Any] | None = Body(None)) -> JSONResponse:
-        return not_implemented("interrogate", "no interrogation model in this build; CLIP/DeepBooru are not shipped")
-
-    training = "training and preprocessing are not part of this build (use a dedicated trainer such as kohya-ss)"
-
-    @r.post("/create/embedding", responses=_NOT_IMPLEMENTED_RESPONSE)
-    def create_embedding(body: dict[str, Any] | None = Body(None)) -> JSONResponse:
-        return not_implemented("create/embedding", training)
-
-    @r.post("/create/hypernetwork", responses=_NOT_IMPLEMENTED_RESPONSE)
-    def create_hypernetwork(body: dict[str, Any] | None = Body(None)) -> JSONResponse:
-        return not_implemented("create/hypernetwork", "hypernetworks are not supported")
-
-    @r.post("/preprocess", responses=_NOT_IMPLEMENTED_RESPONSE)
-    def preprocess(body: dict[str, Any] | None = Body(None)) -> JSONResponse:
-        return not_implemented("preprocess", training)
-
-    @r.post("/train/embedding", responses=_NOT_IMPLEMENTED_RESPONSE)
-    def train_embedding(body: dict[str, Any] | None = Body(None)) -> JSONResponse:
-        return not_implemented("train/embedding", training)
-
-    @r.post("/train/hypernetwork", responses=_NOT_IMPLEMENTED_RESPONSE)
-    def train_hypernetwork(body: dict[str, Any] | None = Body(None)) -> JSONResponse:
-        return not_implemented("train/hypernetwork", "hypernetworks are not supported")
-
-    server_control = ("stopping or restarting the server over the API is disabled in this build "
-                      "(A1111 gates it behind --api-server-stop); stop the process with SIGTERM instead")
-
-    @r.post("/server-kill", responses=_NOT_IMPLEMENTED_RESPONSE)
-    def server_kill() -> JSONResponse:
-        return not_implemented("server-kill", server_control)
-
-    @r.post("/server-restart", responses=_NOT_IMPLEMENTED_RESPONSE)
-    def server_restart() -> JSONResponse:
-        return not_implemented("server-restart", server_control)
-
-    @r.post("/server-stop", responses=_NOT_IMPLEMENTED_RESPONSE)
-    def server_stop() -> JSONResponse:
-        return not_implemented("server-stop", server_control)
-
+    _not_implemented_routes(r)
     return r
 
 
-#: Routes that always answer 501 (excluded from the schemathesis "no 5xx" run, tested on their own).
-NOT_IMPLEMENTED_ROUTES = (
-    "/sdapi/v1/interrogate", "/sdapi/v1/create/embedding", "/sdapi/v1/create/hypernetwork", "/sdapi/v1/preprocess",
-    "/sdapi/v1/train/embedding", "/sdapi/v1/train/hypernetwork", "/sdapi/v1/server-kill",
-    "/sdapi/v1/server-restart", "/sdapi/v1/server-stop",
-)
+_TRAINING = "training and preprocessing are not part of this build (use a dedicated trainer such as kohya-ss)"
+_HYPERNETWORKS = "hypernetworks are not supported"
+_SERVER_CONTROL = ("stopping or restarting the server over the API is disabled in this build "
+                   "(A1111 gates it behind --api-server-stop); stop the process with SIGTERM instead")
+
+#: A1111's routes for features this build does not ship, and why: each answers 501 in A1111's error shape,
+#: whatever the body (excluded from the schemathesis "no 5xx" run, tested on their own).
+NOT_IMPLEMENTED: dict[str, str] = {
+    "interrogate": "no interrogation model in this build; CLIP/DeepBooru are not shipped",
+    "create/embedding": _TRAINING,
+    "create/hypernetwork": _HYPERNETWORKS,
+    "preprocess": _TRAINING,
+    "train/embedding": _TRAINING,
+    "train/hypernetwork": _HYPERNETWORKS,
+    "server-kill": _SERVER_CONTROL,
+    "server-restart": _SERVER_CONTROL,
+    "server-stop": _SERVER_CONTROL,
+}
+NOT_IMPLEMENTED_ROUTES = tuple(f"/sdapi/v1/{path}" for path in NOT_IMPLEMENTED)
+
+
+def _not_implemented_routes(r: APIRouter) -> None:
+    """``POST`` routes that answer 501 (:data:`NOT_IMPLEMENTED`)."""
+    def answering(feature: str, why: str) -> Callable[[], JSONResponse]:
+        return lambda: not_implemented(feature, why)
+
+    for path, why in NOT_IMPLEMENTED.items():
+        r.add_api_route(f"/{path}", answering(path, why), methods=["POST"], responses=_NOT_IMPLEMENTED_RESPONSE,
+                        name=path.replace("/", "_").replace("-", "_"))

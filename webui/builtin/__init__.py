@@ -1,4 +1,7 @@
-"""Built-in features, each a plugin registered exactly like a third-party extension."""
+"""Built-in features, each a plugin registered exactly like a third-party extension.
+
+The selectable scripts are plugins in :mod:`webui.scripts_builtin` (each module registers its own script).
+"""
 
 #: Module names registered by :func:`webui.plugins.make_plugin_manager`; each can be disabled by name.
 BUILTIN_PLUGINS: tuple[str, ...] = (
@@ -10,9 +13,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "webui.builtin.vae",
     "webui.builtin.outpainting",
     "webui.builtin.previews",
-    "webui.builtin.xyz_plot",
-    "webui.builtin.prompt_matrix",
-    "webui.builtin.prompts_from_file",
-    "webui.builtin.sd_upscale",
-    "webui.builtin.loopback",
+    "webui.scripts_builtin.xyz_plot",
+    "webui.scripts_builtin.prompt_matrix",
+    "webui.scripts_builtin.prompts_from_file",
+    "webui.scripts_builtin.sd_upscale",
+    "webui.scripts_builtin.loopback",
 )

@@ -201,7 +201,7 @@ class ControlNetPlugin:
     # --- UI --------------------------------------------------------------------------------------
     @hookimpl
     def ui_sections(self, ctx: Any, mode: str) -> list[Any]:
-        from webui.controlnet.ui import controlnet_section
+        from webui.controlnet.section import controlnet_section
 
         return [controlnet_section(self, ctx, mode)]
 

@@ -102,40 +102,28 @@ def merge_checkpoints(request: MergeRequest, *, checkpoint_paths: Resolver, vae_
             file without ``overwrite``, tensors that cannot be merged (the message names the key).
         ModelError: an input file that cannot be read.
     """
-    method = request.interp_method
-    if method not in METHODS:
-        raise RequestError("interp_method", f"must be one of {', '.join(METHODS)}, not {method!r}")
-    try:
-        multiplier = float(request.multiplier)
-    except (TypeError, ValueError):
-        raise RequestError("multiplier", f"must be a number, not {request.multiplier!r}") from None
-    if multiplier != multiplier or multiplier in (float("inf"), float("-inf")):
-        raise RequestError("multiplier", "must be a finite number")
-    fmt = (request.checkpoint_format or "safetensors").lower().lstrip(".")
-    if fmt != "safetensors":
-        raise RequestError("checkpoint_format", "only safetensors is written (pickled .ckpt files can run code "
-                                                "when loaded elsewhere)")
-    discard = _compile_discard(request.discard_weights)
+    # 1. check every input before anything is loaded
+    method, multiplier, discard = _check_request(request)
     a = _resolve(checkpoint_paths, "primary", request.primary)
     b = _resolve(checkpoint_paths, "secondary", request.secondary) if method != "No interpolation" else None
     c = _resolve(checkpoint_paths, "tertiary", request.tertiary) if method == "Add difference" else None
     vae_name = _vae_choice(request.bake_in_vae)
     vae_path = _resolve_vae([Path(d) for d in vae_dirs], vae_name) if vae_name else None
-
     out_dir = Path(out_dir)
     base = (request.custom_name or "").strip() or default_name(
         method, a.model_name, b.model_name if b else None, c.model_name if c else None, multiplier)
     _output_path(out_dir, base, "", overwrite=True)  # a bad name fails before anything is loaded
 
+    # 2. read the inputs
     vae = _read_vae(vae_path) if vae_path else {}
     theta_a, meta_a = read_state_dict(a.path)
     theta_b, meta_b = read_state_dict(b.path) if b else ({}, {})
     theta_c, meta_c = read_state_dict(c.path) if c else ({}, {})
-    vae_keys = {VAE_PREFIX + k for k in vae}
-    if vae and not vae_keys & theta_a.keys():
+    if vae and not {VAE_PREFIX + k for k in vae} & theta_a.keys():
         raise RequestError("bake_in_vae", f"{vae_name!r} holds no weights of the checkpoint's VAE "
                                           f"({VAE_PREFIX}* keys); is it a VAE in the original layout?")
 
+    # 3. the output's name: an inpainting / instruct-pix2pix input gives the merge that suffix
     extra_channels = 0
     conv_a, conv_b = theta_a.get(CONV_IN), theta_b.get(CONV_IN)
     if conv_a is not None and conv_b is not None and conv_a.shape != conv_b.shape and not (
@@ -144,27 +132,10 @@ def merge_checkpoints(request: MergeRequest, *, checkpoint_paths: Resolver, vae_
     suffix = {9: ".inpainting", 8: ".instruct-pix2pix"}.get(extra_channels, "")
     path = _output_path(out_dir, base, suffix, request.overwrite)
 
-    out: dict[str, torch.Tensor] = {}
-    keys = list(theta_a)
-    total = len(keys)
-    for i, key in enumerate(keys):
-        value = theta_a.pop(key)
-        other_b = theta_b.pop(key, None)
-        other_c = theta_c.pop(key, None)
-        if discard is not None and discard.search(key):
-            continue
-        if key in vae_keys:
-            value = _fit_vae_tensor(key, vae[key[len(VAE_PREFIX):]], value, vae_name)
-        elif method != "No interpolation" and other_b is not None and key not in SKIP_ON_MERGE \
-                and value.is_floating_point():
-            value = _merge_one(key, method, value, other_b, other_c, multiplier)
-        out[key] = _cast(value, request.save_as_half)
-        if progress is not None:
-            progress(i + 1, total)
+    # 4. merge key by key, 5. save with A1111's recipe metadata
+    out = _merged(theta_a, theta_b, theta_c, vae, vae_name, method, multiplier, discard, request.save_as_half,
+                  progress)
     del theta_b, theta_c, vae
-    if not out:
-        raise RequestError("discard_weights", "the pattern discards every weight; nothing would be saved")
-
     recipe = {
         "type": "webui",
         "primary_model_hash": hashes.sha256(a.path),
@@ -181,8 +152,61 @@ def merge_checkpoints(request: MergeRequest, *, checkpoint_paths: Resolver, vae_
         "is_instruct_pix2pix": extra_channels == 8,
         "output_name": path.relative_to(out_dir).as_posix(),
     }
+    metadata = {"format": "pt", "sd_merge_recipe": json.dumps(recipe),
+                "sd_merge_models": json.dumps(_source_models(hashes, ((a, meta_a), (b, meta_b), (c, meta_c))))}
+    _save_atomic(_unshared(out), path, metadata, request.overwrite)
+    return path
+
+
+def _check_request(request: MergeRequest) -> tuple[str, float, re.Pattern | None]:
+    """The method, the multiplier and the compiled ``discard_weights`` pattern, or a RequestError."""
+    method = request.interp_method
+    if method not in METHODS:
+        raise RequestError("interp_method", f"must be one of {', '.join(METHODS)}, not {method!r}")
+    try:
+        multiplier = float(request.multiplier)
+    except (TypeError, ValueError):
+        raise RequestError("multiplier", f"must be a number, not {request.multiplier!r}") from None
+    if multiplier != multiplier or multiplier in (float("inf"), float("-inf")):
+        raise RequestError("multiplier", "must be a finite number")
+    fmt = (request.checkpoint_format or "safetensors").lower().lstrip(".")
+    if fmt != "safetensors":
+        raise RequestError("checkpoint_format", "only safetensors is written (pickled .ckpt files can run code "
+                                                "when loaded elsewhere)")
+    return method, multiplier, _compile_discard(request.discard_weights)
+
+
+def _merged(theta_a: dict[str, torch.Tensor], theta_b: dict[str, torch.Tensor], theta_c: dict[str, torch.Tensor],
+            vae: dict[str, torch.Tensor], vae_name: str | None, method: str, multiplier: float,
+            discard: re.Pattern | None, half: bool, progress: Progress | None) -> dict[str, torch.Tensor]:
+    """A's keys merged with B's (and C's), the VAE baked in, discarded keys left out. The inputs are
+    emptied as the merge goes, so at most one copy of each tensor is held."""
+    out: dict[str, torch.Tensor] = {}
+    keys = list(theta_a)
+    for i, key in enumerate(keys):
+        value = theta_a.pop(key)
+        other_b = theta_b.pop(key, None)
+        other_c = theta_c.pop(key, None)
+        if discard is not None and discard.search(key):
+            continue
+        if key.startswith(VAE_PREFIX) and key[len(VAE_PREFIX):] in vae:
+            value = _fit_vae_tensor(key, vae[key[len(VAE_PREFIX):]], value, vae_name)
+        elif method != "No interpolation" and other_b is not None and key not in SKIP_ON_MERGE \
+                and value.is_floating_point():
+            value = _merge_one(key, method, value, other_b, other_c, multiplier)
+        out[key] = _cast(value, half)
+        if progress is not None:
+            progress(i + 1, len(keys))
+    if not out:
+        raise RequestError("discard_weights", "the pattern discards every weight; nothing would be saved")
+    return out
+
+
+def _source_models(hashes: Hashes, sources) -> dict[str, Any]:
+    """A1111's ``sd_merge_models``: each input by hash (name, legacy hash, its own recipe), plus the
+    inputs' own ``sd_merge_models`` (a merge of merges keeps its whole family)."""
     models: dict[str, Any] = {}
-    for src, meta in ((a, meta_a), (b, meta_b), (c, meta_c)):
+    for src, meta in sources:
         if src is None:
             continue
         models[hashes.sha256(src.path)] = {"name": src.name, "legacy_hash": legacy_hash(src.path),
@@ -190,9 +214,7 @@ def merge_checkpoints(request: MergeRequest, *, checkpoint_paths: Resolver, vae_
         earlier = _json_or_none(meta.get("sd_merge_models"))
         if isinstance(earlier, dict):
             models.update(earlier)
-    metadata = {"format": "pt", "sd_merge_recipe": json.dumps(recipe), "sd_merge_models": json.dumps(models)}
-    _save_atomic(_unshared(out), path, metadata, request.overwrite)
-    return path
+    return models
 
 
 # --- validation -----------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from PIL import Image, UnidentifiedImageError
 
 from webui.errors import RequestError
 from webui.filenames import request_fields
-from webui.images import ImageSaver
 from webui.pipeline.request import GenerationRequest
 from webui.pipeline.result import GenerationResult
+from webui.saving import ImageSaver
 
 log = logging.getLogger(__name__)
 

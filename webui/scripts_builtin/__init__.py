@@ -1,7 +1,8 @@
-"""The selectable scripts A1111 ships: "X/Y/Z plot", "Prompt matrix" and "Prompts from file or textbox".
+"""The selectable scripts A1111 ships: "X/Y/Z plot", "Prompt matrix", "Prompts from file or textbox",
+"SD upscale" and "Loopback".
 
 Each module builds a :class:`~webui.scripts.ScriptDef` from the public script interface only (the
-request, ``run.generate``, ``run.choices``, ``run.save_grid``); the plugins in :mod:`webui.builtin`
-(``xyz_plot``, ``prompt_matrix``, ``prompts_from_file``) register them through ``register_scripts``.
+request, ``run.generate``, ``run.choices``, ``run.save_grid``) and is itself a built-in plugin: its
+``register_scripts`` hook returns that script (disable one by its module name, e.g. ``xyz_plot``).
 :mod:`.grid` draws the labelled grids (A1111's ``image_grid`` / ``draw_grid_annotations``).
 """

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from webui.errors import RequestError
+from webui.hookspecs import hookimpl
 from webui.pipeline.init_image import flatten
 from webui.pipeline.noise import resolve_seed
 from webui.pipeline.request import MAX_SEED, MAX_SIDE, check_request
@@ -296,5 +297,10 @@ def render(mode: str, choices=None) -> dict[str, Any]:
     return out
 
 
-def script_def() -> ScriptDef:
-    return ScriptDef(TITLE, run, modes=("img2img",), parse_args=parse_args, render=render, arg_names=ARG_NAMES)
+#: The script; registering it makes this module a built-in plugin (:data:`webui.builtin.BUILTIN_PLUGINS`).
+SCRIPT = ScriptDef(TITLE, run, modes=("img2img",), parse_args=parse_args, render=render, arg_names=ARG_NAMES)
+
+
+@hookimpl
+def register_scripts() -> list[ScriptDef]:
+    return [SCRIPT]

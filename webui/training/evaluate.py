@@ -37,7 +37,7 @@ def evaluate(ctx, scenes: Iterable[shapes.Scene], seeds: Iterable[int], *, sampl
             req = GenerationRequest(prompt=prompt, seed=seed, steps=steps, cfg_scale=cfg_scale, sampler_name=sampler,
                                     scheduler=SCHEDULER, width=shapes.IMAGE_SIZE, height=shapes.IMAGE_SIZE,
                                     save_images=False)
-            image = ctx.txt2img(req).images[0]
+            image = ctx.generate(req).images[0]
             reading = scoring.read_image(image)
             result = scoring.score(scene, reading)
             for key, ok in result.items():

@@ -79,7 +79,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Checkpoint Merger", id="modelmerger"):
                 build_merger_tab(ctx)
             with gr.Tab("Settings", id="settings"):
-                build_settings_tab(ctx)
+                build_settings_tab(ctx, demo)
             with gr.Tab("Extensions", id="extensions"):
                 build_extensions_tab(ctx)
             for tab in ctx.hooks.ui_tabs(ctx):

@@ -13,8 +13,8 @@ from PIL import Image
 from webui.context import AppContext
 from webui.errors import RequestError
 from webui.extras import ExtrasRequest, postprocessing_text
+from webui.image_metadata import read_image_info
 from webui.pipeline.batch_folder import input_files
-from webui.pnginfo import read_image_info
 from webui.ui.progress import USER_ERRORS, named_handler, user_error
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ import html
 import gradio as gr
 from PIL import Image
 
+from webui.image_metadata import read_image_info
 from webui.infotext import parse_infotext
-from webui.pnginfo import read_image_info
 
 
 def describe_image(image: Image.Image | None) -> tuple[str, str, dict]:

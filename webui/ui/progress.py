@@ -57,7 +57,7 @@ def stream_with_progress(ctx: AppContext, req: GenerationRequest, owner: str | N
             if script is not None:
                 box["result"] = ctx.run_script(req, script[0], script[1], job)
             else:
-                box["result"] = ctx.txt2img(req, job)
+                box["result"] = ctx.generate(req, job)
         except BaseException as exc:  # noqa: BLE001 - handed to the UI thread
             box["error"] = exc
 

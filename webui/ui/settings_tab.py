@@ -14,29 +14,32 @@ from webui.ui.progress import named_handler
 
 
 def _component(ctx: AppContext, d: OptionDef) -> Any:
-    """The option's control; its value is read again at every page load (a callable value), so a reload
-    shows the saved options, not the ones of the server's start."""
+    """The option's control, showing the option's value now (the page load shows the saved values: see
+    :func:`build_settings_tab`)."""
     eid = f"setting_{re.sub(r'[^A-Za-z0-9_]', '_', d.key)}"
     value = ctx.options.current.get(d.key, d.default)
-
-    def current(convert=lambda v: v):
-        return lambda: convert(ctx.options.current.get(d.key, d.default))
-
     if d.choices_fn is not None or d.choices is not None:
         choices = list(d.choices_fn()) if d.choices_fn is not None else list(d.choices or ())
         if value not in choices:
             choices.append(value)
-        return gr.Dropdown(choices, value=current(), label=d.label, elem_id=eid,
+        return gr.Dropdown(choices, value=value, label=d.label, elem_id=eid,
                            allow_custom_value=d.choices_fn is not None)
     if isinstance(d.default, bool):
-        return gr.Checkbox(current(bool), label=d.label, elem_id=eid)
+        return gr.Checkbox(bool(value), label=d.label, elem_id=eid)
     if isinstance(d.default, (int, float)):
-        return gr.Number(current(), label=d.label, elem_id=eid, minimum=d.minimum, maximum=d.maximum,
+        return gr.Number(value, label=d.label, elem_id=eid, minimum=d.minimum, maximum=d.maximum,
                          precision=0 if isinstance(d.default, int) else None)
-    return gr.Textbox(current(lambda v: str(v if v is not None else "")), label=d.label, elem_id=eid)
+    return gr.Textbox(_text(value), label=d.label, elem_id=eid)
 
 
-def build_settings_tab(ctx: AppContext) -> None:
+def _text(value: Any) -> str:
+    return str(value if value is not None else "")
+
+
+def build_settings_tab(ctx: AppContext, demo: gr.Blocks) -> None:
+    """The tab's controls and events. Every page load reads the saved options into the controls in **one**
+    event (``demo.load``), so a reload shows them, not the values of the server's start (a callable value
+    per control would cost a queued event per option at each page load)."""
     sections: dict[str, list[OptionDef]] = defaultdict(list)
     for d in ctx.options.defs.values():
         # A1111 keys that change nothing here stay out (docs/api.md lists them); lists (e.g.
@@ -84,6 +87,10 @@ def build_settings_tab(ctx: AppContext) -> None:
 
     def on_reload():
         snapshot = ctx.options.current
-        return [gr.update(value=snapshot.get(k)) for k in keys]
+        values = [snapshot.get(k, ctx.options.defs[k].default) for k in keys]
+        return [gr.update(value=_text(v) if isinstance(fields[k], gr.Textbox) else v)
+                for k, v in zip(keys, values)]
 
     reload_ui.click(on_reload, inputs=None, outputs=[fields[k] for k in keys], api_name="reload_settings")
+    demo.load(on_reload, inputs=None, outputs=[fields[k] for k in keys], api_name=False, queue=False,
+              show_progress="hidden")

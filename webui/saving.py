@@ -30,7 +30,7 @@ from PIL import Image, PngImagePlugin, features
 
 from webui.fileio import atomic_write, atomic_write_text
 from webui.filenames import FilenameGenerator, ImageFields, next_sequence_number
-from webui.pnginfo import exif_for, pnginfo_for
+from webui.image_metadata import exif_for, pnginfo_for
 
 log = logging.getLogger(__name__)
 

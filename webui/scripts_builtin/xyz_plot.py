@@ -24,6 +24,7 @@ from typing import Any
 from PIL import Image
 
 from webui.errors import RequestError
+from webui.hookspecs import hookimpl
 from webui.pipeline.hires import LATENT_UPSCALE_MODES, SAME_SAMPLER
 from webui.pipeline.noise import resolve_seed
 from webui.pipeline.request import MAX_SEED, GenerationRequest, check_request
@@ -783,5 +784,10 @@ def render(mode: str, choices: Callable[[], ScriptChoices] | None = None) -> dic
     return out
 
 
-def script_def() -> ScriptDef:
-    return ScriptDef(TITLE, run, parse_args=parse_args, render=render, arg_names=ARG_NAMES)
+#: The script; registering it makes this module a built-in plugin (:data:`webui.builtin.BUILTIN_PLUGINS`).
+SCRIPT = ScriptDef(TITLE, run, parse_args=parse_args, render=render, arg_names=ARG_NAMES)
+
+
+@hookimpl
+def register_scripts() -> list[ScriptDef]:
+    return [SCRIPT]

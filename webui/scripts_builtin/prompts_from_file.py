@@ -14,6 +14,7 @@ import shlex
 from typing import Any
 
 from webui.errors import RequestError
+from webui.hookspecs import hookimpl
 from webui.pipeline.noise import resolve_seed
 from webui.pipeline.request import GenerationRequest, check_request
 from webui.pipeline.result import GenerationResult
@@ -209,5 +210,10 @@ def render(mode: str) -> dict[str, Any]:
     return out
 
 
-def script_def() -> ScriptDef:
-    return ScriptDef(TITLE, run, parse_args=parse_args, render=render, arg_names=ARG_NAMES)
+#: The script; registering it makes this module a built-in plugin (:data:`webui.builtin.BUILTIN_PLUGINS`).
+SCRIPT = ScriptDef(TITLE, run, parse_args=parse_args, render=render, arg_names=ARG_NAMES)
+
+
+@hookimpl
+def register_scripts() -> list[ScriptDef]:
+    return [SCRIPT]

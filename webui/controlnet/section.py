@@ -1,4 +1,8 @@
-"""The "ControlNet" section of the txt2img/img2img tabs: N units (option ``control_net_unit_count``)."""
+"""The "ControlNet" section of the txt2img/img2img tabs: N units (option ``control_net_unit_count``).
+
+Gradio code that belongs to the ControlNet plugin, not to the product's tabs in :mod:`webui.ui`: the built-in
+hands it to the UI through the ``ui_sections`` hook, exactly as an extension hands over its own section.
+"""
 
 from __future__ import annotations
 

@@ -19,24 +19,23 @@ from PIL import Image
 
 from webui.errors import RequestError, UnknownChoice
 from webui.filenames import request_fields, timestamp_of
-from webui.images import ImageSaver
 from webui.infotext import format_infotext
 from webui.jobs import Interrupted, Job
 from webui.models.manager import LoadedModel
 from webui.networks.embeddings import EmbeddingDB
 from webui.networks.lora import AppliedLoras, LoraRegistry, apply_loras
 from webui.pipeline.conditioning import EncodeOptions
+from webui.pipeline.generation_info import apply_infotext_options, info_json, infotext_params
 from webui.pipeline.guidance import Inpaint, cfg_denoiser
 from webui.pipeline.hires import HiresPlan, hires_infotext, plan_hires, upscale_latents
-from webui.pipeline.info import apply_infotext_options, info_json, infotext_params
 from webui.pipeline.init_latents import InitLatents, img2img_steps, inpaint_infotext, prepare_init
 from webui.pipeline.noise import ImageRNG, resolve_seed
 from webui.pipeline.patches import UNetPatch
 from webui.pipeline.prompt_schedule import JobConditioning, build_job_conditioning, compat_infotext
 from webui.pipeline.request import GenerationRequest, check_request
-from webui.pipeline.sampler_params import sigma_params
 from webui.pipeline.result import GenerationResult
 from webui.pipeline.sample import eta_infotext, sample, sigmas_for
+from webui.pipeline.sampler_params import sigma_params
 from webui.pipeline.state import ImageState, StepState
 from webui.pipeline.tiling import circular_padding
 from webui.pipeline.vae import decode_latents, tiling_wanted
@@ -44,6 +43,7 @@ from webui.prompts.parser import parse_extra_networks
 from webui.restoration.registry import FaceRestorerDef, FaceRestorerRegistry
 from webui.sampling.registry import SamplerDef, SamplerRegistry
 from webui.sampling.schedules import ScheduleDef
+from webui.saving import ImageSaver
 from webui.styles import StyleStore
 from webui.upscaling.registry import UpscalerDef, UpscalerRegistry
 
@@ -129,8 +129,8 @@ class _Run:
     raw_prompts: tuple[str, str] = ("", "")  # prompt and negative prompt before styles (file name patterns)
 
 
-def txt2img(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: Job,
-            opts: Mapping[str, Any]) -> GenerationResult:
+def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: Job,
+             opts: Mapping[str, Any]) -> GenerationResult:
     """Run a generation job (any mode). Raises RequestError (UnknownChoice for an unknown name) for bad input
     before model work."""
     # 1. check inputs, resolve names
@@ -507,7 +507,7 @@ def _restore_faces(run: _Run, image: Image.Image) -> Image.Image:
 
 
 def _save(run: _Run, image: Image.Image, seed: int, infotext: str, index: int = 0) -> None:
-    """Save one generated image as A1111 does (webui/images.py); a failed write is a warning."""
+    """Save one generated image as A1111 does (webui/saving.py); a failed write is a warning."""
     env, opts, req = run.env, run.opts, run.req
     scheduler = req.scheduler or "Automatic"
     if scheduler == "Automatic" and run.schedule is not None and req.sampler_name != run.sampler.name:
