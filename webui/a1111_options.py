@@ -435,7 +435,6 @@ _KEY_REASONS: Mapping[str, str] = MappingProxyType({
     "uni_pc_skip_type": "UniPC runs A1111's defaults (bh1, time_uniform, order 3, lower order final)",
     "uni_pc_order": "UniPC runs A1111's defaults (bh1, time_uniform, order 3, lower order final)",
     "uni_pc_lower_order_final": "UniPC runs A1111's defaults (bh1, time_uniform, order 3, lower order final)",
-    "sd_noise_schedule": "zero-terminal-SNR schedules are not supported yet",
     "skip_early_cond": "not implemented",
     "beta_dist_alpha": "the Beta schedule uses A1111's 0.6/0.6",
     "beta_dist_beta": "the Beta schedule uses A1111's 0.6/0.6",

@@ -380,6 +380,9 @@ def core_option_defs() -> list[OptionDef]:
         OptionDef("s_tmin", 0.0, "Sigma tmin", samplers, minimum=0.0, maximum=10.0),
         OptionDef("s_tmax", 0.0, "Sigma tmax (0 = infinity)", samplers, minimum=0.0, maximum=999.0),
         OptionDef("s_noise", 1.0, "Sigma noise", samplers, minimum=0.0, maximum=1.1),
+        OptionDef("sd_noise_schedule", "Default", "Noise schedule for sampling (Zero Terminal SNR: for models "
+                  "trained on it; checkpoints marked ztsnr use it anyway)", samplers,
+                  choices=("Default", "Zero Terminal SNR")),
         # Compatibility
         OptionDef("auto_backcompat", True, "Turn on compatibility options for infotext of older A1111 versions",
                   compat),

@@ -36,6 +36,9 @@ class Txt2ImgRequest(_Base):
     n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
     steps: int = Field(50, ge=1, le=MAX_STEPS)
     cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
+    cfg_rescale: float | None = Field(None, ge=0.0, le=1.0, description=(
+        "CFG rescale φ (not in A1111 itself; its extensions' infotext key \"CFG Rescale φ\"); None: 0.7 for "
+        "zero-terminal-SNR v-prediction checkpoints, else 0"))
     width: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8)
     height: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8)
     restore_faces: bool | None = None

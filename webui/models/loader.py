@@ -39,7 +39,14 @@ from webui.models.infer_config import (
     vae_config_from_ldm,
 )
 from webui.models.safeload import read_state_dict
-from webui.models.spec import ModelSpec, PredictionType, classify_prediction, detect_spec, detect_spec_diffusers
+from webui.models.spec import (
+    MARKER_KEYS,
+    ModelSpec,
+    PredictionType,
+    classify_prediction,
+    detect_spec,
+    detect_spec_diffusers,
+)
 
 SD1_CLIP_PREFIX = "cond_stage_model.transformer."
 SD2_OPENCLIP_PREFIX = "cond_stage_model.model."
@@ -101,8 +108,9 @@ def components_from_original(state_dict: Mapping[str, torch.Tensor], spec: Model
 
 
 def normalise_original_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept old SD1 files whose CLIP keys lack ``text_model.`` (pre-4.x transformers layout)."""
-    sd = dict(state_dict)
+    """Accept old SD1 files whose CLIP keys lack ``text_model.`` (pre-4.x transformers layout); drop the
+    ``v_pred``/``ztsnr`` marker tensors (read by :func:`~webui.models.spec.detect_spec`, no weights)."""
+    sd = {k: v for k, v in state_dict.items() if k not in MARKER_KEYS}
     old = [k for k in sd if k.startswith(SD1_CLIP_PREFIX) and not k.startswith(SD1_CLIP_PREFIX + "text_model.")]
     if old and not any(k.startswith(SD1_CLIP_PREFIX + "text_model.") for k in sd):
         for key in old:

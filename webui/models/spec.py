@@ -30,6 +30,11 @@ SDXL_TEXT_KEY = "conditioner.embedders.1.model.ln_final.weight"
 SDXL_REFINER_KEY = "conditioner.embedders.0.model.ln_final.weight"
 UNET_CONV_IN = UNET_PREFIX + "input_blocks.0.0.weight"
 SIDECAR_METADATA_KEY = "modelspec.prediction_type"
+#: Empty marker tensors some SDXL derivatives carry (NoobAI-XL v-pred and others; ComfyUI and reForge read
+#: them): ``v_pred`` = v-prediction, ``ztsnr`` = trained on a zero-terminal-SNR schedule.
+V_PRED_KEY = "v_pred"
+ZTSNR_KEY = "ztsnr"
+MARKER_KEYS = (V_PRED_KEY, ZTSNR_KEY)
 
 #: How the UI, the infotext and error messages name each family.
 FAMILY_LABELS: Mapping[str, str] = MappingProxyType({"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"})
@@ -42,15 +47,19 @@ class ModelSpec:
     family: Family
     prediction_type: PredictionType = "epsilon"
     inpainting: bool = False  # UNet has 9 input channels (4 latent + 1 mask + 4 masked-image latent)
+    zero_terminal_snr: bool = False  # trained on the zero-terminal-SNR schedule (sampling rescales alphas_cumprod)
 
     @property
     def label(self) -> str:
-        """Human readable name, e.g. ``"SD 2.x (v-prediction)"`` or ``"SD 1.x inpainting"``."""
+        """Human readable name, e.g. ``"SD 2.x (v-prediction)"``, ``"SD 1.x inpainting"`` or
+        ``"SDXL (v-prediction, zero terminal SNR)"``."""
         text = FAMILY_LABELS[self.family]
         if self.inpainting:
             text += " inpainting"
-        if self.prediction_type == "v_prediction":
-            text += " (v-prediction)"
+        notes = (["v-prediction"] if self.prediction_type == "v_prediction" else []) + (
+            ["zero terminal SNR"] if self.zero_terminal_snr else [])
+        if notes:
+            text += f" ({', '.join(notes)})"
         return text
 
 
@@ -71,11 +80,14 @@ def detect_spec(
     ``cond_stage_model.transformer.*``), inpainting from the 9 input channels
     of ``input_blocks.0.0``.  The prediction type is decided, in order, by
     the safetensors metadata ``modelspec.prediction_type``, then by a sidecar
-    YAML (``parameterization: "v"``), then (SD2 only) by ``probe`` (the loader
+    YAML (``parameterization: "v"`` or ``"eps"``), then by the ``v_pred`` marker
+    key, then (SD2 only) by ``probe`` (the loader
     passes :func:`webui.models.loader.behavioural_prediction_type`, which runs
     the UNet); when there is none or it is inconclusive, SD2 with a 1024-wide
     UNet context and no inpainting defaults to v-prediction.
-    Everything else defaults to epsilon.
+    Everything else defaults to epsilon. The zero-terminal-SNR schedule comes
+    from the ``ztsnr`` marker key, unless the sidecar YAML says otherwise
+    (``zero_terminal_snr: true`` / ``false``).
 
     Raises:
         ModelError: when the layout is not one of the three families (the
@@ -90,13 +102,18 @@ def detect_spec(
     prediction = prediction_type_from_metadata(metadata)
     if prediction is None and sidecar_yaml is not None:
         prediction = prediction_type_from_yaml(sidecar_yaml)
+    if prediction is None and V_PRED_KEY in state_dict:
+        prediction = "v_prediction"
+    ztsnr = zero_terminal_snr_from_yaml(sidecar_yaml) if sidecar_yaml is not None else None
+    if ztsnr is None:
+        ztsnr = ZTSNR_KEY in state_dict
     if prediction is None and family == "sd2":
         if probe is not None:
             prediction = probe(state_dict, ModelSpec("sd2", "epsilon", inpainting))
         if prediction is None:
             context = _unet_context_dim(state_dict)
             prediction = "v_prediction" if context == 1024 and not inpainting else "epsilon"
-    return ModelSpec(family, prediction or "epsilon", inpainting)
+    return ModelSpec(family, prediction or "epsilon", inpainting, ztsnr)
 
 
 def _detect_family(state_dict: Mapping[str, torch.Tensor]) -> Family:
@@ -148,6 +165,23 @@ def prediction_type_from_yaml(yaml_path: Path) -> PredictionType | None:
         raise ModelError(yaml_path, f"the sidecar config cannot be read ({exc}). Fix or remove it.") from exc
     match = re.search(r"^\s*parameterization\s*:\s*[\"']?([A-Za-z_\-]+)", text, flags=re.MULTILINE)
     return _normalise_prediction(match.group(1)) if match else None
+
+
+def zero_terminal_snr_from_yaml(yaml_path: Path) -> bool | None:
+    """Read ``zero_terminal_snr: true`` / ``false`` from a checkpoint's sidecar YAML (this project's key: the
+    per-checkpoint override of the ``ztsnr`` marker); None when the file or the key is absent."""
+    yaml_path = Path(yaml_path)
+    if not yaml_path.is_file():
+        return None
+    try:
+        text = yaml_path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ModelError(yaml_path, f"the sidecar config cannot be read ({exc}). Fix or remove it.") from exc
+    match = re.search(r"^\s*zero_terminal_snr\s*:\s*[\"']?([A-Za-z]+)", text, flags=re.MULTILINE)
+    if not match:
+        return None
+    return {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}.get(
+        match.group(1).lower())
 
 
 def _normalise_prediction(value: str) -> PredictionType | None:
@@ -212,7 +246,8 @@ def detect_spec_diffusers(folder: Path) -> ModelSpec:
     if scheduler_cfg.is_file():
         prediction = _normalise_prediction(str(_read_json(folder, scheduler_cfg).get("prediction_type", "")))
     inpainting = int(unet_cfg.get("in_channels", 4)) == 9
-    return ModelSpec(family, prediction or "epsilon", inpainting)
+    ztsnr = scheduler_cfg.is_file() and bool(_read_json(folder, scheduler_cfg).get("rescale_betas_zero_snr", False))
+    return ModelSpec(family, prediction or "epsilon", inpainting, ztsnr)
 
 
 def _read_json(folder: Path, path: Path) -> dict:

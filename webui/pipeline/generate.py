@@ -126,6 +126,8 @@ class _Run:
     img2img_upscaler: UpscalerDef | None = None  # option upscaler_for_img2img (None: Lanczos)
     ensd: int = 0
     extra_info: dict[str, Any] = field(default_factory=dict)
+    zero_terminal_snr: bool = False  # the schedule is rescaled (checkpoint marker or option sd_noise_schedule)
+    cfg_rescale: float = 0.0
     raw_prompts: tuple[str, str] = ("", "")  # prompt and negative prompt before styles (file name patterns)
 
 
@@ -309,6 +311,14 @@ def _prepare(run: _Run) -> None:
             info["Extra noise"] = run.extra_noise
     elif run.hires is not None and run.extra_noise > 0 and req.denoising_strength > 0:
         info["Extra noise"] = run.extra_noise
+    spec = run.model.components.spec
+    run.zero_terminal_snr = spec.zero_terminal_snr or opts.get("sd_noise_schedule") == "Zero Terminal SNR"
+    if run.zero_terminal_snr:
+        info["Noise Schedule"] = "Zero Terminal SNR"  # A1111's key (option sd_noise_schedule)
+    run.cfg_rescale = float(req.cfg_rescale) if req.cfg_rescale is not None else (
+        0.7 if spec.zero_terminal_snr and spec.prediction_type == "v_prediction" else 0.0)
+    if run.cfg_rescale > 0:
+        info["CFG Rescale φ"] = run.cfg_rescale  # the key of A1111's CFG-rescale extensions and reForge
     if req.tiling:
         info["Tiling"] = True
     if run.restorer is not None:
@@ -379,8 +389,10 @@ def _step_of(run: _Run, offset: int, steps: int):
 
 
 def _denoiser_options(run: _Run) -> dict[str, Any]:
-    """Options of the guided denoiser: A1111's ``use_downcasted_alpha_bar`` and SDXL crop coordinates."""
+    """Options of the guided denoiser: A1111's ``use_downcasted_alpha_bar`` and ``sd_noise_schedule``, SDXL
+    crop coordinates, CFG rescale."""
     return {"downcast_alphas": bool(run.opts.get("use_downcasted_alpha_bar", False)),
+            "zero_terminal_snr": run.zero_terminal_snr, "cfg_rescale": run.cfg_rescale,
             "sdxl_crop": (int(run.opts.get("sdxl_crop_top", 0)), int(run.opts.get("sdxl_crop_left", 0)))}
 
 

@@ -35,7 +35,8 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
                  batch: int, inpaint: Inpaint | None = None, patches: list[Any] | None = None,
                  step_of: Callable[[], tuple[int, int]] | None = None,
                  hires: bool = False, sdxl_crop: tuple[int, int] = (0, 0),
-                 downcast_alphas: bool = False) -> tuple[ModelFn, DiscreteSchedule]:
+                 downcast_alphas: bool = False, zero_terminal_snr: bool = False,
+                 cfg_rescale: float = 0.0) -> tuple[ModelFn, DiscreteSchedule]:
     """The guided denoiser for one batch, following the prompt schedules.
 
     Composable prompts: ``uncond + cfg * sum_k w_k (cond_k - uncond)`` (A1111's combine step).
@@ -43,11 +44,14 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
     ControlNets) add residuals to every U-Net call; ``step_of()`` gives (step, steps) of the pass.
     SDXL's added conditioning is A1111's: original size = target size = the pass's size, crop
     coordinates ``sdxl_crop`` = (options ``sdxl_crop_top``, ``sdxl_crop_left``). ``downcast_alphas``: the
-    option ``use_downcasted_alpha_bar`` (see :class:`~webui.sampling.denoiser.DiscreteSchedule`).
+    option ``use_downcasted_alpha_bar`` (see :class:`~webui.sampling.denoiser.DiscreteSchedule`);
+    ``zero_terminal_snr`` rescales the schedule for any model (A1111's option ``sd_noise_schedule``), a
+    checkpoint marked ``ztsnr`` has it anyway. ``cfg_rescale`` (φ, 0..1): :func:`rescale_cfg` after the CFG step.
     """
     c = model.components
     unet = c.unet
-    schedule = DiscreteSchedule(c.alphas_cumprod, c.spec.family, downcast=downcast_alphas).to(model.device)
+    schedule = DiscreteSchedule(c.alphas_cumprod, c.spec.family, downcast=downcast_alphas,
+                                zero_terminal_snr=zero_terminal_snr or c.spec.zero_terminal_snr).to(model.device)
     use_uncond = not (cfg_scale == 1.0 and len(conds.positives) == 1)
     groups = len(conds.positives) + (1 if use_uncond else 0)
     time_ids = None
@@ -110,12 +114,45 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
             result = neg.clone()
             for part, w in zip(out[:-1], weights):
                 result += (part - neg) * (w * cfg_scale)
+            if cfg_rescale > 0:
+                positive = neg + sum((part - neg) * w for part, w in zip(out[:-1], weights))
+                result = rescale_cfg(x, sigma, positive, result, cfg_rescale, c.spec.prediction_type)
         if blend is not None:
             init, keep = blend
             result = init * keep + result * (1 - keep)
         return result
 
     return guided, schedule
+
+
+def rescale_cfg(x: torch.Tensor, sigma: torch.Tensor, positive: torch.Tensor, guided: torch.Tensor, phi: float,
+                prediction_type: str) -> torch.Tensor:
+    """CFG rescale (Lin et al. 2024, eq. 16; diffusers' ``guidance_rescale``, A1111 extensions' "CFG Rescale φ").
+
+    The guided prediction is scaled per image so that its standard deviation matches the positive
+    prediction's, mixed ``phi : 1 - phi`` with the plain guided one. As in the paper and diffusers, this
+    happens in the model's own output space (noise for epsilon models, v for v-prediction ones): the
+    denoised images ``positive`` and ``guided`` (at ``x``, ``sigma``) are turned into model outputs and back.
+    """
+    s = sigma.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
+    if prediction_type == "epsilon":
+        def to_output(d: torch.Tensor) -> torch.Tensor:
+            return (x - d) / s
+
+        def to_denoised(o: torch.Tensor) -> torch.Tensor:
+            return x - o * s
+    else:
+        c_skip, c_out = 1.0 / (s**2 + 1.0), -s / (s**2 + 1.0) ** 0.5
+
+        def to_output(d: torch.Tensor) -> torch.Tensor:
+            return (d - x * c_skip) / c_out
+
+        def to_denoised(o: torch.Tensor) -> torch.Tensor:
+            return o * c_out + x * c_skip
+    pos, cfg = to_output(positive), to_output(guided)
+    dims = tuple(range(1, x.ndim))
+    factor = pos.std(dim=dims, keepdim=True) / cfg.std(dim=dims, keepdim=True)
+    return to_denoised(cfg * (phi * factor + (1.0 - phi)))
 
 
 @torch.no_grad()

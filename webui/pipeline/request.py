@@ -30,6 +30,8 @@ class GenerationRequest:
     negative_prompt: str = ""
     steps: int = 20
     cfg_scale: float = 7.0
+    # CFG rescale (Lin et al. 2024) 0..1; None: 0.7 for zero-terminal-SNR v-prediction checkpoints, else 0
+    cfg_rescale: float | None = None
     width: int = 512
     height: int = 512
     seed: int = -1
@@ -131,6 +133,10 @@ def check_request(req: GenerationRequest) -> None:
     _finite("cfg_scale", req.cfg_scale)
     if not 0 <= req.cfg_scale <= 100:
         raise RequestError("cfg_scale", f"must be between 0 and 100, got {req.cfg_scale}")
+    if req.cfg_rescale is not None:
+        _finite("cfg_rescale", req.cfg_rescale)
+        if not 0 <= req.cfg_rescale <= 1:
+            raise RequestError("cfg_rescale", f"must be between 0 and 1, got {req.cfg_rescale}")
     _int_range("seed", req.seed, -1, MAX_SEED)
     _int_range("subseed", req.subseed, -1, MAX_SEED)
     _finite("subseed_strength", req.subseed_strength)

@@ -23,6 +23,26 @@ def scaled_linear_alphas_cumprod(
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+#: ``alphas_cumprod`` at the last timestep after the zero-terminal-SNR rescale: A1111 and ComfyUI put this tiny
+#: value there instead of 0 (sigma_max ~ 4519 instead of infinity), so every sampler keeps a finite start.
+ZTSNR_LAST_ALPHA_BAR = 4.8973451890853435e-08
+
+
+def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The schedule with zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample
+    Steps Are Flawed", Algorithm 1), for v-prediction checkpoints trained on it (NoobAI-XL v-pred and others).
+
+    ``sqrt(alphas_cumprod)`` is shifted so that its last value is 0 and scaled so that its first value is
+    unchanged; the last ``alphas_cumprod`` is then :data:`ZTSNR_LAST_ALPHA_BAR` (A1111, ComfyUI). Computed in
+    the dtype of the input (A1111 rescales the float16 copy when ``use_downcasted_alpha_bar`` is on)."""
+    root = alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    rescaled = root**2
+    rescaled[-1] = ZTSNR_LAST_ALPHA_BAR
+    return rescaled
+
+
 class DiscreteSchedule:
     """The training sigmas of a checkpoint and conversions sigma <-> t.
 
@@ -32,11 +52,16 @@ class DiscreteSchedule:
     ``sigmas = ((1 - a) / a) ** 0.5`` and ``log_sigmas`` from that float16 tensor, in float16. Here too:
     ``sigmas`` and ``log_sigmas`` are then float16 tensors, and every computation with them promotes to
     float32 exactly as k-diffusion's does (``low - high`` in :meth:`sigma_to_t` stays float16).
+    ``zero_terminal_snr``: the schedule rescaled by :func:`rescale_zero_terminal_snr` (a checkpoint's
+    ``ztsnr`` marker, or A1111's option ``sd_noise_schedule`` = "Zero Terminal SNR").
     """
 
-    def __init__(self, alphas_cumprod: torch.Tensor, family: str = "sd1", downcast: bool = False):
+    def __init__(self, alphas_cumprod: torch.Tensor, family: str = "sd1", downcast: bool = False,
+                 zero_terminal_snr: bool = False):
         self.family = family  # some schedules (Align Your Steps) have per-architecture tables
         ac = alphas_cumprod.to(torch.float16 if downcast else torch.float32)
+        if zero_terminal_snr:  # after the downcast, as A1111's apply_alpha_schedule_override does
+            ac = rescale_zero_terminal_snr(ac)
         self.sigmas = ((1 - ac) / ac) ** 0.5
         self.log_sigmas = self.sigmas.log()
 
