@@ -401,7 +401,6 @@ _KEY_REASONS: Mapping[str, str] = MappingProxyType({
     "pad_cond_uncond_v0": "not implemented",
     "persistent_cond_cache": "prompts are encoded once per job",
     "batch_cond_uncond": "cond and uncond are always batched together",
-    "fp8_storage": "FP8 weights are not supported",
     "cache_fp16_weight": "FP8 weights are not supported",
     "use_old_karras_scheduler_sigmas": "not implemented",
     "no_dpmpp_sde_batch_determinism": "DPM++ SDE is always deterministic per image",

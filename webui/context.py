@@ -297,6 +297,7 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
         on_loaded=hooks.model_loaded,
         vae_dtype=torch.float32 if settings.no_half_vae and device.dtype != torch.float32 else None,
         cache_size=lambda: int(options.current.get("sd_checkpoint_cache", 0)),
+        fp8_storage=lambda: str(options.current.get("fp8_storage", "Disable")),
         memory_mode=settings.memory_mode,
         attention=settings.attention,
     )

@@ -366,6 +366,9 @@ def core_option_defs() -> list[OptionDef]:
         OptionDef("sd_checkpoint_cache", 0, "Checkpoints to keep in RAM besides the current one", sd, minimum=0,
                   maximum=10),
         OptionDef("CLIP_stop_at_last_layers", 1, "Clip skip", sd, minimum=1, maximum=12),
+        OptionDef("fp8_storage", "Disable", "Keep the U-Net's weights in FP8 (half the memory of fp16; the checkpoint "
+                  "is loaded again when this changes)", "Optimizations",
+                  choices=("Disable", "Enable for SDXL", "Enable")),
         OptionDef("emphasis", "Original", "Emphasis mode", sd, choices=("Original", "No norm", "None")),
         OptionDef("comma_padding_backtrack", 20, "Prompt word wrap length limit", sd, minimum=0, maximum=74),
         OptionDef("randn_source", "GPU", "Random number generator source", sd, choices=("GPU", "CPU", "NV")),

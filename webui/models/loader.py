@@ -31,6 +31,7 @@ from webui.models.components import (
     scaled_linear_alphas_cumprod,
     shipped_tokenizers,
 )
+from webui.models.fp8 import dequantize_scaled
 from webui.models.infer_config import (
     STATE_DICT,
     VAE_SCALING,
@@ -109,8 +110,9 @@ def components_from_original(state_dict: Mapping[str, torch.Tensor], spec: Model
 
 def normalise_original_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Accept old SD1 files whose CLIP keys lack ``text_model.`` (pre-4.x transformers layout); drop the
-    ``v_pred``/``ztsnr`` marker tensors (read by :func:`~webui.models.spec.detect_spec`, no weights)."""
-    sd = {k: v for k, v in state_dict.items() if k not in MARKER_KEYS}
+    ``v_pred``/``ztsnr`` marker tensors (read by :func:`~webui.models.spec.detect_spec`, no weights); turn
+    scaled fp8 weights into real ones (:func:`~webui.models.fp8.dequantize_scaled`)."""
+    sd = {k: v for k, v in dequantize_scaled(state_dict).items() if k not in MARKER_KEYS}
     old = [k for k in sd if k.startswith(SD1_CLIP_PREFIX) and not k.startswith(SD1_CLIP_PREFIX + "text_model.")]
     if old and not any(k.startswith(SD1_CLIP_PREFIX + "text_model.") for k in sd):
         for key in old:

@@ -131,6 +131,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     load_seconds: float
+    fp8: bool = False  # the U-Net's Linear/Conv weights are kept in fp8 (option fp8_storage)
 
     @property
     def short_hash(self) -> str:
@@ -160,6 +161,7 @@ class ModelManager:
         cache_size: Callable[[], int] | None = None,
         memory_mode: str = "none",
         attention: str = "sdpa",
+        fp8_storage: Callable[[], str] | None = None,
     ):
         self.dirs = dirs
         self.hashes = hash_cache
@@ -171,6 +173,7 @@ class ModelManager:
         self.memory_mode = memory_mode
         self.attention = attention
         self._cache_size = cache_size or (lambda: 0)
+        self._fp8_storage = fp8_storage or (lambda: "Disable")  # A1111's option: Disable / Enable for SDXL / Enable
         self._cache: OrderedDict[Path, LoadedModel] = OrderedDict()  # recently used models, kept in RAM
         self._aux: LoadedModel | None = None  # the refiner
         self._lock = threading.RLock()
@@ -233,9 +236,13 @@ class ModelManager:
         from webui.models.loader import load_components
 
         with self._lock:
-            if not force and self._current is not None and self._current.info.path == info.path:
-                return self._current
+            current = self._current
+            if not force and current is not None and current.info.path == info.path \
+                    and current.fp8 == self._wants_fp8(current.components.spec.family):
+                return current  # else (fp8_storage changed) the file is read again, as A1111 reloads
             cached = None if force else self._cache.pop(info.path, None)
+            if cached is not None and cached.fp8 != self._wants_fp8(cached.components.spec.family):
+                cached = None
             if cached is not None:
                 if self.memory_mode == "none":  # offloaded models move by their hooks
                     cached.components = cached.components.to(device=self.device)
@@ -251,10 +258,11 @@ class ModelManager:
                 raise
             except OSError as exc:
                 raise ModelError(info.path, f"cannot read the file: {exc}") from exc
-            self._prepare(components)
-            model = LoadedModel(info, sha, components, self.device, self.dtype, time.perf_counter() - start)
+            fp8 = self._prepare(components)
+            model = LoadedModel(info, sha, components, self.device, self.dtype, time.perf_counter() - start, fp8)
             self._switch(model)
-            log.info("Loaded %s (%s) in %.1f s", model.title, components.spec.label, model.load_seconds)
+            log.info("Loaded %s (%s%s) in %.1f s", model.title, components.spec.label,
+                     ", U-Net weights stored in fp8" if fp8 else "", model.load_seconds)
             if self._on_loaded is not None:
                 self._on_loaded(model)
             return model
@@ -266,9 +274,19 @@ class ModelManager:
         components.alphas_cumprod = components.alphas_cumprod.to(self.device)
         return components
 
-    def _prepare(self, components) -> None:
-        """Precision of the VAE, attention kernel and memory mode of freshly loaded components."""
+    def _wants_fp8(self, family: str) -> bool:
+        mode = str(self._fp8_storage())
+        return mode == "Enable" or (mode == "Enable for SDXL" and family == "sdxl")
+
+    def _prepare(self, components) -> bool:
+        """Precision of the VAE, attention kernel, fp8 storage and memory mode of freshly loaded components;
+        returns whether the U-Net's weights are stored in fp8."""
+        from webui.models.fp8 import store_fp8
         from webui.models.offload import apply_memory_mode
+
+        fp8 = self._wants_fp8(components.spec.family)
+        if fp8:
+            store_fp8(components.unet, self.dtype)
 
         if self.vae_dtype is not None:
             components.vae.to(dtype=self.vae_dtype)
@@ -278,6 +296,7 @@ class ModelManager:
             components.unet.set_attn_processor(AttnProcessor())
             components.vae.set_attn_processor(AttnProcessor())
         apply_memory_mode(components, self.memory_mode, self.device)
+        return fp8
 
     def _switch(self, model: LoadedModel) -> None:
         previous, self._current = self._current, model
@@ -308,8 +327,9 @@ class ModelManager:
                 components = self._to_device(load_components(info.path, dtype=self.dtype))
             except OSError as exc:
                 raise ModelError(info.path, f"cannot read the file: {exc}") from exc
-            self._prepare(components)
-            self._aux = LoadedModel(info, sha, components, self.device, self.dtype, time.perf_counter() - start)
+            fp8 = self._prepare(components)
+            self._aux = LoadedModel(info, sha, components, self.device, self.dtype, time.perf_counter() - start,
+                                    fp8)
             return self._aux
 
     def cached(self) -> list[LoadedModel]:
