@@ -107,6 +107,9 @@ class AppContext:
         return self.options.current.replaced(clean)
 
     def model_for(self, opts: Options) -> LoadedModel:
+        """The model a job with ``opts`` runs on, loading it if needed. While another thread loads a checkpoint
+        (the first one at start) this waits up to ``--model-wait`` seconds, then raises ModelStillLoading."""
+        self.models.wait_while_loading(self.settings.model_wait)
         name = str(opts.get("sd_model_checkpoint") or "")
         if name and name != self.options.current.get("sd_model_checkpoint"):
             return self.models.ensure_loaded(name)  # per-request override: unknown -> UnknownChoice
@@ -117,12 +120,12 @@ class AppContext:
             return self.models.ensure_loaded(None)
 
     def load_initial_model(self) -> LoadedModel:
-        """Load ``--ckpt`` if given, else the saved ``sd_model_checkpoint``, else the first checkpoint."""
+        """Load ``--ckpt`` if given, else the saved ``sd_model_checkpoint``, else the first checkpoint. The
+        ``--ckpt`` file then is the selected checkpoint (option ``sd_model_checkpoint``), as in A1111."""
         if self.settings.ckpt is not None:
-            from webui.models.manager import CheckpointInfo
-
-            path = self.settings.ckpt
-            return self.models.load(CheckpointInfo(path, path.name, is_folder=path.is_dir()))
+            model = self.models.load(self.models.info_for(self.settings.ckpt))
+            self.options.update({"sd_model_checkpoint": model.title})
+            return model
         return self.model_for(self.options.current)
 
     def generate(self, req: GenerationRequest, job: Job | None = None) -> GenerationResult:
@@ -298,6 +301,7 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
         vae_dtype=torch.float32 if settings.no_half_vae and device.dtype != torch.float32 else None,
         cache_size=lambda: int(options.current.get("sd_checkpoint_cache", 0)),
         fp8_storage=lambda: str(options.current.get("fp8_storage", "Disable")),
+        extra_checkpoints=[settings.ckpt] if settings.ckpt is not None else [],
         memory_mode=settings.memory_mode,
         attention=settings.attention,
     )

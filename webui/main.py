@@ -23,13 +23,21 @@ def configure_environment() -> None:
 
 
 def _load_first_model(ctx, log: logging.Logger) -> None:
+    """Load the first checkpoint (in a thread while the server starts) and say when it is ready; the shapes
+    model's how-to-add note is logged only when the shapes model really is what loaded."""
     from webui.errors import ModelError
 
+    start = time.perf_counter()
     try:
         model = ctx.load_initial_model()
-        log.info("Model: %s (%s), loaded in %.1f s", model.title, model.spec.label, model.load_seconds)
     except (ModelError, KeyError, RuntimeError) as exc:
         log.error("No model loaded: %s. Choose another checkpoint in the UI or via /sdapi/v1/options.", exc)
+        return
+    if model.info.builtin:
+        from webui.models.default import HOW_TO_ADD
+
+        log.warning(HOW_TO_ADD)
+    log.info("Model ready: %s (%s) in %.1f s", model.title, model.spec.label, time.perf_counter() - start)
 
 
 def security_warnings(settings) -> list[str]:
@@ -49,13 +57,18 @@ class GracefulServer:
     its request answers with what is done), and return so that the process exits with status 0. A second
     Ctrl+C quits at once."""
 
-    def __init__(self, app, host: str, port: int, jobs, grace: float, **config):
+    def __init__(self, app, host: str, port: int, jobs, grace: float, on_listening=None, **config):
         import uvicorn
 
         self.jobs, self.grace = jobs, grace
         outer = self
 
         class _Server(uvicorn.Server):
+            async def startup(self, sockets=None) -> None:
+                await super().startup(sockets)
+                if self.started and on_listening is not None:
+                    on_listening()
+
             @contextlib.contextmanager
             def capture_signals(self):  # uvicorn re-raises the signal afterwards (exit status -15); not here
                 if threading.current_thread() is not threading.main_thread():
@@ -116,11 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from webui.server import create_app
 
     ctx = build_context(settings)
-    if ctx.models.using_builtin_default:
-        from webui.models.default import HOW_TO_ADD
-
-        log.warning(HOW_TO_ADD)
-    # The model loads in the background while the server starts; requests wait for it.
+    # The model loads in the background while the server starts; generations wait for it (--model-wait).
     threading.Thread(target=_load_first_model, args=(ctx, log), name="model-loader", daemon=True).start()
     app = create_app(ctx)
     url = f"http://{settings.host}:{settings.port}"
@@ -130,7 +139,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     for report in ctx.plugins.reports:
         if not report.ok:
             log.warning("Plugin %s (%s) not loaded: %s", report.name, report.source, report.error)
-    log.info("Ready in %.1f s. Open %s%s", time.perf_counter() - start, url, "/docs" if settings.nowebui else "/")
-    print(f"Running on local URL:  {url}", flush=True)
-    GracefulServer(app, settings.host, settings.port, ctx.jobs, settings.shutdown_grace, log_level="warning").run()
+
+    def listening() -> None:  # uvicorn has bound the port: the URL works now (the model may still be loading)
+        loading = "" if ctx.models.current is not None else " (the model is still loading)"
+        log.info("Listening after %.1f s. Open %s%s%s", time.perf_counter() - start, url,
+                 "/docs" if settings.nowebui else "/", loading)
+        print(f"Running on local URL:  {url}", flush=True)
+
+    GracefulServer(app, settings.host, settings.port, ctx.jobs, settings.shutdown_grace, on_listening=listening,
+                   log_level="warning").run()
     log.info("Stopped")

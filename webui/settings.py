@@ -82,6 +82,7 @@ class Settings:
     max_body_mb: int = 64
     allow_image_urls: bool = False  # API image fields may be http(s) URLs (public addresses only)
     shutdown_grace: float = 10.0  # seconds running jobs may finish after SIGTERM before they are interrupted
+    model_wait: float = 120.0  # seconds a generation waits for a checkpoint that is loading (then 503)
     flag_notes: tuple[str, ...] = ()  # one line per A1111 flag given that has no effect here (logged at start)
 
     @property
@@ -170,8 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let API image fields be http(s) URLs the server fetches (public addresses only)")
     p.add_argument("--shutdown-grace", type=float, default=10.0,
                    help="seconds running jobs may finish after SIGTERM/Ctrl+C before they are interrupted")
+    p.add_argument("--model-wait", type=float, default=120.0,
+                   help="seconds a generation waits for a checkpoint that is still loading (then 503 with Retry-After)")
     add_ignored_flags(p)
     return p
+
+
+#: A1111's ``--use-cpu`` names that move the model to the CPU ("sd" is the Stable Diffusion model).
+USE_CPU_MODEL = ("all", "sd", "stable-diffusion")
+
+
+def _use_cpu(names: list[str] | None) -> bool:
+    """``--use-cpu`` alone (ours) or with A1111's ``all`` / ``sd``: everything runs on the CPU."""
+    return names is not None and (not names or any(n.lower() in USE_CPU_MODEL for n in names))
+
+
+def _use_cpu_notes(names: list[str] | None) -> tuple[str, ...]:
+    other = [n for n in names or () if n.lower() not in USE_CPU_MODEL]
+    if not other:
+        return ()
+    return (f"--use-cpu {' '.join(other)}: no effect here; upscalers, face restoration and the rest run on the "
+            "model's device (give 'all' or 'sd' to use the CPU)",)
 
 
 def parse_args(argv: Iterable[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -196,7 +216,7 @@ def parse_args(argv: Iterable[str] | None = None, env: Mapping[str, str] | None 
         models_dir=ns.models_dir.resolve() if ns.models_dir else None,
         api=ns.api,
         nowebui=ns.nowebui,
-        use_cpu=ns.use_cpu is not None,
+        use_cpu=_use_cpu(ns.use_cpu),
         no_half=ns.no_half or ns.precision == "full",
         no_half_vae=ns.no_half_vae,
         memory_mode="lowvram" if ns.lowvram else "medvram" if ns.medvram else "none",
@@ -215,7 +235,8 @@ def parse_args(argv: Iterable[str] | None = None, env: Mapping[str, str] | None 
         max_body_mb=max(1, ns.max_body_mb),
         allow_image_urls=ns.allow_image_urls,
         shutdown_grace=max(0.0, ns.shutdown_grace),
-        flag_notes=ignored_flag_notes(ns),
+        model_wait=max(0.0, ns.model_wait),
+        flag_notes=ignored_flag_notes(ns) + _use_cpu_notes(ns.use_cpu),
     )
 
 

@@ -20,7 +20,7 @@ from webui.errors import ModelError, RequestError
 from webui.fileio import StorageError
 from webui.image_codec import InvalidImage
 from webui.jobs import QueueFull
-from webui.models.manager import NoCheckpoint
+from webui.models.manager import ModelStillLoading, NoCheckpoint
 from webui.settings import OptionError
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for kind, status in MESSAGE_ERRORS:
         app.add_exception_handler(kind, _message_error(status, kind.__name__))
+
+    @app.exception_handler(ModelStillLoading)
+    async def _still_loading(_req: Request, exc: ModelStillLoading) -> JSONResponse:
+        response = error_json(503, "ModelStillLoading", str(exc), errors=str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(GenerationFailed)
     async def _generation_failed(_req: Request, exc: GenerationFailed) -> JSONResponse:

@@ -162,8 +162,10 @@ class ModelManager:
         memory_mode: str = "none",
         attention: str = "sdpa",
         fp8_storage: Callable[[], str] | None = None,
+        extra_checkpoints: Iterable[Path] = (),
     ):
         self.dirs = dirs
+        self.extra_checkpoints = [Path(p) for p in extra_checkpoints]  # --ckpt: a file kept outside the folders
         self.hashes = hash_cache
         self.device = device
         self.dtype = dtype
@@ -178,13 +180,30 @@ class ModelManager:
         self._aux: LoadedModel | None = None  # the refiner
         self._lock = threading.RLock()
         self._current: LoadedModel | None = None
+        self.loading: CheckpointInfo | None = None  # the checkpoint being read now, if any
         self._checkpoints: list[CheckpointInfo] = []
         self.refresh()
 
     # --- registry ---------------------------------------------------------------
     def refresh(self) -> list[CheckpointInfo]:
-        self._checkpoints = list_checkpoints(self.dirs)
+        """Scan the checkpoint folders again; ``extra_checkpoints`` (``--ckpt``) are listed with them under
+        their file name, as A1111 lists its ``--ckpt`` file."""
+        found = list_checkpoints(self.dirs)
+        known = {info.path.resolve() for info in found}
+        for path in self.extra_checkpoints:
+            if path.exists() and path.resolve() not in known:
+                found.append(CheckpointInfo(path, path.name, is_folder=path.is_dir()))
+                known.add(path.resolve())
+        self._checkpoints = sorted(found, key=lambda c: c.name.lower())
         return self.checkpoints()
+
+    def info_for(self, path: Path) -> CheckpointInfo:
+        """The listed checkpoint at ``path`` (or a new entry named after the file)."""
+        resolved = Path(path).resolve()
+        for info in self.checkpoints():
+            if info.path.resolve() == resolved:
+                return info
+        return CheckpointInfo(Path(path), Path(path).name, is_folder=Path(path).is_dir())
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """User checkpoints, or the built-in default if there are none."""
@@ -233,7 +252,6 @@ class ModelManager:
 
         Up to ``sd_checkpoint_cache`` previously used models stay in RAM (moved off the GPU) and come
         back without reading the file again; ``force`` reads the file again anyway."""
-        from webui.models.loader import load_components
 
         with self._lock:
             current = self._current
@@ -251,13 +269,11 @@ class ModelManager:
                 return cached
             start = time.perf_counter()
             log.info("Loading checkpoint %s", info.path)
+            self.loading = info
             try:
-                sha = self.hashes.sha256(info.path)
-                components = self._to_device(load_components(info.path, dtype=self.dtype))
-            except ModelError:
-                raise
-            except OSError as exc:
-                raise ModelError(info.path, f"cannot read the file: {exc}") from exc
+                sha, components = self._read(info)
+            finally:
+                self.loading = None
             fp8 = self._prepare(components)
             model = LoadedModel(info, sha, components, self.device, self.dtype, time.perf_counter() - start, fp8)
             self._switch(model)
@@ -266,6 +282,32 @@ class ModelManager:
             if self._on_loaded is not None:
                 self._on_loaded(model)
             return model
+
+    def _read(self, info: CheckpointInfo):
+        """``(sha256, components)`` of a checkpoint: the SHA-256 (A1111's hash; cached by path, size and
+        modification time) is computed in a second thread while the file loads, so it never adds to the load
+        time, and it is ready before the first infotext is written."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from webui.models.loader import load_components
+
+        with ThreadPoolExecutor(1, thread_name_prefix="hash") as pool:
+            digest = pool.submit(self.hashes.sha256, info.path)
+            try:
+                components = self._to_device(load_components(info.path, dtype=self.dtype))
+                return digest.result(), components
+            except ModelError:
+                raise
+            except OSError as exc:
+                raise ModelError(info.path, f"cannot read the file: {exc}") from exc
+
+    def wait_while_loading(self, timeout: float) -> None:
+        """Return once no checkpoint is being loaded by another thread (at once when none is); after
+        ``timeout`` seconds raise :class:`ModelStillLoading` (the API answers 503 with ``Retry-After``)."""
+        loading = self.loading
+        if not self._lock.acquire(timeout=max(0.0, timeout)):
+            raise ModelStillLoading(loading or self.loading, timeout)
+        self._lock.release()
 
     def _to_device(self, components):
         """All modules to the device, or (memory modes) only the schedule: the hooks move the modules."""
@@ -310,7 +352,6 @@ class ModelManager:
 
     def load_aux(self, name: str) -> LoadedModel:
         """A second model used beside the current one (the refiner); kept until another is asked for."""
-        from webui.models.loader import load_components
 
         with self._lock:
             info = self.find(name)
@@ -322,11 +363,7 @@ class ModelManager:
             self._aux = None
             start = time.perf_counter()
             log.info("Loading refiner checkpoint %s", info.path)
-            try:
-                sha = self.hashes.sha256(info.path)
-                components = self._to_device(load_components(info.path, dtype=self.dtype))
-            except OSError as exc:
-                raise ModelError(info.path, f"cannot read the file: {exc}") from exc
+            sha, components = self._read(info)
             fp8 = self._prepare(components)
             self._aux = LoadedModel(info, sha, components, self.device, self.dtype, time.perf_counter() - start,
                                     fp8)
@@ -354,6 +391,16 @@ class ModelManager:
             self._current = None
             self._aux = None
             self._cache.clear()
+
+
+class ModelStillLoading(RuntimeError):
+    """A generation waited ``timeout`` seconds for a checkpoint that is still loading."""
+
+    retry_after = 10
+
+    def __init__(self, info: CheckpointInfo | None, timeout: float):
+        what = info.name if info is not None else "the checkpoint"
+        super().__init__(f"{what} is still loading (waited {timeout:.0f} s); try again in a few seconds")
 
 
 class NoCheckpoint(RuntimeError):

@@ -85,11 +85,35 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             for tab in ctx.hooks.ui_tabs(ctx):
                 with gr.Tab(tab.title, elem_id=tab.elem_id):
                     tab.render()
+        _wire_model_loading(ctx, demo, [t2i.generate, i2i.generate])
         _wire_send_to(ctx, tabs, t2i, i2i, png, extras)
         for tab in (t2i, i2i):
             _wire_paste(ctx, tab)
     demo.queue(max_size=ctx.settings.max_queue_size)
     return demo
+
+
+LOADING_LABEL = "Loading model…"
+
+
+def loading_state(ctx: AppContext, buttons: int) -> list[Any]:
+    """Updates for ``buttons`` Generate buttons and the timer that polls: "Loading model…" and not clickable
+    while a checkpoint loads, the timer active; "Generate" and the timer off once the model is ready."""
+    loading = ctx.models.loading is not None
+    label = gr.update(value=LOADING_LABEL if loading else "Generate", interactive=not loading)
+    return [label] * buttons + [gr.Timer(active=loading)]
+
+
+def _wire_model_loading(ctx: AppContext, demo: gr.Blocks, buttons: list[Any]) -> None:
+    """While a checkpoint loads (the first one at start), the Generate buttons say so and wait; a timer,
+    active only then, gives them back when the model is ready."""
+    timer = gr.Timer(1.0, active=False)
+
+    def state():
+        return loading_state(ctx, len(buttons))
+
+    demo.load(state, inputs=None, outputs=[*buttons, timer], api_name=False, queue=False, show_progress="hidden")
+    timer.tick(state, inputs=None, outputs=[*buttons, timer], api_name=False, queue=False, show_progress="hidden")
 
 
 def _option_dropdowns(ctx: AppContext, keys: tuple[str, ...]) -> None:

@@ -39,6 +39,7 @@ class GenerationTab:
     send_buttons: dict[str, Any] = field(default_factory=dict)
     paste: Any = None  # the ↙ button: read parameters from the prompt (or the last generation)
     img2img: Img2ImgInputs | None = None
+    generate: Any = None  # the Generate button
 
 
 def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
@@ -72,7 +73,7 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
         with gr.Column(scale=1, min_width=160):
             token_counter = gr.HTML("", elem_id=f"{mode}_token_counter")
             neg_token_counter = gr.HTML("", elem_id=f"{mode}_negative_token_counter")
-            generate = gr.Button("Generate", variant="primary", elem_id=f"{mode}_generate")
+            generate = tab.generate = gr.Button("Generate", variant="primary", elem_id=f"{mode}_generate")
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id=f"{mode}_interrupt")
                 tab.paste = gr.Button("↙", elem_id=f"{mode}_paste", min_width=40, scale=0)

@@ -15,14 +15,14 @@ from webui.context import AppContext, GenerationFailed
 from webui.errors import ModelError, RequestError
 from webui.fileio import StorageError
 from webui.jobs import Job, QueueFull
-from webui.models.manager import NoCheckpoint
+from webui.models.manager import ModelStillLoading, NoCheckpoint
 from webui.pipeline.request import GenerationRequest
 from webui.pipeline.result import GenerationResult
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (RequestError, ModelError, NoCheckpoint, QueueFull, GenerationFailed, StorageError)
+USER_ERRORS = (RequestError, ModelError, NoCheckpoint, ModelStillLoading, QueueFull, GenerationFailed, StorageError)
 
 
 def user_error(exc: BaseException) -> gr.Error:
