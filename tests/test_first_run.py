@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from tests.conftest import api_only, make_settings
@@ -220,3 +221,26 @@ def test_hashing_runs_beside_the_load_not_before_it(elsewhere, tmp_path, monkeyp
     monkeypatch.setattr(loader, "load_components", load)
     model = _ctx(tmp_path, models, ckpt=mine).load_initial_model()
     assert seen == [True] and len(model.sha256) == 64
+
+
+def test_sd_models_give_the_family_and_sd_modules_list_vae_and_text_encoder_files(elsewhere, tmp_path):
+    """``family`` read from each file's header (no load); Forge's ``/sd-modules``: VAE files then the files in
+    ``models/text_encoder``, each with its absolute path."""
+    from safetensors.torch import save_file
+
+    mine, _ = elsewhere
+    models = tmp_path / "models"
+    save_single_file(build_tiny_components("sdxl", seed=1), models / "Stable-diffusion" / "xl.safetensors")
+    (models / "VAE").mkdir()
+    save_file({"decoder.conv_in.weight": torch.zeros(1)}, models / "VAE" / "my-vae.safetensors")
+    (models / "text_encoder").mkdir()
+    save_file({"x": torch.zeros(1)}, models / "text_encoder" / "clip_l.safetensors")
+    ctx = _ctx(tmp_path / "data", models, ckpt=mine)
+    client = TestClient(create_app(api_only(ctx)))
+    families = {m["model_name"]: m["family"] for m in client.get("/sdapi/v1/sd-models").json()}
+    assert families == {"my-model": "sd1", "xl": "sdxl"}
+    assert ctx.models.current is None  # nothing was loaded to tell
+    assert client.get("/sdapi/v1/sd-modules").json() == [
+        {"model_name": "my-vae.safetensors", "filename": str((models / "VAE" / "my-vae.safetensors").resolve())},
+        {"model_name": "clip_l.safetensors",
+         "filename": str((models / "text_encoder" / "clip_l.safetensors").resolve())}]

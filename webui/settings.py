@@ -46,6 +46,7 @@ MODEL_FOLDERS: Mapping[str, str] = MappingProxyType(
         "GFPGAN": "GFPGAN",
         "Codeformer": "Codeformer",
         "VAE-approx": "VAE-approx",
+        "text_encoder": "text_encoder",
     }
 )
 

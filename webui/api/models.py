@@ -148,6 +148,13 @@ class SchedulerItem(BaseModel):
     need_inner_model: bool
 
 
+class SDModuleItem(BaseModel):
+    """Forge's ``/sd-modules`` entry: a VAE or text-encoder file."""
+
+    model_name: str
+    filename: str = Field(description="absolute path")
+
+
 class SDModelItem(BaseModel):
     title: str
     model_name: str
@@ -155,6 +162,7 @@ class SDModelItem(BaseModel):
     sha256: str | None
     filename: str
     config: str | None = None
+    family: str | None = Field(None, description="not in A1111: sd1, sd2 or sdxl (read from the file's header)")
 
 
 class ExtrasBase(_Base):

@@ -327,8 +327,16 @@ def _model_and_option_routes(r: APIRouter, ctx: AppContext) -> None:
             digest = ctx.models.hashes.cached(info.path)
             out.append(m.SDModelItem(title=info.title(digest[:10] if digest else None), model_name=info.model_name,
                                      hash=digest[:10] if digest else None, sha256=digest,
-                                     filename=str(info.path), config=None))
+                                     filename=str(info.path), config=None, family=ctx.models.family(info)))
         return out
+
+    @r.get("/sd-modules", response_model=list[m.SDModuleItem])
+    def sd_modules() -> list[m.SDModuleItem]:
+        """Forge's route: the VAE files, then the text-encoder files (``models/text_encoder``)."""
+        from webui.models.modules import list_modules
+
+        files = list_modules(ctx.settings.vae_dirs(), [ctx.settings.model_dir("text_encoder")])
+        return [m.SDModuleItem(model_name=f.model_name, filename=str(f.path)) for f in files]
 
     @r.post("/refresh-checkpoints")
     def refresh_checkpoints() -> dict:

@@ -181,6 +181,7 @@ class ModelManager:
         self._lock = threading.RLock()
         self._current: LoadedModel | None = None
         self.loading: CheckpointInfo | None = None  # the checkpoint being read now, if any
+        self._families: dict[tuple[Path, int], str | None] = {}  # (path, mtime) -> family, read from headers
         self._checkpoints: list[CheckpointInfo] = []
         self.refresh()
 
@@ -196,6 +197,22 @@ class ModelManager:
                 known.add(path.resolve())
         self._checkpoints = sorted(found, key=lambda c: c.name.lower())
         return self.checkpoints()
+
+    def family(self, info: CheckpointInfo) -> str | None:
+        """The checkpoint's family ("sd1", "sd2", "sdxl") read from its header (cached by modification
+        time); the loaded model's own for pickled files; None when unknown."""
+        from webui.models.spec import family_of_file
+
+        current = self._current
+        if current is not None and current.info.path == info.path:
+            return current.components.spec.family
+        try:
+            key = (info.path, info.path.stat().st_mtime_ns)
+        except OSError:
+            return None
+        if key not in self._families:
+            self._families[key] = family_of_file(info.path)
+        return self._families[key]
 
     def info_for(self, path: Path) -> CheckpointInfo:
         """The listed checkpoint at ``path`` (or a new entry named after the file)."""

@@ -99,6 +99,12 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
     raise ModelError(path, _describe_unknown(head))
 
 
+def safetensors_names(path: Path) -> list[str]:
+    """The tensor names of a ``.safetensors`` file, from its header alone (no tensor is read)."""
+    path = Path(path)
+    return [name for name in _safetensors_header(path, path.stat().st_size) if name != "__metadata__"]
+
+
 def _describe_unknown(head: bytes) -> str:
     """Explain what a file of unknown format most likely is."""
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()

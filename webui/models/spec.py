@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 
 from webui.errors import ModelError
+from webui.models.safeload import safetensors_names
 
 Family = Literal["sd1", "sd2", "sdxl"]
 PredictionType = Literal["epsilon", "v_prediction"]
@@ -116,7 +117,22 @@ def detect_spec(
     return ModelSpec(family, prediction or "epsilon", inpainting, ztsnr)
 
 
-def _detect_family(state_dict: Mapping[str, torch.Tensor]) -> Family:
+def family_of_file(path: Path) -> Family | None:
+    """The family of a checkpoint without loading it: from a ``.safetensors`` header's tensor names or a
+    diffusers folder's configs; None for pickled files (they must be unpickled to be read) and unreadable or
+    unknown ones."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return detect_spec_diffusers(path).family
+        if path.suffix.lower() != ".safetensors":
+            return None
+        return _detect_family(dict.fromkeys(safetensors_names(path)))
+    except (ModelError, OSError):
+        return None
+
+
+def _detect_family(state_dict: Mapping[str, object]) -> Family:
     """Family from text-encoder keys; ModelError listing expectations otherwise."""
     if SDXL_TEXT_KEY in state_dict or any(k.startswith("conditioner.embedders.1.") for k in state_dict):
         return "sdxl"
