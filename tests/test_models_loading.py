@@ -382,3 +382,14 @@ def test_real_size_layouts_infer_real_configs(family):
         got = (cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.num_attention_heads,
                cfg.hidden_act, cfg.projection_dim)
         assert got == REAL_TEXT[ref]
+
+
+def test_the_shipped_t5_tokenizer_loads_offline_with_its_notice():
+    """The T5 v1.1 vocabulary of FLUX.1 / SD 3.5 ships in the repo (Apache-2.0 notice beside it); the ids are
+    the ones its NOTICE documents for the reference tokenizer."""
+    from webui.models.components import T5_TOKENIZER_DIR, shipped_t5_tokenizer
+
+    tokenizer = shipped_t5_tokenizer()
+    assert tokenizer("a photo of a cat").input_ids == [3, 9, 1202, 13, 3, 9, 1712, 1]
+    assert len(tokenizer) == 32100 and tokenizer.model_max_length == 256
+    assert "Apache-2.0" in (T5_TOKENIZER_DIR / "NOTICE.md").read_text(encoding="utf-8")

@@ -19,6 +19,8 @@ from transformers import CLIPTokenizer
 from webui.models.spec import ModelSpec
 
 TOKENIZER_DIR = Path(__file__).resolve().parent / "configs" / "clip_tokenizer"
+#: Google's T5 v1.1 SentencePiece vocabulary (Apache-2.0, NOTICE.md beside it): FLUX.1's and SD 3.5's T5-XXL.
+T5_TOKENIZER_DIR = Path(__file__).resolve().parent / "configs" / "t5_tokenizer"
 CLIP_PAD, OPENCLIP_PAD = "<|endoftext|>", "!"
 TOKENIZER_PADS = {"sd1": (CLIP_PAD,), "sd2": (OPENCLIP_PAD,), "sdxl": (CLIP_PAD, OPENCLIP_PAD)}
 BETA_START, BETA_END, TRAIN_STEPS = 0.00085, 0.012, 1000
@@ -54,6 +56,14 @@ def shipped_tokenizer(pad_token: str = CLIP_PAD) -> CLIPTokenizer:
         model_max_length=77,
         pad_token=pad_token,
     )
+
+
+def shipped_t5_tokenizer(max_length: int = 256):
+    """The T5 tokenizer shipped in ``configs/t5_tokenizer``, read offline (``max_length`` tokens: 256 for
+    SD 3.5 and FLUX.1 schnell, 512 for FLUX.1 dev)."""
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast.from_pretrained(str(T5_TOKENIZER_DIR), model_max_length=max_length, local_files_only=True)
 
 
 def shipped_tokenizers(family: str) -> list[CLIPTokenizer]:
