@@ -17,6 +17,7 @@ from tests.conftest import make_settings
 from tests.live_server import LiveServer
 from webui.context import build_context
 from webui.server import create_app
+from webui.ui.settings_tab import SHOWING_SAVED
 
 pytestmark = needs_chromium
 
@@ -175,6 +176,7 @@ def test_settings_change_persists_across_reload_and_a_bad_value_is_a_readable_er
     clip = "#setting_CLIP_stop_at_last_layers input[type=number]"
     try:
         open_tab(page, "Settings")
+        wait_text(page, "#settings_result", SHOWING_SAVED, prop="innerText")  # the tab read the saved values
         page.locator(clip).fill("2")
         page.locator("#settings_submit").click()
         wait_text(page, "#settings_result", "1 setting(s) changed", prop="innerText")
@@ -182,7 +184,8 @@ def test_settings_change_persists_across_reload_and_a_bad_value_is_a_readable_er
 
         page.reload(wait_until="domcontentloaded")
         open_tab(page, "Settings")
-        page.wait_for_function(f"document.querySelector('{clip}').value === '2'")  # shown after the reload
+        wait_text(page, "#settings_result", SHOWING_SAVED, prop="innerText")
+        assert page.locator(clip).input_value() == "2"  # shown after the reload
 
         page.locator(clip).fill("99")
         page.locator("#settings_submit").click()

@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from webui.sections import UiSection, UiTab
     from webui.upscaling.registry import UpscalerDef
 
-HOOKS_VERSION = "1.3"
+HOOKS_VERSION = "1.4"
 PROJECT = "webui"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -250,8 +250,10 @@ def unet_patches(request: GenerationRequest, model: LoadedModel, job: Job) -> li
     `residuals(call) -> (down_residuals, mid_residual) | None` (see `webui.pipeline.patches`): before
     every U-Net evaluation the pipeline passes a `UNetCall` (latent input, timestep, text context,
     SDXL extras, batch/group layout, the step of the pass, image size, hires flag) and adds the
-    returned tensors to the U-Net's skip connections. The built-in ControlNet is such a patch. Raise
-    `RequestError` for bad input: this hook's input errors reach the client as a 4xx.
+    returned tensors to the U-Net's skip connections. The built-in ControlNet is such a patch. A patch
+    may also have `extra_images`, a list of `(PIL image, label)` that the job's result shows after its
+    images (the API's `images`, the gallery; ControlNet's detected maps). Raise `RequestError` for bad
+    input: this hook's input errors reach the client as a 4xx.
     ```python
     @hookimpl
     def unet_patches(request, model, job):
@@ -259,7 +261,7 @@ def unet_patches(request: GenerationRequest, model: LoadedModel, job: Job) -> li
             return [MyAdapter(request.alwayson_scripts["my_adapter"], model)]
     ```
 
-    versionadded: 1.1
+    versionadded: 1.1; `extra_images` 1.4
     """
 
 

@@ -186,6 +186,7 @@ def _generation_routes(r: APIRouter, ctx: AppContext, fetch: Fetcher | None) -> 
             result = ctx.generate(req, job)
         images = (
             [encode_png_base64(img, info) for img, info in zip(result.images, result.infotexts)]
+            + [encode_png_base64(img) for img, _ in result.extra_images]  # after the images (sd-webui-controlnet)
             if body.send_images
             else []
         )

@@ -53,7 +53,9 @@ class ControlNetPlugin:
         return [OptionDef("control_net_unit_count", 3, "ControlNet units in the UI (restart to apply)", "ControlNet",
                           minimum=1, maximum=10),
                 OptionDef("control_net_model_cache_size", 2, "ControlNet models kept loaded", "ControlNet",
-                          minimum=1, maximum=10)]
+                          minimum=1, maximum=10),
+                OptionDef("control_net_no_detectmap", False, "Do not append detected maps to the output",
+                          "ControlNet")]
 
     @hookimpl
     def startup(self, ctx: Any) -> None:
@@ -87,12 +89,10 @@ class ControlNetPlugin:
             raise RequestError(f"{prefix}.image", "a ControlNet unit needs an image (or use img2img)")
         arr = np.asarray(image.convert("RGB"))
         pre = self.preprocessors.get(unit.module or "none", f"{prefix}.module")
-        res = unit.processor_res
+        res, thr_a, thr_b = _checked_params(pre, unit)
         if unit.pixel_perfect:
             res = pixel_perfect_resolution(arr.shape[:2], request.width, request.height, unit.resize_mode)
-        detected = self.preprocessors.detect(arr, pre.name, res if res > 0 else None,
-                                             unit.threshold_a if unit.threshold_a >= 0 else None,
-                                             unit.threshold_b if unit.threshold_b >= 0 else None)
+        detected = self.preprocessors.detect(arr, pre.name, res, thr_a, thr_b)
         return PreparedUnit(unit, cn, detected)
 
     @hookimpl
@@ -101,7 +101,11 @@ class ControlNetPlugin:
         if not units:
             return None
         prepared = [self._prepare(u, i, request, model) for i, u in enumerate(units)]
-        return [ControlNetPatch(prepared, model.device, model.dtype)]
+        option = request.override_settings.get("control_net_no_detectmap") if request.override_settings else None
+        if option is None and self.ctx is not None:
+            option = self.ctx.options.current.get("control_net_no_detectmap", False)
+        maps = not bool(option)
+        return [ControlNetPatch(prepared, model.device, model.dtype, detected_maps=maps)]
 
     @hookimpl
     def extra_infotext(self, request: Any) -> dict[str, Any] | None:
@@ -204,6 +208,26 @@ class ControlNetPlugin:
         from webui.controlnet.section import controlnet_section
 
         return [controlnet_section(self, ctx, mode)]
+
+
+def _checked_params(pre: Any, unit: ControlUnit) -> tuple[Any, Any, Any]:
+    """The unit's processor resolution and thresholds for ``pre``: a value outside the module's slider
+    (A1111 clients send ``-1`` for "default") is the slider's default, logged with sd-webui-controlnet's
+    wording; None for a slider the module does not have."""
+    out = []
+    for name, slider, value in (("processor_res", pre.resolution if pre.uses_resolution else None,
+                                 unit.processor_res),
+                                ("threshold_a", pre.threshold_a, unit.threshold_a),
+                                ("threshold_b", pre.threshold_b, unit.threshold_b)):
+        if slider is None:
+            out.append(None)
+            continue
+        if not slider.minimum <= value <= slider.maximum:
+            shown = int(value) if float(value).is_integer() else value
+            log.warning("[%s.%s] Invalid value(%s), using default value %s", pre.name, name, shown, slider.default)
+            value = slider.default
+        out.append(int(value) if name == "processor_res" else value)
+    return out[0], out[1], out[2]
 
 
 def _opt(value: Any) -> float | None:

@@ -44,14 +44,25 @@ class PreparedUnit:
 class ControlNetPatch:
     """The :class:`~webui.pipeline.patches.UNetPatch` of a job's enabled units."""
 
-    def __init__(self, units: list[PreparedUnit], device: torch.device, dtype: torch.dtype):
+    def __init__(self, units: list[PreparedUnit], device: torch.device, dtype: torch.dtype,
+                 detected_maps: bool = True):
         self.units = units
         self.device, self.dtype = device, dtype
         self.calls = 0  # ControlNet evaluations (for tests and benchmarks)
+        self.detected_maps = detected_maps  # False: option control_net_no_detectmap
+        #: sd-webui-controlnet's detected maps, once per unit and pass (the pipeline appends them to the
+        #: job's images after the generated ones): the preprocessor's output for the first pass, the control
+        #: image at the hires size for the hires pass
+        self.extra_images: list[tuple[Image.Image, str]] = []
+        self._shown: set[tuple[int, bool]] = set()
 
     def prepare(self, width: int, height: int, hires: bool = False) -> None:
-        for u in self.units:
+        for i, u in enumerate(self.units):
             image = resize_image(Image.fromarray(u.detected), width, height, u.unit.resize_mode)
+            if self.detected_maps and u.unit.save_detected_map and applies(u.unit, hires) \
+                    and (i, hires) not in self._shown:
+                self._shown.add((i, hires))
+                self.extra_images.append((image if hires else Image.fromarray(u.detected), u.unit.module))
             hint = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
             if u.unit.mask is not None:
                 mask = resize_image(u.unit.mask.convert("RGB"), width, height, u.unit.resize_mode).convert("L")
@@ -63,7 +74,8 @@ class ControlNetPatch:
         total: Residuals | None = None
         for u in self.units:
             unit = u.unit
-            if unit.weight == 0 or not unit.guidance_start <= fraction <= unit.guidance_end or u.hint is None:
+            if unit.weight == 0 or not unit.guidance_start <= fraction <= unit.guidance_end or u.hint is None \
+                    or not applies(unit, call.hires):
                 continue
             n = call.x.shape[0]
             hint = u.hint.expand(n, -1, -1, -1)
@@ -88,6 +100,12 @@ class ControlNetPatch:
             else:
                 total = ([a + b for a, b in zip(total[0], down)], total[1] + mid)
         return total
+
+
+def applies(unit: Any, hires: bool) -> bool:
+    """Whether ``unit`` works in the first pass (``hires`` False) or the hires-fix pass, by its ``hr_option``
+    (0 Both, 1 Low res only, 2 High res only)."""
+    return unit.hr_option == 0 or unit.hr_option == (2 if hires else 1)
 
 
 def describe(units: list[Any]) -> str:

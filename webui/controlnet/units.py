@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -11,6 +12,8 @@ from PIL import Image
 
 from webui.errors import RequestError
 
+log = logging.getLogger(__name__)
+
 SECTION = "controlnet"
 """The UI section's name, which is also the ``alwayson_scripts`` key."""
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
@@ -18,9 +21,17 @@ CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more 
 _RESIZE_ALIASES = {"just resize": 0, "resize": 0, "crop and resize": 1, "scale to fit (inner fit)": 1,
                    "inner fit": 1, "resize and fill": 2, "envelope (outer fit)": 2, "outer fit": 2}
 _CONTROL_ALIASES = {"balanced": 0, "my prompt is more important": 1, "controlnet is more important": 2}
+#: Whether a unit applies in the hires-fix pass (sd-webui-controlnet's ``hr_option``); without hires it is ignored.
+HR_OPTIONS = ("Both", "Low res only", "High res only")
+_HR_ALIASES = {"both": 0, "low res only": 1, "high res only": 2, "hiresfixoption.both": 0,
+               "hiresfixoption.low_res_only": 1, "hiresfixoption.high_res_only": 2}
+#: Keys sd-webui-controlnet's API takes that change nothing here (no log line for them).
+_QUIET_KEYS = frozenset({"is_ui", "input_mode", "batch_images", "output_dir", "loopback", "use_preview_as_input",
+                         "batch_image_dir", "batch_mask_dir", "batch_input_gallery", "batch_mask_gallery",
+                         "generated_image", "mask_image_from_pixels", "ipadapter_input", "animatediff_batch"})
 #: sd-webui-controlnet's older field names.
 _FIELD_ALIASES = {"input_image": "image", "processor_resolution": "processor_res", "guidance": "guidance_end",
-                  "lowvram": "low_vram", "guessmode": "guess_mode"}
+                  "lowvram": "low_vram", "guessmode": "guess_mode", "mask_image": "mask"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,8 @@ class ControlUnit:
     pixel_perfect: bool = False
     control_mode: int = 0  # 0 Balanced, 1 My prompt is more important, 2 ControlNet is more important
     low_vram: bool = False
+    save_detected_map: bool = True  # the API response carries the detected map after the images
+    hr_option: int = 0  # 0 Both, 1 Low res only, 2 High res only (see HR_OPTIONS)
 
     def with_(self, **changes: Any) -> ControlUnit:
         return replace(self, **changes)
@@ -75,10 +88,15 @@ def parse_unit(data: Any, index: int, decode_image=None) -> ControlUnit:
         raise RequestError(prefix, "a ControlNet unit must be an object")
     known = {f.name for f in fields(ControlUnit)}
     values: dict[str, Any] = {}
+    guess_mode = False  # sd-webui-controlnet before 1.1: "ControlNet is more important"
     for key, value in data.items():
         key = _FIELD_ALIASES.get(key, key)
         if key in known and value is not None:
             values[key] = value
+        elif key == "guess_mode":
+            guess_mode = bool(value)
+        elif key not in known and key not in _QUIET_KEYS:
+            log.info("ControlNet unit %d: unknown parameter %r ignored", index, key)
     image = values.get("image")
     if isinstance(image, Mapping):  # {"image": ..., "mask": ...}
         values["image"] = image.get("image")
@@ -97,23 +115,25 @@ def parse_unit(data: Any, index: int, decode_image=None) -> ControlUnit:
     if "control_mode" in values:
         values["control_mode"] = _choice(f"{prefix}.control_mode", values["control_mode"], _CONTROL_ALIASES,
                                          CONTROL_MODES)
-    elif values.pop("guess_mode", False):
+    if "hr_option" in values:
+        values["hr_option"] = _choice(f"{prefix}.hr_option", values["hr_option"], _HR_ALIASES, HR_OPTIONS)
+    if guess_mode and "control_mode" not in values:
         values["control_mode"] = 2
-    values.pop("guess_mode", None)
     if "weight" in values:
         values["weight"] = _number(f"{prefix}.weight", values["weight"], 0.0, 2.0)
     for key in ("guidance_start", "guidance_end"):
         if key in values:
             values[key] = _number(f"{prefix}.{key}", values[key], 0.0, 1.0)
     if "processor_res" in values:
-        values["processor_res"] = int(_number(f"{prefix}.processor_res", values["processor_res"], -1, 4096))
+        # a value outside the module's range is its default, with a log line (builtin.controlnet)
+        values["processor_res"] = int(_number(f"{prefix}.processor_res", values["processor_res"], -1e6, 1e6))
     for key in ("threshold_a", "threshold_b"):
         if key in values:
             values[key] = _number(f"{prefix}.{key}", values[key], -1e6, 1e6)
     for key in ("module", "model"):
         if key in values and not isinstance(values[key], str):
             raise RequestError(f"{prefix}.{key}", "must be a string")
-    for key in ("enabled", "pixel_perfect", "low_vram"):
+    for key in ("enabled", "pixel_perfect", "low_vram", "save_detected_map"):
         if key in values:
             values[key] = bool(values[key])
     unit = ControlUnit(**values)

@@ -192,6 +192,8 @@ def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: 
         applied.restore()
     run.result.info = info_json(req, model, sampler, schedule, run.clip_skip, run.seed, run.subseed, run.extra_info,
                                 run.result)
+    for patch in run.patches:  # e.g. ControlNet's detected maps, shown after the images
+        run.result.extra_images.extend(getattr(patch, "extra_images", ()))
     env.hooks.after_generate(run.result, job)
     return run.result
 

@@ -46,7 +46,9 @@ class UNetPatch(Protocol):
         """Down-block residuals and the mid-block residual for this call (None: nothing this step)."""
 
     def prepare(self, width: int, height: int, hires: bool = False) -> None:
-        """Called before each sampling pass with its image size (e.g. to resize control images)."""
+        """Called before each sampling pass with its image size (e.g. to resize control images). A patch may
+        also have ``extra_images``, a list of ``(image, label)`` the job's result shows after its images
+        (ControlNet's detected maps)."""
 
 
 def sum_residuals(patches: list[Any], call: UNetCall) -> Residuals | None:

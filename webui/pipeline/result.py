@@ -22,3 +22,5 @@ class GenerationResult:
     info: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
+    #: images shown after the generated ones, with a label (ControlNet's detected maps); not saved, no infotext
+    extra_images: list[tuple[Image.Image, str]] = field(default_factory=list)

@@ -78,8 +78,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 png = build_pnginfo_tab()
             with gr.Tab("Checkpoint Merger", id="modelmerger"):
                 build_merger_tab(ctx)
-            with gr.Tab("Settings", id="settings"):
-                build_settings_tab(ctx, demo)
+            with gr.Tab("Settings", id="settings") as settings_tab:
+                build_settings_tab(ctx, settings_tab)
             with gr.Tab("Extensions", id="extensions"):
                 build_extensions_tab(ctx)
             for tab in ctx.hooks.ui_tabs(ctx):

@@ -164,6 +164,7 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
         result = yield from map_yields(stream, lambda p: ([(p.image, "Preview")], p.text, gr.skip(), gr.skip(),
                                                           gr.skip()))
         gallery_items = [(img, f"seed {s}") for img, s in zip(result.images, result.seeds)]
+        gallery_items += [(img, label) for img, label in result.extra_images]
         text = result.infotexts[0] if result.infotexts else ""
         if result.interrupted:
             text = "(interrupted)\n" + text

@@ -36,10 +36,15 @@ def _text(value: Any) -> str:
     return str(value if value is not None else "")
 
 
-def build_settings_tab(ctx: AppContext, demo: gr.Blocks) -> None:
-    """The tab's controls and events. Every page load reads the saved options into the controls in **one**
-    event (``demo.load``), so a reload shows them, not the values of the server's start (a callable value
-    per control would cost a queued event per option at each page load)."""
+#: What the tab says once opening it has read the saved options into its controls.
+SHOWING_SAVED = "Showing the saved settings."
+
+
+def build_settings_tab(ctx: AppContext, tab: gr.Tab) -> None:
+    """The tab's controls and events. Opening the tab reads the saved options into the controls in **one**
+    event and then says so (:data:`SHOWING_SAVED`), so the tab shows them, not the values of the server's
+    start, even after another client changed them (a callable value per control would cost a queued event
+    per option at every page load)."""
     sections: dict[str, list[OptionDef]] = defaultdict(list)
     for d in ctx.options.defs.values():
         # A1111 keys that change nothing here stay out (docs/api.md lists them); lists (e.g.
@@ -92,5 +97,8 @@ def build_settings_tab(ctx: AppContext, demo: gr.Blocks) -> None:
                 for k, v in zip(keys, values)]
 
     reload_ui.click(on_reload, inputs=None, outputs=[fields[k] for k in keys], api_name="reload_settings")
-    demo.load(on_reload, inputs=None, outputs=[fields[k] for k in keys], api_name=False, queue=False,
-              show_progress="hidden")
+    def on_open():
+        return [*on_reload(), SHOWING_SAVED]
+
+    tab.select(on_open, inputs=None, outputs=[*(fields[k] for k in keys), result], api_name=False, queue=False,
+               show_progress="hidden")

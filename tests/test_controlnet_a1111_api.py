@@ -1,0 +1,149 @@
+"""The requests of sd-webui-controlnet's own API tests (``tests/web_api/generation_test.py``, run as its CPU
+CI runs them: 64x64, 3 steps), restated here with their payloads and expectations: the response's ``images``
+hold the ``n_iter * batch_size`` generated images followed by one detected map per enabled unit (two for a
+unit that also works in the hires pass), unless ``save_detected_map`` is false; unknown unit keys are
+ignored; out-of-range parameters fall back to the module default with its log line.
+
+Covered here: no unit, an unrecognised parameter, n_iter, batch size, two units, a preprocessor (canny),
+invalid parameters, ``save_detected_map``, ``hr_option`` with and without hires, the option
+``control_net_no_detectmap``. Not yet: IP-Adapter, reference-only, control-LoRA, T2I-Adapter and
+``advanced_weighting`` (issue 27, points 2-3).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from safetensors.torch import save_file
+
+from tests.conftest import api_only, make_settings
+from tests.test_controlnet import b64, tiny_controlnet
+from webui.context import build_context
+from webui.controlnet.models import controlnet_to_original
+from webui.models.original_layout import save_single_file
+from webui.models.tiny import build_tiny_components
+from webui.server import create_app
+
+
+def girl() -> Image.Image:
+    """A stand-in for its ``1girl.png``: shapes with edges for canny."""
+    arr = np.full((96, 64, 3), 30, np.uint8)
+    arr[20:70, 12:52] = (220, 180, 160)
+    arr[30:40, 20:28] = 0
+    return Image.fromarray(arr)
+
+
+#: sd-webui-controlnet's ``default_unit`` (tests/web_api/template.py), model looked up by "sd15_canny".
+UNIT = {"control_mode": 0, "enabled": True, "guidance_end": 1, "guidance_start": 0, "pixel_perfect": True,
+        "processor_res": 512, "resize_mode": 1, "threshold_a": 64, "threshold_b": 64, "weight": 1,
+        "module": "canny", "model": "control_v11p_sd15_canny"}
+#: Its ``txt2img_payload`` / ``img2img_payload`` with the CPU run's 64x64 and 3 steps.
+COMMON = {"batch_size": 1, "cfg_scale": 7, "height": 64, "width": 64, "n_iter": 1, "steps": 3,
+          "sampler_name": "Euler a", "prompt": "(masterpiece: 1.3), (highres: 1.3), best quality,",
+          "negative_prompt": "", "seed": 42, "subseed": -1, "subseed_strength": 0, "override_settings": {},
+          "do_not_save_grid": False, "do_not_save_samples": False, "s_churn": 0, "s_min_uncond": 0, "s_noise": 1,
+          "s_tmax": None, "s_tmin": 0, "script_args": [], "script_name": None, "styles": []}
+TXT2IMG = {**COMMON, "enable_hr": False, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 0,
+           "hr_resize_x": 0, "hr_resize_y": 0, "restore_faces": False, "tiling": False,
+           "seed_resize_from_h": -1, "seed_resize_from_w": -1, "override_settings_restore_afterwards": True}
+IMG2IMG = {**COMMON, "denoising_strength": 0.75, "initial_noise_multiplier": 1, "inpaint_full_res": 0,
+           "inpaint_full_res_padding": 32, "inpainting_fill": 1, "inpainting_mask_invert": 0, "mask_blur": 4,
+           "resize_mode": 0, "seed_resize_from_h": 0, "seed_resize_from_w": 0}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cn-a1111")
+    save_single_file(build_tiny_components("sd1", seed=1), root / "Stable-diffusion" / "tiny.safetensors")
+    (root / "ControlNet").mkdir()
+    save_file(controlnet_to_original(tiny_controlnet("sd1", 0)),
+              root / "ControlNet" / "control_v11p_sd15_canny.safetensors")
+    ctx = build_context(make_settings(tmp_path_factory.mktemp("cn-a1111-data"), root), load_model=True)
+    return TestClient(create_app(api_only(ctx)))
+
+
+def post(client, mode: str, payload: dict, units: list[dict]) -> list[Image.Image]:
+    body = {**(TXT2IMG if mode == "txt2img" else IMG2IMG), **payload}
+    image = b64(girl())
+    if mode == "img2img":
+        body["init_images"] = [image]
+    # as its template does: txt2img units get the input image, img2img units use the init image
+    body["alwayson_scripts"] = {"ControlNet": {"args": [
+        {**UNIT, **unit, **({"image": image} if mode == "txt2img" else {})} for unit in units]}}
+    r = client.post(f"/sdapi/v1/{mode}", json=body)
+    assert r.status_code == 200, r.text
+    return [Image.open(io.BytesIO(base64.b64decode(i))) for i in r.json()["images"]]
+
+
+MODES = ["img2img", "txt2img"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_unit(client, mode):
+    assert len(post(client, mode, {}, [])) == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unrecognized_param_is_ignored_with_a_log_line(client, mode, caplog):
+    with caplog.at_level(logging.INFO, logger="webui.controlnet.units"):
+        images = post(client, mode, {}, [{"foo": True, "is_ui": False}])
+    assert len(images) == 2
+    assert "unknown parameter 'foo' ignored" in caplog.text and "is_ui" not in caplog.text
+
+
+@pytest.mark.parametrize("payload, expected", [({"n_iter": 2}, 3), ({"batch_size": 2}, 3)],
+                         ids=["multiple_iter", "batch_size"])
+@pytest.mark.parametrize("mode", MODES)
+def test_images_then_one_map_per_unit(client, mode, payload, expected):
+    images = post(client, mode, payload, [{}])
+    assert len(images) == expected
+    assert images[-1].size == girl().size  # the map: the preprocessor's output at the input's size
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_2_units(client, mode):
+    images = post(client, mode, {}, [{}, {}])
+    assert len(images) == 3
+    canny = np.asarray(images[1].convert("L"))
+    assert set(np.unique(canny)) <= {0, 255} and canny.max() == 255  # an edge map, not a generated image
+
+
+@pytest.mark.parametrize("param", ["processor_res", "threshold_a", "threshold_b"])
+@pytest.mark.parametrize("mode", MODES)
+def test_invalid_param_uses_the_default_with_its_log_line(client, mode, param, caplog):
+    with caplog.at_level(logging.WARNING, logger="webui.builtin.controlnet"):
+        assert len(post(client, mode, {}, [{param: -1}])) == 2
+    assert f"[canny.{param}] Invalid value(-1), using default value" in caplog.text
+
+
+@pytest.mark.parametrize("save_map", [True, False])
+@pytest.mark.parametrize("mode", MODES)
+def test_save_map(client, mode, save_map):
+    assert len(post(client, mode, {}, [{"save_detected_map": save_map}])) == (2 if save_map else 1)
+
+
+def test_hr_option_both_with_hires_gives_a_map_per_pass(client):
+    images = post(client, "txt2img", {"enable_hr": True, "denoising_strength": 0.75},
+                  [{"hr_option": "HiResFixOption.BOTH"}])
+    assert len(images) == 3
+    assert images[0].size == (128, 128) and images[2].size == (128, 128)  # the hires pass's control image
+
+
+@pytest.mark.parametrize("option, expected", [("Low res only", 2), ("High res only", 2)])
+def test_hr_option_one_pass_gives_one_map(client, option, expected):
+    assert len(post(client, "txt2img", {"enable_hr": True, "denoising_strength": 0.75},
+                    [{"hr_option": option}])) == expected
+
+
+def test_hr_option_is_ignored_without_hires(client):
+    assert len(post(client, "txt2img", {"enable_hr": False}, [{"hr_option": "HiResFixOption.BOTH"}])) == 2
+
+
+def test_the_option_control_net_no_detectmap_drops_the_maps(client):
+    assert len(post(client, "txt2img", {"override_settings": {"control_net_no_detectmap": True}}, [{}])) == 1
