@@ -18,6 +18,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
@@ -147,3 +148,29 @@ def test_hr_option_is_ignored_without_hires(client):
 
 def test_the_option_control_net_no_detectmap_drops_the_maps(client):
     assert len(post(client, "txt2img", {"override_settings": {"control_net_no_detectmap": True}}, [{}])) == 1
+
+
+def test_advanced_weighting_payload(client, caplog):
+    with caplog.at_level(logging.INFO, logger="webui.builtin.controlnet"):
+        assert len(post(client, "txt2img", {}, [{"advanced_weighting": [0.75] * 13}])) == 2  # SD 1.5's 13
+    assert "Advanced weighting enabled. [0.75" in caplog.text
+
+
+def test_advanced_weighting_replaces_the_weight_output_by_output(client):
+    """The scales replace ``weight`` (Balanced: every output times the weight), so the same number for every
+    output equals that weight; outputs past the end of the list add nothing, so an all-zero list is the
+    image without the unit; a bad entry is a 422 naming it."""
+    from webui.controlnet.patch import _weighted
+
+    plain = post(client, "txt2img", {}, [{"weight": 0.5, "save_detected_map": False}])[0]
+    same = post(client, "txt2img", {}, [{"advanced_weighting": [0.5] * 13, "save_detected_map": False}])[0]
+    assert np.array_equal(np.asarray(plain), np.asarray(same))
+    none = post(client, "txt2img", {}, [])[0]
+    zero = post(client, "txt2img", {}, [{"advanced_weighting": [0.0], "save_detected_map": False}])[0]
+    assert np.array_equal(np.asarray(none), np.asarray(zero))
+    down, mid = _weighted([torch.ones(1), torch.ones(1)], torch.ones(1), (2.0, 3.0))
+    assert [float(d) for d in down] == [2.0, 3.0] and float(mid) == 0.0  # zip: the middle block had no scale
+    body = {**TXT2IMG, "alwayson_scripts": {"ControlNet": {"args": [
+        {**UNIT, "image": b64(girl()), "advanced_weighting": [1, "x"]}]}}}
+    bad = client.post("/sdapi/v1/txt2img", json=body)
+    assert bad.status_code == 422 and "advanced_weighting[1]" in bad.text

@@ -35,9 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from webui.sampling.registry import SamplerDef
     from webui.sampling.schedules import ScheduleDef
     from webui.scripts import ScriptDef
+    from webui.sections import UiSection, UiTab
     from webui.settings import OptionDef, Settings
     from webui.ui.assets import UiAsset
-    from webui.sections import UiSection, UiTab
     from webui.upscaling.registry import UpscalerDef
 
 HOOKS_VERSION = "1.4"

@@ -71,9 +71,9 @@ if TYPE_CHECKING:  # pragma: no cover - the hookspecs' types, for the facade's a
     from webui.sampling.registry import SamplerDef
     from webui.sampling.schedules import ScheduleDef
     from webui.scripts import ScriptDef
+    from webui.sections import UiSection, UiTab
     from webui.settings import OptionDef, Settings
     from webui.ui.assets import UiAsset
-    from webui.sections import UiSection, UiTab
     from webui.upscaling.registry import UpscalerDef
 
 log = logging.getLogger(__name__)

@@ -88,6 +88,10 @@ class ControlNetPlugin:
         if image is None:
             raise RequestError(f"{prefix}.image", "a ControlNet unit needs an image (or use img2img)")
         arr = np.asarray(image.convert("RGB"))
+        if unit.advanced_weighting is not None:
+            log.info("Advanced weighting enabled. %s", list(unit.advanced_weighting))
+            if unit.control_mode != 0:
+                log.warning("Advanced weighting overwrites soft_injection effect.")
         pre = self.preprocessors.get(unit.module or "none", f"{prefix}.module")
         res, thr_a, thr_b = _checked_params(pre, unit)
         if unit.pixel_perfect:

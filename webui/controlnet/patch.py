@@ -83,12 +83,15 @@ class ControlNetPatch:
                                 controlnet_cond=hint, added_cond_kwargs=call.added, return_dict=False)
             self.calls += 1
             count = len(down) + 1
-            if unit.control_mode != 0 or call.hires:
-                scales = [unit.weight * SOFT_BASE ** float(count - 1 - i) for i in range(count)]
+            if unit.advanced_weighting is not None:
+                down, mid = _weighted(down, mid, unit.advanced_weighting)
             else:
-                scales = [unit.weight] * count
-            down = [d * s for d, s in zip(down, scales)]
-            mid = mid * scales[-1]
+                if unit.control_mode != 0 or call.hires:
+                    scales = [unit.weight * SOFT_BASE ** float(count - 1 - i) for i in range(count)]
+                else:
+                    scales = [unit.weight] * count
+                down = [d * s for d, s in zip(down, scales)]
+                mid = mid * scales[-1]
             only_cond = unit.control_mode == 2 or bool(getattr(u.model.config, "global_pool_conditions", False))
             if only_cond and call.has_uncond:
                 keep = torch.ones(n, 1, 1, 1, device=mid.device, dtype=mid.dtype)
@@ -100,6 +103,15 @@ class ControlNetPatch:
             else:
                 total = ([a + b for a, b in zip(total[0], down)], total[1] + mid)
         return total
+
+
+def _weighted(down: list[torch.Tensor], mid: torch.Tensor, weights: tuple[float, ...]):
+    """sd-webui-controlnet's ``advanced_weighting``: the control outputs in order (down blocks, then the
+    middle block) times the listed scales, which replace the weight and soft injection; outputs past the
+    end of the list add nothing (its ``zip``)."""
+    outputs = [*down, mid]
+    scaled = [o * (weights[i] if i < len(weights) else 0.0) for i, o in enumerate(outputs)]
+    return scaled[:-1], scaled[-1]
 
 
 def applies(unit: Any, hires: bool) -> bool:

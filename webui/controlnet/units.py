@@ -54,6 +54,9 @@ class ControlUnit:
     control_mode: int = 0  # 0 Balanced, 1 My prompt is more important, 2 ControlNet is more important
     low_vram: bool = False
     save_detected_map: bool = True  # the API response carries the detected map after the images
+    #: one scale per control output (down blocks, then the middle block: 13 for SD 1.5, 10 for SDXL) that
+    #: replaces the weight and soft-injection scales, as sd-webui-controlnet's ``advanced_weighting``
+    advanced_weighting: tuple[float, ...] | None = None
     hr_option: int = 0  # 0 Both, 1 Low res only, 2 High res only (see HR_OPTIONS)
 
     def with_(self, **changes: Any) -> ControlUnit:
@@ -133,6 +136,13 @@ def parse_unit(data: Any, index: int, decode_image=None) -> ControlUnit:
     for key in ("module", "model"):
         if key in values and not isinstance(values[key], str):
             raise RequestError(f"{prefix}.{key}", "must be a string")
+    if "advanced_weighting" in values:
+        weights = values["advanced_weighting"]
+        if not isinstance(weights, (list, tuple)) or not weights:
+            raise RequestError(f"{prefix}.advanced_weighting",
+                               "must be a list of numbers (13 for SD 1.5, 10 for SDXL)")
+        values["advanced_weighting"] = tuple(_number(f"{prefix}.advanced_weighting[{i}]", w, -10.0, 10.0)
+                                             for i, w in enumerate(weights))
     for key in ("enabled", "pixel_perfect", "low_vram", "save_detected_map"):
         if key in values:
             values[key] = bool(values[key])
