@@ -174,3 +174,22 @@ def test_advanced_weighting_replaces_the_weight_output_by_output(client):
         {**UNIT, "image": b64(girl()), "advanced_weighting": [1, "x"]}]}}}
     bad = client.post("/sdapi/v1/txt2img", json=body)
     assert bad.status_code == 422 and "advanced_weighting[1]" in bad.text
+
+
+def test_effective_region_mask_limits_where_the_unit_acts(client):
+    """A black region mask is the image without the unit, a white one the image with it, half of each
+    something between; ``union_control_type`` (for Union models) is taken without complaint."""
+    def region(value_left: int, value_right: int) -> str:
+        arr = np.zeros((64, 64), np.uint8)
+        arr[:, :32], arr[:, 32:] = value_left, value_right
+        return b64(Image.fromarray(arr, "L"))
+
+    def generate(**unit):
+        return np.asarray(post(client, "txt2img", {}, [{"save_detected_map": False, **unit}])[0], dtype=int)
+
+    none = np.asarray(post(client, "txt2img", {}, [])[0], dtype=int)
+    full = generate()
+    assert np.array_equal(generate(effective_region_mask=region(0, 0)), none)
+    assert np.array_equal(generate(effective_region_mask=region(255, 255), union_control_type="Canny"), full)
+    half = generate(effective_region_mask=region(255, 0))
+    assert not np.array_equal(half, none) and not np.array_equal(half, full)

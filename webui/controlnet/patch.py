@@ -39,6 +39,7 @@ class PreparedUnit:
     model: ControlNetModel
     detected: np.ndarray  # the preprocessor's output (H x W x 3 uint8)
     hint: torch.Tensor | None = field(default=None)  # [1, 3, height, width] in [0, 1] at the pass's size
+    region: torch.Tensor | None = field(default=None)  # [1, 1, height, width] effective region, 0..1
 
 
 class ControlNetPatch:
@@ -68,6 +69,10 @@ class ControlNetPatch:
                 mask = resize_image(u.unit.mask.convert("RGB"), width, height, u.unit.resize_mode).convert("L")
                 hint = hint * torch.from_numpy((np.asarray(mask) > 127).astype(np.float32))[None, None]
             u.hint = hint.to(self.device, self.dtype)
+            if u.unit.effective_region_mask is not None:
+                region = resize_image(u.unit.effective_region_mask, width, height, u.unit.resize_mode).convert("L")
+                u.region = torch.from_numpy(np.asarray(region, dtype=np.float32) / 255.0)[None, None].to(
+                    self.device, self.dtype)
 
     def residuals(self, call: UNetCall) -> Residuals | None:
         fraction = call.step / max(call.steps, 1)
@@ -92,6 +97,9 @@ class ControlNetPatch:
                     scales = [unit.weight] * count
                 down = [d * s for d, s in zip(down, scales)]
                 mid = mid * scales[-1]
+            if u.region is not None:  # sd-webui-controlnet: each output times the mask at its own size
+                down = [_in_region(d, u.region) for d in down]
+                mid = _in_region(mid, u.region)
             only_cond = unit.control_mode == 2 or bool(getattr(u.model.config, "global_pool_conditions", False))
             if only_cond and call.has_uncond:
                 keep = torch.ones(n, 1, 1, 1, device=mid.device, dtype=mid.dtype)
@@ -103,6 +111,12 @@ class ControlNetPatch:
             else:
                 total = ([a + b for a, b in zip(total[0], down)], total[1] + mid)
         return total
+
+
+def _in_region(output: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    mask = torch.nn.functional.interpolate(region.to(output.dtype), size=output.shape[-2:], mode="bilinear",
+                                           align_corners=False)
+    return output * mask
 
 
 def _weighted(down: list[torch.Tensor], mid: torch.Tensor, weights: tuple[float, ...]):

@@ -25,8 +25,10 @@ _CONTROL_ALIASES = {"balanced": 0, "my prompt is more important": 1, "controlnet
 HR_OPTIONS = ("Both", "Low res only", "High res only")
 _HR_ALIASES = {"both": 0, "low res only": 1, "high res only": 2, "hiresfixoption.both": 0,
                "hiresfixoption.low_res_only": 1, "hiresfixoption.high_res_only": 2}
-#: Keys sd-webui-controlnet's API takes that change nothing here (no log line for them).
-_QUIET_KEYS = frozenset({"is_ui", "input_mode", "batch_images", "output_dir", "loopback", "use_preview_as_input",
+#: Keys sd-webui-controlnet's API takes that change nothing here (no log line for them); ``union_control_type``
+#: matters only to ControlNet Union models, which are not supported yet.
+_QUIET_KEYS = frozenset({"union_control_type", "is_ui", "input_mode", "batch_images", "output_dir", "loopback",
+                         "use_preview_as_input",
                          "batch_image_dir", "batch_mask_dir", "batch_input_gallery", "batch_mask_gallery",
                          "generated_image", "mask_image_from_pixels", "ipadapter_input", "animatediff_batch"})
 #: sd-webui-controlnet's older field names.
@@ -44,6 +46,9 @@ class ControlUnit:
     weight: float = 1.0
     image: Any = None  # PIL image (None: the img2img input)
     mask: Any = None  # PIL image, white = where the control applies
+    #: PIL image: white = where the unit's output reaches the U-Net (sd-webui-controlnet's
+    #: ``effective_region_mask``; grey values scale it)
+    effective_region_mask: Any = None
     resize_mode: int = 1  # 0 Just Resize, 1 Crop and Resize, 2 Resize and Fill
     processor_res: int = -1  # -1: the module's default
     threshold_a: float = -1.0
@@ -105,7 +110,7 @@ def parse_unit(data: Any, index: int, decode_image=None) -> ControlUnit:
         values["image"] = image.get("image")
         if image.get("mask") is not None:
             values["mask"] = image.get("mask")
-    for key in ("image", "mask"):
+    for key in ("image", "mask", "effective_region_mask"):
         if isinstance(values.get(key), str) and values[key]:
             if decode_image is not None:  # without a decoder the text is kept (e.g. for infotext)
                 values[key] = decode_image(values[key], f"{prefix}.{key}")
