@@ -377,7 +377,8 @@ _KEY_REASONS: Mapping[str, str] = MappingProxyType({
                                         "supported",
     "sdxl_refiner_high_aesthetic_score": "SDXL refiner checkpoints (with aesthetic score conditioning) are not "
                                          "supported",
-    "sd3_enable_t5": "SD 3 is not supported yet",
+    "sd3_enable_t5": ("SD 3.x uses T5-XXL whenever a T5 file is present (in the checkpoint or chosen in "
+                      "'VAE / Text encoder'), as Forge does; without one it runs on zeros"),
     "sd_vae_overrides_per_model_preferences": "there are no per-model VAE preferences; sd_vae applies",
     "auto_vae_precision_bfloat16": "a VAE that makes NaNs is retried in float32",
     "auto_vae_precision": "a VAE that makes NaNs is always retried in float32",

@@ -21,6 +21,7 @@ from webui.infotext import parse_infotext
 from webui.jobs import Job, JobQueue
 from webui.models.default import ensure_default_checkpoint
 from webui.models.manager import HashCache, LoadedModel, ModelManager
+from webui.models.modules import list_modules
 from webui.networks.embeddings import EmbeddingDB
 from webui.networks.lora import LoraRegistry
 from webui.pipeline.generate import PipelineEnv, generate
@@ -111,13 +112,17 @@ class AppContext:
         (the first one at start) this waits up to ``--model-wait`` seconds, then raises ModelStillLoading."""
         self.models.wait_while_loading(self.settings.model_wait)
         name = str(opts.get("sd_model_checkpoint") or "")
+        modules = [str(m) for m in opts.get("forge_additional_modules") or []]
         if name and name != self.options.current.get("sd_model_checkpoint"):
-            return self.models.ensure_loaded(name)  # per-request override: unknown -> UnknownChoice
+            # per-request override: unknown -> UnknownChoice
+            return self.models.ensure_loaded(name, modules=modules)
         try:
-            return self.models.ensure_loaded(name or None)
-        except KeyError:
+            return self.models.ensure_loaded(name or None, modules=modules)
+        except UnknownChoice as exc:
+            if exc.field == "forge_additional_modules":
+                raise
             log.warning("Saved checkpoint %r not found; using the first available one", name)
-            return self.models.ensure_loaded(None)
+            return self.models.ensure_loaded(None, modules=modules)
 
     def load_initial_model(self) -> LoadedModel:
         """Load ``--ckpt`` if given, else the saved ``sd_model_checkpoint``, else the first checkpoint. The
@@ -302,6 +307,7 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
         cache_size=lambda: int(options.current.get("sd_checkpoint_cache", 0)),
         fp8_storage=lambda: str(options.current.get("fp8_storage", "Disable")),
         extra_checkpoints=[settings.ckpt] if settings.ckpt is not None else [],
+        module_files=lambda: list_modules(settings.vae_dirs(), [settings.model_dir("text_encoder")]),
         memory_mode=settings.memory_mode,
         attention=settings.attention,
     )

@@ -382,6 +382,7 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("Schedule type", ("scheduler",), _to_str),
     RequestField("CFG scale", ("cfg_scale",), _to_float),
     RequestField("CFG Rescale φ", ("cfg_rescale",), _to_float),
+    RequestField("Distilled CFG Scale", ("distilled_cfg_scale",), _to_float),
     RequestField("Seed", ("seed",), _to_int),
     RequestField("Size-1", ("width",), _to_int),
     RequestField("Size-2", ("height",), _to_int),

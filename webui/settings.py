@@ -387,6 +387,9 @@ def core_option_defs() -> list[OptionDef]:
         OptionDef("sd_model_checkpoint", None, "Stable Diffusion checkpoint", sd),
         OptionDef("sd_checkpoint_cache", 0, "Checkpoints to keep in RAM besides the current one", sd, minimum=0,
                   maximum=10),
+        OptionDef("forge_additional_modules", [], "VAE / Text encoder: separate files that complete an SD 3.x or "
+                  "FLUX.1 checkpoint (Forge's key; a part without a choice is matched automatically when exactly "
+                  "one file fits)", sd),
         OptionDef("CLIP_stop_at_last_layers", 1, "Clip skip", sd, minimum=1, maximum=12),
         OptionDef("fp8_storage", "Disable", "Keep the U-Net's weights in FP8 (half the memory of fp16; the checkpoint "
                   "is loaded again when this changes)", "Optimizations",

@@ -39,6 +39,9 @@ class Txt2ImgRequest(_Base):
     cfg_rescale: float | None = Field(None, ge=0.0, le=1.0, description=(
         "CFG rescale φ (not in A1111 itself; its extensions' infotext key \"CFG Rescale φ\"); None: 0.7 for "
         "zero-terminal-SNR v-prediction checkpoints, else 0"))
+    distilled_cfg_scale: float = Field(3.5, ge=0.0, le=100.0, description=(
+        "FLUX.1 dev's distilled guidance (Forge's field and infotext key \"Distilled CFG Scale\"); ignored by "
+        "other models"))
     width: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8)
     height: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8)
     restore_faces: bool | None = None

@@ -77,8 +77,9 @@ def auto_backcompat(ctx: AppContext, override_settings: Any = None) -> bool:
 
 #: The request fields an API body sets as they are (None, not given: the field's default; for eta, the
 #: sigma parameters, tiling and restore_faces that means the option of the same name, as in A1111).
-API_FIELDS = ("prompt", "negative_prompt", "steps", "cfg_scale", "cfg_rescale", "width", "height", "seed",
-              "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "batch_size", "n_iter",
+API_FIELDS = ("prompt", "negative_prompt", "steps", "cfg_scale", "cfg_rescale", "distilled_cfg_scale", "width",
+              "height", "seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "batch_size",
+              "n_iter",
               "eta", "s_noise", "s_churn", "s_tmin", "s_tmax", "tiling", "restore_faces", "refiner_checkpoint",
               "refiner_switch_at")
 

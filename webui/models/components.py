@@ -22,7 +22,8 @@ TOKENIZER_DIR = Path(__file__).resolve().parent / "configs" / "clip_tokenizer"
 #: Google's T5 v1.1 SentencePiece vocabulary (Apache-2.0, NOTICE.md beside it): FLUX.1's and SD 3.5's T5-XXL.
 T5_TOKENIZER_DIR = Path(__file__).resolve().parent / "configs" / "t5_tokenizer"
 CLIP_PAD, OPENCLIP_PAD = "<|endoftext|>", "!"
-TOKENIZER_PADS = {"sd1": (CLIP_PAD,), "sd2": (OPENCLIP_PAD,), "sdxl": (CLIP_PAD, OPENCLIP_PAD)}
+TOKENIZER_PADS = {"sd1": (CLIP_PAD,), "sd2": (OPENCLIP_PAD,), "sdxl": (CLIP_PAD, OPENCLIP_PAD),
+                  "sd3": (CLIP_PAD, OPENCLIP_PAD), "flux": (CLIP_PAD,)}
 BETA_START, BETA_END, TRAIN_STEPS = 0.00085, 0.012, 1000
 
 #: A linear latent->RGB preview map: 4x3 factors (one row per latent channel) and an RGB bias.
@@ -120,10 +121,22 @@ class SDComponents:
     sd2_last_layer_dropped: bool = False
     #: The checkpoint's own linear latent->RGB preview map (metadata ``webui.latent_rgb``), if any.
     latent_rgb: Coefficients | None = None
+    #: SD 3.x / FLUX.1: the latents are ``(z - vae_shift_factor) * vae_scaling_factor``.
+    vae_shift_factor: float = 0.0
+    #: SD 3.x / FLUX.1: the T5-XXL encoder (None: SD 3.x without T5, conditioned with zeros) and its tokenizer.
+    t5: Any = None
+    t5_tokenizer: Any = None
+    #: Where each separately loaded part came from (``{"VAE": path, "T5-XXL": path, ...}``), for the log and
+    #: the infotext's ``Module N`` keys.
+    module_files: dict[str, Path] | None = None
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
 
     def modules(self) -> list[torch.nn.Module]:
-        """The torch modules: UNet, VAE, then the text encoders."""
-        return [self.unet, self.vae, *self.text_encoders]
+        """The torch modules: UNet (SD 3.x / FLUX.1: the transformer), VAE, then the text encoders."""
+        return [self.unet, self.vae, *self.text_encoders, *([self.t5] if self.t5 is not None else [])]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SDComponents:
         """Move (and/or cast) every module in place; ``alphas_cumprod`` only moves. Returns self."""
@@ -144,6 +157,8 @@ class SDComponents:
         """
         import diffusers
 
+        if self.spec.is_flow:
+            return self._flow_pipeline()
         scheduler = EulerDiscreteScheduler.from_config(scheduler_config(self.spec.prediction_type))
         common = dict(vae=self.vae, unet=self.unet, scheduler=scheduler)
         if self.spec.family == "sdxl":
@@ -158,5 +173,24 @@ class SDComponents:
                 else diffusers.StableDiffusionPipeline
             pipe = cls(text_encoder=self.text_encoders[0], tokenizer=self.tokenizers[0],
                        safety_checker=None, feature_extractor=None, requires_safety_checker=False, **common)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _flow_pipeline(self) -> DiffusionPipeline:
+        """``StableDiffusion3Pipeline`` / ``FluxPipeline`` on these modules with a flow-matching Euler
+        scheduler of shift 1 (pass the run's shifted sigmas to the call)."""
+        import diffusers
+
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0)
+        if self.spec.family == "sd3":
+            pipe = diffusers.StableDiffusion3Pipeline(
+                transformer=self.unet, scheduler=scheduler, vae=self.vae,
+                text_encoder=self.text_encoders[0], tokenizer=self.tokenizers[0],
+                text_encoder_2=self.text_encoders[1], tokenizer_2=self.tokenizers[1],
+                text_encoder_3=self.t5, tokenizer_3=self.t5_tokenizer if self.t5 is not None else None)
+        else:
+            pipe = diffusers.FluxPipeline(transformer=self.unet, scheduler=scheduler, vae=self.vae,
+                                          text_encoder=self.text_encoders[0], tokenizer=self.tokenizers[0],
+                                          text_encoder_2=self.t5, tokenizer_2=self.t5_tokenizer)
         pipe.set_progress_bar_config(disable=True)
         return pipe

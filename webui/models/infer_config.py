@@ -28,7 +28,9 @@ STATE_DICT = Path("<state dict>")
 CLIP_VOCAB = 49408
 CLIP_BOS, CLIP_EOS = 49406, 49407
 SDXL_TIME_IDS = 6  # original size (2) + crop top-left (2) + target size (2)
-VAE_SCALING = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
+VAE_SCALING = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025, "sd3": 1.5305, "flux": 0.3611}
+#: The 16-channel VAEs of SD 3.x and FLUX.1 also shift the latents: ``(z - shift) * scale``.
+VAE_SHIFT = {"sd3": 0.0609, "flux": 0.1159}
 
 
 def _strip(sd: Mapping[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -146,8 +148,9 @@ def vae_config_from_ldm(sd: Mapping[str, torch.Tensor], spec: ModelSpec) -> dict
         "latent_channels": int(_need(vae, "decoder.conv_in.weight", "VAE").shape[1]),
         "norm_num_groups": 32,
         "sample_size": {"sd1": 512, "sd2": 768 if spec.prediction_type == "v_prediction" else 512,
-                        "sdxl": 1024}[spec.family],
+                        "sdxl": 1024}.get(spec.family, 1024),
         "scaling_factor": VAE_SCALING[spec.family],
+        "shift_factor": VAE_SHIFT.get(spec.family),
         "use_quant_conv": "quant_conv.weight" in vae,
         "use_post_quant_conv": "post_quant_conv.weight" in vae,
         "mid_block_add_attention": "encoder.mid.attn_1.q.weight" in vae,

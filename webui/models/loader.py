@@ -22,7 +22,7 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
     convert_open_clip_checkpoint,
 )
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from webui.errors import ModelError
 from webui.models.components import (
@@ -47,7 +47,9 @@ from webui.models.spec import (
     classify_prediction,
     detect_spec,
     detect_spec_diffusers,
+    flow_spec,
 )
+from webui.models.strict_load import _fit_text_keys, _folder_tokenizer, _load_strict, _variant
 
 SD1_CLIP_PREFIX = "cond_stage_model.transformer."
 SD2_OPENCLIP_PREFIX = "cond_stage_model.model."
@@ -58,7 +60,7 @@ _SHOWN_KEYS = 5
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 
-def load_components(path: Path, *, dtype: torch.dtype = torch.float32) -> SDComponents:
+def load_components(path: Path, *, dtype: torch.dtype = torch.float32, modules=None) -> SDComponents:
     """Load a model from a single file or a diffusers folder.
 
     Args:
@@ -67,6 +69,8 @@ def load_components(path: Path, *, dtype: torch.dtype = torch.float32) -> SDComp
             ``model_ema.*`` are ignored; a same-stem ``.yaml`` next to it is
             read for ``parameterization``), or a folder with ``model_index.json``.
         dtype: floating dtype of the returned modules.
+        modules: a :class:`~webui.models.flow_loader.ModuleChoice`: separate VAE / text-encoder files that
+            complete (or replace parts of) an SD 3.x / FLUX.1 checkpoint.
 
     Raises:
         ModelError: for any problem, naming ``path``.
@@ -76,6 +80,11 @@ def load_components(path: Path, *, dtype: torch.dtype = torch.float32) -> SDComp
         if path.is_dir():
             return _load_diffusers_folder(path, dtype)
         state_dict, metadata = read_state_dict(path)
+        flow = flow_spec(state_dict)
+        if flow is not None:
+            from webui.models.flow_loader import load_flow_file
+
+            return load_flow_file(dequantize_scaled(state_dict), flow, dtype=dtype, modules=modules)
         sidecar = path.with_suffix(".yaml")
         spec = detect_spec(state_dict, metadata, sidecar if sidecar.is_file() else None,
                            probe=behavioural_prediction_type)
@@ -205,40 +214,13 @@ def _build_openclip(sd: Mapping[str, torch.Tensor], prefix: str, cls: type[CLIPT
     return _load_strict(model, _fit_text_keys(model, weights), dtype, "OpenCLIP text encoder")
 
 
-def _fit_text_keys(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the ``text_model.`` prefix for transformers versions whose CLIPTextModel is flat."""
-    if hasattr(model, "text_model"):
-        return weights
-    return {k.removeprefix("text_model."): v for k, v in weights.items()}
-
-
-def _load_strict(model: ModuleT, weights: Mapping[str, torch.Tensor], dtype: torch.dtype, what: str) -> ModuleT:
-    """Assign ``weights`` to an empty ``model``: exact key/shape match or ModelError."""
-    weights = {k: v for k, v in weights.items() if v is not None}
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    wrong = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in weights and tuple(weights[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                more = f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
-                parts.append(f"{label}: {', '.join(keys[:_SHOWN_KEYS])}{more}")
-        raise ModelError(STATE_DICT, f"the {what} weights do not match the architecture inferred from the file "
-                                     f"({'; '.join(parts)}). The file is damaged, merged incorrectly, or an "
-                                     "unsupported variant.")
-    cast = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
-    model.load_state_dict(cast, strict=True, assign=True)
-    if any(p.is_meta for p in model.parameters()):
-        raise ModelError(STATE_DICT, f"the {what} has parameters without weights. The file is incomplete.")
-    return model.eval()
-
-
 def _load_diffusers_folder(folder: Path, dtype: torch.dtype) -> SDComponents:
     """Load a diffusers folder with ``from_pretrained(local_files_only=True)``."""
     spec = detect_spec_diffusers(folder)
+    if spec.is_flow:
+        from webui.models.flow_loader import load_flow_folder
+
+        return load_flow_folder(folder, spec, dtype)
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True,
                                                     torch_dtype=dtype, variant=_variant(folder / "unet"))
@@ -269,21 +251,3 @@ def _load_diffusers_folder(folder: Path, dtype: torch.dtype) -> SDComponents:
     )
 
 
-def _variant(subfolder: Path) -> str | None:
-    """``"fp16"`` when a component folder only ships ``*.fp16.*`` weight files, else None."""
-    names = [p.name for p in subfolder.glob("*") if p.suffix in (".safetensors", ".bin", ".json")]
-    weights = [n for n in names if n.endswith((".safetensors", ".bin", ".index.json")) and "model" in n]
-    if weights and all(".fp16." in n for n in weights):
-        return "fp16"
-    return None
-
-
-def _folder_tokenizer(folder: Path) -> CLIPTokenizer | None:
-    """The folder's own tokenizer when it ships vocab.json + merges.txt, else None."""
-    if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
-        return None
-    try:
-        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ModelError(folder, f"its tokenizer files are unreadable ({exc}). Delete them to use the "
-                                 "built-in CLIP tokenizer, or download the folder again.") from exc

@@ -132,6 +132,7 @@ class LoadedModel:
     dtype: torch.dtype
     load_seconds: float
     fp8: bool = False  # the U-Net's Linear/Conv weights are kept in fp8 (option fp8_storage)
+    modules: tuple[Path, ...] = ()  # SD 3.x / FLUX.1: the "VAE / Text encoder" files chosen when it was loaded
 
     @property
     def short_hash(self) -> str:
@@ -163,6 +164,7 @@ class ModelManager:
         attention: str = "sdpa",
         fp8_storage: Callable[[], str] | None = None,
         extra_checkpoints: Iterable[Path] = (),
+        module_files: Callable[[], list] | None = None,
     ):
         self.dirs = dirs
         self.extra_checkpoints = [Path(p) for p in extra_checkpoints]  # --ckpt: a file kept outside the folders
@@ -183,6 +185,7 @@ class ModelManager:
         self.loading: CheckpointInfo | None = None  # the checkpoint being read now, if any
         self._families: dict[tuple[Path, int], str | None] = {}  # (path, mtime) -> family, read from headers
         self._checkpoints: list[CheckpointInfo] = []
+        self._module_files = module_files or (lambda: [])  # VAE and text-encoder files (webui.models.modules)
         self.refresh()
 
     # --- registry ---------------------------------------------------------------
@@ -264,19 +267,48 @@ class ModelManager:
     def current(self) -> LoadedModel | None:
         return self._current
 
-    def load(self, info: CheckpointInfo, *, force: bool = False) -> LoadedModel:
+    def module_choice_files(self) -> list:
+        """The VAE and text-encoder files (:class:`~webui.models.modules.ModuleFile`) a choice can name."""
+        return list(self._module_files())
+
+    def module_choice(self, names: Iterable[str] = ()):
+        """The :class:`~webui.models.flow_loader.ModuleChoice` for the "VAE / Text encoder" selection ``names``
+        (file names as ``/sd-modules`` lists them, or their full paths, as Forge stores them); an unknown
+        name is an :class:`~webui.errors.UnknownChoice` of ``forge_additional_modules``."""
+        from webui.models.flow_loader import ModuleChoice
+
+        files = list(self._module_files())
+        chosen = []
+        for name in names:
+            match = next((f.path for f in files if name in (f.model_name, str(f.path))), None)
+            if match is None:
+                raise UnknownChoice("forge_additional_modules", "module", name, [f.model_name for f in files])
+            chosen.append(match)
+        return ModuleChoice(tuple(chosen), tuple(f.path for f in files))
+
+    def _fits(self, model: LoadedModel, modules) -> bool:
+        """Whether a loaded model can serve as it is: same fp8 storage wish, and (flow models) the same module
+        files chosen."""
+        if model.fp8 != self._wants_fp8(model.components.spec.family):
+            return False
+        return not model.components.spec.is_flow or modules is None or model.modules == tuple(modules.chosen)
+
+    def load(self, info: CheckpointInfo, *, force: bool = False, modules: Iterable[str] | None = None) -> LoadedModel:
         """Load ``info`` and make it current. On failure the previous model stays current.
 
         Up to ``sd_checkpoint_cache`` previously used models stay in RAM (moved off the GPU) and come
-        back without reading the file again; ``force`` reads the file again anyway."""
+        back without reading the file again; ``force`` reads the file again anyway. ``modules``: the
+        "VAE / Text encoder" selection (option ``forge_additional_modules``) for SD 3.x / FLUX.1 files; a
+        flow model loaded with another selection is loaded again."""
 
         with self._lock:
+            choice = self.module_choice(modules or ())
             current = self._current
             if not force and current is not None and current.info.path == info.path \
-                    and current.fp8 == self._wants_fp8(current.components.spec.family):
-                return current  # else (fp8_storage changed) the file is read again, as A1111 reloads
+                    and self._fits(current, choice if modules is not None else None):
+                return current  # else (fp8_storage or the modules changed) the file is read again, as A1111 reloads
             cached = None if force else self._cache.pop(info.path, None)
-            if cached is not None and cached.fp8 != self._wants_fp8(cached.components.spec.family):
+            if cached is not None and not self._fits(cached, choice if modules is not None else None):
                 cached = None
             if cached is not None:
                 if self.memory_mode == "none":  # offloaded models move by their hooks
@@ -288,11 +320,12 @@ class ModelManager:
             log.info("Loading checkpoint %s", info.path)
             self.loading = info
             try:
-                sha, components = self._read(info)
+                sha, components = self._read(info, choice)
             finally:
                 self.loading = None
             fp8 = self._prepare(components)
-            model = LoadedModel(info, sha, components, self.device, self.dtype, time.perf_counter() - start, fp8)
+            model = LoadedModel(info, sha, components, self.device, self.dtype, time.perf_counter() - start, fp8,
+                                tuple(choice.chosen) if components.spec.is_flow else ())
             self._switch(model)
             log.info("Loaded %s (%s%s) in %.1f s", model.title, components.spec.label,
                      ", U-Net weights stored in fp8" if fp8 else "", model.load_seconds)
@@ -300,7 +333,7 @@ class ModelManager:
                 self._on_loaded(model)
             return model
 
-    def _read(self, info: CheckpointInfo):
+    def _read(self, info: CheckpointInfo, modules=None):
         """``(sha256, components)`` of a checkpoint: the SHA-256 (A1111's hash; cached by path, size and
         modification time) is computed in a second thread while the file loads, so it never adds to the load
         time, and it is ready before the first infotext is written."""
@@ -311,7 +344,8 @@ class ModelManager:
         with ThreadPoolExecutor(1, thread_name_prefix="hash") as pool:
             digest = pool.submit(self.hashes.sha256, info.path)
             try:
-                components = self._to_device(load_components(info.path, dtype=self.dtype))
+                components = self._to_device(load_components(info.path, dtype=self.dtype,
+                                                              modules=modules or self.module_choice()))
                 return digest.result(), components
             except ModelError:
                 raise
@@ -390,17 +424,20 @@ class ModelManager:
         """Models kept in RAM besides the current one (most recent last)."""
         return list(self._cache.values())
 
-    def ensure_loaded(self, name: str | None = None) -> LoadedModel:
-        """The model named ``name`` (or the current / first one), loading it if needed."""
+    def ensure_loaded(self, name: str | None = None, modules: Iterable[str] | None = None) -> LoadedModel:
+        """The model named ``name`` (or the current / first one), loading it if needed; ``modules`` as in
+        :meth:`load`."""
         with self._lock:
             if name:
-                return self.load(self.find(name))
+                return self.load(self.find(name), modules=modules)
             if self._current is not None:
-                return self._current
+                if modules is None or self._fits(self._current, self.module_choice(modules)):
+                    return self._current
+                return self.load(self._current.info, modules=modules)
             infos = self.checkpoints()
             if not infos:
                 raise NoCheckpoint(self.dirs)
-            return self.load(infos[0])
+            return self.load(infos[0], modules=modules)
 
     def unload(self) -> None:
         """Drop the current model and the cache (A1111's unload-checkpoint); the next job loads again."""

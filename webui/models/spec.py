@@ -20,8 +20,11 @@ import torch
 from webui.errors import ModelError
 from webui.models.safeload import safetensors_names
 
-Family = Literal["sd1", "sd2", "sdxl"]
-PredictionType = Literal["epsilon", "v_prediction"]
+Family = Literal["sd1", "sd2", "sdxl", "sd3", "flux"]
+#: ``flow``: rectified-flow models (SD 3.x, FLUX.1) predict the velocity ``noise - x0``.
+PredictionType = Literal["epsilon", "v_prediction", "flow"]
+#: Families whose denoiser is a flow-matching transformer (MMDiT) instead of a UNet.
+FLOW_FAMILIES = frozenset({"sd3", "flux"})
 
 UNET_PREFIX = "model.diffusion_model."
 SD1_TEXT_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
@@ -36,9 +39,16 @@ SIDECAR_METADATA_KEY = "modelspec.prediction_type"
 V_PRED_KEY = "v_pred"
 ZTSNR_KEY = "ztsnr"
 MARKER_KEYS = (V_PRED_KEY, ZTSNR_KEY)
+#: Stability's SD 3.x MMDiT (single files keep it under ``model.diffusion_model.``).
+SD3_KEY = "joint_blocks.0.x_block.attn.qkv.weight"
+#: Black Forest Labs' FLUX.1 transformer (transformer-only files have no prefix; all-in-one files use
+#: ``model.diffusion_model.``); dev has a guidance embedder, schnell does not.
+FLUX_KEY = "double_blocks.0.img_attn.qkv.weight"
+FLUX_GUIDANCE_KEY = "guidance_in.in_layer.weight"
 
 #: How the UI, the infotext and error messages name each family.
-FAMILY_LABELS: Mapping[str, str] = MappingProxyType({"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"})
+FAMILY_LABELS: Mapping[str, str] = MappingProxyType({"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL",
+                                                    "sd3": "SD 3.x", "flux": "FLUX.1"})
 
 
 @dataclass(frozen=True)
@@ -49,12 +59,21 @@ class ModelSpec:
     prediction_type: PredictionType = "epsilon"
     inpainting: bool = False  # UNet has 9 input channels (4 latent + 1 mask + 4 masked-image latent)
     zero_terminal_snr: bool = False  # trained on the zero-terminal-SNR schedule (sampling rescales alphas_cumprod)
+    #: FLUX.1 dev: guidance-distilled (the guidance strength is an input of the model, "Distilled CFG Scale")
+    distilled_guidance: bool = False
+
+    @property
+    def is_flow(self) -> bool:
+        """A flow-matching transformer (SD 3.x, FLUX.1): different samplers, schedule and latents."""
+        return self.family in FLOW_FAMILIES
 
     @property
     def label(self) -> str:
         """Human readable name, e.g. ``"SD 2.x (v-prediction)"``, ``"SD 1.x inpainting"`` or
         ``"SDXL (v-prediction, zero terminal SNR)"``."""
         text = FAMILY_LABELS[self.family]
+        if self.family == "flux":
+            return text + (" dev" if self.distilled_guidance else " schnell")
         if self.inpainting:
             text += " inpainting"
         notes = (["v-prediction"] if self.prediction_type == "v_prediction" else []) + (
@@ -94,6 +113,9 @@ def detect_spec(
         ModelError: when the layout is not one of the three families (the
             error's path is ``"<state dict>"``; loaders re-raise with the file).
     """
+    flow = flow_spec(state_dict)
+    if flow is not None:
+        return flow
     family = _detect_family(state_dict)
     conv_in = state_dict.get(UNET_CONV_IN)
     if conv_in is None or conv_in.ndim != 4:
@@ -132,8 +154,22 @@ def family_of_file(path: Path) -> Family | None:
         return None
 
 
+def flow_spec(state_dict: Mapping[str, object]) -> ModelSpec | None:
+    """The spec of an SD 3.x or FLUX.1 state dict (from the transformer's own keys, with or without the
+    ``model.diffusion_model.`` prefix); None for anything else."""
+    if SD3_KEY in state_dict or UNET_PREFIX + SD3_KEY in state_dict:
+        return ModelSpec("sd3", "flow")
+    if FLUX_KEY in state_dict or UNET_PREFIX + FLUX_KEY in state_dict:
+        dev = FLUX_GUIDANCE_KEY in state_dict or UNET_PREFIX + FLUX_GUIDANCE_KEY in state_dict
+        return ModelSpec("flux", "flow", distilled_guidance=dev)
+    return None
+
+
 def _detect_family(state_dict: Mapping[str, object]) -> Family:
     """Family from text-encoder keys; ModelError listing expectations otherwise."""
+    flow = flow_spec(state_dict)
+    if flow is not None:
+        return flow.family
     if SDXL_TEXT_KEY in state_dict or any(k.startswith("conditioner.embedders.1.") for k in state_dict):
         return "sdxl"
     if SDXL_REFINER_KEY in state_dict:
@@ -150,7 +186,8 @@ def _detect_family(state_dict: Mapping[str, object]) -> Family:
         Path("<state dict>"),
         "unknown model layout: expected a Stable Diffusion checkpoint with "
         f"'{SD1_TEXT_KEY}' (SD 1.x), '{SD2_TEXT_KEY}' (SD 2.x) or '{SDXL_TEXT_KEY}' (SDXL) "
-        f"plus '{UNET_PREFIX}*' and 'first_stage_model.*' keys, but found e.g. {sample}. "
+        f"plus '{UNET_PREFIX}*' and 'first_stage_model.*' keys, an SD 3.x MMDiT ('{UNET_PREFIX}{SD3_KEY}') or a "
+        f"FLUX.1 transformer ('{FLUX_KEY}'), but found e.g. {sample}. "
         "This may be a LoRA, VAE, embedding or another model type: put it in its own folder.",
     )
 
@@ -244,8 +281,13 @@ def detect_spec_diffusers(folder: Path) -> ModelSpec:
     """
     folder = Path(folder)
     index = _read_json(folder, folder / "model_index.json")
-    unet_cfg = _read_json(folder, folder / "unet" / "config.json")
     class_name = str(index.get("_class_name", ""))
+    if class_name.startswith("StableDiffusion3") or class_name.startswith("Flux"):
+        transformer_cfg = _read_json(folder, folder / "transformer" / "config.json")
+        if class_name.startswith("Flux"):
+            return ModelSpec("flux", "flow", distilled_guidance=bool(transformer_cfg.get("guidance_embeds")))
+        return ModelSpec("sd3", "flow")
+    unet_cfg = _read_json(folder, folder / "unet" / "config.json")
     if "text_encoder_2" in index or "XL" in class_name or unet_cfg.get("addition_embed_type") == "text_time":
         if not (folder / "text_encoder_2").is_dir() or not (folder / "text_encoder").is_dir():
             raise ModelError(folder, "it is an SDXL folder without both text encoders (refiner or incomplete "

@@ -245,7 +245,7 @@ def _run_encoder(encoder, ids: list[int], fixes, encoder_index: int, n_encoders:
 
 def _encode_chunks(encoder, tokenizer, chunks: list[PromptChunk], layer: int, final_norm: bool,
                    emphasis: str, device: torch.device, encoder_index: int = 0,
-                   n_encoders: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   n_encoders: int = 1, unprojected_pool: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     zs, pooled = [], None
     for chunk in chunks:
@@ -270,6 +270,8 @@ def _encode_chunks(encoder, tokenizer, chunks: list[PromptChunk], layer: int, fi
         zs.append(z)
         if pooled is None:
             pooled = getattr(out, "text_embeds", None)
+            if pooled is None and unprojected_pool:
+                pooled = out.pooler_output
     return torch.cat(zs, dim=1), pooled
 
 
@@ -292,6 +294,8 @@ def encode_prompt(components, text: str, opts: EncodeOptions = EncodeOptions(), 
             chunks += [empty_chunk(tok)] * (n_chunks - len(chunks))
         return chunks
 
+    if spec.is_flow:
+        return _encode_flow(components, text, opts, chunks_for, device)
     if spec.family == "sdxl":
         # penultimate layer of both encoders; clip skip does not apply (as in A1111)
         ctx1, _ = _encode_chunks(encoders[0], tokenizers[0], chunks_for(tokenizers[0]), -2, False,
@@ -306,6 +310,62 @@ def encode_prompt(components, text: str, opts: EncodeOptions = EncodeOptions(), 
     ctx, _ = _encode_chunks(encoders[0], tokenizers[0], chunks_for(tokenizers[0]), layer, True, opts.emphasis,
                             device)
     return Conditioning(ctx)
+
+
+def _weighted(z: torch.Tensor, multipliers: list[float], emphasis: str) -> torch.Tensor:
+    """A1111's emphasis on one encoded sequence: "Original" keeps the mean, "No norm" only multiplies."""
+    if emphasis == "None" or all(m == 1.0 for m in multipliers):
+        return z
+    mult = torch.tensor(multipliers, device=z.device, dtype=z.dtype).reshape(1, -1, 1)
+    if emphasis != "Original":
+        return z * mult
+    original_mean = z.mean()
+    z = z * mult
+    new_mean = z.mean()
+    return z * (original_mean / new_mean) if new_mean != 0 else z
+
+
+def encode_t5(components, text: str, opts: EncodeOptions) -> torch.Tensor:
+    """T5-XXL's last hidden state of a prompt, ``[1, length, width]``: the emphasis pieces tokenized one after
+    another, cut at the model's length (SD 3.x 256 tokens, FLUX.1 dev 512) with the end token, padded -- for
+    a prompt without emphasis the reference pipelines' tokens exactly; weights as :func:`_weighted`."""
+    tok, t5 = components.t5_tokenizer, components.t5
+    length = int(tok.model_max_length)
+    parsed = [[p, w] for p, w in parse_prompt_attention(text) if not (p == "BREAK" and w == -1)] \
+        if opts.emphasis != "None" else [[text, 1.0]]
+    ids: list[int] = []
+    weights: list[float] = []
+    for piece_ids, (_, weight) in zip(tok([p for p, _ in parsed], add_special_tokens=False)["input_ids"], parsed):
+        ids += piece_ids
+        weights += [weight] * len(piece_ids)
+    ids, weights = ids[: length - 1] + [tok.eos_token_id], weights[: length - 1] + [1.0]
+    pad = length - len(ids)
+    ids, weights = ids + [tok.pad_token_id] * pad, weights + [1.0] * pad
+    z = t5(torch.tensor([ids], device=t5.device), return_dict=False)[0]
+    return _weighted(z, weights, opts.emphasis)
+
+
+def _encode_flow(components, text: str, opts: EncodeOptions, chunks_for, device) -> Conditioning:
+    """SD 3.x: CLIP-L and CLIP-G (penultimate layers, A1111's chunks and emphasis) side by side, padded to T5's
+    width, followed by T5 (without a T5 file: zeros of T5's length, as diffusers does); pooled:
+    both CLIPs' projections. FLUX.1: T5's sequence; pooled: CLIP-L's pooled output."""
+    encoders, tokenizers = components.text_encoders, components.tokenizers
+    width = int(components.unet.config.joint_attention_dim)
+    if components.spec.family == "flux":
+        _, pooled = _encode_chunks(encoders[0], tokenizers[0], chunks_for(tokenizers[0])[:1], -1, False, "None",
+                                   device, unprojected_pool=True)
+        return Conditioning(encode_t5(components, text, opts).to(pooled.dtype), pooled)
+    ctx_l, pooled_l = _encode_chunks(encoders[0], tokenizers[0], chunks_for(tokenizers[0]), -2, False,
+                                     opts.emphasis, device, 0, 2)
+    ctx_g, pooled_g = _encode_chunks(encoders[1], tokenizers[1], chunks_for(tokenizers[1]), -2, False,
+                                     opts.emphasis, device, 1, 2)
+    clip = torch.cat([ctx_l, ctx_g], dim=-1)
+    clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
+    if components.t5 is not None:
+        t5 = encode_t5(components, text, opts).to(clip.dtype)
+    else:
+        t5 = torch.zeros(1, int(components.t5_tokenizer.model_max_length), width, device=clip.device, dtype=clip.dtype)
+    return Conditioning(torch.cat([clip, t5], dim=1), torch.cat([pooled_l, pooled_g], dim=-1))
 
 
 def count_tokens(components, text: str, opts: EncodeOptions = EncodeOptions(), embeddings=None) -> tuple[int, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ from webui.pipeline.tiling import circular_padding
 from webui.pipeline.vae import decode_latents, tiling_wanted
 from webui.prompts.parser import parse_extra_networks
 from webui.restoration.registry import FaceRestorerDef, FaceRestorerRegistry
+from webui.sampling.flow import for_flow_model, model_shift, noise_to
 from webui.sampling.registry import SamplerDef, SamplerRegistry
 from webui.sampling.schedules import ScheduleDef
 from webui.saving import ImageSaver
@@ -139,10 +140,17 @@ def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: 
     check_request(req)
     req = _option_defaults(req, opts)
     sampler, schedule = env.samplers.resolve(req.sampler_name, req.scheduler)
+    spec = model.components.spec
+    if spec.is_flow:
+        sampler, schedule = _flow_checks(env, req, sampler, schedule)
     img2img_upscaler = _img2img_upscaler(env, req, opts) if req.mode == "img2img" else None
     hires = None
     if req.mode == "txt2img" and req.enable_hr:
         hires = plan_hires(req, env.samplers, env.upscalers, sampler, schedule)
+        if spec.is_flow:
+            hr_sampler, hr_schedule = for_flow_model(hires.sampler, hires.schedule, req.hr_scheduler or req.scheduler,
+                                                     env.samplers.schedules, "hr_sampler_name")
+            hires = replace(hires, sampler=hr_sampler, schedule=hr_schedule)
     restorer = _face_restorer(env, req, opts)
     raw_prompts, req = (req.prompt, req.negative_prompt), _apply_styles(env, req)
     run = _Run(env, model, req, job, opts, sampler, schedule, int(opts.get("CLIP_stop_at_last_layers", 1)),
@@ -151,6 +159,9 @@ def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: 
     env.hooks.before_generate(req, job)
     model_info = env.hooks.prepare_model(req, model, opts)
     run.patches = env.hooks.unet_patches(req, model, job)
+    if spec.is_flow and run.patches:
+        raise RequestError("alwayson_scripts", f"ControlNet and other U-Net patches do not work with {spec.label} "
+                                               "yet; disable them for this model")
     run.refiner = _load_refiner(env, req, model)
     if run.refiner is not None:
         model_info["Refiner"] = run.refiner.title
@@ -164,13 +175,17 @@ def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: 
     # 2. extra networks from the prompt (applied for this job only), then encode each distinct
     #    prompt text once for the whole job (schedules, AND parts)
     prompt_text, tags = parse_extra_networks(req.prompt)
+    if spec.is_flow and any(t.kind == "lora" for t in tags):
+        run.result.warnings.append(f"LoRA is not applied to {spec.label} models yet; the prompt's <lora:...> tags "
+                                   "were ignored")
+        tags = [t for t in tags if t.kind != "lora"]
     applied, network_info = _apply_networks(env, c, tags, run.result)
     try:
         enc = EncodeOptions(clip_skip=run.clip_skip, emphasis=str(opts.get("emphasis", "Original")),
                             comma_padding_backtrack=int(opts.get("comma_padding_backtrack", 20)),
                             old_emphasis=bool(opts.get("use_old_emphasis_implementation", False)))
         old_timelines = bool(opts.get("use_old_scheduling", False))
-        lookup = env.embeddings.lookup(c) if env.embeddings is not None else None
+        lookup = env.embeddings.lookup(c) if env.embeddings is not None and not spec.is_flow else None
         run.conds = build_job_conditioning(c, prompt_text, req.negative_prompt, req.steps, enc, lookup,
                                            use_old_scheduling=old_timelines)
         if run.refiner is not None:
@@ -196,6 +211,14 @@ def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: 
         run.result.extra_images.extend(getattr(patch, "extra_images", ()))
     env.hooks.after_generate(run.result, job)
     return run.result
+
+
+def _flow_checks(env: PipelineEnv, req: GenerationRequest, sampler: SamplerDef, schedule: ScheduleDef | None):
+    """SD 3.x / FLUX.1: sizes in multiples of 16 (2x2 latent patches), a sampler that can run a flow model."""
+    for name in ("width", "height"):
+        if getattr(req, name) % 16:
+            raise RequestError(name, f"must be a multiple of 16 for SD 3.x and FLUX.1 models, got {getattr(req, name)}")
+    return for_flow_model(sampler, schedule, req.scheduler, env.samplers.schedules)
 
 
 def _option_defaults(req: GenerationRequest, opts: Mapping[str, Any]) -> GenerationRequest:
@@ -314,6 +337,10 @@ def _prepare(run: _Run) -> None:
     elif run.hires is not None and run.extra_noise > 0 and req.denoising_strength > 0:
         info["Extra noise"] = run.extra_noise
     spec = run.model.components.spec
+    if spec.is_flow:  # Forge's keys
+        if spec.distilled_guidance:
+            info["Distilled CFG Scale"] = req.distilled_cfg_scale
+        info["Shift"] = model_shift(spec, req.width, req.height)[0]
     run.zero_terminal_snr = spec.zero_terminal_snr or opts.get("sd_noise_schedule") == "Zero Terminal SNR"
     if run.zero_terminal_snr:
         info["Noise Schedule"] = "Zero Terminal SNR"  # A1111's key (option sd_noise_schedule)
@@ -394,6 +421,7 @@ def _denoiser_options(run: _Run) -> dict[str, Any]:
     """Options of the guided denoiser: A1111's ``use_downcasted_alpha_bar`` and ``sd_noise_schedule``, SDXL
     crop coordinates, CFG rescale."""
     return {"downcast_alphas": bool(run.opts.get("use_downcasted_alpha_bar", False)),
+            "guidance": run.req.distilled_cfg_scale,
             "zero_terminal_snr": run.zero_terminal_snr, "cfg_rescale": run.cfg_rescale,
             "sdxl_crop": (int(run.opts.get("sdxl_crop_top", 0)), int(run.opts.get("sdxl_crop_left", 0)))}
 
@@ -404,7 +432,7 @@ def _first_pass(run: _Run, it: int, seeds: list[int], subseeds: list[int]) -> to
     for patch in run.patches:
         patch.prepare(req.width, req.height, False)
     patch_args = {"patches": run.patches, "step_of": _step_of(run, 0, run.steps_run), **_denoiser_options(run)}
-    latent_shape = (c.unet.config.out_channels, req.height // 8, req.width // 8)
+    latent_shape = (c.latent_channels, req.height // 8, req.width // 8)
     rng = _rng(run, latent_shape, seeds, subseeds)
     on_step = _step_callback(run, 0, run.steps_run)
     if run.init is None:
@@ -422,8 +450,8 @@ def _first_pass(run: _Run, it: int, seeds: list[int], subseeds: list[int]) -> to
     model_fn, on_step = _with_refiner(run, model_fn, on_step, inpaint)
     tail = sigmas_for(run.sampler, run.schedule, run.schedule_steps, ds)[-run.steps_run - 1:]
     noise = noise * _noise_multiplier(run)
-    x = x0 + noise * tail[0].to(noise.device)
-    if run.extra_noise > 0:
+    x = noise_to(x0, noise, tail[0]) if c.spec.is_flow else x0 + noise * tail[0].to(noise.device)
+    if run.extra_noise > 0 and not c.spec.is_flow:
         x = x + noise * run.extra_noise
     latents = sample(run.sampler, model_fn, ds, tail, rng, seeds, params=run.sampler_params, callback=on_step, x=x)
     if inpaint.keep is not None:  # A1111 blends once more after sampling
@@ -469,8 +497,11 @@ def _hires_pass(run: _Run, latents: torch.Tensor, seeds: list[int], subseeds: li
                                 hires=True, **_denoiser_options(run))
     tail = plan.sigmas(sigmas_for(plan.sampler, plan.schedule, plan.total_steps(req.denoising_strength), ds))
     noise = rng.first()
-    x = latents.to(noise.device) + noise * tail[0].to(noise.device)
-    if run.extra_noise > 0:
+    if model.spec.is_flow:
+        x = noise_to(latents, noise, tail[0])
+    else:
+        x = latents.to(noise.device) + noise * tail[0].to(noise.device)
+    if run.extra_noise > 0 and not model.spec.is_flow:
         x = x + noise * run.extra_noise
     return sample(plan.sampler, model_fn, ds, tail, rng, seeds, params=run.hr_sampler_params,
                   callback=_step_callback(run, run.steps_run, steps), x=x)

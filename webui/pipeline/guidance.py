@@ -36,7 +36,8 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
                  step_of: Callable[[], tuple[int, int]] | None = None,
                  hires: bool = False, sdxl_crop: tuple[int, int] = (0, 0),
                  downcast_alphas: bool = False, zero_terminal_snr: bool = False,
-                 cfg_rescale: float = 0.0) -> tuple[ModelFn, DiscreteSchedule]:
+                 cfg_rescale: float = 0.0, guidance: float = 3.5,
+                 flow_shift: tuple[float, bool] | None = None) -> tuple[ModelFn, DiscreteSchedule]:
     """The guided denoiser for one batch, following the prompt schedules.
 
     Composable prompts: ``uncond + cfg * sum_k w_k (cond_k - uncond)`` (A1111's combine step).
@@ -47,15 +48,24 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
     option ``use_downcasted_alpha_bar`` (see :class:`~webui.sampling.denoiser.DiscreteSchedule`);
     ``zero_terminal_snr`` rescales the schedule for any model (A1111's option ``sd_noise_schedule``), a
     checkpoint marked ``ztsnr`` has it anyway. ``cfg_rescale`` (φ, 0..1): :func:`rescale_cfg` after the CFG step.
+    SD 3.x / FLUX.1 (flow models): the schedule is the model's shifted flow sigmas (``flow_shift`` = (shift,
+    exponential), default :func:`~webui.sampling.flow.model_shift`), the denoiser
+    :class:`~webui.sampling.flow.FlowDenoiser`; ``guidance`` is FLUX.1 dev's distilled guidance.
     """
     c = model.components
     unet = c.unet
-    schedule = DiscreteSchedule(c.alphas_cumprod, c.spec.family, downcast=downcast_alphas,
-                                zero_terminal_snr=zero_terminal_snr or c.spec.zero_terminal_snr).to(model.device)
+    if c.spec.is_flow:
+        from webui.pipeline.flow_model import velocity_fn
+        from webui.sampling.flow import FlowDenoiser, flow_schedule, model_shift
+
+        schedule = flow_schedule(*(flow_shift or model_shift(c.spec, width, height)), c.spec.family)
+    else:
+        schedule = DiscreteSchedule(c.alphas_cumprod, c.spec.family, downcast=downcast_alphas,
+                                    zero_terminal_snr=zero_terminal_snr or c.spec.zero_terminal_snr).to(model.device)
     use_uncond = not (cfg_scale == 1.0 and len(conds.positives) == 1)
     groups = len(conds.positives) + (1 if use_uncond else 0)
     time_ids = None
-    if c.spec.family == "sdxl":
+    if c.spec.family == "sdxl":  # SD 3.x / FLUX.1 have no size conditioning
         top, left = sdxl_crop
         time_ids = torch.tensor([[height, width, top, left, height, width]], device=model.device, dtype=model.dtype)
         time_ids = time_ids.expand(batch * groups, -1)
@@ -98,7 +108,11 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
         return out.float()
 
     # built once per batch: the denoiser keeps a host copy of the sigmas, which must not be made per step
-    denoiser = Denoiser(schedule, unet_fn, c.spec.prediction_type)
+    if c.spec.is_flow:
+        velocity = velocity_fn(model, guidance)
+        denoiser = FlowDenoiser(schedule, lambda x, sigma: velocity(x, sigma, current["ctx"]))
+    else:
+        denoiser = Denoiser(schedule, unet_fn, c.spec.prediction_type)
     blend = None
     if inpaint.init is not None and inpaint.keep is not None:
         blend = (inpaint.init.to(model.device), inpaint.keep.to(model.device))
@@ -116,7 +130,9 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
                 result += (part - neg) * (w * cfg_scale)
             if cfg_rescale > 0:
                 positive = neg + sum((part - neg) * w for part, w in zip(out[:-1], weights))
-                result = rescale_cfg(x, sigma, positive, result, cfg_rescale, c.spec.prediction_type)
+                # a flow model's output (the velocity) is (x - denoised) / sigma, as an epsilon model's noise
+                kind = "epsilon" if c.spec.is_flow else c.spec.prediction_type
+                result = rescale_cfg(x, sigma, positive, result, cfg_rescale, kind)
         if blend is not None:
             init, keep = blend
             result = init * keep + result * (1 - keep)

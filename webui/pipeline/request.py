@@ -32,6 +32,8 @@ class GenerationRequest:
     cfg_scale: float = 7.0
     # CFG rescale (Lin et al. 2024) 0..1; None: 0.7 for zero-terminal-SNR v-prediction checkpoints, else 0
     cfg_rescale: float | None = None
+    # FLUX.1 dev's guidance input (Forge's "Distilled CFG Scale"); other models ignore it
+    distilled_cfg_scale: float = 3.5
     width: int = 512
     height: int = 512
     seed: int = -1
@@ -137,6 +139,9 @@ def check_request(req: GenerationRequest) -> None:
         _finite("cfg_rescale", req.cfg_rescale)
         if not 0 <= req.cfg_rescale <= 1:
             raise RequestError("cfg_rescale", f"must be between 0 and 1, got {req.cfg_rescale}")
+    _finite("distilled_cfg_scale", req.distilled_cfg_scale)
+    if not 0 <= req.distilled_cfg_scale <= 100:
+        raise RequestError("distilled_cfg_scale", f"must be between 0 and 100, got {req.distilled_cfg_scale}")
     _int_range("seed", req.seed, -1, MAX_SEED)
     _int_range("subseed", req.subseed, -1, MAX_SEED)
     _finite("subseed_strength", req.subseed_strength)

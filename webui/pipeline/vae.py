@@ -74,7 +74,8 @@ def encode_pixels(model: LoadedModel, pixels: torch.Tensor, tiled: bool = False)
     vae = model.components.vae
     x = pixels.to(model.device, vae.dtype)
     latent = _retry_tiled("encode", lambda: vae.encode(x).latent_dist.mode(), tiled, vae)
-    return (latent * model.components.vae_scaling_factor).float()
+    c = model.components
+    return ((latent - getattr(c, "vae_shift_factor", 0.0)) * c.vae_scaling_factor).float()
 
 
 @torch.no_grad()
@@ -84,7 +85,7 @@ def decode_to_pixels(model: LoadedModel, latents: torch.Tensor, tiled: bool = Fa
     NaN-safe: a half-precision decode that yields NaN/inf (A1111's black images) is redone in float32,
     and the VAE stays in float32 from then on (``--no-half-vae`` does that from the start)."""
     vae = model.components.vae
-    scaled = latents / model.components.vae_scaling_factor
+    scaled = latents / model.components.vae_scaling_factor + getattr(model.components, "vae_shift_factor", 0.0)
     x = _retry_tiled("decode", lambda: vae.decode(scaled.to(model.device, vae.dtype), return_dict=False)[0],
                      tiled, vae)
     if vae.dtype in (torch.float16, torch.bfloat16) and not bool(torch.isfinite(x).all()):

@@ -10,6 +10,7 @@ import gradio as gr
 from webui.context import AppContext
 from webui.errors import ModelError, UnknownChoice
 from webui.models.default import HOW_TO_ADD
+from webui.settings import OptionError
 from webui.ui.editor import editor_value
 from webui.ui.extensions_tab import build_extensions_tab
 from webui.ui.extras import build_extras_tab
@@ -44,6 +45,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             )
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", min_width=40, scale=0)
             _option_dropdowns(ctx, ("sd_vae",))
+            _modules_select(ctx)
         notice = gr.Markdown(HOW_TO_ADD if ctx.models.using_builtin_default else "", elem_id="model_notice")
 
         def on_change(title: str | None):
@@ -114,6 +116,34 @@ def _wire_model_loading(ctx: AppContext, demo: gr.Blocks, buttons: list[Any]) ->
 
     demo.load(state, inputs=None, outputs=[*buttons, timer], api_name=False, queue=False, show_progress="hidden")
     timer.tick(state, inputs=None, outputs=[*buttons, timer], api_name=False, queue=False, show_progress="hidden")
+
+
+def _module_names(ctx: AppContext) -> list[str]:
+    return [f.model_name for f in ctx.models.module_choice_files()]
+
+
+def _modules_select(ctx: AppContext) -> None:
+    """Forge's "VAE / Text encoder" multi-select (option ``forge_additional_modules``): the separate files an
+    SD 3.x / FLUX.1 checkpoint takes its missing parts from; a loaded flow model is loaded again with them."""
+    current = [str(v) for v in ctx.options.current.get("forge_additional_modules") or []]
+    select = gr.Dropdown(_module_names(ctx), value=current, multiselect=True, label="VAE / Text encoder",
+                         elem_id="forge_additional_modules", scale=3,
+                         info="For SD 3.x / FLUX.1 files without their VAE or text encoders")
+    refresh = gr.Button("🔄", elem_id="refresh_forge_additional_modules", min_width=40, scale=0)
+
+    def on_change(values: list[str] | None):
+        values = list(values or [])
+        try:
+            ctx.options.update(ctx.options.validate({"forge_additional_modules": values}))
+            current_model = ctx.models.current
+            if current_model is not None and current_model.spec.is_flow:
+                ctx.models.ensure_loaded(None, modules=values)
+        except (ModelError, UnknownChoice, OptionError) as exc:
+            raise gr.Error(str(exc)) from exc
+        return gr.update(value=values)
+
+    select.input(on_change, inputs=select, outputs=select, api_name="change_modules", concurrency_id="gpu")
+    refresh.click(lambda: gr.update(choices=_module_names(ctx)), inputs=None, outputs=select, api_name=False)
 
 
 def _option_dropdowns(ctx: AppContext, keys: tuple[str, ...]) -> None:

@@ -1,0 +1,307 @@
+"""SD 3.x and FLUX.1 (issue 21): the files people download, detected from their weights, loaded offline, and
+generating what diffusers' own pipelines generate on the same weights.
+
+References, none of them our code: diffusers' ``StableDiffusion3Pipeline`` / ``FluxPipeline`` (same weights,
+same starting noise, same sigmas through a shift-1 ``FlowMatchEulerDiscreteScheduler``), and diffusers' own
+BFL converter (``convert_flux_transformer_checkpoint_to_diffusers``) with its hard-coded width 3072 made the
+tiny model's, for our size-reading FLUX.1 converter.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flow_models import (
+    flux_to_bfl,
+    save_flow_folder,
+    save_flux_files,
+    save_sd3_file,
+    tiny_flux,
+    tiny_sd3,
+)
+from safetensors.torch import save_file
+
+from webui.errors import ModelError, RequestError
+from webui.jobs import Job
+from webui.models.flow_config import flux_to_diffusers
+from webui.models.flow_loader import ModuleChoice
+from webui.models.loader import load_components
+from webui.models.manager import CheckpointInfo, LoadedModel
+from webui.models.spec import family_of_file
+from webui.pipeline.flow_model import pack_flux
+from webui.pipeline.generate import generate
+from webui.pipeline.noise import ImageRNG
+from webui.pipeline.request import GenerationRequest
+from webui.pipeline.sample import sigmas_for
+from webui.sampling.flow import flow_schedule, model_shift
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), [k for k in sa if not torch.equal(sa[k], sb[k])][:3]
+
+
+def _parts(c):
+    return [c.unet, c.vae, *c.text_encoders, *([c.t5] if c.t5 is not None else [])]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flow")
+    made = {"sd3": tiny_sd3(), "sd35": tiny_sd3(sd35=True, seed=7), "dev": tiny_flux(), "schnell": tiny_flux(dev=False)}
+    out = {"sd3": save_sd3_file(made["sd3"], root / "sd3_medium_incl_clips_t5xxl.safetensors"),
+           "sd35": save_sd3_file(made["sd35"], root / "sd3.5_medium.safetensors"),
+           "dev": save_flux_files(made["dev"], root / "dev"),
+           "schnell": save_flux_files(made["schnell"], root / "schnell", prefix="model.diffusion_model.")}
+    return made, out
+
+
+@pytest.mark.parametrize("name", ["sd3", "sd35"])
+def test_sd3_single_file_is_detected_and_loads_every_part(files, name):
+    made, out = files
+    assert family_of_file(out[name]) == "sd3"
+    loaded = load_components(out[name])
+    assert loaded.spec.family == "sd3" and loaded.spec.prediction_type == "flow"
+    for a, b in zip(_parts(made[name]), _parts(loaded), strict=True):
+        _same_weights(a, b)
+    assert loaded.vae_scaling_factor == pytest.approx(1.5305) and loaded.vae_shift_factor == pytest.approx(0.0609)
+
+
+@pytest.mark.parametrize("name", ["dev", "schnell"])
+def test_flux_transformer_file_takes_ae_clip_and_t5_from_the_module_folders(files, name):
+    made, out = files
+    paths = out[name]
+    assert family_of_file(paths["transformer"]) == "flux"
+    choice = ModuleChoice((), (paths["t5"], paths["clip_l"], paths["vae"]))  # automatic matching, any order
+    loaded = load_components(paths["transformer"], modules=choice)
+    assert loaded.spec.label == ("FLUX.1 dev" if name == "dev" else "FLUX.1 schnell")
+    for a, b in zip(_parts(made[name]), _parts(loaded), strict=True):
+        _same_weights(a, b)
+    assert set(loaded.module_files) == {"VAE", "CLIP-L", "T5-XXL"}
+    assert loaded.t5_tokenizer.model_max_length == (512 if name == "dev" else 256)
+
+
+def test_our_flux_converter_equals_diffusers_converter_at_the_files_width(files):
+    """diffusers' converter splits the fused weights at a fixed 3072; with that number set to the tiny
+    model's width it is the reference for ours, which reads the width from the file."""
+    from diffusers.loaders import single_file_utils as sfu
+
+    made, _ = files
+    transformer = made["dev"].unet
+    bfl = flux_to_bfl(transformer)
+    source = inspect.getsource(sfu.convert_flux_transformer_checkpoint_to_diffusers)
+    width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    assert "inner_dim = 3072" in source
+    namespace = dict(vars(sfu))
+    exec(source.replace("inner_dim = 3072", f"inner_dim = {width}"), namespace)  # noqa: S102 - diffusers' own code
+    reference = namespace["convert_flux_transformer_checkpoint_to_diffusers"](dict(bfl))
+    ours = flux_to_diffusers(bfl)
+    assert set(ours) == set(reference)
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)
+
+
+def test_flux_all_in_one_file_and_diffusers_folders_load(files, tmp_path):
+    made, _ = files
+    c = made["dev"]
+    from flow_models import _canonical_text_keys, _t5_weights
+
+    from webui.models.original_layout import vae_to_original
+
+    sd = {"model.diffusion_model." + k: v for k, v in flux_to_bfl(c.unet).items()}
+    sd.update({"vae." + k: v.contiguous() for k, v in vae_to_original(c.vae).items()})
+    sd.update({"text_encoders.clip_l.transformer." + k: v for k, v in _canonical_text_keys(c.text_encoders[0]).items()})
+    sd.update({"text_encoders.t5xxl.transformer." + k: v for k, v in _t5_weights(c.t5).items()})
+    save_file(sd, str(tmp_path / "flux1-dev-aio.safetensors"))
+    for a, b in zip(_parts(c), _parts(load_components(tmp_path / "flux1-dev-aio.safetensors")), strict=True):
+        _same_weights(a, b)
+    for key in ("dev", "sd35"):
+        folder = save_flow_folder(made[key], tmp_path / f"{key}-diffusers")
+        loaded = load_components(folder)
+        assert loaded.spec == made[key].spec
+        for a, b in zip(_parts(made[key]), _parts(loaded), strict=True):
+            _same_weights(a, b)
+
+
+def test_missing_and_wrong_family_parts_are_named(files, tmp_path):
+    made, out = files
+    paths = out["dev"]
+    with pytest.raises(ModelError, match=r"no VAE .*models/VAE"):
+        load_components(paths["transformer"])
+    with pytest.raises(ModelError, match=r"no T5-XXL .*models/text_encoder"):
+        load_components(paths["transformer"], modules=ModuleChoice((), (paths["vae"], paths["clip_l"])))
+    from webui.models.original_layout import vae_to_original
+    from webui.models.tiny import build_tiny_components
+
+    sdxl_vae = tmp_path / "sdxl_vae.safetensors"
+    save_file({k: v.contiguous() for k, v in vae_to_original(build_tiny_components("sdxl").vae).items()},
+              str(sdxl_vae))
+    with pytest.raises(ModelError, match="4-channel VAE"):
+        load_components(paths["transformer"], modules=ModuleChoice((sdxl_vae,), (paths["clip_l"], paths["t5"])))
+    # an SD 3 file without T5 runs without it
+    no_t5 = save_sd3_file(tiny_sd3(t5=False), tmp_path / "sd3_no_t5.safetensors")
+    assert load_components(no_t5).t5 is None
+
+
+def _model(c) -> LoadedModel:
+    return LoadedModel(CheckpointInfo(Path("m.safetensors"), "m.safetensors"), "0" * 64, c, torch.device("cpu"),
+                       torch.float32, 0.0)
+
+
+CASES = {"sd3": lambda: tiny_sd3(), "sd3 without T5": lambda: tiny_sd3(t5=False, seed=3),
+         "flux dev": lambda: tiny_flux(seed=1), "flux schnell": lambda: tiny_flux(dev=False, seed=2)}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_txt2img_equals_the_diffusers_pipeline_on_the_same_weights(ctx, case):
+    """Euler, CFG 4 with a negative prompt (FLUX.1: diffusers' ``true_cfg_scale``, distilled guidance 3.5),
+    the same starting noise and sigmas: the images agree within 2/255, and the same seed repeats exactly."""
+    c = CASES[case]()
+    width, height, steps, cfg = 96, 64, 4, 4.0
+    opts = ctx.options.current
+    req = GenerationRequest(prompt="a red cube", negative_prompt="blurry", steps=steps, width=width, height=height,
+                            seed=5, sampler_name="Euler", cfg_scale=cfg, save_images=False)
+    result = generate(ctx.pipeline_env(), _model(c), req, Job(kind="txt2img"), opts)
+    again = generate(ctx.pipeline_env(), _model(c), req, Job(kind="txt2img"), opts)
+    ours = np.asarray(result.images[0], dtype=np.float32) / 255
+    assert np.array_equal(np.asarray(result.images[0]), np.asarray(again.images[0]))
+    sampler, schedule = ctx.samplers.resolve("Euler", "simple")
+    sigmas = sigmas_for(sampler, schedule, steps, flow_schedule(*model_shift(c.spec, width, height), c.spec.family))
+    noise = ImageRNG((16, height // 8, width // 8), [5], device=torch.device("cpu"),
+                     source=str(opts.get("randn_source", "GPU"))).first()
+    kw = dict(prompt="a red cube", negative_prompt="blurry", num_inference_steps=steps, height=height, width=width,
+              sigmas=sigmas[:-1].tolist(), output_type="np")
+    if c.spec.family == "flux":
+        kw.update(latents=pack_flux(noise), true_cfg_scale=cfg, guidance_scale=3.5,
+                  max_sequence_length=c.t5_tokenizer.model_max_length)
+    else:
+        kw.update(latents=noise, guidance_scale=cfg)
+    reference = c.diffusers_pipeline()(**kw).images[0]
+    assert ours.shape == reference.shape == (height, width, 3)
+    assert np.abs(ours - reference).max() <= 2 / 255
+    assert ours.std() > 0.01  # not a flat image
+    info = result.infotexts[0]
+    assert "Schedule type: Simple" in info and "Shift: " in info
+    assert ("Distilled CFG Scale: 3.5" in info) == (case == "flux dev")
+
+
+def test_flux_dev_guidance_and_samplers(ctx):
+    c = tiny_flux(seed=1)
+    model, opts, env = _model(c), ctx.options.current, ctx.pipeline_env()
+
+    def run(**kw):
+        req = GenerationRequest(**{"prompt": "a cube", "steps": 3, "width": 64, "height": 64, "seed": 3,
+                                   "sampler_name": "Euler", "cfg_scale": 1.0, "save_images": False, **kw})
+        return np.asarray(generate(env, model, req, Job(kind="txt2img"), opts).images[0], dtype=int)
+
+    base = run()
+    assert not np.array_equal(base, run(distilled_cfg_scale=1.0))  # the guidance input reaches the model
+    for sampler in ("Euler a", "DPM++ 2M", "Heun"):
+        image = run(sampler_name=sampler)
+        assert np.array_equal(image, run(sampler_name=sampler)) and image.std() > 2
+    with pytest.raises(RequestError, match="Euler, Euler a") as err:
+        run(sampler_name="DDIM")
+    assert err.value.field == "sampler_name"
+    with pytest.raises(RequestError) as err:
+        run(width=72)
+    assert err.value.field == "width"
+
+
+def test_flux_img2img_starts_from_the_image(ctx):
+    from PIL import Image
+
+    c = tiny_flux(seed=1)
+    model, opts, env = _model(c), ctx.options.current, ctx.pipeline_env()
+    init = Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (64, 1, 3)))
+
+    def run(strength: float):
+        req = GenerationRequest(prompt="a cube", steps=4, width=64, height=64, seed=3, sampler_name="Euler",
+                                cfg_scale=1.0, save_images=False, mode="img2img", init_images=[init],
+                                denoising_strength=strength)
+        return np.asarray(generate(env, model, req, Job(kind="img2img"), opts).images[0], dtype=float)
+
+    from webui.pipeline.vae import decode_latents, encode_pixels
+
+    pixels = torch.from_numpy(np.asarray(init, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    round_trip = np.asarray(decode_latents(model, encode_pixels(model, pixels))[0], dtype=float)
+    assert np.abs(run(0.0) - round_trip).max() <= 1  # strength 0: the image through the VAE, no step
+    low, high = run(0.3), run(1.0)
+    assert np.abs(low - round_trip).mean() < np.abs(high - round_trip).mean()
+
+
+def test_flux_img2img_noises_the_image_latents_as_diffusers_scale_noise(ctx):
+    """The first transformer input of an img2img run is diffusers' ``FlowMatchEulerDiscreteScheduler.scale_noise``
+    of the image's latents at the first sigma of the schedule's tail (A1111's steps for strength 0.5)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from PIL import Image
+
+    from webui.pipeline.init_latents import img2img_steps
+    from webui.pipeline.vae import encode_pixels
+
+    c = tiny_flux(seed=4)
+    model, opts = _model(c), ctx.options.current
+    init = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    seen: list[torch.Tensor] = []
+    handle = c.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["hidden_states"].clone()),
+                                              with_kwargs=True)
+    try:
+        req = GenerationRequest(prompt="a cube", steps=4, width=64, height=64, seed=3, sampler_name="Euler",
+                                cfg_scale=1.0, save_images=False, mode="img2img", init_images=[init],
+                                denoising_strength=0.5)
+        generate(ctx.pipeline_env(), model, req, Job(kind="img2img"), opts)
+    finally:
+        handle.remove()
+    pixels = torch.from_numpy(np.asarray(init, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    x0 = encode_pixels(model, pixels)
+    noise = ImageRNG((16, 8, 8), [3], device=torch.device("cpu"), source=str(opts.get("randn_source", "GPU"))).first()
+    sampler, schedule = ctx.samplers.resolve("Euler", "simple")
+    total, run = img2img_steps(4, 0.5, False)
+    tail = sigmas_for(sampler, schedule, total, flow_schedule(*model_shift(c.spec, 64, 64), "flux"))[-run - 1:]
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    scheduler.set_timesteps(sigmas=tail[:-1].tolist())
+    expected = scheduler.scale_noise(x0, scheduler.timesteps[:1], noise)
+    assert len(seen) == run
+    assert torch.allclose(seen[0], pack_flux(expected), atol=1e-5)
+
+
+def test_api_flux_from_split_files_in_the_model_folders(tmp_path_factory):
+    """As a Forge user lays them out: the transformer in models/Stable-diffusion, ae.safetensors in models/VAE,
+    clip_l and t5xxl in models/text_encoder; listed, matched automatically, chosen by name, checked."""
+    import shutil
+
+    from conftest import api_only, make_settings
+    from fastapi.testclient import TestClient
+
+    from webui.context import build_context
+    from webui.server import create_app
+
+    models = tmp_path_factory.mktemp("models")
+    paths = save_flux_files(tiny_flux(seed=1), tmp_path_factory.mktemp("downloads"))
+    for key, folder in (("transformer", "Stable-diffusion"), ("vae", "VAE"), ("clip_l", "text_encoder"),
+                        ("t5", "text_encoder")):
+        (models / folder).mkdir(exist_ok=True)
+        shutil.copy(paths[key], models / folder / paths[key].name)
+    ctx = build_context(make_settings(tmp_path_factory.mktemp("data"), models), load_model=False)
+    client = TestClient(create_app(api_only(ctx)))
+    listed = client.get("/sdapi/v1/sd-models").json()
+    assert [m["family"] for m in listed] == ["flux"]
+    assert {m["model_name"] for m in client.get("/sdapi/v1/sd-modules").json()} == {
+        "ae.safetensors", "clip_l.safetensors", "t5xxl.safetensors"}
+    body = {"prompt": "a cube", "steps": 2, "width": 64, "height": 64, "seed": 1, "cfg_scale": 1,
+            "sampler_name": "Euler", "save_images": False}
+    ok = client.post("/sdapi/v1/txt2img", json=body)
+    assert ok.status_code == 200, ok.text
+    assert "Distilled CFG Scale: 3.5" in ok.json()["info"] and len(ok.json()["images"]) == 1
+    chosen = client.post("/sdapi/v1/txt2img", json={**body, "distilled_cfg_scale": 2.0, "override_settings": {
+        "forge_additional_modules": ["ae.safetensors", "clip_l.safetensors", "t5xxl.safetensors"]}})
+    assert chosen.status_code == 200 and "Distilled CFG Scale: 2" in chosen.json()["info"]
+    bad = client.post("/sdapi/v1/txt2img", json={**body, "sampler_name": "DDIM"})
+    assert bad.status_code == 422 and "sampler_name" in bad.text and "Euler" in bad.text
+    unknown = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {
+        "forge_additional_modules": ["nope.safetensors"]}})
+    assert unknown.status_code == 422 and "forge_additional_modules" in unknown.text
+    assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200  # and it keeps serving
