@@ -40,6 +40,19 @@ from webui.pipeline.sample import sigmas_for
 from webui.sampling.flow import flow_schedule, model_shift
 
 
+def _diffusers_flux_converter(transformer):
+    """diffusers' ``convert_flux_transformer_checkpoint_to_diffusers`` with its fixed width (3072) replaced by
+    ``transformer``'s."""
+    from diffusers.loaders import single_file_utils as sfu
+
+    source = inspect.getsource(sfu.convert_flux_transformer_checkpoint_to_diffusers)
+    width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    assert "inner_dim = 3072" in source
+    namespace = dict(vars(sfu))
+    exec(source.replace("inner_dim = 3072", f"inner_dim = {width}"), namespace)  # noqa: S102 - diffusers' own code
+    return namespace["convert_flux_transformer_checkpoint_to_diffusers"]
+
+
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert set(sa) == set(sb)
@@ -89,17 +102,10 @@ def test_flux_transformer_file_takes_ae_clip_and_t5_from_the_module_folders(file
 def test_our_flux_converter_equals_diffusers_converter_at_the_files_width(files):
     """diffusers' converter splits the fused weights at a fixed 3072; with that number set to the tiny
     model's width it is the reference for ours, which reads the width from the file."""
-    from diffusers.loaders import single_file_utils as sfu
-
     made, _ = files
     transformer = made["dev"].unet
     bfl = flux_to_bfl(transformer)
-    source = inspect.getsource(sfu.convert_flux_transformer_checkpoint_to_diffusers)
-    width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-    assert "inner_dim = 3072" in source
-    namespace = dict(vars(sfu))
-    exec(source.replace("inner_dim = 3072", f"inner_dim = {width}"), namespace)  # noqa: S102 - diffusers' own code
-    reference = namespace["convert_flux_transformer_checkpoint_to_diffusers"](dict(bfl))
+    reference = _diffusers_flux_converter(transformer)(dict(bfl))
     ours = flux_to_diffusers(bfl)
     assert set(ours) == set(reference)
     assert all(torch.equal(ours[k], reference[k]) for k in ours)
@@ -305,3 +311,103 @@ def test_api_flux_from_split_files_in_the_model_folders(tmp_path_factory):
         "forge_additional_modules": ["nope.safetensors"]}})
     assert unknown.status_code == 422 and "forge_additional_modules" in unknown.text
     assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200  # and it keeps serving
+
+
+def _random_lora(shapes: dict[str, torch.Size], rank: int = 4, seed: int = 0, peft: bool = False):
+    """A random LoRA: kohya's ``lora_down`` / ``lora_up`` / ``alpha`` (or PEFT's ``lora_A`` / ``lora_B``, no
+    alpha) for each named layer; also the weight change of each layer, computed here."""
+    g = torch.Generator().manual_seed(seed)
+    tensors, deltas = {}, {}
+    for key, shape in shapes.items():
+        down, up = torch.randn(rank, shape[1], generator=g) * 0.2, torch.randn(shape[0], rank, generator=g) * 0.2
+        if peft:
+            tensors[key + ".lora_A.weight"], tensors[key + ".lora_B.weight"] = down, up
+            deltas[key] = up @ down
+        else:
+            tensors[key + ".lora_down.weight"], tensors[key + ".lora_up.weight"] = down, up
+            tensors[key + ".alpha"] = torch.tensor(2.0)
+            deltas[key] = up @ down * (2.0 / rank)
+    return tensors, deltas
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_kohya_lora_on_original_names_equals_merging_in_the_original_layout(family, tmp_path):
+    """A kohya LoRA names the original (fused) layers. Reference: add each change to the original-layout
+    weights, then convert with diffusers' own converter; ours applies to the loaded diffusers modules."""
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+    from flow_models import sd3_to_stability
+
+    from webui.networks.lora import apply_loras, read_lora
+
+    c = tiny_flux(seed=6) if family == "flux" else tiny_sd3(sd35=True, seed=6)
+    original = flux_to_bfl(c.unet) if family == "flux" else sd3_to_stability(c.unet)
+    layers = (["double_blocks.0.img_attn.qkv", "double_blocks.0.txt_mlp.0", "single_blocks.1.linear1",
+               "single_blocks.0.linear2", "double_blocks.0.img_mod.lin"] if family == "flux" else
+              ["joint_blocks.0.x_block.attn.qkv", "joint_blocks.0.context_block.attn.qkv",
+               "joint_blocks.0.x_block.attn2.qkv", "joint_blocks.1.x_block.mlp.fc1",
+               "joint_blocks.0.x_block.attn.proj"])
+    tensors, deltas = _random_lora({"lora_unet_" + n.replace(".", "_"): original[n + ".weight"].shape for n in layers})
+    save_file(tensors, str(tmp_path / "lora.safetensors"))
+    merged = dict(original)
+    for name in layers:
+        merged[name + ".weight"] = original[name + ".weight"] + deltas["lora_unet_" + name.replace(".", "_")] * 0.8
+    convert = _diffusers_flux_converter(c.unet) if family == "flux" else convert_sd3_transformer_checkpoint_to_diffusers
+    expected = convert(dict(merged))
+    before = {k: v.clone() for k, v in c.unet.state_dict().items()}
+    applied = apply_loras(c, [(read_lora(tmp_path / "lora.safetensors"), 1.0, 0.8)])
+    assert not applied.unmatched
+    after = c.unet.state_dict()
+    changed = [k for k in after if not torch.equal(after[k], before[k])]
+    assert len(changed) >= len(layers)
+    for key, value in expected.items():
+        assert torch.allclose(after[key], value, atol=1e-5), key
+    applied.restore()
+    assert all(torch.equal(c.unet.state_dict()[k], before[k]) for k in before)
+
+
+def test_peft_lora_and_text_encoder_layers_on_flux(ctx, tmp_path):
+    """ai-toolkit / diffusers files (``transformer.<diffusers name>.lora_A/B``) and kohya's text-encoder keys
+    (``lora_te1_`` CLIP-L, ``lora_te2_`` T5) change exactly those weights; ``<lora:...>`` in a prompt changes the
+    image and leaves the model as it was."""
+    import dataclasses
+
+    from webui.networks.lora import LoraRegistry, apply_loras, read_lora
+
+    c = tiny_flux(seed=8)
+    unet = dict(c.unet.named_modules())
+    te = {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj":
+          c.text_encoders[0].text_model.encoder.layers[0].self_attn.q_proj if hasattr(c.text_encoders[0], "text_model")
+          else c.text_encoders[0].encoder.layers[0].self_attn.q_proj,
+          "lora_te2_encoder_block_0_layer_0_SelfAttention_q": c.t5.encoder.block[0].layer[0].SelfAttention.q}
+    names = ["transformer_blocks.0.attn.to_k", "single_transformer_blocks.1.proj_mlp"]
+    peft, deltas = _random_lora({"transformer." + n: unet[n].weight.shape for n in names}, peft=True)
+    clip_v = (c.text_encoders[0].text_model if hasattr(c.text_encoders[0], "text_model")
+              else c.text_encoders[0]).encoder.layers[1].self_attn.v_proj
+    peft_te, peft_te_delta = _random_lora({"text_encoder.text_model.encoder.layers.1.self_attn.v_proj":
+                                           clip_v.weight.shape}, peft=True, seed=2)
+    peft.update(peft_te)
+    clip_v_before = clip_v.weight.clone()
+    kohya_te, te_deltas = _random_lora({k: m.weight.shape for k, m in te.items()}, seed=1)
+    save_file({**peft, **kohya_te}, str(tmp_path / "style.safetensors"))
+    before = {n: unet[n].weight.clone() for n in names}
+    te_before = {k: m.weight.clone() for k, m in te.items()}
+    applied = apply_loras(c, [(read_lora(tmp_path / "style.safetensors"), 0.5, 1.0)])
+    assert not applied.unmatched
+    for n in names:
+        assert torch.allclose(unet[n].weight, before[n] + deltas["transformer." + n], atol=1e-6)
+    for k, m in te.items():
+        assert torch.allclose(m.weight, te_before[k] + te_deltas[k] * 0.5, atol=1e-6)
+    assert torch.allclose(clip_v.weight, clip_v_before + next(iter(peft_te_delta.values())) * 0.5, atol=1e-6)
+    applied.restore()
+    env = dataclasses.replace(ctx.pipeline_env(), loras=LoraRegistry([tmp_path]))
+    model, opts = _model(c), ctx.options.current
+
+    def run(prompt: str):
+        req = GenerationRequest(prompt=prompt, steps=2, width=64, height=64, seed=3, sampler_name="Euler",
+                                cfg_scale=1.0, save_images=False)
+        return generate(env, model, req, Job(kind="txt2img"), opts)
+
+    plain = np.asarray(run("a cube").images[0])
+    styled = run("a cube <lora:style:1>")
+    assert not np.array_equal(plain, np.asarray(styled.images[0])) and 'Lora hashes: "style: ' in styled.infotexts[0]
+    assert np.array_equal(plain, np.asarray(run("a cube").images[0]))

@@ -22,12 +22,14 @@ import torch
 from webui.errors import ModelError
 from webui.models.original_layout import ldm_module_name, unet_module_table
 from webui.models.safeload import read_state_dict
+from webui.networks.flow_lora import kohya_key, original_table, text_encoder_prefixes
 
 log = logging.getLogger(__name__)
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 CACHE_SIZE = 8  # LoRA files kept in RAM between jobs
 _PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha", "lora_mid.weight": "mid",
+          "lora_A.weight": "down", "lora_B.weight": "up",  # PEFT / diffusers
           # LyCORIS LoHa (Hadamard product of two low-rank pairs) and LoKr (Kronecker product)
           "hada_w1_a": "hada_w1_a", "hada_w1_b": "hada_w1_b", "hada_w2_a": "hada_w2_a", "hada_w2_b": "hada_w2_b",
           "lokr_w1": "lokr_w1", "lokr_w2": "lokr_w2", "lokr_w1_a": "lokr_w1_a", "lokr_w1_b": "lokr_w1_b",
@@ -116,7 +118,7 @@ def read_lora(path: Path) -> LoraFile:
     for key, value in tensors.items():
         for suffix, part in _PARTS.items():
             if key.endswith("." + suffix):
-                mod = modules.setdefault(key[: -len(suffix) - 1], LoraModule())
+                mod = modules.setdefault(kohya_key(key[: -len(suffix) - 1]), LoraModule())
                 setattr(mod, part, float(value) if part == "alpha" else value)
                 break
     if not modules:
@@ -124,24 +126,41 @@ def read_lora(path: Path) -> LoraFile:
     return LoraFile(path.stem, path, modules, dict(metadata))
 
 
-def module_index(components) -> dict[str, tuple[torch.nn.Module, str]]:
-    """kohya key -> (module, "unet" | "te") for every weight-bearing module of the model."""
-    index: dict[str, tuple[torch.nn.Module, str]] = {}
-    table = unet_module_table(components.unet)
-    for name, module in components.unet.named_modules():
+#: A module a LoRA layer changes: (module, "unet" | "te", rows of the layer's weight change it takes or None).
+Target = tuple[torch.nn.Module, str, slice | None]
+
+
+def module_index(components) -> dict[str, list[Target]]:
+    """kohya key -> the modules it changes, for every weight-bearing module of the model (diffusers and
+    original names; SD 3.x / FLUX.1 original names of fused layers map to several modules)."""
+    index: dict[str, list[Target]] = {}
+    modules = dict(components.unet.named_modules())
+    flow = components.spec.is_flow
+    table = None if flow else unet_module_table(components.unet)
+    for name, module in modules.items():
         if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
             continue
-        index["lora_unet_" + name.replace(".", "_")] = (module, "unet")
-        ldm = ldm_module_name(name, table)
+        index["lora_unet_" + name.replace(".", "_")] = [(module, "unet", None)]
+        ldm = ldm_module_name(name, table) if table is not None else None
         if ldm is not None:
-            index["lora_unet_" + ldm.replace(".", "_")] = (module, "unet")
-    prefixes = ["lora_te_"] if len(components.text_encoders) == 1 else ["lora_te1_", "lora_te2_"]
-    for prefix, encoder in zip(prefixes, components.text_encoders):
+            index["lora_unet_" + ldm.replace(".", "_")] = [(module, "unet", None)]
+    if flow:
+        for original, targets in original_table(components).items():
+            if all(name in modules for name, _, _ in targets):
+                index["lora_unet_" + original.replace(".", "_")] = [
+                    (modules[name], "unet", None if start is None else slice(start, stop))
+                    for name, start, stop in targets]
+        encoders = text_encoder_prefixes(components)
+    else:
+        prefixes = ["lora_te_"] if len(components.text_encoders) == 1 else ["lora_te1_", "lora_te2_"]
+        encoders = list(zip(prefixes, components.text_encoders))
+    for prefix, encoder in encoders:
+        clip = not hasattr(encoder, "shared")  # T5 keeps its own module names
         for name, module in encoder.named_modules():
             if not isinstance(module, torch.nn.Linear):
                 continue
-            path = name if name.startswith("text_model.") else "text_model." + name
-            index[prefix + path.replace(".", "_")] = (module, "te")
+            path = name if not clip or name.startswith("text_model.") else "text_model." + name
+            index[prefix + path.replace(".", "_")] = [(module, "te", None)]
     return index
 
 
@@ -168,22 +187,26 @@ def apply_loras(components, loras: Iterable[tuple[LoraFile, float, float]]) -> A
         for lora, te_mult, unet_mult in loras:
             missing = 0
             for key, mod in lora.modules.items():
-                target = index.get(key)
-                if target is None:
+                targets = index.get(key)
+                if targets is None:
                     missing += 1
                     continue
-                module, kind = target
-                mult = te_mult if kind == "te" else unet_mult
+                mult = te_mult if targets[0][1] == "te" else unet_mult
                 if mult == 0:
                     continue
-                weight = module.weight
-                if id(module) not in applied.backups:
-                    applied.backups[id(module)] = (module, weight.detach().clone())
+                first = targets[0][0].weight
+                shape = first.shape if targets[0][2] is None else torch.Size(
+                    (sum(rows.stop - rows.start for _, _, rows in targets), *first.shape[1:]))
                 try:
-                    delta = mod.delta(weight.shape)
+                    delta = mod.delta(shape)
                 except (ValueError, RuntimeError) as exc:
                     raise ModelError(lora.path, f"layer {key} cannot be applied: {exc}") from exc
-                weight.copy_((weight.float() + delta.to(weight.device) * mult).to(weight.dtype))
+                for module, _, rows in targets:
+                    weight = module.weight
+                    if id(module) not in applied.backups:
+                        applied.backups[id(module)] = (module, weight.detach().clone())
+                    part = delta if rows is None else delta[rows]
+                    weight.copy_((weight.float() + part.to(weight.device) * mult).to(weight.dtype))
             if missing:
                 applied.unmatched[lora.name] = missing
                 log.warning("LoRA %s: %d of %d layers match nothing in this model", lora.name, missing,

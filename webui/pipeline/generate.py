@@ -175,10 +175,6 @@ def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: 
     # 2. extra networks from the prompt (applied for this job only), then encode each distinct
     #    prompt text once for the whole job (schedules, AND parts)
     prompt_text, tags = parse_extra_networks(req.prompt)
-    if spec.is_flow and any(t.kind == "lora" for t in tags):
-        run.result.warnings.append(f"LoRA is not applied to {spec.label} models yet; the prompt's <lora:...> tags "
-                                   "were ignored")
-        tags = [t for t in tags if t.kind != "lora"]
     applied, network_info = _apply_networks(env, c, tags, run.result)
     try:
         enc = EncodeOptions(clip_skip=run.clip_skip, emphasis=str(opts.get("emphasis", "Original")),
