@@ -302,6 +302,17 @@ def test_api_flux_from_split_files_in_the_model_folders(tmp_path_factory):
     ok = client.post("/sdapi/v1/txt2img", json=body)
     assert ok.status_code == 200, ok.text
     assert "Distilled CFG Scale: 3.5" in ok.json()["info"] and len(ok.json()["images"]) == 1
+    import json as _json
+
+    infotext = _json.loads(ok.json()["info"])["infotexts"][0]
+    assert {"Module 1: ae.safetensors", "Module 2: clip_l.safetensors", "Module 3: t5xxl.safetensors"} <= {
+        part.strip() for part in infotext.splitlines()[-1].split(",")}
+    from webui.infotext import infotext_to_request, parse_infotext
+
+    assert infotext_to_request(parse_infotext(infotext))["override_settings"]["forge_additional_modules"] == [
+        "ae.safetensors", "clip_l.safetensors", "t5xxl.safetensors"]
+    again = client.post("/sdapi/v1/txt2img", json={"infotext": infotext, "save_images": False})
+    assert again.status_code == 200 and again.json()["images"][0] == ok.json()["images"][0]
     chosen = client.post("/sdapi/v1/txt2img", json={**body, "distilled_cfg_scale": 2.0, "override_settings": {
         "forge_additional_modules": ["ae.safetensors", "clip_l.safetensors", "t5xxl.safetensors"]}})
     assert chosen.status_code == 200 and "Distilled CFG Scale: 2" in chosen.json()["info"]

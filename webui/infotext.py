@@ -465,7 +465,22 @@ def infotext_to_request(parsed: Mapping[str, object]) -> dict[str, object]:
         if value is not None:
             _set_path(request, field.target, value)
     request["enable_hr"] = _hires_enabled(parsed)
+    modules = _modules(parsed)
+    if modules:
+        _set_path(request, (OVERRIDE_SETTINGS, "forge_additional_modules"), modules)
     return request
+
+
+def _modules(parsed: Mapping[str, object]) -> list[str]:
+    """Forge's ``Module 1``, ``Module 2``, ... keys (the separate VAE / text-encoder files of an SD 3.x or FLUX.1
+    image), in their order."""
+    numbered = []
+    for key, value in parsed.items():
+        match = re.fullmatch(r"Module (\d+)", str(key))
+        text = _to_str(value) if match else None
+        if match and text:
+            numbered.append((int(match.group(1)), text))
+    return [text for _, text in sorted(numbered)]
 
 
 # --------------------------------------------------------------------------- backward compatibility

@@ -211,7 +211,8 @@ def _build(parts: _Parts, spec: ModelSpec, dtype: torch.dtype) -> SDComponents:
     return SDComponents(spec=spec, unet=transformer, vae=vae, text_encoders=encoders,
                         tokenizers=shipped_tokenizers(spec.family), alphas_cumprod=torch.zeros(1000),
                         vae_scaling_factor=VAE_SCALING[spec.family], vae_shift_factor=VAE_SHIFT[spec.family],
-                        t5=t5, t5_tokenizer=shipped_t5_tokenizer(t5_length), module_files=dict(parts.files) or None)
+                        t5=t5, t5_tokenizer=shipped_t5_tokenizer(t5_length),
+                        module_files={p: parts.files[p] for p in PART_FOLDERS if p in parts.files} or None)
 
 
 def _build_vae(sd: Mapping[str, torch.Tensor], spec: ModelSpec, dtype: torch.dtype) -> AutoencoderKL:

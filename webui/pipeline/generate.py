@@ -337,6 +337,8 @@ def _prepare(run: _Run) -> None:
         if spec.distilled_guidance:
             info["Distilled CFG Scale"] = req.distilled_cfg_scale
         info["Shift"] = model_shift(spec, req.width, req.height)[0]
+        for i, path in enumerate((run.model.components.module_files or {}).values(), start=1):
+            info[f"Module {i}"] = path.name  # Forge's keys; read back into forge_additional_modules
     run.zero_terminal_snr = spec.zero_terminal_snr or opts.get("sd_noise_schedule") == "Zero Terminal SNR"
     if run.zero_terminal_snr:
         info["Noise Schedule"] = "Zero Terminal SNR"  # A1111's key (option sd_noise_schedule)
