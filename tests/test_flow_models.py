@@ -422,3 +422,48 @@ def test_peft_lora_and_text_encoder_layers_on_flux(ctx, tmp_path):
     styled = run("a cube <lora:style:1>")
     assert not np.array_equal(plain, np.asarray(styled.images[0])) and 'Lora hashes: "style: ' in styled.infotexts[0]
     assert np.array_equal(plain, np.asarray(run("a cube").images[0]))
+
+
+@pytest.mark.parametrize("mode", ["medvram", "lowvram"])
+def test_memory_modes_chain_t5_and_the_transformer_blocks_without_changing_a_pixel(ctx, mode):
+    """--medvram / --lowvram on SD 3.x (hooks forced on here; on the CPU they are normally skipped): T5 joins
+    the text encoders, lowvram chains the transformer's blocks; the image is the same."""
+    from webui.models.offload import apply_memory_mode
+
+    c = tiny_sd3(seed=9)
+    model, opts = _model(c), ctx.options.current
+
+    def image():
+        req = GenerationRequest(prompt="a cube", negative_prompt="x", steps=2, width=64, height=64, seed=3,
+                                sampler_name="Euler", cfg_scale=3.0, save_images=False)
+        return generate(ctx.pipeline_env(), model, req, Job(kind="txt2img"), opts).images[0].tobytes()
+
+    before = image()
+    hooks = apply_memory_mode(c, mode, torch.device("cpu"), force=True)
+    blocks = c.unet.config.num_layers
+    assert len(hooks) == (3 + 1 + 1 if mode == "medvram" else 3 + blocks + 1)  # CLIP-L, CLIP-G, T5 ... VAE
+    assert image() == before
+
+
+def test_fp8_storage_keeps_transformer_and_t5_in_fp8(ctx, tmp_path):
+    """Option fp8_storage = Enable on a FLUX.1 model: the transformer's and T5's Linear weights are stored
+    as float8_e4m3fn and read back in the compute dtype; the image stays close to the full-precision one."""
+    from webui.models.manager import HashCache, ModelManager
+
+    c = tiny_flux(seed=10)
+    model, opts = _model(c), ctx.options.current
+
+    def image():
+        req = GenerationRequest(prompt="a cube", steps=3, width=64, height=64, seed=3, sampler_name="Euler",
+                                cfg_scale=1.0, save_images=False)
+        return np.asarray(generate(ctx.pipeline_env(), model, req, Job(kind="txt2img"), opts).images[0], dtype=float)
+
+    full = image()
+    manager = ModelManager([], HashCache(tmp_path / "hashes.json"), torch.device("cpu"), torch.float32,
+                           fp8_storage=lambda: "Enable")
+    assert manager._prepare(c) is True
+    t5_linear = c.t5.encoder.block[0].layer[0].SelfAttention.q
+    assert t5_linear.parametrizations.weight.original.dtype == torch.float8_e4m3fn
+    assert c.unet.transformer_blocks[0].attn.to_q.parametrizations.weight.original.dtype == torch.float8_e4m3fn
+    stored = image()
+    assert 0 < np.abs(stored - full).mean() < 4  # fp8 rounding, not a different image

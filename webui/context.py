@@ -308,6 +308,7 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
         fp8_storage=lambda: str(options.current.get("fp8_storage", "Disable")),
         extra_checkpoints=[settings.ckpt] if settings.ckpt is not None else [],
         module_files=lambda: list_modules(settings.vae_dirs(), [settings.model_dir("text_encoder")]),
+        t5_on_cpu=lambda: bool(options.current.get("t5_on_cpu", False)),
         memory_mode=settings.memory_mode,
         attention=settings.attention,
     )

@@ -165,6 +165,7 @@ class ModelManager:
         fp8_storage: Callable[[], str] | None = None,
         extra_checkpoints: Iterable[Path] = (),
         module_files: Callable[[], list] | None = None,
+        t5_on_cpu: Callable[[], bool] | None = None,
     ):
         self.dirs = dirs
         self.extra_checkpoints = [Path(p) for p in extra_checkpoints]  # --ckpt: a file kept outside the folders
@@ -186,6 +187,7 @@ class ModelManager:
         self._families: dict[tuple[Path, int], str | None] = {}  # (path, mtime) -> family, read from headers
         self._checkpoints: list[CheckpointInfo] = []
         self._module_files = module_files or (lambda: [])  # VAE and text-encoder files (webui.models.modules)
+        self._t5_on_cpu = t5_on_cpu or (lambda: False)  # option t5_on_cpu, read at each load
         self.refresh()
 
     # --- registry ---------------------------------------------------------------
@@ -380,6 +382,14 @@ class ModelManager:
         fp8 = self._wants_fp8(components.spec.family)
         if fp8:
             store_fp8(components.unet, self.dtype)
+            if getattr(components, "t5", None) is not None:
+                store_fp8(components.t5, self.dtype)  # T5-XXL is most of a FLUX.1 / SD 3.x model's memory
+        has_t5 = getattr(components, "t5", None) is not None
+        t5_on_cpu = has_t5 and self.device.type != "cpu" and bool(self._t5_on_cpu())
+        if t5_on_cpu:
+            # bfloat16 where the model runs in float16 (the CPU has no fast float16 matmul)
+            components.t5.to("cpu", dtype=torch.bfloat16 if self.dtype == torch.float16 else None)
+            log.info("T5-XXL runs on the CPU (option t5_on_cpu)")
 
         if self.vae_dtype is not None:
             components.vae.to(dtype=self.vae_dtype)
@@ -388,7 +398,7 @@ class ModelManager:
 
             components.unet.set_attn_processor(AttnProcessor())
             components.vae.set_attn_processor(AttnProcessor())
-        apply_memory_mode(components, self.memory_mode, self.device)
+        apply_memory_mode(components, self.memory_mode, self.device, t5_on_cpu=t5_on_cpu)
         return fp8
 
     def _switch(self, model: LoadedModel) -> None:

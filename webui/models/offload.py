@@ -7,7 +7,9 @@
   are chained one by one (its small stem/embedding/head layers stay on the GPU), so about one U-Net
   block is in VRAM at a time, besides the text encoder or VAE in use. The slowest mode.
 
-``alphas_cumprod`` and every input stay on the execution device. On the CPU the modes do nothing.
+SD 3.x / FLUX.1: the transformer takes the U-Net's place (lowvram: its joint and single blocks one by one),
+and T5-XXL joins the text encoders in the chain. ``alphas_cumprod`` and every input stay on the execution
+device. On the CPU the modes do nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 log = logging.getLogger(__name__)
 MODES = ("none", "medvram", "lowvram")
 _UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks")
+_TRANSFORMER_BLOCKS = ("transformer_blocks", "single_transformer_blocks")
 
 
 def _chain(modules: list[torch.nn.Module], device: torch.device) -> list:
@@ -32,17 +35,25 @@ def _chain(modules: list[torch.nn.Module], device: torch.device) -> list:
 
 
 def _unet_blocks(unet: torch.nn.Module, device: torch.device) -> list[torch.nn.Module]:
-    """The U-Net's big blocks in call order; its other children are moved to ``device`` for good."""
+    """The U-Net's (or an SD 3.x / FLUX.1 transformer's) big blocks in call order; its other children are
+    moved to ``device`` for good."""
+    if hasattr(unet, "transformer_blocks"):
+        for name, child in unet.named_children():
+            if name not in _TRANSFORMER_BLOCKS:
+                child.to(device)
+        return [*unet.transformer_blocks, *getattr(unet, "single_transformer_blocks", [])]
     for name, child in unet.named_children():
         if name not in _UNET_BLOCKS:
             child.to(device)
     return [*unet.down_blocks, *([unet.mid_block] if unet.mid_block is not None else []), *unet.up_blocks]
 
 
-def apply_memory_mode(components, mode: str, device: torch.device, *, force: bool = False) -> list:
+def apply_memory_mode(components, mode: str, device: torch.device, *, force: bool = False,
+                      t5_on_cpu: bool = False) -> list:
     """Install the offload hooks for ``mode``; returns the hooks (empty for "none" or on the CPU).
 
-    ``force`` installs them even when ``device`` is the CPU (tests: the hooks must not change results)."""
+    ``force`` installs them even when ``device`` is the CPU (tests: the hooks must not change results);
+    ``t5_on_cpu``: T5-XXL stays on the CPU, outside the chain."""
     if mode not in MODES:
         raise ValueError(f"memory mode must be one of {MODES}, got {mode!r}")
     if mode == "none":
@@ -51,6 +62,9 @@ def apply_memory_mode(components, mode: str, device: torch.device, *, force: boo
         log.info("--%s has no effect on the CPU", mode)
         return []
     encoders, unet, vae = list(components.text_encoders), components.unet, components.vae
+    t5 = getattr(components, "t5", None)
+    if t5 is not None and not t5_on_cpu:
+        encoders.append(t5)
     for module in (*encoders, unet, vae):
         module.to("cpu")
     if mode == "lowvram":

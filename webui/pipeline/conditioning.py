@@ -354,7 +354,8 @@ def _encode_flow(components, text: str, opts: EncodeOptions, chunks_for, device)
     if components.spec.family == "flux":
         _, pooled = _encode_chunks(encoders[0], tokenizers[0], chunks_for(tokenizers[0])[:1], -1, False, "None",
                                    device, unprojected_pool=True)
-        return Conditioning(encode_t5(components, text, opts).to(pooled.dtype), pooled)
+        # T5 may run elsewhere (option t5_on_cpu, offload hooks): its output joins the CLIP outputs' device
+        return Conditioning(encode_t5(components, text, opts).to(pooled.device, pooled.dtype), pooled)
     ctx_l, pooled_l = _encode_chunks(encoders[0], tokenizers[0], chunks_for(tokenizers[0]), -2, False,
                                      opts.emphasis, device, 0, 2)
     ctx_g, pooled_g = _encode_chunks(encoders[1], tokenizers[1], chunks_for(tokenizers[1]), -2, False,
@@ -362,7 +363,7 @@ def _encode_flow(components, text: str, opts: EncodeOptions, chunks_for, device)
     clip = torch.cat([ctx_l, ctx_g], dim=-1)
     clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
     if components.t5 is not None:
-        t5 = encode_t5(components, text, opts).to(clip.dtype)
+        t5 = encode_t5(components, text, opts).to(clip.device, clip.dtype)
     else:
         t5 = torch.zeros(1, int(components.t5_tokenizer.model_max_length), width, device=clip.device, dtype=clip.dtype)
     return Conditioning(torch.cat([clip, t5], dim=1), torch.cat([pooled_l, pooled_g], dim=-1))

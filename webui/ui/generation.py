@@ -97,6 +97,9 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
                 f["cfg_rescale"] = gr.Number(None, label="CFG Rescale φ", minimum=0, maximum=1, step=0.05,
                                              placeholder="auto", elem_id=f"{mode}_cfg_rescale", scale=1,
                                              info="0-1; empty: 0.7 for zero-terminal-SNR v-pred models, else 0")
+                f["distilled_cfg_scale"] = gr.Slider(0, 30, value=3.5, step=0.1, label="Distilled CFG Scale",
+                                                     elem_id=f"{mode}_distilled_cfg_scale", scale=2,
+                                                     info="FLUX.1 dev only (use CFG Scale 1 with it)")
             if mode == "img2img":
                 f["denoising_strength"] = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
                                                     elem_id="img2img_denoising_strength")
@@ -282,13 +285,13 @@ def _hires_controls(ctx: AppContext, f: dict[str, Any], samplers: list[str], sch
 #: The form's number fields (sliders and number boxes give floats; None or "": the field's default).
 _NUMBERS: Mapping[str, type] = MappingProxyType({
     "steps": int, "width": int, "height": int, "n_iter": int, "batch_size": int, "seed": int, "subseed": int,
-    "cfg_scale": float, "cfg_rescale": float, "subseed_strength": float, "refiner_switch_at": float,
-    "denoising_strength": float, "hr_scale": float,
+    "cfg_scale": float, "cfg_rescale": float, "distilled_cfg_scale": float, "subseed_strength": float,
+    "refiner_switch_at": float, "denoising_strength": float, "hr_scale": float,
     "hr_second_pass_steps": int, "hr_resize_x": int, "hr_resize_y": int})
 #: The request fields every tab's form sets as they are (the hires ones join with enable_hr).
 _FORM_FIELDS = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "width", "height", "n_iter",
-                "batch_size", "cfg_scale", "cfg_rescale", "seed", "subseed", "subseed_strength", "refiner_switch_at",
-                "denoising_strength")
+                "batch_size", "cfg_scale", "cfg_rescale", "distilled_cfg_scale", "seed", "subseed", "subseed_strength",
+                "refiner_switch_at", "denoising_strength")
 
 
 def _form_request(v: dict[str, Any]) -> GenerationRequest:

@@ -20,6 +20,7 @@ from webui.pipeline.init_image import RESIZE_MODES
 #: What a field becomes when the infotext does not mention it (A1111's paste behaviour).
 ABSENT_DEFAULTS: Mapping[str, Any] = {
     "cfg_rescale": None,  # auto
+    "distilled_cfg_scale": 3.5,  # Forge's default
     "subseed": -1,
     "subseed_strength": 0.0,
     "seed_resize_from_w": 0,
