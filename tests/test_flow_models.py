@@ -9,7 +9,9 @@ tiny model's, for our size-reading FLUX.1 converter.
 
 from __future__ import annotations
 
+import base64
 import inspect
+import io
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from flow_models import (
     tiny_flux,
     tiny_sd3,
 )
+from PIL import Image
 from safetensors.torch import save_file
 
 from webui.errors import ModelError, RequestError
@@ -322,6 +325,33 @@ def test_api_flux_from_split_files_in_the_model_folders(tmp_path_factory):
         "forge_additional_modules": ["nope.safetensors"]}})
     assert unknown.status_code == 422 and "forge_additional_modules" in unknown.text
     assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200  # and it keeps serving
+
+    # X/Y/Z plot (A1111 1.10's 18 positional script_args, axis 4 = Steps), hires fix, inpainting
+    xyz = client.post("/sdapi/v1/txt2img", json={**body, "script_name": "x/y/z plot", "script_args": [
+        4, "1,2", [], 0, "", [], 0, "", [], True, False, False, False, False, False, False, 0, False]})
+    assert xyz.status_code == 200, xyz.text
+    assert Image.open(io.BytesIO(base64.b64decode(xyz.json()["images"][0]))).width == 128  # two 64px cells
+    hires = client.post("/sdapi/v1/txt2img", json={**body, "enable_hr": True, "hr_scale": 1.5,
+                                                    "hr_upscaler": "Latent", "denoising_strength": 0.5})
+    assert hires.status_code == 200, hires.text
+    assert Image.open(io.BytesIO(base64.b64decode(hires.json()["images"][0]))).size == (96, 96)
+    init = Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (64, 1, 3)))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    inpaint = client.post("/sdapi/v1/img2img", json={**body, "init_images": [_b64(init)], "mask": _b64(mask),
+                                                     "mask_blur": 0, "denoising_strength": 0.9,
+                                                     "inpainting_fill": 1})
+    assert inpaint.status_code == 200, inpaint.text
+    out = np.asarray(Image.open(io.BytesIO(base64.b64decode(inpaint.json()["images"][0]))).convert("RGB"), dtype=int)
+    original = np.asarray(init, dtype=int)
+    assert np.abs(out[:, 40:] - original[:, 40:]).max() <= 1  # outside the mask: the original
+    assert np.abs(out[:, :24] - original[:, :24]).mean() > 5  # inside: painted anew
+
+
+def _b64(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def _random_lora(shapes: dict[str, torch.Size], rank: int = 4, seed: int = 0, peft: bool = False):
