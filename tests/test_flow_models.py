@@ -196,6 +196,7 @@ def test_txt2img_equals_the_diffusers_pipeline_on_the_same_weights(ctx, case):
     info = result.infotexts[0]
     assert "Schedule type: Simple" in info and "Shift: " in info
     assert ("Distilled CFG Scale: 3.5" in info) == (case == "flux dev")
+    assert any("without T5-XXL" in w for w in result.warnings) == (case == "sd3 without T5")
 
 
 def test_flux_dev_guidance_and_samplers(ctx):

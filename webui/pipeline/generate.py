@@ -159,6 +159,9 @@ def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: 
     env.hooks.before_generate(req, job)
     model_info = env.hooks.prepare_model(req, model, opts)
     run.patches = env.hooks.unet_patches(req, model, job)
+    if spec.family == "sd3" and model.components.t5 is None:
+        run.result.warnings.append(f"{model.title} runs without T5-XXL (zeros in its place, CLIP only): put "
+                                   "t5xxl_fp16.safetensors into models/text_encoder for full prompt following")
     if spec.is_flow and run.patches:
         raise RequestError("alwayson_scripts", f"ControlNet and other U-Net patches do not work with {spec.label} "
                                                "yet; disable them for this model")
