@@ -71,11 +71,15 @@ PINNED = {"/sdapi/v1/txt2img": _pin_generation, "/sdapi/v1/img2img": _pin_img2im
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, models_root):
+def app(tmp_path_factory, tiny_sd1_file):
+    """The API on its own models folder: fuzzed bodies create embeddings there (create/embedding is real)."""
     from tests.conftest import make_settings
     from webui.context import build_context
 
-    ctx = build_context(make_settings(tmp_path_factory.mktemp("schema"), models_root, nowebui=True),
+    models = tmp_path_factory.mktemp("schema-models")
+    (models / "Stable-diffusion").mkdir()
+    (models / "Stable-diffusion" / tiny_sd1_file.name).write_bytes(tiny_sd1_file.read_bytes())
+    ctx = build_context(make_settings(tmp_path_factory.mktemp("schema"), models, nowebui=True),
                         load_model=True)
     return create_app(ctx)
 

@@ -247,7 +247,8 @@ def build_misc_router(ctx: AppContext) -> APIRouter:
     return r
 
 
-_TRAINING = "training and preprocessing are not part of this build (use a dedicated trainer such as kohya-ss)"
+_TRAINING = ("A1111's preprocessing is not part of this build: put captions in same-stem .txt files and train with "
+             "/sdapi/v1/train/embedding")
 _HYPERNETWORKS = "hypernetworks are not supported"
 _SERVER_CONTROL = ("stopping or restarting the server over the API is disabled in this build "
                    "(A1111 gates it behind --api-server-stop); stop the process with SIGTERM instead")
@@ -256,10 +257,8 @@ _SERVER_CONTROL = ("stopping or restarting the server over the API is disabled i
 #: whatever the body (excluded from the schemathesis "no 5xx" run, tested on their own).
 NOT_IMPLEMENTED: dict[str, str] = {
     "interrogate": "no interrogation model in this build; CLIP/DeepBooru are not shipped",
-    "create/embedding": _TRAINING,
     "create/hypernetwork": _HYPERNETWORKS,
     "preprocess": _TRAINING,
-    "train/embedding": _TRAINING,
     "train/hypernetwork": _HYPERNETWORKS,
     "server-kill": _SERVER_CONTROL,
     "server-restart": _SERVER_CONTROL,

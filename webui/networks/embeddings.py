@@ -118,12 +118,17 @@ class EmbeddingDB:
 
     def lookup(self, components) -> EmbeddingLookup:
         usable, _ = self.compatible(components)
-        tokenizer = components.tokenizers[0]
-        index: dict[int, list[tuple[list[int], Embedding]]] = {}
-        for name, emb in usable.items():
-            ids = tokenizer(name, add_special_tokens=False)["input_ids"]
-            if ids:
-                index.setdefault(ids[0], []).append((ids, emb))
-        for entries in index.values():
-            entries.sort(key=lambda e: -len(e[0]))
-        return EmbeddingLookup(index)
+        return build_lookup(components, usable)
+
+
+def build_lookup(components, embeddings: dict[str, Embedding]) -> EmbeddingLookup:
+    """The prompt lookup of ``embeddings`` (name -> embedding, all usable with the model)."""
+    tokenizer = components.tokenizers[0]
+    index: dict[int, list[tuple[list[int], Embedding]]] = {}
+    for name, emb in embeddings.items():
+        ids = tokenizer(name, add_special_tokens=False)["input_ids"]
+        if ids:
+            index.setdefault(ids[0], []).append((ids, emb))
+    for entries in index.values():
+        entries.sort(key=lambda e: -len(e[0]))
+    return EmbeddingLookup(index)

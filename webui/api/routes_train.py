@@ -1,0 +1,115 @@
+"""A1111's training routes: ``POST /sdapi/v1/create/embedding`` and ``POST /sdapi/v1/train/embedding``.
+
+Bodies are A1111's (a JSON object with ``create_embedding`` / ``train_embedding``'s argument names); answers
+are A1111's ``{"info": "create embedding filename: <path>"}`` and
+``{"info": "train embedding complete: filename: <path> error: None"}``. Where A1111 answers 200 with an
+``... error: <message>`` info for bad input, this API answers 422 naming the field (the project's rule);
+an interrupted run answers 200 with the saved file, as A1111 does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import APIRouter, Body
+from pydantic import BaseModel
+
+from webui.context import AppContext
+from webui.errors import RequestError
+from webui.jobs import Job
+from webui.networks.embeddings import EmbeddingDB
+from webui.pipeline.generate import generate
+from webui.pipeline.request import GenerationRequest
+from webui.finetune.textual_inversion import TrainEmbeddingParams, TrainResult
+from webui.finetune.textual_inversion import create_embedding as create_embedding_file
+from webui.finetune.textual_inversion import train_embedding as train_embedding_run
+
+
+class CreateResponse(BaseModel):
+    info: str
+
+
+class TrainResponse(BaseModel):
+    info: str
+
+
+def _field(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    try:
+        if kind is bool:
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        return kind(value)
+    except (TypeError, ValueError):
+        raise RequestError(name, f"expected a {kind.__name__}, got {value!r}") from None
+
+
+def create_embedding(ctx: AppContext, name: str, num_vectors_per_token: int = 1, init_text: str = "*",
+                     overwrite_old: bool = False) -> Path:
+    """A1111's Create embedding, on the current model's text encoders (in the queue: it needs the model); the
+    embedding is usable by name at once."""
+    with ctx.jobs.slot(Job(kind="create_embedding")):
+        model = ctx.model_for(ctx.options.current)
+        path = create_embedding_file(model.components, ctx.settings.model_dir("embeddings"), name,
+                                     num_vectors_per_token=num_vectors_per_token, init_text=init_text,
+                                     overwrite_old=overwrite_old, checkpoint_hash=model.short_hash,
+                                     checkpoint_name=model.info.model_name)
+    ctx.embeddings.refresh()
+    return path
+
+
+def train_embedding(ctx: AppContext, params: TrainEmbeddingParams, job: Job | None = None) -> TrainResult:
+    """A1111's Train embedding as one job of the shared queue (generations wait for it); previews use the
+    vectors as they are at that step."""
+    job = job or Job(kind="train_embedding")
+    with ctx.jobs.slot(job):
+        model = ctx.model_for(ctx.options.current)
+
+        def preview(prompt: str, seed: int, embedding):
+            db = EmbeddingDB([])
+            db.loaded = {**ctx.embeddings.loaded, embedding.name: embedding}
+            env = dataclasses.replace(ctx.pipeline_env(), embeddings=db)
+            own = params.preview_from_txt2img
+            req = GenerationRequest(prompt=prompt, negative_prompt=params.preview_negative_prompt if own else "",
+                                    steps=params.preview_steps if own else 20,
+                                    sampler_name=params.preview_sampler_name if own else "Euler a",
+                                    cfg_scale=params.preview_cfg_scale if own else 7.0, seed=seed,
+                                    width=params.preview_width if own else params.training_width,
+                                    height=params.preview_height if own else params.training_height,
+                                    save_images=False)
+            with torch.no_grad():
+                return generate(env, model, req, Job(kind="txt2img"), ctx.options.current).images[0]
+
+        result = train_embedding_run(model, ctx.settings.model_dir("embeddings"), params, job,
+                                     templates_dirs=(ctx.settings.data_dir / "textual_inversion_templates",),
+                                     preview=preview, log_root=ctx.settings.data_dir / params.log_directory)
+    ctx.embeddings.refresh()
+    return result
+
+
+def build_train_router(ctx: AppContext) -> APIRouter:
+    r = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
+
+    @r.post("/create/embedding", response_model=CreateResponse)
+    def post_create_embedding(body: dict[str, Any] = Body(...)) -> CreateResponse:  # noqa: B008 - FastAPI's way
+        """A1111's Create embedding: ``name``, ``num_vectors_per_token`` (1), ``init_text`` ("*"),
+        ``overwrite_old`` (false)."""
+        if "name" not in body:
+            raise RequestError("name", "required")
+        path = create_embedding(ctx, _field(body, "name", str, ""), _field(body, "num_vectors_per_token", int, 1),
+                                _field(body, "init_text", str, "*"), _field(body, "overwrite_old", bool, False))
+        return CreateResponse(info=f"create embedding filename: {path}")
+
+    @r.post("/train/embedding", response_model=TrainResponse)
+    def post_train_embedding(body: dict[str, Any] = Body(...)) -> TrainResponse:  # noqa: B008
+        """A1111's Train embedding with its argument names (``embedding_name``, ``learn_rate``, ``batch_size``,
+        ``gradient_step``, ``data_root``, ``steps``, ``template_filename``, ...); blocks until the run ends,
+        as in A1111 (progress: ``GET /sdapi/v1/progress``; stop: ``POST /sdapi/v1/interrupt``)."""
+        result = train_embedding(ctx, TrainEmbeddingParams.from_request(body))
+        return TrainResponse(info=f"train embedding complete: filename: {result.path} error: None")
+
+    return r
