@@ -78,7 +78,8 @@ def test_create_embedding_as_a1111_and_usable_at_once(train_ctx):
         assert handle.metadata()["step"] == "0"
     again = client.post("/sdapi/v1/create/embedding", json={"name": "tangerine"})
     assert again.status_code == 422 and "name" in again.text and "already exists" in again.text
-    assert client.post("/sdapi/v1/create/embedding", json={"name": "tangerine", "overwrite_old": True}).status_code == 200
+    replaced = client.post("/sdapi/v1/create/embedding", json={"name": "tangerine", "overwrite_old": True})
+    assert replaced.status_code == 200
     assert client.post("/sdapi/v1/create/embedding", json={"name": "../x"}).status_code == 422
     assert "tangerine" in client.get("/sdapi/v1/embeddings").json()["loaded"]
     gen = client.post("/sdapi/v1/txt2img", json={"prompt": "a tangerine square", "steps": 2, "width": 64,

@@ -18,7 +18,7 @@ from webui.api.errors import install_error_handlers
 from webui.api.models import ErrorResponse
 from webui.api.routes import build_router
 from webui.api.routes_misc import build_misc_router
-from webui.api.routes_train import build_train_router
+from webui.api.routes_train import build_lora_router, build_train_router
 from webui.context import AppContext
 
 log = logging.getLogger(__name__)
@@ -340,6 +340,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.include_router(build_router(ctx), dependencies=deps, responses=errors)
     app.include_router(build_misc_router(ctx), dependencies=deps, responses=errors)
     app.include_router(build_train_router(ctx), dependencies=deps, responses=errors)
+    app.include_router(build_lora_router(ctx), dependencies=deps, responses=errors)
     plugin_router = APIRouter(dependencies=deps)
     ctx.hooks.api_routes(plugin_router, ctx)
     app.include_router(plugin_router, responses=errors)

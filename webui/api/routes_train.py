@@ -14,18 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, HTTPException
 from pydantic import BaseModel
 
 from webui.context import AppContext
 from webui.errors import RequestError
+from webui.finetune.textual_inversion import TrainEmbeddingParams, TrainResult
+from webui.finetune.textual_inversion import create_embedding as create_embedding_file
+from webui.finetune.textual_inversion import train_embedding as train_embedding_run
 from webui.jobs import Job
 from webui.networks.embeddings import EmbeddingDB
 from webui.pipeline.generate import generate
 from webui.pipeline.request import GenerationRequest
-from webui.finetune.textual_inversion import TrainEmbeddingParams, TrainResult
-from webui.finetune.textual_inversion import create_embedding as create_embedding_file
-from webui.finetune.textual_inversion import train_embedding as train_embedding_run
 
 
 class CreateResponse(BaseModel):
@@ -89,6 +89,81 @@ def train_embedding(ctx: AppContext, params: TrainEmbeddingParams, job: Job | No
                                      preview=preview, log_root=ctx.settings.data_dir / params.log_directory)
     ctx.embeddings.refresh()
     return result
+
+
+class LoraRun:
+    """One LoRA training run started by ``POST /webui/v1/train/lora`` (kept per app, not per module)."""
+
+    def __init__(self, run_id: str, params: Any, job: Job):
+        self.id, self.params, self.job = run_id, params, job
+        self.status = "queued"
+        self.result: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.losses: list[float] = []
+
+    def describe(self) -> dict[str, Any]:
+        job = self.job
+        return {"id": self.id, "status": self.status, "step": job.sampling_step, "steps": job.sampling_steps,
+                "progress": job.progress if self.status == "running" else (1.0 if self.status == "done" else 0.0),
+                "textinfo": job.textinfo, "losses": (self.result or {}).get("losses", self.losses),
+                "path": str(self.result["path"]) if self.result else None, "error": self.error}
+
+
+def build_lora_router(ctx: AppContext) -> APIRouter:
+    """``POST /webui/v1/train/lora`` (kohya's parameter names) -> ``{"id": ...}``; ``GET /webui/v1/train/{id}``
+    (status, step, progress, loss history, the file); ``POST /webui/v1/train/{id}/interrupt``."""
+    import threading
+    import uuid
+
+    from webui.finetune.lora_train import LoraTrainParams, train_lora
+
+    r = APIRouter(prefix="/webui/v1", tags=["webui"])
+    runs: dict[str, LoraRun] = {}
+
+    def work(run: LoraRun) -> None:
+        try:
+            with ctx.jobs.slot(run.job):
+                run.status = "running"
+                model = ctx.model_for(ctx.options.current)
+                run.result = train_lora(model, ctx.settings.model_dir("Lora"), run.params, run.job,
+                                        log_root=ctx.settings.data_dir / "lora_runs")
+            ctx.loras.refresh()
+            run.status = "interrupted" if run.result.get("interrupted") else "done"
+        except RequestError as exc:
+            run.status, run.error = "failed", f"{exc.field}: {exc.message}"
+        except Exception as exc:  # noqa: BLE001 - reported to the client, the server goes on
+            run.status, run.error = "failed", f"{type(exc).__name__}: {exc}"
+
+    @r.post("/train/lora")
+    def start(body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        params = LoraTrainParams.from_request(body)
+        from webui.finetune.dataset import load_folder
+        from webui.finetune.lora_train import _check
+
+        _check(params)
+        load_folder(params.train_data_dir, params.resolution, params.resolution, field_name="train_data_dir")
+        target = ctx.settings.model_dir("Lora") / f"{params.output_name}.safetensors"
+        if target.exists() and not params.overwrite:
+            raise RequestError("output_name", f"{target} already exists (set overwrite to replace it)")
+        run = LoraRun(uuid.uuid4().hex[:12], params, Job(kind="train_lora"))
+        runs[run.id] = run
+        threading.Thread(target=work, args=(run,), name=f"lora-{run.id}", daemon=True).start()
+        return {"id": run.id}
+
+    @r.get("/train/{run_id}")
+    def status(run_id: str) -> dict[str, Any]:
+        if run_id not in runs:
+            raise HTTPException(404, f"no training run {run_id!r}")
+        return runs[run_id].describe()
+
+    @r.post("/train/{run_id}/interrupt")
+    def interrupt(run_id: str) -> dict[str, Any]:
+        if run_id not in runs:
+            raise HTTPException(404, f"no training run {run_id!r}")
+        runs[run_id].job.interrupt()
+        return runs[run_id].describe()
+
+    return r
 
 
 def build_train_router(ctx: AppContext) -> APIRouter:

@@ -33,10 +33,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from webui.errors import RequestError
-from webui.networks.embeddings import Embedding, build_lookup, read_embedding
-from webui.pipeline.conditioning import EncodeOptions, chunk_count, encode_prompt
 from webui.finetune.dataset import list_templates, load_folder, prompt_for, read_template
 from webui.finetune.lr_schedule import LearnRateSchedule
+from webui.networks.embeddings import Embedding, build_lookup, read_embedding
+from webui.pipeline.conditioning import EncodeOptions, chunk_count, encode_prompt
 
 log = logging.getLogger(__name__)
 LATENT_SAMPLING = ("once", "deterministic", "random")

@@ -1,0 +1,143 @@
+"""LoRA training for users (issue 22): kohya's file layout, the run API, the file working in our prompts.
+
+The expected key names are written out by hand from kohya's sd-scripts naming (``lora_unet_`` + diffusers module
+path for SD 1.x, + the original LDM path for SDXL; ``lora_te_`` / ``lora_te1_`` / ``lora_te2_`` +
+``text_model_encoder_layers_N_{self_attn_{q,k,v,out}_proj,mlp_fc{1,2}}``), not produced by our code.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import api_only, make_settings
+from fastapi.testclient import TestClient
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from webui.finetune.lora_train import lora_targets
+from webui.models.tiny import build_tiny_components
+
+BLOCK = [f"attn{a}_to_{p}" for a in (1, 2) for p in ("q", "k", "v", "out_0")] + ["ff_net_0_proj", "ff_net_2"]
+TE = ["self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_out_proj", "mlp_fc1", "mlp_fc2"]
+
+
+def _expected_sd1() -> set[str]:
+    attentions = ["down_blocks_0_attentions_0", "mid_block_attentions_0", "up_blocks_1_attentions_0",
+                  "up_blocks_1_attentions_1"]
+    keys = set()
+    for a in attentions:
+        keys |= {f"lora_unet_{a}_proj_in", f"lora_unet_{a}_proj_out"}
+        keys |= {f"lora_unet_{a}_transformer_blocks_0_{leaf}" for leaf in BLOCK}
+    keys |= {f"lora_te_text_model_encoder_layers_{i}_{leaf}" for i in range(3) for leaf in TE}
+    return keys
+
+
+def _expected_sdxl() -> set[str]:
+    keys = set()
+    for a in ("input_blocks_3_1", "middle_block_1", "output_blocks_0_1", "output_blocks_1_1"):
+        keys |= {f"lora_unet_{a}_proj_in", f"lora_unet_{a}_proj_out"}
+        keys |= {f"lora_unet_{a}_transformer_blocks_{b}_{leaf}" for b in range(2) for leaf in BLOCK}
+    for te in ("te1", "te2"):
+        keys |= {f"lora_{te}_text_model_encoder_layers_{i}_{leaf}" for i in range(3) for leaf in TE}
+    return keys
+
+
+@pytest.mark.parametrize("family, expected", [("sd1", _expected_sd1), ("sdxl", _expected_sdxl)])
+def test_trained_layers_carry_kohyas_key_names(family, expected):
+    c = build_tiny_components(family)
+    targets = lora_targets(c, train_text_encoder=True)
+    assert set(targets) == expected()
+    assert set(lora_targets(c, train_text_encoder=False)) == {k for k in expected() if k.startswith("lora_unet_")}
+
+
+@pytest.fixture(scope="module")
+def lora_env(tmp_path_factory):
+    from webui.context import build_context
+    from webui.server import create_app
+
+    models = tmp_path_factory.mktemp("models")
+    (models / "Stable-diffusion").mkdir()
+    ctx = build_context(make_settings(tmp_path_factory.mktemp("data"), models), load_model=True)
+    data = tmp_path_factory.mktemp("pictures")
+    for i, (x, y) in enumerate([(8, 8), (24, 8), (8, 24), (24, 24)]):
+        arr = np.full((64, 64, 3), 245, np.uint8)
+        arr[y:y + 28, x:x + 28] = (255, 140, 0)
+        Image.fromarray(arr).save(data / f"{i:02d}.png")
+        (data / f"{i:02d}.txt").write_text("a square, white background")
+    return ctx, TestClient(create_app(api_only(ctx))), data
+
+
+def _wait(client, run_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = client.get(f"/webui/v1/train/{run_id}").json()
+        if state["status"] in ("done", "failed", "interrupted"):
+            return state
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} did not finish: {state}")
+
+
+def test_lora_run_through_the_api_gives_a_kohya_file_that_works_in_prompts(lora_env):
+    ctx, client, data = lora_env
+    body = {"output_name": "orange_sq", "train_data_dir": str(data), "network_dim": 4, "network_alpha": 2,
+            "learning_rate": 1e-3, "text_encoder_lr": 5e-4, "max_train_steps": 6, "train_batch_size": 2,
+            "resolution": 64, "lr_scheduler": "cosine", "lr_warmup_steps": 2, "seed": 3}
+    started = client.post("/webui/v1/train/lora", json=body)
+    assert started.status_code == 200, started.text
+    state = _wait(client, started.json()["id"])
+    assert state["status"] == "done", state
+    assert len(state["losses"]) == 6 and all(np.isfinite(state["losses"]))
+    path = ctx.settings.model_dir("Lora") / "orange_sq.safetensors"
+    assert state["path"] == str(path)
+    tensors = load_file(str(path))
+    targets = lora_targets(ctx.models.current.components, train_text_encoder=True)
+    assert {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in tensors} == set(targets)
+    for key, module in targets.items():
+        out_dim, in_dim = module.weight.shape[:2]
+        down, up = tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"]
+        assert down.shape[:2] == (4, in_dim) and up.shape[:2] == (out_dim, 4)
+        assert float(tensors[f"{key}.alpha"]) == 2.0
+    assert any(float(t.abs().max()) > 0 for k, t in tensors.items() if k.endswith("lora_up.weight"))
+    with safe_open(str(path), "pt") as handle:
+        meta = handle.metadata()
+    assert (meta["ss_network_module"], meta["ss_network_dim"], meta["ss_network_alpha"], meta["ss_steps"],
+            meta["ss_base_model_version"]) == ("networks.lora", "4", "2.0", "6", "sd_v1")
+
+    base = {"prompt": "a red circle", "steps": 3, "width": 64, "height": 64, "seed": 4, "save_images": False}
+    plain = client.post("/sdapi/v1/txt2img", json=base).json()
+    styled = client.post("/sdapi/v1/txt2img", json={**base, "prompt": "a red circle <lora:orange_sq:1>"}).json()
+    assert plain["images"][0] != styled["images"][0] and "Lora hashes" in styled["info"]
+    assert "Networks not found" not in styled["info"]
+
+    # bad input: 4xx naming the field; the existing file is kept
+    again = client.post("/webui/v1/train/lora", json=body)
+    assert again.status_code == 422 and "output_name" in again.text
+    missing = client.post("/webui/v1/train/lora", json={**body, "output_name": "x", "train_data_dir": "/nope"})
+    assert missing.status_code == 422 and "train_data_dir" in missing.text
+    assert client.post("/webui/v1/train/lora", json={**body, "output_name": "y", "network_dim": 0}).status_code == 422
+    assert client.get("/webui/v1/train/unknown").status_code == 404
+
+
+def test_interrupting_a_lora_run_saves_a_loadable_file(lora_env):
+    from webui.networks.lora import apply_loras, read_lora
+
+    ctx, client, data = lora_env
+    started = client.post("/webui/v1/train/lora", json={"output_name": "stopped", "train_data_dir": str(data),
+                                                         "network_dim": 2, "max_train_steps": 5000,
+                                                         "resolution": 64})
+    run_id = started.json()["id"]
+    deadline = time.monotonic() + 60
+    while client.get(f"/webui/v1/train/{run_id}").json()["step"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    client.post(f"/webui/v1/train/{run_id}/interrupt")
+    state = _wait(client, run_id)
+    assert state["status"] == "interrupted" and 2 <= len(state["losses"]) < 5000
+    lora = read_lora(ctx.settings.model_dir("Lora") / "stopped.safetensors")
+    applied = apply_loras(ctx.models.current.components, [(lora, 1.0, 1.0)])
+    assert not applied.unmatched
+    applied.restore()
+    assert torch.isfinite(next(iter(lora.modules.values())).down).all()
