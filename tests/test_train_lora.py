@@ -141,3 +141,32 @@ def test_interrupting_a_lora_run_saves_a_loadable_file(lora_env):
     assert not applied.unmatched
     applied.restore()
     assert torch.isfinite(next(iter(lora.modules.values())).down).all()
+
+
+def test_train_tab_through_gradio_client(lora_env):
+    """The Train tab's endpoints as a Gradio client calls them: create an embedding, train it and a LoRA
+    (the last yield carries the saved file and the loss plot), preview the dataset with captions."""
+    from gradio_client import Client
+
+    from tests.live_server import LiveServer
+    from webui.server import create_app
+
+    ctx, _, data = lora_env
+    with LiveServer(create_app(ctx)) as srv:
+        client = Client(srv.url, verbose=False)
+        created, _ = client.predict(name="via_ui", init_text="square", num_vectors_per_token=2,
+                                    overwrite_old=False, api_name="/create_embedding")
+        path = ctx.settings.model_dir("embeddings") / "via_ui.safetensors"
+        assert created == f"Created {path}" and path.is_file()
+        status, plot, _ = client.predict(embedding_name="via_ui", data_root=str(data), learn_rate="0.01",
+                                         batch_size=2, training_width=64, training_height=64, steps=3,
+                                         template_filename="subject", save_embedding_every=0,
+                                         create_image_every=0, api_name="/train_embedding")
+        assert status.startswith(f"Embedding saved: {path} (step 3")
+        assert plot["columns"] == ["step", "loss"] and [row[0] for row in plot["data"]] == [1, 2, 3]
+        status, plot, _ = client.predict(output_name="ui_lora", train_data_dir=str(data), network_dim=2,
+                                         resolution=64, max_train_steps=3, api_name="/train_lora")
+        assert "LoRA saved" in status and (ctx.settings.model_dir("Lora") / "ui_lora.safetensors").is_file()
+        info, images = client.predict(folder=str(data), api_name="/train_dataset_preview")
+        assert info.startswith("4 images") and len(images) == 4
+        assert all("a square, white background" in item["caption"] for item in images)

@@ -9,23 +9,16 @@ an interrupted run answers 200 with the saved file, as A1111 does.
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import Any
 
-import torch
 from fastapi import APIRouter, Body, HTTPException
 from pydantic import BaseModel
 
 from webui.context import AppContext
 from webui.errors import RequestError
-from webui.finetune.textual_inversion import TrainEmbeddingParams, TrainResult
-from webui.finetune.textual_inversion import create_embedding as create_embedding_file
-from webui.finetune.textual_inversion import train_embedding as train_embedding_run
+from webui.finetune.textual_inversion import TrainEmbeddingParams
 from webui.jobs import Job
-from webui.networks.embeddings import EmbeddingDB
-from webui.pipeline.generate import generate
-from webui.pipeline.request import GenerationRequest
+from webui.train_jobs import create_embedding, train_embedding
 
 
 class CreateResponse(BaseModel):
@@ -46,49 +39,6 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise RequestError(name, f"expected a {kind.__name__}, got {value!r}") from None
-
-
-def create_embedding(ctx: AppContext, name: str, num_vectors_per_token: int = 1, init_text: str = "*",
-                     overwrite_old: bool = False) -> Path:
-    """A1111's Create embedding, on the current model's text encoders (in the queue: it needs the model); the
-    embedding is usable by name at once."""
-    with ctx.jobs.slot(Job(kind="create_embedding")):
-        model = ctx.model_for(ctx.options.current)
-        path = create_embedding_file(model.components, ctx.settings.model_dir("embeddings"), name,
-                                     num_vectors_per_token=num_vectors_per_token, init_text=init_text,
-                                     overwrite_old=overwrite_old, checkpoint_hash=model.short_hash,
-                                     checkpoint_name=model.info.model_name)
-    ctx.embeddings.refresh()
-    return path
-
-
-def train_embedding(ctx: AppContext, params: TrainEmbeddingParams, job: Job | None = None) -> TrainResult:
-    """A1111's Train embedding as one job of the shared queue (generations wait for it); previews use the
-    vectors as they are at that step."""
-    job = job or Job(kind="train_embedding")
-    with ctx.jobs.slot(job):
-        model = ctx.model_for(ctx.options.current)
-
-        def preview(prompt: str, seed: int, embedding):
-            db = EmbeddingDB([])
-            db.loaded = {**ctx.embeddings.loaded, embedding.name: embedding}
-            env = dataclasses.replace(ctx.pipeline_env(), embeddings=db)
-            own = params.preview_from_txt2img
-            req = GenerationRequest(prompt=prompt, negative_prompt=params.preview_negative_prompt if own else "",
-                                    steps=params.preview_steps if own else 20,
-                                    sampler_name=params.preview_sampler_name if own else "Euler a",
-                                    cfg_scale=params.preview_cfg_scale if own else 7.0, seed=seed,
-                                    width=params.preview_width if own else params.training_width,
-                                    height=params.preview_height if own else params.training_height,
-                                    save_images=False)
-            with torch.no_grad():
-                return generate(env, model, req, Job(kind="txt2img"), ctx.options.current).images[0]
-
-        result = train_embedding_run(model, ctx.settings.model_dir("embeddings"), params, job,
-                                     templates_dirs=(ctx.settings.data_dir / "textual_inversion_templates",),
-                                     preview=preview, log_root=ctx.settings.data_dir / params.log_directory)
-    ctx.embeddings.refresh()
-    return result
 
 
 class LoraRun:
@@ -115,19 +65,19 @@ def build_lora_router(ctx: AppContext) -> APIRouter:
     import threading
     import uuid
 
-    from webui.finetune.lora_train import LoraTrainParams, train_lora
+    from webui.finetune.lora_train import LoraTrainParams
+    from webui.train_jobs import train_lora
 
     r = APIRouter(prefix="/webui/v1", tags=["webui"])
     runs: dict[str, LoraRun] = {}
 
     def work(run: LoraRun) -> None:
         try:
-            with ctx.jobs.slot(run.job):
+            def follow(_step: int, loss: float) -> None:
                 run.status = "running"
-                model = ctx.model_for(ctx.options.current)
-                run.result = train_lora(model, ctx.settings.model_dir("Lora"), run.params, run.job,
-                                        log_root=ctx.settings.data_dir / "lora_runs")
-            ctx.loras.refresh()
+                run.losses.append(loss)
+
+            run.result = train_lora(ctx, run.params, run.job, on_step=follow)
             run.status = "interrupted" if run.result.get("interrupted") else "done"
         except RequestError as exc:
             run.status, run.error = "failed", f"{exc.field}: {exc.message}"

@@ -23,6 +23,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,8 +170,10 @@ def _check(params: LoraTrainParams) -> None:
         raise RequestError("output_name", f"{name!r} is not a usable file name")
 
 
-def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root: Path | None = None) -> dict[str, Any]:
-    """Train and save ``<lora_dir>/<output_name>.safetensors``; returns a summary (path, losses, seconds)."""
+def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root: Path | None = None,
+               on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Train and save ``<lora_dir>/<output_name>.safetensors``; returns a summary (path, losses, seconds).
+    ``on_step(step, loss)`` follows the run (loss history of the run API and the UI's plot)."""
     _check(params)
     c = model.components
     if c.spec.is_flow:
@@ -212,6 +215,8 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
             step += 1
             losses.append(float(loss.detach()))
             job.step(step)
+            if on_step is not None:
+                on_step(step, losses[-1])
             job.textinfo = f"Training LoRA {params.output_name}: step {step}/{params.max_train_steps}, " \
                            f"loss {losses[-1]:.5f}"
     finally:

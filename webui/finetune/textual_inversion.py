@@ -230,9 +230,11 @@ def _latents(model, dataset, method: str, seed: int) -> list[tuple[torch.Tensor,
 
 def train_embedding(model, embeddings_dir: Path, params: TrainEmbeddingParams, job, *,
                     templates_dirs: tuple[Path, ...] = (), preview: Callable[[str, int], Any] | None = None,
-                    log_root: Path | None = None) -> TrainResult:
+                    log_root: Path | None = None, on_step: Callable[[int, float, Any], None] | None = None,
+                    ) -> TrainResult:
     """Train ``params.embedding_name`` (a file in ``embeddings_dir``) on ``model``; see the module docstring.
-    ``job`` carries progress and interrupt; ``preview(prompt, seed)`` makes a preview image."""
+    ``job`` carries progress and interrupt; ``preview(prompt, seed)`` makes a preview image; ``on_step(step,
+    loss, preview image or None)`` follows the run (the UI's loss plot)."""
     _check(params)
     c = model.components
     if c.spec.is_flow:
@@ -307,8 +309,12 @@ def train_embedding(model, embeddings_dir: Path, params: TrainEmbeddingParams, j
                 save_embedding_file(log_dir / "embeddings" / f"{params.embedding_name}-{step}.safetensors",
                                     vectors, step=step, checkpoint_hash=model.short_hash,
                                     checkpoint_name=model.info.model_name)
+            image = None
             if preview is not None and params.create_image_every and step % params.create_image_every == 0:
                 previews.append(_preview(preview, params, trained, model, log_dir, step, dataset, lines))
+                image = previews[-1]
+            if on_step is not None:
+                on_step(step, total, image)
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)

@@ -19,6 +19,7 @@ from webui.ui.merger import build_merger_tab
 from webui.ui.pnginfo import build_pnginfo_tab
 from webui.ui.sendto import values_from_infotext
 from webui.ui.settings_tab import build_settings_tab
+from webui.ui.train_tab import build_train_tab
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 png = build_pnginfo_tab()
             with gr.Tab("Checkpoint Merger", id="modelmerger"):
                 build_merger_tab(ctx)
+            with gr.Tab("Train", id="train"):
+                build_train_tab(ctx)
             with gr.Tab("Settings", id="settings") as settings_tab:
                 build_settings_tab(ctx, settings_tab)
             with gr.Tab("Extensions", id="extensions"):
