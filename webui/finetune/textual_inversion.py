@@ -69,7 +69,7 @@ def init_vectors(components, init_text: str, num_vectors: int) -> dict[str, torc
 
 def save_embedding_file(path: Path, vectors: dict[str, torch.Tensor], *, step: int, checkpoint_hash: str,
                         checkpoint_name: str, optimizer: torch.optim.Optimizer | None = None) -> Path:
-    """Write the embedding (and its optimizer state, ``<file>.optim.safetensors``) atomically."""
+    """Write the embedding (and its optimizer state, ``<file>.optim``) atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"step": str(step), "sd_checkpoint": checkpoint_hash, "sd_checkpoint_name": checkpoint_name}
     _atomic_save({k: v.detach().float().cpu().contiguous() for k, v in vectors.items()}, path, meta)
@@ -86,7 +86,7 @@ def save_embedding_file(path: Path, vectors: dict[str, torch.Tensor], *, step: i
 
 
 def _optim_path(path: Path) -> Path:
-    return path.with_name(path.name + ".optim.safetensors")
+    return path.with_name(path.name + ".optim")  # A1111's name; safetensors inside, never scanned as an embedding
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
