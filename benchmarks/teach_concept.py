@@ -30,9 +30,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--ti-steps", type=int, default=400)
-    parser.add_argument("--lora-steps", type=int, default=400)
+    parser.add_argument("--lora-steps", type=int, default=800)
     parser.add_argument("--eval", type=int, default=24)
     parser.add_argument("--lora-lr", type=float, default=3e-3)
+    parser.add_argument("--lora-te-lr", type=float, default=1.5e-3)
+    parser.add_argument("--lora-dim", type=int, default=8)
     args = parser.parse_args()
 
     from conftest import make_settings
@@ -123,8 +125,9 @@ def main() -> None:
     # LoRA: the plain word "teal" in the captions, U-Net and text encoder layers
     captions("teal")
     start = time.monotonic()
-    lora = train_lora(ctx, LoraTrainParams(output_name="teal", train_data_dir=str(data), network_dim=8, network_alpha=8,
-                                           learning_rate=args.lora_lr, text_encoder_lr=args.lora_lr / 2,
+    lora = train_lora(ctx, LoraTrainParams(output_name="teal", train_data_dir=str(data), network_dim=args.lora_dim,
+                                           network_alpha=args.lora_dim,
+                                           learning_rate=args.lora_lr, text_encoder_lr=args.lora_te_lr,
                                            max_train_steps=args.lora_steps,
                                            train_batch_size=4, resolution=64, seed=1), Job(kind="lora"))
     out["lora_seconds"] = round(time.monotonic() - start, 1)
