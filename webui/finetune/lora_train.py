@@ -33,8 +33,8 @@ from safetensors.torch import save_file
 
 from webui.errors import RequestError
 from webui.finetune.dataset import load_folder
+from webui.finetune.loss import denoising_loss
 from webui.models.original_layout import ldm_module_name, unet_module_table
-from webui.pipeline.conditioning import EncodeOptions, chunk_count, encode_prompt
 
 _UNET_ATTN_PARENTS = ("Transformer2DModel",)
 _TE_PARENTS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
@@ -271,7 +271,6 @@ def _metadata(params: LoraTrainParams, model, dataset, step: int, started: float
 
 
 def _loss(model, dataset, latents, params: LoraTrainParams, step: int) -> torch.Tensor:
-    c = model.components
     rng = random.Random(hash((params.seed, step)))
     first = rng.randrange(len(dataset.items))
     same = [i for i, item in enumerate(dataset.items) if item.bucket == dataset.items[first].bucket]
@@ -293,21 +292,4 @@ def _loss(model, dataset, latents, params: LoraTrainParams, step: int) -> torch.
             tags = []
         prompts.append(params.caption_template.replace("[name]", params.output_name)
                        .replace("[filewords]", ", ".join(tags)))
-    opts = EncodeOptions()
-    chunks = max(chunk_count(c, p, opts) for p in prompts)
-    with torch.enable_grad():
-        conds = [encode_prompt.__wrapped__(c, p, opts, n_chunks=chunks) for p in prompts]
-        context = torch.cat([cond.context for cond in conds]).to(model.dtype)
-        t = torch.randint(0, 1000, (len(batch),), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-        alpha = c.alphas_cumprod.to(x0.device)[t.to(x0.device)].float().view(-1, 1, 1, 1)
-        x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
-        added = None
-        if c.spec.family == "sdxl":
-            h, w = x0.shape[-2] * 8, x0.shape[-1] * 8
-            time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=x0.device, dtype=model.dtype).expand(len(batch), -1)
-            added = {"text_embeds": torch.cat([cond.pooled for cond in conds]).to(model.dtype), "time_ids": time_ids}
-        out = c.unet(x_t.to(model.dtype), t.to(x0.device), encoder_hidden_states=context, added_cond_kwargs=added,
-                     return_dict=False)[0].float()
-    target = noise if c.spec.prediction_type == "epsilon" else alpha.sqrt() * noise - (1 - alpha).sqrt() * x0
-    return torch.nn.functional.mse_loss(out, target)
+    return denoising_loss(model, x0, prompts, gen)

@@ -34,9 +34,9 @@ from safetensors.torch import load_file, save_file
 
 from webui.errors import RequestError
 from webui.finetune.dataset import list_templates, load_folder, prompt_for, read_template
+from webui.finetune.loss import denoising_loss
 from webui.finetune.lr_schedule import LearnRateSchedule
 from webui.networks.embeddings import Embedding, build_lookup, read_embedding
-from webui.pipeline.conditioning import EncodeOptions, chunk_count, encode_prompt
 
 log = logging.getLogger(__name__)
 LATENT_SAMPLING = ("once", "deterministic", "random")
@@ -353,25 +353,7 @@ def _loss(model, embedding: Embedding, dataset, latents, lines, params: TrainEmb
     prompts = [prompt_for(lines, params.embedding_name, dataset.items[i].caption, rng,
                           shuffle_tags=params.shuffle_tags, tag_drop_out=params.tag_drop_out) for i in batch]
     lookup = build_lookup(c, {embedding.name: embedding})
-    opts = EncodeOptions()
-    chunks = max(chunk_count(c, p, opts, lookup) for p in prompts)
-    with torch.enable_grad():
-        conds = [encode_prompt.__wrapped__(c, p, opts, n_chunks=chunks, embeddings=lookup) for p in prompts]
-    context = torch.cat([cond.context for cond in conds]).to(model.dtype)
-    t = torch.randint(0, 1000, (len(batch),), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-    alpha = c.alphas_cumprod.to(x0.device)[t.to(x0.device)].float().view(-1, 1, 1, 1)
-    x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
-    added = None
-    if c.spec.family == "sdxl":
-        h, w = x0.shape[-2] * 8, x0.shape[-1] * 8
-        time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=x0.device, dtype=model.dtype).expand(len(batch), -1)
-        added = {"text_embeds": torch.cat([cond.pooled for cond in conds]).to(model.dtype), "time_ids": time_ids}
-    with torch.enable_grad():
-        out = c.unet(x_t.to(model.dtype), t.to(x0.device), encoder_hidden_states=context, added_cond_kwargs=added,
-                     return_dict=False)[0].float()
-    target = noise if c.spec.prediction_type == "epsilon" else alpha.sqrt() * noise - (1 - alpha).sqrt() * x0
-    return torch.nn.functional.mse_loss(out, target)
+    return denoising_loss(model, x0, prompts, gen, lookup)
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path, params: list[torch.nn.Parameter]) -> None:
