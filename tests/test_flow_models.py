@@ -498,3 +498,27 @@ def test_fp8_storage_keeps_transformer_and_t5_in_fp8(ctx, tmp_path):
     assert c.unet.transformer_blocks[0].attn.to_q.parametrizations.weight.original.dtype == torch.float8_e4m3fn
     stored = image()
     assert 0 < np.abs(stored - full).mean() < 4  # fp8 rounding, not a different image
+
+
+def test_sdxl_style_embeddings_work_on_sd3s_clip_encoders(ctx, tmp_path):
+    """SD 3.x's CLIP-L and CLIP-G are SDXL's pair: an embedding with ``clip_l`` / ``clip_g`` vectors of their
+    widths is found by name, changes the image, and its hash is in the infotext."""
+    import dataclasses
+
+    from webui.networks.embeddings import EmbeddingDB
+
+    c = tiny_sd3(seed=11)
+    g = torch.Generator().manual_seed(0)
+    save_file({"clip_l": torch.randn(2, c.text_encoders[0].config.hidden_size, generator=g),
+               "clip_g": torch.randn(2, c.text_encoders[1].config.hidden_size, generator=g)},
+              str(tmp_path / "sparkle.safetensors"))
+    env = dataclasses.replace(ctx.pipeline_env(), embeddings=EmbeddingDB([tmp_path]))
+    model, opts = _model(c), ctx.options.current
+
+    req = GenerationRequest(prompt="a sparkle cube", steps=2, width=64, height=64, seed=3, sampler_name="Euler",
+                            cfg_scale=1.0, save_images=False)
+    styled = generate(env, model, req, Job(kind="txt2img"), opts)
+    assert "TI hashes: " in styled.infotexts[0] and "sparkle" in styled.infotexts[0]
+    env_without = dataclasses.replace(ctx.pipeline_env(), embeddings=EmbeddingDB([tmp_path / "none"]))
+    without = generate(env_without, model, req, Job(kind="txt2img"), opts)
+    assert not np.array_equal(np.asarray(styled.images[0]), np.asarray(without.images[0]))

@@ -184,7 +184,8 @@ def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: 
                             comma_padding_backtrack=int(opts.get("comma_padding_backtrack", 20)),
                             old_emphasis=bool(opts.get("use_old_emphasis_implementation", False)))
         old_timelines = bool(opts.get("use_old_scheduling", False))
-        lookup = env.embeddings.lookup(c) if env.embeddings is not None and not spec.is_flow else None
+        # FLUX.1 has no per-token CLIP conditioning (its CLIP-L gives only the pooled vector): no embeddings
+        lookup = env.embeddings.lookup(c) if env.embeddings is not None and spec.family != "flux" else None
         run.conds = build_job_conditioning(c, prompt_text, req.negative_prompt, req.steps, enc, lookup,
                                            use_old_scheduling=old_timelines)
         if run.refiner is not None:
