@@ -170,3 +170,24 @@ def test_train_tab_through_gradio_client(lora_env):
         info, images = client.predict(folder=str(data), api_name="/train_dataset_preview")
         assert info.startswith("4 images") and len(images) == 4
         assert all("a square, white background" in item["caption"] for item in images)
+
+
+def test_generations_are_refused_during_a_run_when_the_option_says_so(lora_env):
+    ctx, client, data = lora_env
+    ctx.options.update({"training_queue_policy": "Refuse"})
+    try:
+        run_id = client.post("/webui/v1/train/lora", json={"output_name": "busy", "train_data_dir": str(data),
+                                                            "network_dim": 2, "max_train_steps": 5000,
+                                                            "resolution": 64}).json()["id"]
+        deadline = time.monotonic() + 60
+        while client.get(f"/webui/v1/train/{run_id}").json()["step"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        refused = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64})
+        assert refused.status_code == 503 and "training run" in refused.text
+        client.post(f"/webui/v1/train/{run_id}/interrupt")
+        assert _wait(client, run_id)["status"] == "interrupted"
+        ok = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64,
+                                                    "save_images": False})
+        assert ok.status_code == 200
+    finally:
+        ctx.options.update({"training_queue_policy": "Wait"})

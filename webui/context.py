@@ -18,7 +18,7 @@ from webui.devices import DevicePolicy, choose_device, free_memory
 from webui.errors import UnknownChoice
 from webui.filenames import ImageFields, request_fields, timestamp_of
 from webui.infotext import parse_infotext
-from webui.jobs import Job, JobQueue
+from webui.jobs import Job, JobQueue, QueueFull
 from webui.models.default import ensure_default_checkpoint
 from webui.models.manager import HashCache, LoadedModel, ModelManager
 from webui.models.modules import list_modules
@@ -38,6 +38,8 @@ from webui.styles import StyleStore
 from webui.upscaling.registry import UpscalerRegistry, upscale_to
 
 log = logging.getLogger(__name__)
+#: The job kinds of training runs (webui.train_jobs), for option training_queue_policy.
+TRAINING_JOB_KINDS = frozenset({"train_embedding", "train_lora"})
 
 
 class GenerationFailed(RuntimeError):
@@ -138,10 +140,21 @@ class AppContext:
         shared queue."""
         job = job or Job(kind=req.mode)
         opts = self.options_for(req.override_settings)
+        self._refuse_during_training()
         with self.jobs.slot(job), _out_of_memory_fails_the_job():
             model = self.model_for(opts)
             return generate(self.pipeline_env(), model, req, job, opts)
 
+
+    def _refuse_during_training(self) -> None:
+        """Option ``training_queue_policy`` = "Refuse": while a training run is running or queued, a generation
+        is refused at once (503) instead of waiting behind it."""
+        if self.options.current.get("training_queue_policy", "Wait") != "Refuse":
+            return
+        for queued in (*self.jobs.running(), *self.jobs.waiting()):
+            if queued.kind in TRAINING_JOB_KINDS:
+                raise QueueFull(f"a training run ({queued.kind}) holds the device: generations are refused until it "
+                                "ends (option training_queue_policy); try again later")
 
     def txt2img(self, req: GenerationRequest, job: Job | None = None) -> GenerationResult:
         """Deprecated name of :meth:`generate` (it always ran every mode), kept for extensions written
@@ -162,6 +175,7 @@ class AppContext:
         """Run the script ``name`` on ``req`` in one queue slot (its generations share the job)."""
         script = self.scripts.get(name, req.mode)
         args = script.named_args(script_args, req.mode)
+        self._refuse_during_training()
         job = job or Job(kind=req.mode)
         env = self.pipeline_env()
 

@@ -391,6 +391,8 @@ def core_option_defs() -> list[OptionDef]:
                   "FLUX.1 checkpoint (Forge's key; a part without a choice is matched automatically when exactly "
                   "one file fits)", sd),
         OptionDef("CLIP_stop_at_last_layers", 1, "Clip skip", sd, minimum=1, maximum=12),
+        OptionDef("training_queue_policy", "Wait", "While a training run holds the device, generations wait behind "
+                  "it (Wait) or are refused at once with 503 (Refuse)", "Training", choices=("Wait", "Refuse")),
         OptionDef("t5_on_cpu", False, "Run T5-XXL (SD 3.x, FLUX.1) on the CPU while the rest is on the GPU (about "
                   "9 GB less VRAM, slower prompts; applied at the next model load)", "Optimizations"),
         OptionDef("fp8_storage", "Disable", "Keep the U-Net's weights in FP8 (half the memory of fp16; the checkpoint "
