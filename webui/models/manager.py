@@ -380,11 +380,11 @@ class ModelManager:
         from webui.models.offload import apply_memory_mode
 
         fp8 = self._wants_fp8(components.spec.family)
+        has_t5 = getattr(components, "t5", None) is not None
         if fp8:
             store_fp8(components.unet, self.dtype)
-            if getattr(components, "t5", None) is not None:
+            if has_t5:
                 store_fp8(components.t5, self.dtype)  # T5-XXL is most of a FLUX.1 / SD 3.x model's memory
-        has_t5 = getattr(components, "t5", None) is not None
         t5_on_cpu = has_t5 and self.device.type != "cpu" and bool(self._t5_on_cpu())
         if t5_on_cpu:
             # bfloat16 where the model runs in float16 (the CPU has no fast float16 matmul)

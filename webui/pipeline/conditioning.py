@@ -257,17 +257,7 @@ def _encode_chunks(encoder, tokenizer, chunks: list[PromptChunk], layer: int, fi
         z = out.hidden_states[layer]
         if final_norm:
             z = _final_layer_norm(encoder)(z)
-        if emphasis != "None" and any(m != 1.0 for m in chunk.multipliers):
-            mult = torch.tensor(chunk.multipliers, device=device, dtype=z.dtype).reshape(1, -1, 1)
-            if emphasis == "Original":
-                original_mean = z.mean()
-                z = z * mult
-                new_mean = z.mean()
-                if new_mean != 0:  # a degenerate all-zero-mean embedding would give 0/0
-                    z = z * (original_mean / new_mean)
-            else:
-                z = z * mult
-        zs.append(z)
+        zs.append(_weighted(z, chunk.multipliers, emphasis))
         if pooled is None:
             pooled = getattr(out, "text_embeds", None)
             if pooled is None and unprojected_pool:
@@ -322,6 +312,7 @@ def _weighted(z: torch.Tensor, multipliers: list[float], emphasis: str) -> torch
     original_mean = z.mean()
     z = z * mult
     new_mean = z.mean()
+    # a degenerate all-zero-mean embedding would give 0/0
     return z * (original_mean / new_mean) if new_mean != 0 else z
 
 

@@ -52,20 +52,21 @@ def velocity_fn(model, guidance: float) -> VelocityFn:
             return out.float()
         return sd3
 
-    cache: dict[tuple, torch.Tensor] = {}
+    cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (h, w, text tokens) -> (image ids, text ids)
 
     def flux(x: torch.Tensor, sigma: torch.Tensor, ctx: Conditioning) -> torch.Tensor:
         b, _, h, w = x.shape
         key = (h, w, ctx.context.shape[1])
         if key not in cache:
             cache.clear()
-            cache[key] = flux_image_ids(h, w, device, dtype)
+            cache[key] = (flux_image_ids(h, w, device, dtype),
+                          torch.zeros(ctx.context.shape[1], 3, device=device, dtype=dtype))
+        img_ids, txt_ids = cache[key]
         t = sigma.float().to(device, dtype)
         g = torch.full((b,), float(guidance), device=device, dtype=dtype) \
             if transformer.config.guidance_embeds else None
         out = transformer(hidden_states=pack_flux(x.to(dtype)), timestep=t, guidance=g,
                           pooled_projections=ctx.pooled, encoder_hidden_states=ctx.context,
-                          txt_ids=torch.zeros(ctx.context.shape[1], 3, device=device, dtype=dtype),
-                          img_ids=cache[key], return_dict=False)[0]
+                          txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
         return unpack_flux(out, h, w).float()
     return flux

@@ -451,14 +451,23 @@ def _first_pass(run: _Run, it: int, seeds: list[int], subseeds: list[int]) -> to
                                 **patch_args)
     model_fn, on_step = _with_refiner(run, model_fn, on_step, inpaint)
     tail = sigmas_for(run.sampler, run.schedule, run.schedule_steps, ds)[-run.steps_run - 1:]
-    noise = noise * _noise_multiplier(run)
-    x = noise_to(x0, noise, tail[0]) if c.spec.is_flow else x0 + noise * tail[0].to(noise.device)
-    if run.extra_noise > 0 and not c.spec.is_flow:
-        x = x + noise * run.extra_noise
+    x = _noised(run, x0, noise * _noise_multiplier(run), tail[0])
     latents = sample(run.sampler, model_fn, ds, tail, rng, seeds, params=run.sampler_params, callback=on_step, x=x)
     if inpaint.keep is not None:  # A1111 blends once more after sampling
         latents = inpaint.init * inpaint.keep + latents * (1 - inpaint.keep)
     return latents
+
+
+def _noised(run: _Run, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``x0`` at noise level ``sigma`` for img2img and the hires pass: ``x0 + sigma * noise`` plus A1111's
+    extra noise (option ``img2img_extra_noise``); flow models (SD 3.x, FLUX.1): ``(1 - sigma) x0 + sigma *
+    noise`` (no extra noise)."""
+    if run.model.spec.is_flow:
+        return noise_to(x0, noise, sigma)
+    x = x0.to(noise.device) + noise * sigma.to(noise.device)
+    if run.extra_noise > 0:
+        x = x + noise * run.extra_noise
+    return x
 
 
 def _with_refiner(run: _Run, base_fn, on_step, inpaint: Inpaint | None):
@@ -498,13 +507,7 @@ def _hires_pass(run: _Run, latents: torch.Tensor, seeds: list[int], subseeds: li
                                 Inpaint(), patches=run.patches, step_of=_step_of(run, run.steps_run, steps),
                                 hires=True, **_denoiser_options(run))
     tail = plan.sigmas(sigmas_for(plan.sampler, plan.schedule, plan.total_steps(req.denoising_strength), ds))
-    noise = rng.first()
-    if model.spec.is_flow:
-        x = noise_to(latents, noise, tail[0])
-    else:
-        x = latents.to(noise.device) + noise * tail[0].to(noise.device)
-    if run.extra_noise > 0 and not model.spec.is_flow:
-        x = x + noise * run.extra_noise
+    x = _noised(run, latents, rng.first(), tail[0])
     return sample(plan.sampler, model_fn, ds, tail, rng, seeds, params=run.hr_sampler_params,
                   callback=_step_callback(run, run.steps_run, steps), x=x)
 

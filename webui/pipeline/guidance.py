@@ -36,8 +36,7 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
                  step_of: Callable[[], tuple[int, int]] | None = None,
                  hires: bool = False, sdxl_crop: tuple[int, int] = (0, 0),
                  downcast_alphas: bool = False, zero_terminal_snr: bool = False,
-                 cfg_rescale: float = 0.0, guidance: float = 3.5,
-                 flow_shift: tuple[float, bool] | None = None) -> tuple[ModelFn, DiscreteSchedule]:
+                 cfg_rescale: float = 0.0, guidance: float = 3.5) -> tuple[ModelFn, DiscreteSchedule]:
     """The guided denoiser for one batch, following the prompt schedules.
 
     Composable prompts: ``uncond + cfg * sum_k w_k (cond_k - uncond)`` (A1111's combine step).
@@ -48,8 +47,8 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
     option ``use_downcasted_alpha_bar`` (see :class:`~webui.sampling.denoiser.DiscreteSchedule`);
     ``zero_terminal_snr`` rescales the schedule for any model (A1111's option ``sd_noise_schedule``), a
     checkpoint marked ``ztsnr`` has it anyway. ``cfg_rescale`` (φ, 0..1): :func:`rescale_cfg` after the CFG step.
-    SD 3.x / FLUX.1 (flow models): the schedule is the model's shifted flow sigmas (``flow_shift`` = (shift,
-    exponential), default :func:`~webui.sampling.flow.model_shift`), the denoiser
+    SD 3.x / FLUX.1 (flow models): the schedule is the model's shifted flow sigmas
+    (:func:`~webui.sampling.flow.model_shift` at the pass's size), the denoiser
     :class:`~webui.sampling.flow.FlowDenoiser`; ``guidance`` is FLUX.1 dev's distilled guidance.
     """
     c = model.components
@@ -58,7 +57,7 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
         from webui.pipeline.flow_model import velocity_fn
         from webui.sampling.flow import FlowDenoiser, flow_schedule, model_shift
 
-        schedule = flow_schedule(*(flow_shift or model_shift(c.spec, width, height)), c.spec.family)
+        schedule = flow_schedule(*model_shift(c.spec, width, height), c.spec.family)
     else:
         schedule = DiscreteSchedule(c.alphas_cumprod, c.spec.family, downcast=downcast_alphas,
                                     zero_terminal_snr=zero_terminal_snr or c.spec.zero_terminal_snr).to(model.device)
