@@ -16,8 +16,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from webui.jobs import Job
 from webui.finetune.lr_schedule import LearnRateSchedule
+from webui.jobs import Job
 
 
 def test_learn_rate_schedule_follows_a1111():

@@ -87,11 +87,11 @@ def build_lora_router(ctx: AppContext) -> APIRouter:
     @r.post("/train/lora")
     def start(body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         params = LoraTrainParams.from_request(body)
-        from webui.finetune.dataset import load_folder
+        from webui.finetune.dataset import image_files
         from webui.finetune.lora_train import _check
 
         _check(params)
-        load_folder(params.train_data_dir, params.resolution, params.resolution, field_name="train_data_dir")
+        image_files(params.train_data_dir, field_name="train_data_dir")  # 422 now; the run decodes them
         target = ctx.settings.model_dir("Lora") / f"{params.output_name}.safetensors"
         if target.exists() and not params.overwrite:
             raise RequestError("output_name", f"{target} already exists (set overwrite to replace it)")

@@ -89,18 +89,12 @@ class Dataset:
     items: list[Item]
     skipped: dict[str, str] = field(default_factory=dict)  # file name -> why
 
-    def batches(self, batch_size: int, rng: random.Random) -> list[list[int]]:
-        """One epoch of batches (indices), each from a single bucket, in a random order."""
-        by_bucket: dict[tuple[int, int], list[int]] = {}
-        for i, item in enumerate(self.items):
-            by_bucket.setdefault(item.bucket, []).append(i)
-        out = []
-        for bucket in sorted(by_bucket):
-            indices = by_bucket[bucket][:]
-            rng.shuffle(indices)
-            out += [indices[k:k + batch_size] for k in range(0, len(indices), batch_size)]
-        rng.shuffle(out)
-        return out
+    def sample_batch(self, batch_size: int, rng: random.Random) -> list[int]:
+        """``batch_size`` image indices of one bucket: a random image, then random images of its bucket (with
+        repeats); drawn from ``rng`` alone, so a step's batch depends only on the step's seed."""
+        first = rng.randrange(len(self.items))
+        same = [i for i, item in enumerate(self.items) if item.bucket == self.items[first].bucket]
+        return [first] + [rng.choice(same) for _ in range(batch_size - 1)]
 
 
 def caption_of(path: Path) -> str:
@@ -110,9 +104,9 @@ def caption_of(path: Path) -> str:
     return _LEADING_NUMBERS.sub("", path.stem).replace("_", " ").strip()
 
 
-def load_folder(folder: str | Path, width: int, height: int, *, field_name: str = "data_root",
-                use_buckets: bool = True) -> Dataset:
-    """The images of ``folder`` (not recursive) fitted to their buckets (or all to ``width x height``)."""
+def image_files(folder: str | Path, field_name: str = "data_root") -> list[Path]:
+    """The image files of ``folder`` (not recursive, not opened); RequestError naming ``field_name`` when the
+    folder is missing, unreadable or has none."""
     root = Path(str(folder)).expanduser()
     if not str(folder).strip() or not root.is_dir():
         raise RequestError(field_name, f"the dataset folder {str(folder)!r} does not exist")
@@ -120,6 +114,16 @@ def load_folder(folder: str | Path, width: int, height: int, *, field_name: str 
         files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     except OSError as exc:
         raise RequestError(field_name, f"the dataset folder {str(folder)!r} cannot be read: {exc}") from exc
+    if not files:
+        raise RequestError(field_name, f"the dataset folder {str(folder)!r} has no images "
+                                       f"({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def load_folder(folder: str | Path, width: int, height: int, *, field_name: str = "data_root",
+                use_buckets: bool = True) -> Dataset:
+    """The images of ``folder`` (not recursive) fitted to their buckets (or all to ``width x height``)."""
+    files = image_files(folder, field_name)
     choices = buckets(width, height) if use_buckets else [(width, height)]
     items, skipped = [], {}
     for path in files:

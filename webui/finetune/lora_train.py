@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 
 from webui.errors import RequestError
 from webui.finetune.dataset import load_folder
-from webui.finetune.loss import denoising_loss
+from webui.finetune.loss import denoising_loss, posterior_latents, seeded_generator
 from webui.models.original_layout import ldm_module_name, unet_module_table
 
 _UNET_ATTN_PARENTS = ("Transformer2DModel",)
@@ -197,9 +197,7 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
     frozen = [(p, p.requires_grad) for m in (c.unet, *c.text_encoders) for p in m.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)
-    from webui.finetune.textual_inversion import _latents
-
-    latents = _latents(model, dataset, "deterministic", params.seed)
+    latents = posterior_latents(model, dataset, "deterministic", params.seed)
     losses: list[float] = []
     started = time.monotonic()
     step = 0
@@ -272,10 +270,8 @@ def _metadata(params: LoraTrainParams, model, dataset, step: int, started: float
 
 def _loss(model, dataset, latents, params: LoraTrainParams, step: int) -> torch.Tensor:
     rng = random.Random(hash((params.seed, step)))
-    first = rng.randrange(len(dataset.items))
-    same = [i for i, item in enumerate(dataset.items) if item.bucket == dataset.items[first].bucket]
-    batch = [first] + [rng.choice(same) for _ in range(params.train_batch_size - 1)]
-    gen = torch.Generator().manual_seed(hash((params.seed, step, 1)) & 0x7FFF_FFFF_FFFF_FFFF)
+    batch = dataset.sample_batch(params.train_batch_size, rng)
+    gen = seeded_generator(params.seed, step, 1)
     x0 = []
     for i in batch:
         sample = latents[i][0]

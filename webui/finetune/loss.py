@@ -3,9 +3,35 @@ latents at a uniform random timestep, and compare the U-Net's prediction with it
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from webui.pipeline.conditioning import EncodeOptions, chunk_count, encode_prompt
+
+
+def seeded_generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded by ``key`` (e.g. seed, step): a run's randomness per step, so resuming repeats it."""
+    return torch.Generator().manual_seed(hash(key) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+@torch.no_grad()
+def posterior_latents(model, dataset, method: str, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per image of ``dataset``: (mean, std) of the VAE posterior, scaled. A1111's latent sampling methods:
+    ``once`` -- one sample, kept (as the mean, std 0); ``deterministic`` -- the mean (std 0); ``random`` --
+    mean and std, sampled again at every use."""
+    c = model.components
+    out = []
+    for i, item in enumerate(dataset.items):
+        pixels = torch.from_numpy(item.pixels.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+        dist = c.vae.encode(pixels.to(model.device, c.vae.dtype)).latent_dist
+        mean, std = dist.mean.float() * c.vae_scaling_factor, dist.std.float() * c.vae_scaling_factor
+        if method == "once":
+            noise = torch.randn(mean.shape, generator=seeded_generator(seed, -1, i)).to(mean.device)
+            mean, std = mean + std * noise, torch.zeros_like(std)
+        elif method == "deterministic":
+            std = torch.zeros_like(std)
+        out.append((mean[0], std[0]))
+    return out
 
 
 def denoising_loss(model, x0: torch.Tensor, prompts: list[str], gen: torch.Generator,

@@ -28,13 +28,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from webui.errors import RequestError
 from webui.finetune.dataset import list_templates, load_folder, prompt_for, read_template
-from webui.finetune.loss import denoising_loss
+from webui.finetune.loss import denoising_loss, posterior_latents, seeded_generator
 from webui.finetune.lr_schedule import LearnRateSchedule
 from webui.networks.embeddings import Embedding, build_lookup, read_embedding
 
@@ -206,28 +205,6 @@ def _check(params: TrainEmbeddingParams) -> None:
         raise RequestError("save_embedding_every", "must be 0 or positive")
 
 
-def _generator(*key: int) -> torch.Generator:
-    return torch.Generator().manual_seed(hash(key) & 0x7FFF_FFFF_FFFF_FFFF)
-
-
-@torch.no_grad()
-def _latents(model, dataset, method: str, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per image: (mean, std) of the VAE posterior, scaled; ``once``: a single sample as the mean, std 0."""
-    c = model.components
-    out = []
-    for i, item in enumerate(dataset.items):
-        pixels = torch.from_numpy(item.pixels.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-        dist = c.vae.encode(pixels.to(model.device, c.vae.dtype)).latent_dist
-        mean, std = dist.mean.float() * c.vae_scaling_factor, dist.std.float() * c.vae_scaling_factor
-        if method == "once":
-            noise = torch.randn(mean.shape, generator=_generator(seed, -1, i)).to(mean.device)
-            mean, std = mean + std * noise, torch.zeros_like(std)
-        elif method == "deterministic":
-            std = torch.zeros_like(std)
-        out.append((mean[0], std[0]))
-    return out
-
-
 def train_embedding(model, embeddings_dir: Path, params: TrainEmbeddingParams, job, *,
                     templates_dirs: tuple[Path, ...] = (), preview: Callable[[str, int], Any] | None = None,
                     log_root: Path | None = None, on_step: Callable[[int, float, Any], None] | None = None,
@@ -272,7 +249,7 @@ def train_embedding(model, embeddings_dir: Path, params: TrainEmbeddingParams, j
     trained = Embedding(params.embedding_name, path, {_vector_name(k): v for k, v in vectors.items()}, start)
     optimizer = torch.optim.AdamW(list(vectors.values()), lr=schedule.rate_at(start) or 0.0, weight_decay=0.0)
     _load_optimizer(optimizer, path, list(vectors.values()))
-    latents = _latents(model, dataset, params.latent_sampling_method, params.seed)
+    latents = posterior_latents(model, dataset, params.latent_sampling_method, params.seed)
     log_dir = (log_root or Path(params.log_directory)) / datetime.date.today().isoformat() / params.embedding_name
     losses: list[float] = []
     previews: list[Path] = []
@@ -337,11 +314,8 @@ def _loss(model, embedding: Embedding, dataset, latents, lines, params: TrainEmb
           micro: int) -> torch.Tensor:
     c = model.components
     rng = random.Random(hash((params.seed, step, micro)))
-    bucket_of = {i: item.bucket for i, item in enumerate(dataset.items)}
-    first = rng.randrange(len(dataset.items))
-    same = [i for i in range(len(dataset.items)) if bucket_of[i] == bucket_of[first]]
-    batch = [first] + [rng.choice(same) for _ in range(params.batch_size - 1)]
-    gen = _generator(params.seed, step, micro)
+    batch = dataset.sample_batch(params.batch_size, rng)
+    gen = seeded_generator(params.seed, step, micro)
     x0 = []
     for i in batch:
         mean, std = latents[i]

@@ -44,8 +44,9 @@ def dataset_preview(folder: str, size: int = 512) -> tuple[list[tuple[str, str]]
     return gallery, text
 
 
-def _live(run, job: Job):
-    """Run ``run(on_step)`` in a thread; yield (status text, loss frame, preview) while it works."""
+def _live(run, job: Job, done_text):
+    """Run ``run(on_step)`` in a thread; yield (status text, loss frame, preview) while it works, and at the
+    end ``done_text(result)``."""
     losses: list[float] = []
     state: dict[str, Any] = {"preview": None, "result": None, "error": None}
 
@@ -68,7 +69,7 @@ def _live(run, job: Job):
     if state["error"] is not None:
         exc = state["error"]
         raise user_error(exc) if isinstance(exc, USER_ERRORS) else gr.Error(f"Training failed: {exc}")
-    yield state["result"], _loss_frame(losses), state["preview"]
+    yield done_text(state["result"]), _loss_frame(losses), state["preview"]
 
 
 def build_train_tab(ctx: AppContext) -> dict[str, Any]:
@@ -180,45 +181,37 @@ def build_train_tab(ctx: AppContext) -> dict[str, Any]:
     refresh.click(lambda: gr.update(choices=_embedding_names(ctx)), inputs=None, outputs=t["embedding_name"],
                   api_name=False)
 
-    def on_train_embedding(v: dict[str, Any], request: gr.Request, progress: gr.Progress):
-        try:
-            params = TrainEmbeddingParams.from_request({k: val for k, val in v.items() if val not in (None, "")})
-        except USER_ERRORS as exc:
-            raise user_error(exc) from None
-        job = jobs["embedding"] = Job(kind="train_embedding")
-        for text, frame, image in _live(lambda on_step: train_embedding(ctx, params, job, on_step=on_step), job):
-            if not isinstance(text, str):
-                text = f"Embedding saved: {text.path} (step {text.step}{', interrupted' if text.interrupted else ''})"
-            yield text, frame, image
+    def wire_run(kind: str, fields: dict[str, Any], parse, start, done_text, button, stop) -> None:
+        """A training button (API name ``train_<kind>``) streaming status, loss plot and preview, and its
+        Interrupt button."""
+        def run(v: dict[str, Any], request: gr.Request, progress: gr.Progress):
+            try:
+                params = parse({k: val for k, val in v.items() if val not in (None, "")})
+            except USER_ERRORS as exc:
+                raise user_error(exc) from None
+            job = jobs[kind] = Job(kind=f"train_{kind}")
+            yield from _live(lambda on_step: start(params, job, on_step), job, lambda result: done_text(params, result))
 
-    emb_handler = named_handler(list(t), on_train_embedding)
-    emb_handler.__name__ = "train_embedding"
-    train_emb.click(emb_handler, inputs=[t[n] for n in t], outputs=[status, loss, preview], api_name="train_embedding",
-                    concurrency_id="gpu")
-    stop_emb.click(lambda: jobs["embedding"].interrupt() if "embedding" in jobs else None, inputs=None, outputs=None,
+        handler = named_handler(list(fields), run)
+        handler.__name__ = f"train_{kind}"
+        button.click(handler, inputs=[fields[n] for n in fields], outputs=[status, loss, preview],
+                     api_name=f"train_{kind}", concurrency_id="gpu")
+        stop.click(lambda: jobs[kind].interrupt() if kind in jobs else None, inputs=None, outputs=None,
                    api_name=False, queue=False)
 
-    def on_train_lora(v: dict[str, Any], request: gr.Request, progress: gr.Progress):
-        body = {k: val for k, val in v.items() if val not in (None, "")}
-        if not body.get("text_encoder_lr"):
+    def lora_params(body: dict[str, Any]) -> LoraTrainParams:
+        if not body.get("text_encoder_lr"):  # 0 in the form: the U-Net only
             body.pop("text_encoder_lr", None)
-        try:
-            params = LoraTrainParams.from_request(body)
-        except USER_ERRORS as exc:
-            raise user_error(exc) from None
-        job = jobs["lora"] = Job(kind="train_lora")
-        for text, frame, image in _live(lambda on_step: train_lora(ctx, params, job, on_step=on_step), job):
-            if not isinstance(text, str):
-                text = f"LoRA saved: {text['path']} ({text['steps']} steps" \
-                       f"{', interrupted' if text['interrupted'] else ''}); use <lora:{params.output_name}:1>"
-            yield text, frame, image
+        return LoraTrainParams.from_request(body)
 
-    lora_handler = named_handler(list(lo), on_train_lora)
-    lora_handler.__name__ = "train_lora"
-    train_lo.click(lora_handler, inputs=[lo[n] for n in lo], outputs=[status, loss, preview], api_name="train_lora",
-                   concurrency_id="gpu")
-    stop_lo.click(lambda: jobs["lora"].interrupt() if "lora" in jobs else None, inputs=None, outputs=None,
-                  api_name=False, queue=False)
+    wire_run("embedding", t, TrainEmbeddingParams.from_request,
+             lambda params, job, on_step: train_embedding(ctx, params, job, on_step=on_step),
+             lambda params, r: f"Embedding saved: {r.path} (step {r.step}{', interrupted' if r.interrupted else ''})",
+             train_emb, stop_emb)
+    wire_run("lora", lo, lora_params, lambda params, job, on_step: train_lora(ctx, params, job, on_step=on_step),
+             lambda params, r: f"LoRA saved: {r['path']} ({r['steps']} steps"
+                               f"{', interrupted' if r['interrupted'] else ''}); use <lora:{params.output_name}:1>",
+             train_lo, stop_lo)
 
     def on_check(folder: str):
         try:
