@@ -37,14 +37,13 @@ def _chain(modules: list[torch.nn.Module], device: torch.device) -> list:
 def _unet_blocks(unet: torch.nn.Module, device: torch.device) -> list[torch.nn.Module]:
     """The U-Net's (or an SD 3.x / FLUX.1 transformer's) big blocks in call order; its other children are
     moved to ``device`` for good."""
-    if hasattr(unet, "transformer_blocks"):
-        for name, child in unet.named_children():
-            if name not in _TRANSFORMER_BLOCKS:
-                child.to(device)
-        return [*unet.transformer_blocks, *getattr(unet, "single_transformer_blocks", [])]
+    transformer = hasattr(unet, "transformer_blocks")
+    blocks = _TRANSFORMER_BLOCKS if transformer else _UNET_BLOCKS
     for name, child in unet.named_children():
-        if name not in _UNET_BLOCKS:
+        if name not in blocks:
             child.to(device)
+    if transformer:
+        return [*unet.transformer_blocks, *getattr(unet, "single_transformer_blocks", [])]
     return [*unet.down_blocks, *([unet.mid_block] if unet.mid_block is not None else []), *unet.up_blocks]
 
 
