@@ -52,11 +52,12 @@ def _vae(family: str, seed: int) -> AutoencoderKL:
                          use_quant_conv=False, use_post_quant_conv=False).eval()
 
 
-def tiny_sd3(*, t5: bool = True, sd35: bool = False, seed: int = 0) -> SDComponents:
-    """SD 3 medium's shape at toy size (``sd35``: SD 3.5's q/k RMS norms and a dual-attention block)."""
+def tiny_sd3(*, t5: bool = True, sd35: bool = False, seed: int = 0, layers: int = 2) -> SDComponents:
+    """SD 3 medium's shape at toy size (``sd35``: SD 3.5's q/k RMS norms and a dual-attention block; only then
+    may ``layers`` differ from the head count, as the files without q/k norms have one head per block)."""
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
-        sample_size=32, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        sample_size=32, patch_size=2, in_channels=16, num_layers=layers, attention_head_dim=16, num_attention_heads=2,
         joint_attention_dim=T5_WIDTH, caption_projection_dim=32, pooled_projection_dim=CLIP_L + CLIP_G,
         out_channels=16, pos_embed_max_size=16, dual_attention_layers=(0,) if sd35 else (),
         qk_norm="rms_norm" if sd35 else None).eval()
@@ -68,10 +69,10 @@ def tiny_sd3(*, t5: bool = True, sd35: bool = False, seed: int = 0) -> SDCompone
                         t5=_t5(seed + 4) if t5 else None, t5_tokenizer=shipped_t5_tokenizer(256))
 
 
-def tiny_flux(*, dev: bool = True, seed: int = 0) -> SDComponents:
+def tiny_flux(*, dev: bool = True, seed: int = 0, double: int = 1, single: int = 2) -> SDComponents:
     """FLUX.1 dev (guidance embedder) or schnell at toy size: width 64, heads of 32."""
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2,
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=double, num_single_layers=single,
                                          attention_head_dim=32, num_attention_heads=2, joint_attention_dim=T5_WIDTH,
                                          pooled_projection_dim=CLIP_L, guidance_embeds=dev,
                                          axes_dims_rope=(4, 14, 14)).eval()
@@ -133,8 +134,9 @@ def sd3_to_stability(transformer: SD3Transformer2DModel) -> dict[str, torch.Tens
     return out
 
 
-def flux_to_bfl(transformer: FluxTransformer2DModel) -> dict[str, torch.Tensor]:
-    """diffusers' FLUX.1 transformer weights under Black Forest Labs' names (``flux/model.py``)."""
+def flux_to_bfl(transformer: FluxTransformer2DModel, strict: bool = True) -> dict[str, torch.Tensor]:
+    """diffusers' FLUX.1 transformer weights under Black Forest Labs' names (``flux/model.py``); ``strict``
+    False: weights without BFL names (a ControlNet's own) are kept under their diffusers names."""
     w = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     top = {"x_embedder": "img_in", "context_embedder": "txt_in", "proj_out": "final_layer.linear",
@@ -151,7 +153,8 @@ def flux_to_bfl(transformer: FluxTransformer2DModel) -> dict[str, torch.Tensor]:
         for src, dst in top.items():
             if f"{src}.{kind}" in w:
                 out[f"{dst}.{kind}"] = w.pop(f"{src}.{kind}")
-        out[f"final_layer.adaLN_modulation.1.{kind}"] = _swap(w.pop(f"norm_out.linear.{kind}"))
+        if strict or f"norm_out.linear.{kind}" in w:
+            out[f"final_layer.adaLN_modulation.1.{kind}"] = _swap(w.pop(f"norm_out.linear.{kind}"))
         for i in range(transformer.config.num_layers):
             d, b = f"transformer_blocks.{i}.", f"double_blocks.{i}."
             for src, dst in double.items():
@@ -173,8 +176,8 @@ def flux_to_bfl(transformer: FluxTransformer2DModel) -> dict[str, torch.Tensor]:
         d, b = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
         out[f"{b}norm.query_norm.scale"] = w.pop(f"{d}attn.norm_q.weight")
         out[f"{b}norm.key_norm.scale"] = w.pop(f"{d}attn.norm_k.weight")
-    assert not w, f"unmapped FLUX weights: {sorted(w)[:5]}"
-    return out
+    assert not (strict and w), f"unmapped FLUX weights: {sorted(w)[:5]}"
+    return {**out, **w}
 
 
 def _plain(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -221,3 +224,78 @@ def save_flow_folder(c: SDComponents, folder: Path) -> Path:
     """A diffusers folder (``save_pretrained`` of the reference pipeline)."""
     c.diffusers_pipeline().save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+# --- ControlNets for SD 3.x and FLUX.1 -------------------------------------------------------------------------
+def _unzero(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """ControlNets start with zeroed output layers; random values make a tiny one change the image."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.any():
+                p.normal_(0, 0.3)
+    return module.eval()
+
+
+def tiny_sd3_controlnet(*, stability: bool = False, seed: int = 10):
+    """InstantX's SD 3 ControlNet shape (joint blocks, own position embedding, zero pooled vectors) or
+    (``stability``) Stability's SD 3.5 one (single-stream blocks, the checkpoint's position embedding), at the
+    size of :func:`tiny_sd3`."""
+    from diffusers import SD3ControlNetModel
+
+    torch.manual_seed(seed)
+    common = dict(patch_size=2, in_channels=16, attention_head_dim=16, num_attention_heads=2,
+                  pooled_projection_dim=CLIP_L + CLIP_G, out_channels=16)
+    if stability:
+        cn = SD3ControlNetModel(num_layers=6, joint_attention_dim=None, caption_projection_dim=32,
+                                pos_embed_max_size=None, pos_embed_type=None, use_pos_embed=False,
+                                force_zeros_for_pooled_projection=False, **common)
+    else:
+        cn = SD3ControlNetModel(sample_size=32, num_layers=1, joint_attention_dim=T5_WIDTH, caption_projection_dim=32,
+                                pos_embed_max_size=16, **common)
+    return _unzero(cn, seed)
+
+
+def sd3_controlnet_to_stability(cn) -> dict[str, torch.Tensor]:
+    """Stability's SD 3.5 ControlNet layout (``sd3.5_large_controlnet_*.safetensors``), from the names in
+    diffusers' ``scripts/convert_sd3_controlnet_to_diffusers.py`` read backwards."""
+    w = {k: v.detach().clone() for k, v in cn.state_dict().items()}
+    out = {k: w.pop(k) for k in list(w) if k.startswith(("controlnet_blocks.", "pos_embed_input.", "time_text_embed."))}
+    for i in range(cn.config.num_layers):
+        p = f"transformer_blocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{p}attn.qkv.{kind}"] = torch.cat([w.pop(f"{p}attn.to_{q}.{kind}") for q in "qkv"])
+            for src, dst in (("attn.to_out.0", "attn.proj"), ("ff.net.0.proj", "mlp.fc1"), ("ff.net.2", "mlp.fc2"),
+                             ("norm1.linear", "adaLN_modulation.1")):
+                out[f"{p}{dst}.{kind}"] = w.pop(f"{p}{src}.{kind}")
+    assert not w, f"unmapped SD 3.5 ControlNet weights: {sorted(w)[:5]}"
+    return out
+
+
+def tiny_flux_controlnet(*, dev: bool = True, union: bool = False, xlabs: bool = False, seed: int = 20):
+    """InstantX's FLUX.1 ControlNet shape (latent input, double and single blocks), a Union one (7 control
+    types), or XLabs' (convolutions on the pixels, double blocks only), at the size of :func:`tiny_flux`."""
+    from diffusers import FluxControlNetModel
+
+    torch.manual_seed(seed)
+    cn = FluxControlNetModel(patch_size=2 if xlabs else 1, in_channels=64, num_layers=2 if xlabs else 1,
+                             num_single_layers=0 if xlabs else 2, attention_head_dim=32, num_attention_heads=2,
+                             joint_attention_dim=T5_WIDTH, pooled_projection_dim=CLIP_L, guidance_embeds=dev,
+                             axes_dims_rope=(4, 14, 14), num_mode=7 if union else None,
+                             conditioning_embedding_channels=16 if xlabs else None)
+    return _unzero(cn, seed)
+
+
+def flux_controlnet_to_xlabs(cn) -> dict[str, torch.Tensor]:
+    """XLabs' FLUX.1 ControlNet layout (x-flux's ``ControlNetFlux``): BFL names for the shared parts,
+    ``input_hint_block.{0,2,...,14}`` convolutions, ``pos_embed_input``, ``controlnet_blocks``."""
+    w = flux_to_bfl(cn, strict=False)
+    out = {k: w.pop(k) for k in list(w) if k.startswith(("img_in.", "txt_in.", "time_in.", "vector_in.",
+                                                          "guidance_in.", "double_blocks.", "controlnet_blocks."))}
+    convs = ["conv_in", *[f"blocks.{j}" for j in range(6)], "conv_out"]
+    for kind in ("weight", "bias"):
+        out[f"pos_embed_input.{kind}"] = w.pop(f"controlnet_x_embedder.{kind}")
+        for index, name in enumerate(convs):
+            out[f"input_hint_block.{2 * index}.{kind}"] = w.pop(f"input_hint_block.{name}.{kind}")
+    assert not w, f"unmapped XLabs weights: {sorted(w)[:5]}"
+    return out

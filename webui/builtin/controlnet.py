@@ -74,14 +74,34 @@ class ControlNetPlugin:
             raise RequestError(f"{prefix}.model", "choose a ControlNet model (GET /controlnet/model_list)")
         info = self.models.find(unit.model, f"{prefix}.model")
         unet_cfg = model.components.unet.config
-        cn = self.models.load(info, int(getattr(unet_cfg, "addition_time_embed_dim", None) or 256))
+        spec = model.components.spec
+        cn = self.models.load(info, int(getattr(unet_cfg, "addition_time_embed_dim", None) or 256),
+                              int(getattr(unet_cfg, "attention_head_dim", 64) if spec.is_flow else 64),
+                              int(getattr(unet_cfg, "in_channels", 16) if spec.family == "sd3" else 16))
+        from webui.controlnet.flow_models import mismatch
         from webui.controlnet.models import family_of
 
         family, ckpt_family = family_of(cn), model.components.spec.family
-        if family != ckpt_family or int(cn.config.cross_attention_dim) != int(unet_cfg.cross_attention_dim):
-            label = {f: FAMILY_LABELS.get(f, f) for f in (family, ckpt_family)}
+        label = {f: FAMILY_LABELS.get(f, f) for f in (family, ckpt_family)}
+        if family != ckpt_family:
             raise RequestError(f"{prefix}.model", f"{info.title} is a {label[family]} ControlNet "
                                                   f"but the checkpoint is {label[ckpt_family]}")
+        reason = mismatch(cn, model.components.unet) if model.components.spec.is_flow else (
+            None if int(cn.config.cross_attention_dim) == int(unet_cfg.cross_attention_dim)
+            else f"it reads text {cn.config.cross_attention_dim} wide, the checkpoint's U-Net "
+                 f"{unet_cfg.cross_attention_dim}")
+        if reason is not None:
+            raise RequestError(f"{prefix}.model", f"{info.title} does not fit this {label[ckpt_family]} "
+                                                  f"checkpoint: {reason}")
+        union = None
+        if getattr(cn, "union", False):  # FLUX.1 Union ControlNets need the control type
+            from webui.controlnet.flow_patch import FLUX_UNION_MODES, union_mode
+
+            union = union_mode(unit.union_control_type, unit.module)
+            if union is None:
+                raise RequestError(f"{prefix}.union_control_type",
+                                   f"{info.title} is a Union ControlNet: name the control type, one of "
+                                   f"{', '.join(FLUX_UNION_MODES)} (or use a preprocessor of one of them)")
         image = unit.image
         if image is None and request.init_images:
             image = request.init_images[0]  # sd-webui-controlnet: the img2img input
@@ -97,7 +117,7 @@ class ControlNetPlugin:
         if unit.pixel_perfect:
             res = pixel_perfect_resolution(arr.shape[:2], request.width, request.height, unit.resize_mode)
         detected = self.preprocessors.detect(arr, pre.name, res, thr_a, thr_b)
-        return PreparedUnit(unit, cn, detected)
+        return PreparedUnit(unit, cn, detected, union_mode=union)
 
     @hookimpl
     def unet_patches(self, request: Any, model: Any, job: Any) -> list[ControlNetPatch] | None:
@@ -109,7 +129,16 @@ class ControlNetPlugin:
         if option is None and self.ctx is not None:
             option = self.ctx.options.current.get("control_net_no_detectmap", False)
         maps = not bool(option)
-        return [ControlNetPatch(prepared, model.device, model.dtype, detected_maps=maps)]
+        c = model.components
+        encode = None
+        if c.spec.is_flow:
+            from webui.pipeline.vae import encode_pixels
+
+            def encode(pixels):
+                return encode_pixels(model, pixels)
+        return [ControlNetPatch(prepared, model.device, model.dtype, detected_maps=maps, encode=encode,
+                                vae_shift_scale=(float(getattr(c, "vae_shift_factor", 0.0)),
+                                                 float(c.vae_scaling_factor)))]
 
     @hookimpl
     def extra_infotext(self, request: Any) -> dict[str, Any] | None:

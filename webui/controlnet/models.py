@@ -19,8 +19,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from diffusers import ControlNetModel
+from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
 
+from webui.controlnet.flow_models import (
+    FlowControlNet,
+    flow_family,
+    flow_layout,
+    is_diffusers_flow_folder,
+    load_flow_controlnet,
+)
 from webui.errors import ModelError
 from webui.models.infer_config import unet_config_from_ldm
 from webui.models.original_layout import _RESNET_UNET, _rename, _unet_table
@@ -127,25 +134,42 @@ def config_from_diffusers_keys(sd: Mapping[str, torch.Tensor], time_embed_dim: i
     return config
 
 
-def family_of(cn: ControlNetModel) -> str:
-    """"sdxl" (extra time/text embedding), "sd2" (1024-wide text) or "sd1"."""
+def family_of(cn: Any) -> str:
+    """"sd3" / "flux" (transformer ControlNets), "sdxl" (extra time/text embedding), "sd2" (1024-wide text)
+    or "sd1"."""
+    flow = flow_family(cn)
+    if flow is not None:
+        return flow
     if getattr(cn.config, "addition_embed_type", None) == "text_time":
         return "sdxl"
     return "sd2" if int(cn.config.cross_attention_dim) == 1024 else "sd1"
 
 
-def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_dim: int = 256) -> ControlNetModel:
+def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_dim: int = 256,
+                    head_dim: int = 64, in_channels: int = 16) -> ControlNetModel | FlowControlNet:
     """Load a ControlNet file or diffusers folder; ModelError naming the file for anything unusable.
 
-    ``time_embed_dim``: the SDXL checkpoint's ``addition_time_embed_dim`` (see :func:`config_from_original`)."""
+    ``time_embed_dim``: the SDXL checkpoint's ``addition_time_embed_dim`` (see :func:`config_from_original`);
+    ``head_dim`` / ``in_channels``: the SD 3.x checkpoint's, for SD 3 ControlNets whose weights do not tell
+    (see :mod:`webui.controlnet.flow_models`)."""
     path = Path(path)
     if path.is_dir():
+        flow_class = is_diffusers_flow_folder(path)
+        if flow_class is not None:
+            cls = SD3ControlNetModel if flow_class.startswith("SD3") else FluxControlNetModel
+            try:
+                return cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype).eval()
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise ModelError(path, f"diffusers could not load it ({exc}).") from exc
         diffusers_class(path, "ControlNetModel", "ControlNet")
         try:
             return ControlNetModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype).eval()
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(path, f"diffusers could not load it ({exc}).") from exc
     sd, _ = read_state_dict(path)
+    layout = flow_layout(sd)
+    if layout is not None:
+        return load_flow_controlnet(path, sd, layout, head_dim, in_channels).to(dtype)
     original = _original_keys(sd)
     try:
         if original is not None:
@@ -162,7 +186,8 @@ def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_d
             weights = dict(sd)
         else:
             raise ModelError(path, "it is not a ControlNet (no input_hint_block / controlnet_cond_embedding "
-                                   "weights). T2I-Adapters and control-LoRAs are not supported.")
+                                   "weights, nor SD 3 / FLUX.1 controlnet_blocks). T2I-Adapters and "
+                                   "control-LoRAs are not supported.")
         cn.load_state_dict(weights, strict=True)
     except (KeyError, RuntimeError, StopIteration, ValueError) as exc:
         raise ModelError(path, f"its weights do not form a ControlNet ({type(exc).__name__}: {exc}).") from exc

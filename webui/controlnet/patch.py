@@ -5,7 +5,8 @@ it to the conditional and unconditional passes; "My prompt is more important" sc
 residuals and the mid residual by ``weight * 0.825 ** (12 - i)`` (deeper = stronger, "soft
 injection"); "ControlNet is more important" does the same and leaves the unconditional pass without
 control, so CFG pushes towards the control. The hires-fix second pass always uses soft injection.
-A unit acts on step ``i`` of ``n`` when ``guidance_start <= i / n <= guidance_end``.
+A unit acts on step ``i`` of ``n`` when ``guidance_start <= i / n <= guidance_end``. SD 3.x / FLUX.1
+ControlNets go through :meth:`ControlNetPatch.transformer_residuals` (:mod:`webui.controlnet.flow_patch`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import torch
 from diffusers import ControlNetModel
 from PIL import Image
 
+from webui.controlnet.flow_models import flow_family
+from webui.controlnet.flow_patch import Encode, block_residuals, control_input
 from webui.controlnet.units import ControlUnit
 from webui.pipeline.init_image import resize_image
-from webui.pipeline.patches import Residuals, UNetCall
+from webui.pipeline.patches import Residuals, TransformerCall, TransformerResiduals, UNetCall
 
 SOFT_BASE = 0.825
 
@@ -40,14 +43,20 @@ class PreparedUnit:
     detected: np.ndarray  # the preprocessor's output (H x W x 3 uint8)
     hint: torch.Tensor | None = field(default=None)  # [1, 3, height, width] in [0, 1] at the pass's size
     region: torch.Tensor | None = field(default=None)  # [1, 1, height, width] effective region, 0..1
+    cond: torch.Tensor | None = field(default=None)  # SD 3.x / FLUX.1 ControlNets: their controlnet_cond
+    union_mode: int | None = field(default=None)  # FLUX.1 Union ControlNets: the control type's index
 
 
 class ControlNetPatch:
     """The :class:`~webui.pipeline.patches.UNetPatch` of a job's enabled units."""
 
     def __init__(self, units: list[PreparedUnit], device: torch.device, dtype: torch.dtype,
-                 detected_maps: bool = True):
+                 detected_maps: bool = True, encode: Encode | None = None,
+                 vae_shift_scale: tuple[float, float] = (0.0, 1.0)):
         self.units = units
+        #: SD 3.x / FLUX.1: the checkpoint's VAE encoder (pixels in [-1, 1] -> scaled latents) and its
+        #: (shift, scale), for the ControlNets that read latents
+        self.encode, self.vae_shift_scale = encode, vae_shift_scale
         self.device, self.dtype = device, dtype
         self.calls = 0  # ControlNet evaluations (for tests and benchmarks)
         self.detected_maps = detected_maps  # False: option control_net_no_detectmap
@@ -69,6 +78,10 @@ class ControlNetPatch:
                 mask = resize_image(u.unit.mask.convert("RGB"), width, height, u.unit.resize_mode).convert("L")
                 hint = hint * torch.from_numpy((np.asarray(mask) > 127).astype(np.float32))[None, None]
             u.hint = hint.to(self.device, self.dtype)
+            if flow_family(u.model) is not None:
+                if self.encode is None:
+                    raise ValueError("an SD 3.x / FLUX.1 ControlNet patch needs the checkpoint's VAE encoder")
+                u.cond = control_input(u.model, u.hint, self.encode, self.vae_shift_scale)
             if u.unit.effective_region_mask is not None:
                 region = resize_image(u.unit.effective_region_mask, width, height, u.unit.resize_mode).convert("L")
                 u.region = torch.from_numpy(np.asarray(region, dtype=np.float32) / 255.0)[None, None].to(
@@ -110,6 +123,47 @@ class ControlNetPatch:
                 total = (down, mid)
             else:
                 total = ([a + b for a, b in zip(total[0], down)], total[1] + mid)
+        return total
+
+
+    def transformer_residuals(self, call: TransformerCall) -> TransformerResiduals | None:
+        """The SD 3.x / FLUX.1 counterpart of :meth:`residuals` (see :mod:`webui.controlnet.flow_patch`)."""
+        fraction = call.step / max(call.steps, 1)
+        total: TransformerResiduals | None = None
+        for u in self.units:
+            unit = u.unit
+            if unit.weight == 0 or not unit.guidance_start <= fraction <= unit.guidance_end or u.cond is None \
+                    or not applies(unit, call.hires):
+                continue
+            outputs = block_residuals(u.model, u.cond, call, u.union_mode)
+            self.calls += 1
+            n = call.x.shape[0]
+            keep = None
+            if unit.control_mode == 2 and call.has_uncond:
+                keep = torch.ones(n, 1, 1, device=call.x.device)
+                keep[n - call.batch:] = 0  # the unconditional rows come last
+            region = None
+            if u.region is not None:  # per token: the region at the 2x2-patch grid of the latents
+                grid = (call.x.shape[-2] // 2, call.x.shape[-1] // 2)
+                region = torch.nn.functional.interpolate(u.region.float(), size=grid, mode="bilinear",
+                                                         align_corners=False).reshape(1, -1, 1)
+            weights = list(unit.advanced_weighting) if unit.advanced_weighting is not None else None
+            position = 0
+            for key, values in outputs.items():
+                scaled = []
+                for v in values:
+                    scale = unit.weight if weights is None else (weights[position] if position < len(weights) else 0.0)
+                    position += 1
+                    out = v * scale
+                    if keep is not None:
+                        out = out * keep.to(out.dtype)
+                    if region is not None:
+                        out = out * region.to(out.device, out.dtype)
+                    scaled.append(out)
+                if total is None or key not in total:
+                    total = {**(total or {}), key: scaled}
+                else:
+                    total[key] = [a + b for a, b in zip(total[key], scaled)]
         return total
 
 

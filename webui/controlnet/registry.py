@@ -49,7 +49,7 @@ class ControlNetRegistry:
         self.device, self.dtype = device, dtype
         self._cache_size = cache
         self._infos: list[ControlNetInfo] = []
-        self._loaded: OrderedDict[Path, ControlNetModel] = OrderedDict()
+        self._loaded: OrderedDict[tuple, ControlNetModel] = OrderedDict()
         self._lock = threading.Lock()
         self.refresh()
 
@@ -87,18 +87,22 @@ class ControlNetRegistry:
         choices = ", ".join(self.titles()) or "none: put ControlNet models into " + ", ".join(map(str, self.dirs))
         raise RequestError(field, f"unknown ControlNet model {name!r}; available: {choices}")
 
-    def load(self, info: ControlNetInfo, time_embed_dim: int = 256) -> ControlNetModel:
+    def load(self, info: ControlNetInfo, time_embed_dim: int = 256, head_dim: int = 64,
+             in_channels: int = 16) -> ControlNetModel:
+        """The loaded model (cached per file and the checkpoint's hints, see :func:`load_controlnet`)."""
+        key = (info.path, time_embed_dim, head_dim, in_channels)
         with self._lock:
-            if info.path in self._loaded:
-                self._loaded.move_to_end(info.path)
-                return self._loaded[info.path]
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
             try:
-                cn = load_controlnet(info.path, torch.float32, time_embed_dim).to(self.device, self.dtype)
+                cn = load_controlnet(info.path, torch.float32, time_embed_dim, head_dim, in_channels).to(
+                    self.device, self.dtype)
             except ModelError:
                 raise
             except (OSError, RuntimeError) as exc:
                 raise ModelError(info.path, f"it could not be loaded ({exc}).") from exc
-            self._loaded[info.path] = cn
+            self._loaded[key] = cn
             while len(self._loaded) > self._cache_size:
                 self._loaded.popitem(last=False)
             return cn

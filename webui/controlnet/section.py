@@ -12,11 +12,11 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from webui.controlnet.units import CONTROL_MODES, RESIZE_MODES, SECTION
+from webui.controlnet.units import CONTROL_MODES, RESIZE_MODES, SECTION, UNION_CONTROL_TYPES
 from webui.sections import UiSection
 
 FIELDS = ("enabled", "image", "mask", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
-          "resize_mode", "pixel_perfect", "processor_res", "threshold_a", "threshold_b")
+          "resize_mode", "pixel_perfect", "processor_res", "threshold_a", "threshold_b", "union_control_type")
 
 
 def controlnet_section(plugin: Any, ctx: Any, mode: str) -> UiSection:
@@ -50,6 +50,8 @@ def controlnet_section(plugin: Any, ctx: Any, mode: str) -> UiSection:
             unit["pixel_perfect"] = bool(v["pixel_perfect"])
             unit["resize_mode"] = v["resize_mode"] if v["resize_mode"] in RESIZE_MODES else RESIZE_MODES[1]
             unit["control_mode"] = v["control_mode"] if v["control_mode"] in CONTROL_MODES else CONTROL_MODES[0]
+            if v["union_control_type"] in UNION_CONTROL_TYPES[1:]:
+                unit["union_control_type"] = v["union_control_type"]
             units.append(unit)
         return {"args": units} if units else None
 
@@ -77,6 +79,10 @@ def _unit(plugin: Any, mode: str, i: int, modules: list[str]) -> dict[str, Any]:
         c[f"{i}_model"] = gr.Dropdown(["None", *plugin.models.titles()], value="None", label="Model",
                                       elem_id=f"{p}_model")
         refresh = gr.Button("🔄", min_width=40, scale=0, elem_id=f"{p}_refresh")
+        c[f"{i}_union_control_type"] = gr.Dropdown(list(UNION_CONTROL_TYPES), value="Unknown",
+                                                   label="Union control type", elem_id=f"{p}_union_control_type",
+                                                   info="for Union ControlNets (FLUX.1); Unknown: from the "
+                                                        "preprocessor")
     with gr.Row():
         c[f"{i}_weight"] = gr.Slider(0, 2, value=1, step=0.05, label="Control Weight", elem_id=f"{p}_weight")
         c[f"{i}_guidance_start"] = gr.Slider(0, 1, value=0, step=0.01, label="Starting Control Step",

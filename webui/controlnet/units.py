@@ -25,9 +25,10 @@ _CONTROL_ALIASES = {"balanced": 0, "my prompt is more important": 1, "controlnet
 HR_OPTIONS = ("Both", "Low res only", "High res only")
 _HR_ALIASES = {"both": 0, "low res only": 1, "high res only": 2, "hiresfixoption.both": 0,
                "hiresfixoption.low_res_only": 1, "hiresfixoption.high_res_only": 2}
-#: Keys sd-webui-controlnet's API takes that change nothing here (no log line for them); ``union_control_type``
-#: matters only to ControlNet Union models, which are not supported yet.
-_QUIET_KEYS = frozenset({"union_control_type", "is_ui", "input_mode", "batch_images", "output_dir", "loopback",
+#: ``union_control_type`` values a FLUX.1 Union ControlNet understands ("Unknown": from the preprocessor)
+UNION_CONTROL_TYPES = ("Unknown", "Canny", "Tile", "Depth", "Blur", "OpenPose", "Gray", "Low quality")
+#: Keys sd-webui-controlnet's API takes that change nothing here (no log line for them).
+_QUIET_KEYS = frozenset({"is_ui", "input_mode", "batch_images", "output_dir", "loopback",
                          "use_preview_as_input",
                          "batch_image_dir", "batch_mask_dir", "batch_input_gallery", "batch_mask_gallery",
                          "generated_image", "mask_image_from_pixels", "ipadapter_input", "animatediff_batch"})
@@ -63,6 +64,9 @@ class ControlUnit:
     #: replaces the weight and soft-injection scales, as sd-webui-controlnet's ``advanced_weighting``
     advanced_weighting: tuple[float, ...] | None = None
     hr_option: int = 0  # 0 Both, 1 Low res only, 2 High res only (see HR_OPTIONS)
+    #: the control type a Union ControlNet is told (sd-webui-controlnet's names; "Unknown": from the module).
+    #: FLUX.1 Union ControlNets use it (webui.controlnet.flow_patch); SDXL ControlNet++ is not supported yet.
+    union_control_type: str = "Unknown"
 
     def with_(self, **changes: Any) -> ControlUnit:
         return replace(self, **changes)
@@ -182,7 +186,8 @@ def unit_infotext(unit: ControlUnit, model_title: str, res: int, thr_a: float, t
             f"Resize Mode: {RESIZE_MODES[unit.resize_mode]}, Processor Res: {res}, Threshold A: {_num(thr_a)}, "
             f"Threshold B: {_num(thr_b)}, Guidance Start: {_num(unit.guidance_start)}, "
             f"Guidance End: {_num(unit.guidance_end)}, Pixel Perfect: {unit.pixel_perfect}, "
-            f"Control Mode: {CONTROL_MODES[unit.control_mode]}")
+            f"Control Mode: {CONTROL_MODES[unit.control_mode]}"
+            + (f", Union Control Type: {unit.union_control_type}" if unit.union_control_type != "Unknown" else ""))
 
 
 _INFO_FIELDS = {"Module": ("module", str), "Model": ("model", str), "Weight": ("weight", float),
@@ -190,7 +195,7 @@ _INFO_FIELDS = {"Module": ("module", str), "Model": ("model", str), "Weight": ("
                 "Threshold A": ("threshold_a", float), "Threshold B": ("threshold_b", float),
                 "Guidance Start": ("guidance_start", float), "Guidance End": ("guidance_end", float),
                 "Pixel Perfect": ("pixel_perfect", lambda v: v.strip() == "True"),
-                "Control Mode": ("control_mode", str)}
+                "Control Mode": ("control_mode", str), "Union Control Type": ("union_control_type", str)}
 
 
 def units_from_infotext(params: Mapping[str, Any]) -> list[dict[str, Any]]:

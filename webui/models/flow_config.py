@@ -113,16 +113,17 @@ _FLUX_DOUBLE_NORMS = {
 }
 
 
-def flux_to_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def flux_to_diffusers(sd: Mapping[str, torch.Tensor], final_layer: bool = True) -> dict[str, torch.Tensor]:
     """BFL FLUX.1 weights (prefix removed) under ``FluxTransformer2DModel``'s names; the fused q/k/v and the
-    single blocks' ``linear1`` are split at the width read from ``img_in``."""
+    single blocks' ``linear1`` are split at the width read from ``img_in``. ``final_layer`` False: the weights
+    have no output layer (XLabs' FLUX.1 ControlNets, which reuse these names)."""
     hidden = int(_need(sd, "img_in.weight", "FLUX.1 transformer").shape[0])
     out: dict[str, torch.Tensor] = {}
     for old, new in _FLUX_TOP.items():
         for kind in ("weight", "bias"):
             if f"{old}.{kind}" in sd:
                 out[f"{new}.{kind}"] = sd[f"{old}.{kind}"]
-    for kind in ("weight", "bias"):
+    for kind in ("weight", "bias") if final_layer else ():
         out[f"norm_out.linear.{kind}"] = _swap_halves(_need(sd, f"final_layer.adaLN_modulation.1.{kind}",
                                                             "FLUX.1 transformer"))
     for i in _indices(sd, r"double_blocks\.(\d+)\."):

@@ -3,7 +3,9 @@
 SD 3.x takes the latents as they are, the timestep ``1000 * sigma``, the token context (CLIP-L + CLIP-G
 padded to T5's width, then T5) and the pooled CLIP vectors. FLUX.1 takes its latents packed into 2x2
 patches with their (row, column) positions, the timestep ``sigma``, the T5 context and CLIP-L's pooled
-vector, and (dev) the distilled guidance strength. As in the reference pipelines.
+vector, and (dev) the distilled guidance strength. As in the reference pipelines. Keyword arguments of the
+velocity function (ControlNet residuals, see :data:`~webui.pipeline.patches.BLOCK_RESIDUALS`) go to the
+transformer unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from webui.pipeline.conditioning import Conditioning
 
-VelocityFn = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
+VelocityFn = Callable[..., torch.Tensor]  # (x, sigma, conditioning, **block residuals) -> velocity
 
 
 def pack_flux(latents: torch.Tensor) -> torch.Tensor:
@@ -45,16 +47,16 @@ def velocity_fn(model, guidance: float) -> VelocityFn:
     device, dtype = model.device, model.dtype
 
     if c.spec.family == "sd3":
-        def sd3(x: torch.Tensor, sigma: torch.Tensor, ctx: Conditioning) -> torch.Tensor:
+        def sd3(x: torch.Tensor, sigma: torch.Tensor, ctx: Conditioning, **residuals) -> torch.Tensor:
             t = (sigma.float() * 1000).to(device, dtype)
             out = transformer(hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=ctx.context,
-                              pooled_projections=ctx.pooled, return_dict=False)[0]
+                              pooled_projections=ctx.pooled, return_dict=False, **residuals)[0]
             return out.float()
         return sd3
 
     cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (h, w, text tokens) -> (image ids, text ids)
 
-    def flux(x: torch.Tensor, sigma: torch.Tensor, ctx: Conditioning) -> torch.Tensor:
+    def flux(x: torch.Tensor, sigma: torch.Tensor, ctx: Conditioning, **residuals) -> torch.Tensor:
         b, _, h, w = x.shape
         key = (h, w, ctx.context.shape[1])
         if key not in cache:
@@ -67,6 +69,6 @@ def velocity_fn(model, guidance: float) -> VelocityFn:
             if transformer.config.guidance_embeds else None
         out = transformer(hidden_states=pack_flux(x.to(dtype)), timestep=t, guidance=g,
                           pooled_projections=ctx.pooled, encoder_hidden_states=ctx.context,
-                          txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+                          txt_ids=txt_ids, img_ids=img_ids, return_dict=False, **residuals)[0]
         return unpack_flux(out, h, w).float()
     return flux

@@ -162,9 +162,10 @@ def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: 
     if spec.family == "sd3" and model.components.t5 is None:
         run.result.warnings.append(f"{model.title} runs without T5-XXL (zeros in its place, CLIP only): put "
                                    "t5xxl_fp16.safetensors into models/text_encoder for full prompt following")
-    if spec.is_flow and run.patches:
-        raise RequestError("alwayson_scripts", f"ControlNet and other U-Net patches do not work with {spec.label} "
-                                               "yet; disable them for this model")
+    unfit = [type(p).__name__ for p in run.patches if spec.is_flow and not hasattr(p, "transformer_residuals")]
+    if unfit:
+        raise RequestError("alwayson_scripts", f"{', '.join(unfit)} only patch U-Nets and cannot run on "
+                                               f"{spec.label}; disable them for this model")
     run.refiner = _load_refiner(env, req, model)
     if run.refiner is not None:
         model_info["Refiner"] = run.refiner.title

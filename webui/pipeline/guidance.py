@@ -10,7 +10,7 @@ import torch
 
 from webui.models.manager import LoadedModel
 from webui.pipeline.conditioning import Conditioning
-from webui.pipeline.patches import UNetCall, sum_residuals
+from webui.pipeline.patches import TransformerCall, UNetCall, sum_residuals, sum_transformer_residuals
 from webui.pipeline.prompt_schedule import JobConditioning, stack
 from webui.sampling.denoiser import Denoiser, DiscreteSchedule
 
@@ -109,7 +109,17 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
     # built once per batch: the denoiser keeps a host copy of the sigmas, which must not be made per step
     if c.spec.is_flow:
         velocity = velocity_fn(model, guidance)
-        denoiser = FlowDenoiser(schedule, lambda x, sigma: velocity(x, sigma, current["ctx"]))
+
+        def flow_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            ctx = current["ctx"]
+            residuals = None
+            if patches:
+                step, steps = step_of() if step_of is not None else (0, 1)
+                residuals = sum_transformer_residuals(patches, TransformerCall(
+                    x, sigma, ctx.context, ctx.pooled, guidance, unet, batch, groups, use_uncond, step, steps, width,
+                    height, hires))
+            return velocity(x, sigma, ctx, **(residuals or {}))
+        denoiser = FlowDenoiser(schedule, flow_fn)
     else:
         denoiser = Denoiser(schedule, unet_fn, c.spec.prediction_type)
     blend = None

@@ -4,6 +4,11 @@ A ControlNet is one; plugins return :class:`UNetPatch` objects from the ``unet_p
 guided denoiser calls :meth:`UNetPatch.residuals` before every U-Net evaluation with a
 :class:`UNetCall` describing it, and adds what the patches return to the U-Net's down-block and
 mid-block outputs (diffusers' ``down_block_additional_residuals`` / ``mid_block_additional_residual``).
+
+SD 3.x and FLUX.1 have a transformer instead of a U-Net: there a patch's
+``transformer_residuals(call: TransformerCall)`` is called instead and returns hidden states to add after
+transformer blocks, one per block (:data:`BLOCK_RESIDUALS` names them per family); a patch without that
+method cannot run on these models (the request is refused).
 """
 
 from __future__ import annotations
@@ -39,6 +44,50 @@ class UNetCall:
 
 
 Residuals = tuple[list[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TransformerCall:
+    """One SD 3.x / FLUX.1 transformer evaluation of a batch: ``x`` the latents (``groups * batch`` rows,
+    unpacked ``[rows, C, h, w]``), ``sigma`` per row, ``context`` / ``pooled`` the text conditioning,
+    ``guidance`` FLUX.1 dev's distilled guidance; the rest as in :class:`UNetCall`. ``transformer`` is the
+    checkpoint's (SD 3.5 ControlNets use its position embedding)."""
+
+    x: torch.Tensor
+    sigma: torch.Tensor
+    context: torch.Tensor
+    pooled: torch.Tensor | None
+    guidance: float
+    transformer: Any
+    batch: int
+    groups: int
+    has_uncond: bool
+    step: int
+    steps: int
+    width: int
+    height: int
+    hires: bool = False
+
+
+#: the transformer's keyword argument(s) for per-block residuals (lists with one tensor per block)
+BLOCK_RESIDUALS = {"sd3": ("block_controlnet_hidden_states",),
+                   "flux": ("controlnet_block_samples", "controlnet_single_block_samples")}
+TransformerResiduals = dict[str, list[torch.Tensor]]
+
+
+def sum_transformer_residuals(patches: list[Any], call: TransformerCall) -> TransformerResiduals | None:
+    """The sum of the patches' per-block residuals (keyword arguments for the transformer), or None."""
+    total: TransformerResiduals | None = None
+    for patch in patches:
+        res = patch.transformer_residuals(call)
+        if not res:
+            continue
+        if total is None:
+            total = {k: list(v) for k, v in res.items()}
+        else:
+            for key, values in res.items():
+                total[key] = [a + b for a, b in zip(total[key], values)] if key in total else list(values)
+    return total
 
 
 class UNetPatch(Protocol):
