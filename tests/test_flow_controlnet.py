@@ -277,3 +277,54 @@ def test_outputs_spread_over_the_blocks_as_diffusers_transformers_pick_them(fami
         theirs = model(**inputs, controlnet_block_samples=samples, controlnet_blocks_repeat=repeat)[0]
     assert torch.allclose(ours, theirs, atol=1e-6)
     assert not torch.allclose(ours, model(**inputs)[0], atol=1e-3)  # the residuals do reach the blocks
+
+
+def test_hook_unet_patches_reaches_transformers_through_transformer_residuals(world):
+    """A plugin's patch with ``transformer_residuals`` adds per-block hidden states on FLUX.1 (it sees the
+    step, the batch layout and the latents); a U-Net-only patch is refused with a 422 naming it."""
+    from webui.hookspecs import hookimpl
+
+    seen = []
+
+    class Shift:
+        def prepare(self, width, height, hires=False):
+            seen.append(("prepare", width, height, hires))
+
+        def residuals(self, call):  # never called on a transformer
+            raise AssertionError("U-Net path on a transformer")
+
+        def transformer_residuals(self, call):
+            seen.append((call.step, call.steps, tuple(call.x.shape), call.groups))
+            tokens = (call.x.shape[-2] // 2) * (call.x.shape[-1] // 2)
+            width = call.transformer.inner_dim
+            blocks = len(call.transformer.transformer_blocks)
+            ramp = torch.linspace(-1, 1, width)  # not a constant: LayerNorm would remove that
+            return {"controlnet_block_samples": [ramp.expand(call.x.shape[0], tokens, width)] * blocks}
+
+    class UNetOnly:
+        def prepare(self, width, height, hires=False):
+            pass
+
+        def residuals(self, call):
+            return None
+
+    class Plugin:
+        @hookimpl
+        def unet_patches(self, request, model, job):
+            wanted = request.alwayson_scripts.get("test_patch")
+            return None if not wanted else [Shift() if wanted == {"args": ["shift"]} else UNetOnly()]
+
+    ckpt = world["flux_parts"]["transformer"].stem
+    plugins = world["ctx"].plugins
+    assert plugins.register(Plugin(), "test_patch")
+    try:
+        base = _image(_generate(world, ckpt, [], cfg_scale=1.0))
+        shifted = _image(_generate(world, ckpt, [], cfg_scale=1.0,
+                                   alwayson_scripts={"test_patch": {"args": ["shift"]}}))
+        assert np.abs(shifted - base).mean() > 2 / 255
+        assert seen[0] == ("prepare", SIZE, SIZE, False)
+        assert seen[1:] == [(i, 3, (1, 16, SIZE // 8, SIZE // 8), 1) for i in range(3)]
+        refused = _generate(world, ckpt, [], alwayson_scripts={"test_patch": {"args": ["unet"]}})
+        assert refused.status_code == 422 and "UNetOnly" in refused.text
+    finally:
+        plugins.unregister("test_patch")
