@@ -136,6 +136,8 @@ def test_extras_upscale(page, tmp_path):
     wait_text(page, "#extras_info", "Postprocess upscale by", prop="innerText")
     image = page.locator("#extras_gallery img").first
     image.wait_for(state="visible")
+    # visible is not decoded: wait until the browser has the picture's size
+    page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=image.element_handle())
     width = page.evaluate("(img) => img.naturalWidth", image.element_handle())
     assert width == 64  # x2 of the 32-px input
 
