@@ -35,6 +35,11 @@ def main() -> None:
     parser.add_argument("--lora-lr", type=float, default=3e-3)
     parser.add_argument("--lora-te-lr", type=float, default=1.5e-3)
     parser.add_argument("--lora-dim", type=int, default=8)
+    parser.add_argument("--lora-conv-dim", type=int, default=0, help="> 0: LoCon (ResNet convolutions too)")
+    parser.add_argument("--skip-ti", action="store_true", help="measure LoRA only")
+    parser.add_argument("--min-snr-gamma", type=float, default=0.0)
+    parser.add_argument("--noise-offset", type=float, default=0.0)
+    parser.add_argument("--lora-seed", type=int, default=1)
     args = parser.parse_args()
 
     from conftest import make_settings
@@ -105,6 +110,32 @@ def main() -> None:
     out["before_word_teal"] = teal_rate("teal")
 
     # textual inversion: the embedding "tealish" replaces the colour word in the captions
+    if not args.skip_ti:
+        _textual_inversion(args, ctx, model, data, tmp, captions, teal_rate, train_ti, TrainEmbeddingParams,
+                           create_embedding, Job, out)
+
+    # LoRA: the plain word "teal" in the captions, U-Net and text encoder layers
+    captions("teal")
+    start = time.monotonic()
+    lora = train_lora(ctx, LoraTrainParams(output_name="teal", train_data_dir=str(data), network_dim=args.lora_dim,
+                                           network_alpha=args.lora_dim, conv_dim=args.lora_conv_dim,
+                                           conv_alpha=max(args.lora_conv_dim, 1),
+                                           min_snr_gamma=args.min_snr_gamma, noise_offset=args.noise_offset,
+                                           learning_rate=args.lora_lr, text_encoder_lr=args.lora_te_lr,
+                                           max_train_steps=args.lora_steps,
+                                           train_batch_size=4, resolution=64, seed=args.lora_seed),
+                    Job(kind="lora"))
+    out["lora_seconds"] = round(time.monotonic() - start, 1)
+    out["lora_final_loss_mean_last_20"] = round(float(np.mean(lora["losses"][-20:])), 4)
+    out["after_lora"] = teal_rate("teal", " <lora:teal:1>")
+    out["lora"] = {"steps": args.lora_steps, "dim": args.lora_dim, "conv_dim": args.lora_conv_dim,
+                   "unet_lr": args.lora_lr, "te_lr": args.lora_te_lr, "min_snr_gamma": args.min_snr_gamma,
+                   "noise_offset": args.noise_offset, "seed": args.lora_seed}
+    print(json.dumps(out, indent=2))
+
+
+def _textual_inversion(args, ctx, model, data, tmp, captions, teal_rate, train_ti, TrainEmbeddingParams,
+                       create_embedding, Job, out) -> None:
     captions("tealish")
     create_embedding(model.components, ctx.settings.model_dir("embeddings"), "tealish", num_vectors_per_token=1,
                      init_text="blue", checkpoint_hash=model.short_hash, checkpoint_name=model.info.model_name)
@@ -121,19 +152,6 @@ def main() -> None:
     out["ti_final_loss_mean_last_20"] = round(float(np.mean(result.losses[-20:])), 4)
     ctx.embeddings.refresh()
     out["after_textual_inversion"] = teal_rate("tealish")
-
-    # LoRA: the plain word "teal" in the captions, U-Net and text encoder layers
-    captions("teal")
-    start = time.monotonic()
-    lora = train_lora(ctx, LoraTrainParams(output_name="teal", train_data_dir=str(data), network_dim=args.lora_dim,
-                                           network_alpha=args.lora_dim,
-                                           learning_rate=args.lora_lr, text_encoder_lr=args.lora_te_lr,
-                                           max_train_steps=args.lora_steps,
-                                           train_batch_size=4, resolution=64, seed=1), Job(kind="lora"))
-    out["lora_seconds"] = round(time.monotonic() - start, 1)
-    out["lora_final_loss_mean_last_20"] = round(float(np.mean(lora["losses"][-20:])), 4)
-    out["after_lora"] = teal_rate("teal", " <lora:teal:1>")
-    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ path for SD 1.x, + the original LDM path for SDXL; ``lora_te_`` / ``lora_te1_`` 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from webui.finetune.lora_train import lora_targets
+from webui.finetune.lora_layers import lora_targets
 from webui.models.tiny import build_tiny_components
 
 BLOCK = [f"attn{a}_to_{p}" for a in (1, 2) for p in ("q", "k", "v", "out_0")] + ["ff_net_0_proj", "ff_net_2"]
@@ -54,6 +55,42 @@ def test_trained_layers_carry_kohyas_key_names(family, expected):
     assert set(lora_targets(c, train_text_encoder=False)) == {k for k in expected() if k.startswith("lora_unet_")}
 
 
+def test_locon_adds_the_resnet_layers_with_kohyas_names():
+    """kohya's ``conv_dim`` (LoCon): the ResnetBlock2D / Downsample2D / Upsample2D layers join — their 3x3
+    convolutions, ``time_emb_proj`` and ``conv_shortcut`` (names written out from the tiny SD 1 U-Net)."""
+    c = build_tiny_components("sd1")
+    resnets = ["down_blocks_0_resnets_0", "down_blocks_1_resnets_0", "mid_block_resnets_0", "mid_block_resnets_1",
+               "up_blocks_0_resnets_0", "up_blocks_0_resnets_1", "up_blocks_1_resnets_0", "up_blocks_1_resnets_1"]
+    shortcut = {"down_blocks_1_resnets_0", "up_blocks_0_resnets_0", "up_blocks_0_resnets_1", "up_blocks_1_resnets_0",
+                "up_blocks_1_resnets_1"}
+    conv = {f"lora_unet_{r}_{leaf}" for r in resnets for leaf in ("conv1", "conv2", "time_emb_proj")}
+    conv |= {f"lora_unet_{r}_conv_shortcut" for r in shortcut}
+    conv |= {"lora_unet_down_blocks_0_downsamplers_0_conv", "lora_unet_up_blocks_0_upsamplers_0_conv"}
+    unet_keys = {k for k in _expected_sd1() if k.startswith("lora_unet_")}
+    assert set(lora_targets(c, train_text_encoder=False, conv=True)) == unet_keys | conv
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_locon_layer_equals_its_merged_weight(stride):
+    """What training runs (the hook: a rank-r 3x3 convolution, then 1x1 up) equals the base convolution with
+    the weight change A1111's loader merges (its ``lora`` network: ``up @ down`` over the flattened kernels,
+    reshaped, times alpha / rank; restated here)."""
+    from webui.finetune.lora_layers import LoraLayer
+
+    torch.manual_seed(0)
+    base = torch.nn.Conv2d(6, 10, 3, stride=stride, padding=1)
+    layer = LoraLayer(base, 4, 2.0, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        layer.up.normal_()
+    x = torch.randn(2, 6, 9, 9)
+    hooked = base(x)
+    layer.remove()
+    delta = (layer.up.detach() @ layer.down.detach().reshape(4, -1)).reshape(base.weight.shape) * (2.0 / 4)
+    merged = torch.nn.functional.conv2d(x, base.weight + delta, base.bias, stride=stride, padding=1)
+    assert torch.allclose(hooked, merged, atol=1e-5)
+    assert not torch.allclose(hooked, base(x), atol=1e-3)
+
+
 @pytest.fixture(scope="module")
 def lora_env(tmp_path_factory):
     from webui.context import build_context
@@ -85,7 +122,7 @@ def test_lora_run_through_the_api_gives_a_kohya_file_that_works_in_prompts(lora_
     ctx, client, data = lora_env
     body = {"output_name": "orange_sq", "train_data_dir": str(data), "network_dim": 4, "network_alpha": 2,
             "learning_rate": 1e-3, "text_encoder_lr": 5e-4, "max_train_steps": 6, "train_batch_size": 2,
-            "resolution": 64, "lr_scheduler": "cosine", "lr_warmup_steps": 2, "seed": 3}
+            "resolution": 64, "lr_scheduler": "cosine", "lr_warmup_steps": 2, "seed": 3, "conv_dim": 4, "conv_alpha": 2}
     started = client.post("/webui/v1/train/lora", json=body)
     assert started.status_code == 200, started.text
     state = _wait(client, started.json()["id"])
@@ -94,18 +131,21 @@ def test_lora_run_through_the_api_gives_a_kohya_file_that_works_in_prompts(lora_
     path = ctx.settings.model_dir("Lora") / "orange_sq.safetensors"
     assert state["path"] == str(path)
     tensors = load_file(str(path))
-    targets = lora_targets(ctx.models.current.components, train_text_encoder=True)
+    targets = lora_targets(ctx.models.current.components, train_text_encoder=True, conv=True)
     assert {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in tensors} == set(targets)
     for key, module in targets.items():
         out_dim, in_dim = module.weight.shape[:2]
         down, up = tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"]
         assert down.shape[:2] == (4, in_dim) and up.shape[:2] == (out_dim, 4)
+        if module.weight.ndim == 4:  # kohya's conv layout: down (r, in, kh, kw), up (out, r, 1, 1)
+            assert down.shape[2:] == module.weight.shape[2:] and up.shape[2:] == (1, 1)
         assert float(tensors[f"{key}.alpha"]) == 2.0
     assert any(float(t.abs().max()) > 0 for k, t in tensors.items() if k.endswith("lora_up.weight"))
     with safe_open(str(path), "pt") as handle:
         meta = handle.metadata()
     assert (meta["ss_network_module"], meta["ss_network_dim"], meta["ss_network_alpha"], meta["ss_steps"],
             meta["ss_base_model_version"]) == ("networks.lora", "4", "2.0", "6", "sd_v1")
+    assert __import__("json").loads(meta["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "2.0"}
 
     base = {"prompt": "a red circle", "steps": 3, "width": 64, "height": 64, "seed": 4, "save_images": False}
     plain = client.post("/sdapi/v1/txt2img", json=base).json()
@@ -191,3 +231,111 @@ def test_generations_are_refused_during_a_run_when_the_option_says_so(lora_env):
         assert ok.status_code == 200
     finally:
         ctx.options.update({"training_queue_policy": "Wait"})
+
+
+def _run(ctx, data, tmp_path, name: str, stop_at: int | None = None, **kw):
+    """A LoRA run straight through ``train_lora`` (the test holds no queue slot: nothing else runs here)."""
+    from webui.finetune.lora_train import LoraTrainParams, train_lora
+    from webui.jobs import Job
+
+    job = Job(kind="train_lora")
+
+    def on_step(step, loss, image=None):
+        if stop_at is not None and step >= stop_at:
+            job.interrupt()
+
+    params = LoraTrainParams(**{"output_name": name, "train_data_dir": str(data), "network_dim": 2,
+                                "network_alpha": 1, "learning_rate": 2e-3, "text_encoder_lr": 1e-3,
+                                "max_train_steps": 6, "train_batch_size": 2, "resolution": 64, "seed": 7,
+                                "lr_scheduler": "cosine", "lr_warmup_steps": 1, **kw})
+    return train_lora(ctx.models.current, tmp_path / "Lora", params, job, log_root=tmp_path / "runs", on_step=on_step)
+
+
+@pytest.mark.parametrize("optimizer", ["AdamW", "Prodigy"])
+def test_resume_after_an_interrupt_is_bit_exact(lora_env, tmp_path, optimizer):
+    """Six steps straight, or three, interrupted, then resumed from the run folder: the same file to the bit
+    (LoRA pairs from the saved state, optimizer state, per-step seeded batches and noise)."""
+    ctx, _, data = lora_env
+    lr = {"learning_rate": 1.0, "text_encoder_lr": 1.0} if optimizer == "Prodigy" else {}
+    straight = _run(ctx, data, tmp_path / "a", "sq", optimizer_type=optimizer, **lr)
+    first = _run(ctx, data, tmp_path / "b", "sq", stop_at=3, optimizer_type=optimizer, **lr)
+    assert first["interrupted"] and first["steps"] == 3
+    half = load_file(str(first["path"]))  # interrupt keeps a loadable file of the steps done
+    assert all(torch.isfinite(t).all() for t in half.values())
+    with pytest.raises(Exception, match="overwrite"):
+        _run(ctx, data, tmp_path / "b", "sq", optimizer_type=optimizer, **lr)
+    resumed = _run(ctx, data, tmp_path / "b", "sq", resume=True, optimizer_type=optimizer, **lr)
+    assert resumed["steps"] == 6 and resumed["losses"] == straight["losses"]
+    a, b = load_file(str(straight["path"])), load_file(str(resumed["path"]))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a[next(k for k in a if k.endswith("lora_up.weight"))], half[next(
+        k for k in a if k.endswith("lora_up.weight"))])
+    saved = __import__("json").loads((tmp_path / "b" / "runs" / "sq" / "train.json").read_text())
+    assert saved["steps_done"] == 6 and len(saved["losses"]) == 6 and saved["optimizer_type"] == optimizer
+    with safe_open(str(resumed["path"]), "pt") as handle:
+        assert optimizer in handle.metadata()["ss_optimizer"]
+    with pytest.raises(Exception, match="network_dim"):  # a resume with other settings is refused
+        _run(ctx, data, tmp_path / "b", "sq", resume=True, network_dim=4, optimizer_type=optimizer, **lr)
+
+
+def test_optimizer_precision_and_resume_errors_name_the_field(lora_env, tmp_path):
+    from webui.errors import RequestError
+
+    ctx, _, data = lora_env
+    for kw, field in (({"optimizer_type": "AdamW8bit"}, "optimizer_type"), ({"optimizer_type": "Lion"},
+                                                                             "optimizer_type"),
+                      ({"mixed_precision": "fp16"}, "mixed_precision"), ({"resume": True}, "resume"),
+                      ({"max_train_epochs": -1}, "max_train_epochs")):
+        with pytest.raises(RequestError) as err:
+            _run(ctx, data, tmp_path, "bad", **kw)
+        assert err.value.field == field
+
+
+def test_gradient_checkpointing_epochs_and_the_latent_cache(lora_env, tmp_path, monkeypatch):
+    """Checkpointing (torch's activation checkpointing runs in the U-Net) changes memory, not results; epochs
+    give ceil(images / batch) steps each; the run folder caches each picture's latents under the VAE's
+    fingerprint."""
+    import torch.utils.checkpoint
+
+    from webui.finetune.loss import vae_fingerprint
+
+    ctx, _, data = lora_env
+    plain = _run(ctx, data, tmp_path / "p", "g", max_train_steps=2)
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
+    checkpointed = _run(ctx, data, tmp_path / "c", "g", max_train_steps=2, gradient_checkpointing=True)
+    assert calls  # the U-Net's blocks were checkpointed
+    a, b = load_file(str(plain["path"])), load_file(str(checkpointed["path"]))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not ctx.models.current.components.unet.is_gradient_checkpointing  # switched off after the run
+    epochs = _run(ctx, data, tmp_path / "e", "ep", max_train_epochs=2)  # 4 pictures, batch 2
+    assert epochs["steps"] == 4
+    cache = epochs["run_folder"] / "latents" / vae_fingerprint(ctx.models.current.components.vae)
+    assert len(list(cache.glob("*.safetensors"))) == 4
+    stamps = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")}
+    _run(ctx, data, tmp_path / "e", "ep", max_train_steps=1, overwrite=True)
+    assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")} == stamps  # read, not re-encoded
+
+
+def test_previews_every_n_steps_through_the_run_api(lora_env):
+    import base64
+    import io
+
+    ctx, client, data = lora_env
+    started = client.post("/webui/v1/train/lora", json={
+        "output_name": "with_samples", "train_data_dir": str(data), "network_dim": 2, "max_train_steps": 4,
+        "resolution": 64, "sample_every_n_steps": 2, "sample_prompt": "a square", "sample_seed": 5})
+    state = _wait(client, started.json()["id"])
+    assert state["status"] == "done", state
+    assert [p["step"] for p in state["previews"]] == [2, 4]
+    assert all(Path(p["path"]).is_file() for p in state["previews"])
+    image = Image.open(io.BytesIO(base64.b64decode(state["current_preview"])))
+    assert image.size == (64, 64)
+    assert client.get(f"/webui/v1/train/{state['id']}", params={"skip_current_preview": True}).json()[
+        "current_preview"] is None

@@ -66,12 +66,20 @@ def train_embedding(ctx: AppContext, params: TrainEmbeddingParams, job: Job | No
 
 
 def train_lora(ctx: AppContext, params, job: Job, on_step=None) -> dict:
-    """A LoRA run as one job of the shared queue; the new file is listed at once."""
+    """A LoRA run as one job of the shared queue; the new file is listed at once. Previews
+    (``sample_every_n_steps``) are txt2img at the training size, Euler a, 20 steps, CFG 7, drawn with the LoRA
+    as it is at that step (its layers are hooked into the model while the run holds the queue)."""
     from webui.finetune.lora_train import train_lora as train_lora_run
 
     with ctx.jobs.slot(job):
         model = ctx.model_for(ctx.options.current)
+
+        def preview(prompt: str, seed: int):
+            req = GenerationRequest(prompt=prompt, steps=20, sampler_name="Euler a", cfg_scale=7.0, seed=seed,
+                                    width=params.resolution, height=params.resolution, save_images=False)
+            return generate(ctx.pipeline_env(), model, req, Job(kind="txt2img"), ctx.options.current).images[0]
+
         result = train_lora_run(model, ctx.settings.model_dir("Lora"), params, job,
-                                log_root=ctx.settings.data_dir / "lora_runs", on_step=on_step)
+                                log_root=ctx.settings.data_dir / "lora_runs", on_step=on_step, preview=preview)
     ctx.loras.refresh()
     return result

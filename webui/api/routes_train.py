@@ -9,6 +9,7 @@ an interrupted run answers 200 with the saved file, as A1111 does.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Body, HTTPException
@@ -50,13 +51,25 @@ class LoraRun:
         self.result: dict[str, Any] | None = None
         self.error: str | None = None
         self.losses: list[float] = []
+        self.previews: list[dict[str, Any]] = []  # {"step", "path"} of the samples drawn so far
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, current_preview: bool = True) -> dict[str, Any]:
+        """Status, progress, loss history, previews (paths; ``current_preview``: the latest as base64 PNG)."""
         job = self.job
+        latest = None
+        if current_preview and self.previews:
+            import base64
+
+            try:
+                latest = base64.b64encode(Path(self.previews[-1]["path"]).read_bytes()).decode("ascii")
+            except OSError:
+                latest = None
         return {"id": self.id, "status": self.status, "step": job.sampling_step, "steps": job.sampling_steps,
                 "progress": job.progress if self.status == "running" else (1.0 if self.status == "done" else 0.0),
                 "textinfo": job.textinfo, "losses": (self.result or {}).get("losses", self.losses),
-                "path": str(self.result["path"]) if self.result else None, "error": self.error}
+                "path": str(self.result["path"]) if self.result else None, "error": self.error,
+                "run_folder": str(self.result["run_folder"]) if self.result else None,
+                "previews": list(self.previews), "current_preview": latest}
 
 
 def build_lora_router(ctx: AppContext) -> APIRouter:
@@ -73,9 +86,11 @@ def build_lora_router(ctx: AppContext) -> APIRouter:
 
     def work(run: LoraRun) -> None:
         try:
-            def follow(_step: int, loss: float) -> None:
+            def follow(step: int, loss: float, image: Any = None) -> None:
                 run.status = "running"
                 run.losses.append(loss)
+                if image is not None:
+                    run.previews.append({"step": step, "path": str(image)})
 
             run.result = train_lora(ctx, run.params, run.job, on_step=follow)
             run.status = "interrupted" if run.result.get("interrupted") else "done"
@@ -93,7 +108,7 @@ def build_lora_router(ctx: AppContext) -> APIRouter:
         _check(params)
         image_files(params.train_data_dir, field_name="train_data_dir")  # 422 now; the run decodes them
         target = ctx.settings.model_dir("Lora") / f"{params.output_name}.safetensors"
-        if target.exists() and not params.overwrite:
+        if target.exists() and not (params.overwrite or params.resume):
             raise RequestError("output_name", f"{target} already exists (set overwrite to replace it)")
         run = LoraRun(uuid.uuid4().hex[:12], params, Job(kind="train_lora"))
         runs[run.id] = run
@@ -101,10 +116,10 @@ def build_lora_router(ctx: AppContext) -> APIRouter:
         return {"id": run.id}
 
     @r.get("/train/{run_id}")
-    def status(run_id: str) -> dict[str, Any]:
+    def status(run_id: str, skip_current_preview: bool = False) -> dict[str, Any]:
         if run_id not in runs:
             raise HTTPException(404, f"no training run {run_id!r}")
-        return runs[run_id].describe()
+        return runs[run_id].describe(not skip_current_preview)
 
     @r.post("/train/{run_id}/interrupt")
     def interrupt(run_id: str) -> dict[str, Any]:

@@ -1,45 +1,48 @@
 """LoRA training on a user's pictures, saved in kohya's format (loadable here, in A1111, Forge and ComfyUI).
 
-Layers (kohya's sd-scripts defaults for ``networks.lora``): in the U-Net every Linear (and 1x1 Conv) of the
-Transformer2D blocks — attention q/k/v/out, feed-forward, proj_in/proj_out; in the text encoder(s) the
-attention and MLP Linears. Each gets ``down`` (rank x in, Kaiming-uniform) and ``up`` (out x rank, zeros)
-added as ``layer(x) + up(down(x)) * alpha / rank``; the base weights stay frozen.
+The layers and key names are :mod:`webui.finetune.lora_layers`'. The loop is the textual-inversion one
+(:mod:`webui.finetune.textual_inversion`): same dataset, prompts from the captions, noise-prediction loss,
+per-step seeded randomness (a step's batch, timesteps and noise depend only on the seed and the step).
 
-Keys as kohya writes them: ``lora_unet_<module>`` with diffusers' module names for SD 1.x / 2.x and the
-original (LDM) names for SDXL (sd-scripts builds its own SDXL U-Net), ``lora_te_`` (one text encoder) or
-``lora_te1_`` / ``lora_te2_`` + ``text_model_...``; ``.lora_down.weight``, ``.lora_up.weight``, ``.alpha``;
-``ss_*`` training metadata.
-
-The loop is the textual-inversion one (:mod:`webui.finetune.textual_inversion`): same dataset, prompts from
-the captions, noise-prediction loss, per-step seeded randomness; AdamW with a constant or cosine schedule and
-linear warmup.
+A run lives in its **run folder** ``<log_root>/<output_name>/``: ``train.json`` (the parameters, steps done,
+loss history), ``state.safetensors`` (the LoRA pairs, the optimizer state and the step, written atomically
+every ``save_every_n_steps`` and at the end or interrupt), ``latents/`` (the VAE posteriors, see
+:func:`~webui.finetune.loss.posterior_latents`) and ``samples/`` (previews every ``sample_every_n_steps``,
+``sample_prompt`` with ``sample_seed``). ``resume`` continues from ``state.safetensors`` bit-exactly. The
+LoRA itself is written (atomically) to ``models/Lora/<output_name>.safetensors`` at every save.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
 import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from webui.errors import RequestError
 from webui.finetune.dataset import load_folder
+from webui.finetune.lora_layers import LoraLayer, kohya_tensors, lora_targets
 from webui.finetune.loss import denoising_loss, posterior_latents, seeded_generator
-from webui.models.original_layout import ldm_module_name, unet_module_table
+from webui.finetune.optimizers import OPTIMIZERS, describe, load_state, make_optimizer, state_tensors
 
-_UNET_ATTN_PARENTS = ("Transformer2DModel",)
-_TE_PARENTS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
 SCHEDULERS = ("constant", "cosine", "constant_with_warmup")
+MIXED_PRECISION = ("no", "fp16", "bf16")
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+#: parameters a resumed run may change (the rest must match the saved run's)
+_RESUMABLE = frozenset({"max_train_steps", "max_train_epochs", "save_every_n_steps", "sample_every_n_steps",
+                        "sample_prompt", "sample_seed", "resume", "overwrite", "gradient_checkpointing", "extra"})
+
+Preview = Callable[[str, int], Any]  # (prompt, seed) -> PIL image, generated with the LoRA as it is now
 
 
 @dataclass
@@ -50,12 +53,16 @@ class LoraTrainParams:
     train_data_dir: str
     network_dim: int = 8
     network_alpha: float = 4.0
+    conv_dim: int = 0  # > 0: LoCon, the 3x3 convolutions of the ResNet blocks at this rank
+    conv_alpha: float = 1.0
     learning_rate: float = 1e-4
     unet_lr: float | None = None
     text_encoder_lr: float | None = None  # None: the U-Net only (kohya's --network_train_unet_only)
+    optimizer_type: str = "AdamW"  # AdamW, AdamW8bit (bitsandbytes, CUDA), Prodigy (prodigyopt)
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
     max_train_steps: int = 500
+    max_train_epochs: int = 0  # > 0: steps = epochs x ceil(images / batch size), in place of max_train_steps
     train_batch_size: int = 1
     resolution: int = 512
     seed: int = 0
@@ -63,6 +70,15 @@ class LoraTrainParams:
     flip_aug: bool = False
     shuffle_caption: bool = False
     caption_dropout_rate: float = 0.0
+    min_snr_gamma: float = 0.0  # > 0: kohya's --min_snr_gamma loss weighting (5 is the paper's value)
+    noise_offset: float = 0.0  # kohya's --noise_offset (e.g. 0.05-0.1)
+    mixed_precision: str = "no"  # "fp16" / "bf16": autocast (fp16 only on a GPU)
+    gradient_checkpointing: bool = False  # less memory for the U-Net's activations, more compute
+    save_every_n_steps: int = 0  # 0: only at the end (and on interrupt)
+    sample_every_n_steps: int = 0  # 0: no previews
+    sample_prompt: str = ""  # "" : the first picture's caption with the template
+    sample_seed: int = 0
+    resume: bool = False  # continue the run in the run folder
     overwrite: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -86,69 +102,18 @@ class LoraTrainParams:
         return cls(**values)
 
 
-class LoraLayer(torch.nn.Module):
-    def __init__(self, base: torch.nn.Module, rank: int, alpha: float, gen: torch.Generator):
-        super().__init__()
-        conv = isinstance(base, torch.nn.Conv2d)
-        in_dim = base.in_channels if conv else base.in_features
-        out_dim = base.out_channels if conv else base.out_features
-        self.conv = conv
-        self.down = torch.nn.Parameter(torch.empty(rank, in_dim))
-        bound = 1 / math.sqrt(in_dim)  # Kaiming-uniform with a = sqrt(5), as torch's Linear and kohya init
-        with torch.no_grad():
-            self.down.uniform_(-bound, bound, generator=gen)
-        self.up = torch.nn.Parameter(torch.zeros(out_dim, rank))
-        self.scale = alpha / rank
-        self.handle = base.register_forward_hook(self._add)
-
-    def _add(self, module, inputs, output):
-        x = inputs[0]
-        if self.conv:  # 1x1 conv: the same product over the channel axis
-            lora = torch.einsum("bchw,rc->brhw", x, self.down.to(x.dtype))
-            lora = torch.einsum("brhw,or->bohw", lora, self.up.to(x.dtype))
-        else:
-            lora = (x @ self.down.to(x.dtype).t()) @ self.up.to(x.dtype).t()
-        return output + lora * self.scale
-
-    def remove(self) -> None:
-        self.handle.remove()
+def _rank(params: LoraTrainParams, module: torch.nn.Module) -> tuple[int, float]:
+    """(rank, alpha) of a layer: ``conv_dim`` / ``conv_alpha`` for 3x3 convolutions (LoCon), else the network's."""
+    if isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) != (1, 1):
+        return params.conv_dim, params.conv_alpha
+    return params.network_dim, params.network_alpha
 
 
-def lora_targets(components, train_text_encoder: bool) -> dict[str, torch.nn.Module]:
-    """kohya key -> base module for the layers a LoRA trains."""
-    out: dict[str, torch.nn.Module] = {}
-    unet = components.unet
-    table = unet_module_table(unet) if components.spec.family == "sdxl" else None
-    for parent_name, parent in unet.named_modules():
-        if type(parent).__name__ not in _UNET_ATTN_PARENTS:
-            continue
-        for child_name, child in parent.named_modules():
-            is_1x1 = isinstance(child, torch.nn.Conv2d) and child.kernel_size == (1, 1)
-            if not (isinstance(child, torch.nn.Linear) or is_1x1) or not child_name:
-                continue
-            name = f"{parent_name}.{child_name}"
-            if table is not None:
-                name = ldm_module_name(name, table) or name
-            out["lora_unet_" + name.replace(".", "_")] = child
-    if train_text_encoder:
-        prefixes = ["lora_te_"] if len(components.text_encoders) == 1 else ["lora_te1_", "lora_te2_"]
-        for prefix, encoder in zip(prefixes, components.text_encoders):
-            for parent_name, parent in encoder.named_modules():
-                if type(parent).__name__ not in _TE_PARENTS:
-                    continue
-                for child_name, child in parent.named_children():
-                    if isinstance(child, torch.nn.Linear):
-                        path = f"{parent_name}.{child_name}"
-                        path = path if path.startswith("text_model.") else "text_model." + path
-                        out[prefix + path.replace(".", "_")] = child
-    return out
-
-
-def _lr_at(params: LoraTrainParams, base: float, step: int) -> float:
+def _lr_at(params: LoraTrainParams, base: float, step: int, total: int) -> float:
     if params.lr_warmup_steps and step < params.lr_warmup_steps:
         return base * (step + 1) / params.lr_warmup_steps
     if params.lr_scheduler == "cosine":
-        span = max(params.max_train_steps - params.lr_warmup_steps, 1)
+        span = max(total - params.lr_warmup_steps, 1)
         done = min(max(step - params.lr_warmup_steps, 0) / span, 1.0)
         return base * 0.5 * (1 + math.cos(math.pi * done))
     return base
@@ -159,106 +124,209 @@ def _check(params: LoraTrainParams) -> None:
         raise RequestError("network_dim", f"must be between 1 and 1024, got {params.network_dim}")
     if params.network_alpha <= 0:
         raise RequestError("network_alpha", f"must be positive, got {params.network_alpha}")
+    if not 0 <= params.conv_dim <= 1024:
+        raise RequestError("conv_dim", f"must be between 0 (no LoCon) and 1024, got {params.conv_dim}")
+    if params.conv_dim and params.conv_alpha <= 0:
+        raise RequestError("conv_alpha", f"must be positive, got {params.conv_alpha}")
     if params.max_train_steps < 1 or params.train_batch_size < 1:
         raise RequestError("max_train_steps", "max_train_steps and train_batch_size must be at least 1")
+    if params.max_train_epochs < 0:
+        raise RequestError("max_train_epochs", f"must be 0 (use max_train_steps) or more, "
+                                               f"got {params.max_train_epochs}")
     if params.lr_scheduler not in SCHEDULERS:
         raise RequestError("lr_scheduler", f"must be one of {', '.join(SCHEDULERS)}")
+    if params.optimizer_type.lower() not in {o.lower() for o in OPTIMIZERS}:
+        raise RequestError("optimizer_type", f"must be one of {', '.join(OPTIMIZERS)}")
+    if params.mixed_precision not in MIXED_PRECISION:
+        raise RequestError("mixed_precision", f"must be one of {', '.join(MIXED_PRECISION)}")
     if params.resolution < 64 or params.resolution % 64:
         raise RequestError("resolution", f"must be a multiple of 64, at least 64, got {params.resolution}")
+    for name in ("save_every_n_steps", "sample_every_n_steps", "lr_warmup_steps"):
+        if getattr(params, name) < 0:
+            raise RequestError(name, f"must be 0 or more, got {getattr(params, name)}")
     name = params.output_name.strip()
     if not name or any(ch in name for ch in '/\\:*?"<>|') or name.startswith("."):
         raise RequestError("output_name", f"{name!r} is not a usable file name")
 
 
+def run_folder(log_root: Path | None, params: LoraTrainParams) -> Path:
+    return Path(log_root or "lora_runs") / params.output_name.strip()
+
+
 def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root: Path | None = None,
-               on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-    """Train and save ``<lora_dir>/<output_name>.safetensors``; returns a summary (path, losses, seconds).
-    ``on_step(step, loss)`` follows the run (loss history of the run API and the UI's plot)."""
+               on_step: Callable[..., None] | None = None, preview: Preview | None = None) -> dict[str, Any]:
+    """Train and save ``<lora_dir>/<output_name>.safetensors``; returns a summary (path, losses, seconds,
+    previews). ``on_step(step, loss, preview_path_or_None)`` follows the run (loss history of the run API and
+    the UI's plot); ``preview(prompt, seed)`` draws a sample with the LoRA as it is at that step."""
     _check(params)
     c = model.components
     if c.spec.is_flow:
         raise RequestError("train_data_dir", f"LoRA training is not available for {c.spec.label} models yet")
+    if params.mixed_precision == "fp16" and model.device.type != "cuda":
+        raise RequestError("mixed_precision", "fp16 training needs a CUDA GPU; use bf16 or no here")
     out_path = Path(lora_dir) / f"{params.output_name}.safetensors"
-    if out_path.exists() and not params.overwrite:
+    folder = run_folder(log_root, params)
+    state_path = folder / "state.safetensors"
+    if params.resume and not state_path.is_file():
+        raise RequestError("resume", f"no saved state to resume in {folder}; start the run without resume")
+    if out_path.exists() and not (params.overwrite or params.resume):
         raise RequestError("output_name", f"{out_path} already exists (set overwrite to replace it)")
     dataset = load_folder(params.train_data_dir, params.resolution, params.resolution, field_name="train_data_dir")
+    total = params.max_train_steps
+    if params.max_train_epochs:
+        total = params.max_train_epochs * math.ceil(len(dataset.items) / params.train_batch_size)
     unet_lr = params.unet_lr if params.unet_lr is not None else params.learning_rate
     te_lr = params.text_encoder_lr
     gen = torch.Generator().manual_seed(params.seed)
-    targets = lora_targets(c, train_text_encoder=bool(te_lr))
-    layers = {key: LoraLayer(module, params.network_dim, params.network_alpha, gen).to(model.device)
-              for key, module in targets.items()}
+    targets = lora_targets(c, train_text_encoder=bool(te_lr), conv=params.conv_dim > 0)
+    layers = {key: LoraLayer(module, *_rank(params, module), gen).to(model.device) for key, module in targets.items()}
     groups = [{"params": [p for k, layer in layers.items() if k.startswith("lora_unet_") for p in layer.parameters()],
                "lr": unet_lr, "base": unet_lr}]
     if te_lr:
         groups.append({"params": [p for k, layer in layers.items() if not k.startswith("lora_unet_")
                                   for p in layer.parameters()], "lr": te_lr, "base": te_lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
+    optimizer = make_optimizer(params.optimizer_type, groups, model.device)
+    step, losses = 0, []
+    if params.resume:
+        step, losses = _load_run(state_path, folder, layers, optimizer, params)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "train.json", {**asdict(params), "total_steps": total, "steps_done": step, "losses": losses})
     frozen = [(p, p.requires_grad) for m in (c.unet, *c.text_encoders) for p in m.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)
-    latents = posterior_latents(model, dataset, "deterministic", params.seed)
-    losses: list[float] = []
+    checkpointing = params.gradient_checkpointing and hasattr(c.unet, "enable_gradient_checkpointing")
+    if checkpointing:
+        c.unet.enable_gradient_checkpointing()
+    latents = posterior_latents(model, dataset, "deterministic", params.seed, cache_dir=folder / "latents")
+    autocast = torch.autocast(model.device.type, dtype=torch.float16 if params.mixed_precision == "fp16"
+                              else torch.bfloat16) if params.mixed_precision != "no" else nullcontext()
     started = time.monotonic()
-    step = 0
-    job.set_stage(0, params.max_train_steps, f"Training LoRA {params.output_name}")
+    previews: list[Path] = []
+    job.set_stage(0, total, f"Training LoRA {params.output_name}")
+    if step:
+        job.step(step)
+
+    def save() -> None:
+        _save_run(state_path, layers, optimizer, step)
+        _save_lora(out_path, kohya_tensors(layers), _metadata(params, model, dataset, step, started, unet_lr, te_lr,
+                                                              optimizer))
+        _write_json(folder / "train.json", {**asdict(params), "total_steps": total, "steps_done": step,
+                                            "losses": losses})
+
     try:
-        while step < params.max_train_steps and not job.interrupted:
+        while step < total and not job.interrupted:
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(params, group["base"], step)
-            loss = _loss(model, dataset, latents, params, step)
+                group["lr"] = _lr_at(params, group["base"], step, total)
+            with autocast:
+                loss = _loss(model, dataset, latents, params, step)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             losses.append(float(loss.detach()))
             job.step(step)
+            image = None
+            if preview is not None and params.sample_every_n_steps and step % params.sample_every_n_steps == 0:
+                image = _sample(preview, params, dataset, folder, step)
+                previews.append(image)
+            if params.save_every_n_steps and step % params.save_every_n_steps == 0 and step < total:
+                save()
             if on_step is not None:
-                on_step(step, losses[-1])
-            job.textinfo = f"Training LoRA {params.output_name}: step {step}/{params.max_train_steps}, " \
-                           f"loss {losses[-1]:.5f}"
+                on_step(step, losses[-1], image)
+            job.textinfo = f"Training LoRA {params.output_name}: step {step}/{total}, loss {losses[-1]:.5f}"
+        save()
     finally:
         for layer in layers.values():
             layer.remove()
         for p, flag in frozen:
             p.requires_grad_(flag)
-    tensors: dict[str, torch.Tensor] = {}
-    for key, layer in layers.items():
-        base = targets[key]
-        shape = (1, 1) if isinstance(base, torch.nn.Conv2d) else ()
-        tensors[f"{key}.lora_down.weight"] = layer.down.detach().float().cpu().reshape(*layer.down.shape, *shape)
-        tensors[f"{key}.lora_up.weight"] = layer.up.detach().float().cpu().reshape(*layer.up.shape, *shape)
-        tensors[f"{key}.alpha"] = torch.tensor(float(params.network_alpha))
-    metadata = _metadata(params, model, dataset, step, started, unet_lr, te_lr)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+        if checkpointing:
+            c.unet.disable_gradient_checkpointing()
+    return {"path": out_path, "steps": step, "losses": losses, "seconds": time.monotonic() - started,
+            "interrupted": job.interrupted, "skipped": dataset.skipped, "run_folder": folder, "previews": previews}
+
+
+def _sample(preview: Preview, params: LoraTrainParams, dataset, folder: Path, step: int) -> Path:
+    prompt = params.sample_prompt or params.caption_template.replace("[name]", params.output_name).replace(
+        "[filewords]", dataset.items[0].caption)
+    with torch.no_grad():
+        image = preview(prompt, params.sample_seed)
+    out = folder / "samples" / f"{params.output_name}-{step:06d}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    return out
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, out_path)
+        write(tmp)
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    log_dir = (log_root or Path("lora_runs")) / datetime.date.today().isoformat() / params.output_name
-    log_dir.mkdir(parents=True, exist_ok=True)
-    (log_dir / "train.json").write_text(json.dumps({**asdict(params), "steps_done": step, "losses": losses},
-                                                   indent=1), "utf-8")
-    return {"path": out_path, "steps": step, "losses": losses, "seconds": time.monotonic() - started,
-            "interrupted": job.interrupted, "skipped": dataset.skipped}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str), "utf-8"))
+
+
+def _save_lora(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    _atomic(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata))
+
+
+def _save_run(path: Path, layers: dict[str, LoraLayer], optimizer: torch.optim.Optimizer, step: int) -> None:
+    """The LoRA pairs (exact, in training layout), the optimizer state and the step, atomically."""
+    tensors = {f"lora.{k}.{name}": p.detach().cpu().contiguous() for k, layer in layers.items()
+               for name, p in (("down", layer.down), ("up", layer.up))}
+    optim, meta = state_tensors(optimizer)
+    _atomic(path, lambda tmp: save_file({**tensors, **optim}, str(tmp), metadata={**meta, "step": str(step)}))
+
+
+def _load_run(path: Path, folder: Path, layers: dict[str, LoraLayer], optimizer: torch.optim.Optimizer,
+              params: LoraTrainParams) -> tuple[int, list[float]]:
+    """Restore a saved run (step, loss history); RequestError on ``resume`` naming what differs."""
+    try:
+        saved = json.loads((folder / "train.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    changed = [k for k, v in asdict(params).items() if k not in _RESUMABLE and k in saved and saved[k] != v]
+    if changed:
+        raise RequestError("resume", f"the run in {folder} was started with other settings ({', '.join(changed)}); "
+                                     "resume with the same settings or start a new run")
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as handle:
+        meta = handle.metadata() or {}
+    try:
+        with torch.no_grad():
+            for key, layer in layers.items():
+                layer.down.copy_(tensors[f"lora.{key}.down"])
+                layer.up.copy_(tensors[f"lora.{key}.up"])
+    except (KeyError, RuntimeError) as exc:
+        raise RequestError("resume", f"the saved LoRA in {path} does not fit this model ({exc})") from None
+    load_state(optimizer, tensors, meta, path)
+    return int(meta.get("step", 0)), [float(x) for x in saved.get("losses", [])][: int(meta.get("step", 0))]
 
 
 def _metadata(params: LoraTrainParams, model, dataset, step: int, started: float, unet_lr: float,
-              te_lr: float | None) -> dict[str, str]:
+              te_lr: float | None, optimizer: torch.optim.Optimizer) -> dict[str, str]:
     """kohya's ``ss_*`` keys (the ones A1111's and Forge's LoRA pages show)."""
     return {
         "ss_network_module": "networks.lora", "ss_network_dim": str(params.network_dim),
         "ss_network_alpha": str(params.network_alpha), "ss_output_name": params.output_name,
+        "ss_network_args": json.dumps({"conv_dim": str(params.conv_dim), "conv_alpha": str(params.conv_alpha)})
+        if params.conv_dim else "null",
         "ss_base_model_version": BASE_MODEL_VERSION.get(model.spec.family, model.spec.family),
         "ss_sd_model_name": model.info.model_name, "ss_sd_model_hash": model.short_hash,
         "ss_learning_rate": str(params.learning_rate), "ss_unet_lr": str(unet_lr),
         "ss_text_encoder_lr": str(te_lr or 0.0), "ss_lr_scheduler": params.lr_scheduler,
         "ss_lr_warmup_steps": str(params.lr_warmup_steps), "ss_max_train_steps": str(params.max_train_steps),
+        "ss_max_train_epochs": str(params.max_train_epochs or None),
         "ss_steps": str(step), "ss_batch_size_per_device": str(params.train_batch_size),
         "ss_num_train_images": str(len(dataset.items)), "ss_resolution": f"({params.resolution}, {params.resolution})",
-        "ss_seed": str(params.seed), "ss_optimizer": "torch.optim.adamw.AdamW(weight_decay=0.01)",
+        "ss_seed": str(params.seed), "ss_optimizer": describe(optimizer),
+        "ss_mixed_precision": params.mixed_precision, "ss_gradient_checkpointing": str(params.gradient_checkpointing),
+        "ss_min_snr_gamma": str(params.min_snr_gamma or None), "ss_noise_offset": str(params.noise_offset or None),
         "ss_network_train_unet_only": str(not te_lr), "ss_training_started_at": str(int(time.time() - (time.monotonic()
                                                                                                         - started))),
         "ss_training_finished_at": str(int(time.time())), "ss_flip_aug": str(params.flip_aug),
@@ -288,4 +356,5 @@ def _loss(model, dataset, latents, params: LoraTrainParams, step: int) -> torch.
             tags = []
         prompts.append(params.caption_template.replace("[name]", params.output_name)
                        .replace("[filewords]", ", ".join(tags)))
-    return denoising_loss(model, x0, prompts, gen)
+    return denoising_loss(model, x0, prompts, gen, min_snr_gamma=params.min_snr_gamma,
+                          noise_offset=params.noise_offset)

@@ -3,8 +3,13 @@ latents at a uniform random timestep, and compare the U-Net's prediction with it
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+from pathlib import Path
+
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from webui.pipeline.conditioning import EncodeOptions, chunk_count, encode_prompt
 
@@ -14,17 +19,52 @@ def seeded_generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(hash(key) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
+def vae_fingerprint(vae: torch.nn.Module) -> str:
+    """A short hash of the VAE encoder's first and last weights: another VAE (or its weights changed) gives
+    another fingerprint, so cached latents of the old one are never used."""
+    digest = hashlib.sha256()
+    params = list(vae.encoder.parameters())
+    for p in (params[0], params[-1], *getattr(vae, "quant_conv", torch.nn.Identity()).parameters()):
+        digest.update(p.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 @torch.no_grad()
-def posterior_latents(model, dataset, method: str, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def posterior_latents(model, dataset, method: str, seed: int,
+                      cache_dir: Path | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per image of ``dataset``: (mean, std) of the VAE posterior, scaled. A1111's latent sampling methods:
     ``once`` -- one sample, kept (as the mean, std 0); ``deterministic`` -- the mean (std 0); ``random`` --
-    mean and std, sampled again at every use."""
+    mean and std, sampled again at every use.
+
+    ``cache_dir`` (a run folder's ``latents``): each image's posterior is kept on disk under the VAE's
+    fingerprint and a hash of the image's pixels at its bucket size, so a resumed or repeated run skips the
+    VAE, and a changed picture, bucket or VAE is encoded again (folders of other VAEs are removed)."""
     c = model.components
+    folder = None
+    if cache_dir is not None:
+        folder = Path(cache_dir) / vae_fingerprint(c.vae)
+        if Path(cache_dir).is_dir():
+            for other in Path(cache_dir).iterdir():
+                if other.is_dir() and other != folder:
+                    shutil.rmtree(other, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i, item in enumerate(dataset.items):
-        pixels = torch.from_numpy(item.pixels.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-        dist = c.vae.encode(pixels.to(model.device, c.vae.dtype)).latent_dist
-        mean, std = dist.mean.float() * c.vae_scaling_factor, dist.std.float() * c.vae_scaling_factor
+        cached = None
+        if folder is not None:
+            key = hashlib.sha256(item.pixels.tobytes() + str(item.pixels.shape).encode()).hexdigest()[:24]
+            cached = folder / f"{key}.safetensors"
+        if cached is not None and cached.is_file():
+            stored = load_file(str(cached))
+            mean, std = stored["mean"].to(model.device), stored["std"].to(model.device)
+        else:
+            pixels = torch.from_numpy(item.pixels.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+            dist = c.vae.encode(pixels.to(model.device, c.vae.dtype)).latent_dist
+            mean, std = dist.mean.float() * c.vae_scaling_factor, dist.std.float() * c.vae_scaling_factor
+            if cached is not None:
+                tmp = cached.with_suffix(".tmp")
+                save_file({"mean": mean.cpu().contiguous(), "std": std.cpu().contiguous()}, str(tmp))
+                tmp.replace(cached)
         if method == "once":
             noise = torch.randn(mean.shape, generator=seeded_generator(seed, -1, i)).to(mean.device)
             mean, std = mean + std * noise, torch.zeros_like(std)
@@ -35,11 +75,15 @@ def posterior_latents(model, dataset, method: str, seed: int) -> list[tuple[torc
 
 
 def denoising_loss(model, x0: torch.Tensor, prompts: list[str], gen: torch.Generator,
-                   embeddings=None) -> torch.Tensor:
+                   embeddings=None, *, min_snr_gamma: float = 0.0, noise_offset: float = 0.0) -> torch.Tensor:
     """Mean squared error of the U-Net's noise (epsilon models) or v (v-prediction) prediction for latents
     ``x0`` noised at ``t ~ U{0..999}`` by the training schedule, under ``prompts`` (one per latent; a prompt
     that names an embedding in ``embeddings`` uses its vectors, with their gradients). SDXL gets A1111's size
-    conditioning (original = target = the latents' size, no crop)."""
+    conditioning (original = target = the latents' size, no crop).
+
+    kohya's options: ``min_snr_gamma`` > 0 weighs each sample by ``min(SNR, gamma) / SNR`` (v-prediction:
+    ``/ (SNR + 1)``; Hang et al. 2023); ``noise_offset`` adds ``offset * N(0, 1)`` per image and channel to the
+    noise (Guttenberg's offset noise: whole-image colour and brightness become learnable)."""
     c = model.components
     opts = EncodeOptions()
     chunks = max(chunk_count(c, p, opts, embeddings) for p in prompts)
@@ -48,6 +92,8 @@ def denoising_loss(model, x0: torch.Tensor, prompts: list[str], gen: torch.Gener
         context = torch.cat([cond.context for cond in conds]).to(model.dtype)
         t = torch.randint(0, 1000, (len(prompts),), generator=gen)
         noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        if noise_offset:
+            noise = noise + noise_offset * torch.randn((*x0.shape[:2], 1, 1), generator=gen).to(x0.device)
         alpha = c.alphas_cumprod.to(x0.device)[t.to(x0.device)].float().view(-1, 1, 1, 1)
         x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
         added = None
@@ -58,4 +104,9 @@ def denoising_loss(model, x0: torch.Tensor, prompts: list[str], gen: torch.Gener
         out = c.unet(x_t.to(model.dtype), t.to(x0.device), encoder_hidden_states=context, added_cond_kwargs=added,
                      return_dict=False)[0].float()
         target = noise if c.spec.prediction_type == "epsilon" else alpha.sqrt() * noise - (1 - alpha).sqrt() * x0
-        return torch.nn.functional.mse_loss(out, target)
+        if not min_snr_gamma:
+            return torch.nn.functional.mse_loss(out, target)
+        snr = (alpha / (1 - alpha)).view(-1)
+        weight = torch.clamp(snr, max=min_snr_gamma) / (snr if c.spec.prediction_type == "epsilon" else snr + 1)
+        per_sample = ((out - target) ** 2).mean(dim=tuple(range(1, out.ndim)))
+        return (per_sample * weight).mean()

@@ -12,7 +12,8 @@ import pandas as pd
 
 from webui.context import AppContext
 from webui.finetune.dataset import list_templates, load_folder
-from webui.finetune.lora_train import SCHEDULERS, LoraTrainParams
+from webui.finetune.lora_train import MIXED_PRECISION, SCHEDULERS, LoraTrainParams
+from webui.finetune.optimizers import OPTIMIZERS
 from webui.finetune.textual_inversion import CLIP_GRAD_MODES, LATENT_SAMPLING, TrainEmbeddingParams
 from webui.jobs import Job
 from webui.train_jobs import create_embedding, train_embedding, train_lora
@@ -151,6 +152,33 @@ def build_train_tab(ctx: AppContext) -> dict[str, Any]:
                 lo["flip_aug"] = gr.Checkbox(False, label="Flip augmentation", elem_id="train_lora_flip")
                 lo["shuffle_caption"] = gr.Checkbox(False, label="Shuffle caption tags", elem_id="train_lora_shuffle")
                 lo["overwrite"] = gr.Checkbox(False, label="Overwrite", elem_id="train_lora_overwrite")
+            with gr.Accordion("Advanced", open=False):
+                with gr.Row():
+                    lo["optimizer_type"] = gr.Dropdown(list(OPTIMIZERS), value="AdamW", label="Optimizer",
+                                                       elem_id="train_lora_optimizer",
+                                                       info="Prodigy: set the learning rates to 1; AdamW8bit: CUDA")
+                    lo["conv_dim"] = gr.Number(0, label="Conv rank (LoCon; 0: off)", precision=0,
+                                               elem_id="train_lora_conv_dim")
+                    lo["conv_alpha"] = gr.Number(1.0, label="Conv alpha", elem_id="train_lora_conv_alpha")
+                    lo["max_train_epochs"] = gr.Number(0, label="Epochs (0: use Steps)", precision=0,
+                                                       elem_id="train_lora_epochs")
+                with gr.Row():
+                    lo["min_snr_gamma"] = gr.Number(5.0, label="Min-SNR gamma (0: off)", elem_id="train_lora_min_snr")
+                    lo["noise_offset"] = gr.Number(0.0, label="Noise offset", elem_id="train_lora_noise_offset")
+                    lo["mixed_precision"] = gr.Dropdown(list(MIXED_PRECISION), value="no", label="Mixed precision",
+                                                        elem_id="train_lora_mixed_precision")
+                    lo["gradient_checkpointing"] = gr.Checkbox(False, label="Gradient checkpointing",
+                                                               elem_id="train_lora_gradient_checkpointing")
+                with gr.Row():
+                    lo["save_every_n_steps"] = gr.Number(0, label="Save every N steps (0: at the end)", precision=0,
+                                                         elem_id="train_lora_save_every")
+                    lo["sample_every_n_steps"] = gr.Number(0, label="Preview every N steps (0: none)", precision=0,
+                                                           elem_id="train_lora_sample_every")
+                    lo["sample_prompt"] = gr.Textbox(label="Preview prompt (empty: the first caption)",
+                                                     elem_id="train_lora_sample_prompt")
+                    lo["sample_seed"] = gr.Number(0, label="Preview seed", precision=0,
+                                                  elem_id="train_lora_sample_seed")
+                    lo["resume"] = gr.Checkbox(False, label="Resume the run", elem_id="train_lora_resume")
             with gr.Row():
                 train_lo = gr.Button("Train LoRA", variant="primary", elem_id="train_train_lora")
                 stop_lo = gr.Button("Interrupt", elem_id="train_interrupt_lora")

@@ -1,0 +1,108 @@
+"""LoRA layers for training: the trainable low-rank pair hooked onto a frozen layer, and the layers a kohya
+``networks.lora`` run trains, under kohya's key names.
+
+Layers (kohya's sd-scripts defaults): in the U-Net every Linear (and 1x1 Conv) of the Transformer2D blocks —
+attention q/k/v/out, feed-forward, proj_in/proj_out; in the text encoder(s) the attention and MLP Linears.
+Each gets ``down`` (rank x in, Kaiming-uniform) and ``up`` (out x rank, zeros) added as
+``layer(x) + up(down(x)) * alpha / rank``; the base weights stay frozen. With LoCon (``conv``) the
+ResnetBlock2D / Downsample2D / Upsample2D blocks join: their 3x3 convolutions (``down`` a 3x3 convolution with
+the base's stride and padding, ``up`` 1x1), their Linear and 1x1 layers.
+
+Keys as kohya writes them: ``lora_unet_<module>`` with diffusers' module names for SD 1.x / 2.x and the
+original (LDM) names for SDXL (sd-scripts builds its own SDXL U-Net), ``lora_te_`` (one text encoder) or
+``lora_te1_`` / ``lora_te2_`` + ``text_model_...``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from webui.models.original_layout import ldm_module_name, unet_module_table
+
+_UNET_ATTN_PARENTS = ("Transformer2DModel",)
+_UNET_CONV_PARENTS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+_TE_PARENTS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
+
+
+class LoraLayer(torch.nn.Module):
+    def __init__(self, base: torch.nn.Module, rank: int, alpha: float, gen: torch.Generator):
+        super().__init__()
+        conv = isinstance(base, torch.nn.Conv2d)
+        in_dim = base.in_channels if conv else base.in_features
+        out_dim = base.out_channels if conv else base.out_features
+        self.conv = conv
+        self.kernel = tuple(base.kernel_size) if conv and tuple(base.kernel_size) != (1, 1) else None
+        self.base = base
+        self.down = torch.nn.Parameter(torch.empty(rank, in_dim, *(self.kernel or ())))
+        fan_in = in_dim * (math.prod(self.kernel) if self.kernel else 1)
+        bound = 1 / math.sqrt(fan_in)  # Kaiming-uniform with a = sqrt(5), as torch's Linear and kohya init
+        with torch.no_grad():
+            self.down.uniform_(-bound, bound, generator=gen)
+        self.up = torch.nn.Parameter(torch.zeros(out_dim, rank))
+        self.alpha = float(alpha)
+        self.scale = alpha / rank
+        self.handle = base.register_forward_hook(self._add)
+
+    def _add(self, module, inputs, output):
+        x = inputs[0]
+        if self.kernel is not None:  # LoCon: a rank-r convolution with the base's geometry, then 1x1 up
+            b = self.base
+            lora = torch.nn.functional.conv2d(x, self.down.to(x.dtype), stride=b.stride, padding=b.padding,
+                                              dilation=b.dilation)
+            lora = torch.einsum("brhw,or->bohw", lora, self.up.to(x.dtype))
+        elif self.conv:  # 1x1 conv: the same product over the channel axis
+            lora = torch.einsum("bchw,rc->brhw", x, self.down.to(x.dtype))
+            lora = torch.einsum("brhw,or->bohw", lora, self.up.to(x.dtype))
+        else:
+            lora = (x @ self.down.to(x.dtype).t()) @ self.up.to(x.dtype).t()
+        return output + lora * self.scale
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def lora_targets(components, train_text_encoder: bool, conv: bool = False) -> dict[str, torch.nn.Module]:
+    """kohya key -> base module for the layers a LoRA trains (``conv``: LoCon, the ResNet blocks too)."""
+    out: dict[str, torch.nn.Module] = {}
+    unet = components.unet
+    table = unet_module_table(unet) if components.spec.family == "sdxl" else None
+    parents = _UNET_ATTN_PARENTS + (_UNET_CONV_PARENTS if conv else ())
+    for parent_name, parent in unet.named_modules():
+        if type(parent).__name__ not in parents:
+            continue
+        for child_name, child in parent.named_modules():
+            is_1x1 = isinstance(child, torch.nn.Conv2d) and child.kernel_size == (1, 1)
+            is_3x3 = conv and isinstance(child, torch.nn.Conv2d) and not is_1x1
+            if not (isinstance(child, torch.nn.Linear) or is_1x1 or is_3x3) or not child_name:
+                continue
+            name = f"{parent_name}.{child_name}"
+            if table is not None:
+                name = ldm_module_name(name, table) or name
+            out["lora_unet_" + name.replace(".", "_")] = child
+    if train_text_encoder:
+        prefixes = ["lora_te_"] if len(components.text_encoders) == 1 else ["lora_te1_", "lora_te2_"]
+        for prefix, encoder in zip(prefixes, components.text_encoders):
+            for parent_name, parent in encoder.named_modules():
+                if type(parent).__name__ not in _TE_PARENTS:
+                    continue
+                for child_name, child in parent.named_children():
+                    if isinstance(child, torch.nn.Linear):
+                        path = f"{parent_name}.{child_name}"
+                        path = path if path.startswith("text_model.") else "text_model." + path
+                        out[prefix + path.replace(".", "_")] = child
+    return out
+
+
+def kohya_tensors(layers: dict[str, LoraLayer]) -> dict[str, torch.Tensor]:
+    """The trained pairs as kohya saves them: ``<key>.lora_down.weight`` / ``.lora_up.weight`` (4-D for
+    convolutions: down ``(r, in, kh, kw)`` or ``(r, in, 1, 1)``, up ``(out, r, 1, 1)``) and ``<key>.alpha``."""
+    tensors: dict[str, torch.Tensor] = {}
+    for key, layer in layers.items():
+        shape = (1, 1) if layer.conv else ()
+        down = layer.down.detach().float().cpu()
+        tensors[f"{key}.lora_down.weight"] = down if layer.kernel is not None else down.reshape(*down.shape, *shape)
+        tensors[f"{key}.lora_up.weight"] = layer.up.detach().float().cpu().reshape(*layer.up.shape, *shape)
+        tensors[f"{key}.alpha"] = torch.tensor(layer.alpha)
+    return tensors
