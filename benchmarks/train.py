@@ -43,14 +43,19 @@ def _pictures(folder: Path, count: int, size: int) -> None:
         (folder / f"{i:02d}.txt").write_text(shapes.caption(scene, rng))
 
 
-def _context(tmp: Path):
+def _setup(size: int):
+    """A temporary folder with 8 pictures and an application context on the built-in model."""
     from conftest import make_settings
 
     from webui.context import build_context
 
+    tmp = Path(tempfile.mkdtemp())
+    data = tmp / "pictures"
+    data.mkdir()
+    _pictures(data, 8, size)
     models = tmp / "models"
     (models / "Stable-diffusion").mkdir(parents=True)
-    return build_context(make_settings(tmp / "data", models), load_model=True)
+    return tmp, data, build_context(make_settings(tmp / "data", models), load_model=True)
 
 
 def _peak() -> dict:
@@ -66,11 +71,7 @@ def run_ours(args) -> dict:
     from webui.finetune.lora_train import LoraTrainParams, train_lora
     from webui.jobs import Job
 
-    tmp = Path(tempfile.mkdtemp())
-    data = tmp / "pictures"
-    data.mkdir()
-    _pictures(data, 8, args.size)
-    ctx = _context(tmp)
+    tmp, data, ctx = _setup(args.size)
     times: list[float] = []
 
     def on_step(step, loss, image=None):
@@ -90,11 +91,7 @@ def run_peft(args) -> dict:
 
     from webui.finetune.dataset import load_folder
 
-    tmp = Path(tempfile.mkdtemp())
-    data = tmp / "pictures"
-    data.mkdir()
-    _pictures(data, 8, args.size)
-    ctx = _context(tmp)
+    _, data, ctx = _setup(args.size)
     c = ctx.models.current.components
     unet, vae, text_encoder, tokenizer = c.unet, c.vae, c.text_encoders[0], c.tokenizers[0]
     for module in (unet, vae, text_encoder):

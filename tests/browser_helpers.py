@@ -59,6 +59,17 @@ def screenshot_tabs(page, name: str) -> list[Path]:
     return saved
 
 
+def open_page(browser, url: str):
+    """A new browser context (a new UI session) at 1400x1000 on the UI at ``url``, ready when the txt2img
+    prompt is there; returns (context, page)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(url + "/", wait_until="domcontentloaded")
+    page.locator("#txt2img_prompt textarea").wait_for()
+    return context, page
+
+
 def failed(request) -> bool:
     """Whether the test of ``request`` failed in setup or in its call (set by conftest's report hook)."""
     reports = getattr(request.node, "reports", {})

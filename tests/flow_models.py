@@ -220,6 +220,17 @@ def save_flux_files(c: SDComponents, folder: Path, *, prefix: str = "") -> dict[
     return paths
 
 
+def lay_out_flux(paths: dict[str, Path], models: Path) -> None:
+    """Copy :func:`save_flux_files`' files into a models folder as a Forge user lays them out: the transformer
+    in ``Stable-diffusion``, ``ae`` in ``VAE``, ``clip_l`` and ``t5xxl`` in ``text_encoder``."""
+    import shutil
+
+    for key, folder in (("transformer", "Stable-diffusion"), ("vae", "VAE"), ("clip_l", "text_encoder"),
+                        ("t5", "text_encoder")):
+        (models / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(paths[key], models / folder / paths[key].name)
+
+
 def save_flow_folder(c: SDComponents, folder: Path) -> Path:
     """A diffusers folder (``save_pretrained`` of the reference pipeline)."""
     c.diffusers_pipeline().save_pretrained(folder, safe_serialization=True)

@@ -44,11 +44,9 @@ def browser():
 
 @pytest.fixture
 def page(request, browser, server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.goto(server.url + "/", wait_until="domcontentloaded")
-    page.locator("#txt2img_prompt textarea").wait_for()
+    from tests.browser_helpers import open_page
+
+    context, page = open_page(browser, server.url)
     yield page
     from tests.browser_helpers import failed
 

@@ -9,9 +9,9 @@ import shutil
 import time
 
 import pytest
-from flow_models import save_flux_files, tiny_flux
+from flow_models import lay_out_flux, save_flux_files, tiny_flux
 
-from tests.browser_helpers import launch, needs_chromium, screenshot_tabs, wait_text
+from tests.browser_helpers import launch, needs_chromium, open_page, screenshot_tabs, wait_text
 from tests.conftest import make_settings
 from tests.live_server import LiveServer
 from webui.context import build_context
@@ -24,10 +24,7 @@ pytestmark = needs_chromium
 def server(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     paths = save_flux_files(tiny_flux(seed=1), tmp_path_factory.mktemp("downloads"))
-    for key, folder in (("transformer", "Stable-diffusion"), ("vae", "VAE"), ("clip_l", "text_encoder"),
-                        ("t5", "text_encoder")):
-        (models / folder).mkdir(exist_ok=True)
-        shutil.copy(paths[key], models / folder / paths[key].name)
+    lay_out_flux(paths, models)
     shutil.copy(paths["vae"], models / "VAE" / "ae_copy.safetensors")  # two candidates: no automatic match
     ctx = build_context(make_settings(tmp_path_factory.mktemp("data"), models), load_model=False)
     with LiveServer(create_app(ctx)) as srv:
@@ -43,11 +40,7 @@ def page(request, server):
 
     with sync_playwright() as playwright:
         browser = launch(playwright)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        page.goto(server.url + "/", wait_until="domcontentloaded")
-        page.locator("#txt2img_prompt textarea").wait_for()
+        _, page = open_page(browser, server.url)
         yield page
         if failed(request) and not page.is_closed():
             screenshot_tabs(page, request.node.name)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import base64
 import io
-import shutil
 
 import numpy as np
 import pytest
 import torch
 from flow_models import (
     flux_controlnet_to_xlabs,
+    lay_out_flux,
     save_flux_files,
     save_sd3_file,
     sd3_controlnet_to_stability,
@@ -68,14 +68,12 @@ def world(tmp_path_factory):
     from webui.server import create_app
 
     models = tmp_path_factory.mktemp("models")
-    for folder in ("Stable-diffusion", "VAE", "text_encoder", "ControlNet"):
+    for folder in ("Stable-diffusion", "ControlNet"):
         (models / folder).mkdir()
     # block counts that tell diffusers' ways of spreading fewer ControlNet outputs over the blocks apart
     save_sd3_file(tiny_sd3(seed=30, sd35=True, layers=8), models / "Stable-diffusion" / "sd3_medium.safetensors")
     paths = save_flux_files(tiny_flux(seed=31, double=3, single=3), tmp_path_factory.mktemp("downloads"))
-    for key, folder in (("transformer", "Stable-diffusion"), ("vae", "VAE"), ("clip_l", "text_encoder"),
-                        ("t5", "text_encoder")):
-        shutil.copy(paths[key], models / folder / paths[key].name)
+    lay_out_flux(paths, models)
     nets = {"sd3_instantx": tiny_sd3_controlnet(), "sd35": tiny_sd3_controlnet(stability=True),
             "flux_instantx": tiny_flux_controlnet(), "flux_union": tiny_flux_controlnet(union=True, seed=21),
             "flux_xlabs": tiny_flux_controlnet(xlabs=True, seed=22)}

@@ -19,6 +19,7 @@ import pytest
 import torch
 from flow_models import (
     flux_to_bfl,
+    lay_out_flux,
     save_flow_folder,
     save_flux_files,
     save_sd3_file,
@@ -281,7 +282,6 @@ def test_flux_img2img_noises_the_image_latents_as_diffusers_scale_noise(ctx):
 def test_api_flux_from_split_files_in_the_model_folders(tmp_path_factory):
     """As a Forge user lays them out: the transformer in models/Stable-diffusion, ae.safetensors in models/VAE,
     clip_l and t5xxl in models/text_encoder; listed, matched automatically, chosen by name, checked."""
-    import shutil
 
     from conftest import api_only, make_settings
     from fastapi.testclient import TestClient
@@ -290,11 +290,7 @@ def test_api_flux_from_split_files_in_the_model_folders(tmp_path_factory):
     from webui.server import create_app
 
     models = tmp_path_factory.mktemp("models")
-    paths = save_flux_files(tiny_flux(seed=1), tmp_path_factory.mktemp("downloads"))
-    for key, folder in (("transformer", "Stable-diffusion"), ("vae", "VAE"), ("clip_l", "text_encoder"),
-                        ("t5", "text_encoder")):
-        (models / folder).mkdir(exist_ok=True)
-        shutil.copy(paths[key], models / folder / paths[key].name)
+    lay_out_flux(save_flux_files(tiny_flux(seed=1), tmp_path_factory.mktemp("downloads")), models)
     ctx = build_context(make_settings(tmp_path_factory.mktemp("data"), models), load_model=False)
     client = TestClient(create_app(api_only(ctx)))
     listed = client.get("/sdapi/v1/sd-models").json()
