@@ -84,18 +84,11 @@ def lora_targets(components, train_text_encoder: bool, conv: bool = False) -> di
     if train_text_encoder:
         prefixes = ["lora_te_"] if len(components.text_encoders) == 1 else ["lora_te1_", "lora_te2_"]
         for prefix, encoder in zip(prefixes, components.text_encoders):
-            for parent_name, parent in encoder.named_modules():
-                if type(parent).__name__ not in _TE_PARENTS:
-                    continue
-                for child_name, child in parent.named_children():
-                    if isinstance(child, torch.nn.Linear):
-                        path = f"{parent_name}.{child_name}"
-                        path = path if path.startswith("text_model.") else "text_model." + path
-                        out[prefix + path.replace(".", "_")] = child
+            out.update(_clip_targets(encoder, prefix))
     return out
 
 
-def kohya_tensors(layers: dict[str, LoraLayer]) -> dict[str, torch.Tensor]:
+def kohya_tensors(layers: dict[str, LoraLayer | FusedLoraLayer]) -> dict[str, torch.Tensor]:
     """The trained pairs as kohya saves them: ``<key>.lora_down.weight`` / ``.lora_up.weight`` (4-D for
     convolutions: down ``(r, in, kh, kw)`` or ``(r, in, 1, 1)``, up ``(out, r, 1, 1)``) and ``<key>.alpha``."""
     tensors: dict[str, torch.Tensor] = {}
@@ -106,3 +99,80 @@ def kohya_tensors(layers: dict[str, LoraLayer]) -> dict[str, torch.Tensor]:
         tensors[f"{key}.lora_up.weight"] = layer.up.detach().float().cpu().reshape(*layer.up.shape, *shape)
         tensors[f"{key}.alpha"] = torch.tensor(layer.alpha)
     return tensors
+
+
+class FusedLoraLayer(torch.nn.Module):
+    """A LoRA on one layer of an original (BFL / Stability) layout that diffusers splits into several modules
+    (``img_attn.qkv`` -> ``to_q``, ``to_k``, ``to_v``; FLUX.1's ``linear1`` -> q, k, v and ``proj_mlp``): one
+    ``down`` (rank x in) shared by the parts, which read the same input, and one ``up`` (all parts' outputs x
+    rank) whose rows each part takes. Exactly kohya's LoRA on the fused layer; saved under its name."""
+
+    def __init__(self, parts: list[tuple[torch.nn.Linear, int | None, int | None]], rank: int, alpha: float,
+                 gen: torch.Generator):
+        super().__init__()
+        first = parts[0][0]
+        in_dim = first.in_features
+        out_dim = sum((end - start) if start is not None else m.out_features for m, start, end in parts)
+        self.conv, self.kernel = False, None
+        self.down = torch.nn.Parameter(torch.empty(rank, in_dim))
+        bound = 1 / math.sqrt(in_dim)
+        with torch.no_grad():
+            self.down.uniform_(-bound, bound, generator=gen)
+        self.up = torch.nn.Parameter(torch.zeros(out_dim, rank))
+        self.alpha = float(alpha)
+        self.scale = alpha / rank
+        self.handles = []
+        offset = 0
+        for module, start, end in parts:
+            rows = (start, end) if start is not None else (offset, offset + module.out_features)
+            offset = rows[1]
+            self.handles.append(module.register_forward_hook(self._adder(*rows)))
+
+    def _adder(self, start: int, end: int):
+        def add(module, inputs, output):
+            x = inputs[0]
+            lora = (x @ self.down.to(x.dtype).t()) @ self.up[start:end].to(x.dtype).t()
+            return output + lora * self.scale
+        return add
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+#: the blocks kohya's ``networks.lora_flux`` / ``lora_sd3`` train by default (every Linear inside them)
+_FLOW_BLOCKS = ("double_blocks.", "single_blocks.", "joint_blocks.")
+
+
+def flow_lora_targets(components, train_text_encoder: bool) -> dict[str, list]:
+    """kohya key -> [(module, first row, end row)] for an SD 3.x / FLUX.1 LoRA: the transformer blocks' layers
+    under their original names (``lora_unet_double_blocks_0_img_attn_qkv``, ...), and with
+    ``train_text_encoder`` the CLIP encoders' attention and MLP (``lora_te1_`` CLIP-L, ``lora_te2_`` SD 3's
+    CLIP-G; T5 is not trained, as kohya's default)."""
+    from webui.networks.flow_lora import original_table
+
+    unet = components.unet
+    modules = dict(unet.named_modules())
+    out: dict[str, list] = {}
+    for name, parts in original_table(components).items():
+        if name.startswith(_FLOW_BLOCKS) and all(p in modules for p, _, _ in parts):
+            out["lora_unet_" + name.replace(".", "_")] = [(modules[p], start, end) for p, start, end in parts]
+    if train_text_encoder:
+        prefixes = ["lora_te1_", "lora_te2_"][:len(components.text_encoders)]
+        for prefix, encoder in zip(prefixes, components.text_encoders):
+            for key, module in _clip_targets(encoder, prefix).items():
+                out[key] = [(module, None, None)]
+    return out
+
+
+def _clip_targets(encoder, prefix: str) -> dict[str, torch.nn.Module]:
+    out = {}
+    for parent_name, parent in encoder.named_modules():
+        if type(parent).__name__ not in _TE_PARENTS:
+            continue
+        for child_name, child in parent.named_children():
+            if isinstance(child, torch.nn.Linear):
+                path = f"{parent_name}.{child_name}"
+                path = path if path.startswith("text_model.") else "text_model." + path
+                out[prefix + path.replace(".", "_")] = child
+    return out

@@ -31,13 +31,15 @@ from safetensors.torch import load_file, save_file
 
 from webui.errors import RequestError
 from webui.finetune.dataset import load_folder
-from webui.finetune.lora_layers import LoraLayer, kohya_tensors, lora_targets
-from webui.finetune.loss import denoising_loss, posterior_latents, seeded_generator
+from webui.finetune.lora_layers import FusedLoraLayer, LoraLayer, flow_lora_targets, kohya_tensors, lora_targets
+from webui.finetune.loss import denoising_loss, flow_loss, posterior_latents, seeded_generator
 from webui.finetune.optimizers import OPTIMIZERS, describe, load_state, make_optimizer, state_tensors
 
 SCHEDULERS = ("constant", "cosine", "constant_with_warmup")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "sd3": "sd3", "flux": "flux1"}
+#: kohya's network module per family (what ``ss_network_module`` says)
+NETWORK_MODULE = {"sd3": "networks.lora_sd3", "flux": "networks.lora_flux"}
 #: parameters a resumed run may change (the rest must match the saved run's)
 _RESUMABLE = frozenset({"max_train_steps", "max_train_epochs", "save_every_n_steps", "sample_every_n_steps",
                         "sample_prompt", "sample_seed", "resume", "overwrite", "gradient_checkpointing", "extra"})
@@ -160,8 +162,8 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
     the UI's plot); ``preview(prompt, seed)`` draws a sample with the LoRA as it is at that step."""
     _check(params)
     c = model.components
-    if c.spec.is_flow:
-        raise RequestError("train_data_dir", f"LoRA training is not available for {c.spec.label} models yet")
+    if c.spec.is_flow and params.conv_dim:
+        raise RequestError("conv_dim", f"{c.spec.label} models have no convolution blocks; use conv_dim 0")
     if params.mixed_precision == "fp16" and model.device.type != "cuda":
         raise RequestError("mixed_precision", "fp16 training needs a CUDA GPU; use bf16 or no here")
     out_path = Path(lora_dir) / f"{params.output_name}.safetensors"
@@ -178,8 +180,14 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
     unet_lr = params.unet_lr if params.unet_lr is not None else params.learning_rate
     te_lr = params.text_encoder_lr
     gen = torch.Generator().manual_seed(params.seed)
-    targets = lora_targets(c, train_text_encoder=bool(te_lr), conv=params.conv_dim > 0)
-    layers = {key: LoraLayer(module, *_rank(params, module), gen).to(model.device) for key, module in targets.items()}
+    if c.spec.is_flow:  # the original layouts' fused layers: one LoRA over their diffusers parts
+        layers: dict[str, Any] = {
+            key: FusedLoraLayer(parts, params.network_dim, params.network_alpha, gen).to(model.device)
+            for key, parts in flow_lora_targets(c, train_text_encoder=bool(te_lr)).items()}
+    else:
+        targets = lora_targets(c, train_text_encoder=bool(te_lr), conv=params.conv_dim > 0)
+        layers = {key: LoraLayer(module, *_rank(params, module), gen).to(model.device)
+                  for key, module in targets.items()}
     groups = [{"params": [p for k, layer in layers.items() if k.startswith("lora_unet_") for p in layer.parameters()],
                "lr": unet_lr, "base": unet_lr}]
     if te_lr:
@@ -191,7 +199,8 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
         step, losses = _load_run(state_path, folder, layers, optimizer, params)
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / "train.json", {**asdict(params), "total_steps": total, "steps_done": step, "losses": losses})
-    frozen = [(p, p.requires_grad) for m in (c.unet, *c.text_encoders) for p in m.parameters()]
+    frozen = [(p, p.requires_grad) for m in (c.unet, *c.text_encoders, *([c.t5] if c.t5 is not None else []))
+              for p in m.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)
     checkpointing = params.gradient_checkpointing and hasattr(c.unet, "enable_gradient_checkpointing")
@@ -312,7 +321,8 @@ def _metadata(params: LoraTrainParams, model, dataset, step: int, started: float
               te_lr: float | None, optimizer: torch.optim.Optimizer) -> dict[str, str]:
     """kohya's ``ss_*`` keys (the ones A1111's and Forge's LoRA pages show)."""
     return {
-        "ss_network_module": "networks.lora", "ss_network_dim": str(params.network_dim),
+        "ss_network_module": NETWORK_MODULE.get(model.spec.family, "networks.lora"),
+        "ss_network_dim": str(params.network_dim),
         "ss_network_alpha": str(params.network_alpha), "ss_output_name": params.output_name,
         "ss_network_args": json.dumps({"conv_dim": str(params.conv_dim), "conv_alpha": str(params.conv_alpha)})
         if params.conv_dim else "null",
@@ -356,5 +366,7 @@ def _loss(model, dataset, latents, params: LoraTrainParams, step: int) -> torch.
             tags = []
         prompts.append(params.caption_template.replace("[name]", params.output_name)
                        .replace("[filewords]", ", ".join(tags)))
+    if model.components.spec.is_flow:
+        return flow_loss(model, x0, prompts, gen)
     return denoising_loss(model, x0, prompts, gen, min_snr_gamma=params.min_snr_gamma,
                           noise_offset=params.noise_offset)

@@ -24,7 +24,7 @@ def vae_fingerprint(vae: torch.nn.Module) -> str:
     another fingerprint, so cached latents of the old one are never used."""
     digest = hashlib.sha256()
     params = list(vae.encoder.parameters())
-    for p in (params[0], params[-1], *getattr(vae, "quant_conv", torch.nn.Identity()).parameters()):
+    for p in (params[0], params[-1], *(getattr(vae, "quant_conv", None) or torch.nn.Identity()).parameters()):
         digest.update(p.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
@@ -60,7 +60,8 @@ def posterior_latents(model, dataset, method: str, seed: int,
         else:
             pixels = torch.from_numpy(item.pixels.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
             dist = c.vae.encode(pixels.to(model.device, c.vae.dtype)).latent_dist
-            mean, std = dist.mean.float() * c.vae_scaling_factor, dist.std.float() * c.vae_scaling_factor
+            shift = float(getattr(c, "vae_shift_factor", 0.0) or 0.0)  # SD 3.x / FLUX.1: (z - shift) * scale
+            mean, std = (dist.mean.float() - shift) * c.vae_scaling_factor, dist.std.float() * c.vae_scaling_factor
             if cached is not None:
                 tmp = cached.with_suffix(".tmp")
                 save_file({"mean": mean.cpu().contiguous(), "std": std.cpu().contiguous()}, str(tmp))
@@ -110,3 +111,28 @@ def denoising_loss(model, x0: torch.Tensor, prompts: list[str], gen: torch.Gener
         weight = torch.clamp(snr, max=min_snr_gamma) / (snr if c.spec.prediction_type == "epsilon" else snr + 1)
         per_sample = ((out - target) ** 2).mean(dim=tuple(range(1, out.ndim)))
         return (per_sample * weight).mean()
+
+
+def flow_loss(model, x0: torch.Tensor, prompts: list[str], gen: torch.Generator, guidance: float = 1.0,
+              embeddings=None) -> torch.Tensor:
+    """The rectified-flow training loss of SD 3.x / FLUX.1 (as kohya's ``flux_train_network`` /
+    ``sd3_train_network`` with their default sampling): ``sigma = sigmoid(N(0, 1))`` (logit-normal, as in the
+    SD 3 paper), ``x_t = (1 - sigma) x0 + sigma noise``, and the mean squared error between the transformer's
+    velocity and ``noise - x0``. FLUX.1 dev gets ``guidance`` as its distilled-guidance input (kohya trains
+    with 1.0)."""
+    from webui.pipeline.conditioning import Conditioning
+    from webui.pipeline.flow_model import velocity_fn
+
+    c = model.components
+    opts = EncodeOptions()
+    chunks = max(chunk_count(c, p, opts, embeddings) for p in prompts)
+    with torch.enable_grad():
+        conds = [encode_prompt.__wrapped__(c, p, opts, n_chunks=chunks, embeddings=embeddings) for p in prompts]
+        ctx = Conditioning(torch.cat([cond.context for cond in conds]).to(model.dtype),
+                           torch.cat([cond.pooled for cond in conds]).to(model.dtype))
+        sigma = torch.sigmoid(torch.randn(len(prompts), generator=gen)).to(x0.device)
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        s = sigma.view(-1, 1, 1, 1)
+        x_t = (1 - s) * x0 + s * noise
+        velocity = velocity_fn(model, guidance)(x_t, sigma, ctx)
+        return torch.nn.functional.mse_loss(velocity.float(), noise - x0)
