@@ -163,7 +163,8 @@ def build_train_tab(ctx: AppContext) -> dict[str, Any]:
                     lo["max_train_epochs"] = gr.Number(0, label="Epochs (0: use Steps)", precision=0,
                                                        elem_id="train_lora_epochs")
                 with gr.Row():
-                    lo["min_snr_gamma"] = gr.Number(5.0, label="Min-SNR gamma (0: off)", elem_id="train_lora_min_snr")
+                    lo["min_snr_gamma"] = gr.Number(0.0, label="Min-SNR gamma (0: off; 5 is usual)",
+                                                    elem_id="train_lora_min_snr")
                     lo["noise_offset"] = gr.Number(0.0, label="Noise offset", elem_id="train_lora_noise_offset")
                     lo["mixed_precision"] = gr.Dropdown(list(MIXED_PRECISION), value="no", label="Mixed precision",
                                                         elem_id="train_lora_mixed_precision")
