@@ -252,7 +252,9 @@ def unet_patches(request: GenerationRequest, model: LoadedModel, job: Job) -> li
     SDXL extras, batch/group layout, the step of the pass, image size, hires flag) and adds the
     returned tensors to the U-Net's skip connections. The built-in ControlNet is such a patch. A patch
     may also have `extra_images`, a list of `(PIL image, label)` that the job's result shows after its
-    images (the API's `images`, the gallery; ControlNet's detected maps). SD 3.x / FLUX.1 have a
+    images (the API's `images`, the gallery; ControlNet's detected maps), and
+    `adapter_residuals(call) -> [tensor per U-Net level] | None`, features added inside the down blocks
+    (T2I-Adapters; diffusers' `down_intrablock_additional_residuals`). SD 3.x / FLUX.1 have a
     transformer instead: there the pipeline calls `transformer_residuals(call) -> {kwarg: [tensor per
     block]} | None` with a `TransformerCall`, and refuses (422) a patch that lacks the method. Raise
     `RequestError` for bad input: this hook's input errors reach the client as a 4xx.
@@ -263,7 +265,7 @@ def unet_patches(request: GenerationRequest, model: LoadedModel, job: Job) -> li
             return [MyAdapter(request.alwayson_scripts["my_adapter"], model)]
     ```
 
-    versionadded: 1.1; `extra_images` 1.4; `transformer_residuals` 1.5
+    versionadded: 1.1; `extra_images` 1.4; `transformer_residuals`, `adapter_residuals` 1.5
     """
 
 

@@ -78,18 +78,14 @@ class ControlNetPlugin:
         cn = self.models.load(info, int(getattr(unet_cfg, "addition_time_embed_dim", None) or 256),
                               int(getattr(unet_cfg, "attention_head_dim", 64) if spec.is_flow else 64),
                               int(getattr(unet_cfg, "in_channels", 16) if spec.family == "sd3" else 16))
-        from webui.controlnet.flow_models import mismatch
         from webui.controlnet.models import family_of
 
-        family, ckpt_family = family_of(cn), model.components.spec.family
+        family, ckpt_family = family_of(cn), spec.family
         label = {f: FAMILY_LABELS.get(f, f) for f in (family, ckpt_family)}
-        if family != ckpt_family:
+        if family not in (ckpt_family, "t2i_adapter"):
             raise RequestError(f"{prefix}.model", f"{info.title} is a {label[family]} ControlNet "
                                                   f"but the checkpoint is {label[ckpt_family]}")
-        reason = mismatch(cn, model.components.unet) if model.components.spec.is_flow else (
-            None if int(cn.config.cross_attention_dim) == int(unet_cfg.cross_attention_dim)
-            else f"it reads text {cn.config.cross_attention_dim} wide, the checkpoint's U-Net "
-                 f"{unet_cfg.cross_attention_dim}")
+        reason = _unfit(cn, family, model.components)
         if reason is not None:
             raise RequestError(f"{prefix}.model", f"{info.title} does not fit this {label[ckpt_family]} "
                                                   f"checkpoint: {reason}")
@@ -241,6 +237,22 @@ class ControlNetPlugin:
         from webui.controlnet.section import controlnet_section
 
         return [controlnet_section(self, ctx, mode)]
+
+
+def _unfit(cn: Any, family: str, components: Any) -> str | None:
+    """Why a model of the checkpoint's family (or a T2I-Adapter) still cannot steer this checkpoint, or None."""
+    if family == "t2i_adapter":
+        from webui.controlnet.t2i_adapter import adapter_mismatch
+
+        return "T2I-Adapters steer U-Nets only" if components.spec.is_flow else adapter_mismatch(cn, components.unet)
+    if components.spec.is_flow:
+        from webui.controlnet.flow_models import mismatch
+
+        return mismatch(cn, components.unet)
+    wanted = int(components.unet.config.cross_attention_dim)
+    if int(cn.config.cross_attention_dim) != wanted:
+        return f"it reads text {cn.config.cross_attention_dim} wide, the checkpoint's U-Net {wanted}"
+    return None
 
 
 def _checked_params(pre: Any, unit: ControlUnit) -> tuple[Any, Any, Any]:

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
+from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel, T2IAdapter
 
 from webui.controlnet.flow_models import (
     FlowControlNet,
@@ -28,6 +28,7 @@ from webui.controlnet.flow_models import (
     is_diffusers_flow_folder,
     load_flow_controlnet,
 )
+from webui.controlnet.t2i_adapter import adapter_layout, is_adapter_folder, load_adapter
 from webui.errors import ModelError
 from webui.models.infer_config import unet_config_from_ldm
 from webui.models.original_layout import _RESNET_UNET, _rename, _unet_table
@@ -140,6 +141,8 @@ def family_of(cn: Any) -> str:
     flow = flow_family(cn)
     if flow is not None:
         return flow
+    if isinstance(cn, T2IAdapter):
+        return "t2i_adapter"  # any U-Net whose levels are as wide as its own (see adapter_mismatch)
     if getattr(cn.config, "addition_embed_type", None) == "text_time":
         return "sdxl"
     return "sd2" if int(cn.config.cross_attention_dim) == 1024 else "sd1"
@@ -154,6 +157,11 @@ def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_d
     (see :mod:`webui.controlnet.flow_models`)."""
     path = Path(path)
     if path.is_dir():
+        if is_adapter_folder(path):
+            try:
+                return T2IAdapter.from_pretrained(path, local_files_only=True, torch_dtype=dtype).eval()
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise ModelError(path, f"diffusers could not load it ({exc}).") from exc
         flow_class = is_diffusers_flow_folder(path)
         if flow_class is not None:
             cls = SD3ControlNetModel if flow_class.startswith("SD3") else FluxControlNetModel
@@ -170,6 +178,9 @@ def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_d
     layout = flow_layout(sd)
     if layout is not None:
         return load_flow_controlnet(path, sd, layout, head_dim, in_channels).to(dtype)
+    adapter = adapter_layout(sd)
+    if adapter is not None:
+        return load_adapter(path, sd, adapter).to(dtype)
     original = _original_keys(sd)
     try:
         if original is not None:
@@ -186,8 +197,8 @@ def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_d
             weights = dict(sd)
         else:
             raise ModelError(path, "it is not a ControlNet (no input_hint_block / controlnet_cond_embedding "
-                                   "weights, nor SD 3 / FLUX.1 controlnet_blocks). T2I-Adapters and "
-                                   "control-LoRAs are not supported.")
+                                   "weights, nor SD 3 / FLUX.1 controlnet_blocks, nor a T2I-Adapter's). "
+                                   "Control-LoRAs are not supported yet.")
         cn.load_state_dict(weights, strict=True)
     except (KeyError, RuntimeError, StopIteration, ValueError) as exc:
         raise ModelError(path, f"its weights do not form a ControlNet ({type(exc).__name__}: {exc}).") from exc

@@ -21,6 +21,7 @@ from PIL import Image
 
 from webui.controlnet.flow_models import flow_family
 from webui.controlnet.flow_patch import Encode, block_residuals, control_input
+from webui.controlnet.t2i_adapter import adapter_features, is_adapter
 from webui.controlnet.units import ControlUnit
 from webui.pipeline.init_image import resize_image
 from webui.pipeline.patches import Residuals, TransformerCall, TransformerResiduals, UNetCall
@@ -78,7 +79,9 @@ class ControlNetPatch:
                 mask = resize_image(u.unit.mask.convert("RGB"), width, height, u.unit.resize_mode).convert("L")
                 hint = hint * torch.from_numpy((np.asarray(mask) > 127).astype(np.float32))[None, None]
             u.hint = hint.to(self.device, self.dtype)
-            if flow_family(u.model) is not None:
+            if is_adapter(u.model):  # T2I-Adapter: its features depend on the hint only
+                u.cond = adapter_features(u.model, u.hint)
+            elif flow_family(u.model) is not None:
                 if self.encode is None:
                     raise ValueError("an SD 3.x / FLUX.1 ControlNet patch needs the checkpoint's VAE encoder")
                 u.cond = control_input(u.model, u.hint, self.encode, self.vae_shift_scale)
@@ -93,7 +96,7 @@ class ControlNetPatch:
         for u in self.units:
             unit = u.unit
             if unit.weight == 0 or not unit.guidance_start <= fraction <= unit.guidance_end or u.hint is None \
-                    or not applies(unit, call.hires):
+                    or not applies(unit, call.hires) or is_adapter(u.model):
                 continue
             n = call.x.shape[0]
             hint = u.hint.expand(n, -1, -1, -1)
@@ -125,6 +128,28 @@ class ControlNetPatch:
                 total = ([a + b for a, b in zip(total[0], down)], total[1] + mid)
         return total
 
+
+    def adapter_residuals(self, call: UNetCall) -> list[torch.Tensor] | None:
+        """The T2I-Adapter units' features for this U-Net call (one per level, every row; "ControlNet is more
+        important": not on the unconditional rows), times their weights, summed over the units."""
+        fraction = call.step / max(call.steps, 1)
+        total: list[torch.Tensor] | None = None
+        for u in self.units:
+            unit = u.unit
+            if not is_adapter(u.model) or unit.weight == 0 or u.cond is None \
+                    or not unit.guidance_start <= fraction <= unit.guidance_end or not applies(unit, call.hires):
+                continue
+            n = call.x.shape[0]
+            features = [f.to(call.x.dtype).expand(n, -1, -1, -1) * unit.weight for f in u.cond]
+            if unit.control_mode == 2 and call.has_uncond:
+                keep = torch.ones(n, 1, 1, 1, device=call.x.device, dtype=call.x.dtype)
+                keep[n - call.batch:] = 0  # the unconditional rows come last
+                features = [f * keep for f in features]
+            if u.region is not None:
+                features = [_in_region(f, u.region) for f in features]
+            self.calls += 1
+            total = features if total is None else [a + b for a, b in zip(total, features)]
+        return total
 
     def transformer_residuals(self, call: TransformerCall) -> TransformerResiduals | None:
         """The SD 3.x / FLUX.1 counterpart of :meth:`residuals` (see :mod:`webui.controlnet.flow_patch`)."""

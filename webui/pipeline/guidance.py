@@ -10,7 +10,13 @@ import torch
 
 from webui.models.manager import LoadedModel
 from webui.pipeline.conditioning import Conditioning
-from webui.pipeline.patches import TransformerCall, UNetCall, sum_residuals, sum_transformer_residuals
+from webui.pipeline.patches import (
+    TransformerCall,
+    UNetCall,
+    sum_adapter_residuals,
+    sum_residuals,
+    sum_transformer_residuals,
+)
 from webui.pipeline.prompt_schedule import JobConditioning, stack
 from webui.sampling.denoiser import Denoiser, DiscreteSchedule
 
@@ -96,10 +102,13 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
         extra: dict[str, Any] = {}
         if patches:
             step, steps = step_of() if step_of is not None else (0, 1)
-            res = sum_residuals(patches, UNetCall(x_in, t, ctx.context, added, batch, groups, use_uncond, step, steps,
-                                                  width, height, hires))
+            call = UNetCall(x_in, t, ctx.context, added, batch, groups, use_uncond, step, steps, width, height, hires)
+            res = sum_residuals(patches, call)
             if res is not None:
                 extra = {"down_block_additional_residuals": res[0], "mid_block_additional_residual": res[1]}
+            adapter = sum_adapter_residuals(patches, call)
+            if adapter is not None:  # a new list per call: the U-Net pops from it
+                extra["down_intrablock_additional_residuals"] = list(adapter)
         if image_cond is not None:
             x_in = torch.cat([x_in, image_cond], dim=1)
         out = unet(x_in, t, encoder_hidden_states=ctx.context, added_cond_kwargs=added, return_dict=False,

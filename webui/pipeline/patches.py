@@ -5,6 +5,9 @@ guided denoiser calls :meth:`UNetPatch.residuals` before every U-Net evaluation 
 :class:`UNetCall` describing it, and adds what the patches return to the U-Net's down-block and
 mid-block outputs (diffusers' ``down_block_additional_residuals`` / ``mid_block_additional_residual``).
 
+A patch may also have ``adapter_residuals(call) -> [tensor per U-Net level] | None``: features added inside
+the down blocks (T2I-Adapters; diffusers' ``down_intrablock_additional_residuals``).
+
 SD 3.x and FLUX.1 have a transformer instead of a U-Net: there a patch's
 ``transformer_residuals(call: TransformerCall)`` is called instead and returns hidden states to add after
 transformer blocks, one per block (:data:`BLOCK_RESIDUALS` names them per family); a patch without that
@@ -98,6 +101,17 @@ class UNetPatch(Protocol):
         """Called before each sampling pass with its image size (e.g. to resize control images). A patch may
         also have ``extra_images``, a list of ``(image, label)`` the job's result shows after its images
         (ControlNet's detected maps)."""
+
+
+def sum_adapter_residuals(patches: list[Any], call: UNetCall) -> list[torch.Tensor] | None:
+    """The sum of the patches' ``adapter_residuals(call)`` (T2I-Adapter features, one per U-Net level, added
+    inside the down blocks: diffusers' ``down_intrablock_additional_residuals``), or None."""
+    total: list[torch.Tensor] | None = None
+    for patch in patches:
+        res = patch.adapter_residuals(call) if hasattr(patch, "adapter_residuals") else None
+        if res:
+            total = list(res) if total is None else [a + b for a, b in zip(total, res)]
+    return total
 
 
 def sum_residuals(patches: list[Any], call: UNetCall) -> Residuals | None:

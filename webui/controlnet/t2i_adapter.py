@@ -1,0 +1,124 @@
+"""T2I-Adapters (TencentARC) as ControlNet units: diffusers' ``T2IAdapter`` from the files people download.
+
+Layouts, told apart by their keys:
+
+- diffusers folders (``config.json`` naming ``T2IAdapter``) and diffusers-named single files (``adapter.*``);
+- TencentARC's original files in ``models/ControlNet`` (``t2iadapter_canny_sd15v2.pth``, ...): ``conv_in``,
+  ``body.<k>.block1/block2`` (and ``in_conv`` where the width changes), block ``k = level * blocks + j`` — the
+  "v2" adapters (1x1 second convolutions, no skip convolutions, average-pool downsampling), which is diffusers'
+  ``FullAdapter``. The first generation (``t2iadapter_*_sd14v1``, with ``skep`` convolutions and strided
+  downsampling convolutions) and the "light" / style / CoAdapter variants are refused with a message.
+
+An adapter reads the control map once per sampling pass (pixels in [0, 1], grey for one-channel adapters such
+as canny and sketch) and gives one feature map per U-Net level, added inside the U-Net's down blocks
+(diffusers' ``down_intrablock_additional_residuals``) at every step of the unit's guidance window, times its
+weight, on the conditional and unconditional passes ("ControlNet is more important": the conditional only).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from diffusers import T2IAdapter
+
+from webui.errors import ModelError
+from webui.models.infer_config import _indices
+
+
+def adapter_layout(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """"diffusers" / "original" for a T2I-Adapter's keys, "unsupported" for other TencentARC adapters, else None."""
+    if "adapter.conv_in.weight" in sd or "adapter.body.0.in_conv.weight" in sd:
+        return "diffusers"
+    if "conv_in.weight" in sd and "body.0.block1.weight" in sd:
+        return "unsupported" if "body.0.skep.weight" in sd else "original"
+    if "body.0.in_conv.weight" in sd and "body.0.body.0.block1.weight" in sd:
+        return "unsupported"  # Adapter_light (color / light adapters)
+    return None
+
+
+def is_adapter_folder(path: Path) -> bool:
+    try:
+        return json.loads((path / "config.json").read_text(encoding="utf-8")).get("_class_name") == "T2IAdapter"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def original_to_diffusers(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+    """TencentARC's v2 adapter keys under ``T2IAdapter``'s names, and its config read from the shapes."""
+    blocks = _indices(sd, r"body\.(\d+)\.block1\.")
+    widths = [int(sd[f"body.{k}.block1.weight"].shape[0]) for k in blocks]
+    # a level starts where the width changes (its first block has an in_conv), or every nums_rb blocks
+    starts = [k for k in blocks if k == 0 or f"body.{k}.in_conv.weight" in sd]
+    per_level = starts[1] - starts[0] if len(starts) > 1 else len(blocks)
+    if len(blocks) % per_level:
+        raise ValueError(f"{len(blocks)} blocks do not split into levels of {per_level}")
+    levels = len(blocks) // per_level
+    channels = [widths[i * per_level] for i in range(levels)]
+    out: dict[str, torch.Tensor] = {}
+    for kind in ("weight", "bias"):
+        out[f"adapter.conv_in.{kind}"] = sd[f"conv_in.{kind}"]
+        for k in blocks:
+            level, j = divmod(k, per_level)
+            for conv in ("block1", "block2"):
+                out[f"adapter.body.{level}.resnets.{j}.{conv}.{kind}"] = sd[f"body.{k}.{conv}.{kind}"]
+            if f"body.{k}.in_conv.{kind}" in sd:
+                out[f"adapter.body.{level}.in_conv.{kind}"] = sd[f"body.{k}.in_conv.{kind}"]
+    config = {"in_channels": int(sd["conv_in.weight"].shape[1]) // 64, "channels": channels,
+              "num_res_blocks": per_level, "downscale_factor": 8, "adapter_type": "full_adapter"}
+    return out, config
+
+
+def _diffusers_config(sd: Mapping[str, torch.Tensor]) -> dict:
+    levels = _indices(sd, r"adapter\.body\.(\d+)\.")
+    blocks = _indices(sd, r"adapter\.body\.0\.resnets\.(\d+)\.")
+    channels = [int(sd[f"adapter.body.{i}.resnets.0.block1.weight"].shape[0]) for i in levels]
+    return {"in_channels": int(sd["adapter.conv_in.weight"].shape[1]) // 64, "channels": channels,
+            "num_res_blocks": len(blocks), "downscale_factor": 8, "adapter_type": "full_adapter"}
+
+
+def load_adapter(path: Path, sd: Mapping[str, torch.Tensor], layout: str) -> T2IAdapter:
+    """A ``T2IAdapter`` from a single file's state dict; ModelError naming the file otherwise."""
+    if layout == "unsupported":
+        raise ModelError(path, "this T2I-Adapter generation (the sd14v1 adapters with skip convolutions, or the "
+                               "light / color adapters) is not supported; use the v2 adapters "
+                               "(t2iadapter_*_sd15v2) or diffusers' T2IAdapter files.")
+    try:
+        if layout == "original":
+            weights, config = original_to_diffusers(sd)
+        else:
+            weights, config = dict(sd), _diffusers_config(sd)
+        adapter = T2IAdapter(**config)
+        adapter.load_state_dict(weights, strict=True)
+    except (KeyError, RuntimeError, ValueError, IndexError) as exc:
+        raise ModelError(path, f"its weights do not form a T2I-Adapter ({type(exc).__name__}: {exc}).") from exc
+    return adapter.eval()
+
+
+def adapter_mismatch(adapter: T2IAdapter, unet) -> str | None:
+    """Why ``adapter`` cannot steer ``unet`` (its levels' widths must be the U-Net's), or None."""
+    kind = str(getattr(adapter.config, "adapter_type", "full_adapter"))
+    if kind != "full_adapter":
+        return f"{kind} T2I-Adapters (SDXL, light) are not supported yet; SD 1.x / 2.x full adapters are"
+    channels = [int(c) for c in adapter.config.channels]
+    wanted = [int(c) for c in unet.config.block_out_channels]
+    if channels != wanted:
+        return f"its levels are {channels} wide, the checkpoint's U-Net {wanted}"
+    return None
+
+
+def adapter_features(adapter: T2IAdapter, hint: torch.Tensor) -> list[torch.Tensor]:
+    """The adapter's feature maps for a ``[1, 3, H, W]`` hint in [0, 1] (grey for one-channel adapters)."""
+    x = hint
+    if int(adapter.config.in_channels) == 1:
+        x = (hint * torch.tensor([0.299, 0.587, 0.114], device=hint.device, dtype=hint.dtype).view(1, 3, 1, 1)).sum(
+            1, keepdim=True)
+    with torch.no_grad():
+        return list(adapter(x.to(next(adapter.parameters()).dtype)))
+
+
+def is_adapter(model) -> bool:
+    return isinstance(model, T2IAdapter)
+
