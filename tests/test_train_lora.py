@@ -191,7 +191,7 @@ def test_train_tab_through_gradio_client(lora_env):
     from tests.live_server import LiveServer
     from webui.server import create_app
 
-    ctx, _, data = lora_env
+    ctx, api, data = lora_env
     with LiveServer(create_app(ctx)) as srv:
         client = Client(srv.url, verbose=False)
         created, _ = client.predict(name="via_ui", init_text="square", num_vectors_per_token=2,
@@ -207,6 +207,13 @@ def test_train_tab_through_gradio_client(lora_env):
         status, plot, _ = client.predict(output_name="ui_lora", train_data_dir=str(data), network_dim=2,
                                          resolution=64, max_train_steps=3, api_name="/train_lora")
         assert "LoRA saved" in status and (ctx.settings.model_dir("Lora") / "ui_lora.safetensors").is_file()
+        # the UI's runs are in the run API too (newest first)
+        listed = api.get("/webui/v1/train").json()
+        ui_runs = [r for r in listed if r["source"] == "ui"]
+        assert [r["kind"] for r in ui_runs[:2]] == ["lora", "embedding"]
+        assert ui_runs[0]["status"] == "done" and len(ui_runs[0]["losses"]) == 3
+        assert ui_runs[0]["id"] in status
+        assert api.get(f"/webui/v1/train/{ui_runs[0]['id']}").json()["path"].endswith("ui_lora.safetensors")
         info, images = client.predict(folder=str(data), api_name="/train_dataset_preview")
         assert info.startswith("4 images") and len(images) == 4
         assert all("a square, white background" in item["caption"] for item in images)

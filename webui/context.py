@@ -7,7 +7,7 @@ import logging
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from webui.saving import ImageSaver
 from webui.scripts import ScriptChoices, ScriptRegistry, ScriptRun
 from webui.settings import OptionError, Options, OptionsStore, Settings, core_option_defs
 from webui.styles import StyleStore
+from webui.train_runs import TrainingRuns
 from webui.upscaling.registry import UpscalerRegistry, upscale_to
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ class AppContext:
     upscalers: UpscalerRegistry
     face_restorers: FaceRestorerRegistry
     scripts: ScriptRegistry
+    #: training runs started through the API or the UI (``GET /webui/v1/train``)
+    training_runs: TrainingRuns = field(default_factory=TrainingRuns)
 
     @property
     def hooks(self) -> Hooks:

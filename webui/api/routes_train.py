@@ -9,7 +9,6 @@ an interrupted run answers 200 with the saved file, as A1111 does.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Body, HTTPException
@@ -42,62 +41,25 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
         raise RequestError(name, f"expected a {kind.__name__}, got {value!r}") from None
 
 
-class LoraRun:
-    """One LoRA training run started by ``POST /webui/v1/train/lora`` (kept per app, not per module)."""
-
-    def __init__(self, run_id: str, params: Any, job: Job):
-        self.id, self.params, self.job = run_id, params, job
-        self.status = "queued"
-        self.result: dict[str, Any] | None = None
-        self.error: str | None = None
-        self.losses: list[float] = []
-        self.previews: list[dict[str, Any]] = []  # {"step", "path"} of the samples drawn so far
-
-    def describe(self, current_preview: bool = True) -> dict[str, Any]:
-        """Status, progress, loss history, previews (paths; ``current_preview``: the latest as base64 PNG)."""
-        job = self.job
-        latest = None
-        if current_preview and self.previews:
-            import base64
-
-            try:
-                latest = base64.b64encode(Path(self.previews[-1]["path"]).read_bytes()).decode("ascii")
-            except OSError:
-                latest = None
-        return {"id": self.id, "status": self.status, "step": job.sampling_step, "steps": job.sampling_steps,
-                "progress": job.progress if self.status == "running" else (1.0 if self.status == "done" else 0.0),
-                "textinfo": job.textinfo, "losses": (self.result or {}).get("losses", self.losses),
-                "path": str(self.result["path"]) if self.result else None, "error": self.error,
-                "run_folder": str(self.result["run_folder"]) if self.result else None,
-                "previews": list(self.previews), "current_preview": latest}
-
-
 def build_lora_router(ctx: AppContext) -> APIRouter:
-    """``POST /webui/v1/train/lora`` (kohya's parameter names) -> ``{"id": ...}``; ``GET /webui/v1/train/{id}``
-    (status, step, progress, loss history, the file); ``POST /webui/v1/train/{id}/interrupt``."""
+    """``POST /webui/v1/train/lora`` (kohya's parameter names) -> ``{"id": ...}``; ``GET /webui/v1/train`` (every
+    known run, newest first, API and UI ones), ``GET /webui/v1/train/{id}`` (status, step, progress, loss history,
+    previews, the file); ``POST /webui/v1/train/{id}/interrupt``."""
     import threading
-    import uuid
 
     from webui.finetune.lora_train import LoraTrainParams
     from webui.train_jobs import train_lora
 
     r = APIRouter(prefix="/webui/v1", tags=["webui"])
-    runs: dict[str, LoraRun] = {}
+    runs = ctx.training_runs
 
-    def work(run: LoraRun) -> None:
+    def work(run, params) -> None:
         try:
-            def follow(step: int, loss: float, image: Any = None) -> None:
-                run.status = "running"
-                run.losses.append(loss)
-                if image is not None:
-                    run.previews.append({"step": step, "path": str(image)})
-
-            run.result = train_lora(ctx, run.params, run.job, on_step=follow)
-            run.status = "interrupted" if run.result.get("interrupted") else "done"
+            run.finish(train_lora(ctx, params, run.job, on_step=run.follow))
         except RequestError as exc:
-            run.status, run.error = "failed", f"{exc.field}: {exc.message}"
+            run.fail(f"{exc.field}: {exc.message}")
         except Exception as exc:  # noqa: BLE001 - reported to the client, the server goes on
-            run.status, run.error = "failed", f"{type(exc).__name__}: {exc}"
+            run.fail(f"{type(exc).__name__}: {exc}")
 
     @r.post("/train/lora")
     def start(body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
@@ -110,23 +72,28 @@ def build_lora_router(ctx: AppContext) -> APIRouter:
         target = ctx.settings.model_dir("Lora") / f"{params.output_name}.safetensors"
         if target.exists() and not (params.overwrite or params.resume):
             raise RequestError("output_name", f"{target} already exists (set overwrite to replace it)")
-        run = LoraRun(uuid.uuid4().hex[:12], params, Job(kind="train_lora"))
-        runs[run.id] = run
-        threading.Thread(target=work, args=(run,), name=f"lora-{run.id}", daemon=True).start()
+        run = runs.start("lora", Job(kind="train_lora"))
+        threading.Thread(target=work, args=(run, params), name=f"lora-{run.id}", daemon=True).start()
         return {"id": run.id}
+
+    @r.get("/train")
+    def list_runs() -> list[dict[str, Any]]:
+        return [run.describe(current_preview=False) for run in runs.all()]
 
     @r.get("/train/{run_id}")
     def status(run_id: str, skip_current_preview: bool = False) -> dict[str, Any]:
-        if run_id not in runs:
+        run = runs.get(run_id)
+        if run is None:
             raise HTTPException(404, f"no training run {run_id!r}")
-        return runs[run_id].describe(not skip_current_preview)
+        return run.describe(not skip_current_preview)
 
     @r.post("/train/{run_id}/interrupt")
     def interrupt(run_id: str) -> dict[str, Any]:
-        if run_id not in runs:
+        run = runs.get(run_id)
+        if run is None:
             raise HTTPException(404, f"no training run {run_id!r}")
-        runs[run_id].job.interrupt()
-        return runs[run_id].describe()
+        run.job.interrupt()
+        return run.describe()
 
     return r
 

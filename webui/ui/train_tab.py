@@ -219,7 +219,22 @@ def build_train_tab(ctx: AppContext) -> dict[str, Any]:
             except USER_ERRORS as exc:
                 raise user_error(exc) from None
             job = jobs[kind] = Job(kind=f"train_{kind}")
-            yield from _live(lambda on_step: start(params, job, on_step), job, lambda result: done_text(params, result))
+            record = ctx.training_runs.start(kind, job, source="ui")  # also visible in GET /webui/v1/train
+
+            def started(on_step):
+                def follow(step, loss, image=None):
+                    record.follow(step, loss, image)
+                    on_step(step, loss, image)
+
+                try:
+                    result = start(params, job, follow)
+                except BaseException as exc:
+                    record.fail(f"{type(exc).__name__}: {exc}")
+                    raise
+                record.finish(result)
+                return result
+
+            yield from _live(started, job, lambda result: f"{done_text(params, result)} [run {record.id}]")
 
         handler = named_handler(list(fields), run)
         handler.__name__ = f"train_{kind}"
