@@ -140,3 +140,15 @@ def test_an_adapter_of_other_widths_is_refused_by_name(env):
     wide = _txt2img(env, [{"module": "none", "model": "t2iadapter_wide", "image": _b64(_control())}])
     assert wide.status_code == 422 and "args[0].model" in wide.text and "[64, 64]" in wide.text
     assert _txt2img(env, []).status_code == 200
+
+
+def test_control_types_group_the_adapters_as_sd_webui_controlnet_does(env):
+    """Its rule (``preprocessor_filters_aliases``): a model is under a type when its name holds the type's name or
+    an alias (``t2iadapter``, ``t2ia``, ...)."""
+    types = env["client"].get("/controlnet/control_types").json()["control_types"]
+    t2i = types["T2I-Adapter"]["model_list"]
+    assert t2i[0] == "None" and {m.split(" [")[0] for m in t2i[1:]} == {
+        "t2iadapter_canny_sd15v2", "t2i-adapter-diffusers", "t2iadapter_wide"}
+    assert any(m.startswith("t2iadapter_canny_sd15v2") for m in types["Canny"]["model_list"])
+    assert not any(m.startswith("t2iadapter_wide") for m in types["Canny"]["model_list"])
+    assert len(types["All"]["model_list"]) == 4

@@ -197,10 +197,11 @@ class ControlNetPlugin:
         @router.get("/controlnet/control_types", tags=["controlnet"])
         def control_types() -> dict:
             types = plugin.preprocessors.control_types()
+            types["control_types"].setdefault("T2I-Adapter", {"module_list": ["none"], "model_list": [],
+                                                              "default_option": "none", "default_model": "None"})
             titles = plugin.models.titles()
             for name, entry in types["control_types"].items():
-                key = name.split("/")[0].lower().replace(" ", "")
-                entry["model_list"] = ["None", *[t for t in titles if name == "All" or key in t.lower()]]
+                entry["model_list"] = ["None", *[t for t in titles if _model_of_type(t, name)]]
             return types
 
         @router.get("/controlnet/settings", tags=["controlnet"])
@@ -237,6 +238,21 @@ class ControlNetPlugin:
         from webui.controlnet.section import controlnet_section
 
         return [controlnet_section(self, ctx, mode)]
+
+
+#: sd-webui-controlnet's ``preprocessor_filters_aliases``: other spellings a model's name may carry for a control
+#: type (a model belongs to a type when its name contains the type's name or one of these)
+_TYPE_ALIASES = {"instructp2p": ("ip2p",), "segmentation": ("seg",), "normalmap": ("normal",),
+                 "t2i-adapter": ("t2i_adapter", "t2iadapter", "t2ia"), "ip-adapter": ("ip_adapter", "ipadapter"),
+                 "scribble/sketch": ("scribble", "sketch"), "tile/blur": ("tile", "blur"),
+                 "openpose": ("openpose", "densepose")}
+
+
+def _model_of_type(title: str, control_type: str) -> bool:
+    """Whether a model is listed under ``control_type`` in ``/controlnet/control_types`` (sd-webui-controlnet's
+    rule: "All" lists every model; else the lower-cased type name or one of its aliases is in the model's name)."""
+    pattern, name = control_type.lower(), title.lower()
+    return pattern == "all" or pattern in name or any(a in name for a in _TYPE_ALIASES.get(pattern, ()))
 
 
 def _unfit(cn: Any, family: str, components: Any) -> str | None:
