@@ -77,7 +77,8 @@ class ControlNetPlugin:
         spec = model.components.spec
         cn = self.models.load(info, int(getattr(unet_cfg, "addition_time_embed_dim", None) or 256),
                               int(getattr(unet_cfg, "attention_head_dim", 64) if spec.is_flow else 64),
-                              int(getattr(unet_cfg, "in_channels", 16) if spec.family == "sd3" else 16))
+                              int(getattr(unet_cfg, "in_channels", 16) if spec.family == "sd3" else 16),
+                              base_unet=model.components.unet, base_key=str(model.info.path))
         from webui.controlnet.models import family_of
 
         family, ckpt_family = family_of(cn), spec.family

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel, T2IAdapter
 
+from webui.controlnet.control_lora import assemble, is_control_lora
 from webui.controlnet.flow_models import (
     FlowControlNet,
     flow_family,
@@ -149,12 +150,13 @@ def family_of(cn: Any) -> str:
 
 
 def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_dim: int = 256,
-                    head_dim: int = 64, in_channels: int = 16) -> ControlNetModel | FlowControlNet:
+                    head_dim: int = 64, in_channels: int = 16, base_unet=None) -> ControlNetModel | FlowControlNet:
     """Load a ControlNet file or diffusers folder; ModelError naming the file for anything unusable.
 
     ``time_embed_dim``: the SDXL checkpoint's ``addition_time_embed_dim`` (see :func:`config_from_original`);
     ``head_dim`` / ``in_channels``: the SD 3.x checkpoint's, for SD 3 ControlNets whose weights do not tell
-    (see :mod:`webui.controlnet.flow_models`)."""
+    (see :mod:`webui.controlnet.flow_models`); ``base_unet``: the checkpoint's U-Net, which a control-LoRA
+    is built from (:mod:`webui.controlnet.control_lora`)."""
     path = Path(path)
     if path.is_dir():
         if is_adapter_folder(path):
@@ -175,6 +177,14 @@ def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_d
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(path, f"diffusers could not load it ({exc}).") from exc
     sd, _ = read_state_dict(path)
+    if is_control_lora(sd):
+        if base_unet is None or not hasattr(base_unet, "down_blocks"):
+            raise ModelError(path, "a control-LoRA is built from a U-Net checkpoint's own weights; load an SD 1.x / "
+                                   "2.x / SDXL checkpoint first.")
+        try:
+            sd = assemble(sd, base_unet)
+        except KeyError as exc:
+            raise ModelError(path, f"its weights do not fit this checkpoint's U-Net ({exc}).") from exc
     layout = flow_layout(sd)
     if layout is not None:
         return load_flow_controlnet(path, sd, layout, head_dim, in_channels).to(dtype)
@@ -197,8 +207,8 @@ def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_d
             weights = dict(sd)
         else:
             raise ModelError(path, "it is not a ControlNet (no input_hint_block / controlnet_cond_embedding "
-                                   "weights, nor SD 3 / FLUX.1 controlnet_blocks, nor a T2I-Adapter's). "
-                                   "Control-LoRAs are not supported yet.")
+                                   "weights, nor SD 3 / FLUX.1 controlnet_blocks, nor a T2I-Adapter's, nor "
+                                   "a control-LoRA's).")
         cn.load_state_dict(weights, strict=True)
     except (KeyError, RuntimeError, StopIteration, ValueError) as exc:
         raise ModelError(path, f"its weights do not form a ControlNet ({type(exc).__name__}: {exc}).") from exc

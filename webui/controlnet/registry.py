@@ -30,6 +30,22 @@ def legacy_hash(path: Path) -> str:
         return hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]
 
 
+def _maybe_control_lora(path: Path) -> bool:
+    """Whether a file may be a control-LoRA (which depends on the checkpoint): a ``.safetensors`` header is read
+    for the marker; other files are assumed to be one (the cache then keeps them per checkpoint)."""
+    if path.is_dir():
+        return False
+    if path.suffix.lower() != ".safetensors":
+        return True
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            return "lora_controlnet" in handle.keys()
+    except (OSError, ValueError, RuntimeError):
+        return True
+
+
 @dataclass(frozen=True)
 class ControlNetInfo:
     path: Path
@@ -88,16 +104,17 @@ class ControlNetRegistry:
         raise RequestError(field, f"unknown ControlNet model {name!r}; available: {choices}")
 
     def load(self, info: ControlNetInfo, time_embed_dim: int = 256, head_dim: int = 64,
-             in_channels: int = 16) -> ControlNetModel:
-        """The loaded model (cached per file and the checkpoint's hints, see :func:`load_controlnet`)."""
-        key = (info.path, time_embed_dim, head_dim, in_channels)
+             in_channels: int = 16, base_unet=None, base_key: str = "") -> ControlNetModel:
+        """The loaded model (cached per file, the checkpoint's hints and, for a control-LoRA, which is built from
+        it, the checkpoint ``base_key``; see :func:`load_controlnet`)."""
+        key = (info.path, time_embed_dim, head_dim, in_channels, base_key if _maybe_control_lora(info.path) else "")
         with self._lock:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
             try:
-                cn = load_controlnet(info.path, torch.float32, time_embed_dim, head_dim, in_channels).to(
-                    self.device, self.dtype)
+                cn = load_controlnet(info.path, torch.float32, time_embed_dim, head_dim, in_channels,
+                                     base_unet).to(self.device, self.dtype)
             except ModelError:
                 raise
             except (OSError, RuntimeError) as exc:
