@@ -36,11 +36,29 @@ def tiny_sd1_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory, tiny_sd1_file) -> Path:
     """A models/ folder with the tiny SD 1.x checkpoint in Stable-diffusion/."""
+    return own_models_root(tmp_path_factory, tiny_sd1_file)
+
+
+def own_models_root(tmp_path_factory, tiny_sd1_file) -> Path:
+    """A new models/ folder with a copy of the tiny SD 1.x checkpoint, for a module that adds its own files."""
     root = tmp_path_factory.mktemp("models")
-    sd = root / "Stable-diffusion"
-    sd.mkdir()
-    (sd / tiny_sd1_file.name).write_bytes(tiny_sd1_file.read_bytes())
+    (root / "Stable-diffusion").mkdir()
+    (root / "Stable-diffusion" / tiny_sd1_file.name).write_bytes(tiny_sd1_file.read_bytes())
     return root
+
+
+def wait_for_run(client, run_id: str, timeout: float = 180) -> dict:
+    """Poll ``GET /webui/v1/train/{run_id}`` until the training run ends; its last state."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    state: dict = {}
+    while time.monotonic() < deadline:
+        state = client.get(f"/webui/v1/train/{run_id}").json()
+        if state["status"] in ("done", "failed", "interrupted"):
+            return state
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} did not finish: {state}")
 
 
 def make_settings(data_dir: Path, models_root: Path | None = None, **kw):

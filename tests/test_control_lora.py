@@ -14,7 +14,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import api_only, make_settings
+from conftest import api_only, make_settings, own_models_root
 from diffusers import ControlNetModel
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -64,9 +64,7 @@ def env(tmp_path_factory, tiny_sd1_file):
     from webui.context import build_context
     from webui.server import create_app
 
-    models = tmp_path_factory.mktemp("models")
-    (models / "Stable-diffusion").mkdir()
-    (models / "Stable-diffusion" / tiny_sd1_file.name).write_bytes(tiny_sd1_file.read_bytes())
+    models = own_models_root(tmp_path_factory, tiny_sd1_file)
     (models / "ControlNet").mkdir()
     ctx = build_context(make_settings(tmp_path_factory.mktemp("data"), models), load_model=True)
     path = models / "ControlNet" / "control_lora_rank128_v11p_sd15_canny.safetensors"

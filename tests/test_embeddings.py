@@ -9,7 +9,7 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
-from tests.conftest import api_only, make_settings
+from tests.conftest import api_only, make_settings, own_models_root
 from webui.context import build_context
 from webui.models.tiny import build_tiny_components
 from webui.networks.embeddings import EmbeddingDB, read_embedding
@@ -25,9 +25,7 @@ def a1111_pt(path, vectors: torch.Tensor, step: int = 500):
 
 @pytest.fixture(scope="module")
 def emb_ctx(tmp_path_factory, tiny_sd1_file):
-    root = tmp_path_factory.mktemp("models")
-    (root / "Stable-diffusion").mkdir()
-    (root / "Stable-diffusion" / tiny_sd1_file.name).write_bytes(tiny_sd1_file.read_bytes())
+    root = own_models_root(tmp_path_factory, tiny_sd1_file)
     emb = root / "embeddings"
     emb.mkdir()
     g = torch.Generator().manual_seed(0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import api_only, make_settings
+from tests.conftest import api_only, make_settings, own_models_root
 from webui.context import build_context
 from webui.models.original_layout import ldm_module_name, unet_module_table
 from webui.networks.lora import apply_loras, read_lora
@@ -51,9 +51,7 @@ def kohya_lora(components, *, ldm_names: bool = False, rank: int = 4, seed: int 
 
 @pytest.fixture(scope="module")
 def lora_ctx(tmp_path_factory, tiny_sd1_file):
-    root = tmp_path_factory.mktemp("models")
-    (root / "Stable-diffusion").mkdir()
-    (root / "Stable-diffusion" / tiny_sd1_file.name).write_bytes(tiny_sd1_file.read_bytes())
+    root = own_models_root(tmp_path_factory, tiny_sd1_file)
     (root / "Lora" / "styles").mkdir(parents=True)
     ctx = build_context(make_settings(tmp_path_factory.mktemp("data"), root), load_model=True)
     comps = ctx.models.current.components

@@ -15,7 +15,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import api_only, make_settings
+from conftest import api_only, make_settings, own_models_root
 from diffusers import T2IAdapter
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -56,9 +56,7 @@ def env(tmp_path_factory, tiny_sd1_file):
     from webui.context import build_context
     from webui.server import create_app
 
-    models = tmp_path_factory.mktemp("models")
-    (models / "Stable-diffusion").mkdir()
-    (models / "Stable-diffusion" / tiny_sd1_file.name).write_bytes(tiny_sd1_file.read_bytes())
+    models = own_models_root(tmp_path_factory, tiny_sd1_file)
     cn = models / "ControlNet"
     cn.mkdir()
     adapter = _adapter()

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 
 import numpy as np
 import pytest
-from conftest import api_only, make_settings
+from conftest import api_only, make_settings, wait_for_run
 from fastapi.testclient import TestClient
 from flow_models import lay_out_flux, save_flux_files, save_sd3_file, tiny_flux, tiny_sd3
 from PIL import Image
@@ -61,13 +60,7 @@ def flux_env(tmp_path_factory):
 
 
 def _wait(client, run_id: str, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = client.get(f"/webui/v1/train/{run_id}").json()
-        if state["status"] in ("done", "failed", "interrupted"):
-            return state
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_id} did not finish: {state}")
+    return wait_for_run(client, run_id, timeout)
 
 
 def _png(data: str) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import api_only, make_settings
+from conftest import api_only, make_settings, wait_for_run
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors import safe_open
@@ -108,14 +108,8 @@ def lora_env(tmp_path_factory):
     return ctx, TestClient(create_app(api_only(ctx))), data
 
 
-def _wait(client, run_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = client.get(f"/webui/v1/train/{run_id}").json()
-        if state["status"] in ("done", "failed", "interrupted"):
-            return state
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_id} did not finish: {state}")
+def _wait(client, run_id: str, timeout: float = 180) -> dict:
+    return wait_for_run(client, run_id, timeout)
 
 
 def test_lora_run_through_the_api_gives_a_kohya_file_that_works_in_prompts(lora_env):
