@@ -15,6 +15,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from conftest import api_only, make_settings, wait_for_run
 from fastapi.testclient import TestClient
 from flow_models import lay_out_flux, save_flux_files, save_sd3_file, tiny_flux, tiny_sd3
@@ -189,3 +190,41 @@ def test_flow_loss_is_the_rectified_flow_objective():
                       img_ids=flux_image_ids(8, 8, "cpu", torch.float32), return_dict=False)[0]
     expected = torch.nn.functional.mse_loss(unpack_flux(pred, 8, 8), noise - x0)
     assert torch.allclose(ours.detach(), expected, rtol=1e-4)
+
+
+def test_textual_inversion_on_sd3_and_a_clear_refusal_on_flux(flux_env, tmp_path):
+    """SD 3.x: A1111's create / train embedding routes give SDXL-style ``clip_l`` / ``clip_g`` vectors of its CLIP
+    widths, trained with the rectified-flow loss and used by name in prompts. FLUX.1 reads no CLIP token
+    embeddings: both routes are a 422 naming the field."""
+    from safetensors.torch import load_file as load
+
+    from webui.context import build_context
+    from webui.server import create_app
+
+    _, flux_client, data = flux_env
+    refused = flux_client.post("/sdapi/v1/create/embedding", json={"name": "nope"})
+    assert refused.status_code == 422 and "name" in refused.text and "FLUX.1" in refused.text
+
+    models = tmp_path / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    save_sd3_file(tiny_sd3(seed=12), models / "Stable-diffusion" / "sd3.safetensors")
+    ctx = build_context(make_settings(tmp_path / "data", models), load_model=True)
+    client = TestClient(create_app(api_only(ctx)))
+    assert client.post("/sdapi/v1/create/embedding", json={"name": "tealish", "init_text": "blue"}).status_code == 200
+    path = ctx.settings.model_dir("embeddings") / "tealish.safetensors"
+    before = load(str(path))
+    assert {k: tuple(v.shape) for k, v in before.items()} == {"clip_l": (1, 32), "clip_g": (1, 48)}
+    request = {"prompt": "a tealish square", "steps": 3, "width": 64, "height": 64, "seed": 1, "cfg_scale": 1,
+               "sampler_name": "Euler", "save_images": False}
+    untrained = client.post("/sdapi/v1/txt2img", json=request).json()
+    body = {"embedding_name": "tealish", "learn_rate": "0.05", "batch_size": 2, "data_root": str(data),
+            "training_width": 64, "training_height": 64, "steps": 4, "template_filename": "subject_filewords",
+            "create_image_every": 0, "save_embedding_every": 0, "latent_sampling_method": "deterministic"}
+    trained = client.post("/sdapi/v1/train/embedding", json=body)
+    assert trained.status_code == 200, trained.text
+    after = load(str(path))
+    assert all(not torch.equal(after[k], before[k]) and torch.isfinite(after[k]).all() for k in before)
+    again = client.post("/sdapi/v1/txt2img", json=request).json()
+    infotext = __import__("json").loads(again["info"])["infotexts"][0]
+    assert 'TI hashes: "tealish: ' in infotext
+    assert _png(again["images"][0]).tolist() != _png(untrained["images"][0]).tolist()

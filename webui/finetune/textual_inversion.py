@@ -33,13 +33,21 @@ from safetensors.torch import load_file, save_file
 
 from webui.errors import RequestError
 from webui.finetune.dataset import list_templates, load_folder, prompt_for, read_template
-from webui.finetune.loss import denoising_loss, posterior_latents, seeded_generator
+from webui.finetune.loss import denoising_loss, flow_loss, posterior_latents, seeded_generator
 from webui.finetune.lr_schedule import LearnRateSchedule
 from webui.networks.embeddings import Embedding, build_lookup, read_embedding
 
 log = logging.getLogger(__name__)
 LATENT_SAMPLING = ("once", "deterministic", "random")
 CLIP_GRAD_MODES = ("disabled", "value", "norm")
+
+
+def _refuse_flux(components, field: str) -> None:
+    """FLUX.1 reads no per-token CLIP embeddings (its CLIP-L gives only the pooled vector): no embedding steers
+    it. SD 3.x trains SDXL-style ``clip_l`` / ``clip_g`` vectors with the rectified-flow loss."""
+    if components.spec.family == "flux":
+        raise RequestError(field, f"textual inversion cannot steer {components.spec.label}: its text conditioning "
+                                  "comes from T5 and CLIP-L's pooled vector, not from CLIP token embeddings")
 
 
 def _encoder_keys(components) -> list[str]:
@@ -100,6 +108,7 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 def create_embedding(components, folder: Path, name: str, *, num_vectors_per_token: int = 1, init_text: str = "*",
                      overwrite_old: bool = False, checkpoint_hash: str = "", checkpoint_name: str = "") -> Path:
     """A new embedding file (A1111's ``create_embedding``); RequestError for a bad name or an existing file."""
+    _refuse_flux(components, "name")
     name = str(name).strip()
     if not name or any(ch in name for ch in '/\\:*?"<>|') or name.startswith("."):
         raise RequestError("name", f"{name!r} is not a usable embedding name (no path characters)")
@@ -214,8 +223,7 @@ def train_embedding(model, embeddings_dir: Path, params: TrainEmbeddingParams, j
     loss, preview image or None)`` follows the run (the UI's loss plot)."""
     _check(params)
     c = model.components
-    if c.spec.is_flow:
-        raise RequestError("embedding_name", f"textual inversion is not available for {c.spec.label} models yet")
+    _refuse_flux(c, "embedding_name")
     path = Path(embeddings_dir) / f"{params.embedding_name}.safetensors"
     if not path.is_file():
         raise RequestError("embedding_name", f"no embedding {params.embedding_name!r} in {embeddings_dir}: create it "
@@ -327,6 +335,8 @@ def _loss(model, embedding: Embedding, dataset, latents, lines, params: TrainEmb
     prompts = [prompt_for(lines, params.embedding_name, dataset.items[i].caption, rng,
                           shuffle_tags=params.shuffle_tags, tag_drop_out=params.tag_drop_out) for i in batch]
     lookup = build_lookup(c, {embedding.name: embedding})
+    if c.spec.is_flow:  # SD 3.x
+        return flow_loss(model, x0, prompts, gen, embeddings=lookup)
     return denoising_loss(model, x0, prompts, gen, lookup)
 
 
