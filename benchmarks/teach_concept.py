@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--min-snr-gamma", type=float, default=0.0)
     parser.add_argument("--noise-offset", type=float, default=0.0)
     parser.add_argument("--lora-seed", type=int, default=1)
+    parser.add_argument("--optimizer", default="AdamW", help="AdamW or Prodigy (then use learning rates 1.0)")
     args = parser.parse_args()
 
     from conftest import make_settings
@@ -121,6 +122,7 @@ def main() -> None:
                                            network_alpha=args.lora_dim, conv_dim=args.lora_conv_dim,
                                            conv_alpha=max(args.lora_conv_dim, 1),
                                            min_snr_gamma=args.min_snr_gamma, noise_offset=args.noise_offset,
+                                           optimizer_type=args.optimizer,
                                            learning_rate=args.lora_lr, text_encoder_lr=args.lora_te_lr,
                                            max_train_steps=args.lora_steps,
                                            train_batch_size=4, resolution=64, seed=args.lora_seed),
@@ -130,7 +132,7 @@ def main() -> None:
     out["after_lora"] = teal_rate("teal", " <lora:teal:1>")
     out["lora"] = {"steps": args.lora_steps, "dim": args.lora_dim, "conv_dim": args.lora_conv_dim,
                    "unet_lr": args.lora_lr, "te_lr": args.lora_te_lr, "min_snr_gamma": args.min_snr_gamma,
-                   "noise_offset": args.noise_offset, "seed": args.lora_seed}
+                   "noise_offset": args.noise_offset, "seed": args.lora_seed, "optimizer": args.optimizer}
     print(json.dumps(out, indent=2))
 
 
