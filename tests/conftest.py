@@ -47,6 +47,20 @@ def own_models_root(tmp_path_factory, tiny_sd1_file) -> Path:
     return root
 
 
+def square_pictures(folder: Path, corners, colour, caption: str, background: int = 245) -> Path:
+    """Training pictures: a 28-pixel square of ``colour`` at each top-left corner of ``corners`` on a grey
+    ``background`` (64 x 64 PNGs), each with a same-stem ``.txt`` ``caption``."""
+    import numpy as np
+    from PIL import Image
+
+    for i, (x, y) in enumerate(corners):
+        arr = np.full((64, 64, 3), background, np.uint8)
+        arr[y:y + 28, x:x + 28] = colour
+        Image.fromarray(arr).save(folder / f"{i:02d}.png")
+        (folder / f"{i:02d}.txt").write_text(caption)
+    return folder
+
+
 def wait_for_run(client, run_id: str, timeout: float = 180) -> dict:
     """Poll ``GET /webui/v1/train/{run_id}`` until the training run ends; its last state."""
     import time

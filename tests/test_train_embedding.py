@@ -7,12 +7,10 @@ References: A1111's ``LearnRateScheduler`` rules and ``create_embedding`` initia
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from conftest import api_only, make_settings
+from conftest import api_only, make_settings, square_pictures
 from fastapi.testclient import TestClient
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -44,11 +42,8 @@ def train_ctx(tmp_path_factory):
     (models / "Stable-diffusion").mkdir()
     ctx = build_context(make_settings(tmp_path_factory.mktemp("data"), models), load_model=True)
     data = tmp_path_factory.mktemp("pictures")
-    for i, (x, y) in enumerate([(8, 8), (24, 8), (8, 24), (24, 24), (16, 16), (12, 20)]):
-        arr = np.full((64, 64, 3), 245, np.uint8)
-        arr[y:y + 28, x:x + 28] = (255, 140, 0)
-        Image.fromarray(arr).save(data / f"{i:02d}.png")
-        (data / f"{i:02d}.txt").write_text("a square, white background")
+    square_pictures(data, [(8, 8), (24, 8), (8, 24), (24, 24), (16, 16), (12, 20)], (255, 140, 0),
+                    "a square, white background")
     (data / "notes.png").write_bytes(b"not an image")
     return ctx, data
 

@@ -16,7 +16,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import api_only, make_settings, wait_for_run
+from conftest import api_only, make_settings, square_pictures, wait_for_run
 from fastapi.testclient import TestClient
 from flow_models import lay_out_flux, save_flux_files, save_sd3_file, tiny_flux, tiny_sd3
 from PIL import Image
@@ -52,11 +52,7 @@ def flux_env(tmp_path_factory):
     lay_out_flux(save_flux_files(tiny_flux(seed=4), tmp_path_factory.mktemp("downloads")), models)
     ctx = build_context(make_settings(tmp_path_factory.mktemp("data"), models), load_model=True)
     data = tmp_path_factory.mktemp("pictures")
-    for i, (x, y) in enumerate([(8, 8), (24, 8), (8, 24), (24, 24)]):
-        arr = np.full((64, 64, 3), 240, np.uint8)
-        arr[y:y + 28, x:x + 28] = (0, 128, 128)
-        Image.fromarray(arr).save(data / f"{i:02d}.png")
-        (data / f"{i:02d}.txt").write_text("a teal square")
+    square_pictures(data, [(8, 8), (24, 8), (8, 24), (24, 24)], (0, 128, 128), "a teal square", background=240)
     return ctx, TestClient(create_app(api_only(ctx))), data
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import api_only, make_settings, wait_for_run
+from conftest import api_only, make_settings, square_pictures, wait_for_run
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors import safe_open
@@ -100,11 +100,7 @@ def lora_env(tmp_path_factory):
     (models / "Stable-diffusion").mkdir()
     ctx = build_context(make_settings(tmp_path_factory.mktemp("data"), models), load_model=True)
     data = tmp_path_factory.mktemp("pictures")
-    for i, (x, y) in enumerate([(8, 8), (24, 8), (8, 24), (24, 24)]):
-        arr = np.full((64, 64, 3), 245, np.uint8)
-        arr[y:y + 28, x:x + 28] = (255, 140, 0)
-        Image.fromarray(arr).save(data / f"{i:02d}.png")
-        (data / f"{i:02d}.txt").write_text("a square, white background")
+    square_pictures(data, [(8, 8), (24, 8), (8, 24), (24, 24)], (255, 140, 0), "a square, white background")
     return ctx, TestClient(create_app(api_only(ctx))), data
 
 

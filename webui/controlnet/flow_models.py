@@ -18,7 +18,6 @@ without q/k norms) is the checkpoint's (``head_dim``), which is what such a Cont
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from diffusers import FluxControlNetModel, SD3ControlNetModel
 from webui.errors import ModelError
 from webui.models.flow_config import flux_axes, flux_to_diffusers
 from webui.models.infer_config import _indices
+from webui.models.safeload import folder_class
 
 FlowControlNet = SD3ControlNetModel | FluxControlNetModel
 
@@ -183,10 +183,5 @@ def mismatch(cn: FlowControlNet, transformer: Any) -> str | None:
 
 def is_diffusers_flow_folder(path: Path) -> str | None:
     """The transformer ControlNet class a diffusers folder names, or None."""
-    import json
-
-    try:
-        name = json.loads((path / "config.json").read_text(encoding="utf-8")).get("_class_name", "")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return name if re.fullmatch(r"(SD3|Flux)ControlNetModel", str(name)) else None
+    name = folder_class(path)
+    return name if name in ("SD3ControlNetModel", "FluxControlNetModel") else None

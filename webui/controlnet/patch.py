@@ -24,7 +24,13 @@ from webui.controlnet.flow_patch import Encode, block_residuals, control_input
 from webui.controlnet.t2i_adapter import adapter_features, is_adapter
 from webui.controlnet.units import ControlUnit
 from webui.pipeline.init_image import resize_image
-from webui.pipeline.patches import Residuals, TransformerCall, TransformerResiduals, UNetCall
+from webui.pipeline.patches import (
+    Residuals,
+    TransformerCall,
+    TransformerResiduals,
+    UNetCall,
+    add_transformer_residuals,
+)
 
 SOFT_BASE = 0.825
 
@@ -91,12 +97,10 @@ class ControlNetPatch:
                     self.device, self.dtype)
 
     def residuals(self, call: UNetCall) -> Residuals | None:
-        fraction = call.step / max(call.steps, 1)
         total: Residuals | None = None
         for u in self.units:
             unit = u.unit
-            if unit.weight == 0 or not unit.guidance_start <= fraction <= unit.guidance_end or u.hint is None \
-                    or not applies(unit, call.hires) or is_adapter(u.model):
+            if not _acts(unit, call) or u.hint is None or is_adapter(u.model):
                 continue
             n = call.x.shape[0]
             hint = u.hint.expand(n, -1, -1, -1)
@@ -118,8 +122,7 @@ class ControlNetPatch:
                 mid = _in_region(mid, u.region)
             only_cond = unit.control_mode == 2 or bool(getattr(u.model.config, "global_pool_conditions", False))
             if only_cond and call.has_uncond:
-                keep = torch.ones(n, 1, 1, 1, device=mid.device, dtype=mid.dtype)
-                keep[n - call.batch:] = 0  # the unconditional rows come last
+                keep = _conditional_rows(call, mid)
                 down = [d * keep for d in down]
                 mid = mid * keep
             if total is None:
@@ -128,22 +131,18 @@ class ControlNetPatch:
                 total = ([a + b for a, b in zip(total[0], down)], total[1] + mid)
         return total
 
-
     def adapter_residuals(self, call: UNetCall) -> list[torch.Tensor] | None:
         """The T2I-Adapter units' features for this U-Net call (one per level, every row; "ControlNet is more
         important": not on the unconditional rows), times their weights, summed over the units."""
-        fraction = call.step / max(call.steps, 1)
         total: list[torch.Tensor] | None = None
         for u in self.units:
             unit = u.unit
-            if not is_adapter(u.model) or unit.weight == 0 or u.cond is None \
-                    or not unit.guidance_start <= fraction <= unit.guidance_end or not applies(unit, call.hires):
+            if not is_adapter(u.model) or u.cond is None or not _acts(unit, call):
                 continue
             n = call.x.shape[0]
             features = [f.to(call.x.dtype).expand(n, -1, -1, -1) * unit.weight for f in u.cond]
             if unit.control_mode == 2 and call.has_uncond:
-                keep = torch.ones(n, 1, 1, 1, device=call.x.device, dtype=call.x.dtype)
-                keep[n - call.batch:] = 0  # the unconditional rows come last
+                keep = _conditional_rows(call, features[0])
                 features = [f * keep for f in features]
             if u.region is not None:
                 features = [_in_region(f, u.region) for f in features]
@@ -153,20 +152,16 @@ class ControlNetPatch:
 
     def transformer_residuals(self, call: TransformerCall) -> TransformerResiduals | None:
         """The SD 3.x / FLUX.1 counterpart of :meth:`residuals` (see :mod:`webui.controlnet.flow_patch`)."""
-        fraction = call.step / max(call.steps, 1)
         total: TransformerResiduals | None = None
         for u in self.units:
             unit = u.unit
-            if unit.weight == 0 or not unit.guidance_start <= fraction <= unit.guidance_end or u.cond is None \
-                    or not applies(unit, call.hires):
+            if u.cond is None or not _acts(unit, call):
                 continue
             outputs = block_residuals(u.model, u.cond, call, u.union_mode)
             self.calls += 1
-            n = call.x.shape[0]
             keep = None
             if unit.control_mode == 2 and call.has_uncond:
-                keep = torch.ones(n, 1, 1, device=call.x.device)
-                keep[n - call.batch:] = 0  # the unconditional rows come last
+                keep = _conditional_rows(call, next(iter(outputs.values()))[0])
             region = None
             if u.region is not None:  # per token: the region at the 2x2-patch grid of the latents
                 grid = (call.x.shape[-2] // 2, call.x.shape[-1] // 2)
@@ -174,6 +169,7 @@ class ControlNetPatch:
                                                          align_corners=False).reshape(1, -1, 1)
             weights = list(unit.advanced_weighting) if unit.advanced_weighting is not None else None
             position = 0
+            weighted: TransformerResiduals = {}
             for key, values in outputs.items():
                 scaled = []
                 for v in values:
@@ -181,15 +177,29 @@ class ControlNetPatch:
                     position += 1
                     out = v * scale
                     if keep is not None:
-                        out = out * keep.to(out.dtype)
+                        out = out * keep
                     if region is not None:
                         out = out * region.to(out.device, out.dtype)
                     scaled.append(out)
-                if total is None or key not in total:
-                    total = {**(total or {}), key: scaled}
-                else:
-                    total[key] = [a + b for a, b in zip(total[key], scaled)]
+                weighted[key] = scaled
+            total = add_transformer_residuals(total, weighted)
         return total
+
+
+def _acts(unit: ControlUnit, call: UNetCall | TransformerCall) -> bool:
+    """Whether ``unit`` works in this model call: a weight, the step inside its guidance window, and its
+    ``hr_option`` allowing the pass."""
+    fraction = call.step / max(call.steps, 1)
+    return unit.weight != 0 and unit.guidance_start <= fraction <= unit.guidance_end and applies(unit, call.hires)
+
+
+def _conditional_rows(call: UNetCall | TransformerCall, like: torch.Tensor) -> torch.Tensor:
+    """1 on the conditional rows and 0 on the unconditional ones (they come last), shaped to broadcast over
+    ``like``'s rows."""
+    n = like.shape[0]
+    keep = torch.ones(n, *([1] * (like.ndim - 1)), device=like.device, dtype=like.dtype)
+    keep[n - call.batch:] = 0
+    return keep
 
 
 def _in_region(output: torch.Tensor, region: torch.Tensor) -> torch.Tensor:

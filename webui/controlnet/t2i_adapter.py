@@ -17,7 +17,6 @@ weight, on the conditional and unconditional passes ("ControlNet is more importa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from diffusers import T2IAdapter
 
 from webui.errors import ModelError
 from webui.models.infer_config import _indices
+from webui.models.safeload import folder_class
 
 
 def adapter_layout(sd: Mapping[str, torch.Tensor]) -> str | None:
@@ -40,10 +40,7 @@ def adapter_layout(sd: Mapping[str, torch.Tensor]) -> str | None:
 
 
 def is_adapter_folder(path: Path) -> bool:
-    try:
-        return json.loads((path / "config.json").read_text(encoding="utf-8")).get("_class_name") == "T2IAdapter"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return folder_class(path) == "T2IAdapter"
 
 
 def original_to_diffusers(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:

@@ -256,6 +256,15 @@ def _tensors_from(path: Path, obj: Any) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def folder_class(folder: Path) -> str | None:
+    """The ``_class_name`` a diffusers folder's ``config.json`` names, or None (no or unreadable config)."""
+    try:
+        name = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(name) if name else None
+
+
 def diffusers_class(folder: Path, expected: str, what: str) -> None:
     """Check that a diffusers folder's ``config.json`` is readable and names ``expected`` (or no class);
     ModelError naming the folder otherwise."""

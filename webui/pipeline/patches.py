@@ -78,18 +78,22 @@ BLOCK_RESIDUALS = {"sd3": ("block_controlnet_hidden_states",),
 TransformerResiduals = dict[str, list[torch.Tensor]]
 
 
+def add_transformer_residuals(total: TransformerResiduals | None,
+                              res: TransformerResiduals | None) -> TransformerResiduals | None:
+    """``total`` plus ``res``, block by block per keyword (a keyword only one of them has is taken as it is)."""
+    if not res:
+        return total
+    out = {k: list(v) for k, v in (total or {}).items()}
+    for key, values in res.items():
+        out[key] = [a + b for a, b in zip(out[key], values)] if key in out else list(values)
+    return out
+
+
 def sum_transformer_residuals(patches: list[Any], call: TransformerCall) -> TransformerResiduals | None:
     """The sum of the patches' per-block residuals (keyword arguments for the transformer), or None."""
     total: TransformerResiduals | None = None
     for patch in patches:
-        res = patch.transformer_residuals(call)
-        if not res:
-            continue
-        if total is None:
-            total = {k: list(v) for k, v in res.items()}
-        else:
-            for key, values in res.items():
-                total[key] = [a + b for a, b in zip(total[key], values)] if key in total else list(values)
+        total = add_transformer_residuals(total, patch.transformer_residuals(call))
     return total
 
 
