@@ -41,6 +41,13 @@ def main() -> None:
     parser.add_argument("--noise-offset", type=float, default=0.0)
     parser.add_argument("--lora-seed", type=int, default=1)
     parser.add_argument("--optimizer", default="AdamW", help="AdamW or Prodigy (then use learning rates 1.0)")
+    parser.add_argument("--balanced", action="store_true",
+                        help="the folder cycles through the backgrounds and shapes (as a person picks varied pictures)"
+                        " instead of drawing them at random")
+    parser.add_argument("--bundle-embedding", action="store_true",
+                        help="pivotal tuning: train the word 'teal' as an embedding bundled in the LoRA file")
+    parser.add_argument("--embedding-lr", type=float, default=5e-3)
+    parser.add_argument("--dump", default="", help="folder: save every scored image and what the reader saw")
     args = parser.parse_args()
 
     from conftest import make_settings
@@ -63,7 +70,10 @@ def main() -> None:
     rng = random.Random(1)
     backgrounds = ["white", "black", "red", "yellow", "purple"]
 
-    def scene() -> shapes.Scene:
+    def scene(i: int) -> shapes.Scene:
+        if args.balanced:  # 5 backgrounds x 3 shapes: every pair within 15 pictures
+            return shapes.Scene(shapes.SHAPES[i % len(shapes.SHAPES)], "teal", backgrounds[i % len(backgrounds)],
+                                rng.choice(list(shapes.POSITIONS)), rng.choice(list(shapes.SIZES)))
         return shapes.Scene(rng.choice(shapes.SHAPES), "teal", rng.choice(backgrounds),
                             rng.choice(list(shapes.POSITIONS)), rng.choice(list(shapes.SIZES)))
 
@@ -73,7 +83,7 @@ def main() -> None:
     shapes.COLOURS["teal"] = TEAL
     try:
         for i in range(args.images):
-            s = scene()
+            s = scene(i)
             shapes.render(s, rng).save(data / f"{i:03d}.png")
             (data / f"{i:03d}.txt").write_text(shapes.caption(s, rng).replace("teal", "{word}"))
     finally:
@@ -90,24 +100,34 @@ def main() -> None:
                          eval_rng.choice(list(shapes.POSITIONS)), eval_rng.choice(list(shapes.SIZES)))
         layouts.append(s)
 
+    verdicts: dict[str, list[str]] = {}
+
     def teal_rate(word: str, suffix: str = "") -> float:
         hits = 0
+        seen = verdicts.setdefault(word + suffix, [])
         for k, s in enumerate(layouts):
             prompt = shapes.caption(s).replace("teal", word) + suffix
             req = GenerationRequest(prompt=prompt, steps=20, sampler_name="DPM++ 2M", cfg_scale=7, width=64, height=64,
                                     seed=1000 + k, save_images=False)
-            image = np.asarray(ctx.generate(req).images[0].convert("RGB"), dtype=np.float32)
+            picture = ctx.generate(req).images[0].convert("RGB")
+            if args.dump:
+                Path(args.dump).mkdir(parents=True, exist_ok=True)
+                picture.save(Path(args.dump) / f"{word}{'-lora' if suffix else ''}-{k:02d}.png")
+            image = np.asarray(picture, dtype=np.float32)
             ring = np.median(np.concatenate([image[:3].reshape(-1, 3), image[-3:].reshape(-1, 3)]), axis=0)
             far = np.sqrt(((image - ring) ** 2).sum(axis=2)) > 60
             if far.sum() < 12:
+                seen.append(f"{k}: {s.shape}/{s.background}/{s.position}/{s.size} -> no shape")
                 continue
             median = np.median(image[far], axis=0)
             colours = {**palette, "teal": TEAL}
             dist = {name: float(((np.array(rgb) - median) ** 2).sum()) for name, rgb in colours.items()}
             hits += min(dist, key=dist.get) == "teal"
+            seen.append(f"{k}: {s.shape}/{s.background}/{s.position}/{s.size} -> {min(dist, key=dist.get)} "
+                        f"{median.astype(int).tolist()}")
         return hits / len(layouts)
 
-    out: dict[str, object] = {"images": args.images, "eval_prompts": args.eval}
+    out: dict[str, object] = {"images": args.images, "balanced": args.balanced, "eval_prompts": args.eval}
     out["before_word_teal"] = teal_rate("teal")
 
     # textual inversion: the embedding "tealish" replaces the colour word in the captions
@@ -123,6 +143,8 @@ def main() -> None:
                                            conv_alpha=max(args.lora_conv_dim, 1),
                                            min_snr_gamma=args.min_snr_gamma, noise_offset=args.noise_offset,
                                            optimizer_type=args.optimizer,
+                                           bundle_embedding="teal" if args.bundle_embedding else "",
+                                           bundle_embedding_init="blue", embedding_lr=args.embedding_lr,
                                            learning_rate=args.lora_lr, text_encoder_lr=args.lora_te_lr,
                                            max_train_steps=args.lora_steps,
                                            train_batch_size=4, resolution=64, seed=args.lora_seed),
@@ -132,7 +154,10 @@ def main() -> None:
     out["after_lora"] = teal_rate("teal", " <lora:teal:1>")
     out["lora"] = {"steps": args.lora_steps, "dim": args.lora_dim, "conv_dim": args.lora_conv_dim,
                    "unet_lr": args.lora_lr, "te_lr": args.lora_te_lr, "min_snr_gamma": args.min_snr_gamma,
-                   "noise_offset": args.noise_offset, "seed": args.lora_seed, "optimizer": args.optimizer}
+                   "noise_offset": args.noise_offset, "seed": args.lora_seed, "optimizer": args.optimizer,
+                   "bundle_embedding": args.bundle_embedding, "embedding_lr": args.embedding_lr}
+    if args.dump:
+        out["verdicts"] = verdicts
     print(json.dumps(out, indent=2))
 
 

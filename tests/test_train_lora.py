@@ -253,7 +253,8 @@ def test_resume_after_an_interrupt_is_bit_exact(lora_env, tmp_path, optimizer):
     """Six steps straight, or three, interrupted, then resumed from the run folder: the same file to the bit
     (LoRA pairs from the saved state, optimizer state, per-step seeded batches and noise)."""
     ctx, _, data = lora_env
-    lr = {"learning_rate": 1.0, "text_encoder_lr": 1.0} if optimizer == "Prodigy" else {}
+    lr = {"learning_rate": 1.0, "text_encoder_lr": 1.0} if optimizer == "Prodigy" else {
+        "bundle_embedding": "sqword", "caption_template": "sqword [filewords]"}  # the bundled word resumes too
     straight = _run(ctx, data, tmp_path / "a", "sq", optimizer_type=optimizer, **lr)
     first = _run(ctx, data, tmp_path / "b", "sq", stop_at=3, optimizer_type=optimizer, **lr)
     assert first["interrupted"] and first["steps"] == 3
@@ -265,6 +266,7 @@ def test_resume_after_an_interrupt_is_bit_exact(lora_env, tmp_path, optimizer):
     assert resumed["steps"] == 6 and resumed["losses"] == straight["losses"]
     a, b = load_file(str(straight["path"])), load_file(str(resumed["path"]))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert ("bundle_emb.sqword.string_to_param.*" in a) == (optimizer == "AdamW")
     assert not torch.equal(a[next(k for k in a if k.endswith("lora_up.weight"))], half[next(
         k for k in a if k.endswith("lora_up.weight"))])
     saved = __import__("json").loads((tmp_path / "b" / "runs" / "sq" / "train.json").read_text())
@@ -336,3 +338,86 @@ def test_previews_every_n_steps_through_the_run_api(lora_env):
     assert image.size == (64, 64)
     assert client.get(f"/webui/v1/train/{state['id']}", params={"skip_current_preview": True}).json()[
         "current_preview"] is None
+
+
+def _txt2img(ctx, prompt: str) -> tuple[np.ndarray, str]:
+    from webui.pipeline.request import GenerationRequest
+
+    result = ctx.generate(GenerationRequest(prompt=prompt, steps=4, width=64, height=64, seed=5, save_images=False))
+    return np.asarray(result.images[0]), result.infotexts[0]
+
+
+def test_an_embedding_bundled_in_a_lora_file_works_while_the_lora_is_in_the_prompt(lora_env):
+    """A1111 1.7+'s ``bundle_emb.<word>.string_to_param.*`` keys (as OneTrainer writes them): with ``<lora:..>`` in
+    the prompt the word draws exactly as the same vectors in an embeddings-folder file do (the reference: that
+    file), without the tag it is a plain word, and a folder file of the same name wins (A1111's rule). The
+    LoRA's own layer change is zero here, so only the word matters."""
+    from safetensors.torch import save_file
+
+    ctx, _, _ = lora_env
+    g = torch.Generator().manual_seed(0)
+    vectors, other = torch.randn(2, 64, generator=g) * 0.5, torch.randn(2, 64, generator=g) * 0.5
+    lora_dir, emb_dir = ctx.settings.model_dir("Lora"), ctx.settings.model_dir("embeddings")
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    emb_dir.mkdir(parents=True, exist_ok=True)
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.randn(2, 64, generator=g),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(64, 2),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(2.0),
+               "bundle_emb.zqword.string_to_param.*": vectors}, str(lora_dir / "bundled.safetensors"))
+    ctx.loras.refresh()
+    try:
+        with_lora, info = _txt2img(ctx, "a zqword circle on the left <lora:bundled:1>")
+        assert 'TI hashes: "zqword: bundled"' in info  # A1111 names the LoRA for a bundled embedding
+        plain, info_plain = _txt2img(ctx, "a zqword circle on the left")
+        assert "TI hashes" not in info_plain and np.abs(plain.astype(int) - with_lora).max() > 8
+        save_file({"string_to_param.*": vectors}, str(emb_dir / "zqword.safetensors"))
+        ctx.embeddings.refresh()
+        as_file, _ = _txt2img(ctx, "a zqword circle on the left")
+        assert np.array_equal(as_file, with_lora)
+        save_file({"string_to_param.*": other}, str(emb_dir / "zqword.safetensors"))
+        ctx.embeddings.refresh()
+        folder_only, _ = _txt2img(ctx, "a zqword circle on the left")
+        folder_wins, info = _txt2img(ctx, "a zqword circle on the left <lora:bundled:1>")
+        assert np.array_equal(folder_wins, folder_only) and not np.array_equal(folder_wins, with_lora)
+        assert 'TI hashes: "zqword: ' in info and "zqword: bundled" not in info
+    finally:
+        (emb_dir / "zqword.safetensors").unlink(missing_ok=True)
+        (lora_dir / "bundled.safetensors").unlink(missing_ok=True)
+        ctx.embeddings.refresh()
+        ctx.loras.refresh()
+
+
+def test_pivotal_tuning_trains_the_word_and_bundles_it_in_a1111s_layout(lora_env, tmp_path):
+    """``bundle_embedding``: the word starts at its init text's token vectors (A1111's rule), is trained with
+    the LoRA, and is saved under ``bundle_emb.<word>.string_to_param.*`` beside kohya's LoRA keys; SDXL's word
+    is a ``clip_l`` / ``clip_g`` pair (A1111's SDXL embedding keys)."""
+    from webui.errors import RequestError
+    from webui.finetune.lora_train import LoraTrainParams, _bundle_embedding, _bundle_tensors
+    from webui.networks.lora import read_lora
+
+    ctx, _, data = lora_env
+    c = ctx.models.current.components
+    result = _run(ctx, data, tmp_path, "piv", max_train_steps=4, bundle_embedding="sqword",
+                  bundle_embedding_init="square", bundle_embedding_vectors=2, embedding_lr=0.05,
+                  caption_template="sqword [filewords]")
+    tensors = load_file(str(result["path"]))
+    bundled = {k for k in tensors if k.startswith("bundle_emb.")}
+    assert bundled == {"bundle_emb.sqword.string_to_param.*"}
+    assert {k.split(".")[0] for k in tensors if k not in bundled} == set(lora_targets(c, train_text_encoder=True))
+    word = tensors["bundle_emb.sqword.string_to_param.*"]
+    square = c.text_encoders[0].get_input_embeddings().weight[c.tokenizers[0]("square")["input_ids"][1]].float()
+    assert word.shape == (2, 64)
+    assert not torch.allclose(word[0], square, atol=1e-3)  # trained away from the start ...
+    assert torch.allclose(word[0], square, atol=0.05 * 4 * 1.5)  # ... by at most ~lr per step (Adam)
+    assert read_lora(result["path"]).embeddings["sqword"].vectors["default"].shape == (2, 64)
+    with pytest.raises(RequestError) as err:
+        _run(ctx, data, tmp_path, "piv2", bundle_embedding="a<b")
+    assert err.value.field == "bundle_embedding"
+
+    xl = build_tiny_components("sdxl")
+    emb = _bundle_embedding(xl, LoraTrainParams("x", "y", bundle_embedding="w", bundle_embedding_vectors=3),
+                            tmp_path / "x.safetensors", torch.device("cpu"))
+    out = _bundle_tensors(emb)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "bundle_emb.w.clip_l": (3, xl.text_encoders[0].config.hidden_size),
+        "bundle_emb.w.clip_g": (3, xl.text_encoders[1].config.hidden_size)}

@@ -74,10 +74,15 @@ def train_lora(ctx: AppContext, params, job: Job, on_step=None) -> dict:
     with ctx.jobs.slot(job):
         model = ctx.model_for(ctx.options.current)
 
-        def preview(prompt: str, seed: int):
+        def preview(prompt: str, seed: int, bundled: dict):
+            env = ctx.pipeline_env()
+            if bundled:  # the word trained with the LoRA (pivotal tuning), as it is at this step
+                db = EmbeddingDB([])
+                db.loaded = {**ctx.embeddings.loaded, **bundled}
+                env = dataclasses.replace(env, embeddings=db)
             req = GenerationRequest(prompt=prompt, steps=20, sampler_name="Euler a", cfg_scale=7.0, seed=seed,
                                     width=params.resolution, height=params.resolution, save_images=False)
-            return generate(ctx.pipeline_env(), model, req, Job(kind="txt2img"), ctx.options.current).images[0]
+            return generate(env, model, req, Job(kind="txt2img"), ctx.options.current).images[0]
 
         result = train_lora_run(model, ctx.settings.model_dir("Lora"), params, job,
                                 log_root=ctx.settings.data_dir / "lora_runs", on_step=on_step, preview=preview)

@@ -10,6 +10,11 @@ every ``save_every_n_steps`` and at the end or interrupt), ``latents/`` (the VAE
 :func:`~webui.finetune.loss.posterior_latents`) and ``samples/`` (previews every ``sample_every_n_steps``,
 ``sample_prompt`` with ``sample_seed``). ``resume`` continues from ``state.safetensors`` bit-exactly. The
 LoRA itself is written (atomically) to ``models/Lora/<output_name>.safetensors`` at every save.
+
+**Pivotal tuning** (``bundle_embedding``, as OneTrainer's "additional embeddings" and diffusers' advanced
+LoRA script): a new word is trained as a textual-inversion embedding together with the LoRA and bundled in
+the LoRA file under A1111's ``bundle_emb.<word>.`` keys, so ``<lora:name:1>`` brings its own word (A1111
+1.7+, Forge and this product load it). It helps where the base model has no usable token for the concept.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from webui.finetune.dataset import load_folder
 from webui.finetune.lora_layers import FusedLoraLayer, LoraLayer, flow_lora_targets, kohya_tensors, lora_targets
 from webui.finetune.loss import denoising_loss, flow_loss, posterior_latents, seeded_generator
 from webui.finetune.optimizers import OPTIMIZERS, describe, load_state, make_optimizer, state_tensors
+from webui.finetune.textual_inversion import init_vectors
+from webui.networks.embeddings import Embedding, build_lookup
+from webui.networks.lora import BUNDLE_PREFIX
 
 SCHEDULERS = ("constant", "cosine", "constant_with_warmup")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -44,7 +52,9 @@ NETWORK_MODULE = {"sd3": "networks.lora_sd3", "flux": "networks.lora_flux"}
 _RESUMABLE = frozenset({"max_train_steps", "max_train_epochs", "save_every_n_steps", "sample_every_n_steps",
                         "sample_prompt", "sample_seed", "resume", "overwrite", "gradient_checkpointing", "extra"})
 
-Preview = Callable[[str, int], Any]  # (prompt, seed) -> PIL image, generated with the LoRA as it is now
+#: (prompt, seed, {word: Embedding} of the bundled embedding as it is now) -> PIL image, generated with the
+#: LoRA as it is now
+Preview = Callable[[str, int, dict], Any]
 
 
 @dataclass
@@ -82,6 +92,11 @@ class LoraTrainParams:
     sample_seed: int = 0
     resume: bool = False  # continue the run in the run folder
     overwrite: bool = False
+    # pivotal tuning: a new word trained as an embedding with the LoRA and bundled in its file ("" : none)
+    bundle_embedding: str = ""
+    bundle_embedding_init: str = "*"  # the starting vectors: this text's token vectors (A1111's init text)
+    bundle_embedding_vectors: int = 1
+    embedding_lr: float = 5e-3
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -146,6 +161,14 @@ def _check(params: LoraTrainParams) -> None:
     for name in ("save_every_n_steps", "sample_every_n_steps", "lr_warmup_steps"):
         if getattr(params, name) < 0:
             raise RequestError(name, f"must be 0 or more, got {getattr(params, name)}")
+    if params.bundle_embedding and (not params.bundle_embedding.strip() or any(
+            ch in params.bundle_embedding for ch in '<>:,()[]{}')):
+        raise RequestError("bundle_embedding", f"{params.bundle_embedding!r} is not a usable word for a prompt")
+    if params.bundle_embedding and not 1 <= params.bundle_embedding_vectors <= 75:
+        raise RequestError("bundle_embedding_vectors", f"must be between 1 and 75, got "
+                                                       f"{params.bundle_embedding_vectors}")
+    if params.bundle_embedding and params.embedding_lr <= 0:
+        raise RequestError("embedding_lr", f"must be positive, got {params.embedding_lr}")
     name = params.output_name.strip()
     if not name or any(ch in name for ch in '/\\:*?"<>|') or name.startswith("."):
         raise RequestError("output_name", f"{name!r} is not a usable file name")
@@ -162,6 +185,9 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
     the UI's plot); ``preview(prompt, seed)`` draws a sample with the LoRA as it is at that step."""
     _check(params)
     c = model.components
+    if c.spec.family == "flux" and params.bundle_embedding:
+        raise RequestError("bundle_embedding", "FLUX.1 takes no CLIP token embeddings (its CLIP-L gives only the "
+                                               "pooled vector): train the LoRA without bundle_embedding")
     if c.spec.is_flow and params.conv_dim:
         raise RequestError("conv_dim", f"{c.spec.label} models have no convolution blocks; use conv_dim 0")
     if params.mixed_precision == "fp16" and model.device.type != "cuda":
@@ -193,10 +219,14 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
     if te_lr:
         groups.append({"params": [p for k, layer in layers.items() if not k.startswith("lora_unet_")
                                   for p in layer.parameters()], "lr": te_lr, "base": te_lr})
+    bundle = _bundle_embedding(c, params, out_path, model.device)
+    if bundle is not None:
+        groups.append({"params": list(bundle.vectors.values()), "lr": params.embedding_lr,
+                       "base": params.embedding_lr, "weight_decay": 0.0})
     optimizer = make_optimizer(params.optimizer_type, groups, model.device)
     step, losses = 0, []
     if params.resume:
-        step, losses = _load_run(state_path, folder, layers, optimizer, params)
+        step, losses = _load_run(state_path, folder, layers, optimizer, params, bundle)
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / "train.json", {**asdict(params), "total_steps": total, "steps_done": step, "losses": losses})
     frozen = [(p, p.requires_grad) for m in (c.unet, *c.text_encoders, *([c.t5] if c.t5 is not None else []))
@@ -216,9 +246,9 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
         job.step(step)
 
     def save() -> None:
-        _save_run(state_path, layers, optimizer, step)
-        _save_lora(out_path, kohya_tensors(layers), _metadata(params, model, dataset, step, started, unet_lr, te_lr,
-                                                              optimizer))
+        _save_run(state_path, layers, optimizer, step, bundle)
+        _save_lora(out_path, {**kohya_tensors(layers), **_bundle_tensors(bundle)},
+                   _metadata(params, model, dataset, step, started, unet_lr, te_lr, optimizer))
         _write_json(folder / "train.json", {**asdict(params), "total_steps": total, "steps_done": step,
                                             "losses": losses})
 
@@ -227,7 +257,7 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(params, group["base"], step, total)
             with autocast:
-                loss = _loss(model, dataset, latents, params, step)
+                loss = _loss(model, dataset, latents, params, step, bundle)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -236,7 +266,7 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
             job.step(step)
             image = None
             if preview is not None and params.sample_every_n_steps and step % params.sample_every_n_steps == 0:
-                image = _sample(preview, params, dataset, folder, step)
+                image = _sample(preview, params, dataset, folder, step, bundle)
                 previews.append(image)
             if params.save_every_n_steps and step % params.save_every_n_steps == 0 and step < total:
                 save()
@@ -255,11 +285,31 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
             "interrupted": job.interrupted, "skipped": dataset.skipped, "run_folder": folder, "previews": previews}
 
 
-def _sample(preview: Preview, params: LoraTrainParams, dataset, folder: Path, step: int) -> Path:
+def _bundle_embedding(c, params: LoraTrainParams, out_path: Path, device) -> Embedding | None:
+    """The trained word of pivotal tuning: vectors per text encoder (A1111's init-text rule), as parameters."""
+    if not params.bundle_embedding:
+        return None
+    start = init_vectors(c, params.bundle_embedding_init, params.bundle_embedding_vectors)
+    vectors = {("default" if k == "emb_params" else k): torch.nn.Parameter(v.to(device, torch.float32))
+               for k, v in start.items()}
+    return Embedding(params.bundle_embedding.strip(), out_path, vectors)
+
+
+def _bundle_tensors(bundle: Embedding | None) -> dict[str, torch.Tensor]:
+    """A1111's keys of an embedding bundled in a LoRA file (``string_to_param.*`` as in its own embedding files,
+    ``clip_l`` / ``clip_g`` for two-encoder models)."""
+    if bundle is None:
+        return {}
+    return {f"{BUNDLE_PREFIX}{bundle.name}.{'string_to_param.*' if k == 'default' else k}": v.detach().float().cpu()
+            for k, v in bundle.vectors.items()}
+
+
+def _sample(preview: Preview, params: LoraTrainParams, dataset, folder: Path, step: int,
+            bundle: Embedding | None) -> Path:
     prompt = params.sample_prompt or params.caption_template.replace("[name]", params.output_name).replace(
         "[filewords]", dataset.items[0].caption)
     with torch.no_grad():
-        image = preview(prompt, params.sample_seed)
+        image = preview(prompt, params.sample_seed, {bundle.name: bundle} if bundle is not None else {})
     out = folder / "samples" / f"{params.output_name}-{step:06d}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out)
@@ -284,16 +334,20 @@ def _save_lora(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str,
     _atomic(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata))
 
 
-def _save_run(path: Path, layers: dict[str, LoraLayer], optimizer: torch.optim.Optimizer, step: int) -> None:
-    """The LoRA pairs (exact, in training layout), the optimizer state and the step, atomically."""
+def _save_run(path: Path, layers: dict[str, LoraLayer], optimizer: torch.optim.Optimizer, step: int,
+              bundle: Embedding | None = None) -> None:
+    """The LoRA pairs (exact, in training layout), the bundled word's vectors, the optimizer state and the
+    step, atomically."""
     tensors = {f"lora.{k}.{name}": p.detach().cpu().contiguous() for k, layer in layers.items()
                for name, p in (("down", layer.down), ("up", layer.up))}
+    if bundle is not None:
+        tensors.update({f"embedding.{k}": v.detach().cpu().contiguous() for k, v in bundle.vectors.items()})
     optim, meta = state_tensors(optimizer)
     _atomic(path, lambda tmp: save_file({**tensors, **optim}, str(tmp), metadata={**meta, "step": str(step)}))
 
 
 def _load_run(path: Path, folder: Path, layers: dict[str, LoraLayer], optimizer: torch.optim.Optimizer,
-              params: LoraTrainParams) -> tuple[int, list[float]]:
+              params: LoraTrainParams, bundle: Embedding | None = None) -> tuple[int, list[float]]:
     """Restore a saved run (step, loss history); RequestError on ``resume`` naming what differs."""
     try:
         saved = json.loads((folder / "train.json").read_text("utf-8"))
@@ -311,6 +365,8 @@ def _load_run(path: Path, folder: Path, layers: dict[str, LoraLayer], optimizer:
             for key, layer in layers.items():
                 layer.down.copy_(tensors[f"lora.{key}.down"])
                 layer.up.copy_(tensors[f"lora.{key}.up"])
+            for key, vec in (bundle.vectors.items() if bundle is not None else ()):
+                vec.copy_(tensors[f"embedding.{key}"])
     except (KeyError, RuntimeError) as exc:
         raise RequestError("resume", f"the saved LoRA in {path} does not fit this model ({exc})") from None
     load_state(optimizer, tensors, meta, path)
@@ -346,7 +402,8 @@ def _metadata(params: LoraTrainParams, model, dataset, step: int, started: float
     }
 
 
-def _loss(model, dataset, latents, params: LoraTrainParams, step: int) -> torch.Tensor:
+def _loss(model, dataset, latents, params: LoraTrainParams, step: int, bundle: Embedding | None = None
+          ) -> torch.Tensor:
     rng = random.Random(hash((params.seed, step)))
     batch = dataset.sample_batch(params.train_batch_size, rng)
     gen = seeded_generator(params.seed, step, 1)
@@ -366,7 +423,8 @@ def _loss(model, dataset, latents, params: LoraTrainParams, step: int) -> torch.
             tags = []
         prompts.append(params.caption_template.replace("[name]", params.output_name)
                        .replace("[filewords]", ", ".join(tags)))
+    lookup = build_lookup(model.components, {bundle.name: bundle}) if bundle is not None else None
     if model.components.spec.is_flow:
-        return flow_loss(model, x0, prompts, gen)
-    return denoising_loss(model, x0, prompts, gen, min_snr_gamma=params.min_snr_gamma,
+        return flow_loss(model, x0, prompts, gen, embeddings=lookup)
+    return denoising_loss(model, x0, prompts, gen, lookup, min_snr_gamma=params.min_snr_gamma,
                           noise_offset=params.noise_offset)

@@ -44,6 +44,13 @@ class Embedding:
 def read_embedding(path: Path) -> Embedding:
     """Read an embedding file; ModelError names the file when the layout is unknown."""
     data, meta = read_state_dict(path)
+    return embedding_from_tensors(path.stem, path, data, meta)
+
+
+def embedding_from_tensors(name: str, path: Path, data: dict, meta: dict | None = None) -> Embedding:
+    """An embedding from a file's tensors (also those a LoRA file bundles under ``bundle_emb.<name>.``);
+    ModelError names ``path`` when the layout is unknown."""
+    meta = meta or {}
     vectors: dict[str, torch.Tensor] = {}
     if "clip_l" in data or "clip_g" in data:
         vectors = {k: data[k].float() for k in ("clip_l", "clip_g") if k in data}
@@ -60,8 +67,18 @@ def read_embedding(path: Path) -> Embedding:
     vectors = {k: v.reshape(1, -1) if v.ndim == 1 else v for k, v in vectors.items()}
 
     step = meta.get("step")
-    return Embedding(path.stem, path, vectors, int(step) if step and step.isdigit() else None,
+    return Embedding(name, path, vectors, int(step) if step and step.isdigit() else None,
                      meta.get("sd_checkpoint"), meta.get("sd_checkpoint_name"))
+
+
+def fits(embedding: Embedding, components) -> bool:
+    """Whether the embedding's vectors have the width of every text encoder of the model."""
+    n = len(components.text_encoders)
+    for i, encoder in enumerate(components.text_encoders):
+        vec = embedding.for_encoder(i, n)
+        if vec is None or vec.shape[1] != encoder.config.hidden_size:
+            return False
+    return True
 
 
 @dataclass
@@ -106,18 +123,20 @@ class EmbeddingDB:
     def compatible(self, components) -> tuple[dict[str, Embedding], dict[str, Embedding]]:
         """(usable, skipped) for a model: vector widths must match every text encoder."""
         ok, skipped = {}, {}
-        n = len(components.text_encoders)
         for name, emb in self.loaded.items():
-            fits = True
-            for i, encoder in enumerate(components.text_encoders):
-                vec = emb.for_encoder(i, n)
-                if vec is None or vec.shape[1] != encoder.config.hidden_size:
-                    fits = False
-            (ok if fits else skipped)[name] = emb
+            (ok if fits(emb, components) else skipped)[name] = emb
         return ok, skipped
 
-    def lookup(self, components) -> EmbeddingLookup:
+    def lookup(self, components, bundled: dict[str, Embedding] | None = None) -> EmbeddingLookup:
+        """The prompt lookup for a model. ``bundled``: embeddings the prompt's LoRAs carry (A1111's rule: a
+        file of the same name in the embeddings folders wins, the bundled one is skipped with a warning)."""
         usable, _ = self.compatible(components)
+        for name, emb in (bundled or {}).items():
+            if name in self.loaded:
+                log.warning("Skipping the embedding %r bundled in %s: an embedding of that name is already loaded "
+                            "from %s", name, emb.path.parent, self.loaded[name].path)
+            elif fits(emb, components):
+                usable[name] = emb
         return build_lookup(components, usable)
 
 

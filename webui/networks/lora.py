@@ -7,6 +7,9 @@ module path with ``.`` -> ``_`` (diffusers names for SD 1.x trainers, LDM names 
 ``lora_te2_`` + the HF text-model path. Applying adds ``multiplier * alpha / rank * up @ down``
 to each weight after backing it up; :meth:`AppliedLoras.restore` copies the backups back, so the
 next job sees the untouched model bit for bit.
+
+A file may also bundle textual-inversion embeddings (A1111 1.7+: ``bundle_emb.<name>.string_to_param.*``,
+``.clip_l`` / ``.clip_g``); they are usable in the prompt by name while the LoRA is in it.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import torch
 from webui.errors import ModelError
 from webui.models.original_layout import ldm_module_name, unet_module_table
 from webui.models.safeload import read_state_dict
+from webui.networks.embeddings import Embedding, embedding_from_tensors
 from webui.networks.flow_lora import kohya_key, original_table, text_encoder_prefixes
 
 log = logging.getLogger(__name__)
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 CACHE_SIZE = 8  # LoRA files kept in RAM between jobs
+BUNDLE_PREFIX = "bundle_emb."  # A1111's keys of embeddings bundled in a LoRA file
 _PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha", "lora_mid.weight": "mid",
           "lora_A.weight": "down", "lora_B.weight": "up",  # PEFT / diffusers
           # LyCORIS LoHa (Hadamard product of two low-rank pairs) and LoKr (Kronecker product)
@@ -109,13 +114,21 @@ class LoraFile:
     path: Path
     modules: dict[str, LoraModule]
     metadata: dict[str, str] = field(default_factory=dict)
+    #: textual-inversion embeddings the file bundles (A1111's ``bundle_emb.<name>.<vectors>`` keys, written by
+    #: pivotal-tuning trainers); usable in the prompt while the LoRA is in it
+    embeddings: dict[str, Embedding] = field(default_factory=dict)
 
 
 def read_lora(path: Path) -> LoraFile:
     """Read a kohya-layout LoRA (safely); ModelError names the file on any problem."""
     tensors, metadata = read_state_dict(path)
     modules: dict[str, LoraModule] = {}
+    bundled: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
+        if key.startswith(BUNDLE_PREFIX):  # bundle_emb.<name>.string_to_param.* | .clip_l | .clip_g | .emb_params
+            name, _, vectors = key[len(BUNDLE_PREFIX):].partition(".")
+            bundled.setdefault(name, {})[vectors] = value
+            continue
         for suffix, part in _PARTS.items():
             if key.endswith("." + suffix):
                 mod = modules.setdefault(kohya_key(key[: -len(suffix) - 1]), LoraModule())
@@ -123,7 +136,8 @@ def read_lora(path: Path) -> LoraFile:
                 break
     if not modules:
         raise ModelError(path, "no LoRA weights (lora_up/lora_down) found; is it a LoRA in kohya/A1111 format?")
-    return LoraFile(path.stem, path, modules, dict(metadata))
+    embeddings = {name: embedding_from_tensors(name, path, data) for name, data in bundled.items()}
+    return LoraFile(path.stem, path, modules, dict(metadata), embeddings)
 
 
 #: A module a LoRA layer changes: (module, "unet" | "te", rows of the layer's weight change it takes or None).

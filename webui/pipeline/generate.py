@@ -22,7 +22,7 @@ from webui.filenames import request_fields, timestamp_of
 from webui.infotext import format_infotext
 from webui.jobs import Interrupted, Job
 from webui.models.manager import LoadedModel
-from webui.networks.embeddings import EmbeddingDB
+from webui.networks.embeddings import Embedding, EmbeddingDB
 from webui.networks.lora import AppliedLoras, LoraRegistry, apply_loras
 from webui.pipeline.conditioning import EncodeOptions
 from webui.pipeline.generation_info import apply_infotext_options, info_json, infotext_params
@@ -179,18 +179,19 @@ def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: 
     # 2. extra networks from the prompt (applied for this job only), then encode each distinct
     #    prompt text once for the whole job (schedules, AND parts)
     prompt_text, tags = parse_extra_networks(req.prompt)
-    applied, network_info = _apply_networks(env, c, tags, run.result)
+    applied, network_info, bundled = _apply_networks(env, c, tags, run.result)
     try:
         enc = EncodeOptions(clip_skip=run.clip_skip, emphasis=str(opts.get("emphasis", "Original")),
                             comma_padding_backtrack=int(opts.get("comma_padding_backtrack", 20)),
                             old_emphasis=bool(opts.get("use_old_emphasis_implementation", False)))
         old_timelines = bool(opts.get("use_old_scheduling", False))
         # FLUX.1 has no per-token CLIP conditioning (its CLIP-L gives only the pooled vector): no embeddings
-        lookup = env.embeddings.lookup(c) if env.embeddings is not None and spec.family != "flux" else None
+        lookup = env.embeddings.lookup(c, bundled) if env.embeddings is not None and spec.family != "flux" else None
         run.conds = build_job_conditioning(c, prompt_text, req.negative_prompt, req.steps, enc, lookup,
                                            use_old_scheduling=old_timelines)
         if run.refiner is not None:
-            ref_lookup = env.embeddings.lookup(run.refiner.components) if env.embeddings is not None else None
+            ref_lookup = env.embeddings.lookup(run.refiner.components, bundled) if env.embeddings is not None \
+                else None
             run.refiner_conds = build_job_conditioning(run.refiner.components, prompt_text, req.negative_prompt,
                                                        req.steps, enc, ref_lookup, use_old_scheduling=old_timelines)
         if hires is not None:
@@ -198,8 +199,7 @@ def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: 
             run.hr_conds = build_job_conditioning(c, hr_text, hires.negative_prompt, req.steps, enc, lookup,
                                                   hires_steps=hires.steps, use_old_scheduling=old_timelines)
         if lookup is not None and lookup.used and env.file_hash is not None:
-            network_info["TI hashes"] = ", ".join(f"{name}: {env.file_hash(e.path)[:12]}"
-                                                  for name, e in lookup.used.items())
+            network_info["TI hashes"] = _ti_hashes(env, lookup.used, bundled, opts) or None
         run.extra_info = {**run.extra_info, **network_info, **compat_infotext(opts, run.conds, run.hr_conds)}
         with circular_padding(c.unet, c.vae, enabled=req.tiling):
             _prepare(run)
@@ -282,8 +282,9 @@ def _apply_styles(env: PipelineEnv, req: GenerationRequest) -> GenerationRequest
 
 
 def _apply_networks(env: PipelineEnv, components, tags, result: GenerationResult
-                    ) -> tuple[AppliedLoras, dict[str, Any]]:
-    """Apply ``<lora:name:te[:unet]>`` tags; unknown names are reported, not fatal (A1111)."""
+                    ) -> tuple[AppliedLoras, dict[str, Any], dict[str, Embedding]]:
+    """Apply ``<lora:name:te[:unet]>`` tags; unknown names are reported, not fatal (A1111). Also returns the
+    embeddings the applied LoRA files bundle (usable in this job's prompts)."""
     loras, missing = [], []
     for tag in tags:
         if tag.kind != "lora" or not tag.args:
@@ -301,12 +302,26 @@ def _apply_networks(env: PipelineEnv, components, tags, result: GenerationResult
     if missing:
         result.warnings.append("Networks not found: " + ", ".join(missing))
     if not loras:
-        return AppliedLoras(), {}
+        return AppliedLoras(), {}, {}
     applied = apply_loras(components, loras)
     info: dict[str, Any] = {}
     if env.file_hash is not None:
         info["Lora hashes"] = ", ".join(f"{lo.name}: {env.file_hash(lo.path)[:12]}" for lo, _, _ in loras)
-    return applied, info
+    bundled = {name: emb for lo, _, _ in loras for name, emb in lo.embeddings.items()}
+    return applied, info, bundled
+
+
+def _ti_hashes(env: PipelineEnv, used: dict[str, Embedding], bundled: dict[str, Embedding], opts) -> str:
+    """A1111's "TI hashes": ``name: short hash`` of each embedding file used; an embedding bundled in a LoRA
+    names its LoRA file instead (only with the option ``lora_bundled_ti_to_infotext``, as A1111)."""
+    parts = []
+    for name, emb in used.items():
+        if bundled.get(name) is emb:
+            if opts.get("lora_bundled_ti_to_infotext", True):
+                parts.append(f"{name}: {emb.path.stem}")
+        else:
+            parts.append(f"{name}: {env.file_hash(emb.path)[:12]}")
+    return ", ".join(parts)
 
 
 def _prepare(run: _Run) -> None:
