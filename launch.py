@@ -3,6 +3,7 @@
 
     python launch.py            # create .venv, install pinned requirements, start http://127.0.0.1:7860
     python launch.py --tests    # same environment plus test dependencies, then run the test suite
+    python launch.py --workers 2   # also installs requirements-ray.txt (once), for the generation workers
 
 Environment variables:
     TORCH_COMMAND   pip arguments that install torch/torchvision
@@ -46,13 +47,34 @@ def run(cmd: list[str], **kw) -> None:
     subprocess.run(cmd, check=True, **kw)
 
 
+RAY_REQUIREMENTS = "requirements-ray.txt"  # Ray, for --workers / --ray-address (and the tests)
+RAY_FLAGS = ("--workers", "--ray-address")
+
+
 def install_stamp(tests: bool) -> str:
     h = hashlib.sha256()
     h.update(os.environ.get("TORCH_COMMAND", DEFAULT_TORCH).encode())
     h.update(BASICSR.encode())
-    for name in ["requirements.txt"] + (["requirements-test.txt", "requirements-test-nodeps.txt"] if tests else []):
+    tests_files = ["requirements-test.txt", "requirements-test-nodeps.txt", RAY_REQUIREMENTS]
+    for name in ["requirements.txt"] + (tests_files if tests else []):
         h.update((ROOT / name).read_bytes())
     return h.hexdigest()
+
+
+def wants_ray(args: list[str]) -> bool:
+    """The command line asks for generation workers (they need Ray)."""
+    return any(a == flag or a.startswith(flag + "=") for a in args for flag in RAY_FLAGS)
+
+
+def ensure_ray(py: Path) -> None:
+    """Install requirements-ray.txt into the environment the first time it is needed (its own stamp)."""
+    stamp_file = py.parent.parent / ".webui-stamp-ray"
+    stamp = hashlib.sha256((ROOT / RAY_REQUIREMENTS).read_bytes()).hexdigest()
+    if stamp_file.exists() and stamp_file.read_text().strip() == stamp:
+        return
+    log("Installing Ray for the generation workers (once)")
+    run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(ROOT / RAY_REQUIREMENTS)])
+    stamp_file.write_text(stamp)
 
 
 def ensure_venv(tests: bool) -> Path:
@@ -76,6 +98,7 @@ def ensure_venv(tests: bool) -> Path:
     if tests:
         run(pip + ["-r", str(ROOT / "requirements-test.txt")])
         run(pip + ["--no-deps", "-r", str(ROOT / "requirements-test-nodeps.txt")])
+        run(pip + ["-r", str(ROOT / RAY_REQUIREMENTS)])
     stamp_file.write_text(stamp)
     return py
 
@@ -121,6 +144,8 @@ def main() -> int:
 
     if os.environ.get(INSIDE_VENV_FLAG) != "1":
         py = venv_python(venv_dir()) if skip_install else ensure_venv(tests)
+        if not skip_install and not tests and wants_ray(passthrough):
+            ensure_ray(py)
         if tests and not skip_install:
             ensure_browser()
         env = {**os.environ, INSIDE_VENV_FLAG: "1"}

@@ -47,6 +47,8 @@ def _other_value(o):
     d = o.default
     if o.choices:
         return next(c for c in o.choices if c != d)
+    if o.choices_fn is not None and o.check is not None:  # names found at run time (e.g. localization: zh_CN)
+        return next(c for c in o.choices_fn() if c != d)
     if isinstance(d, bool):
         return not d
     if isinstance(d, int):

@@ -36,9 +36,11 @@ def test_api_log_writes_one_line_per_api_request(tmp_path, models_root, caplog):
 def test_gradio_auth_guards_the_ui(tmp_path, models_root):
     client = TestClient(app_with(tmp_path, models_root, gradio_auth="ui:secret"))
     assert client.get("/config").status_code in (401, 403)
+    assert client.get("/webui-page.json").status_code == 401  # the page's localization: behind the login too
     assert client.post("/login", data={"username": "ui", "password": "wrong"}).status_code in (400, 401)
     assert client.post("/login", data={"username": "ui", "password": "secret"}).status_code == 200
     assert client.get("/config").status_code == 200
+    assert client.get("/webui-page.json").json()["localization"] == "None"
     # one auth layer: the API (Basic, same users when there is no --api-auth) and the docs too
     client.cookies.clear()
     assert client.get("/sdapi/v1/progress").status_code == 401 and client.get("/docs").status_code == 401

@@ -30,11 +30,12 @@ def test_unknown_flag_is_refused_naming_it_and_the_closest_flag(capsys):
 
 
 def test_a1111_flags_without_effect_are_accepted_and_noted():
-    s = parse_args(["--xformers", "--opt-sdp-attention", "--skip-torch-cuda-test", "--theme", "dark",
+    s = parse_args(["--xformers", "--opt-sdp-attention", "--skip-torch-cuda-test", "--share", "--theme", "dark",
                     "--enable-insecure-extension-access", "--use-cpu", "all", "--api-auth", "u:p"], env={})
     assert s.api_auth == "u:p" and s.use_cpu and s.enable_insecure_extension_access
+    assert s.theme == "dark"  # A1111's --theme works here (option theme_mode)
     notes = "\n".join(s.flag_notes)
-    for flag in ("--xformers", "--opt-sdp-attention", "--skip-torch-cuda-test", "--theme"):
+    for flag in ("--xformers", "--opt-sdp-attention", "--skip-torch-cuda-test", "--share"):
         assert f"{flag} has no effect here" in notes
     assert len(s.flag_notes) == 4  # real flags are not reported
     assert parse_args([], env={}).flag_notes == ()

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -19,6 +19,7 @@ from webui.errors import UnknownChoice
 from webui.filenames import ImageFields, request_fields, timestamp_of
 from webui.infotext import parse_infotext
 from webui.jobs import Job, JobQueue, QueueFull
+from webui.localization import Localizations, apply_start_flags, attach_localization_option, localization_folders
 from webui.models.default import ensure_default_checkpoint
 from webui.models.manager import HashCache, LoadedModel, ModelManager
 from webui.models.modules import list_modules
@@ -50,6 +51,24 @@ class GenerationFailed(RuntimeError):
         super().__init__(message)
         self.out_of_memory = out_of_memory
 
+    def __reduce__(self):  # keep picklable (from a generation worker)
+        return (_generation_failed, (str(self), self.out_of_memory))
+
+
+def _generation_failed(message: str, out_of_memory: bool) -> GenerationFailed:
+    return GenerationFailed(message, out_of_memory=out_of_memory)
+
+
+class Executor(Protocol):
+    """Runs the generations the queue lets through somewhere other than this process (``--workers``: the
+    Ray workers of :mod:`webui.workers`). ``AppContext.executor`` None: in this process, as always."""
+
+    def generate(self, req: GenerationRequest, job: Job, opts: Options) -> GenerationResult: ...
+
+    def workers(self) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
 
 @contextmanager
 def _out_of_memory_fails_the_job() -> Iterator[None]:
@@ -79,6 +98,10 @@ class AppContext:
     scripts: ScriptRegistry
     #: training runs started through the API or the UI (``GET /webui/v1/train``)
     training_runs: TrainingRuns = field(default_factory=TrainingRuns)
+    #: the localization files (option ``localization``; ``webui.localization``)
+    localizations: Localizations = field(default_factory=lambda: Localizations(list))
+    #: where generations run: None in this process; else the generation workers (``--workers``, issue 23)
+    executor: Executor | None = None
 
     @property
     def hooks(self) -> Hooks:
@@ -129,6 +152,13 @@ class AppContext:
             log.warning("Saved checkpoint %r not found; using the first available one", name)
             return self.models.ensure_loaded(None, modules=modules)
 
+    def select_checkpoint(self, name: str) -> str:
+        """Make checkpoint ``name`` the current one (the UI's dropdown, ``POST /sdapi/v1/options``); its title.
+        Loaded here, or with generation workers only looked up: each worker loads it for its next job."""
+        if self.executor is not None:
+            return self.models.title(self.models.find(name))
+        return self.models.ensure_loaded(name).title
+
     def load_initial_model(self) -> LoadedModel:
         """Load ``--ckpt`` if given, else the saved ``sd_model_checkpoint``, else the first checkpoint. The
         ``--ckpt`` file then is the selected checkpoint (option ``sd_model_checkpoint``), as in A1111."""
@@ -145,9 +175,14 @@ class AppContext:
         opts = self.options_for(req.override_settings)
         self._refuse_during_training()
         with self.jobs.slot(job), _out_of_memory_fails_the_job():
-            model = self.model_for(opts)
-            return generate(self.pipeline_env(), model, req, job, opts)
+            return self._run_generation(req, job, opts)
 
+    def _run_generation(self, req: GenerationRequest, job: Job, opts: Options,
+                        env: PipelineEnv | None = None) -> GenerationResult:
+        """One generation of a job that holds its queue slot: on a worker when there are workers, else here."""
+        if self.executor is not None:
+            return self.executor.generate(req, job, opts)
+        return generate(env or self.pipeline_env(), self.model_for(opts), req, job, opts)
 
     def _refuse_during_training(self) -> None:
         """Option ``training_queue_policy`` = "Refuse": while a training run is running or queued, a generation
@@ -183,8 +218,7 @@ class AppContext:
         env = self.pipeline_env()
 
         def run_one(r: GenerationRequest) -> GenerationResult:
-            opts = self.options_for(r.override_settings)
-            return generate(env, self.model_for(opts), r, job, opts)
+            return self._run_generation(r, job, self.options_for(r.override_settings), env)
 
         def image_fields(seed: int | None, prompt: str | None = None) -> ImageFields:
             model = self.models.current
@@ -337,6 +371,10 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
                      FaceRestorerRegistry(hooks.register_face_restorers(settings)),
                      ScriptRegistry(hooks.register_scripts()))
     _check_upscaler_option(options, ctx.upscalers)
+    extension_folders = [r.path for r in plugins.reports if r.ok and r.source == "extension" and r.path]
+    ctx.localizations = Localizations(lambda: localization_folders(settings, extension_folders))
+    attach_localization_option(options, ctx.localizations)
+    apply_start_flags(settings, options, ctx.localizations)
     if load_model:
         ctx.load_initial_model()
     hooks.startup(ctx)

@@ -5,7 +5,10 @@ program want to observe or control: progress (step, total, ETA), the current
 preview, and the interrupt / skip flags.  It replaces A1111's ``shared.state``.
 
 :class:`JobQueue` limits how many jobs run at once (GPU work, 1 by default) and
-how many may wait; beyond that :class:`QueueFull` is raised (HTTP 503).
+how many may wait; beyond that :class:`QueueFull` is raised (HTTP 503). Where jobs run is the executor's
+business (in this process, or on generation workers, :mod:`webui.workers`): a worker mirrors its progress
+into the job, :meth:`Job.watch` forwards interrupt and skip to it, and :meth:`JobQueue.requeue` puts a job
+whose worker was lost back at the head of the queue.
 """
 
 from __future__ import annotations
@@ -52,13 +55,38 @@ class Job:
     _planned: int = field(default=0, repr=False)  # image groups a script announced (0: none)
     _offset: int = field(default=0, repr=False)  # image groups of earlier generations of this job
     _next: int = field(default=0, repr=False)
+    _watchers: list[Callable[[str], None]] = field(default_factory=list, repr=False)
 
     # --- control -------------------------------------------------------------
     def interrupt(self) -> None:
         self._interrupt.set()
+        self._tell("interrupt")
 
     def skip(self) -> None:
         self._skip.set()
+        self._tell("skip")
+
+    def watch(self, fn: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``fn("interrupt")`` / ``fn("skip")`` whenever the job is interrupted or skipped (an executor
+        forwards them to the worker running the job); returns the function that stops watching."""
+        with self._lock:
+            self._watchers.append(fn)
+
+        def stop() -> None:
+            with self._lock:
+                if fn in self._watchers:
+                    self._watchers.remove(fn)
+
+        return stop
+
+    def _tell(self, what: str) -> None:
+        with self._lock:
+            watchers = list(self._watchers)
+        for fn in watchers:
+            try:
+                fn(what)
+            except Exception:  # noqa: BLE001 - a watcher never breaks the control itself
+                pass
 
     @property
     def interrupted(self) -> bool:
@@ -105,6 +133,12 @@ class Job:
     def step(self, step: int) -> None:
         with self._lock:
             self.sampling_step = step
+
+    def restart_generation(self) -> None:
+        """The current generation starts over (its worker was lost): the next :meth:`begin_generation` counts
+        its batches from where this one's began."""
+        with self._lock:
+            self._next = self._offset
 
     def end(self) -> None:
         self.finished = time.monotonic()
@@ -180,6 +214,33 @@ class JobQueue:
                     self._finished.popitem(last=False)
                 self._changed.notify_all()
             job.end()
+
+    def requeue(self, job: Job) -> None:
+        """The running ``job`` goes back to the head of the queue, under the same id (its worker was lost), and
+        waits there until it may run again; then it is running again. Interrupted while waiting: raises
+        :class:`Interrupted` (the slot that ran it ends it as usual)."""
+        with self._changed:
+            self._running.pop(job.id, None)
+            self._waiting[job.id] = job
+            self._waiting.move_to_end(job.id, last=False)
+            self._changed.notify_all()
+            try:
+                while True:
+                    if job.interrupted:
+                        raise Interrupted("interrupted while waiting in the queue")
+                    if len(self._running) < self.concurrency and next(iter(self._waiting)) == job.id:
+                        break
+                    self._changed.wait(timeout=0.1)
+            finally:
+                self._waiting.pop(job.id, None)
+                self._changed.notify_all()
+            self._running[job.id] = job
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """Run up to ``concurrency`` jobs at once from now on (an executor: as many as it has workers up)."""
+        with self._changed:
+            self.concurrency = max(0, int(concurrency))
+            self._changed.notify_all()
 
     def run(self, job: Job, fn: Callable[[Job], T]) -> T:
         with self.slot(job):

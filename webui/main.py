@@ -129,8 +129,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     from webui.server import create_app
 
     ctx = build_context(settings)
-    # The model loads in the background while the server starts; generations wait for it (--model-wait).
-    threading.Thread(target=_load_first_model, args=(ctx, log), name="model-loader", daemon=True).start()
+    if settings.workers or settings.ray_address:  # generations run on Ray workers (they load the checkpoints)
+        from webui.workers.ray_executor import start_workers
+
+        try:
+            start_workers(ctx)
+        except (RuntimeError, ConnectionError, ValueError) as exc:
+            log.error("Generation workers not started: %s", exc)
+            raise SystemExit(2) from None
+    else:
+        # The model loads in the background while the server starts; generations wait for it (--model-wait).
+        threading.Thread(target=_load_first_model, args=(ctx, log), name="model-loader", daemon=True).start()
     app = create_app(ctx)
     url = f"http://{settings.host}:{settings.port}"
     log.info("Device: %s", ctx.device.description)
@@ -141,11 +150,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             log.warning("Plugin %s (%s) not loaded: %s", report.name, report.source, report.error)
 
     def listening() -> None:  # uvicorn has bound the port: the URL works now (the model may still be loading)
-        loading = "" if ctx.models.current is not None else " (the model is still loading)"
+        loading = "" if ctx.models.current is not None or ctx.executor else " (the model is still loading)"
         log.info("Listening after %.1f s. Open %s%s%s", time.perf_counter() - start, url,
                  "/docs" if settings.nowebui else "/", loading)
         print(f"Running on local URL:  {url}", flush=True)
 
-    GracefulServer(app, settings.host, settings.port, ctx.jobs, settings.shutdown_grace, on_listening=listening,
-                   log_level="warning").run()
+    try:
+        GracefulServer(app, settings.host, settings.port, ctx.jobs, settings.shutdown_grace,
+                       on_listening=listening, log_level="warning").run()
+    finally:
+        if ctx.executor is not None:
+            ctx.executor.close()
     log.info("Stopped")

@@ -181,6 +181,18 @@ def _import_extension(folder: Path) -> ModuleType:
     return module
 
 
+#: what an extension folder without Python code may hold (A1111's translation and JavaScript-only extensions)
+DATA_ONLY_PARTS = ("localizations", "javascript", "style.css")
+
+
+def _data_only(folder: Path) -> bool:
+    """A folder without ``__init__.py`` / ``<name>.py`` that holds localizations, JavaScript or CSS: loaded as an
+    extension with no hooks (its files are used), as A1111 does."""
+    if (folder / "__init__.py").exists() or (folder / f"{folder.name}.py").exists():
+        return False
+    return any((folder / part).exists() for part in DATA_ONLY_PARTS)
+
+
 def discover_extension_folders(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
@@ -244,11 +256,16 @@ def _load_extension_folders(plugins: Plugins, root: Path, wanted: set[str] | Non
     """Import the extension folders, then register them by ``LOAD_ORDER`` (default 100) and name; an
     extension whose ``REQUIRES`` (names of other extensions) are not all loaded is reported, not loaded."""
     imported: list[tuple[int, str, ModuleType, Path]] = []
+    data_only: set[str] = set()
     for folder in discover_extension_folders(root):
         if wanted is not None and folder.name not in wanted:
             continue
         if folder.name in off:
             plugins.reports.append(PluginReport(folder.name, "extension", False, None, str(folder), disabled=True))
+            continue
+        if _data_only(folder):  # e.g. an A1111 translation extension: nothing to import, its files are used
+            plugins.reports.append(PluginReport(folder.name, "extension", True, None, str(folder)))
+            data_only.add(folder.name)
             continue
         try:
             module = _import_extension(folder)
@@ -259,7 +276,7 @@ def _load_extension_folders(plugins: Plugins, root: Path, wanted: set[str] | Non
             continue
         order = getattr(module, "LOAD_ORDER", 100)
         imported.append((order if isinstance(order, int) else 100, folder.name, module, folder))
-    loaded: set[str] = set()
+    loaded: set[str] = set(data_only)
     for _, name, module, folder in sorted(imported, key=lambda t: (t[0], t[1])):
         missing = [r for r in getattr(module, "REQUIRES", ()) if r not in loaded]
         if missing:

@@ -6,6 +6,8 @@
   and the keys a ``parse_infotext`` hook returns for the section), and :func:`collect_sections` turns
   them into the request's ``alwayson_scripts`` entries (Generate in the UI, an infotext in the API).
 
+- :func:`icon_button`: the keyword arguments of a ``gr.Button`` drawn as an icon (refresh, dice, ...).
+
 ``webui.ui.tabs`` re-exports these names for extensions written against it (deprecated).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 
@@ -70,3 +73,20 @@ def collect_sections(sections: list[UiSection], values: Mapping[str, Any], *,
         if collected is not None:
             out[section.name] = collected
     return out
+
+
+#: The icons a button can be drawn as, with the button's text: its tooltip and accessible name (translated by
+#: the localization like any other text). The page draws the icon itself (``webui/ui/static/icons/<name>.svg``,
+#: as a CSS mask in the text colour), so it shows on machines without an emoji font and in the dark theme.
+ICON_LABELS: Mapping[str, str] = MappingProxyType({
+    "refresh": "Refresh",
+    "random": "Random seed (-1)",
+    "reuse": "Reuse the seed of the last image",
+    "paste": "Read the parameters from the prompt, or from the last image when the prompt is empty",
+})
+
+
+def icon_button(icon: str) -> dict[str, Any]:
+    """``gr.Button(**icon_button("refresh"), elem_id=...)``: a small button drawn as the icon ``icon`` (one of
+    :data:`ICON_LABELS`), its text kept as the tooltip and accessible name."""
+    return {"value": ICON_LABELS[icon], "elem_classes": ["webui-icon", f"webui-icon-{icon}"], "min_width": 40}

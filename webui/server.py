@@ -19,6 +19,7 @@ from webui.api.models import ErrorResponse
 from webui.api.routes import build_router
 from webui.api.routes_misc import build_misc_router
 from webui.api.routes_train import build_lora_router, build_train_router
+from webui.api.routes_workers import build_workers_router
 from webui.context import AppContext
 
 log = logging.getLogger(__name__)
@@ -341,6 +342,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.include_router(build_misc_router(ctx), dependencies=deps, responses=errors)
     app.include_router(build_train_router(ctx), dependencies=deps, responses=errors)
     app.include_router(build_lora_router(ctx), dependencies=deps, responses=errors)
+    app.include_router(build_workers_router(ctx), dependencies=deps, responses=errors)
     plugin_router = APIRouter(dependencies=deps)
     ctx.hooks.api_routes(plugin_router, ctx)
     app.include_router(plugin_router, responses=errors)
@@ -360,6 +362,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         from webui.ui.app import build_ui
         from webui.ui.assets import page_css_and_head
         from webui.ui.files import guard_file_inputs
+        from webui.ui.page import add_page_route
 
         demo = build_ui(ctx)
         guard_file_inputs(demo, ctx.settings)
@@ -375,6 +378,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         from starlette.routing import Mount
 
         gradio_app = next(r.app for r in app.routes if isinstance(r, Mount))
+        add_page_route(gradio_app, ctx)  # the page's localization and theme, behind the UI login
         ui_user = _cookie_user(gradio_app)
 
     app.add_middleware(Guard, max_body=s.max_body_mb * 1024 * 1024, api_log=s.api_log,

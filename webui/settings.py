@@ -84,6 +84,11 @@ class Settings:
     allow_image_urls: bool = False  # API image fields may be http(s) URLs (public addresses only)
     shutdown_grace: float = 10.0  # seconds running jobs may finish after SIGTERM before they are interrupted
     model_wait: float = 120.0  # seconds a generation waits for a checkpoint that is loading (then 503)
+    localizations_dir: Path | None = None  # extra folder with localization files (A1111's --localizations-dir)
+    localization: str | None = None  # --localization NAME: sets the option ``localization`` at start
+    theme: str | None = None  # --theme light|dark: sets the option ``theme_mode`` at start (A1111's flag)
+    workers: int = 0  # --workers N: generations run on N Ray workers started on this machine (0: in this process)
+    ray_address: str | None = None  # --ray-address: the Ray cluster whose GPUs run the generations
     flag_notes: tuple[str, ...] = ()  # one line per A1111 flag given that has no effect here (logged at start)
 
     @property
@@ -174,6 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds running jobs may finish after SIGTERM/Ctrl+C before they are interrupted")
     p.add_argument("--model-wait", type=float, default=120.0,
                    help="seconds a generation waits for a checkpoint that is still loading (then 503 with Retry-After)")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="run generations on N Ray workers on this machine, one per GPU (with --use-cpu: N CPU "
+                        "workers); installs requirements-ray.txt on first use")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join the Ray cluster at ADDR (started with 'ray start --head') and run generations on "
+                        "its GPUs (one worker each, or --workers N)")
+    p.add_argument("--localizations-dir", type=Path, default=None, metavar="DIR",
+                   help="extra folder with localization files (A1111's JSON format; the file name is the name)")
+    p.add_argument("--localization", default=None, metavar="NAME",
+                   help="UI language to use from now on, e.g. zh_CN (sets the option 'localization'; None: English)")
+    p.add_argument("--theme", choices=("light", "dark"), default=None,
+                   help="colour theme to use from now on (sets the option 'theme_mode')")
     add_ignored_flags(p)
     return p
 
@@ -237,6 +254,11 @@ def parse_args(argv: Iterable[str] | None = None, env: Mapping[str, str] | None 
         allow_image_urls=ns.allow_image_urls,
         shutdown_grace=max(0.0, ns.shutdown_grace),
         model_wait=max(0.0, ns.model_wait),
+        localizations_dir=ns.localizations_dir.resolve() if ns.localizations_dir else None,
+        localization=ns.localization,
+        theme=ns.theme,
+        workers=max(0, ns.workers),
+        ray_address=(ns.ray_address or "").strip() or None,
         flag_notes=ignored_flag_notes(ns) + _use_cpu_notes(ns.use_cpu),
     )
 
@@ -327,6 +349,9 @@ def inside_data_folder_or_empty(key: str, value: Any) -> None:
     if str(value) != "":
         inside_data_folder(key, value)
 
+
+#: choices of the option ``theme_mode``
+THEME_MODES: tuple[str, ...] = ("Auto", "Light", "Dark")
 
 #: image formats ``samples_format`` / ``grid_format`` accept (A1111 offers these in its dropdown)
 IMAGE_FORMATS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "avif")
@@ -447,6 +472,11 @@ def core_option_defs() -> list[OptionDef]:
                   minimum=0, maximum=16384),
         OptionDef("vae_tiling_enabled", False, "Always use tiled VAE encode/decode", "VAE"),
         OptionDef("disabled_extensions", [], "Extensions switched off (applied at the next start)", "Extensions"),
+        # User interface (both take effect at the next page load)
+        OptionDef("localization", "None", "Localization (UI language; applied at the next page load)",
+                  "User interface"),
+        OptionDef("theme_mode", "Auto", "Colour theme (applied at the next page load; Auto follows the browser; "
+                  "?__theme=dark in the address wins)", "User interface", choices=THEME_MODES),
     ]
 
 
@@ -553,6 +583,13 @@ class OptionsStore:
             atomic_write_text(self.path, json.dumps(new.as_dict(), indent=2, sort_keys=True))
             self._current = new
             return new
+
+    def follow(self, values: Mapping[str, Any]) -> Options:
+        """Take ``values`` (another store's snapshot: a generation worker follows the server's options) as the
+        current options, as they are: nothing is validated and the file is not written."""
+        with self._lock:
+            self._current = Options(values)
+            return self._current
 
 
 class OptionError(ValueError):

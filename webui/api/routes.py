@@ -381,8 +381,7 @@ def _model_and_option_routes(r: APIRouter, ctx: AppContext) -> None:
     def set_options(body: dict[str, Any] = Body(...)) -> dict:
         clean = ctx.options.validate(body)
         if "sd_model_checkpoint" in clean and clean["sd_model_checkpoint"]:
-            model = ctx.models.ensure_loaded(clean["sd_model_checkpoint"])
-            clean["sd_model_checkpoint"] = model.title
+            clean["sd_model_checkpoint"] = ctx.select_checkpoint(clean["sd_model_checkpoint"])
         ctx.options.update(clean)
         return {}
 

@@ -13,7 +13,7 @@ import gradio as gr
 import numpy as np
 
 from webui.controlnet.units import CONTROL_MODES, RESIZE_MODES, SECTION, UNION_CONTROL_TYPES
-from webui.sections import UiSection
+from webui.sections import UiSection, icon_button
 
 FIELDS = ("enabled", "image", "mask", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
           "resize_mode", "pixel_perfect", "processor_res", "threshold_a", "threshold_b", "union_control_type")
@@ -73,12 +73,12 @@ def _unit(plugin: Any, mode: str, i: int, modules: list[str]) -> dict[str, Any]:
     with gr.Row():
         c[f"{i}_enabled"] = gr.Checkbox(False, label="Enable", elem_id=f"{p}_enabled")
         c[f"{i}_pixel_perfect"] = gr.Checkbox(False, label="Pixel Perfect", elem_id=f"{p}_pixel_perfect")
-        preview_button = gr.Button("💥 Preview preprocessor", elem_id=f"{p}_preview_button", size="sm")
+        preview_button = gr.Button("Preview preprocessor", elem_id=f"{p}_preview_button", size="sm")
     with gr.Row():
         c[f"{i}_module"] = gr.Dropdown(modules, value="none", label="Preprocessor", elem_id=f"{p}_module")
         c[f"{i}_model"] = gr.Dropdown(["None", *plugin.models.titles()], value="None", label="Model",
                                       elem_id=f"{p}_model")
-        refresh = gr.Button("🔄", min_width=40, scale=0, elem_id=f"{p}_refresh")
+        refresh = gr.Button(**icon_button("refresh"), scale=0, elem_id=f"{p}_refresh")
         c[f"{i}_union_control_type"] = gr.Dropdown(list(UNION_CONTROL_TYPES), value="Unknown",
                                                    label="Union control type", elem_id=f"{p}_union_control_type",
                                                    info="for Union ControlNets (FLUX.1); Unknown: from the "

@@ -10,6 +10,7 @@ import gradio as gr
 from webui.context import AppContext
 from webui.errors import ModelError, UnknownChoice
 from webui.models.default import HOW_TO_ADD
+from webui.sections import icon_button
 from webui.settings import OptionError
 from webui.ui.editor import editor_value
 from webui.ui.extensions_tab import build_extensions_tab
@@ -20,6 +21,7 @@ from webui.ui.pnginfo import build_pnginfo_tab
 from webui.ui.sendto import values_from_infotext
 from webui.ui.settings_tab import build_settings_tab
 from webui.ui.train_tab import build_train_tab
+from webui.ui.workers_panel import build_workers_panel
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +46,21 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 _checkpoint_titles(ctx), value=_current_title(ctx), label="Stable Diffusion checkpoint",
                 elem_id="sd_model_checkpoint", scale=4,
             )
-            refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", min_width=40, scale=0)
+            refresh = gr.Button(**icon_button("refresh"), elem_id="refresh_sd_model_checkpoint", scale=0)
             _option_dropdowns(ctx, ("sd_vae",))
             _modules_select(ctx)
         notice = gr.Markdown(HOW_TO_ADD if ctx.models.using_builtin_default else "", elem_id="model_notice")
+        build_workers_panel(ctx)
 
         def on_change(title: str | None):
             if not title:
                 return gr.update()
             try:
-                model = ctx.models.ensure_loaded(title)
-                ctx.options.update({"sd_model_checkpoint": model.title})
+                chosen = ctx.select_checkpoint(title)
+                ctx.options.update({"sd_model_checkpoint": chosen})
             except (ModelError, UnknownChoice) as exc:
                 raise gr.Error(str(exc)) from exc
-            return gr.update(choices=_checkpoint_titles(ctx), value=model.title)
+            return gr.update(choices=_checkpoint_titles(ctx), value=chosen)
 
         def on_refresh():
             ctx.refresh_models()
@@ -132,7 +135,7 @@ def _modules_select(ctx: AppContext) -> None:
     select = gr.Dropdown(_module_names(ctx), value=current, multiselect=True, label="VAE / Text encoder",
                          elem_id="forge_additional_modules", scale=3,
                          info="For SD 3.x / FLUX.1 files without their VAE or text encoders")
-    refresh = gr.Button("🔄", elem_id="refresh_forge_additional_modules", min_width=40, scale=0)
+    refresh = gr.Button(**icon_button("refresh"), elem_id="refresh_forge_additional_modules", scale=0)
 
     def on_change(values: list[str] | None):
         values = list(values or [])
@@ -166,7 +169,7 @@ def _option_dropdowns(ctx: AppContext, keys: tuple[str, ...]) -> None:
         current = ctx.options.current.get(key, d.default)
         dropdown = gr.Dropdown(choices(), value=current, label=d.label, elem_id=key, scale=2,
                                allow_custom_value=True)
-        button = gr.Button("🔄", elem_id=f"refresh_{key}", min_width=40, scale=0)
+        button = gr.Button(**icon_button("refresh"), elem_id=f"refresh_{key}", scale=0)
 
         def on_change(value, key=key):
             try:
@@ -204,7 +207,7 @@ def _fill(ctx: AppContext, tab: GenerationTab, infotext: str) -> list[Any]:
 
 
 def _wire_paste(ctx: AppContext, tab: GenerationTab) -> None:
-    """The ↙ button (A1111's "paste"): read the parameters from the prompt box, or, when it is empty, from
+    """The paste button (A1111's "paste"): read the parameters from the prompt box, or, when it is empty, from
     the last generation shown in this tab."""
     names = _param_names(tab)
 

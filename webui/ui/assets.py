@@ -1,4 +1,5 @@
-"""JavaScript and CSS that plugins add to the page: the ``ui_assets`` hook plus, for extension folders,
+"""JavaScript and CSS of the page: the product's own (``static/page.js``, ``static/page.css`` and the icon rules
+made from ``static/icons/*.svg``), then what plugins add: the ``ui_assets`` hook plus, for extension folders,
 their ``javascript/*.js`` (in name order) and ``style.css``, as A1111 does."""
 
 from __future__ import annotations
@@ -7,8 +8,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 log = logging.getLogger(__name__)
+
+#: the product's own page script, styles and icons
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 @dataclass(frozen=True)
@@ -28,8 +33,24 @@ def _folder_assets(folder: Path) -> list[UiAsset]:
     return out
 
 
+def icon_css(folder: Path = STATIC_DIR / "icons") -> str:
+    """A rule per icon ``<name>.svg``: ``button.webui-icon-<name>`` draws it (see ``webui.sections.icon_button``)."""
+    rules = []
+    for svg in sorted(folder.glob("*.svg")):
+        data = quote(" ".join(svg.read_text(encoding="utf-8").split()), safe=" =:/'")
+        rules.append(f'button.webui-icon-{svg.stem} {{ --webui-icon: url("data:image/svg+xml,{data}"); }}')
+    return "\n".join(rules)
+
+
+def own_assets() -> list[UiAsset]:
+    """The product's page script and styles (first on the page, so plugins can build on them)."""
+    return [UiAsset("js", (STATIC_DIR / "page.js").read_text(encoding="utf-8"), "webui/page.js"),
+            UiAsset("css", (STATIC_DIR / "page.css").read_text(encoding="utf-8") + "\n" + icon_css(),
+                    "webui/page.css")]
+
+
 def collect_assets(ctx: Any) -> list[UiAsset]:
-    assets: list[UiAsset] = []
+    assets: list[UiAsset] = own_assets()
     for report in ctx.plugins.reports:
         if report.ok and report.source == "extension" and report.path:
             try:

@@ -21,7 +21,7 @@ from webui.models.default import DEFAULT_SIZE, EXAMPLE_PROMPT
 from webui.pipeline.conditioning import count_tokens
 from webui.pipeline.hires import LATENT_UPSCALE_MODES, SAME_SAMPLER, SAME_SCHEDULER
 from webui.pipeline.request import GenerationRequest, request_from_values
-from webui.sections import collect_sections, section_field
+from webui.sections import collect_sections, icon_button, section_field
 from webui.styles import Style
 from webui.ui.img2img_inputs import Img2ImgInputs, build_img2img_inputs, img2img_request, stream_img2img
 from webui.ui.progress import map_yields, named_handler, stream_with_progress, user_error
@@ -37,7 +37,7 @@ class GenerationTab:
     infotexts: Any = None  # gr.State: infotext of each shown image
     selected: Any = None  # gr.State: index of the selected gallery image
     send_buttons: dict[str, Any] = field(default_factory=dict)
-    paste: Any = None  # the ↙ button: read parameters from the prompt (or the last generation)
+    paste: Any = None  # the paste button: read parameters from the prompt (or the last generation)
     img2img: Img2ImgInputs | None = None
     generate: Any = None  # the Generate button
 
@@ -69,14 +69,14 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
                     emb_pick = gr.Dropdown(sorted(ctx.embeddings.loaded), label="Embedding",
                                            elem_id=f"{mode}_embedding_pick", scale=3)
                     emb_add = gr.Button("Add embedding", elem_id=f"{mode}_embedding_add", scale=1)
-                    networks_refresh = gr.Button("🔄", elem_id=f"{mode}_networks_refresh", min_width=40, scale=0)
+                    networks_refresh = gr.Button(**icon_button("refresh"), elem_id=f"{mode}_networks_refresh", scale=0)
         with gr.Column(scale=1, min_width=160):
             token_counter = gr.HTML("", elem_id=f"{mode}_token_counter")
             neg_token_counter = gr.HTML("", elem_id=f"{mode}_negative_token_counter")
             generate = tab.generate = gr.Button("Generate", variant="primary", elem_id=f"{mode}_generate")
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id=f"{mode}_interrupt")
-                tab.paste = gr.Button("↙", elem_id=f"{mode}_paste", min_width=40, scale=0)
+                tab.paste = gr.Button(**icon_button("paste"), elem_id=f"{mode}_paste", scale=0)
     with gr.Row():
         with gr.Column():
             with gr.Row():
@@ -105,8 +105,8 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
                                                     elem_id="img2img_denoising_strength")
             with gr.Row():
                 f["seed"] = gr.Number(value=-1, label="Seed", precision=0, elem_id=f"{mode}_seed")
-                random_seed = gr.Button("🎲", elem_id=f"{mode}_random_seed", min_width=40)
-                reuse_seed = gr.Button("♻", elem_id=f"{mode}_reuse_seed", min_width=40)
+                random_seed = gr.Button(**icon_button("random"), elem_id=f"{mode}_random_seed")
+                reuse_seed = gr.Button(**icon_button("reuse"), elem_id=f"{mode}_reuse_seed")
                 seed_extras = gr.Checkbox(False, label="Extra", elem_id=f"{mode}_subseed_show")
             with gr.Row(visible=False, elem_id=f"{mode}_seed_extras") as extras_row:
                 f["subseed"] = gr.Number(value=-1, label="Variation seed", precision=0, elem_id=f"{mode}_subseed")

@@ -11,6 +11,7 @@ from webui.context import AppContext
 from webui.jobs import Job
 from webui.models.merge import METHODS, MergeRequest, merge_checkpoints
 from webui.models.vae_files import list_vae_files
+from webui.sections import icon_button
 from webui.ui.progress import USER_ERRORS, named_handler, user_error
 
 
@@ -59,7 +60,7 @@ def build_merger_tab(ctx: AppContext) -> dict[str, Any]:
                                              elem_id="modelmerger_secondary_model_name", allow_custom_value=True)
                 f["tertiary"] = gr.Dropdown(titles, value=None, label="Tertiary model (C)",
                                             elem_id="modelmerger_tertiary_model_name", allow_custom_value=True)
-                refresh = gr.Button("🔄", elem_id="modelmerger_refresh_checkpoint_names", min_width=40, scale=0)
+                refresh = gr.Button(**icon_button("refresh"), elem_id="modelmerger_refresh_checkpoint_names", scale=0)
             f["custom_name"] = gr.Textbox(label="Custom Name (Optional)", elem_id="modelmerger_custom_name")
             f["multiplier"] = gr.Slider(0.0, 1.0, value=0.3, step=0.05,
                                         label="Multiplier (M) - set to 0 to get model A",
@@ -71,7 +72,7 @@ def build_merger_tab(ctx: AppContext) -> dict[str, Any]:
             with gr.Row():
                 f["bake_in_vae"] = gr.Dropdown(_vae_choices(ctx), value="None", label="Bake in VAE",
                                                elem_id="modelmerger_bake_in_vae", allow_custom_value=True)
-                refresh_vae = gr.Button("🔄", elem_id="modelmerger_refresh_bake_in_vae", min_width=40, scale=0)
+                refresh_vae = gr.Button(**icon_button("refresh"), elem_id="modelmerger_refresh_bake_in_vae", scale=0)
             f["discard_weights"] = gr.Textbox(label="Discard weights with matching name (regular expression)",
                                               elem_id="modelmerger_discard_weights")
             f["overwrite"] = gr.Checkbox(False, label="Overwrite an existing file", elem_id="modelmerger_overwrite")

@@ -9,21 +9,46 @@ from typing import Any
 import gradio as gr
 
 from webui.context import AppContext
+from webui.sections import icon_button
 from webui.settings import OptionDef, OptionError
+from webui.ui.page import localization_notes
 from webui.ui.progress import named_handler
+
+
+def _elem_id(d: OptionDef) -> str:
+    return f"setting_{re.sub(r'[^A-Za-z0-9_]', '_', d.key)}"
+
+
+def _choices(d: OptionDef, value: Any = None) -> list[Any]:
+    choices = list(d.choices_fn()) if d.choices_fn is not None else list(d.choices or ())
+    if value is not None and value not in choices:
+        choices.append(value)
+    return choices
 
 
 def _component(ctx: AppContext, d: OptionDef) -> Any:
     """The option's control, showing the option's value now (the page load shows the saved values: see
-    :func:`build_settings_tab`)."""
-    eid = f"setting_{re.sub(r'[^A-Za-z0-9_]', '_', d.key)}"
+    :func:`build_settings_tab`). Choices found at run time (files, localizations) get a refresh button."""
+    eid = _elem_id(d)
     value = ctx.options.current.get(d.key, d.default)
-    if d.choices_fn is not None or d.choices is not None:
-        choices = list(d.choices_fn()) if d.choices_fn is not None else list(d.choices or ())
-        if value not in choices:
-            choices.append(value)
-        return gr.Dropdown(choices, value=value, label=d.label, elem_id=eid,
-                           allow_custom_value=d.choices_fn is not None)
+    if d.choices_fn is not None:
+        with gr.Row():
+            dropdown = gr.Dropdown(_choices(d, value), value=value, label=d.label, elem_id=eid, scale=4,
+                                   allow_custom_value=True)
+            refresh = gr.Button(**icon_button("refresh"), elem_id=f"{eid}_refresh", scale=0)
+        notes = None
+        if d.key == "localization":  # the files skipped, and why
+            notes = gr.HTML(localization_notes(ctx), elem_id="setting_localization_notes")
+
+        def on_refresh(current: Any):
+            update = gr.update(choices=_choices(d, current))
+            return update if notes is None else (update, localization_notes(ctx))
+
+        refresh.click(on_refresh, inputs=dropdown, outputs=dropdown if notes is None else [dropdown, notes],
+                      api_name=False, queue=False, show_progress="hidden")
+        return dropdown
+    if d.choices is not None:
+        return gr.Dropdown(_choices(d, value), value=value, label=d.label, elem_id=eid)
     if isinstance(d.default, bool):
         return gr.Checkbox(bool(value), label=d.label, elem_id=eid)
     if isinstance(d.default, (int, float)):
@@ -38,6 +63,9 @@ def _text(value: Any) -> str:
 
 #: What the tab says once opening it has read the saved options into its controls.
 SHOWING_SAVED = "Showing the saved settings."
+#: What Apply says (the ``{}``: how many, and their keys); the localizations translate these templates.
+NOTHING_CHANGED = "Nothing changed."
+SETTINGS_CHANGED = "{} setting(s) changed: {}."
 
 
 def build_settings_tab(ctx: AppContext, tab: gr.Tab) -> None:
@@ -74,7 +102,7 @@ def build_settings_tab(ctx: AppContext, tab: gr.Tab) -> None:
                     and value.is_integer():
                 changes[key] = int(value)
         if not changes:
-            return "Nothing changed."
+            return NOTHING_CHANGED
         try:
             clean = ctx.options.validate(changes)
             if clean.get("sd_model_checkpoint"):
@@ -84,7 +112,7 @@ def build_settings_tab(ctx: AppContext, tab: gr.Tab) -> None:
             raise gr.Error("; ".join(f"{k}: {m}" for k, m in exc.errors.items())) from None
         except Exception as exc:  # noqa: BLE001 - e.g. a checkpoint that fails to load
             raise gr.Error(str(exc)) from None
-        return f"{len(clean)} setting(s) changed: {', '.join(sorted(clean))}."
+        return SETTINGS_CHANGED.format(len(clean), ", ".join(sorted(clean)))
 
     handler = named_handler(keys, on_apply)
     handler.__name__ = "apply_settings"

@@ -16,6 +16,7 @@ from webui.finetune.lora_train import MIXED_PRECISION, SCHEDULERS, LoraTrainPara
 from webui.finetune.optimizers import OPTIMIZERS
 from webui.finetune.textual_inversion import CLIP_GRAD_MODES, LATENT_SAMPLING, TrainEmbeddingParams
 from webui.jobs import Job
+from webui.sections import icon_button
 from webui.train_jobs import create_embedding, train_embedding, train_lora
 from webui.ui.progress import USER_ERRORS, named_handler, user_error
 
@@ -90,7 +91,7 @@ def build_train_tab(ctx: AppContext) -> dict[str, Any]:
             with gr.Row():
                 t["embedding_name"] = gr.Dropdown(_embedding_names(ctx), label="Embedding",
                                                   elem_id="train_embedding", allow_custom_value=True)
-                refresh = gr.Button("🔄", elem_id="train_refresh_embeddings", min_width=40, scale=0)
+                refresh = gr.Button(**icon_button("refresh"), elem_id="train_refresh_embeddings", scale=0)
             t["data_root"] = gr.Textbox(label="Dataset directory", placeholder="folder of images with .txt captions",
                                         elem_id="train_dataset_directory")
             with gr.Row():
