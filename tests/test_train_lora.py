@@ -410,9 +410,10 @@ def test_pivotal_tuning_trains_the_word_and_bundles_it_in_a1111s_layout(lora_env
     assert not torch.allclose(word[0], square, atol=1e-3)  # trained away from the start ...
     assert torch.allclose(word[0], square, atol=0.05 * 4 * 1.5)  # ... by at most ~lr per step (Adam)
     assert read_lora(result["path"]).embeddings["sqword"].vectors["default"].shape == (2, 64)
-    with pytest.raises(RequestError) as err:
-        _run(ctx, data, tmp_path, "piv2", bundle_embedding="a<b")
-    assert err.value.field == "bundle_embedding"
+    for word in ("a<b", "neverinacaption"):
+        with pytest.raises(RequestError) as err:
+            _run(ctx, data, tmp_path, "piv2", bundle_embedding=word)
+        assert err.value.field == "bundle_embedding"
 
     xl = build_tiny_components("sdxl")
     emb = _bundle_embedding(xl, LoraTrainParams("x", "y", bundle_embedding="w", bundle_embedding_vectors=3),

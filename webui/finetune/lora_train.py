@@ -200,6 +200,12 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
     if out_path.exists() and not (params.overwrite or params.resume):
         raise RequestError("output_name", f"{out_path} already exists (set overwrite to replace it)")
     dataset = load_folder(params.train_data_dir, params.resolution, params.resolution, field_name="train_data_dir")
+    if params.bundle_embedding and not any(
+            params.bundle_embedding.strip() in params.caption_template.replace("[name]", params.output_name)
+            .replace("[filewords]", item.caption) for item in dataset.items):
+        raise RequestError("bundle_embedding", f"the word {params.bundle_embedding.strip()!r} occurs in no caption: "
+                                               "put it in the captions or in caption_template (for example "
+                                               f"'{params.bundle_embedding.strip()}, [filewords]')")
     total = params.max_train_steps
     if params.max_train_epochs:
         total = params.max_train_epochs * math.ceil(len(dataset.items) / params.train_batch_size)

@@ -181,6 +181,20 @@ def build_train_tab(ctx: AppContext) -> dict[str, Any]:
                     lo["sample_seed"] = gr.Number(0, label="Preview seed", precision=0,
                                                   elem_id="train_lora_sample_seed")
                     lo["resume"] = gr.Checkbox(False, label="Resume the run", elem_id="train_lora_resume")
+                with gr.Row():
+                    lo["caption_template"] = gr.Textbox(
+                        "[filewords]", label="Caption template", elem_id="train_lora_caption_template",
+                        info="[filewords]: the picture's caption; [name]: the LoRA name")
+                    lo["bundle_embedding"] = gr.Textbox(label="New word trained with the LoRA (pivotal tuning)",
+                                                        elem_id="train_lora_bundle_embedding",
+                                                        info="Saved inside the LoRA file; it must occur in the "
+                                                             "captions or the caption template")
+                    lo["bundle_embedding_init"] = gr.Textbox("*", label="Initialization text",
+                                                             elem_id="train_lora_bundle_init")
+                    lo["bundle_embedding_vectors"] = gr.Number(1, label="Vectors per token", precision=0,
+                                                               elem_id="train_lora_bundle_vectors")
+                    lo["embedding_lr"] = gr.Number(5e-3, label="Embedding learning rate",
+                                                   elem_id="train_lora_embedding_lr")
             with gr.Row():
                 train_lo = gr.Button("Train LoRA", variant="primary", elem_id="train_train_lora")
                 stop_lo = gr.Button("Interrupt", elem_id="train_interrupt_lora")
