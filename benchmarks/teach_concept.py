@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--bundle-embedding", action="store_true",
                         help="pivotal tuning: train the word 'teal' as an embedding bundled in the LoRA file")
     parser.add_argument("--embedding-lr", type=float, default=5e-3)
+    parser.add_argument("--embedding-only-steps", type=int, default=0)
     parser.add_argument("--dump", default="", help="folder: save every scored image and what the reader saw")
     args = parser.parse_args()
 
@@ -145,6 +146,7 @@ def main() -> None:
                                            optimizer_type=args.optimizer,
                                            bundle_embedding="teal" if args.bundle_embedding else "",
                                            bundle_embedding_init="blue", embedding_lr=args.embedding_lr,
+                                           embedding_only_steps=args.embedding_only_steps,
                                            learning_rate=args.lora_lr, text_encoder_lr=args.lora_te_lr,
                                            max_train_steps=args.lora_steps,
                                            train_batch_size=4, resolution=64, seed=args.lora_seed),
@@ -155,7 +157,8 @@ def main() -> None:
     out["lora"] = {"steps": args.lora_steps, "dim": args.lora_dim, "conv_dim": args.lora_conv_dim,
                    "unet_lr": args.lora_lr, "te_lr": args.lora_te_lr, "min_snr_gamma": args.min_snr_gamma,
                    "noise_offset": args.noise_offset, "seed": args.lora_seed, "optimizer": args.optimizer,
-                   "bundle_embedding": args.bundle_embedding, "embedding_lr": args.embedding_lr}
+                   "bundle_embedding": args.bundle_embedding, "embedding_lr": args.embedding_lr,
+                   "embedding_only_steps": args.embedding_only_steps}
     if args.dump:
         out["verdicts"] = verdicts
     print(json.dumps(out, indent=2))

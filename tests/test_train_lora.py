@@ -70,6 +70,18 @@ def test_locon_adds_the_resnet_layers_with_kohyas_names():
     assert set(lora_targets(c, train_text_encoder=False, conv=True)) == unet_keys | conv
 
 
+def test_a_lora_layer_trains_only_its_pair():
+    """The optimizer and requires_grad see the LoRA pair only, never the frozen layer it wraps."""
+    from webui.finetune.lora_layers import LoraLayer
+
+    base = torch.nn.Linear(6, 10).requires_grad_(False)
+    layer = LoraLayer(base, 4, 2.0, torch.Generator().manual_seed(1))
+    assert [name for name, _ in layer.named_parameters()] == ["down", "up"]
+    layer.requires_grad_(True)
+    assert not base.weight.requires_grad and not base.bias.requires_grad
+    layer.remove()
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_a_locon_layer_equals_its_merged_weight(stride):
     """What training runs (the hook: a rank-r 3x3 convolution, then 1x1 up) equals the base convolution with
@@ -410,6 +422,12 @@ def test_pivotal_tuning_trains_the_word_and_bundles_it_in_a1111s_layout(lora_env
     assert not torch.allclose(word[0], square, atol=1e-3)  # trained away from the start ...
     assert torch.allclose(word[0], square, atol=0.05 * 4 * 1.5)  # ... by at most ~lr per step (Adam)
     assert read_lora(result["path"]).embeddings["sqword"].vectors["default"].shape == (2, 64)
+    # embedding_only_steps: the word trains alone first (the LoRA pairs stay as initialised: up = 0)
+    early = load_file(str(_run(ctx, data, tmp_path / "early", "piv", max_train_steps=3, embedding_only_steps=3,
+                               bundle_embedding="sqword", bundle_embedding_init="square", embedding_lr=0.05,
+                               caption_template="sqword [filewords]")["path"]))
+    assert all(not v.any() for k, v in early.items() if k.endswith("lora_up.weight"))
+    assert not torch.allclose(early["bundle_emb.sqword.string_to_param.*"][0], square, atol=1e-3)
     for word in ("a<b", "neverinacaption"):
         with pytest.raises(RequestError) as err:
             _run(ctx, data, tmp_path, "piv2", bundle_embedding=word)

@@ -34,7 +34,9 @@ class LoraLayer(torch.nn.Module):
         out_dim = base.out_channels if conv else base.out_features
         self.conv = conv
         self.kernel = tuple(base.kernel_size) if conv and tuple(base.kernel_size) != (1, 1) else None
-        self.base = base
+        # the base layer is not a submodule: parameters() are the LoRA pair only (the optimizer's and
+        # requires_grad's business), never the frozen model's weights
+        object.__setattr__(self, "base", base)
         self.down = torch.nn.Parameter(torch.empty(rank, in_dim, *(self.kernel or ())))
         fan_in = in_dim * (math.prod(self.kernel) if self.kernel else 1)
         bound = 1 / math.sqrt(fan_in)  # Kaiming-uniform with a = sqrt(5), as torch's Linear and kohya init

@@ -97,6 +97,10 @@ class LoraTrainParams:
     bundle_embedding_init: str = "*"  # the starting vectors: this text's token vectors (A1111's init text)
     bundle_embedding_vectors: int = 1
     embedding_lr: float = 5e-3
+    # the first steps train only the bundled word (textual inversion), then the LoRA joins: the word takes the
+    # concept in a context-free way before the layers can fit it to the pictures' backgrounds (the two stages
+    # of pivotal tuning)
+    embedding_only_steps: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -167,6 +171,9 @@ def _check(params: LoraTrainParams) -> None:
     if params.bundle_embedding and not 1 <= params.bundle_embedding_vectors <= 75:
         raise RequestError("bundle_embedding_vectors", f"must be between 1 and 75, got "
                                                        f"{params.bundle_embedding_vectors}")
+    if params.embedding_only_steps < 0 or (params.embedding_only_steps and not params.bundle_embedding):
+        raise RequestError("embedding_only_steps", "must be 0, or more with a bundle_embedding to train, got "
+                                                   f"{params.embedding_only_steps}")
     if params.bundle_embedding and params.embedding_lr <= 0:
         raise RequestError("embedding_lr", f"must be positive, got {params.embedding_lr}")
     name = params.output_name.strip()
@@ -262,6 +269,10 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
         while step < total and not job.interrupted:
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(params, group["base"], step, total)
+            lora_on = step >= params.embedding_only_steps
+            for layer in layers.values():
+                for p in layer.parameters():
+                    p.requires_grad_(lora_on)  # no gradient, no optimizer update while only the word trains
             with autocast:
                 loss = _loss(model, dataset, latents, params, step, bundle)
             loss.backward()

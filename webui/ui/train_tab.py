@@ -195,6 +195,8 @@ def build_train_tab(ctx: AppContext) -> dict[str, Any]:
                                                                elem_id="train_lora_bundle_vectors")
                     lo["embedding_lr"] = gr.Number(5e-3, label="Embedding learning rate",
                                                    elem_id="train_lora_embedding_lr")
+                    lo["embedding_only_steps"] = gr.Number(0, label="Steps training only the word first",
+                                                           precision=0, elem_id="train_lora_embedding_only_steps")
             with gr.Row():
                 train_lo = gr.Button("Train LoRA", variant="primary", elem_id="train_train_lora")
                 stop_lo = gr.Button("Interrupt", elem_id="train_interrupt_lora")
