@@ -102,7 +102,16 @@ def _init_ray(ray: Any, options: RayOptions) -> None:
     if options.address:
         log.info("Joining the Ray cluster at %s", options.address)
         common.pop("include_dashboard")
-        ray.init(address=options.address, **common)
+        try:
+            ray.init(address=options.address, **common)
+        except ConnectionError as exc:
+            if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                # `ray start --head` of Ray 2.5x+ turns token authentication on; a driver without it is refused
+                raise ConnectionError(
+                    f"{exc}. If `ray start` said \"Token authentication is enabled\", start this server with "
+                    "RAY_AUTH_MODE=token in its environment (and the cluster's token: RAY_AUTH_TOKEN, or the "
+                    "file ~/.ray/auth_token that `ray get-auth-token` shows)") from None
+            raise
         return
     cores = os.cpu_count() or 1
     threads = options.threads or max(1, cores // max(1, options.workers))
