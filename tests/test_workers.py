@@ -298,6 +298,13 @@ def test_jobs_go_to_the_worker_that_holds_their_checkpoint(fleet):
     # each checkpoint is read at most once (alternating on one worker would read one for every job)
     assert sum(w["loads"] for w in workers) - loads <= 2, workers
     assert sorted(c for w in workers for c in w["checkpoints"]) == ["tiny-b.safetensors", "tiny-sd1.safetensors"]
+    # A1111's unload-checkpoint frees the workers' models; the next job reads its checkpoint again
+    assert httpx.post(f"{url}/sdapi/v1/unload-checkpoint", timeout=120).status_code == 200
+    assert all(w["checkpoints"] == [] for w in _workers(url)), _workers(url)
+    loads = sum(w["loads"] for w in _workers(url))
+    assert _txt2img(url, prompt="after-unload", seed=1, override_settings={"sd_model_checkpoint": "tiny-b"}
+                    ).status_code == 200
+    assert sum(w["loads"] for w in _workers(url)) == loads + 1
     # a checkpoint no worker has: every worker is asked, then the answer is the one without workers
     r = _txt2img(url, prompt="x", override_settings={"sd_model_checkpoint": "no-such-model"})
     assert r.status_code == 422 and "sd_model_checkpoint" in r.text and "no-such-model" in r.text, r.text

@@ -67,6 +67,10 @@ class Executor(Protocol):
 
     def workers(self) -> list[dict[str, Any]]: ...
 
+    def manage(self, action: str) -> list[dict[str, Any]]:
+        """A1111's checkpoint routes on every worker: "refresh", "unload" or "reload"."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -124,6 +128,8 @@ class AppContext:
         ``register_face_restorers`` hooks are called again)."""
         self.models.refresh()
         self.refresh_upscalers()
+        if self.executor is not None:  # the generation workers scan their folders too
+            self.executor.manage("refresh")
 
     def options_for(self, override_settings: Mapping[str, Any] | None) -> Options:
         """Current options with a request's ``override_settings`` applied (validated, not persisted)."""

@@ -351,7 +351,11 @@ def _model_and_option_routes(r: APIRouter, ctx: AppContext) -> None:
 
     @r.post("/unload-checkpoint")
     def unload_checkpoint() -> dict:
-        """Free the model's memory; the next job (or reload-checkpoint) loads it again."""
+        """Free the model's memory; the next job (or reload-checkpoint) loads it again. With generation
+        workers: theirs (a worker running a job keeps its model)."""
+        if ctx.executor is not None:
+            ctx.executor.manage("unload")
+            return {}
         ctx.models.unload()
         from webui.devices import free_memory
 
@@ -360,7 +364,11 @@ def _model_and_option_routes(r: APIRouter, ctx: AppContext) -> None:
 
     @r.post("/reload-checkpoint")
     def reload_checkpoint() -> dict:
-        """Load the selected checkpoint again (after unload-checkpoint, or to re-read a changed file)."""
+        """Load the selected checkpoint again (after unload-checkpoint, or to re-read a changed file). With
+        generation workers: each reads its current checkpoint again (after an unload, the next job loads it)."""
+        if ctx.executor is not None:
+            ctx.executor.manage("reload")
+            return {}
         name = str(ctx.options.current.get("sd_model_checkpoint") or "") or None
         current = ctx.models.current
         if current is not None and (name is None or ctx.models.find(name).path == current.info.path):

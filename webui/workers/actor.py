@@ -98,6 +98,28 @@ class GenerationWorker:
                 "checkpoints": [m.info.name for m in loaded], "titles": [m.title for m in loaded],
                 "loads": self._counter.loads, "jobs_done": self.jobs_done, "job": running}
 
+    def manage(self, action: str) -> dict[str, Any]:
+        """A1111's checkpoint routes, on this worker: "refresh" (scan the model folders again), "unload" (free
+        the checkpoints it holds; the next job loads its own again) or "reload" (read its current checkpoint's
+        file again). A worker running a job leaves unload / reload for later (its job needs the model);
+        returns :meth:`info` and ``skipped``."""
+        with self._lock:
+            busy = bool(self._jobs)
+        models = self.ctx.models
+        skipped = busy and action in ("unload", "reload")
+        if action == "refresh":
+            self.ctx.refresh_models()
+        elif action == "unload" and not busy:
+            models.unload()
+            from webui.devices import free_memory
+
+            free_memory()
+        elif action == "reload" and not busy and models.current is not None:
+            models.load(models.current.info, force=True)
+        elif action not in ("refresh", "unload", "reload"):
+            raise ValueError(f"unknown action {action!r}")
+        return {**self.info(), "skipped": skipped}
+
     def control(self, job_id: str, what: str) -> None:
         """Interrupt (``what`` = "interrupt") or skip the job ``job_id``: it stops at the end of the step it
         is in. A job not started yet takes it when it starts."""

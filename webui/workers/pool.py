@@ -135,6 +135,12 @@ class WorkerPool:
             self._changed_locked()
         log.error("Generation worker %d failed: %s", index, error)
 
+    def learned(self, index: int, info: dict[str, Any]) -> None:
+        """Worker ``index`` reported what it holds now (e.g. after unloading its checkpoints)."""
+        with self._changed:
+            self.records[index].learn(info)
+            self._changed_locked()
+
     def snapshot(self) -> list[dict[str, Any]]:
         with self._changed:
             return [r.as_dict() for r in self.records]

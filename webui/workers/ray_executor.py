@@ -160,6 +160,22 @@ class RayExecutor:
     def workers(self) -> list[dict[str, Any]]:
         return self.pool.snapshot()
 
+    def manage(self, action: str, timeout: float = 120.0) -> list[dict[str, Any]]:
+        """Send A1111's checkpoint action ("refresh", "unload", "reload") to every worker that is up (see
+        :meth:`GenerationWorker.manage`); returns their reports. A worker that does not answer is skipped."""
+        refs = {r.id: self._handles[r.id].manage.remote(action) for r in self.pool.records if r.state in
+                ("idle", "busy")}
+        reports = []
+        for index, ref in refs.items():
+            try:
+                info = self.ray.get(ref, timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - lost meanwhile: it comes back fresh anyway
+                log.warning("Generation worker %d did not take %r: %s", index, action, _first_line(exc))
+                continue
+            self.pool.learned(index, info)
+            reports.append(info)
+        return reports
+
     def wait_until_up(self, timeout: float) -> None:
         """Return once no worker is starting or restarting; TimeoutError after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
