@@ -33,6 +33,18 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
 
 
+@pytest.fixture(scope="module", name="browser")
+def module_browser():
+    """One headless chromium for a test module (import this fixture into the module)."""
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    chromium = launch(playwright)
+    yield chromium
+    chromium.close()
+    playwright.stop()
+
+
 def screenshot_tabs(page, name: str) -> list[Path]:
     """A full-page screenshot of the page as it is, then one per top-level tab (``#tabs``)."""
     ARTIFACTS.mkdir(exist_ok=True)

@@ -12,7 +12,14 @@ import time
 
 import pytest
 
-from tests.browser_helpers import choose, inpaint_with_a_stroke, launch, needs_chromium, screenshot_tabs, wait_text
+from tests.browser_helpers import (
+    choose,
+    inpaint_with_a_stroke,
+    module_browser,  # noqa: F401 (the module's chromium fixture)
+    needs_chromium,
+    screenshot_tabs,
+    wait_text,
+)
 from tests.conftest import make_settings
 from tests.live_server import LiveServer
 from webui.context import build_context
@@ -29,17 +36,6 @@ def server(tmp_path_factory, models_root):
     with LiveServer(create_app(ctx)) as srv:
         srv.ctx = ctx
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    playwright = sync_playwright().start()
-    chromium = launch(playwright)
-    yield chromium
-    chromium.close()
-    playwright.stop()
 
 
 @pytest.fixture

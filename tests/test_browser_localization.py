@@ -12,7 +12,14 @@ import json
 
 import pytest
 
-from tests.browser_helpers import choose, launch, needs_chromium, open_page, screenshot_tabs, wait_text
+from tests.browser_helpers import (
+    choose,
+    module_browser,  # noqa: F401 (the module's chromium fixture)
+    needs_chromium,
+    open_page,
+    screenshot_tabs,
+    wait_text,
+)
 from tests.conftest import make_settings
 from tests.live_server import LiveServer
 from webui.context import build_context
@@ -35,17 +42,6 @@ def server(tmp_path_factory, models_root):
         srv.ctx = ctx
         srv.extension_file = data / "extensions" / "translation-ext" / "localizations" / "xx_TEST.json"
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    playwright = sync_playwright().start()
-    chromium = launch(playwright)
-    yield chromium
-    chromium.close()
-    playwright.stop()
 
 
 @pytest.fixture(scope="module")

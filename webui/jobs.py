@@ -188,13 +188,7 @@ class JobQueue:
                 raise QueueFull(f"the queue is full ({self.max_size} jobs waiting); try again later")
             self._waiting[job.id] = job
             try:
-                # first come, first served: only the oldest waiting job may take a free slot
-                while True:
-                    if job.interrupted:
-                        raise Interrupted("interrupted while waiting in the queue")
-                    if len(self._running) < self.concurrency and next(iter(self._waiting)) == job.id:
-                        break
-                    self._changed.wait(timeout=0.1)  # the timeout notices interrupts of waiting jobs
+                self._wait_for_turn_locked(job)
             except BaseException:
                 self._waiting.pop(job.id, None)
                 self._changed.notify_all()
@@ -215,6 +209,16 @@ class JobQueue:
                 self._changed.notify_all()
             job.end()
 
+    def _wait_for_turn_locked(self, job: Job) -> None:
+        """First come, first served: wait (holding the condition) until ``job`` is the oldest waiting job and
+        a slot is free; :class:`Interrupted` when it is interrupted meanwhile (the timeout notices that)."""
+        while True:
+            if job.interrupted:
+                raise Interrupted("interrupted while waiting in the queue")
+            if len(self._running) < self.concurrency and next(iter(self._waiting)) == job.id:
+                return
+            self._changed.wait(timeout=0.1)
+
     def requeue(self, job: Job) -> None:
         """The running ``job`` goes back to the head of the queue, under the same id (its worker was lost), and
         waits there until it may run again; then it is running again. Interrupted while waiting: raises
@@ -225,12 +229,7 @@ class JobQueue:
             self._waiting.move_to_end(job.id, last=False)
             self._changed.notify_all()
             try:
-                while True:
-                    if job.interrupted:
-                        raise Interrupted("interrupted while waiting in the queue")
-                    if len(self._running) < self.concurrency and next(iter(self._waiting)) == job.id:
-                        break
-                    self._changed.wait(timeout=0.1)
+                self._wait_for_turn_locked(job)
             finally:
                 self._waiting.pop(job.id, None)
                 self._changed.notify_all()
