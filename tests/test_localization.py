@@ -81,8 +81,11 @@ def test_option_flag_api_and_page_data(tmp_path, caplog):
     # --localization (letter case aside) and --theme set their options at start
     assert ctx.options.current["localization"] == "de_TEST" and ctx.options.current["theme_mode"] == "Dark"
     assert ctx.options.defs["localization"].choices_fn() == ["None", "de_TEST", "xx_TEST", "zh_CN"]
+    keyedit = {"keyedit_precision_attention": 0.1, "keyedit_precision_extra": 0.05,
+               "keyedit_delimiters": ".,\\/!?%^*;:{}=`~() ",
+               "keyedit_delimiters_whitespace": ["Tab", "Carriage Return", "Line Feed"], "keyedit_move": True}
     assert page_data(ctx) == {"localization": "de_TEST", "strings": {"Generate": "Erzeugen"}, "theme": "Dark",
-                              "error": None}
+                              "error": None, "keyedit": keyedit}  # keyedit: A1111's options, for static/keys.js
 
     with TestClient(create_app(api_only(ctx))) as client:
         assert client.get("/sdapi/v1/options").json()["localization"] == "de_TEST"

@@ -174,12 +174,12 @@ def runtime_strings() -> dict[str, str]:
     from webui.models.default import EXAMPLE_PROMPT, HOW_TO_ADD
     from webui.ui.app import LOADING_LABEL
     from webui.ui.extensions_tab import MESSAGES, STATUS_WORDS
-    from webui.ui.page import SKIPPED_HEADING
+    from webui.ui.page import DISMISS_LABEL, SKIPPED_HEADING
     from webui.ui.settings_tab import NOTHING_CHANGED, SETTINGS_CHANGED, SHOWING_SAVED
 
     texts = [LOADING_LABEL, HOW_TO_ADD, f"Prompt, e.g. {EXAMPLE_PROMPT}", SHOWING_SAVED, NOTHING_CHANGED,
-             SETTINGS_CHANGED, SKIPPED_HEADING, "Waiting in queue", "Preparing", "Waiting for the queue…",
-             "Stable Diffusion web UI", *STATUS_WORDS, *MESSAGES]
+             SETTINGS_CHANGED, SKIPPED_HEADING, DISMISS_LABEL, "Waiting in queue", "Preparing",
+             "Waiting for the queue…", "Stable Diffusion web UI", *STATUS_WORDS, *MESSAGES]
     return {t: "runtime" for t in texts}
 
 

@@ -17,6 +17,7 @@ from webui.ui.extensions_tab import build_extensions_tab
 from webui.ui.extras import build_extras_tab
 from webui.ui.generation import GenerationTab, build_generation_tab
 from webui.ui.merger import build_merger_tab
+from webui.ui.page import SHORTCUTS_HELP
 from webui.ui.pnginfo import build_pnginfo_tab
 from webui.ui.sendto import values_from_infotext
 from webui.ui.settings_tab import build_settings_tab
@@ -49,6 +50,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             refresh = gr.Button(**icon_button("refresh"), elem_id="refresh_sd_model_checkpoint", scale=0)
             _option_dropdowns(ctx, ("sd_vae",))
             _modules_select(ctx)
+        # dismissible: static/keys.js adds a × button that hides it in this browser (localStorage)
         notice = gr.Markdown(HOW_TO_ADD if ctx.models.using_builtin_default else "", elem_id="model_notice")
         build_workers_panel(ctx)
 
@@ -93,6 +95,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             for tab in ctx.hooks.ui_tabs(ctx):
                 with gr.Tab(tab.title, elem_id=tab.elem_id):
                     tab.render()
+        gr.Markdown(SHORTCUTS_HELP, elem_id="webui_shortcuts")  # static/keys.js makes them work
         _wire_model_loading(ctx, demo, [t2i.generate, i2i.generate])
         _wire_send_to(ctx, tabs, t2i, i2i, png, extras)
         for tab in (t2i, i2i):

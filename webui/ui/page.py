@@ -1,10 +1,12 @@
-"""What each page load reads besides Gradio's config: the chosen localization and colour theme.
+"""What each page load reads besides Gradio's config: the chosen localization, colour theme and prompt-editing
+options.
 
 ``GET /webui-page.json`` (a route of the UI itself, so it needs a UI login exactly like the page) answers
-``{"localization": name, "strings": {...}, "theme": "Auto"|"Light"|"Dark", "error": text or null}`` from the
-options as they are now: a change made in Settings or through ``/sdapi/v1/options`` applies at the next page
-load. ``static/page.js`` reads it and applies both. A localization that cannot be used gives English strings
-and an ``error`` the page shows (never a blank page).
+``{"localization": name, "strings": {...}, "theme": "Auto"|"Light"|"Dark", "error": text or null,
+"keyedit": {A1111's prompt-editing options}}`` from the options as they are now: a change made in Settings or
+through ``/sdapi/v1/options`` applies at the next page load. ``static/page.js`` reads it and applies the
+localization and theme; ``static/keys.js`` (the keyboard shortcuts) reads ``keyedit``. A localization that
+cannot be used gives English strings and an ``error`` the page shows (never a blank page).
 """
 
 from __future__ import annotations
@@ -23,13 +25,35 @@ log = logging.getLogger(__name__)
 
 ROUTE = "/webui-page.json"
 
+#: A1111's options for Ctrl+Up/Down (attention weight) and Alt+Left/Right (move prompt elements) in prompt boxes
+KEYEDIT_OPTIONS = ("keyedit_precision_attention", "keyedit_precision_extra", "keyedit_delimiters",
+                   "keyedit_delimiters_whitespace", "keyedit_move")
+
+#: the tooltip of the button that dismisses the default-model notice (static/keys.js)
+DISMISS_LABEL = "Dismiss"
+
+#: the page's footer line: the keyboard shortcuts of the prompt boxes (static/keys.js)
+SHORTCUTS_HELP = ("Keyboard: Ctrl+Enter or Alt+Enter in a prompt generates · Esc interrupts the running "
+                  "generation · Ctrl+↑ / Ctrl+↓ change the attention weight of the selection or of the word at "
+                  "the caret · Alt+← / Alt+→ move the prompt element at the caret")
+
+
+def keyedit_options(ctx: AppContext) -> dict[str, Any]:
+    """The current values of :data:`KEYEDIT_OPTIONS` (each option's default where it was never set)."""
+    opts = ctx.options.current
+    out = {}
+    for key in KEYEDIT_OPTIONS:
+        d = ctx.options.defs.get(key)
+        out[key] = opts.get(key, d.default if d is not None else None)
+    return out
+
 
 def page_data(ctx: AppContext) -> dict[str, Any]:
-    """The page's localization and theme as the options say now."""
+    """The page's localization, theme and prompt-editing options as the options say now."""
     opts = ctx.options.current
     name = str(opts.get("localization") or NONE)
     data: dict[str, Any] = {"localization": name, "strings": {}, "theme": str(opts.get("theme_mode") or "Auto"),
-                            "error": None}
+                            "error": None, "keyedit": keyedit_options(ctx)}
     try:
         data["strings"] = ctx.localizations.strings(name)
     except LocalizationError as exc:

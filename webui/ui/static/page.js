@@ -5,7 +5,8 @@
 //    is shown changes: the values the components send stay English. Text inside textareas, code, <pre> and
 //    elements with the class "no-l10n" is never touched, nor is text without letters (numbers);
 //  * the tooltip and accessible name of icon buttons (class "webui-icon"): their (translated) text;
-//  * the colour theme chosen in Settings (unless the address says ?__theme=...).
+//  * the colour theme chosen in Settings (unless the address says ?__theme=...);
+//  * window.webuiPage.keyedit: A1111's prompt-editing options (keyedit_*), read by static/keys.js.
 (() => {
   "use strict";
   if (window.webuiPage) return;
@@ -16,7 +17,8 @@
   const written = new WeakMap(); // text node or input -> the text this script put there
   const writtenAttributes = new WeakMap(); // element -> {attribute: the text this script put there}
   const shownEnglish = new WeakMap(); // dropdown input -> the English text it showed before
-  const page = { localization: "None", error: null, ready: false, translate: (text) => translation(text) ?? text };
+  const page = { localization: "None", error: null, ready: false, keyedit: {},
+                 translate: (text) => translation(text) ?? text };
   window.webuiPage = page;
 
   // Keys holding "{}" are templates (ours, for messages with names or numbers in them): each "{}" matches
@@ -202,6 +204,7 @@
   function start(data) {
     page.localization = data.localization || "None";
     page.error = data.error || null;
+    page.keyedit = data.keyedit || {}; // A1111's prompt-editing options, for static/keys.js
     addStrings(Object.entries(data.strings || {}));
     window.localization = Object.fromEntries(strings); // A1111's global, for extensions that read it
     // the page's language, so the browser picks the right fonts (zh_CN -> zh-CN)
