@@ -220,3 +220,12 @@ def test_settings_tab_shows_the_options_that_take_effect_only(server, ctx):
         assert ctx.options.defs[key].note and f"setting_{key}" not in ids, key
     labels = {c.get("props", {}).get("label") for c in config["components"]}
     assert {"Saving images/grids", "Paths for saving", "Sampler parameters", "Compatibility"} <= labels
+    # choices are dropdowns holding the current value (issue 28): the checkpoint, the face restorer
+    by_id = {c.get("props", {}).get("elem_id"): c for c in config["components"]}
+    checkpoint = by_id["setting_sd_model_checkpoint"]
+    assert checkpoint["type"] == "dropdown", checkpoint["type"]
+    titles = [choice[1] if isinstance(choice, list) else choice for choice in checkpoint["props"]["choices"]]
+    assert ctx.models.current.title in titles  # (the page load puts the saved value in)
+    restorer = by_id["setting_face_restoration_model"]
+    assert restorer["type"] == "dropdown"
+    assert {"CodeFormer", "GFPGAN"} <= {c[1] if isinstance(c, list) else c for c in restorer["props"]["choices"]}

@@ -90,6 +90,7 @@ def data_names(ctx: Any) -> set[str]:
     names |= set(ctx.styles.names()) | set(ctx.loras.names()) | set(ctx.embeddings.loaded)
     names |= {r.name for r in ctx.plugins.reports} | set(ctx.localizations.names())
     names |= {u for u in ctx.upscalers.names() if u not in ("None", "Lanczos", "Nearest")}
+    names |= set(ctx.face_restorers.names())
     try:
         from webui.finetune.dataset import list_templates
         from webui.finetune.optimizers import OPTIMIZERS

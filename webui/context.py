@@ -331,6 +331,19 @@ def _check_upscaler_option(options: OptionsStore, upscalers: UpscalerRegistry) -
         options.defs[d.key] = dataclasses.replace(d, check=check, choices_fn=lambda: ["None", *upscalers.names()])
 
 
+def _choice_lists(options: OptionsStore, ctx: AppContext) -> None:
+    """Options whose allowed values are files or registered names show as dropdowns of them in Settings (as
+    in A1111): the checkpoint (titles, as the option holds) and the face restorer."""
+    import dataclasses
+
+    lists = {"sd_model_checkpoint": lambda: [ctx.models.title(info) for info in ctx.models.checkpoints()],
+             "face_restoration_model": lambda: ctx.face_restorers.names()}
+    for key, choices in lists.items():
+        d = options.defs.get(key)
+        if d is not None and d.choices_fn is None:
+            options.defs[key] = dataclasses.replace(d, choices_fn=choices)
+
+
 def build_context(settings: Settings, *, plugins: Plugins | None = None, load_model: bool = False) -> AppContext:
     """Build the application: plugins, options, samplers, models, jobs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -377,6 +390,7 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
                      FaceRestorerRegistry(hooks.register_face_restorers(settings)),
                      ScriptRegistry(hooks.register_scripts()))
     _check_upscaler_option(options, ctx.upscalers)
+    _choice_lists(options, ctx)
     extension_folders = [r.path for r in plugins.reports if r.ok and r.source == "extension" and r.path]
     ctx.localizations = Localizations(lambda: localization_folders(settings, extension_folders))
     attach_localization_option(options, ctx.localizations)

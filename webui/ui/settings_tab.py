@@ -106,7 +106,7 @@ def build_settings_tab(ctx: AppContext, tab: gr.Tab) -> None:
         try:
             clean = ctx.options.validate(changes)
             if clean.get("sd_model_checkpoint"):
-                clean["sd_model_checkpoint"] = ctx.models.ensure_loaded(clean["sd_model_checkpoint"]).title
+                clean["sd_model_checkpoint"] = ctx.select_checkpoint(clean["sd_model_checkpoint"])
             ctx.options.update(clean)
         except OptionError as exc:
             raise gr.Error("; ".join(f"{k}: {m}" for k, m in exc.errors.items())) from None
