@@ -224,7 +224,7 @@ def test_full_queue_answers_503_and_the_others_succeed(tmp_path, models_root):
     out: dict = {}
     with LiveServer(create_app(api_only(ctx))) as srv, ProgressWatcher(srv.url) as watcher, \
             httpx.Client(base_url=srv.url, timeout=120) as http:
-        first = _post_in_thread(srv.url, {**TINY, "seed": 1, "steps": 40, "force_task_id": "running"}, out, "a")
+        first = _post_in_thread(srv.url, {**TINY, "seed": 1, "steps": 250, "force_task_id": "running"}, out, "a")
         watcher.wait_for(lambda s: s["job"] == "running")
         second = _post_in_thread(srv.url, {**TINY, "seed": 2, "steps": 3, "force_task_id": "waiting"}, out, "b")
         deadline = time.monotonic() + 30
