@@ -32,6 +32,17 @@ def create_embedding(ctx: AppContext, name: str, num_vectors_per_token: int = 1,
     return path
 
 
+def _env_with_embeddings(ctx: AppContext, trained: dict):
+    """The pipeline environment of a training preview: the embeddings folder's files plus ``trained`` (name ->
+    Embedding as it is at this step; it wins over a file of the same name, which is the one being trained)."""
+    env = ctx.pipeline_env()
+    if not trained:
+        return env
+    db = EmbeddingDB([])
+    db.loaded = {**ctx.embeddings.loaded, **trained}
+    return dataclasses.replace(env, embeddings=db)
+
+
 def train_embedding(ctx: AppContext, params: TrainEmbeddingParams, job: Job | None = None,
                     on_step=None) -> TrainResult:
     """A1111's Train embedding as one job of the shared queue (generations wait for it); previews use the
@@ -41,9 +52,7 @@ def train_embedding(ctx: AppContext, params: TrainEmbeddingParams, job: Job | No
         model = ctx.model_for(ctx.options.current)
 
         def preview(prompt: str, seed: int, embedding):
-            db = EmbeddingDB([])
-            db.loaded = {**ctx.embeddings.loaded, embedding.name: embedding}
-            env = dataclasses.replace(ctx.pipeline_env(), embeddings=db)
+            env = _env_with_embeddings(ctx, {embedding.name: embedding})
             own = params.preview_from_txt2img
             req = GenerationRequest(prompt=prompt, negative_prompt=params.preview_negative_prompt if own else "",
                                     steps=params.preview_steps if own else 20,
@@ -75,11 +84,7 @@ def train_lora(ctx: AppContext, params, job: Job, on_step=None) -> dict:
         model = ctx.model_for(ctx.options.current)
 
         def preview(prompt: str, seed: int, bundled: dict):
-            env = ctx.pipeline_env()
-            if bundled:  # the word trained with the LoRA (pivotal tuning), as it is at this step
-                db = EmbeddingDB([])
-                db.loaded = {**ctx.embeddings.loaded, **bundled}
-                env = dataclasses.replace(env, embeddings=db)
+            env = _env_with_embeddings(ctx, bundled)  # the word trained with the LoRA (pivotal tuning), if any
             req = GenerationRequest(prompt=prompt, steps=20, sampler_name="Euler a", cfg_scale=7.0, seed=seed,
                                     width=params.resolution, height=params.resolution, save_images=False)
             return generate(env, model, req, Job(kind="txt2img"), ctx.options.current).images[0]
