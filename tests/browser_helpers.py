@@ -88,6 +88,15 @@ def failed(request) -> bool:
     return any(rep.failed for rep in reports.values())
 
 
+def screenshot_if_failed(request, page) -> bool:
+    """After a test on a shared page: screenshots of every tab when it failed (``tests/artifacts/``); whether
+    it did."""
+    if failed(request) and not page.is_closed():
+        screenshot_tabs(page, request.node.name)
+        return True
+    return False
+
+
 def wait_text(page, selector: str, text: str, timeout: float = 60_000, prop: str = "value") -> None:
     """Wait until the element's ``value`` (or ``innerText``) contains ``text``."""
     page.wait_for_function(

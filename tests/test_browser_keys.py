@@ -11,10 +11,9 @@ import httpx
 import pytest
 
 from tests.browser_helpers import (
-    failed,
     module_browser,  # noqa: F401 (the module's chromium fixture)
     needs_chromium,
-    screenshot_tabs,
+    screenshot_if_failed,
     wait_text,
 )
 from tests.conftest import make_settings
@@ -64,8 +63,7 @@ def page(browser, server):
 @pytest.fixture(autouse=True)
 def screenshots_when_failed(request, page):
     yield
-    if failed(request) and not page.is_closed():
-        screenshot_tabs(page, request.node.name)
+    if screenshot_if_failed(request, page):
         page.locator("#tabs button[role=tab]", has_text="txt2img").first.click()  # the next test starts there
 
 

@@ -17,7 +17,7 @@ from tests.browser_helpers import (
     module_browser,  # noqa: F401 (the module's chromium fixture)
     needs_chromium,
     open_page,
-    screenshot_tabs,
+    screenshot_if_failed,
     wait_text,
 )
 from tests.conftest import make_settings
@@ -55,11 +55,8 @@ def page(request, browser, server):
 
 @pytest.fixture(autouse=True)
 def screenshots_when_failed(request, page):
-    from tests.browser_helpers import failed
-
     yield
-    if failed(request) and not page.is_closed():
-        screenshot_tabs(page, request.node.name)
+    screenshot_if_failed(request, page)
 
 
 def localized(page, name: str) -> None:
