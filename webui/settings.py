@@ -156,8 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32 (no NaN retries needed)")
     p.add_argument("--precision", choices=("autocast", "half", "full"), default="autocast",
                    help="full: float32 everywhere (same as --no-half)")
-    p.add_argument("--medvram", action="store_true", help="move model parts to the GPU only while they run")
-    p.add_argument("--lowvram", action="store_true", help="move weights to the GPU layer by layer (slowest)")
+    p.add_argument("--medvram", action="store_true",
+                   help="move model parts to the GPU only while they run (CPU: keep U-Net weights in float16)")
+    p.add_argument("--lowvram", action="store_true",
+                   help="move weights to the GPU layer by layer, slowest (CPU: text encoders in float16 too)")
     p.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa",
                    help="attention kernel: PyTorch SDPA (default) or the plain eager implementation")
     p.add_argument("--vae-dir", type=Path, default=None, help="extra folder with VAE files")

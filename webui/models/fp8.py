@@ -54,14 +54,35 @@ class _Upcast(torch.nn.Module):
 def store_fp8(module: torch.nn.Module, compute_dtype: torch.dtype, fp8: torch.dtype | None = None) -> int:
     """Keep the weights of ``module``'s Linear and Conv layers in fp8 (``float8_e4m3fn`` by default), read
     back in ``compute_dtype`` at each use. Returns how many weights were converted."""
+    return store_weights(module, fp8 or FP8_DTYPES[0], compute_dtype)
+
+
+def store_weights(module: torch.nn.Module, storage: torch.dtype, compute_dtype: torch.dtype,
+                  layers: tuple[type[torch.nn.Module], ...] = (torch.nn.Linear, torch.nn.Conv2d)) -> int:
+    """Keep the weights of ``module``'s ``layers`` (Linear and Conv) in ``storage`` (fp8, or float16 for the
+    CPU's memory modes), read back in ``compute_dtype`` at each use; every other floating parameter and buffer
+    (biases, norms: a small share of the model) is converted to ``compute_dtype`` for good. Returns how many
+    weights are stored. Weights already stored are left as they are."""
     from torch.nn.utils import parametrize
 
-    fp8 = fp8 or FP8_DTYPES[0]
     count = 0
     for layer in module.modules():
-        if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)) or parametrize.is_parametrized(layer, "weight"):
+        if not isinstance(layer, layers) or parametrize.is_parametrized(layer, "weight"):
             continue
-        layer.weight.data = layer.weight.data.to(fp8)
+        layer.weight.data = layer.weight.data.to(storage)
         parametrize.register_parametrization(layer, "weight", _Upcast(compute_dtype), unsafe=True)
         count += 1
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if ".parametrizations." in f".{name}" or not tensor.is_floating_point() or tensor.dtype == compute_dtype:
+            continue
+        tensor.data = tensor.data.to(compute_dtype)
     return count
+
+
+def stored_weight(layer: torch.nn.Module) -> torch.Tensor:
+    """The tensor that holds ``layer``'s weight: the stored one of a layer kept by :func:`store_weights` (writing
+    to ``layer.weight`` there would change a temporary copy), else ``layer.weight``."""
+    parametrizations = getattr(layer, "parametrizations", None)
+    if parametrizations is not None and "weight" in parametrizations:
+        return parametrizations.weight.original
+    return layer.weight

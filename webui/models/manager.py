@@ -346,7 +346,8 @@ class ModelManager:
         with ThreadPoolExecutor(1, thread_name_prefix="hash") as pool:
             digest = pool.submit(self.hashes.sha256, info.path)
             try:
-                components = self._to_device(load_components(info.path, dtype=self.dtype,
+                dtype = torch.float16 if self._stores_half() else self.dtype  # read without an upcast copy
+                components = self._to_device(load_components(info.path, dtype=dtype,
                                                               modules=modules or self.module_choice()))
                 return digest.result(), components
             except ModelError:
@@ -369,6 +370,11 @@ class ModelManager:
         components.alphas_cumprod = components.alphas_cumprod.to(self.device)
         return components
 
+    def _stores_half(self) -> bool:
+        """``--medvram`` / ``--lowvram`` on the CPU: weights are kept in float16 in RAM and computed in float32
+        (:func:`~webui.models.offload.store_half_on_cpu`)."""
+        return self.device.type == "cpu" and self.memory_mode != "none" and self.dtype == torch.float32
+
     def _wants_fp8(self, family: str) -> bool:
         mode = str(self._fp8_storage())
         return mode == "Enable" or (mode == "Enable for SDXL" and family == "sdxl")
@@ -377,7 +383,7 @@ class ModelManager:
         """Precision of the VAE, attention kernel, fp8 storage and memory mode of freshly loaded components;
         returns whether the U-Net's weights are stored in fp8."""
         from webui.models.fp8 import store_fp8
-        from webui.models.offload import apply_memory_mode
+        from webui.models.offload import apply_memory_mode, store_half_on_cpu
 
         fp8 = self._wants_fp8(components.spec.family)
         has_t5 = getattr(components, "t5", None) is not None
@@ -385,6 +391,8 @@ class ModelManager:
             store_fp8(components.unet, self.dtype)
             if has_t5:
                 store_fp8(components.t5, self.dtype)  # T5-XXL is most of a FLUX.1 / SD 3.x model's memory
+        if self._stores_half():
+            store_half_on_cpu(components, self.memory_mode, self.dtype)
         t5_on_cpu = has_t5 and self.device.type != "cpu" and bool(self._t5_on_cpu())
         if t5_on_cpu:
             # bfloat16 where the model runs in float16 (the CPU has no fast float16 matmul)

@@ -9,7 +9,13 @@
 
 SD 3.x / FLUX.1: the transformer takes the U-Net's place (lowvram: its joint and single blocks one by one),
 and T5-XXL joins the text encoders in the chain. ``alphas_cumprod`` and every input stay on the execution
-device. On the CPU the modes do nothing.
+device.
+
+On the CPU there is nothing to offload to; there the modes save RAM instead (:func:`store_half_on_cpu`): the
+checkpoint is read in float16 (an fp16 file without any copy) and the big weights stay in float16, each upcast
+to float32 when its layer runs. ``medvram``: the U-Net (transformer) and T5-XXL; ``lowvram``: the text encoders
+too. About half the RAM of float32 weights (an SDXL file: ~7 GB instead of ~14 GB) for a small cost per step;
+images from fp16 files are the same as without the mode (the upcast is exact).
 """
 
 from __future__ import annotations
@@ -58,8 +64,7 @@ def apply_memory_mode(components, mode: str, device: torch.device, *, force: boo
     if mode == "none":
         return []
     if device.type == "cpu" and not force:
-        log.info("--%s has no effect on the CPU", mode)
-        return []
+        return []  # nothing to offload to; see store_half_on_cpu
     encoders, unet, vae = list(components.text_encoders), components.unet, components.vae
     t5 = getattr(components, "t5", None)
     if t5 is not None and not t5_on_cpu:
@@ -73,3 +78,23 @@ def apply_memory_mode(components, mode: str, device: torch.device, *, force: boo
     hooks = _chain([*encoders, unet, vae], device)
     log.info("Memory mode medvram: model CPU offload (text encoders -> U-Net -> VAE) to %s", device)
     return hooks
+
+
+def store_half_on_cpu(components, mode: str, compute_dtype: torch.dtype = torch.float32) -> int:
+    """The CPU's ``medvram`` / ``lowvram``: keep the Linear / Conv / Embedding weights of the U-Net (transformer)
+    and T5-XXL in float16, and with ``lowvram`` the text encoders' too, each read back in ``compute_dtype`` when
+    used; the VAE and every other tensor are converted to ``compute_dtype``. Returns how many weights are stored."""
+    from webui.models.fp8 import store_weights
+
+    stored = [components.unet, *([components.t5] if getattr(components, "t5", None) is not None else [])]
+    if mode == "lowvram":
+        stored += list(components.text_encoders)
+    layers = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding)  # CLIP's / T5's token tables are big too
+    count = sum(store_weights(module, torch.float16, compute_dtype, layers) for module in stored)
+    for module in components.modules():
+        if all(module is not other for other in stored):
+            module.to(dtype=compute_dtype)
+    gb = sum(t.numel() * t.element_size() for m in components.modules() for t in m.parameters()) / 1e9
+    log.info("Memory mode %s on the CPU: %d weights kept in float16, computed in %s (%.1f GB of weights in RAM)",
+             mode, count, str(compute_dtype).removeprefix("torch."), gb)
+    return count

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from webui.errors import ModelError
+from webui.models.fp8 import stored_weight
 from webui.models.original_layout import ldm_module_name, unet_module_table
 from webui.models.safeload import read_state_dict
 from webui.networks.embeddings import Embedding, embedding_from_tensors
@@ -188,7 +189,7 @@ class AppliedLoras:
     @torch.no_grad()
     def restore(self) -> None:
         for module, weight in self.backups.values():
-            module.weight.copy_(weight)
+            stored_weight(module).copy_(weight)
         self.backups.clear()
 
 
@@ -216,7 +217,7 @@ def apply_loras(components, loras: Iterable[tuple[LoraFile, float, float]]) -> A
                 except (ValueError, RuntimeError) as exc:
                     raise ModelError(lora.path, f"layer {key} cannot be applied: {exc}") from exc
                 for module, _, rows in targets:
-                    weight = module.weight
+                    weight = stored_weight(module)  # fp8 / float16 storage: the stored tensor, not a copy
                     if id(module) not in applied.backups:
                         applied.backups[id(module)] = (module, weight.detach().clone())
                     part = delta if rows is None else delta[rows]
