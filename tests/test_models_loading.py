@@ -393,3 +393,35 @@ def test_the_shipped_t5_tokenizer_loads_offline_with_its_notice():
     assert tokenizer("a photo of a cat").input_ids == [3, 9, 1202, 13, 3, 9, 1712, 1]
     assert len(tokenizer) == 32100 and tokenizer.model_max_length == 256
     assert "Apache-2.0" in (T5_TOKENIZER_DIR / "NOTICE.md").read_text(encoding="utf-8")
+
+
+def test_reading_with_a_dtype_converts_each_tensor_as_read(tmp_path):
+    """``read_state_dict(path, dtype=...)`` reads a file that needs converting tensor by tensor (no memory map, so
+    the file's copy and the converted copy never coexist): the values are exactly safetensors' own tensors
+    converted, integer / fp8 tensors keep their dtype, and a file cut short is still a ModelError."""
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a.weight": torch.randn(7, 5, generator=g).half(), "b.bias": torch.randn(3, generator=g).bfloat16(),
+               "c.weight": torch.randn(2, 2, 3, generator=g), "ids": torch.arange(77).reshape(1, 77),
+               "scalar": torch.tensor(2.5, dtype=torch.float16), "empty": torch.zeros(0)}
+    if hasattr(torch, "float8_e4m3fn"):
+        tensors["q.weight"] = torch.randn(4, 4, generator=g).to(torch.float8_e4m3fn)
+    path = tmp_path / "mixed.safetensors"
+    save_file(tensors, str(path), metadata={"k": "v"})
+    reference = load_file(str(path))
+    for dtype in (torch.float32, torch.float16):
+        read, meta = read_state_dict(path, dtype=dtype)
+        assert meta == {"k": "v"} and read.keys() == reference.keys()
+        for key, value in reference.items():
+            if value.dtype in (torch.float16, torch.bfloat16, torch.float32):
+                assert read[key].dtype == dtype and torch.equal(read[key], value.to(dtype)), key
+            else:
+                assert read[key].dtype == value.dtype and torch.equal(read[key].view(torch.uint8),
+                                                                      value.view(torch.uint8)), key
+    same, _ = read_state_dict(path)  # no dtype: safetensors' memory-mapped tensors as stored
+    assert all(same[k].dtype == v.dtype for k, v in reference.items())
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ModelError):
+        read_state_dict(cut, dtype=torch.float32)

@@ -265,6 +265,8 @@ def test_flags_for_memory_modes_and_precision():
     assert parse_args(["--medvram"]).memory_mode == "medvram"
     assert parse_args(["--lowvram", "--medvram"]).memory_mode == "lowvram"
     assert parse_args(["--precision", "full"]).no_half and not parse_args([]).no_half
+    assert parse_args(["--precision", "bf16"]).bf16 and not parse_args(["--precision", "bf16"]).no_half
+    assert not parse_args([]).bf16
     assert parse_args(["--attention", "eager"]).attention == "eager"
     with pytest.raises(SystemExit):
         parse_args(["--memory-mode-typo"]) if False else parse_args(["--attention", "flash9"])

@@ -29,11 +29,12 @@ class DevicePolicy:
 
 
 def choose_device(settings: Settings) -> DevicePolicy:
-    """CUDA if available and not ``--use-cpu``; float16 on CUDA unless ``--no-half``; float32 on CPU."""
+    """CUDA if available and not ``--use-cpu``; float16 on CUDA (bfloat16 with ``--precision bf16``) unless
+    ``--no-half``; float32 on CPU."""
     if not settings.use_cpu and torch.cuda.is_available():
         index = settings.device_id if settings.device_id is not None else torch.cuda.current_device()
         device = torch.device("cuda", index)
-        dtype = torch.float32 if settings.no_half else torch.float16
+        dtype = torch.float32 if settings.no_half else torch.bfloat16 if settings.bf16 else torch.float16
         return DevicePolicy(device, dtype)
     return DevicePolicy(torch.device("cpu"), torch.float32)
 

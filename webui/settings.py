@@ -66,6 +66,7 @@ class Settings:
     nowebui: bool = False
     use_cpu: bool = False
     no_half: bool = False
+    bf16: bool = False  # --precision bf16: bfloat16 instead of float16 on the GPU
     no_half_vae: bool = False
     memory_mode: str = "none"  # "medvram" | "lowvram"
     enable_insecure_extension_access: bool = False
@@ -154,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on the CPU even if a GPU is present (A1111's module names, e.g. 'all', are accepted)")
     p.add_argument("--no-half", action="store_true", help="use float32 on the GPU")
     p.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32 (no NaN retries needed)")
-    p.add_argument("--precision", choices=("autocast", "half", "full"), default="autocast",
-                   help="full: float32 everywhere (same as --no-half)")
+    p.add_argument("--precision", choices=("autocast", "half", "full", "bf16"), default="autocast",
+                   help="full: float32 everywhere (same as --no-half); bf16: bfloat16 on the GPU instead of float16")
     p.add_argument("--medvram", action="store_true",
                    help="move model parts to the GPU only while they run (CPU: keep U-Net weights in float16)")
     p.add_argument("--lowvram", action="store_true",
@@ -238,6 +239,7 @@ def parse_args(argv: Iterable[str] | None = None, env: Mapping[str, str] | None 
         nowebui=ns.nowebui,
         use_cpu=_use_cpu(ns.use_cpu),
         no_half=ns.no_half or ns.precision == "full",
+        bf16=ns.precision == "bf16",
         no_half_vae=ns.no_half_vae,
         memory_mode="lowvram" if ns.lowvram else "medvram" if ns.medvram else "none",
         attention=ns.attention,

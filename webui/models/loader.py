@@ -79,7 +79,7 @@ def load_components(path: Path, *, dtype: torch.dtype = torch.float32, modules=N
     try:
         if path.is_dir():
             return _load_diffusers_folder(path, dtype)
-        state_dict, metadata = read_state_dict(path)
+        state_dict, metadata = read_state_dict(path, dtype=dtype)  # converted while read: no double copy
         flow = flow_spec(state_dict)
         if flow is not None:
             from webui.models.flow_loader import load_flow_file
