@@ -46,7 +46,6 @@ IGNORED_FLAGS: tuple[IgnoredFlag, ...] = (
     IgnoredFlag("--sub-quad-kv-chunk-size", 1, _ATTENTION),
     IgnoredFlag("--sub-quad-chunk-threshold", 1, _ATTENTION),
     IgnoredFlag("--disable-opt-split-attention", 0, _ATTENTION),
-    IgnoredFlag("--opt-channelslast", 0, "memory layout is chosen per model; the flag changes nothing"),
     IgnoredFlag("--upcast-sampling", 0, "sampling runs in the model's precision; use --precision full for float32"),
     IgnoredFlag("--always-batch-cond-uncond", 0, "cond and uncond are always batched together"),
     IgnoredFlag("--lowram", 0, "weights are read with safetensors' memory mapping already"),

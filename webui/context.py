@@ -381,7 +381,13 @@ def build_context(settings: Settings, *, plugins: Plugins | None = None, load_mo
         t5_on_cpu=lambda: bool(options.current.get("t5_on_cpu", False)),
         memory_mode=settings.memory_mode,
         attention=settings.attention,
+        channels_last=settings.channels_last,
+        compile_backend=settings.compile_backend if settings.compile else None,
     )
+    if settings.compile:
+        from webui.models.speedups import compile_cache_env
+
+        compile_cache_env(settings.cache_dir)
     ctx = AppContext(settings, options, plugins, samplers, models,
                      JobQueue(settings.concurrency, settings.max_queue_size), device, ImageSaver(),
                      StyleStore(settings.data_dir / "styles.csv"), LoraRegistry(settings.lora_dirs()),

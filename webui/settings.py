@@ -67,6 +67,9 @@ class Settings:
     use_cpu: bool = False
     no_half: bool = False
     bf16: bool = False  # --precision bf16: bfloat16 instead of float16 on the GPU
+    channels_last: bool = False  # --opt-channelslast: U-Net and VAE weights in channels-last layout
+    compile: bool = False  # --compile: torch.compile the U-Net (webui.models.speedups)
+    compile_backend: str = "inductor"  # torch.compile's backend (tests use "aot_eager": no C++ build)
     no_half_vae: bool = False
     memory_mode: str = "none"  # "medvram" | "lowvram"
     enable_insecure_extension_access: bool = False
@@ -161,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="move model parts to the GPU only while they run (CPU: keep U-Net weights in float16)")
     p.add_argument("--lowvram", action="store_true",
                    help="move weights to the GPU layer by layer, slowest (CPU: text encoders in float16 too)")
+    p.add_argument("--opt-channelslast", action="store_true",
+                   help="U-Net and VAE weights in channels-last memory layout (faster convolutions on many GPUs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the U-Net: faster steps after a compile at each new size (cached on disk)")
     p.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa",
                    help="attention kernel: PyTorch SDPA (default) or the plain eager implementation")
     p.add_argument("--vae-dir", type=Path, default=None, help="extra folder with VAE files")
@@ -243,6 +250,8 @@ def parse_args(argv: Iterable[str] | None = None, env: Mapping[str, str] | None 
         no_half_vae=ns.no_half_vae,
         memory_mode="lowvram" if ns.lowvram else "medvram" if ns.medvram else "none",
         attention=ns.attention,
+        channels_last=ns.opt_channelslast,
+        compile=ns.compile,
         vae_dir=ns.vae_dir,
         device_id=ns.device_id,
         gradio_auth=ns.gradio_auth,

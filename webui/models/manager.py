@@ -166,6 +166,8 @@ class ModelManager:
         extra_checkpoints: Iterable[Path] = (),
         module_files: Callable[[], list] | None = None,
         t5_on_cpu: Callable[[], bool] | None = None,
+        channels_last: bool = False,
+        compile_backend: str | None = None,
     ):
         self.dirs = dirs
         self.extra_checkpoints = [Path(p) for p in extra_checkpoints]  # --ckpt: a file kept outside the folders
@@ -188,6 +190,8 @@ class ModelManager:
         self._checkpoints: list[CheckpointInfo] = []
         self._module_files = module_files or (lambda: [])  # VAE and text-encoder files (webui.models.modules)
         self._t5_on_cpu = t5_on_cpu or (lambda: False)  # option t5_on_cpu, read at each load
+        self.channels_last = channels_last  # --opt-channelslast
+        self.compile_backend = compile_backend  # --compile: torch.compile's backend, None = off
         self.refresh()
 
     # --- registry ---------------------------------------------------------------
@@ -407,6 +411,15 @@ class ModelManager:
             components.unet.set_attn_processor(AttnProcessor())
             components.vae.set_attn_processor(AttnProcessor())
         apply_memory_mode(components, self.memory_mode, self.device, t5_on_cpu=t5_on_cpu)
+        if self.channels_last or self.compile_backend:
+            from webui.models.speedups import apply_speedups
+
+            reason = (f"--{self.memory_mode} moves weights during the call" if self.memory_mode != "none" else
+                      "fp8 storage" if fp8 else "")
+            applied = apply_speedups(components, channels_last=self.channels_last,
+                                     compile_backend=self.compile_backend, reason_not=reason)
+            if applied:
+                log.info("Speed-ups: %s", ", ".join(applied))
         return fp8
 
     def _switch(self, model: LoadedModel) -> None:
