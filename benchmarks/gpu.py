@@ -18,8 +18,10 @@ failure recorded with its traceback's last lines instead of ending the run; a se
 - ``memory``: peak CUDA memory of one txt2img per mode (none / ``--medvram`` / ``--lowvram``) for SD 1.5 and
   SDXL, beside plain diffusers with none / ``enable_model_cpu_offload`` / ``enable_sequential_cpu_offload``.
 - ``speed``: SD 1.5 512², 20 steps, CFG 7, end to end (s per image, median of ``--repeat``) and the U-Net step
-  (batch 2, CUDA events) vs plain diffusers on the same file; SDXL 1024² U-Net step. Targets: 0.25 s per image,
-  8 ms per SD 1.5 step, 40 ms per SDXL step.
+  (batch 2) vs plain diffusers on the same file; the same with ``--opt-channelslast``, ``--compile`` and both
+  (first generation = compile time; the picture's largest difference from the plain path), and ``--compile`` in a
+  new process on the filled Inductor cache (a restart); SDXL 1024² U-Net step. Targets: 0.25 s per image, 8 ms
+  per SD 1.5 step, 40 ms per SDXL step.
 
 ``--dry-run`` runs every section on this CPU with tiny models at 64² (SDXL 128²) and 2 steps, so the script is
 checked before a GPU is lent; CUDA numbers are then null.
@@ -33,6 +35,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -365,7 +368,28 @@ def section_speed(plan: Plan) -> dict:
                    "ratio": round(statistics.median(ours) / statistics.median(theirs), 3),
                    "unet_step_ms": unet_ours, "diffusers_unet_step_ms": unet_theirs,
                    "target_s_per_image": 0.25, "target_unet_step_ms": 8.0}
-    del ctx, pipe
+    del pipe
+    # the opt-in speed-ups on the same file: channels-last, torch.compile (cold, then a new process on the cache)
+    backend = "aot_eager" if plan.dry else "inductor"
+    for name, kw in (("channels_last", {"channels_last": True}),
+                     ("compile", {"compile": True, "compile_backend": backend}),
+                     ("channels_last_compile", {"channels_last": True, "compile": True, "compile_backend": backend})):
+        reset_cuda()
+        fast = context(plan, models_root(plan, "sd15"), **kw)
+        first, _ = timed(lambda c=fast: generate(c, width=size, height=size, steps=steps), 1)
+        times, result = timed(lambda c=fast: generate(c, width=size, height=size, steps=steps), plan.repeat + 2)
+        reference = pixels(generate(ctx, width=size, height=size, steps=steps))
+        out["sd15"][name] = {"first_s": round(first[0], 2), "s_per_image": round(statistics.median(times), 3),
+                             "unet_step_ms": _unet_step_ms(fast.models.current.components.unet, "sd15", size, dtype,
+                                                           device, 10),
+                             "max_diff_levels_vs_plain": int(np.abs(pixels(result) - reference).max())}
+        del fast
+    restart = subprocess.run([sys.executable, __file__, "--child-compile", str(plan.files["sd15"]), str(size),
+                              str(steps), backend, *(["--dry-run"] if plan.dry else [])],
+                             capture_output=True, text=True, timeout=600)
+    lines = [line for line in restart.stdout.splitlines() if line.startswith("{")]
+    out["sd15"]["compile_after_restart"] = json.loads(lines[-1]) if lines else {"error": restart.stderr[-400:]}
+    del ctx
     reset_cuda()
     size = plan.size["sdxl"]
     ctx = context(plan, models_root(plan, "sdxl"))
@@ -379,6 +403,18 @@ def section_speed(plan: Plan) -> dict:
     return out
 
 
+def child_compile(file: Path, size: int, steps: int, backend: str, dry: bool) -> dict:
+    """A new process with --compile on the Inductor cache the parent filled: the first generation's time."""
+    work = Path(tempfile.mkdtemp(prefix="restart-"))
+    plan = Plan(dry, work, {"sd15": file}, {}, {"sd15": size}, steps, 1)
+    start = time.perf_counter()
+    ctx = context(plan, models_root(plan, "sd15"), compile=True, compile_backend=backend)
+    load = time.perf_counter() - start
+    first, _ = timed(lambda: generate(ctx, width=size, height=size, steps=steps), 1)
+    second, _ = timed(lambda: generate(ctx, width=size, height=size, steps=steps), 1)
+    return {"load_s": round(load, 2), "first_s": round(first[0], 2), "second_s": round(second[0], 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny models on this CPU: check the script")
@@ -386,7 +422,13 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=450.0, help="start no section after this many seconds")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None, help="folder for the model files (default: a temp one)")
+    parser.add_argument("--child-compile", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "gpu-bench-inductor"))
+    if args.child_compile:
+        file, size, steps, backend = args.child_compile
+        print(json.dumps(child_compile(Path(file), int(size), int(steps), backend, args.dry_run)))
+        return
     start = time.perf_counter()
     report: dict = {"dry_run": args.dry_run, "torch": torch.__version__,
                     "device": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.dry_run
