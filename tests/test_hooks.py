@@ -293,8 +293,9 @@ def test_hook_ui_assets(tmp_path, models_root):
     css, head = page_css_and_head(ctx)
     assert ".ext { color: blue; }" in css and "outline: 1px solid red" in css
     assert head.index("window.a = 1;") < head.index("window.b = 2;")  # file-name order
-    # an embedded end tag is escaped (the scripts: the product's page.js and keys.js, the two files, the hook's)
-    assert "<\\/script>" in head and head.count("</script>") == 5
+    # an embedded end tag is escaped (the scripts: the product's page.js, keys.js and panels.js, the two files,
+    # the hook's)
+    assert "<\\/script>" in head and head.count("</script>") == 6
     client = TestClient(create_app(ctx))
     page = client.get("/").text + client.get("/config").text
     assert "window.a = 1;" in page and ".ext { color: blue; }" in page

@@ -37,6 +37,7 @@ def test_gradio_auth_guards_the_ui(tmp_path, models_root):
     client = TestClient(app_with(tmp_path, models_root, gradio_auth="ui:secret"))
     assert client.get("/config").status_code in (401, 403)
     assert client.get("/webui-page.json").status_code == 401  # the page's localization: behind the login too
+    assert client.get("/webui-network-preview?kind=lora&name=x").status_code == 401  # the cards' pictures too
     assert client.post("/login", data={"username": "ui", "password": "wrong"}).status_code in (400, 401)
     assert client.post("/login", data={"username": "ui", "password": "secret"}).status_code == 200
     assert client.get("/config").status_code == 200

@@ -17,7 +17,7 @@ Where the strings come from:
   becomes a template with ``{}`` for each value (the page's script translates such keys with the values
   put back unchanged);
 * :func:`runtime_strings`: what the handlers put into the page otherwise (status lines, the default model's
-  help text, the Extensions table's words).
+  help text, the Extensions table's words, the Extra networks panel's).
 
 Not listed (they stay as they are in every language): file and folder names, checkpoint titles and the other
 names of things a user has (styles, LoRAs, embeddings, extensions, localizations), sampler names, ControlNet
@@ -118,7 +118,7 @@ def component_strings(ctx: Any, demo: Any) -> dict[str, str]:
     for block in demo.blocks.values():
         kind = type(block).__name__
         where = f"{kind} {getattr(block, 'elem_id', None) or ''}".strip()
-        if isinstance(block, gr.LinePlot):  # drawn by the chart library, not as page text
+        if isinstance(block, gr.LinePlot) or kind == "Api":  # chart text; gr.api's endpoints (never shown)
             continue
         for attr in ("label", "info", "placeholder"):
             _add(out, getattr(block, attr, None), f"{where} {attr}")
@@ -175,12 +175,13 @@ def runtime_strings() -> dict[str, str]:
     from webui.models.default import EXAMPLE_PROMPT, HOW_TO_ADD
     from webui.ui.app import LOADING_LABEL
     from webui.ui.extensions_tab import MESSAGES, STATUS_WORDS
+    from webui.ui.networks_panel import PANEL_STRINGS
     from webui.ui.page import DISMISS_LABEL, SKIPPED_HEADING
     from webui.ui.settings_tab import NOTHING_CHANGED, SETTINGS_CHANGED, SHOWING_SAVED
 
     texts = [LOADING_LABEL, HOW_TO_ADD, f"Prompt, e.g. {EXAMPLE_PROMPT}", SHOWING_SAVED, NOTHING_CHANGED,
              SETTINGS_CHANGED, SKIPPED_HEADING, DISMISS_LABEL, "Waiting in queue", "Preparing",
-             "Waiting for the queue…", "Stable Diffusion web UI", *STATUS_WORDS, *MESSAGES]
+             "Waiting for the queue…", "Stable Diffusion web UI", *STATUS_WORDS, *MESSAGES, *PANEL_STRINGS]
     return {t: "runtime" for t in texts}
 
 

@@ -317,8 +317,8 @@ _SECTION_REASONS: Mapping[str, str] = MappingProxyType({
            "these keys cannot loosen that",
     "Training": "A1111's textual-inversion/hypernetwork training tab is not provided (yet)",
     "Interrogate": "interrogation (CLIP/DeepBooru) is not provided: it needs models that are downloaded",
-    "Extra Networks": "the extra-networks card browser is not provided; LoRA and embeddings work from the prompt",
-    "Prompt editing": "browser-side prompt editing keys of A1111's JavaScript",
+    "Extra Networks": "the Extra networks panel shows one card per file (name, preview picture) without A1111's "
+                      "tree view, sorting and card size choices; a card inserts its LoRA tag or its embedding's name",
     "Gallery": "layout of A1111's gallery and lightbox; Gradio's gallery is used",
     "UI alternatives": "layout choices of A1111's UI",
     "User interface": "layout and theme of A1111's UI",

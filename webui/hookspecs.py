@@ -185,8 +185,10 @@ def register_settings() -> list[OptionDef]:
 
     @hookimpl
     def register_settings():
-        return [OptionDef("my_ext_strength", 0.5, "Strength", "My extension", minimum=0, maximum=1)]
+        return [OptionDef("my_ext_strength", 0.5, "Strength", "My extension", minimum=0, maximum=1,
+                          help="How strongly my extension changes the picture.")]
     ```
+    ``help`` is the line the Settings tab shows under the option (the search box finds it too).
 
     versionadded: 1.0
     """

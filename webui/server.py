@@ -362,6 +362,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         from webui.ui.app import build_ui
         from webui.ui.assets import page_css_and_head
         from webui.ui.files import guard_file_inputs
+        from webui.ui.networks_panel import add_preview_route
         from webui.ui.page import add_page_route
 
         demo = build_ui(ctx)
@@ -379,6 +380,7 @@ def create_app(ctx: AppContext) -> FastAPI:
 
         gradio_app = next(r.app for r in app.routes if isinstance(r, Mount))
         add_page_route(gradio_app, ctx)  # the page's localization and theme, behind the UI login
+        add_preview_route(gradio_app, ctx)  # the Extra networks cards' pictures, likewise
         ui_user = _cookie_user(gradio_app)
 
     app.add_middleware(Guard, max_body=s.max_body_mb * 1024 * 1024, api_log=s.api_log,

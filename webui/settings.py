@@ -20,7 +20,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -297,6 +297,8 @@ class OptionDef:
     #: for an A1111 key that is accepted but changes nothing here: why (docs/api.md lists these; the
     #: Settings tab leaves them out). Empty for options that mean something.
     note: str = ""
+    #: one line the Settings tab shows under the control: what the option does (plugins give their own)
+    help: str = ""
 
     def coerce(self, value: Any) -> Any:
         """Return ``value`` converted to this option's type, or raise ValueError."""
@@ -370,10 +372,103 @@ THEME_MODES: tuple[str, ...] = ("Auto", "Light", "Dark")
 IMAGE_FORMATS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "avif")
 
 
+#: The Settings tab's help line of each core option (:attr:`OptionDef.help`).
+CORE_HELP: Mapping[str, str] = MappingProxyType({
+    "samples_save": "Write every generated image to the output folder; off: images are only shown.",
+    "samples_format": "png keeps the infotext in a text chunk; jpg, webp and avif carry it in EXIF.",
+    "samples_filename_pattern": "Tags in square brackets ([seed], [prompt], [date], [model_name], ...) are "
+                                "replaced for each image.",
+    "save_images_add_number": "File names start with a running number (00012-...), as in A1111.",
+    "save_images_replace_action": "What happens when a file of the same name exists already.",
+    "grid_save": "Write the grids that scripts such as X/Y/Z plot make.",
+    "grid_format": "The file type of saved grids.",
+    "grid_extended_filename": "The grid's file name gets its seed and prompt.",
+    "use_original_name_batch": "Each output of Extras' batch keeps the name of its input file.",
+    "jpeg_quality": "1-100: higher is better quality and a larger file.",
+    "webp_lossless": "WEBP files without compression losses (larger files).",
+    "img_max_size_mp": "A script asking for a larger grid gets an error instead.",
+    "save_init_img": "Keep a copy of each img2img input image in the init images folder.",
+    "outdir_samples": "One folder for the images of every mode, inside the data folder.",
+    "outdir_txt2img_samples": "Relative to the data folder; a folder outside it is refused.",
+    "outdir_img2img_samples": "Relative to the data folder; a folder outside it is refused.",
+    "outdir_extras_samples": "Relative to the data folder; a folder outside it is refused.",
+    "outdir_grids": "One folder for the grids of every mode, inside the data folder.",
+    "outdir_txt2img_grids": "Relative to the data folder; a folder outside it is refused.",
+    "outdir_img2img_grids": "Relative to the data folder; a folder outside it is refused.",
+    "outdir_init_images": "Relative to the data folder; a folder outside it is refused.",
+    "save_to_dirs": "Images go into subfolders named by the subfolder name pattern (the date unless changed).",
+    "grid_save_to_dirs": "Grids go into subfolders named by the subfolder name pattern.",
+    "directories_filename_pattern": "Tags such as [date], [model_name] or [prompt_words] name the subfolder.",
+    "directories_max_prompt_words": "How many words of the prompt [prompt_words] takes.",
+    "enable_pnginfo": "The parameters travel with the picture: PNG Info and the paste button read them back.",
+    "save_txt": "A .txt file beside each image holds its parameters.",
+    "add_model_name_to_info": "The infotext names the checkpoint (Model: ...).",
+    "add_model_hash_to_info": "The infotext carries the checkpoint's short hash (Model hash: ...).",
+    "add_vae_name_to_info": "The infotext names a VAE chosen separately (VAE: ...).",
+    "add_vae_hash_to_info": "The infotext carries that VAE's short hash (VAE hash: ...).",
+    "add_version_to_infotext": "The infotext ends with the program's version (Version: ...).",
+    "sd_model_checkpoint": "The checkpoint that generates: the same choice as at the top of the page.",
+    "sd_checkpoint_cache": "Switching back to a checkpoint kept in RAM skips reading it from disk.",
+    "forge_additional_modules": "Separate VAE and text encoder files for SD 3.x and FLUX.1 checkpoints.",
+    "CLIP_stop_at_last_layers": "Use the text encoder's output this many layers before its end (2 suits many "
+                                "anime models).",
+    "training_queue_policy": "Refuse lets API clients try another server instead of waiting.",
+    "t5_on_cpu": "For GPUs with little memory; prompts are encoded more slowly.",
+    "fp8_storage": "Saves memory for a small loss of quality; the computations still run in 16 bits.",
+    "emphasis": "How (word:1.2) weights apply: Original is A1111's, No norm skips the mean restore, None ignores "
+                "them.",
+    "comma_padding_backtrack": "A prompt over 75 tokens is split at a comma within this many tokens of the limit.",
+    "randn_source": "Where seeds' noise is made: GPU (the device), CPU (the same pictures on every device) or NV "
+                    "(NVIDIA's noise on any device).",
+    "tiling": "Pictures that tile seamlessly, for requests that do not set tiling themselves.",
+    "sdxl_crop_top": "SDXL's crop conditioning: 0 asks for a picture that is not cropped.",
+    "sdxl_crop_left": "SDXL's crop conditioning: 0 asks for a picture that is not cropped.",
+    "eta_ancestral": "The noise added at each step of ancestral and SDE samplers (1: the usual amount).",
+    "eta_ddim": "The noise of DDIM's steps (0: none, the same picture every time).",
+    "eta_noise_seed_delta": "Added to the seed of the samplers' extra noise; 31337 reproduces NovelAI's pictures.",
+    "s_churn": "Noise added and removed again at each step (0: none).",
+    "s_tmin": "Churn applies only at noise levels above this.",
+    "s_tmax": "Churn applies only at noise levels below this.",
+    "s_noise": "The scale of the churn noise (1: standard).",
+    "sd_noise_schedule": "Zero Terminal SNR makes the first step pure noise, for models trained that way.",
+    "auto_backcompat": "Pasting an older infotext sets the options its version used, so the picture comes out "
+                       "the same.",
+    "use_old_emphasis_implementation": "To reproduce pictures made with A1111 before 1.0.",
+    "use_old_scheduling": "To reproduce prompt editing ([a:b:0.5]) of A1111 before 1.6.",
+    "use_downcasted_alpha_bar": "To reproduce pictures made with A1111 before 1.7.",
+    "show_progress_every_n_steps": "How often the picture being made is shown while it generates.",
+    "initial_noise_multiplier": "Scales the noise added to the input image (below 1: closer to the input).",
+    "img2img_extra_noise": "Noise added to the input image before sampling; can bring back detail.",
+    "img2img_color_correction": "The result's colours are matched to the input image's (useful for loopback).",
+    "img2img_fix_steps": "Off: img2img runs steps x denoising strength steps; on: the steps as set.",
+    "img2img_background_color": "Transparent parts of an input image are filled with this colour.",
+    "inpainting_mask_weight": "For inpainting models: 1 masks the original image fully (the default), 0 not at "
+                              "all.",
+    "upscaler_for_img2img": "Used when img2img must enlarge the input image to the size asked for.",
+    "face_restoration": "Faces are restored in every generation whose request does not say.",
+    "face_restoration_model": "The model that \"Restore faces\" uses.",
+    "code_former_weight": "Lower values change the face more.",
+    "vae_tiling_threshold": "Larger pictures are decoded in tiles to save memory.",
+    "vae_tiling_enabled": "Saves memory on every picture; a little slower.",
+    "disabled_extensions": "The Extensions tab switches them on and off.",
+    "localization": "A translation of the UI; the files come from localizations/ and from extensions.",
+    "theme_mode": "Light or Dark for everyone using this server.",
+    "keyedit_precision_attention": "Ctrl+Up / Ctrl+Down in a prompt change a (word:weight) by this much.",
+    "keyedit_precision_extra": "Ctrl+Up / Ctrl+Down in a prompt change a <lora:name:weight> by this much.",
+    "keyedit_delimiters": "The characters that end the word Ctrl+Up / Ctrl+Down take when nothing is selected.",
+    "keyedit_move": "Alt+Left / Alt+Right in a prompt move the comma-separated element at the caret.",
+})
+
+
 def core_option_defs() -> list[OptionDef]:
-    """The options the core itself owns: A1111 keys with A1111's defaults, in A1111's sections.
+    """The options the core itself owns: A1111 keys with A1111's defaults, in A1111's sections, each with its help
+    line (:data:`CORE_HELP`).
 
     Every other A1111 1.10 key is accepted too (:mod:`webui.a1111_options`) but changes nothing here."""
+    return [replace(d, help=CORE_HELP.get(d.key, d.help)) for d in _core_defs()]
+
+
+def _core_defs() -> list[OptionDef]:
     saving, paths, dirs = "Saving images/grids", "Paths for saving", "Saving to a directory"
     sd, samplers, compat, i2i = "Stable Diffusion", "Sampler parameters", "Compatibility", "img2img"
 
@@ -490,6 +585,15 @@ def core_option_defs() -> list[OptionDef]:
                   "User interface"),
         OptionDef("theme_mode", "Auto", "Colour theme (applied at the next page load; Auto follows the browser; "
                   "?__theme=dark in the address wins)", "User interface", choices=THEME_MODES),
+        # Prompt editing (the page's keys, static/keys.js; applied at the next page load)
+        OptionDef("keyedit_precision_attention", 0.1, "Ctrl+Up/Down step for (text:weight)", "Prompt editing",
+                  minimum=0.01, maximum=0.2),
+        OptionDef("keyedit_precision_extra", 0.05, "Ctrl+Up/Down step for an extra network's weight", "Prompt editing",
+                  minimum=0.01, maximum=0.2),
+        OptionDef("keyedit_delimiters", ".,\\/!?%^*;:{}=`~() ", "Word delimiters for Ctrl+Up/Down", "Prompt editing"),
+        OptionDef("keyedit_delimiters_whitespace", ["Tab", "Carriage Return", "Line Feed"],
+                  "Whitespace delimiters for Ctrl+Up/Down", "Prompt editing"),
+        OptionDef("keyedit_move", True, "Alt+Left/Right moves prompt elements", "Prompt editing"),
     ]
 
 

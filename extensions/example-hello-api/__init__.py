@@ -13,7 +13,8 @@ from webui.settings import OptionDef
 
 @hookimpl
 def register_settings():
-    return [OptionDef("example_greeting", "Hello", "Greeting of the example API route", "Example extension")]
+    return [OptionDef("example_greeting", "Hello", "Greeting of the example API route", "Example extension",
+                      help="What GET /example/hello answers with.")]
 
 
 @hookimpl

@@ -108,9 +108,9 @@ def _model_files(settings: Settings) -> list[tuple[str, Path]]:
 def register_settings() -> list[OptionDef]:
     return [
         OptionDef("ESRGAN_tile", DEFAULT_TILE, "Tile size for ESRGAN upscalers (0 = no tiling)", "Upscaling",
-                  minimum=0, maximum=2048),
+                  minimum=0, maximum=2048, help="Large pictures are upscaled in tiles of this size to save memory."),
         OptionDef("ESRGAN_tile_overlap", DEFAULT_OVERLAP, "Tile overlap for ESRGAN upscalers, in pixels",
-                  "Upscaling", minimum=0, maximum=256),
+                  "Upscaling", minimum=0, maximum=256, help="Tiles overlap by this much so that no seams show."),
     ]
 
 

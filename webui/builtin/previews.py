@@ -24,10 +24,12 @@ class PreviewsPlugin:
     @hookimpl
     def register_settings(self) -> list[OptionDef]:
         return [
-            OptionDef("live_previews_enable", True, "Show live previews of the created image", "Live previews"),
+            OptionDef("live_previews_enable", True, "Show live previews of the created image", "Live previews",
+                      help="The picture is shown as it forms, in the output area, while it generates."),
             # "Approx NN" (A1111's small VAE-approx network) is rendered with the cheap linear approximation.
             OptionDef("show_progress_type", DEFAULT_TYPE, "Live preview method", "Live previews",
-                      choices=PREVIEW_TYPES),
+                      choices=PREVIEW_TYPES, help="Approx cheap is the fastest, TAESD the closest to the result, "
+                      "Full decodes with the VAE (slow)."),
         ]
 
     @hookimpl

@@ -63,8 +63,10 @@ class VaePlugin:
 
     @hookimpl
     def register_settings(self) -> list[OptionDef]:
-        return [OptionDef("sd_vae", AUTOMATIC, "SD VAE", "VAE", choices_fn=self.choices, check=self.check),
-                OptionDef("sd_vae_checkpoint_cache", 0, "VAE files kept in RAM", "VAE", minimum=0, maximum=10)]
+        return [OptionDef("sd_vae", AUTOMATIC, "SD VAE", "VAE", choices_fn=self.choices, check=self.check,
+                          help="Automatic: a VAE file named after the checkpoint, else the checkpoint's own VAE."),
+                OptionDef("sd_vae_checkpoint_cache", 0, "VAE files kept in RAM", "VAE", minimum=0, maximum=10,
+                          help="Switching back to a VAE kept in RAM skips reading it from disk.")]
 
     @hookimpl
     def startup(self, ctx: Any) -> None:

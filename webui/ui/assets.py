@@ -1,6 +1,6 @@
-"""JavaScript and CSS of the page: the product's own (``static/page.js``, ``static/keys.js``, ``static/page.css``
-and the icon rules made from ``static/icons/*.svg``), then what plugins add: the ``ui_assets`` hook plus, for
-extension folders, their ``javascript/*.js`` (in name order) and ``style.css``, as A1111 does."""
+"""JavaScript and CSS of the page: the product's own (``static/page.js``, ``static/keys.js``, ``static/panels.js``,
+``static/page.css`` and the icon rules made from ``static/icons/*.svg``), then what plugins add: the ``ui_assets``
+hook plus, for extension folders, their ``javascript/*.js`` (in name order) and ``style.css``, as A1111 does."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def own_assets() -> list[UiAsset]:
     """The product's page script and styles (first on the page, so plugins can build on them)."""
     return [UiAsset("js", (STATIC_DIR / "page.js").read_text(encoding="utf-8"), "webui/page.js"),
             UiAsset("js", (STATIC_DIR / "keys.js").read_text(encoding="utf-8"), "webui/keys.js"),
+            UiAsset("js", (STATIC_DIR / "panels.js").read_text(encoding="utf-8"), "webui/panels.js"),
             UiAsset("css", (STATIC_DIR / "page.css").read_text(encoding="utf-8") + "\n" + icon_css(),
                     "webui/page.css")]
 

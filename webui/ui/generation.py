@@ -24,6 +24,7 @@ from webui.pipeline.request import GenerationRequest, request_from_values
 from webui.sections import collect_sections, icon_button, section_field
 from webui.styles import Style
 from webui.ui.img2img_inputs import Img2ImgInputs, build_img2img_inputs, img2img_request, stream_img2img
+from webui.ui.networks_panel import build_networks_panel
 from webui.ui.progress import map_yields, named_handler, stream_with_progress, user_error
 from webui.ui.sendto import override_settings_from_pairs
 
@@ -42,6 +43,54 @@ class GenerationTab:
     generate: Any = None  # the Generate button
 
 
+#: the output gallery's height: its top and most of a picture fit the first screen at 1366x768 (A1111's layout)
+OUTPUT_HEIGHT = 480
+
+
+@dataclass
+class _PromptRow:
+    """The components of a tab's prompt row besides the prompt fields (wired by :func:`_wire_helpers`)."""
+
+    token_counter: Any
+    neg_token_counter: Any
+    generate: Any
+    interrupt: Any
+    skip: Any
+    style_name: Any
+    save_style: Any
+
+
+def _prompt_row(ctx: AppContext, tab: GenerationTab, demo: bool) -> _PromptRow:
+    """A1111's top row across the tab: the prompts (each with its token counter in its corner) on the left;
+    Generate, Interrupt / Skip, paste and the styles on the right."""
+    mode, f = tab.mode, tab.fields
+    with gr.Row(elem_id=f"{mode}_toprow", equal_height=False):
+        with gr.Column(scale=6, elem_id=f"{mode}_prompt_container", elem_classes=["webui-prompts"]):
+            with gr.Column(elem_classes=["webui-prompt-box"]):
+                f["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=12, elem_id=f"{mode}_prompt",
+                                         placeholder=f"Prompt, e.g. {EXAMPLE_PROMPT}" if demo else "Prompt")
+                token_counter = gr.HTML("", elem_id=f"{mode}_token_counter", elem_classes=["webui-token-counter"])
+            with gr.Column(elem_classes=["webui-prompt-box"]):
+                f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, max_lines=12,
+                                                  elem_id=f"{mode}_neg_prompt")
+                neg_token_counter = gr.HTML("", elem_id=f"{mode}_negative_token_counter",
+                                            elem_classes=["webui-token-counter"])
+        with gr.Column(scale=2, min_width=250, elem_id=f"{mode}_actions_column", elem_classes=["webui-actions"]):
+            generate = tab.generate = gr.Button("Generate", variant="primary", elem_id=f"{mode}_generate",
+                                                elem_classes=["webui-generate"])
+            with gr.Row(elem_classes=["webui-run-buttons"]):
+                interrupt = gr.Button("Interrupt", elem_id=f"{mode}_interrupt")
+                skip = gr.Button("Skip", elem_id=f"{mode}_skip")
+                tab.paste = gr.Button(**icon_button("paste"), elem_id=f"{mode}_paste", scale=0)
+            f["styles"] = gr.Dropdown(ctx.styles.names(), value=[], multiselect=True, label="Styles",
+                                      elem_id=f"{mode}_styles")
+            with gr.Accordion("Save the prompts as a style", open=False, elem_id=f"{mode}_style_editor"):
+                with gr.Row():
+                    style_name = gr.Textbox(label="New style name", elem_id=f"{mode}_style_name", scale=2)
+                    save_style = gr.Button("Save style", elem_id=f"{mode}_style_save", scale=1)
+    return _PromptRow(token_counter, neg_token_counter, generate, interrupt, skip, style_name, save_style)
+
+
 def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
     """One generation tab; element ids and API names are prefixed with ``mode``."""
     tab = GenerationTab(mode)
@@ -50,35 +99,12 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
     schedules = ["Automatic", *(s.label for s in ctx.samplers.schedules.values())]
     demo = ctx.models.using_builtin_default  # the shapes demo model draws 64x64 pictures
     size = DEFAULT_SIZE if demo else 512
-    if mode == "img2img":
-        tab.img2img = build_img2img_inputs(f)
-    with gr.Row():
-        with gr.Column(scale=3):
-            f["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{mode}_prompt",
-                                     placeholder=f"Prompt, e.g. {EXAMPLE_PROMPT}" if demo else "Prompt")
-            f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{mode}_neg_prompt")
-            with gr.Row():
-                f["styles"] = gr.Dropdown(ctx.styles.names(), value=[], multiselect=True, label="Styles",
-                                          elem_id=f"{mode}_styles", scale=3)
-                style_name = gr.Textbox(label="New style name", elem_id=f"{mode}_style_name", scale=2)
-                save_style = gr.Button("Save style", elem_id=f"{mode}_style_save", scale=1)
-            with gr.Accordion("Extra networks", open=False, elem_id=f"{mode}_extra_networks"):
-                with gr.Row():
-                    lora_pick = gr.Dropdown(ctx.loras.names(), label="LoRA", elem_id=f"{mode}_lora_pick", scale=3)
-                    lora_add = gr.Button("Add LoRA", elem_id=f"{mode}_lora_add", scale=1)
-                    emb_pick = gr.Dropdown(sorted(ctx.embeddings.loaded), label="Embedding",
-                                           elem_id=f"{mode}_embedding_pick", scale=3)
-                    emb_add = gr.Button("Add embedding", elem_id=f"{mode}_embedding_add", scale=1)
-                    networks_refresh = gr.Button(**icon_button("refresh"), elem_id=f"{mode}_networks_refresh", scale=0)
-        with gr.Column(scale=1, min_width=160):
-            token_counter = gr.HTML("", elem_id=f"{mode}_token_counter")
-            neg_token_counter = gr.HTML("", elem_id=f"{mode}_negative_token_counter")
-            generate = tab.generate = gr.Button("Generate", variant="primary", elem_id=f"{mode}_generate")
-            with gr.Row():
-                interrupt = gr.Button("Interrupt", elem_id=f"{mode}_interrupt")
-                tab.paste = gr.Button(**icon_button("paste"), elem_id=f"{mode}_paste", scale=0)
-    with gr.Row():
-        with gr.Column():
+    top = _prompt_row(ctx, tab, demo)
+    with gr.Row(elem_id=f"{mode}_main", equal_height=False):
+        with gr.Column(scale=1, elem_id=f"{mode}_settings"):
+            if mode == "img2img":
+                tab.img2img = build_img2img_inputs(f)
+            networks = build_networks_panel(ctx, mode)
             with gr.Row():
                 f["sampler_name"] = gr.Dropdown(samplers, value="Euler a" if "Euler a" in samplers else samplers[0],
                                                 label="Sampling method", elem_id=f"{mode}_sampling")
@@ -138,9 +164,10 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
                 for key, component in section.render().items():
                     f[section_field(section.name, key)] = component
             _script_controls(ctx, mode, f)
-        with gr.Column():
-            tab.gallery = gr.Gallery(label="Output", columns=2, height=512, elem_id=f"{mode}_gallery",
-                                     format="png", interactive=False, type="pil")
+        with gr.Column(scale=1, elem_id=f"{mode}_results"):
+            tab.gallery = gr.Gallery(label="Output", columns=2, height=OUTPUT_HEIGHT, elem_id=f"{mode}_gallery",
+                                     format="png", interactive=False, type="pil", allow_preview=True,
+                                     buttons=["download", "fullscreen"], object_fit="contain")
             with gr.Row():
                 tab.send_buttons["img2img"] = gr.Button("Send to img2img", elem_id=f"{mode}_send_to_img2img",
                                                         size="sm")
@@ -152,6 +179,8 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
             used_seed = gr.State(-1)
             tab.infotexts = gr.State([])
             tab.selected = gr.State(0)
+    if tab.img2img is not None:  # the input fields first, as before the layout put them in the settings column
+        tab.fields = f = {**{k: f[k] for k in tab.img2img.names}, **f}
 
     names = list(f)
 
@@ -181,7 +210,7 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
     outputs = [tab.gallery, tab.info, used_seed, tab.infotexts, tab.selected]
     seed_extras.change(lambda show: gr.update(visible=show), inputs=seed_extras, outputs=extras_row,
                        api_name=f"{mode}_seed_extras", queue=False)
-    generate.click(on_generate, inputs=inputs, outputs=outputs, api_name=mode, concurrency_id="gpu",
+    top.generate.click(on_generate, inputs=inputs, outputs=outputs, api_name=mode, concurrency_id="gpu",
                    concurrency_limit=ctx.settings.concurrency)
     f["prompt"].submit(on_generate, inputs=inputs, outputs=outputs, api_name=f"{mode}_submit", concurrency_id="gpu")
 
@@ -189,8 +218,8 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
         return int(evt.index or 0)
 
     tab.gallery.select(on_select, inputs=None, outputs=tab.selected, api_name=False, queue=False)
-    _wire_helpers(ctx, tab, token_counter, neg_token_counter, lora_pick, lora_add, emb_pick, emb_add,
-                  networks_refresh, style_name, save_style, interrupt, random_seed, reuse_seed, used_seed)
+    _wire_helpers(ctx, tab, top, random_seed, reuse_seed, used_seed)
+    networks.wire(ctx, f["prompt"])
     return tab
 
 
@@ -309,9 +338,7 @@ def _form_request(v: dict[str, Any]) -> GenerationRequest:
         override_settings=override_settings_from_pairs(v.get("override_settings")))
 
 
-def _wire_helpers(ctx: AppContext, tab: GenerationTab, token_counter, neg_token_counter, lora_pick, lora_add,
-                  emb_pick, emb_add, networks_refresh, style_name, save_style, interrupt, random_seed, reuse_seed,
-                  used_seed) -> None:
+def _wire_helpers(ctx: AppContext, tab: GenerationTab, top: _PromptRow, random_seed, reuse_seed, used_seed) -> None:
     mode, f = tab.mode, tab.fields
 
     def on_tokens(text: str) -> str:
@@ -322,27 +349,11 @@ def _wire_helpers(ctx: AppContext, tab: GenerationTab, token_counter, neg_token_
         used, available = count_tokens(model.components, text or "", embeddings=lookup)
         return f"<span class='token-counter'>{used}/{available}</span>"
 
-    f["prompt"].change(on_tokens, inputs=f["prompt"], outputs=token_counter, api_name=f"{mode}_token_count",
+    f["prompt"].change(on_tokens, inputs=f["prompt"], outputs=top.token_counter, api_name=f"{mode}_token_count",
                        queue=False, show_progress="hidden")
-    f["negative_prompt"].change(on_tokens, inputs=f["negative_prompt"], outputs=neg_token_counter,
+    f["negative_prompt"].change(on_tokens, inputs=f["negative_prompt"], outputs=top.neg_token_counter,
                                 api_name=f"{mode}_negative_token_count", queue=False, show_progress="hidden")
-
-    def append_to_prompt(text: str, addition: str) -> str:
-        text = (text or "").rstrip()
-        return f"{text} {addition}" if text else addition
-
-    lora_add.click(lambda p, name: append_to_prompt(p, f"<lora:{name}:1>") if name else p,
-                   inputs=[f["prompt"], lora_pick], outputs=f["prompt"], api_name=f"{mode}_add_lora", queue=False)
-    emb_add.click(lambda p, name: append_to_prompt(p, name) if name else p,
-                  inputs=[f["prompt"], emb_pick], outputs=f["prompt"], api_name=f"{mode}_add_embedding", queue=False)
-
-    def on_networks_refresh():
-        ctx.loras.refresh()
-        ctx.embeddings.refresh()
-        return gr.update(choices=ctx.loras.names()), gr.update(choices=sorted(ctx.embeddings.loaded))
-
-    networks_refresh.click(on_networks_refresh, inputs=None, outputs=[lora_pick, emb_pick],
-                           api_name=f"{mode}_refresh_networks")
+    style_name, save_style = top.style_name, top.save_style
 
     def on_save_style(name: str, p: str, n: str):
         name = (name or "").strip()
@@ -360,8 +371,12 @@ def _wire_helpers(ctx: AppContext, tab: GenerationTab, token_counter, neg_token_
     def on_interrupt(request: gr.Request) -> None:
         ctx.jobs.interrupt(owner=getattr(request, "session_hash", None))
 
-    interrupt.click(on_interrupt, inputs=None, outputs=None, api_name=f"{mode}_interrupt",
-                    concurrency_limit=None, queue=False)
+    def on_skip(request: gr.Request) -> None:
+        ctx.jobs.skip(owner=getattr(request, "session_hash", None))
+
+    top.interrupt.click(on_interrupt, inputs=None, outputs=None, api_name=f"{mode}_interrupt",
+                        concurrency_limit=None, queue=False)
+    top.skip.click(on_skip, inputs=None, outputs=None, api_name=f"{mode}_skip", concurrency_limit=None, queue=False)
     random_seed.click(lambda: -1, inputs=None, outputs=f["seed"], api_name=f"{mode}_random_seed", queue=False)
     reuse_seed.click(lambda s: s, inputs=used_seed, outputs=f["seed"], api_name=f"{mode}_reuse_seed", queue=False)
 

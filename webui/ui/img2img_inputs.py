@@ -24,6 +24,8 @@ from webui.ui.progress import Preview, run_with_progress, stream_with_progress, 
 #: Sub-tab id -> label; the id is what ``input_mode`` holds.
 INPUT_TABS = {"img2img": "img2img", "sketch": "Sketch", "inpaint": "Inpaint", "inpaint_sketch": "Inpaint sketch",
               "inpaint_upload": "Inpaint upload", "batch": "Batch"}
+#: the sub-tabs that inpaint: the inpainting controls show only on these (A1111)
+INPAINT_TABS = ("inpaint", "inpaint_sketch", "inpaint_upload")
 SKETCH_COLOURS = ["#000000", "#ffffff", "#cc3232", "#32cc70", "#3270cc", "#eecc33", "#ad32cc"]
 
 
@@ -32,11 +34,14 @@ class Img2ImgInputs:
     tabs: Any = None
     tab_items: dict[str, Any] = field(default_factory=dict)
     mode_state: Any = None
+    names: list[str] = field(default_factory=list)  # the request fields this section registered, in order
+    inpaint_controls: Any = None  # the "Inpainting" accordion (shown on the sub-tabs that inpaint)
 
 
 def build_img2img_inputs(f: dict[str, Any]) -> Img2ImgInputs:
     """Create the input sub-tabs and inpainting controls, registering them in ``f`` by name."""
     out = Img2ImgInputs()
+    before = set(f)
     # which sub-tab is active; a hidden field (not a State) so API clients can choose it too
     f["input_mode"] = out.mode_state = gr.Textbox("img2img", visible=False, elem_id="img2img_input_mode")
     with gr.Tabs(elem_id="mode_img2img") as out.tabs:
@@ -80,11 +85,10 @@ def build_img2img_inputs(f: dict[str, Any]) -> Img2ImgInputs:
             f["batch_mask_dir"] = gr.Textbox(label="Inpaint batch mask directory (optional)",
                                              elem_id="img2img_batch_inpaint_mask_dir")
         out.tab_items["batch"] = t
-    for key, item in out.tab_items.items():
-        item.select(lambda k=key: k, inputs=None, outputs=out.mode_state, api_name=False, queue=False)
     f["resize_mode"] = gr.Radio(list(RESIZE_MODES.values()), value=RESIZE_MODES[0], label="Resize mode",
                                 elem_id="img2img_resize_mode")
-    with gr.Accordion("Inpainting", open=True, elem_id="img2img_inpaint_controls"):
+    with gr.Accordion("Inpainting", open=True, elem_id="img2img_inpaint_controls",
+                      visible=False) as out.inpaint_controls:
         with gr.Row():
             f["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
             f["inpainting_mask_invert"] = gr.Radio(list(MASK_MODE.values()), value=MASK_MODE[0], label="Mask mode",
@@ -106,6 +110,14 @@ def build_img2img_inputs(f: dict[str, Any]) -> Img2ImgInputs:
             f["outpaint_directions"] = gr.CheckboxGroup(list(DIRECTIONS), value=list(DIRECTIONS),
                                                         label="Outpainting direction",
                                                         elem_id="img2img_outpaint_directions")
+    # the sub-tab chosen sets the input mode and shows the inpainting controls on those that inpaint; "send to"
+    # sets the mode itself (the change event shows or hides them then)
+    for key, item in out.tab_items.items():
+        item.select(lambda k=key: (k, gr.update(visible=k in INPAINT_TABS)), inputs=None,
+                    outputs=[out.mode_state, out.inpaint_controls], api_name=False, queue=False)
+    out.mode_state.change(lambda m: gr.update(visible=m in INPAINT_TABS), inputs=out.mode_state,
+                          outputs=out.inpaint_controls, api_name=False, queue=False, show_progress="hidden")
+    out.names = [k for k in f if k not in before]
     return out
 
 

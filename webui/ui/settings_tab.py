@@ -1,7 +1,11 @@
-"""The Settings tab: every option (core and plugins') grouped by section, applied and persisted together."""
+"""The Settings tab: every option (core and plugins') grouped by its A1111 section, with its help line, applied and
+persisted together; a search box (``static/panels.js``) shows the settings whose label, help, key or section hold
+the words typed."""
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from collections import defaultdict
 from typing import Any
@@ -19,6 +23,22 @@ def _elem_id(d: OptionDef) -> str:
     return f"setting_{re.sub(r'[^A-Za-z0-9_]', '_', d.key)}"
 
 
+def _section_id(section: str) -> str:
+    return "settings_section_" + re.sub(r"[^A-Za-z0-9]+", "_", section).strip("_").lower()
+
+
+def _help(d: OptionDef) -> str | None:
+    return d.help or None
+
+
+def search_index(defs: list[OptionDef]) -> str:
+    """The hidden HTML holding what the search box matches (the English label, help line, key and section of each
+    shown setting, with the element ids of the setting and its section)."""
+    entries = [{"id": _elem_id(d), "key": d.key, "label": d.label, "help": d.help, "section": d.section,
+                "section_id": _section_id(d.section)} for d in defs]
+    return f"<div class='no-l10n' data-settings-index='{html.escape(json.dumps(entries), quote=True)}'></div>"
+
+
 def _choices(d: OptionDef, value: Any = None) -> list[Any]:
     choices = list(d.choices_fn()) if d.choices_fn is not None else list(d.choices or ())
     if value is not None and value not in choices:
@@ -30,15 +50,15 @@ def _component(ctx: AppContext, d: OptionDef) -> Any:
     """The option's control, showing the option's value now (the page load shows the saved values: see
     :func:`build_settings_tab`). Choices found at run time (files, localizations) get a refresh button."""
     eid = _elem_id(d)
-    value = ctx.options.current.get(d.key, d.default)
+    value = _shown(ctx, d.key, ctx.options.current.get(d.key, d.default))
     if d.choices_fn is not None:
         with gr.Row():
             dropdown = gr.Dropdown(_choices(d, value), value=value, label=d.label, elem_id=eid, scale=4,
-                                   allow_custom_value=True)
+                                   allow_custom_value=True, info=_help(d))
             refresh = gr.Button(**icon_button("refresh"), elem_id=f"{eid}_refresh", scale=0)
         notes = None
         if d.key == "localization":  # the files skipped, and why
-            notes = gr.HTML(localization_notes(ctx), elem_id="setting_localization_notes")
+            notes = gr.HTML(localization_notes(ctx), elem_id=f"{eid}_notes")
 
         def on_refresh(current: Any):
             update = gr.update(choices=_choices(d, current))
@@ -48,13 +68,21 @@ def _component(ctx: AppContext, d: OptionDef) -> Any:
                       api_name=False, queue=False, show_progress="hidden")
         return dropdown
     if d.choices is not None:
-        return gr.Dropdown(_choices(d, value), value=value, label=d.label, elem_id=eid)
+        return gr.Dropdown(_choices(d, value), value=value, label=d.label, elem_id=eid, info=_help(d))
     if isinstance(d.default, bool):
-        return gr.Checkbox(bool(value), label=d.label, elem_id=eid)
+        return gr.Checkbox(bool(value), label=d.label, elem_id=eid, info=_help(d))
     if isinstance(d.default, (int, float)):
         return gr.Number(value, label=d.label, elem_id=eid, minimum=d.minimum, maximum=d.maximum,
-                         precision=0 if isinstance(d.default, int) else None)
-    return gr.Textbox(_text(value), label=d.label, elem_id=eid)
+                         precision=0 if isinstance(d.default, int) else None, info=_help(d))
+    return gr.Textbox(_text(value), label=d.label, elem_id=eid, info=_help(d))
+
+
+def _shown(ctx: AppContext, key: str, value: Any) -> Any:
+    """The value a setting's control shows: the option's, except a checkpoint never chosen, which shows the
+    checkpoint in use (as the quick-settings bar does)."""
+    if key == "sd_model_checkpoint" and not value and ctx.models.current is not None:
+        return ctx.models.current.title
+    return value
 
 
 def _text(value: Any) -> str:
@@ -84,8 +112,14 @@ def build_settings_tab(ctx: AppContext, tab: gr.Tab) -> None:
         apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
         reload_ui = gr.Button("Reload values", elem_id="settings_reload")
     result = gr.Markdown("", elem_id="settings_result")
+    gr.Textbox(label="Search settings", placeholder="Search by name, help text or key", elem_id="settings_search",
+               show_label=False, lines=1, max_lines=1, submit_btn=False)
+    shown = [d for section in sorted(sections, key=str.lower)
+             for d in sorted(sections[section], key=lambda o: o.label.lower())]
+    gr.HTML(search_index(shown), elem_id="settings_index", js_on_load=None)
     for section in sorted(sections, key=str.lower):
-        with gr.Accordion(section, open=section in ("Stable Diffusion", "Saving images/grids")):
+        with gr.Accordion(section, open=section in ("Stable Diffusion", "Saving images/grids"),
+                          elem_id=_section_id(section)):
             for d in sorted(sections[section], key=lambda o: o.label.lower()):
                 fields[d.key] = _component(ctx, d)
     keys = list(fields)
@@ -95,7 +129,7 @@ def build_settings_tab(ctx: AppContext, tab: gr.Tab) -> None:
         # a text box shows "no value" (an option defaulting to None) as ""
         values = {k: (None if v == "" and ctx.options.defs[k].default is None else v) for k, v in values.items()}
         changes = {k: v for k, v in values.items()
-                   if v != now.get(k) and (v is not None or ctx.options.defs[k].default is None)}
+                   if v != _shown(ctx, k, now.get(k)) and (v is not None or ctx.options.defs[k].default is None)}
         for key, value in list(changes.items()):  # gr.Number gives floats; int options want ints
             d = ctx.options.defs[key]
             if isinstance(d.default, int) and not isinstance(d.default, bool) and isinstance(value, float) \
@@ -120,7 +154,7 @@ def build_settings_tab(ctx: AppContext, tab: gr.Tab) -> None:
 
     def on_reload():
         snapshot = ctx.options.current
-        values = [snapshot.get(k, ctx.options.defs[k].default) for k in keys]
+        values = [_shown(ctx, k, snapshot.get(k, ctx.options.defs[k].default)) for k in keys]
         return [gr.update(value=_text(v) if isinstance(fields[k], gr.Textbox) else v)
                 for k, v in zip(keys, values)]
 
