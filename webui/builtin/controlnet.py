@@ -17,6 +17,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from webui.controlnet.ip_adapter import (
+    CLIP_FOR_MODULE,
+    ClipVisionCache,
+    IPAdapterPatch,
+    clip_folders,
+    is_ip_adapter,
+)
+from webui.controlnet.ip_adapter import (
+    mismatch as ip_mismatch,
+)
 from webui.controlnet.patch import ControlNetPatch, PreparedUnit, pixel_perfect_resolution
 from webui.controlnet.preprocessors import PreprocessorRegistry, annotator_dir_for, module_detail
 from webui.controlnet.registry import ControlNetRegistry
@@ -46,18 +56,17 @@ class ControlNetPlugin:
         self.ctx: Any = None
         self.models: ControlNetRegistry | None = None
         self.preprocessors: PreprocessorRegistry | None = None
+        self.clip_vision: ClipVisionCache | None = None  # IP-Adapter image encoders
 
     # --- set-up -------------------------------------------------------------------------------
     @hookimpl
     def register_settings(self) -> list[OptionDef]:
         return [OptionDef("control_net_unit_count", 3, "ControlNet units in the UI (restart to apply)", "ControlNet",
-                          minimum=1, maximum=10,
-                          help="How many ControlNet units the txt2img and img2img tabs show."),
+                          minimum=1, maximum=10),
                 OptionDef("control_net_model_cache_size", 2, "ControlNet models kept loaded", "ControlNet",
-                          minimum=1, maximum=10,
-                          help="Switching back to a model kept loaded skips reading it from disk."),
+                          minimum=1, maximum=10),
                 OptionDef("control_net_no_detectmap", False, "Do not append detected maps to the output",
-                          "ControlNet", help="The preprocessors' maps are left out of the output gallery.")]
+                          "ControlNet")]
 
     @hookimpl
     def startup(self, ctx: Any) -> None:
@@ -67,6 +76,8 @@ class ControlNetPlugin:
                                          cache=int(ctx.options.current.get("control_net_model_cache_size", 2)))
         self.preprocessors = PreprocessorRegistry(annotator_dir=annotator_dir_for(ctx.settings.models_root),
                                                   device=ctx.device.device)
+        self.clip_vision = ClipVisionCache(clip_folders(self.preprocessors.annotator_dir, ctx.settings.models_root),
+                                           ctx.device.device, ctx.device.dtype)
 
     # --- generation ---------------------------------------------------------------------------
     def _prepare(self, unit: ControlUnit, index: int, request: Any, model: Any) -> PreparedUnit:
@@ -85,8 +96,9 @@ class ControlNetPlugin:
 
         family, ckpt_family = family_of(cn), spec.family
         label = {f: FAMILY_LABELS.get(f, f) for f in (family, ckpt_family)}
-        if family not in (ckpt_family, "t2i_adapter"):
-            raise RequestError(f"{prefix}.model", f"{info.title} is a {label[family]} ControlNet "
+        what = "IP-Adapter" if is_ip_adapter(cn) else "ControlNet"
+        if family not in (ckpt_family, "t2i_adapter", "ip_adapter"):
+            raise RequestError(f"{prefix}.model", f"{info.title} is a {label[family]} {what} "
                                                   f"but the checkpoint is {label[ckpt_family]}")
         reason = _unfit(cn, family, model.components)
         if reason is not None:
@@ -112,11 +124,21 @@ class ControlNetPlugin:
             if unit.control_mode != 0:
                 log.warning("Advanced weighting overwrites soft_injection effect.")
         pre = self.preprocessors.get(unit.module or "none", f"{prefix}.module")
+        if is_ip_adapter(cn) != (pre.name in CLIP_FOR_MODULE):
+            raise RequestError(f"{prefix}.module",
+                               f"{info.title} is an IP-Adapter: use an IP-Adapter preprocessor (ip-adapter-auto, "
+                               "ip-adapter_clip_h, ip-adapter_clip_g)" if is_ip_adapter(cn) else
+                               f"the preprocessor {pre.name} makes an image embedding, which only IP-Adapter models "
+                               f"read; {info.title} is not one")
         res, thr_a, thr_b = _checked_params(pre, unit)
         if unit.pixel_perfect:
             res = pixel_perfect_resolution(arr.shape[:2], request.width, request.height, unit.resize_mode)
         detected = self.preprocessors.detect(arr, pre.name, res, thr_a, thr_b)
-        return PreparedUnit(unit, cn, detected, union_mode=union)
+        prepared = PreparedUnit(unit, cn, detected, union_mode=union)
+        if is_ip_adapter(cn):
+            assert self.clip_vision is not None
+            prepared.ip = self.clip_vision.prepare(prepared, pre.name, f"{prefix}.module")
+        return prepared
 
     @hookimpl
     def unet_patches(self, request: Any, model: Any, job: Any) -> list[ControlNetPatch] | None:
@@ -135,9 +157,13 @@ class ControlNetPlugin:
 
             def encode(pixels):
                 return encode_pixels(model, pixels)
-        return [ControlNetPatch(prepared, model.device, model.dtype, detected_maps=maps, encode=encode,
-                                vae_shift_scale=(float(getattr(c, "vae_shift_factor", 0.0)),
-                                                 float(c.vae_scaling_factor)))]
+        patches: list[Any] = [ControlNetPatch(prepared, model.device, model.dtype, detected_maps=maps, encode=encode,
+                                              vae_shift_scale=(float(getattr(c, "vae_shift_factor", 0.0)),
+                                                               float(c.vae_scaling_factor)))]
+        ip_units = [u.ip for u in prepared if u.ip is not None]
+        if ip_units:
+            patches.append(IPAdapterPatch(ip_units, c.unet))
+        return patches
 
     @hookimpl
     def extra_infotext(self, request: Any) -> dict[str, Any] | None:
@@ -260,6 +286,8 @@ def _model_of_type(title: str, control_type: str) -> bool:
 
 def _unfit(cn: Any, family: str, components: Any) -> str | None:
     """Why a model of the checkpoint's family (or a T2I-Adapter) still cannot steer this checkpoint, or None."""
+    if is_ip_adapter(cn):
+        return "IP-Adapters steer U-Nets only" if components.spec.is_flow else ip_mismatch(cn, components.unet)
     if family == "t2i_adapter":
         from webui.controlnet.t2i_adapter import adapter_mismatch
 

@@ -19,7 +19,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel, T2IAdapter
+from diffusers import (
+    ControlNetModel,
+    FluxControlNetModel,
+    SD3ControlNetModel,
+    T2IAdapter,
+)
 
 from webui.controlnet.control_lora import assemble, is_control_lora
 from webui.controlnet.flow_models import (
@@ -28,6 +33,11 @@ from webui.controlnet.flow_models import (
     flow_layout,
     is_diffusers_flow_folder,
     load_flow_controlnet,
+)
+from webui.controlnet.ip_adapter import (
+    IPAdapterModel,
+    is_ip_adapter_state,
+    load_ip_adapter,
 )
 from webui.controlnet.t2i_adapter import adapter_layout, is_adapter_folder, load_adapter
 from webui.errors import ModelError
@@ -139,6 +149,8 @@ def config_from_diffusers_keys(sd: Mapping[str, torch.Tensor], time_embed_dim: i
 def family_of(cn: Any) -> str:
     """"sd3" / "flux" (transformer ControlNets), "sdxl" (extra time/text embedding), "sd2" (1024-wide text)
     or "sd1"."""
+    if isinstance(cn, IPAdapterModel):
+        return cn.family
     flow = flow_family(cn)
     if flow is not None:
         return flow
@@ -185,6 +197,8 @@ def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_d
             sd = assemble(sd, base_unet)
         except KeyError as exc:
             raise ModelError(path, f"its weights do not fit this checkpoint's U-Net ({exc}).") from exc
+    if is_ip_adapter_state(sd):
+        return load_ip_adapter(path, sd).to(dtype)
     layout = flow_layout(sd)
     if layout is not None:
         return load_flow_controlnet(path, sd, layout, head_dim, in_channels).to(dtype)

@@ -52,6 +52,7 @@ class PreparedUnit:
     region: torch.Tensor | None = field(default=None)  # [1, 1, height, width] effective region, 0..1
     cond: torch.Tensor | None = field(default=None)  # SD 3.x / FLUX.1 ControlNets: their controlnet_cond
     union_mode: int | None = field(default=None)  # FLUX.1 Union ControlNets: the control type's index
+    ip: Any = field(default=None)  # IP-Adapter units: their image tokens (webui.controlnet.ip_adapter.IPUnit)
 
 
 class ControlNetPatch:
@@ -80,6 +81,8 @@ class ControlNetPatch:
                     and (i, hires) not in self._shown:
                 self._shown.add((i, hires))
                 self.extra_images.append((image if hires else Image.fromarray(u.detected), u.unit.module))
+            if u.ip is not None:  # an IP-Adapter: only its detected map (the image) here, IPAdapterPatch steers
+                continue
             hint = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
             if u.unit.mask is not None:
                 mask = resize_image(u.unit.mask.convert("RGB"), width, height, u.unit.resize_mode).convert("L")

@@ -23,7 +23,8 @@ Not provided: segmentation (``seg_ufade20k`` needs mmcv, ``seg_ofade20k``/``seg_
 detectron2/OneFormer), ``dw_openpose_full`` (mmpose/onnxruntime), ``mediapipe_face`` (mediapipe),
 ``depth_leres++`` (its pix2pix stage parses ``sys.argv`` and loads weights itself),
 ``softedge_teed``/anyline (weights not in ``lllyasviel/Annotators``), ``lineart_anime_denoise``,
-inpaint/reference/IP-Adapter/CLIP modules (not image preprocessors of this kind).
+inpaint/reference modules. The IP-Adapter modules pass the image on as it is: their CLIP image encoder runs in
+the unit (:mod:`webui.controlnet.ip_adapter`).
 """
 
 from __future__ import annotations
@@ -662,6 +663,11 @@ def builtin_preprocessors() -> list[Preprocessor]:
     background = Slider("Remove Background %", 0, 100, 0, 0.1)
     return [
         Preprocessor("none", _none, "All", **no_res),
+        # IP-Adapter: the image as given; its CLIP image encoder runs in the unit (webui.controlnet.ip_adapter)
+        Preprocessor("ip-adapter-auto", _none, "IP-Adapter", **no_res),
+        Preprocessor("ip-adapter_clip_h", _none, "IP-Adapter",
+                     aliases=("ip-adapter_clip_sd15", "ip-adapter_clip_sdxl_plus_vith"), **no_res),
+        Preprocessor("ip-adapter_clip_g", _none, "IP-Adapter", aliases=("ip-adapter_clip_sdxl",), **no_res),
         Preprocessor("invert", _invert, "All", label="invert (from white bg & black line)",
                      also_listed_under=("Canny", "Lineart", "Scribble/Sketch", "MLSD"), **no_res),
         Preprocessor("canny", _canny, "Canny", threshold_a=Slider("Canny Low Threshold", 1, 255, 100),
@@ -731,7 +737,7 @@ DEFAULT_OPTIONS: Mapping[str, str] = MappingProxyType({
     "All": "none", "Canny": "canny", "Depth": "depth_midas", "NormalMap": "normal_bae",
     "OpenPose": "openpose_full", "MLSD": "mlsd", "Lineart": "lineart_standard", "SoftEdge": "softedge_pidinet",
     "Scribble/Sketch": "scribble_pidinet", "Shuffle": "shuffle", "Tile/Blur": "tile_resample",
-    "Recolor": "recolor_luminance", "T2I-Adapter": "none",
+    "Recolor": "recolor_luminance", "T2I-Adapter": "none", "IP-Adapter": "ip-adapter-auto",
 })
 
 

@@ -30,7 +30,7 @@ from webui.pipeline.guidance import Inpaint, cfg_denoiser
 from webui.pipeline.hires import HiresPlan, hires_infotext, plan_hires, upscale_latents
 from webui.pipeline.init_latents import InitLatents, img2img_steps, inpaint_infotext, prepare_init
 from webui.pipeline.noise import ImageRNG, resolve_seed
-from webui.pipeline.patches import UNetPatch
+from webui.pipeline.patches import UNetPatch, close_patches
 from webui.pipeline.prompt_schedule import JobConditioning, build_job_conditioning, compat_infotext
 from webui.pipeline.request import GenerationRequest, check_request
 from webui.pipeline.result import GenerationResult
@@ -206,6 +206,7 @@ def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: 
             _run_batches(run)
     finally:
         applied.restore()
+        close_patches(run.patches)
     run.result.info = info_json(req, model, sampler, schedule, run.clip_skip, run.seed, run.subseed, run.extra_info,
                                 run.result)
     for patch in run.patches:  # e.g. ControlNet's detected maps, shown after the images

@@ -16,6 +16,7 @@ from webui.pipeline.patches import (
     sum_adapter_residuals,
     sum_residuals,
     sum_transformer_residuals,
+    unet_kwargs,
 )
 from webui.pipeline.prompt_schedule import JobConditioning, stack
 from webui.sampling.denoiser import Denoiser, DiscreteSchedule
@@ -109,6 +110,9 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
             adapter = sum_adapter_residuals(patches, call)
             if adapter is not None:  # a new list per call: the U-Net pops from it
                 extra["down_intrablock_additional_residuals"] = list(adapter)
+            more = unet_kwargs(patches, call)
+            if more:
+                added = {**(added or {}), **more}
         if image_cond is not None:
             x_in = torch.cat([x_in, image_cond], dim=1)
         out = unet(x_in, t, encoder_hidden_states=ctx.context, added_cond_kwargs=added, return_dict=False,

@@ -8,6 +8,11 @@ mid-block outputs (diffusers' ``down_block_additional_residuals`` / ``mid_block_
 A patch may also have ``adapter_residuals(call) -> [tensor per U-Net level] | None``: features added inside
 the down blocks (T2I-Adapters; diffusers' ``down_intrablock_additional_residuals``).
 
+Two more optional methods: ``unet_kwargs(call) -> dict | None``, called right before each U-Net evaluation
+(after ``residuals``), whose entries are added to the U-Net's ``added_cond_kwargs`` (a patch may also use it to
+set per-call state, as IP-Adapter does for its scales and image tokens); and ``close()``, called once when the
+job ends, also after an error (to undo what ``prepare`` installed on the model, e.g. attention processors).
+
 SD 3.x and FLUX.1 have a transformer instead of a U-Net: there a patch's
 ``transformer_residuals(call: TransformerCall)`` is called instead and returns hidden states to add after
 transformer blocks, one per block (:data:`BLOCK_RESIDUALS` names them per family); a patch without that
@@ -129,3 +134,28 @@ def sum_residuals(patches: list[Any], call: UNetCall) -> Residuals | None:
         else:
             total = ([a + b for a, b in zip(total[0], res[0])], total[1] + res[1])
     return total
+
+
+def unet_kwargs(patches: list[Any], call: UNetCall) -> dict[str, Any]:
+    """The patches' extra ``added_cond_kwargs`` for this call (see the module docstring), merged in order."""
+    extra: dict[str, Any] = {}
+    for patch in patches:
+        fn = getattr(patch, "unet_kwargs", None)
+        more = fn(call) if fn is not None else None
+        if more:
+            extra.update(more)
+    return extra
+
+
+def close_patches(patches: list[Any]) -> None:
+    """Call every patch's ``close()`` (those that have one), all of them even if one fails."""
+    errors = []
+    for patch in patches:
+        close = getattr(patch, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - the others are still closed; the first error is raised
+                errors.append(exc)
+    if errors:
+        raise errors[0]
