@@ -35,7 +35,8 @@ DISMISS_LABEL = "Dismiss"
 #: the page's footer line: the keyboard shortcuts of the prompt boxes (static/keys.js)
 SHORTCUTS_HELP = ("Keyboard: Ctrl+Enter or Alt+Enter in a prompt generates · Esc interrupts the running "
                   "generation · Ctrl+↑ / Ctrl+↓ change the attention weight of the selection or of the word at "
-                  "the caret · Alt+← / Alt+→ move the prompt element at the caret")
+                  "the caret · Alt+← / Alt+→ move the prompt element at the caret · ← / → move through an opened "
+                  "picture's gallery")
 
 
 def keyedit_options(ctx: AppContext) -> dict[str, Any]:
