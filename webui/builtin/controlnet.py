@@ -62,11 +62,13 @@ class ControlNetPlugin:
     @hookimpl
     def register_settings(self) -> list[OptionDef]:
         return [OptionDef("control_net_unit_count", 3, "ControlNet units in the UI (restart to apply)", "ControlNet",
-                          minimum=1, maximum=10),
+                          minimum=1, maximum=10,
+                          help="How many ControlNet units the txt2img and img2img tabs show."),
                 OptionDef("control_net_model_cache_size", 2, "ControlNet models kept loaded", "ControlNet",
-                          minimum=1, maximum=10),
+                          minimum=1, maximum=10,
+                          help="Switching back to a model kept loaded skips reading it from disk."),
                 OptionDef("control_net_no_detectmap", False, "Do not append detected maps to the output",
-                          "ControlNet")]
+                          "ControlNet", help="The preprocessors' maps are left out of the output gallery.")]
 
     @hookimpl
     def startup(self, ctx: Any) -> None:
