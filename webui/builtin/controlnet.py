@@ -29,6 +29,7 @@ from webui.controlnet.ip_adapter import (
 )
 from webui.controlnet.patch import ControlNetPatch, PreparedUnit, pixel_perfect_resolution
 from webui.controlnet.preprocessors import PreprocessorRegistry, annotator_dir_for, module_detail
+from webui.controlnet.reference import REFERENCE_MODULES, ReferencePatch, ReferenceUnit
 from webui.controlnet.registry import ControlNetRegistry
 from webui.controlnet.units import SECTION, ControlUnit, unit_infotext, units_from_infotext, units_from_request
 from webui.errors import RequestError, UnknownChoice
@@ -85,6 +86,9 @@ class ControlNetPlugin:
     def _prepare(self, unit: ControlUnit, index: int, request: Any, model: Any) -> PreparedUnit:
         prefix = f"alwayson_scripts.controlnet.args[{index}]"
         assert self.models is not None and self.preprocessors is not None
+        pre = self.preprocessors.get(unit.module or "none", f"{prefix}.module")
+        if pre.name in REFERENCE_MODULES:
+            return self._prepare_reference(unit, pre, prefix, request, model)
         if unit.model in ("", "None", None):
             raise RequestError(f"{prefix}.model", "choose a ControlNet model (GET /controlnet/model_list)")
         info = self.models.find(unit.model, f"{prefix}.model")
@@ -125,7 +129,6 @@ class ControlNetPlugin:
             log.info("Advanced weighting enabled. %s", list(unit.advanced_weighting))
             if unit.control_mode != 0:
                 log.warning("Advanced weighting overwrites soft_injection effect.")
-        pre = self.preprocessors.get(unit.module or "none", f"{prefix}.module")
         if is_ip_adapter(cn) != (pre.name in CLIP_FOR_MODULE):
             raise RequestError(f"{prefix}.module",
                                f"{info.title} is an IP-Adapter: use an IP-Adapter preprocessor (ip-adapter-auto, "
@@ -141,6 +144,19 @@ class ControlNetPlugin:
             assert self.clip_vision is not None
             prepared.ip = self.clip_vision.prepare(prepared, pre.name, f"{prefix}.module")
         return prepared
+
+    def _prepare_reference(self, unit: ControlUnit, pre: Any, prefix: str, request: Any, model: Any) -> PreparedUnit:
+        """A reference unit: no model; its image (or the img2img input) as given."""
+        if model.components.spec.is_flow:
+            raise RequestError(f"{prefix}.module", f"{pre.name} steers U-Nets only; {model.components.spec.label} "
+                                                   "has a transformer")
+        image = unit.image if unit.image is not None else (request.init_images[0] if request.init_images else None)
+        if image is None:
+            raise RequestError(f"{prefix}.image", "a reference unit needs an image (or use img2img)")
+        _, fidelity, _ = _checked_params(pre, unit)
+        unit = unit.with_(module=pre.name, threshold_a=float(fidelity))
+        arr = np.ascontiguousarray(np.asarray(image.convert("RGB")))
+        return PreparedUnit(unit, None, arr, reference=ReferenceUnit(unit, arr))
 
     @hookimpl
     def unet_patches(self, request: Any, model: Any, job: Any) -> list[ControlNetPatch] | None:
@@ -165,6 +181,11 @@ class ControlNetPlugin:
         ip_units = [u.ip for u in prepared if u.ip is not None]
         if ip_units:
             patches.append(IPAdapterPatch(ip_units, c.unet))
+        references = [u.reference for u in prepared if u.reference is not None]
+        if references:
+            from webui.pipeline.vae import encode_pixels
+
+            patches.append(ReferencePatch(references, model, lambda pixels: encode_pixels(model, pixels)))
         return patches
 
     @hookimpl
@@ -178,8 +199,8 @@ class ControlNetPlugin:
         info = {}
         for i, unit in enumerate(units):
             try:
-                title = self.models.find(unit.model).title
                 pre = self.preprocessors.get(unit.module or "none")
+                title = "None" if pre.name in REFERENCE_MODULES else self.models.find(unit.model).title
             except RequestError:  # an unknown model or preprocessor (UnknownChoice)
                 return None
             res, a, b = pre.resolve_params(unit.processor_res if unit.processor_res > 0 else None,

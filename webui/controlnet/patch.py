@@ -46,13 +46,14 @@ def pixel_perfect_resolution(image_hw: tuple[int, int], width: int, height: int,
 @dataclass
 class PreparedUnit:
     unit: ControlUnit
-    model: ControlNetModel
+    model: ControlNetModel | None  # None: a reference unit
     detected: np.ndarray  # the preprocessor's output (H x W x 3 uint8)
     hint: torch.Tensor | None = field(default=None)  # [1, 3, height, width] in [0, 1] at the pass's size
     region: torch.Tensor | None = field(default=None)  # [1, 1, height, width] effective region, 0..1
     cond: torch.Tensor | None = field(default=None)  # SD 3.x / FLUX.1 ControlNets: their controlnet_cond
     union_mode: int | None = field(default=None)  # FLUX.1 Union ControlNets: the control type's index
     ip: Any = field(default=None)  # IP-Adapter units: their image tokens (webui.controlnet.ip_adapter.IPUnit)
+    reference: Any = field(default=None)  # reference units (no model): webui.controlnet.reference.ReferenceUnit
 
 
 class ControlNetPatch:
@@ -81,7 +82,8 @@ class ControlNetPatch:
                     and (i, hires) not in self._shown:
                 self._shown.add((i, hires))
                 self.extra_images.append((image if hires else Image.fromarray(u.detected), u.unit.module))
-            if u.ip is not None:  # an IP-Adapter: only its detected map (the image) here, IPAdapterPatch steers
+            if u.ip is not None or u.reference is not None:  # only their detected map (the image) here: the
+                # IP-Adapter / reference patches steer
                 continue
             hint = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
             if u.unit.mask is not None:

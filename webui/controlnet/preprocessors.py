@@ -23,8 +23,9 @@ Not provided: segmentation (``seg_ufade20k`` needs mmcv, ``seg_ofade20k``/``seg_
 detectron2/OneFormer), ``dw_openpose_full`` (mmpose/onnxruntime), ``mediapipe_face`` (mediapipe),
 ``depth_leres++`` (its pix2pix stage parses ``sys.argv`` and loads weights itself),
 ``softedge_teed``/anyline (weights not in ``lllyasviel/Annotators``), ``lineart_anime_denoise``,
-inpaint/reference modules. The IP-Adapter modules pass the image on as it is: their CLIP image encoder runs in
-the unit (:mod:`webui.controlnet.ip_adapter`).
+inpaint modules. The reference modules (:mod:`webui.controlnet.reference`) and the IP-Adapter modules pass
+the image on as it is: the reference pass and the CLIP image encoder run in the unit
+(:mod:`webui.controlnet.ip_adapter`).
 """
 
 from __future__ import annotations
@@ -663,6 +664,10 @@ def builtin_preprocessors() -> list[Preprocessor]:
     background = Slider("Remove Background %", 0, 100, 0, 0.1)
     return [
         Preprocessor("none", _none, "All", **no_res),
+        # reference: no model, the image as given (webui.controlnet.reference); threshold A is the style fidelity
+        *[Preprocessor(name, _none, "Reference", threshold_a=Slider('Style Fidelity (only for "Balanced" mode)', 0.0,
+                                                                    1.0, 0.5, 0.01), **no_res)
+          for name in ("reference_only", "reference_adain", "reference_adain+attn")],
         # IP-Adapter: the image as given; its CLIP image encoder runs in the unit (webui.controlnet.ip_adapter)
         Preprocessor("ip-adapter-auto", _none, "IP-Adapter", **no_res),
         Preprocessor("ip-adapter_clip_h", _none, "IP-Adapter",
@@ -738,6 +743,7 @@ DEFAULT_OPTIONS: Mapping[str, str] = MappingProxyType({
     "OpenPose": "openpose_full", "MLSD": "mlsd", "Lineart": "lineart_standard", "SoftEdge": "softedge_pidinet",
     "Scribble/Sketch": "scribble_pidinet", "Shuffle": "shuffle", "Tile/Blur": "tile_resample",
     "Recolor": "recolor_luminance", "T2I-Adapter": "none", "IP-Adapter": "ip-adapter-auto",
+    "Reference": "reference_only",
 })
 
 

@@ -148,9 +148,10 @@ def unet_kwargs(patches: list[Any], call: UNetCall) -> dict[str, Any]:
 
 
 def close_patches(patches: list[Any]) -> None:
-    """Call every patch's ``close()`` (those that have one), all of them even if one fails."""
+    """Call every patch's ``close()`` (those that have one) in reverse order, so what one patch saved before
+    another changed the model is restored last; all of them even if one fails."""
     errors = []
-    for patch in patches:
+    for patch in reversed(patches):
         close = getattr(patch, "close", None)
         if close is not None:
             try:
