@@ -31,6 +31,7 @@ from webui.controlnet.patch import ControlNetPatch, PreparedUnit, pixel_perfect_
 from webui.controlnet.preprocessors import PreprocessorRegistry, annotator_dir_for, module_detail
 from webui.controlnet.reference import REFERENCE_MODULES, ReferencePatch, ReferenceUnit
 from webui.controlnet.registry import ControlNetRegistry
+from webui.controlnet.union_sdxl import UNION_TYPES, is_union, union_index
 from webui.controlnet.units import SECTION, ControlUnit, unit_infotext, units_from_infotext, units_from_request
 from webui.errors import RequestError, UnknownChoice
 from webui.hookspecs import hookimpl
@@ -111,7 +112,13 @@ class ControlNetPlugin:
             raise RequestError(f"{prefix}.model", f"{info.title} does not fit this {label[ckpt_family]} "
                                                   f"checkpoint: {reason}")
         union = None
-        if getattr(cn, "union", False):  # FLUX.1 Union ControlNets need the control type
+        if is_union(cn):  # SDXL ControlNet++ Union: the control type, or the preprocessor's
+            union = union_index(unit.union_control_type, pre.control_type)
+            if union is None:
+                raise RequestError(f"{prefix}.union_control_type",
+                                   f"{info.title} is a ControlNet++ Union model: name the control type, one of "
+                                   f"{', '.join(UNION_TYPES)} (or use a preprocessor of one of them)")
+        elif getattr(cn, "union", False):  # FLUX.1 Union ControlNets need the control type
             from webui.controlnet.flow_patch import FLUX_UNION_MODES, union_mode
 
             union = union_mode(unit.union_control_type, unit.module)

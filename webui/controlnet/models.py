@@ -40,10 +40,11 @@ from webui.controlnet.ip_adapter import (
     load_ip_adapter,
 )
 from webui.controlnet.t2i_adapter import adapter_layout, is_adapter_folder, load_adapter
+from webui.controlnet.union_sdxl import is_union_state, load_union
 from webui.errors import ModelError
 from webui.models.infer_config import unet_config_from_ldm
 from webui.models.original_layout import _RESNET_UNET, _rename, _unet_table
-from webui.models.safeload import diffusers_class, read_state_dict
+from webui.models.safeload import diffusers_class, folder_class, read_state_dict
 from webui.models.spec import ModelSpec
 
 _CN_CONFIG_KEYS = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block", "cross_attention_dim",
@@ -183,9 +184,13 @@ def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_d
                 return cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype).eval()
             except (OSError, ValueError, RuntimeError) as exc:
                 raise ModelError(path, f"diffusers could not load it ({exc}).") from exc
-        diffusers_class(path, "ControlNetModel", "ControlNet")
+        cls = ControlNetModel
+        if folder_class(path) == "ControlNetUnionModel":  # xinsir's ControlNet++ Union folder
+            from diffusers import ControlNetUnionModel as cls
+        else:
+            diffusers_class(path, "ControlNetModel", "ControlNet")
         try:
-            return ControlNetModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype).eval()
+            return cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype).eval()
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(path, f"diffusers could not load it ({exc}).") from exc
     sd, _ = read_state_dict(path)
@@ -216,6 +221,8 @@ def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_d
             if missing:
                 raise ModelError(path, f"the ControlNet is incomplete: key '{missing[0]}' is missing.")
             weights = {reverse[k]: v for k, v in original.items() if k in reverse}
+        elif is_union_state(sd):  # SDXL ControlNet++ Union (xinsir)
+            return load_union(path, sd, config_from_diffusers_keys(sd, time_embed_dim)).to(dtype)
         elif "controlnet_cond_embedding.conv_in.weight" in sd:
             cn = ControlNetModel(**config_from_diffusers_keys(sd, time_embed_dim))
             weights = dict(sd)

@@ -22,6 +22,7 @@ from PIL import Image
 from webui.controlnet.flow_models import flow_family
 from webui.controlnet.flow_patch import Encode, block_residuals, control_input
 from webui.controlnet.t2i_adapter import adapter_features, is_adapter
+from webui.controlnet.union_sdxl import is_union, union_residuals
 from webui.controlnet.units import ControlUnit
 from webui.pipeline.init_image import resize_image
 from webui.pipeline.patches import (
@@ -51,7 +52,7 @@ class PreparedUnit:
     hint: torch.Tensor | None = field(default=None)  # [1, 3, height, width] in [0, 1] at the pass's size
     region: torch.Tensor | None = field(default=None)  # [1, 1, height, width] effective region, 0..1
     cond: torch.Tensor | None = field(default=None)  # SD 3.x / FLUX.1 ControlNets: their controlnet_cond
-    union_mode: int | None = field(default=None)  # FLUX.1 Union ControlNets: the control type's index
+    union_mode: int | None = field(default=None)  # Union ControlNets (FLUX.1, SDXL ControlNet++): the type's index
     ip: Any = field(default=None)  # IP-Adapter units: their image tokens (webui.controlnet.ip_adapter.IPUnit)
     reference: Any = field(default=None)  # reference units (no model): webui.controlnet.reference.ReferenceUnit
 
@@ -109,8 +110,12 @@ class ControlNetPatch:
                 continue
             n = call.x.shape[0]
             hint = u.hint.expand(n, -1, -1, -1)
-            down, mid = u.model(call.x.to(self.dtype), call.t, encoder_hidden_states=call.context.to(self.dtype),
-                                controlnet_cond=hint, added_cond_kwargs=call.added, return_dict=False)
+            if is_union(u.model):  # SDXL ControlNet++ Union: told the control type
+                down, mid = union_residuals(u.model, call.x.to(self.dtype), call.t, call.context.to(self.dtype), hint,
+                                            u.union_mode, call.added)
+            else:
+                down, mid = u.model(call.x.to(self.dtype), call.t, encoder_hidden_states=call.context.to(self.dtype),
+                                    controlnet_cond=hint, added_cond_kwargs=call.added, return_dict=False)
             self.calls += 1
             count = len(down) + 1
             if unit.advanced_weighting is not None:

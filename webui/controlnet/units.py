@@ -25,8 +25,10 @@ _CONTROL_ALIASES = {"balanced": 0, "my prompt is more important": 1, "controlnet
 HR_OPTIONS = ("Both", "Low res only", "High res only")
 _HR_ALIASES = {"both": 0, "low res only": 1, "high res only": 2, "hiresfixoption.both": 0,
                "hiresfixoption.low_res_only": 1, "hiresfixoption.high_res_only": 2}
-#: ``union_control_type`` values a FLUX.1 Union ControlNet understands ("Unknown": from the preprocessor)
-UNION_CONTROL_TYPES = ("Unknown", "Canny", "Tile", "Depth", "Blur", "OpenPose", "Gray", "Low quality")
+#: ``union_control_type`` values the Union ControlNets understand (FLUX.1's, then SDXL ControlNet++'s; "Unknown":
+#: from the preprocessor)
+UNION_CONTROL_TYPES = ("Unknown", "Canny", "Tile", "Depth", "Blur", "OpenPose", "Gray", "Low quality", "Soft Edge",
+                       "Hard Edge", "Normal Map", "Segmentation", "Inpaint")
 #: Keys sd-webui-controlnet's API takes that change nothing here (no log line for them).
 _QUIET_KEYS = frozenset({"is_ui", "input_mode", "batch_images", "output_dir", "loopback",
                          "use_preview_as_input",
