@@ -10,7 +10,7 @@ the libraries), after the file was read once so both sides find it in the page c
   tokenizers), alternating, ``--repeat`` times each: float16 (what a GPU keeps; the file's own dtype: memory-mapped,
   no copy) and float32 (what the CPU computes in); ``touch_s`` reads every weight once after the load (a
   memory-mapped load defers the reading to first use). SDXL float32 is left out by default (~14 GB each side).
-- ``switch``: A -> B -> A -> B -> A -> B -> A between two SD 1.5 files with ``sd_checkpoint_cache`` 0 (A1111's
+- ``switch``: A -> B -> A -> ... (11 loads) between two SD 1.5 files with ``sd_checkpoint_cache`` 0 (A1111's
   default: each switch reads the file), 1 and 2 (float32): seconds and RSS after each switch.
 - ``generate``: SD 1.5 at ``--size`` (512), ``--steps`` Euler steps, CFG 7 with a negative prompt, through the
   HTTP API (``POST /sdapi/v1/txt2img`` on the real app, PNG and base64 included) vs a plain diffusers
@@ -134,7 +134,7 @@ def child_switch(files: list[Path], cache: int) -> dict:
     ctx.options.update({"sd_checkpoint_cache": cache})
     names = [f.name for f in files]
     steps = []
-    for name in [names[0], names[1]] * 3 + [names[0]]:
+    for name in [names[0], names[1]] * 5 + [names[0]]:
         start = time.perf_counter()
         ctx.models.ensure_loaded(name)
         steps.append({"to": name, "s": round(time.perf_counter() - start, 2), "rss_gb": round(rss_gb(), 2)})
@@ -190,7 +190,8 @@ def child_generate(file: Path, config: Path, size: int, steps: int, repeat: int)
 
     def theirs():
         image = pipe(PROMPT, negative_prompt=NEGATIVE, height=size, width=size, guidance_scale=7.0,
-                     sigmas=sigmas[:-1].tolist(), latents=noise.clone(), output_type="np").images[0]
+                     sigmas=sigmas.tolist(), num_inference_steps=steps, latents=noise.clone(),
+                     output_type="np").images[0]  # all sigmas with the final 0: `steps` U-Net calls, as ours
         return np.round(image * 255).astype(np.int16)
 
     times = {"ours": [], "diffusers": []}

@@ -40,7 +40,23 @@ def choose_device(settings: Settings) -> DevicePolicy:
 
 
 def free_memory() -> None:
-    """Release cached allocator memory after an out-of-memory error or an unload."""
+    """Release cached allocator memory after an out-of-memory error or an unload: Python's garbage, CUDA's cache
+    and glibc's free heap pages (without ``malloc_trim`` a process that loads checkpoint after checkpoint keeps
+    their freed memory: ~0.3 GB more RSS per SD 1.5 switch, measured by ``benchmarks/real_size.py``)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    trim_heap()
+
+
+def trim_heap() -> bool:
+    """Give glibc's free heap memory back to the system (``malloc_trim(0)``); False where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc is not None and libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

@@ -425,12 +425,20 @@ class ModelManager:
     def _switch(self, model: LoadedModel) -> None:
         previous, self._current = self._current, model
         size = max(0, int(self._cache_size()))
+        dropped = previous is not None and previous is not model
         if previous is not None and size > 0 and previous.info.path != model.info.path:
             if self.device.type != "cpu" and self.memory_mode == "none":
                 previous.components = previous.components.to(device=torch.device("cpu"))
             self._cache[previous.info.path] = previous
+            dropped = False
         while len(self._cache) > size:
             self._cache.popitem(last=False)
+            dropped = True
+        del previous
+        if dropped:  # a model left memory: give its pages back (RSS stays flat over many switches)
+            from webui.devices import free_memory
+
+            free_memory()
 
     def load_aux(self, name: str) -> LoadedModel:
         """A second model used beside the current one (the refiner); kept until another is asked for."""
@@ -476,6 +484,9 @@ class ModelManager:
             self._current = None
             self._aux = None
             self._cache.clear()
+            from webui.devices import free_memory
+
+            free_memory()
 
 
 class ModelStillLoading(RuntimeError):
