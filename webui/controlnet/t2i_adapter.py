@@ -3,6 +3,8 @@
 Layouts, told apart by their keys:
 
 - diffusers folders (``config.json`` naming ``T2IAdapter``) and diffusers-named single files (``adapter.*``);
+- SDXL adapters (TencentARC's ``t2i-adapter-*-sdxl-1.0``; diffusers' ``full_adapter_xl``), told apart by their
+  ``conv_in`` reading pixels unshuffled by 16 instead of 8;
 - TencentARC's original files in ``models/ControlNet`` (``t2iadapter_canny_sd15v2.pth``, ...): ``conv_in``,
   ``body.<k>.block1/block2`` (and ``in_conv`` where the width changes), block ``k = level * blocks + j`` — the
   "v2" adapters (1x1 second convolutions, no skip convolutions, average-pool downsampling), which is diffusers'
@@ -63,17 +65,26 @@ def original_to_diffusers(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, tor
                 out[f"adapter.body.{level}.resnets.{j}.{conv}.{kind}"] = sd[f"body.{k}.{conv}.{kind}"]
             if f"body.{k}.in_conv.{kind}" in sd:
                 out[f"adapter.body.{level}.in_conv.{kind}"] = sd[f"body.{k}.in_conv.{kind}"]
-    config = {"in_channels": int(sd["conv_in.weight"].shape[1]) // 64, "channels": channels,
-              "num_res_blocks": per_level, "downscale_factor": 8, "adapter_type": "full_adapter"}
-    return out, config
+    return out, {"channels": channels, "num_res_blocks": per_level, **_input_config(int(sd["conv_in.weight"].shape[1]))}
+
+
+def _input_config(unshuffled: int) -> dict:
+    """Pixel-unshuffle factor, input channels and kind from ``conv_in``'s input width: 3 (RGB) or 1 (grey)
+    channels times 8² (SD 1.x / 2.x ``full_adapter``) or 16² (SDXL ``full_adapter_xl``, whose levels sit at the
+    SDXL U-Net's 1/16, 1/16, 1/32 and middle)."""
+    for factor, kind in ((16, "full_adapter_xl"), (8, "full_adapter")):
+        for channels in (3, 1):
+            if unshuffled == channels * factor * factor:
+                return {"in_channels": channels, "downscale_factor": factor, "adapter_type": kind}
+    raise ValueError(f"conv_in reads {unshuffled} channels: not 1 or 3 unshuffled by 8 or 16")
 
 
 def _diffusers_config(sd: Mapping[str, torch.Tensor]) -> dict:
     levels = _indices(sd, r"adapter\.body\.(\d+)\.")
     blocks = _indices(sd, r"adapter\.body\.0\.resnets\.(\d+)\.")
     channels = [int(sd[f"adapter.body.{i}.resnets.0.block1.weight"].shape[0]) for i in levels]
-    return {"in_channels": int(sd["adapter.conv_in.weight"].shape[1]) // 64, "channels": channels,
-            "num_res_blocks": len(blocks), "downscale_factor": 8, "adapter_type": "full_adapter"}
+    return {"channels": channels, "num_res_blocks": len(blocks),
+            **_input_config(int(sd["adapter.conv_in.weight"].shape[1]))}
 
 
 def load_adapter(path: Path, sd: Mapping[str, torch.Tensor], layout: str) -> T2IAdapter:
@@ -97,10 +108,16 @@ def load_adapter(path: Path, sd: Mapping[str, torch.Tensor], layout: str) -> T2I
 def adapter_mismatch(adapter: T2IAdapter, unet) -> str | None:
     """Why ``adapter`` cannot steer ``unet`` (its levels' widths must be the U-Net's), or None."""
     kind = str(getattr(adapter.config, "adapter_type", "full_adapter"))
-    if kind != "full_adapter":
-        return f"{kind} T2I-Adapters (SDXL, light) are not supported yet; SD 1.x / 2.x full adapters are"
+    if kind not in ("full_adapter", "full_adapter_xl"):
+        return f"{kind} T2I-Adapters (light) are not supported; full adapters (SD 1.x / 2.x / SDXL) are"
     channels = [int(c) for c in adapter.config.channels]
     wanted = [int(c) for c in unet.config.block_out_channels]
+    xl_unet = getattr(unet.config, "addition_embed_type", None) == "text_time"
+    if (kind == "full_adapter_xl") != xl_unet:
+        return "an SDXL T2I-Adapter needs an SDXL checkpoint" if xl_unet is False else \
+            "an SD 1.x / 2.x T2I-Adapter cannot steer an SDXL checkpoint"
+    if kind == "full_adapter_xl":  # its levels: the down blocks' outputs and the middle block
+        wanted = [*wanted, wanted[-1]]
     if channels != wanted:
         return f"its levels are {channels} wide, the checkpoint's U-Net {wanted}"
     return None
