@@ -193,3 +193,46 @@ def test_effective_region_mask_limits_where_the_unit_acts(client):
     assert np.array_equal(generate(effective_region_mask=region(255, 255), union_control_type="Canny"), full)
     half = generate(effective_region_mask=region(255, 0))
     assert not np.array_equal(half, none) and not np.array_equal(half, full)
+
+
+# --- sd-webui-controlnet's tests/web_api/detect_test.py, restated ------------------------------------------------
+def _detect(client, payload: dict, status: int = 200):
+    response = client.post("/controlnet/detect", json=payload)
+    assert response.status_code == status, response.text
+    if status == 200:
+        images = response.json()["images"]
+        assert len(images) == len(payload["controlnet_input_images"])
+        for data in images:
+            Image.open(io.BytesIO(base64.b64decode(data))).verify()
+    return response
+
+
+def test_detect_payloads(client, caplog):
+    face = b64(girl())
+    _detect(client, {"controlnet_input_images": [face], "controlnet_module": "canny"})  # test_detect_simple
+    _detect(client, {"controlnet_input_images": [face, face], "controlnet_module": "canny"})  # multiple inputs
+    _detect(client, {"controlnet_module": "INVALID"}, 422)  # test_detect_with_invalid_module
+    _detect(client, {"controlnet_input_images": []}, 422)  # test_detect_with_no_input_images
+    with caplog.at_level(logging.WARNING):
+        _detect(client, {"controlnet_input_images": [face], "controlnet_module": "canny",
+                         "controlnet_threshold_a": -1, "controlnet_threshold_b": -1,
+                         "controlnet_processor_res": -1})  # test_detect_default_param, and its console lines
+    for line in ("[canny.processor_res] Invalid value(-1), using default value 512.",
+                 "[canny.threshold_a] Invalid value(-1.0), using default value 100.",
+                 "[canny.threshold_b] Invalid value(-1.0), using default value 200."):
+        assert line in caplog.text, line
+    # the modules that need no weights all answer with an image (test_detect_all_modules; those whose annotator
+    # weights cannot be had here answer 4xx naming the file instead of A1111-CN's download)
+    for module in ("none", "invert", "binary", "threshold", "ip-adapter_clip_h", "reference_only"):
+        _detect(client, {"controlnet_input_images": [face], "controlnet_module": module})
+
+
+def test_detect_every_listed_module_answers_without_a_server_error(client):
+    """test_detect_all_modules: every module of /controlnet/module_list answers 200 with an image, or (annotator
+    weights that are not in the folder here) a 4xx that names the missing file, never a 500."""
+    face = b64(girl())
+    for module in client.get("/controlnet/module_list").json()["module_list"]:
+        response = client.post("/controlnet/detect", json={"controlnet_input_images": [face],
+                                                            "controlnet_module": module})
+        assert response.status_code == 200 or (400 <= response.status_code < 500 and "annotators" in response.text), \
+            (module, response.status_code, response.text[:200])

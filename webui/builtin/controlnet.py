@@ -280,10 +280,9 @@ class ControlNetPlugin:
                 if image is None:
                     raise RequestError(f"controlnet_input_images[{i}]", "must be a base64 image")
                 try:
+                    pre = plugin.preprocessors.get(module)
                     res = plugin.preprocessors.detect(np.asarray(image.convert("RGB")), module,
-                                                      _opt(body.get("controlnet_processor_res")),
-                                                      _opt(body.get("controlnet_threshold_a")),
-                                                      _opt(body.get("controlnet_threshold_b")))
+                                                      *_detect_params(pre, body))
                 except UnknownChoice as exc:
                     raise exc.for_field("controlnet_module") from None
                 buf = io.BytesIO()
@@ -352,14 +351,36 @@ def _checked_params(pre: Any, unit: ControlUnit) -> tuple[Any, Any, Any]:
     return out[0], out[1], out[2]
 
 
-def _opt(value: Any) -> float | None:
+def _detect_params(pre: Any, body: dict) -> tuple[Any, Any, Any]:
+    """``/controlnet/detect``'s processor resolution and thresholds: absent = the module's default; outside the
+    module's slider (clients send -1 for "default") = the default, logged in sd-webui-controlnet's words
+    (``[canny.threshold_a] Invalid value(-1.0), using default value 100.``)."""
+    out = []
+    for name, key, slider in (("processor_res", "controlnet_processor_res",
+                               pre.resolution if pre.uses_resolution else None),
+                              ("threshold_a", "controlnet_threshold_a", pre.threshold_a),
+                              ("threshold_b", "controlnet_threshold_b", pre.threshold_b)):
+        value = _opt(body.get(key), allow_negative=True)
+        if slider is None or value is None:
+            out.append(None)
+            continue
+        if not slider.minimum <= value <= slider.maximum:
+            shown = int(value) if name == "processor_res" else float(value)
+            default = int(slider.default) if float(slider.default).is_integer() else slider.default
+            log.warning("[%s.%s] Invalid value(%s), using default value %s.", pre.name, name, shown, default)
+            value = None
+        out.append(value)
+    return out[0], out[1], out[2]
+
+
+def _opt(value: Any, allow_negative: bool = False) -> float | None:
     if value is None or isinstance(value, bool):
         return None
     try:
         value = float(value)
     except (TypeError, ValueError):
         return None
-    return None if value < 0 else value
+    return None if value < 0 and not allow_negative else value
 
 
 def make_plugin() -> ControlNetPlugin:
