@@ -89,6 +89,21 @@ def plus_adapter(unet, hidden_dim: int, seed: int = 1) -> dict[str, torch.Tensor
     return sd
 
 
+def full_face_adapter(unet, hidden_dim: int, seed: int = 2) -> dict[str, torch.Tensor]:
+    """h94's ``ip-adapter-full-face_sd15`` layout: every hidden state of the image encoder through a feed-forward
+    (``proj.0`` Linear, GELU, ``proj.2`` Linear) and ``proj.3`` LayerNorm; 257 tokens at the real size."""
+    g = torch.Generator().manual_seed(seed)
+    cross = int(unet.config.cross_attention_dim)
+    sd = {"image_proj.proj.0.weight": torch.randn(hidden_dim, hidden_dim, generator=g) * 0.2,
+          "image_proj.proj.0.bias": torch.randn(hidden_dim, generator=g) * 0.05,
+          "image_proj.proj.2.weight": torch.randn(cross, hidden_dim, generator=g) * 0.2,
+          "image_proj.proj.2.bias": torch.randn(cross, generator=g) * 0.05,
+          "image_proj.proj.3.weight": 1 + 0.05 * torch.randn(cross, generator=g),
+          "image_proj.proj.3.bias": 0.05 * torch.randn(cross, generator=g)}
+    sd.update(_ip_layers(unet, g))
+    return sd
+
+
 def _b64(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -114,9 +129,14 @@ def world(tmp_path_factory, tiny_sd1_file):
     unet = ctx.models.current.components.unet
     files = {"ip-adapter_tiny_sd15": plain_adapter(unet, CLIP["projection_dim"]),
              "ip-adapter-plus_tiny_sd15": plus_adapter(unet, CLIP["hidden_size"]),
+             "ip-adapter-full-face_tiny_sd15": full_face_adapter(unet, CLIP["hidden_size"]),
              "ip-adapter_tiny_wide": plain_adapter(unet, CLIP["projection_dim"], width=96)}
     for name, sd in files.items():
         save_file(sd, str(models / "ControlNet" / f"{name}.safetensors"))
+    # the names sd-webui-controlnet's generation_test looks up (get_model: a substring of a model_list entry)
+    save_file(files["ip-adapter-plus_tiny_sd15"], str(models / "ControlNet" / "ip-adapter-plus-face_sd15.safetensors"))
+    save_file(files["ip-adapter-full-face_tiny_sd15"],
+              str(models / "ControlNet" / "ip-adapter-full-face_sd15.safetensors"))
     torch.save({"image_proj": {k[11:]: v for k, v in files["ip-adapter_tiny_sd15"].items()
                                if k.startswith("image_proj.")},
                 "ip_adapter": {k[11:]: v for k, v in files["ip-adapter_tiny_sd15"].items()
@@ -155,7 +175,8 @@ def _reference_embeds(world, plus: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return pos, neg
 
 
-@pytest.mark.parametrize("name", ["ip-adapter_tiny_sd15", "ip-adapter-plus_tiny_sd15", "ip-adapter_tiny_bin"])
+@pytest.mark.parametrize("name", ["ip-adapter_tiny_sd15", "ip-adapter-plus_tiny_sd15", "ip-adapter-full-face_tiny_sd15",
+                                  "ip-adapter_tiny_bin"])
 def test_unet_output_equals_diffusers_ip_adapter_attention(world, name):
     ctx = world["ctx"]
     unet = ctx.models.current.components.unet
@@ -174,7 +195,7 @@ def test_unet_output_equals_diffusers_ip_adapter_attention(world, name):
     assert len(response.json()["images"]) == 2  # the image, then the unit's detected map (sd-webui-controlnet)
     assert not any(type(p).__name__ == "_IPAttention" for p in unet.attn_processors.values())  # put back
 
-    plus = "plus" in name
+    plus = "plus" in name or "full-face" in name  # both read the penultimate hidden states
     source = world["files"]["ip-adapter_tiny_sd15" if name.endswith("bin") else name]
     state = {"image_proj": {k[11:]: v for k, v in source.items() if k.startswith("image_proj.")},
              "ip_adapter": {k[11:]: v for k, v in source.items() if k.startswith("ip_adapter.")}}
@@ -230,3 +251,19 @@ def test_refusals_name_the_field(world):
     assert listed["default_option"] == "ip-adapter-auto"
     assert {"ip-adapter_tiny_sd15", "ip-adapter-plus_tiny_sd15"} <= {m.split(" [")[0] for m in listed["model_list"]}
     assert client.post("/sdapi/v1/txt2img", json=PAYLOAD).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("wanted", ["ip-adapter-plus-face_sd15", "ip-adapter-full-face_sd15"])
+def test_sd_webui_controlnet_ip_adapter_face_payloads(world, wanted):
+    """generation_test.py's test_ip_adapter_face / _fullface: its default unit (pixel perfect, processor_res 512,
+    thresholds 64, "Crop and Resize") with ``ip-adapter_clip_sd15`` and the model found by name; its CPU check
+    counts the images: the generated one plus the unit's map."""
+    titles = world["client"].get("/controlnet/model_list").json()["model_list"]
+    model = next(t for t in titles if wanted in t.lower())
+    unit = {"control_mode": 0, "enabled": True, "guidance_end": 1, "guidance_start": 0, "pixel_perfect": True,
+            "processor_res": 512, "resize_mode": 1, "threshold_a": 64, "threshold_b": 64, "weight": 1,
+            "module": "ip-adapter_clip_sd15", "model": model, "image": _b64(_picture())}
+    response = world["client"].post("/sdapi/v1/txt2img", json={**PAYLOAD, "sampler_name": "Euler a",
+                                                               "alwayson_scripts": {"ControlNet": {"args": [unit]}}})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["images"]) == 2
