@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.conftest import api_only, make_settings
+from tests.conftest import api_only, make_settings, own_models_root
 from webui.models.original_layout import save_single_file
 from webui.models.tiny import build_tiny_components
 
@@ -133,3 +133,25 @@ def test_control_types_differ_and_unknown_names_are_refused(world):
     assert np.abs(pixels(union_control_type="Depth") - pixels(union_control_type="Tile")).mean() > 0.2
     bad = _post(world, _unit(union_control_type="Gray"))  # a FLUX.1 Union type, not one of ControlNet++'s
     assert bad.status_code == 422 and "args[0].union_control_type" in bad.text and "Hard Edge" in bad.text
+
+
+def test_weight_zero_is_no_unit_and_sd15_checkpoints_refuse_it(world, tmp_path_factory, tiny_sd1_file):
+    plain = world["client"].post("/sdapi/v1/txt2img", json=PAYLOAD).json()["images"][0]
+    zero = _post(world, _unit(union_control_type="Depth", weight=0))
+
+    def pixels(data):
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))), dtype=np.int16)
+
+    assert np.array_equal(pixels(zero.json()["images"][0]), pixels(plain))
+    # the SDXL union model with an SD 1.x checkpoint: a 422 naming the unit's model and both families
+    from webui.context import build_context
+    from webui.server import create_app
+
+    root = own_models_root(tmp_path_factory, tiny_sd1_file)
+    (root / "ControlNet").mkdir()
+    source = world["ctx"].settings.model_dir("ControlNet") / "controlnet-union-sdxl-promax.safetensors"
+    (root / "ControlNet" / source.name).write_bytes(source.read_bytes())
+    sd1 = build_context(make_settings(tmp_path_factory.mktemp("sd1-data"), root), load_model=True)
+    refused = TestClient(create_app(api_only(sd1))).post(
+        "/sdapi/v1/txt2img", json={**PAYLOAD, "alwayson_scripts": {"controlnet": {"args": [_unit()]}}})
+    assert refused.status_code == 422 and "args[0].model" in refused.text and "SDXL" in refused.text

@@ -49,6 +49,9 @@ def load_union(path: Path, sd: Mapping[str, torch.Tensor], config: dict[str, Any
     try:
         tasks = sd["task_embedding"]
         layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("transformer_layes."))
+        # its own time-embedding width (the control types' embedding is that many per type), not the checkpoint's
+        config = {**config, "addition_time_embed_dim":
+                  int(sd["control_add_embedding.linear_1.weight"].shape[1]) // int(tasks.shape[0])}
         model = ControlNetUnionModel(**config, num_control_type=int(tasks.shape[0]),
                                      num_trans_channel=int(tasks.shape[1]), num_trans_layer=layers,
                                      num_trans_head=TRANSFORMER_HEADS,
