@@ -81,19 +81,14 @@ def ddim_uniform(n: int, schedule: DiscreteSchedule) -> torch.Tensor:
 
 
 def beta(n: int, schedule: DiscreteSchedule, alpha: float = 0.6, beta_: float = 0.6) -> torch.Tensor:
-    """Timesteps at the quantiles of a Beta(0.6, 0.6) distribution (Lee et al. 2024), duplicates dropped."""
+    """A1111's Beta schedule (Lee et al. 2024, "Beta Sampling is All You Need"): sigma_min plus the Beta(0.6, 0.6)
+    quantiles of 1 - linspace(0, 1, n) times (sigma_max - sigma_min). (Forge and ComfyUI instead pick training
+    timesteps at those quantiles; A1111 is the reference here.)"""
     from scipy import stats
 
-    total = len(schedule.sigmas) - 1
-    ts = 1 - np.linspace(0, 1, n, endpoint=False)
-    ts = np.rint(stats.beta.ppf(ts, alpha, beta_) * total)
-    out: list[float] = []
-    last = -1.0
-    for t in ts:
-        if t != last:
-            out.append(float(schedule.sigmas[int(t)]))
-        last = t
-    return _append_zero(torch.tensor(out))
+    smin, smax = _range(schedule)
+    quantiles = stats.beta.ppf(1 - np.linspace(0, 1, n), alpha, beta_)
+    return _append_zero(torch.tensor([smin + q * (smax - smin) for q in quantiles], dtype=torch.float32))
 
 
 def kl_optimal(n: int, schedule: DiscreteSchedule) -> torch.Tensor:
