@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from tests.conftest import api_only, make_settings, own_models_root
+from tests.test_controlnet import b64
 
 CLIP = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1, patch_size=8,
             image_size=32, projection_dim=48, hidden_act="gelu", layer_norm_eps=1e-5)
@@ -104,12 +105,6 @@ def full_face_adapter(unet, hidden_dim: int, seed: int = 2) -> dict[str, torch.T
     return sd
 
 
-def _b64(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def _picture() -> Image.Image:
     rng = np.random.default_rng(3)
     arr = np.kron(rng.integers(0, 256, (6, 5, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 48 high, 40 wide
@@ -147,7 +142,7 @@ def world(tmp_path_factory, tiny_sd1_file):
 
 
 def _unit(model: str, module: str = "ip-adapter_clip_h", **kw) -> dict:
-    return {"enabled": True, "module": module, "model": model, "weight": 1.0, "image": _b64(_picture()), **kw}
+    return {"enabled": True, "module": module, "model": model, "weight": 1.0, "image": b64(_picture()), **kw}
 
 
 def _txt2img(world, units, **kw):
@@ -262,7 +257,7 @@ def test_sd_webui_controlnet_ip_adapter_face_payloads(world, wanted):
     model = next(t for t in titles if wanted in t.lower())
     unit = {"control_mode": 0, "enabled": True, "guidance_end": 1, "guidance_start": 0, "pixel_perfect": True,
             "processor_res": 512, "resize_mode": 1, "threshold_a": 64, "threshold_b": 64, "weight": 1,
-            "module": "ip-adapter_clip_sd15", "model": model, "image": _b64(_picture())}
+            "module": "ip-adapter_clip_sd15", "model": model, "image": b64(_picture())}
     response = world["client"].post("/sdapi/v1/txt2img", json={**PAYLOAD, "sampler_name": "Euler a",
                                                                "alwayson_scripts": {"ControlNet": {"args": [unit]}}})
     assert response.status_code == 200, response.text

@@ -15,16 +15,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.conftest import api_only, make_settings, own_models_root
+from tests.test_controlnet import b64
 from webui.controlnet.reference import _Bank, _RefAttention, _State, ldm_blocks
 
 PAYLOAD = dict(prompt="a red cube", negative_prompt="blurry", steps=3, width=64, height=64, seed=5,
                sampler_name="Euler", cfg_scale=7, save_images=False)
-
-
-def _b64(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _reference_image() -> Image.Image:
@@ -48,7 +43,7 @@ def _unit(module: str = "reference_only", **kw) -> dict:
     # sd-webui-controlnet's tests/web_api default unit, as its test_reference sends it
     return {"control_mode": 0, "enabled": True, "guidance_end": 1, "guidance_start": 0, "pixel_perfect": True,
             "processor_res": 512, "resize_mode": 1, "threshold_a": 64, "threshold_b": 64, "weight": 1,
-            "module": module, "model": "None", "image": _b64(_reference_image()), **kw}
+            "module": module, "model": "None", "image": b64(_reference_image()), **kw}
 
 
 def _post(world, units, **kw):
