@@ -105,7 +105,7 @@ def write_random_file(kind: str, path: Path, *, seed: int = 0, dtype: torch.dtyp
     header, offset = {}, 0
     for name in sorted(shapes):
         shape, kind_dtype = shapes[name]
-        size = math.prod(shape) * torch.tensor([], dtype=kind_dtype).element_size()
+        size = math.prod(shape) * kind_dtype.itemsize
         header[name] = {"dtype": _DTYPES[kind_dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     header["__metadata__"] = {"format": "pt", "modelspec.title": f"random real-size {kind} (benchmark)",

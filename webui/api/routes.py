@@ -356,10 +356,7 @@ def _model_and_option_routes(r: APIRouter, ctx: AppContext) -> None:
         if ctx.executor is not None:
             ctx.executor.manage("unload")
             return {}
-        ctx.models.unload()
-        from webui.devices import free_memory
-
-        free_memory()
+        ctx.models.unload()  # frees the memory too
         return {}
 
     @r.post("/reload-checkpoint")

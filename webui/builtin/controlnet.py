@@ -331,45 +331,44 @@ def _unfit(cn: Any, family: str, components: Any) -> str | None:
     return None
 
 
+def _sliders(pre: Any) -> list[tuple[str, Any]]:
+    """The module's processor-resolution and threshold sliders by parameter name (None where it has none)."""
+    return [("processor_res", pre.resolution if pre.uses_resolution else None), ("threshold_a", pre.threshold_a),
+            ("threshold_b", pre.threshold_b)]
+
+
+def _on_slider(pre: Any, name: str, slider: Any, value: float, shown: Any) -> Any:
+    """``value`` when the slider allows it, else the slider's default, logged in sd-webui-controlnet's words
+    (``[canny.threshold_a] Invalid value(-1.0), using default value 100.``; clients send -1 for "default")."""
+    if slider.minimum <= value <= slider.maximum:
+        return value
+    default = int(slider.default) if float(slider.default).is_integer() else slider.default
+    log.warning("[%s.%s] Invalid value(%s), using default value %s.", pre.name, name, shown, default)
+    return slider.default
+
+
 def _checked_params(pre: Any, unit: ControlUnit) -> tuple[Any, Any, Any]:
-    """The unit's processor resolution and thresholds for ``pre``: a value outside the module's slider
-    (A1111 clients send ``-1`` for "default") is the slider's default, logged with sd-webui-controlnet's
-    wording; None for a slider the module does not have."""
+    """The unit's processor resolution and thresholds for ``pre`` (None for a slider the module does not have)."""
     out = []
-    for name, slider, value in (("processor_res", pre.resolution if pre.uses_resolution else None,
-                                 unit.processor_res),
-                                ("threshold_a", pre.threshold_a, unit.threshold_a),
-                                ("threshold_b", pre.threshold_b, unit.threshold_b)):
+    for name, slider in _sliders(pre):
         if slider is None:
             out.append(None)
             continue
-        if not slider.minimum <= value <= slider.maximum:
-            shown = int(value) if float(value).is_integer() else value
-            log.warning("[%s.%s] Invalid value(%s), using default value %s", pre.name, name, shown, slider.default)
-            value = slider.default
+        value = getattr(unit, name)
+        value = _on_slider(pre, name, slider, value, int(value) if float(value).is_integer() else value)
         out.append(int(value) if name == "processor_res" else value)
     return out[0], out[1], out[2]
 
 
 def _detect_params(pre: Any, body: dict) -> tuple[Any, Any, Any]:
-    """``/controlnet/detect``'s processor resolution and thresholds: absent = the module's default; outside the
-    module's slider (clients send -1 for "default") = the default, logged in sd-webui-controlnet's words
-    (``[canny.threshold_a] Invalid value(-1.0), using default value 100.``)."""
+    """``/controlnet/detect``'s processor resolution and thresholds: absent = the module's default (None)."""
     out = []
-    for name, key, slider in (("processor_res", "controlnet_processor_res",
-                               pre.resolution if pre.uses_resolution else None),
-                              ("threshold_a", "controlnet_threshold_a", pre.threshold_a),
-                              ("threshold_b", "controlnet_threshold_b", pre.threshold_b)):
-        value = _opt(body.get(key), allow_negative=True)
+    for name, slider in _sliders(pre):
+        value = _opt(body.get(f"controlnet_{name}"), allow_negative=True)
         if slider is None or value is None:
             out.append(None)
             continue
-        if not slider.minimum <= value <= slider.maximum:
-            shown = int(value) if name == "processor_res" else float(value)
-            default = int(slider.default) if float(slider.default).is_integer() else slider.default
-            log.warning("[%s.%s] Invalid value(%s), using default value %s.", pre.name, name, shown, default)
-            value = None
-        out.append(value)
+        out.append(_on_slider(pre, name, slider, value, int(value) if name == "processor_res" else float(value)))
     return out[0], out[1], out[2]
 
 

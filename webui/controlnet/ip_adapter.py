@@ -333,15 +333,12 @@ class IPAdapterPatch:
     def prepare(self, width: int, height: int, hires: bool = False) -> None:
         if self._saved is not None:
             return
-        self._saved = dict(self.unet.attn_processors)
-        wrapped, layer = {}, 0
-        for name, processor in self._saved.items():
-            if name.endswith("attn2.processor"):
-                wrapped[name] = _IPAttention(processor, layer, self.state)
-                layer += 1
-            else:
-                wrapped[name] = processor
-        self.unet.set_attn_processor(wrapped)
+        from webui.pipeline.patches import wrap_attention
+
+        cross = {name: layer for layer, name in enumerate(n for n in self.unet.attn_processors
+                                                           if n.endswith("attn2.processor"))}
+        self._saved = wrap_attention(self.unet, lambda name, processor: _IPAttention(processor, cross[name], self.state)
+                                     if name in cross else processor)
 
     def residuals(self, call: Any) -> None:
         return None

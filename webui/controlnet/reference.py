@@ -176,18 +176,20 @@ class ReferencePatch:
             self._install()
 
     def _install(self) -> None:
+        from webui.pipeline.patches import wrap_attention
+
         unet = self.model.components.unet
-        self._saved = dict(unet.attn_processors)
+        banks: dict[int, _Bank] = {}
         if any(u.attention for u in self.units):
             blocks = [m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
             ranked = sorted(blocks, key=lambda b: -b.norm1.normalized_shape[0])  # stable: widest first
             banks = {id(b.attn1): _Bank(i / len(ranked)) for i, b in enumerate(ranked)}
-            wrapped = {}
-            for name, processor in self._saved.items():
-                module = unet.get_submodule(name.removesuffix(".processor"))
-                bank = banks.get(id(module))
-                wrapped[name] = _RefAttention(processor, bank, self.state) if bank is not None else processor
-            unet.set_attn_processor(wrapped)
+
+        def wrap(name: str, processor: Any) -> Any:
+            bank = banks.get(id(unet.get_submodule(name.removesuffix(".processor"))))
+            return _RefAttention(processor, bank, self.state) if bank is not None else processor
+
+        self._saved = wrap_attention(unet, wrap)
         if any(u.adain for u in self.units):
             for module, weight in adain_modules(unet, self.model.components.spec.family == "sdxl"):
                 self._hooks.append(module.register_forward_hook(self._adain_hook(_Bank(weight))))

@@ -190,7 +190,7 @@ def _read_converting(path: Path, entries: dict[str, Any], dtype: torch.dtype) ->
             if kind is None or not isinstance(shape, list):
                 raise ModelError(path, f"its tensor {name!r} has an unsupported dtype {entry.get('dtype')!r}. "
                                        f"{_REDOWNLOAD}")
-            width = torch.tensor([], dtype=kind).element_size()
+            width = kind.itemsize
             if math.prod(shape) * width != end - begin:
                 raise ModelError(path, f"its tensor {name!r} does not match its stated size; the file is damaged. "
                                        f"{_REDOWNLOAD}")
@@ -213,7 +213,7 @@ def _own_memory(shape: list[int], dtype: torch.dtype) -> torch.Tensor:
     import mmap
 
     count = math.prod(shape)
-    size = count * torch.tensor([], dtype=dtype).element_size()
+    size = count * dtype.itemsize
     if size < 1 << 16:
         return torch.empty(shape, dtype=dtype)
     return torch.frombuffer(mmap.mmap(-1, size), dtype=dtype, count=count).view(shape)

@@ -160,3 +160,12 @@ def close_patches(patches: list[Any]) -> None:
                 errors.append(exc)
     if errors:
         raise errors[0]
+
+
+def wrap_attention(unet: Any, wrap: Any) -> dict[str, Any]:
+    """Give each attention processor of ``unet`` to ``wrap(name, processor)`` and install what it returns (the
+    processor itself to keep it); returns the processors as they were, for ``unet.set_attn_processor(saved)`` in
+    the patch's ``close()`` (IP-Adapter wraps the cross-attentions, reference units the self-attentions)."""
+    saved = dict(unet.attn_processors)
+    unet.set_attn_processor({name: wrap(name, processor) for name, processor in saved.items()})
+    return saved

@@ -110,10 +110,7 @@ class GenerationWorker:
         if action == "refresh":
             self.ctx.refresh_models()
         elif action == "unload" and not busy:
-            models.unload()
-            from webui.devices import free_memory
-
-            free_memory()
+            models.unload()  # frees the memory too
         elif action == "reload" and not busy and models.current is not None:
             models.load(models.current.info, force=True)
         elif action not in ("refresh", "unload", "reload"):
