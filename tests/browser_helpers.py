@@ -66,17 +66,19 @@ def screenshot_tabs(page, name: str) -> list[Path]:
             path = ARTIFACTS / f"{stem}--tab-{re.sub(r'[^A-Za-z0-9]+', '_', title)}.png"
             page.screenshot(path=str(path), full_page=True, timeout=10_000)
             saved.append(path)
+        if titles:  # a shared page: the next test starts on the first tab again
+            page.locator("#tabs button[role=tab]", has_text=titles[0]).first.click(timeout=5_000)
     except Exception:  # noqa: BLE001 - the screenshots must not hide the test's own failure
         pass
     return saved
 
 
-def open_page(browser, url: str):
-    """A new browser context (a new UI session) at 1400x1000 on the UI at ``url``, ready when the txt2img
-    prompt is there; returns (context, page)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+def open_page(browser, url: str, *, width: int = 1400, height: int = 1000, timeout: float = 30_000, **options):
+    """A new browser context (a new UI session; ``options`` for playwright's ``new_context``) at ``width`` x
+    ``height`` on the UI at ``url``, ready when the txt2img prompt is there; returns (context, page)."""
+    context = browser.new_context(viewport={"width": width, "height": height}, **options)
     page = context.new_page()
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(timeout)
     page.goto(url + "/", wait_until="domcontentloaded")
     page.locator("#txt2img_prompt textarea").wait_for()
     return context, page
@@ -95,6 +97,14 @@ def screenshot_if_failed(request, page) -> bool:
         screenshot_tabs(page, request.node.name)
         return True
     return False
+
+
+@pytest.fixture(autouse=True, name="screenshots_when_failed")
+def shared_page_screenshots(request, page):
+    """For modules whose tests share one ``page`` fixture (import this fixture into the module): screenshots of
+    every tab when a test failed (:func:`screenshot_if_failed`)."""
+    yield
+    screenshot_if_failed(request, page)
 
 
 def wait_text(page, selector: str, text: str, timeout: float = 60_000, prop: str = "value") -> None:

@@ -13,7 +13,8 @@ import pytest
 from tests.browser_helpers import (
     module_browser,  # noqa: F401 (the module's chromium fixture)
     needs_chromium,
-    screenshot_if_failed,
+    open_page,
+    shared_page_screenshots,  # noqa: F401 (screenshots of every tab when a test fails)
     wait_text,
 )
 from tests.conftest import make_settings
@@ -39,10 +40,7 @@ def server(tmp_path_factory):
 
 
 def new_page(browser, url: str):
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    page.goto(url + "/", wait_until="domcontentloaded")
+    context, page = open_page(browser, url, width=1366, height=768, timeout=20_000)
     ready(page)
     return context, page
 
@@ -58,13 +56,6 @@ def page(browser, server):
     context, page = new_page(browser, server.url)
     yield page
     context.close()
-
-
-@pytest.fixture(autouse=True)
-def screenshots_when_failed(request, page):
-    yield
-    if screenshot_if_failed(request, page):
-        page.locator("#tabs button[role=tab]", has_text="txt2img").first.click()  # the next test starts there
 
 
 def set_prompt(page, text: str, start: int, end: int | None = None) -> None:

@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 from tests.browser_helpers import (
     module_browser,  # noqa: F401 (the module's chromium fixture)
     needs_chromium,
-    screenshot_if_failed,
+    open_page,
+    shared_page_screenshots,  # noqa: F401 (screenshots of every tab when a test fails)
     wait_text,
 )
 from tests.conftest import make_settings
@@ -60,20 +61,10 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(browser, server):
-    context = browser.new_context(viewport={"width": 1366, "height": 768}, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    page.goto(server.url + "/", wait_until="domcontentloaded")
-    page.locator(PROMPT).wait_for()
+    context, page = open_page(browser, server.url, width=1366, height=768, timeout=20_000, accept_downloads=True)
     page.wait_for_function("!!(window.webuiPage && window.webuiPage.ready && window.webuiPanels)")
     yield page
     context.close()
-
-
-@pytest.fixture(autouse=True)
-def screenshots_when_failed(request, page):
-    yield
-    screenshot_if_failed(request, page)
 
 
 def open_tab(page, title: str) -> None:

@@ -17,7 +17,7 @@ from tests.browser_helpers import (
     module_browser,  # noqa: F401 (the module's chromium fixture)
     needs_chromium,
     open_page,
-    screenshot_if_failed,
+    shared_page_screenshots,  # noqa: F401 (screenshots of every tab when a test fails)
     wait_text,
 )
 from tests.conftest import make_settings
@@ -51,12 +51,6 @@ def page(request, browser, server):
     context, page = open_page(browser, server.url)
     yield page
     context.close()
-
-
-@pytest.fixture(autouse=True)
-def screenshots_when_failed(request, page):
-    yield
-    screenshot_if_failed(request, page)
 
 
 def localized(page, name: str) -> None:
