@@ -25,9 +25,27 @@ def test_without_the_shim_basicsr_fails_as_documented():
     assert out.returncode != 0 and "functional_tensor" in out.stderr
 
 
-def test_all_named_dependencies_are_installed():
+def test_pinned_requirements_are_installed_at_their_pins():
+    """Every line of requirements.txt (the pins launch.py installs) is satisfied by the installed distribution,
+    and the packages the product imports by name (torch/torchvision come from launch.py's TORCH_COMMAND) import."""
     import importlib
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
 
+    from packaging.requirements import Requirement
+
+    text = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text()
+    pins = [Requirement(line.split("#")[0].strip()) for line in text.splitlines() if line.split("#")[0].strip()]
+    assert len(pins) >= 15
+    wrong = {}
+    for pin in pins:
+        try:
+            installed = version(pin.name)
+        except PackageNotFoundError:
+            installed = None
+        if installed is None or not pin.specifier.contains(installed, prereleases=True):
+            wrong[str(pin)] = installed
+    assert wrong == {}
     for name in ("diffusers", "transformers", "torch", "torchvision", "gradio", "pluggy", "controlnet_aux",
                  "spandrel", "safetensors", "accelerate", "torchsde"):
-        importlib.import_module(name)
+        assert importlib.import_module(name).__name__ == name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -10,7 +11,6 @@ from hypothesis import strategies as st
 
 from webui.infotext import (
     LEGACY_SCHEDULE_SUFFIXES,
-    PARSE_DEFAULTS,
     format_infotext,
     infotext_to_request,
     parse_infotext,
@@ -93,6 +93,55 @@ SAMPLE_HIRES_PROMPTS = (
     "Hires sampler: Euler, Hires resize: 1024x1024, Hires steps: 12, Hires upscaler: Latent, "
     "Emphasis: Original, Version: v1.10.1"
 )
+
+
+# A1111 1.10's defaults for absent keys (modules/infotext_utils.py, parse_generation_parameters), written out
+A1111_DEFAULTS: dict[str, object] = {
+    "Clip skip": "1", "Hires resize-1": 0, "Hires resize-2": 0, "Hires sampler": "Use same sampler",
+    "Hires schedule type": "Use same scheduler", "Hires checkpoint": "Use same checkpoint", "Hires prompt": "",
+    "Hires negative prompt": "", "Mask mode": "Inpaint masked", "Masked content": "original",
+    "Inpaint area": "Whole picture", "Masked area padding": 32, "RNG": "GPU", "Schedule type": "Automatic",
+    "Schedule max sigma": 0, "Schedule min sigma": 0, "Schedule rho": 0, "VAE Encoder": "Full", "VAE Decoder": "Full",
+    "FP8 weight": "Disable", "Refiner switch by sampling steps": False,
+}
+A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')  # infotext_utils.re_param
+A1111_SIZE = re.compile(r"^(\d+)x(\d+)$")  # infotext_utils.re_imagesize
+
+
+def a1111_parse(text: str) -> dict[str, object]:
+    """A1111 1.10's ``parse_generation_parameters`` restated (no styles, hypernets, emphasis or version
+    back-compatibility: inputs here name none of them): the oracle for the parser."""
+    res: dict[str, object] = {}
+    prompt = negative = ""
+    in_negative = False
+    *lines, last = text.strip().split("\n")
+    if len(A1111_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[16:].strip()
+        if in_negative:
+            negative += ("" if negative == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    for key, value in A1111_PARAM.findall(last):
+        if not value:  # A1111: value[0] raises, the pair is skipped
+            continue
+        if value[0] == '"' and value[-1] == '"':
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        size = A1111_SIZE.match(value)
+        if size is not None:
+            res[f"{key}-1"], res[f"{key}-2"] = size.group(1), size.group(2)
+        else:
+            res[key] = value
+    res.update({"Prompt": prompt, "Negative prompt": negative})  # set after the pairs: they win over a "Prompt" pair
+    return {**res, **{k: v for k, v in A1111_DEFAULTS.items() if k not in res}}
 
 
 # --------------------------------------------------------------------------- quote / unquote
@@ -179,21 +228,16 @@ def test_parse_example() -> None:
 
 
 def test_format_parse_round_trip_of_example() -> None:
+    # What A1111's parse_generation_parameters gives for this text, written out by hand: every value a string
+    # (7.0 was written "7"), Size split in two, None values never written, then its defaults for absent keys
     parsed = parse_infotext(format_infotext("p\nq", "n\nm", EXAMPLE_PARAMS))
-    assert parsed["Prompt"] == "p\nq"
-    assert parsed["Negative prompt"] == "n\nm"
-    for key, value in EXAMPLE_PARAMS.items():
-        if value is None:
-            assert key not in parsed
-        elif key == "Size":
-            assert (parsed["Size-1"], parsed["Size-2"]) == ("512", "512")
-        else:
-            assert parsed[key] == quote_free(value)
-
-
-def quote_free(value: object) -> str:
-    """Expected parsed string of a simple value (the writer's text, unquoted)."""
-    return unquote(quote(value))
+    assert parsed == {
+        "Prompt": "p\nq", "Negative prompt": "n\nm", "Steps": "20", "Sampler": "Euler a", "Schedule type": "Karras",
+        "CFG scale": "7", "Seed": "1234", "Size-1": "512", "Size-2": "512", "Model hash": "6ce0161689",
+        "Model": "v1-5-pruned-emaonly", "Denoising strength": "0.75", "Clip skip": "2", "Hires upscale": "2",
+        "Hires steps": "10", "Hires upscaler": "Latent", "Lora hashes": "name: abc123", "Version": "v1.10.1",
+        **{k: v for k, v in A1111_DEFAULTS.items() if k not in ("Clip skip", "Schedule type")},
+    }
 
 
 def test_last_line_with_fewer_than_three_pairs_stays_in_prompt() -> None:
@@ -218,17 +262,21 @@ def test_negative_only_text_without_params() -> None:
 
 
 def test_empty_text_gives_empty_prompts_and_defaults() -> None:
-    parsed = parse_infotext("")
-    assert parsed["Prompt"] == ""
-    assert parsed["Negative prompt"] == ""
-    for key, value in PARSE_DEFAULTS.items():
-        assert parsed[key] == value
+    assert parse_infotext("") == {"Prompt": "", "Negative prompt": "", **A1111_DEFAULTS}
 
 
-def test_only_first_negative_prefix_starts_the_negative_prompt() -> None:
+def test_every_negative_prefix_is_removed_as_in_a1111() -> None:
+    # A1111 strips the prefix from each line that starts with it (the first one starts the negative prompt)
     text = "p\nNegative prompt: a\nNegative prompt: b\nSteps: 1, Seed: 2, CFG scale: 3"
-    parsed = parse_infotext(text)
-    assert parsed["Negative prompt"] == "a\nNegative prompt: b"
+    assert parse_infotext(text)["Negative prompt"] == "a\nb"
+    # a line is joined with "\n" only to a non-empty text: an empty first negative line vanishes
+    assert parse_infotext("p\nNegative prompt:\n\nfoo\nbar")["Negative prompt"] == "foo\nbar"
+
+
+def test_a_pair_with_an_empty_value_is_skipped_as_in_a1111() -> None:
+    # A1111 reads v[0] of the empty value, fails, prints an error and skips the pair: the default applies
+    parsed = parse_infotext("p\nSteps: 1, RNG: , Seed: 2, Model: ")
+    assert "Model" not in parsed and parsed["RNG"] == "GPU" and parsed["Seed"] == "2"
 
 
 def test_defaults_do_not_override_given_values() -> None:
@@ -458,8 +506,13 @@ def test_parse_never_raises(text: str) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(st.text(), st.lists(INTERESTING_CHARS).map("".join)), max_size=6).map(" ".join))
-def test_parse_never_raises_on_joined_fragments(text: str) -> None:
-    parse_infotext(text)
+def test_parse_equals_a1111_on_joined_fragments(text: str) -> None:
+    ours, theirs = parse_infotext(text), a1111_parse(text)
+    if "Sampler" in theirs and "Schedule type" not in theirs:
+        # deliberate: a pre-1.9 "DPM++ 2M Karras" is split at parse time (A1111 splits it when pasting)
+        for key in ("Sampler", "Schedule type"):
+            ours.pop(key, None), theirs.pop(key, None)
+    assert ours == theirs
 
 
 def _clean_line(line: str) -> str:
@@ -471,7 +524,10 @@ PROMPT_LINES = st.lists(st.text(st.characters(blacklist_characters="\n")).map(_c
 PROMPTS = PROMPT_LINES.filter(lambda lines: not any(line.startswith("Negative prompt:") for line in lines)).map(
     "\n".join
 )
-NEGATIVE_PROMPTS = PROMPT_LINES.map("\n".join)
+NEGATIVE_PROMPTS = PROMPT_LINES.filter(
+    # A1111 strips the prefix from every line and drops empty lines before the first non-empty one
+    lambda lines: not any(line.startswith("Negative prompt:") for line in lines) and (not lines or lines[0])
+).map("\n".join)
 
 PARAM_KEYS = st.one_of(
     st.sampled_from(["Steps", "Seed", "CFG scale", "Size", "Model hash", "Lora hashes", "Hires upscale", "Version"]),
@@ -490,10 +546,12 @@ SIZE = re.compile(r"(\d+)x(\d+)")
 
 
 def _expected_entries(key: str, value: object) -> dict[str, str]:
-    """What parsing should give for one written parameter."""
+    """What parsing should give for one written parameter (an empty value: nothing, as in A1111)."""
     text = str(value)
     if isinstance(value, float) and value.is_integer():
         text = str(int(value))
+    if text == "":
+        return {}
     size = SIZE.fullmatch(text)
     if size:
         return {f"{key}-1": size.group(1), f"{key}-2": size.group(2)}

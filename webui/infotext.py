@@ -217,30 +217,35 @@ def _split_prompts(lines: list[str]) -> tuple[str, str]:
     """Divide the non-parameter lines into the prompt and the negative prompt.
 
     Lines are stripped of surrounding whitespace.  The first line starting with
-    ``Negative prompt:`` (prefix removed) and all lines after it form the
-    negative prompt; the lines before it form the prompt.
+    ``Negative prompt:`` and all lines after it form the negative prompt; the
+    lines before it form the prompt.  As in A1111 (``parse_generation_parameters``)
+    the prefix is removed from every line that starts with it, not only the first,
+    and a line is joined with a newline only to a non-empty text (so empty lines at
+    the start of the negative prompt vanish).
     """
-    prompt: list[str] = []
-    negative: list[str] = []
+    texts = ["", ""]  # prompt, negative prompt
+    part = 0
     for raw in lines:
         line = raw.strip()
-        if not negative and line.startswith(NEGATIVE_PROMPT_PREFIX):
-            negative.append(line[len(NEGATIVE_PROMPT_PREFIX):].strip())
-        elif negative:
-            negative.append(line)
-        else:
-            prompt.append(line)
-    return "\n".join(prompt), "\n".join(negative)
+        if line.startswith(NEGATIVE_PROMPT_PREFIX):
+            part = 1
+            line = line[len(NEGATIVE_PROMPT_PREFIX):].strip()
+        texts[part] = f"{texts[part]}\n{line}" if texts[part] else line
+    return texts[0], texts[1]
 
 
 def _parse_param_line(line: str) -> dict[str, object]:
     """Read every ``Key: value`` pair of the parameter line.
 
     Quoted values are unquoted; ``WxH`` values become ``Key-1`` and ``Key-2``.
-    A key given twice keeps its last value.
+    A key given twice keeps its last value.  A key with an empty value is left
+    out, as in A1111 (its parser fails on the empty value and skips the pair), so
+    the key's default applies.
     """
     params: dict[str, object] = {}
     for key, raw in PARAM_PATTERN.findall(line):
+        if not raw:
+            continue
         value = unquote(raw)
         size = IMAGE_SIZE_PATTERN.fullmatch(value)
         if size is None:
