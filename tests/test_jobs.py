@@ -1,8 +1,8 @@
 import threading
-import time
 
 import pytest
 
+from tests.step_gate import WAIT
 from webui.jobs import Interrupted, Job, JobQueue, QueueFull
 
 
@@ -16,18 +16,19 @@ def test_progress_and_eta():
     assert job.progress == 1.0
 
 
+def _until(q: JobQueue, predicate) -> None:
+    """Wait for the queue's state (``predicate(waiting, running)``); the bound is only a safety net."""
+    assert q.wait_for(predicate, WAIT), (q.waiting(), q.running())
+
+
 def test_queue_runs_one_at_a_time():
     q = JobQueue(concurrency=1, max_size=8)
-    active, peak = [0], [0]
-    lock = threading.Lock()
+    gate = threading.Event()
+    seen: list[tuple[str, int]] = []  # (job, how many jobs ran at its start)
 
     def work(job):
-        with lock:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        time.sleep(0.05)
-        with lock:
-            active[0] -= 1
+        seen.append((job.id, len(q.running())))
+        gate.wait(WAIT)
         return job.id
 
     jobs = [Job() for _ in range(4)]
@@ -35,35 +36,32 @@ def test_queue_runs_one_at_a_time():
     threads = [threading.Thread(target=lambda j=j: out.append(q.run(j, work))) for j in jobs]
     for t in threads:
         t.start()
+    # all four arrived: one runs (held at the gate), three wait, though the slot is busy for as long as we like
+    _until(q, lambda waiting, running: len(waiting) == 3 and len(running) == 1)
+    assert len(seen) == 1
+    gate.set()
     for t in threads:
-        t.join()
-    assert peak[0] == 1 and sorted(out) == sorted(j.id for j in jobs)
+        t.join(WAIT)
+    assert [n for _, n in seen] == [1] * 4 and sorted(out) == sorted(j.id for j in jobs)
 
 
 def test_queue_full():
     q = JobQueue(concurrency=1, max_size=1)
     release = threading.Event()
-    started = threading.Event()
 
-    def hold(job):
-        started.set()
-        release.wait(5)
-
-    t1 = threading.Thread(target=q.run, args=(Job(), hold))
+    t1 = threading.Thread(target=q.run, args=(Job(), lambda job: release.wait(WAIT)))
     t1.start()
-    started.wait(5)
+    _until(q, lambda waiting, running: len(running) == 1)
     waiting = Job()
     t2 = threading.Thread(target=lambda: q.run(waiting, lambda j: None))
     t2.start()
-    for _ in range(50):
-        if q.waiting():
-            break
-        time.sleep(0.01)
+    _until(q, lambda w, running: w == [waiting])
     with pytest.raises(QueueFull):
         q.run(Job(), lambda j: None)
     release.set()
-    t1.join()
-    t2.join()
+    t1.join(WAIT)
+    t2.join(WAIT)
+    assert q.waiting() == [] and q.running() == []
 
 
 def test_interrupt_is_per_owner_and_waiting_job_can_be_cancelled():
@@ -92,24 +90,22 @@ def test_queue_serves_jobs_in_arrival_order(concurrency):
     def work(job, n):
         with lock:
             started.append(n)
-        gate.wait(5) if n < concurrency else time.sleep(0.005)
+        if n < concurrency:
+            gate.wait(WAIT)
 
     holders = [threading.Thread(target=q.run, args=(Job(), lambda j, n=n: work(j, n))) for n in range(concurrency)]
     for t in holders:
         t.start()
-    while len(q.running()) < concurrency:
-        time.sleep(0.005)
+    _until(q, lambda waiting, running: len(running) == concurrency)
     threads = []
     for n in range(concurrency, concurrency + 12):  # queue up one by one, so arrival order is known
         t = threading.Thread(target=q.run, args=(Job(), lambda j, n=n: work(j, n)))
         t.start()
         threads.append(t)
-        while len(q.waiting()) < n - concurrency + 1:
-            time.sleep(0.002)
-        time.sleep(0.03)  # spread arrivals over the 0.1 s wake-up period of waiting jobs
+        _until(q, lambda waiting, running, k=n - concurrency + 1: len(waiting) == k)
     gate.set()
     for t in holders + threads:
-        t.join(10)
+        t.join(WAIT)
     order = started[concurrency:]
     assert sorted(order) == list(range(concurrency, concurrency + 12))
     # slots are granted strictly in order; jobs admitted together may log their start in either order
@@ -119,10 +115,9 @@ def test_queue_serves_jobs_in_arrival_order(concurrency):
 def test_interrupting_a_waiting_job_lets_the_next_one_start():
     q = JobQueue(concurrency=1)
     gate = threading.Event()
-    holder = threading.Thread(target=q.run, args=(Job(), lambda j: gate.wait(5)))
+    holder = threading.Thread(target=q.run, args=(Job(), lambda j: gate.wait(WAIT)))
     holder.start()
-    while not q.running():
-        time.sleep(0.005)
+    _until(q, lambda waiting, running: len(running) == 1)
     first, second = Job(), Job()
     results: dict[str, object] = {}
 
@@ -134,16 +129,15 @@ def test_interrupting_a_waiting_job_lets_the_next_one_start():
 
     threads = [threading.Thread(target=run, args=(job, name)) for job, name in ((first, "first"), (second, "second"))]
     threads[0].start()
-    while len(q.waiting()) < 1:
-        time.sleep(0.002)
+    _until(q, lambda waiting, running: waiting == [first])
     threads[1].start()
-    while len(q.waiting()) < 2:
-        time.sleep(0.002)
+    _until(q, lambda waiting, running: waiting == [first, second])
     first.interrupt()
-    while len(q.waiting()) > 1:
-        time.sleep(0.002)
+    _until(q, lambda waiting, running: waiting == [second])  # it left the queue while the slot was still taken
+    threads[0].join(WAIT)
+    assert isinstance(results["first"], Interrupted) and len(q.running()) == 1
     gate.set()
     for t in [holder, *threads]:
-        t.join(5)
-    assert isinstance(results["first"], Interrupted) and results["second"] == "second"
+        t.join(WAIT)
+    assert results["second"] == "second"
     assert q.waiting() == [] and q.running() == []

@@ -187,6 +187,7 @@ class JobQueue:
             if len(self._waiting) >= self.max_size:
                 raise QueueFull(f"the queue is full ({self.max_size} jobs waiting); try again later")
             self._waiting[job.id] = job
+            self._changed.notify_all()  # whoever waits for the queue's state (wait_for) sees the new arrival
             try:
                 self._wait_for_turn_locked(job)
             except BaseException:
@@ -240,6 +241,13 @@ class JobQueue:
         with self._changed:
             self.concurrency = max(0, int(concurrency))
             self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[Job], list[Job]], bool], timeout: float) -> bool:
+        """Block until ``predicate(waiting, running)`` (the jobs, oldest first) holds, checked at every change
+        of the queue (a job arrives, starts, ends or leaves); False when ``timeout`` seconds passed first."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: predicate(list(self._waiting.values()), list(self._running.values())), timeout)
 
     def run(self, job: Job, fn: Callable[[Job], T]) -> T:
         with self.slot(job):
