@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import threading
-import time
 
 import httpx
 import pytest
@@ -15,6 +14,7 @@ from PIL import Image
 
 from tests.conftest import api_only, make_settings
 from tests.live_server import LiveServer
+from tests.step_gate import WAIT, step_gate
 from webui.server import create_app
 
 TINY = {"prompt": "a red circle", "negative_prompt": "", "width": 64, "height": 64, "sampler_name": "Euler a",
@@ -32,6 +32,7 @@ def server(tmp_path_factory, models_root):
 
     ctx = build_context(make_settings(tmp_path_factory.mktemp("clients"), models_root), load_model=True)
     with LiveServer(create_app(api_only(ctx))) as srv:
+        srv.ctx = ctx
         yield srv
 
 
@@ -42,7 +43,8 @@ def http(server):
 
 
 class ProgressWatcher:
-    """Polls ``GET /sdapi/v1/progress`` in a thread and keeps every state it saw."""
+    """Polls ``GET /sdapi/v1/progress`` in a thread and keeps every state it saw: an observer of what clients
+    see at arbitrary moments (nothing waits on it; the tests synchronise with :mod:`tests.step_gate`)."""
 
     def __init__(self, url: str, interval: float = 0.01):
         self.url, self.interval = url, interval
@@ -52,22 +54,9 @@ class ProgressWatcher:
 
     def _run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=30) as client:
-            while not self._stop.is_set():
+            while not self._stop.wait(self.interval):
                 body = client.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()
                 self.states.append({**body["state"], "progress": body["progress"]})
-                time.sleep(self.interval)
-
-    def wait_for(self, predicate, timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while time.monotonic() < deadline:
-            states = self.states[seen:]
-            seen += len(states)
-            for state in states:
-                if predicate(state):
-                    return state
-            time.sleep(0.005)
-        raise AssertionError(f"no progress state matched in {timeout}s; last: {self.states[-1:]}")
 
     def __enter__(self) -> ProgressWatcher:
         self._thread.start()
@@ -75,16 +64,13 @@ class ProgressWatcher:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join(10)
+        self._thread.join(WAIT)
 
 
 def _post_in_thread(url: str, payload: dict, out: dict, key: str) -> threading.Thread:
     def run() -> None:
         with httpx.Client(base_url=url, timeout=300) as client:
-            t0 = time.monotonic()
-            response = client.post("/sdapi/v1/txt2img", json=payload)
-            out[key] = (response, time.monotonic())
-            out[key + "_started"] = t0
+            out[key] = client.post("/sdapi/v1/txt2img", json=payload)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -146,12 +132,23 @@ def test_five_concurrent_clients_all_served_and_progress_never_mixes(server, htt
     payloads = {tid: {**TINY, "seed": 1000 + i, "steps": steps[tid], "force_task_id": tid}
                 for i, tid in enumerate(steps)}
     out: dict = {}
-    with ProgressWatcher(server.url) as watcher:
+    held: list[str] = []
+    with step_gate(server.ctx, step=1, holds=5, only=lambda job: job.id in steps) as gate, \
+            ProgressWatcher(server.url) as watcher:
         threads = [_post_in_thread(server.url, payload, out, tid) for tid, payload in payloads.items()]
+        for _ in payloads:  # one job at a time (one slot): each is held at its second step while we look
+            job = gate.wait()
+            held.append(job.id)
+            p = http.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()
+            assert p["state"] == {**p["state"], "job": job.id, "job_count": 1, "job_no": 0,
+                                  "sampling_steps": steps[job.id], "sampling_step": 1}, p
+            assert p["progress"] == pytest.approx(1 / steps[job.id], abs=0.01), p
+            gate.release(job)
         for t in threads:
             t.join(300)
+    assert sorted(held) == sorted(steps)
     for tid, payload in payloads.items():
-        response, _ = out[tid]
+        response = out[tid]
         assert response.status_code == 200, response.text
         body = response.json()
         info = json.loads(body["info"])
@@ -160,50 +157,47 @@ def test_five_concurrent_clients_all_served_and_progress_never_mixes(server, htt
         alone = http.post("/sdapi/v1/txt2img", json={k: v for k, v in payload.items() if k != "force_task_id"})
         assert _pixels(alone.json()["images"][0]) == _pixels(body["images"][0]), tid
 
-    seen = set()
-    for state in watcher.states:
+    for state in watcher.states:  # whatever a poller saw at any moment: never another job's numbers
         job = state["job"]
         assert job in steps or job == "", state
         if job:
-            seen.add(job)
-            # never another job's numbers: job_count 1 (n_iter), steps 0 (not started) or its own count
+            # job_count 1 (n_iter), steps 0 (not started) or its own count
             assert state["job_count"] == 1 and state["sampling_steps"] in (0, steps[job]), state
             assert 0 <= state["sampling_step"] <= state["sampling_steps"] and 0.0 <= state["progress"] <= 1.0
-    assert len(seen) >= 2, f"the progress poll saw too few jobs: {seen}"
 
 
 # --- interrupt and skip -----------------------------------------------------------------------------
 
 
-def test_interrupt_mid_run_returns_quickly_with_the_image(server, http):
+def test_interrupt_mid_run_stops_after_the_current_step_with_the_image(server, http):
     out: dict = {}
-    with ProgressWatcher(server.url) as watcher:
-        thread = _post_in_thread(server.url, {**TINY, "seed": 5, "steps": 200, "force_task_id": "long"}, out, "long")
-        watcher.wait_for(lambda s: s["job"] == "long" and s["sampling_step"] > 0)
-        t_interrupt = time.monotonic()
-        assert http.post("/sdapi/v1/interrupt").status_code == 200
+    with step_gate(server.ctx, step=1, only=lambda job: job.id == "long") as gate:
+        thread = _post_in_thread(server.url, {**TINY, "seed": 5, "steps": 20, "force_task_id": "long"}, out, "long")
+        job = gate.wait()  # held at its second step
+        assert job.id == "long" and job.sampling_step == 1
+        assert http.post("/sdapi/v1/interrupt").status_code == 200  # lets the gate go too
         thread.join(120)
-        stopped_at = max((s["sampling_step"] for s in watcher.states if s["job"] == "long"), default=0)
-    response, t_done = out["long"]
+    response = out["long"]
     assert response.status_code == 200, response.text
     body = response.json()
     info = json.loads(body["info"])
     assert len(body["images"]) == 1 and info["interrupted"] is True
-    assert stopped_at < 200 and t_done - t_interrupt < 10, (stopped_at, t_done - t_interrupt)
+    assert job.interrupted and job.sampling_step == 2  # the step it was in finished, no other one ran
     # the flag is cleared: the next request runs to the end
     nxt = http.post("/sdapi/v1/txt2img", json={**TINY, "seed": 5, "steps": 3})
     assert nxt.status_code == 200 and json.loads(nxt.json()["info"])["interrupted"] is False
 
 
 def test_skip_ends_the_current_image_and_continues_with_the_next(server, http):
-    payload = {**TINY, "seed": 21, "steps": 20, "n_iter": 3}
+    payload = {**TINY, "seed": 21, "steps": 6, "n_iter": 3}
     out: dict = {}
-    with ProgressWatcher(server.url) as watcher:
+    with step_gate(server.ctx, step=1, only=lambda job: job.id == "skip-me") as gate:  # once: in its first image
         thread = _post_in_thread(server.url, {**payload, "force_task_id": "skip-me"}, out, "skip")
-        watcher.wait_for(lambda s: s["job"] == "skip-me" and s["job_no"] == 0 and s["sampling_step"] > 0)
+        job = gate.wait()
+        assert job.id == "skip-me" and job.job_no == 0
         assert http.post("/sdapi/v1/skip").status_code == 200
         thread.join(120)
-    response, _ = out["skip"]
+    response = out["skip"]
     assert response.status_code == 200, response.text
     body = response.json()
     info = json.loads(body["info"])
@@ -222,23 +216,21 @@ def test_full_queue_answers_503_and_the_others_succeed(tmp_path, models_root):
 
     ctx = build_context(make_settings(tmp_path, models_root, max_queue_size=1, concurrency=1), load_model=True)
     out: dict = {}
-    with LiveServer(create_app(api_only(ctx))) as srv, ProgressWatcher(srv.url) as watcher, \
+    with LiveServer(create_app(api_only(ctx))) as srv, step_gate(ctx, step=1) as gate, \
             httpx.Client(base_url=srv.url, timeout=120) as http:
-        first = _post_in_thread(srv.url, {**TINY, "seed": 1, "steps": 250, "force_task_id": "running"}, out, "a")
-        watcher.wait_for(lambda s: s["job"] == "running")
+        first = _post_in_thread(srv.url, {**TINY, "seed": 1, "steps": 4, "force_task_id": "running"}, out, "a")
+        assert gate.wait().id == "running"  # held: it keeps the only slot until the gate opens
         second = _post_in_thread(srv.url, {**TINY, "seed": 2, "steps": 3, "force_task_id": "waiting"}, out, "b")
-        deadline = time.monotonic() + 30
-        while not ctx.jobs.waiting() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert [j.id for j in ctx.jobs.waiting()] == ["waiting"]
-        t0 = time.monotonic()
-        third = http.post("/sdapi/v1/txt2img", json={**TINY, "seed": 3, "steps": 3})
-        assert third.status_code == 503 and time.monotonic() - t0 < 5
+        assert ctx.jobs.wait_for(lambda waiting, running: [j.id for j in waiting] == ["waiting"], WAIT)
+        # answered at once, not queued: a queued request would wait for the held job (the client gives up first)
+        third = http.post("/sdapi/v1/txt2img", json={**TINY, "seed": 3, "steps": 3}, timeout=20)
+        assert third.status_code == 503
         body = third.json()
         assert set(body) == {"error", "detail", "body", "errors"} and "queue is full" in body["detail"]
         assert ctx.jobs.current() is not None and ctx.jobs.current().id == "running"  # still running
+        gate.open()
         first.join(120)
         second.join(120)
-        assert out["a"][0].status_code == 200 and out["b"][0].status_code == 200
-        assert json.loads(out["a"][0].json()["info"])["interrupted"] is False
+        assert out["a"].status_code == 200 and out["b"].status_code == 200
+        assert json.loads(out["a"].json()["info"])["interrupted"] is False
         assert http.post("/sdapi/v1/txt2img", json={**TINY, "seed": 3, "steps": 3}).status_code == 200
