@@ -16,7 +16,6 @@ import json
 import signal
 import struct
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -26,6 +25,7 @@ from PIL import Image
 
 from tests.conftest import CodeRunningPickle, make_settings
 from tests.live_server import LiveServer
+from tests.step_gate import WAIT, LogWait, step_gate
 from webui.context import build_context
 from webui.server import create_app
 
@@ -672,23 +672,19 @@ def test_reliability_flags_parse(tmp_path):
 def test_21_with_auth_an_api_client_interrupts_only_its_own_jobs(tmp_path, models_root):
     ctx = build_context(make_settings(tmp_path, models_root, nowebui=True, api_auth="u:p,other:secret"),
                         load_model=True)
-    with LiveServer(create_app(ctx)) as srv:
+    with LiveServer(create_app(ctx)) as srv, step_gate(ctx, step=1) as gate:
         box = {}
         worker = threading.Thread(target=lambda: box.setdefault("r", httpx.post(
-            srv.url + "/sdapi/v1/txt2img", json={**SMALL, "steps": 400}, auth=("u", "p"), timeout=120)))
+            srv.url + "/sdapi/v1/txt2img", json={**SMALL, "steps": 6}, auth=("u", "p"), timeout=120)))
         worker.start()
-        deadline = time.monotonic() + 60
-        while not any(j.sampling_step > 0 for j in ctx.jobs.running()) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        job = ctx.jobs.running()[0]
-        assert job.owner == "api:u"
+        job = gate.wait()  # running, held at its second step
+        assert job.owner == "api:u" and ctx.jobs.running() == [job]
         for route in ("/sdapi/v1/interrupt", "/sdapi/v1/skip"):
             assert httpx.post(srv.url + route, auth=("other", "secret")).status_code == 200
-        time.sleep(0.3)
         assert not job.interrupted and not job.skipped  # another user's job is left alone
         assert httpx.post(srv.url + "/sdapi/v1/interrupt", auth=("u", "p")).status_code == 200
         worker.join(60)
-    assert job.interrupted and json.loads(box["r"].json()["info"])["interrupted"] is True
+    assert job.interrupted and job.sampling_step == 2 and json.loads(box["r"].json()["info"])["interrupted"] is True
 
 
 # ============================================================================ 22, 23. disconnect, shutdown
@@ -701,54 +697,49 @@ def test_22_a_ui_job_whose_client_went_away_is_interrupted(fresh_ctx, monkeypatc
 
     state = {"connected": True}
     monkeypatch.setattr(progress, "gradio_event_alive", lambda: lambda: state["connected"])
-    req = GenerationRequest(**{**SMALL, "steps": 400}, save_images=False)
-    stream = progress.stream_with_progress(fresh_ctx, req, "session-x", lambda *a, **k: None)
-    box = {}
-    thread = threading.Thread(target=lambda: box.setdefault("result", progress.drain(stream)))
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not any(j.sampling_step > 1 for j in fresh_ctx.jobs.running()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    job = fresh_ctx.jobs.running()[0]
-    state["connected"] = False
-    t0 = time.monotonic()
-    thread.join(30)
-    assert box["result"].interrupted and job.sampling_step < 400 and time.monotonic() - t0 < 5
+    req = GenerationRequest(**{**SMALL, "steps": 6}, save_images=False)
+    with step_gate(fresh_ctx, step=1) as gate:
+        stream = progress.stream_with_progress(fresh_ctx, req, "session-x", lambda *a, **k: None)
+        box = {}
+        thread = threading.Thread(target=lambda: box.setdefault("result", progress.drain(stream)))
+        thread.start()
+        job = gate.wait()  # held at its second step (until it is interrupted)
+        assert not job.interrupted
+        state["connected"] = False
+        thread.join(60)
+    assert box["result"].interrupted and job.interrupted and job.sampling_step == 2
     assert fresh_ctx.jobs.running() == []
 
 
 def test_23_shutdown_interrupts_jobs_after_the_grace_period(tmp_path, models_root):
+    """SIGTERM with a job running: the port closes at once; the job, held at a step that it only leaves when
+    interrupted, is interrupted when the 1 s grace period is over and still answered; the server stops."""
     from tests.live_server import free_port
     from webui.main import GracefulServer
 
     ctx = build_context(make_settings(tmp_path, models_root, nowebui=True), load_model=True)
     port = free_port()
-    server = GracefulServer(create_app(ctx), "127.0.0.1", port, ctx.jobs, grace=1.0, log_level="warning")
+    listening = threading.Event()
+    server = GracefulServer(create_app(ctx), "127.0.0.1", port, ctx.jobs, grace=1.0, log_level="warning",
+                            on_listening=listening.set)
     runner = threading.Thread(target=server.run, daemon=True)
-    runner.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url + "/sdapi/v1/progress", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    box = {}
-    worker = threading.Thread(target=lambda: box.setdefault("r", httpx.post(
-        url + "/sdapi/v1/txt2img", json={**SMALL, "steps": 500}, timeout=120)))
-    worker.start()
-    while not ctx.jobs.running() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    t0 = time.monotonic()
-    server.on_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    with pytest.raises(httpx.ConnectError):  # no new connections
-        httpx.get(url + "/sdapi/v1/progress", timeout=2)
-    worker.join(30)
-    runner.join(30)
-    elapsed = time.monotonic() - t0
-    assert not runner.is_alive() and elapsed < 10, elapsed
+    with step_gate(ctx, step=1) as gate, LogWait() as log:
+        runner.start()
+        assert listening.wait(WAIT)
+        box = {}
+        worker = threading.Thread(target=lambda: box.setdefault("r", httpx.post(
+            url + "/sdapi/v1/txt2img", json={**SMALL, "steps": 6}, timeout=120)))
+        worker.start()
+        job = gate.wait()
+        server.on_signal(signal.SIGTERM)
+        log.wait_for("Shutting down: the port is closed; 1 connection(s) still open")
+        with pytest.raises(httpx.ConnectError):  # no new connections
+            httpx.get(url + "/sdapi/v1/progress", timeout=2)
+        worker.join(WAIT)  # the gate lets the job go only when the grace timer interrupts it
+        runner.join(WAIT)
+        assert log.wait_for("Shutting down: interrupted 1 running job(s)")
+    assert not runner.is_alive() and job.interrupted and job.sampling_step == 2
     r = box["r"]
     assert r.status_code == 200 and json.loads(r.json()["info"])["interrupted"] is True  # cancelled, answered
 

@@ -69,6 +69,15 @@ class GracefulServer:
                 if self.started and on_listening is not None:
                     on_listening()
 
+            async def shutdown(self, sockets=None) -> None:
+                # uvicorn stops listening first, then waits for the open connections; say when the port is
+                # closed (closing it here too is harmless: uvicorn's close of a closed server does nothing)
+                for server in self.servers:
+                    server.close()
+                logging.getLogger("webui").info("Shutting down: the port is closed; %d connection(s) still open",
+                                                len(self.server_state.connections))
+                await super().shutdown(sockets)
+
             @contextlib.contextmanager
             def capture_signals(self):  # uvicorn re-raises the signal afterwards (exit status -15); not here
                 if threading.current_thread() is not threading.main_thread():
