@@ -404,7 +404,11 @@ def test_pivotal_tuning_trains_the_word_and_bundles_it_in_a1111s_layout(lora_env
     the LoRA, and is saved under ``bundle_emb.<word>.string_to_param.*`` beside kohya's LoRA keys; SDXL's word
     is a ``clip_l`` / ``clip_g`` pair (A1111's SDXL embedding keys)."""
     from webui.errors import RequestError
-    from webui.finetune.lora_train import LoraTrainParams, _bundle_embedding, _bundle_tensors
+    from webui.finetune.lora_train import (
+        LoraTrainParams,
+        _bundle_embedding,
+        _bundle_tensors,
+    )
     from webui.networks.lora import read_lora
 
     ctx, _, data = lora_env
@@ -440,3 +444,55 @@ def test_pivotal_tuning_trains_the_word_and_bundles_it_in_a1111s_layout(lora_env
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "bundle_emb.w.clip_l": (3, xl.text_encoders[0].config.hidden_size),
         "bundle_emb.w.clip_g": (3, xl.text_encoders[1].config.hidden_size)}
+
+
+def test_regularization_pictures_are_paired_as_kohya_does_and_weighted(lora_env, tmp_path):
+    """kohya's ``reg_data_dir`` (``train_util.DreamBoothDataset``): regularization pictures are used in order,
+    cycling, until there are as many as training pictures (extra ones unused), each with ``prior_loss_weight``;
+    the loss is the batch mean of each sample's error times its weight (``train_network.py``: ``loss *
+    loss_weights`` then ``mean()``), not a mean normalised by the weights."""
+    from webui.errors import RequestError
+    from webui.finetune.dataset import load_folder
+    from webui.finetune.lora_train import LoraTrainParams, with_regularization
+    from webui.finetune.loss import denoising_loss, seeded_generator
+
+    ctx, _, data = lora_env
+    few, many = tmp_path / "few", tmp_path / "many"
+    few.mkdir()
+    many.mkdir()
+    square_pictures(few, [(0, 0), (36, 0), (0, 36)], (0, 0, 255), "a square, white background")
+    square_pictures(many, [(4 * i, 4 * i) for i in range(6)], (0, 255, 0), "a square, white background")
+    train = load_folder(data, 64, 64)  # 4 pictures
+    for reg, expected in ((few, ["00", "01", "02", "00"]), (many, ["00", "01", "02", "03"])):
+        params = LoraTrainParams("r", str(data), reg_data_dir=str(reg), prior_loss_weight=0.25, resolution=64)
+        both = with_regularization(train, params)
+        regs = both.items[4:]
+        assert [i.path.stem for i in regs] == expected and all(i.path.parent == reg for i in regs)
+        assert [i.weight for i in both.items] == [1.0] * 4 + [0.25] * 4
+        assert not any(i.regularization for i in both.items[:4])
+
+    model = ctx.models.current
+    x0 = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+
+    def loss(weights):
+        w = None if weights is None else torch.tensor(weights)
+        with torch.no_grad():
+            return float(denoising_loss(model, x0, ["a square", "a circle"], seeded_generator(5, 0, 1),
+                                        sample_weights=w))
+
+    first, second, plain = loss([1.0, 0.0]), loss([0.0, 1.0]), loss(None)
+    assert first > 0 and second > 0
+    assert loss([1.0, 1.0]) == pytest.approx(plain, rel=1e-5)
+    assert first + second == pytest.approx(plain, rel=1e-5)  # a batch mean, not normalised by the weights
+    assert loss([0.5, 2.0]) == pytest.approx(0.5 * first + 2.0 * second, rel=1e-5)
+
+    run = _run(ctx, data, tmp_path / "run", "withreg", max_train_steps=2, reg_data_dir=str(few),
+               prior_loss_weight=0.5)
+    with safe_open(str(run["path"]), "pt") as handle:
+        meta = handle.metadata()
+    assert (meta["ss_num_train_images"], meta["ss_num_reg_images"], meta["ss_prior_loss_weight"]) == ("4", "4", "0.5")
+    for kw, field in (({"reg_data_dir": str(tmp_path / "nowhere")}, "reg_data_dir"),
+                      ({"reg_data_dir": str(few), "prior_loss_weight": -1}, "prior_loss_weight")):
+        with pytest.raises(RequestError) as err:
+            _run(ctx, data, tmp_path / "bad", "bad", **kw)
+        assert err.value.field == field

@@ -82,6 +82,8 @@ class Item:
     caption: str
     bucket: tuple[int, int]
     pixels: np.ndarray  # H x W x 3 uint8 at the bucket's size
+    weight: float = 1.0  # the sample's loss weight (kohya's prior_loss_weight for regularization pictures)
+    regularization: bool = False
 
 
 @dataclass

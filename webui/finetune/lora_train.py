@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from webui.errors import RequestError
-from webui.finetune.dataset import load_folder
+from webui.finetune.dataset import Dataset, load_folder
 from webui.finetune.lora_layers import FusedLoraLayer, LoraLayer, flow_lora_targets, kohya_tensors, lora_targets
 from webui.finetune.loss import denoising_loss, flow_loss, posterior_latents, seeded_generator
 from webui.finetune.optimizers import OPTIMIZERS, describe, load_state, make_optimizer, state_tensors
@@ -101,6 +101,11 @@ class LoraTrainParams:
     # concept in a context-free way before the layers can fit it to the pictures' backgrounds (the two stages
     # of pivotal tuning)
     embedding_only_steps: int = 0
+    # kohya's regularization images (DreamBooth's prior preservation): pictures of the class without the new
+    # concept, trained alongside with their loss weighted by ``prior_loss_weight``, so the LoRA learns what the
+    # concept changes and leaves the rest of the model's pictures alone
+    reg_data_dir: str = ""
+    prior_loss_weight: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -174,11 +179,27 @@ def _check(params: LoraTrainParams) -> None:
     if params.embedding_only_steps < 0 or (params.embedding_only_steps and not params.bundle_embedding):
         raise RequestError("embedding_only_steps", "must be 0, or more with a bundle_embedding to train, got "
                                                    f"{params.embedding_only_steps}")
+    if params.prior_loss_weight < 0:
+        raise RequestError("prior_loss_weight", f"must be 0 or more, got {params.prior_loss_weight}")
     if params.bundle_embedding and params.embedding_lr <= 0:
         raise RequestError("embedding_lr", f"must be positive, got {params.embedding_lr}")
     name = params.output_name.strip()
     if not name or any(ch in name for ch in '/\\:*?"<>|') or name.startswith("."):
         raise RequestError("output_name", f"{name!r} is not a usable file name")
+
+
+def with_regularization(dataset: Dataset, params: LoraTrainParams) -> Dataset:
+    """``dataset`` followed by the pictures of ``reg_data_dir`` with their ``prior_loss_weight``, as kohya pairs
+    them (``train_util.DreamBoothDataset``): regularization pictures are taken in order, cycling, until there are
+    as many as training pictures (extra ones are not used), so an epoch sees both kinds equally often."""
+    if not params.reg_data_dir.strip():
+        return dataset
+    reg = load_folder(params.reg_data_dir, params.resolution, params.resolution, field_name="reg_data_dir")
+    n = len(dataset.items)
+    extra = [replace(reg.items[i % len(reg.items)], weight=params.prior_loss_weight, regularization=True)
+             for i in range(n)]
+    skipped = {**dataset.skipped, **{f"reg:{k}": v for k, v in reg.skipped.items()}}
+    return Dataset(dataset.items + extra, skipped)
 
 
 def run_folder(log_root: Path | None, params: LoraTrainParams) -> Path:
@@ -207,6 +228,7 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
     if out_path.exists() and not (params.overwrite or params.resume):
         raise RequestError("output_name", f"{out_path} already exists (set overwrite to replace it)")
     dataset = load_folder(params.train_data_dir, params.resolution, params.resolution, field_name="train_data_dir")
+    dataset = with_regularization(dataset, params)
     if params.bundle_embedding and not any(
             params.bundle_embedding.strip() in params.caption_template.replace("[name]", params.output_name)
             .replace("[filewords]", item.caption) for item in dataset.items):
@@ -406,7 +428,10 @@ def _metadata(params: LoraTrainParams, model, dataset, step: int, started: float
         "ss_lr_warmup_steps": str(params.lr_warmup_steps), "ss_max_train_steps": str(params.max_train_steps),
         "ss_max_train_epochs": str(params.max_train_epochs or None),
         "ss_steps": str(step), "ss_batch_size_per_device": str(params.train_batch_size),
-        "ss_num_train_images": str(len(dataset.items)), "ss_resolution": f"({params.resolution}, {params.resolution})",
+        "ss_num_train_images": str(sum(not i.regularization for i in dataset.items)),
+        "ss_num_reg_images": str(sum(i.regularization for i in dataset.items)),
+        "ss_prior_loss_weight": str(params.prior_loss_weight),
+        "ss_resolution": f"({params.resolution}, {params.resolution})",
         "ss_seed": str(params.seed), "ss_optimizer": describe(optimizer),
         "ss_mixed_precision": params.mixed_precision, "ss_gradient_checkpointing": str(params.gradient_checkpointing),
         "ss_min_snr_gamma": str(params.min_snr_gamma or None), "ss_noise_offset": str(params.noise_offset or None),
@@ -441,7 +466,10 @@ def _loss(model, dataset, latents, params: LoraTrainParams, step: int, bundle: E
         prompts.append(params.caption_template.replace("[name]", params.output_name)
                        .replace("[filewords]", ", ".join(tags)))
     lookup = build_lookup(model.components, {bundle.name: bundle}) if bundle is not None else None
+    weights = None
+    if any(dataset.items[i].weight != 1.0 for i in batch):
+        weights = torch.tensor([dataset.items[i].weight for i in batch], dtype=torch.float32, device=x0.device)
     if model.components.spec.is_flow:
-        return flow_loss(model, x0, prompts, gen, embeddings=lookup)
+        return flow_loss(model, x0, prompts, gen, embeddings=lookup, sample_weights=weights)
     return denoising_loss(model, x0, prompts, gen, lookup, min_snr_gamma=params.min_snr_gamma,
-                          noise_offset=params.noise_offset)
+                          noise_offset=params.noise_offset, sample_weights=weights)

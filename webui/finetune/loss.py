@@ -76,7 +76,8 @@ def posterior_latents(model, dataset, method: str, seed: int,
 
 
 def denoising_loss(model, x0: torch.Tensor, prompts: list[str], gen: torch.Generator,
-                   embeddings=None, *, min_snr_gamma: float = 0.0, noise_offset: float = 0.0) -> torch.Tensor:
+                   embeddings=None, *, min_snr_gamma: float = 0.0, noise_offset: float = 0.0,
+                   sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error of the U-Net's noise (epsilon models) or v (v-prediction) prediction for latents
     ``x0`` noised at ``t ~ U{0..999}`` by the training schedule, under ``prompts`` (one per latent; a prompt
     that names an embedding in ``embeddings`` uses its vectors, with their gradients). SDXL gets A1111's size
@@ -84,7 +85,9 @@ def denoising_loss(model, x0: torch.Tensor, prompts: list[str], gen: torch.Gener
 
     kohya's options: ``min_snr_gamma`` > 0 weighs each sample by ``min(SNR, gamma) / SNR`` (v-prediction:
     ``/ (SNR + 1)``; Hang et al. 2023); ``noise_offset`` adds ``offset * N(0, 1)`` per image and channel to the
-    noise (Guttenberg's offset noise: whole-image colour and brightness become learnable)."""
+    noise (Guttenberg's offset noise: whole-image colour and brightness become learnable). ``sample_weights``
+    (one per latent; kohya's loss weights, e.g. ``prior_loss_weight`` for regularization pictures) multiply each
+    sample's mean squared error before the batch mean."""
     c = model.components
     opts = EncodeOptions()
     chunks = max(chunk_count(c, p, opts, embeddings) for p in prompts)
@@ -105,21 +108,25 @@ def denoising_loss(model, x0: torch.Tensor, prompts: list[str], gen: torch.Gener
         out = c.unet(x_t.to(model.dtype), t.to(x0.device), encoder_hidden_states=context, added_cond_kwargs=added,
                      return_dict=False)[0].float()
         target = noise if c.spec.prediction_type == "epsilon" else alpha.sqrt() * noise - (1 - alpha).sqrt() * x0
-        if not min_snr_gamma:
+        if not min_snr_gamma and sample_weights is None:
             return torch.nn.functional.mse_loss(out, target)
-        snr = (alpha / (1 - alpha)).view(-1)
-        weight = torch.clamp(snr, max=min_snr_gamma) / (snr if c.spec.prediction_type == "epsilon" else snr + 1)
         per_sample = ((out - target) ** 2).mean(dim=tuple(range(1, out.ndim)))
-        return (per_sample * weight).mean()
+        if sample_weights is not None:
+            per_sample = per_sample * sample_weights
+        if min_snr_gamma:
+            snr = (alpha / (1 - alpha)).view(-1)
+            per_sample = per_sample * torch.clamp(snr, max=min_snr_gamma) / (
+                snr if c.spec.prediction_type == "epsilon" else snr + 1)
+        return per_sample.mean()
 
 
 def flow_loss(model, x0: torch.Tensor, prompts: list[str], gen: torch.Generator, guidance: float = 1.0,
-              embeddings=None) -> torch.Tensor:
+              embeddings=None, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The rectified-flow training loss of SD 3.x / FLUX.1 (as kohya's ``flux_train_network`` /
     ``sd3_train_network`` with their default sampling): ``sigma = sigmoid(N(0, 1))`` (logit-normal, as in the
     SD 3 paper), ``x_t = (1 - sigma) x0 + sigma noise``, and the mean squared error between the transformer's
     velocity and ``noise - x0``. FLUX.1 dev gets ``guidance`` as its distilled-guidance input (kohya trains
-    with 1.0)."""
+    with 1.0). ``sample_weights`` as in :func:`denoising_loss`."""
     from webui.pipeline.conditioning import Conditioning
     from webui.pipeline.flow_model import velocity_fn
 
@@ -135,4 +142,7 @@ def flow_loss(model, x0: torch.Tensor, prompts: list[str], gen: torch.Generator,
         s = sigma.view(-1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
         velocity = velocity_fn(model, guidance)(x_t, sigma, ctx)
-        return torch.nn.functional.mse_loss(velocity.float(), noise - x0)
+        if sample_weights is None:
+            return torch.nn.functional.mse_loss(velocity.float(), noise - x0)
+        per_sample = ((velocity.float() - (noise - x0)) ** 2).mean(dim=tuple(range(1, x0.ndim)))
+        return (per_sample * sample_weights).mean()

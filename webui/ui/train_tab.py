@@ -182,6 +182,13 @@ def build_train_tab(ctx: AppContext) -> dict[str, Any]:
                                                   elem_id="train_lora_sample_seed")
                     lo["resume"] = gr.Checkbox(False, label="Resume the run", elem_id="train_lora_resume")
                 with gr.Row():
+                    lo["reg_data_dir"] = gr.Textbox(label="Regularization pictures directory (optional)",
+                                                    elem_id="train_lora_reg_dir",
+                                                    info="Pictures of the class without the new concept, with "
+                                                         "captions: they keep the rest of the model as it was")
+                    lo["prior_loss_weight"] = gr.Number(1.0, label="Regularization loss weight",
+                                                        elem_id="train_lora_prior_loss_weight")
+                with gr.Row():
                     lo["caption_template"] = gr.Textbox(
                         "[filewords]", label="Caption template", elem_id="train_lora_caption_template",
                         info="[filewords]: the picture's caption; [name]: the LoRA name")
