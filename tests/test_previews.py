@@ -6,7 +6,6 @@ import base64
 import io
 import logging
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import make_settings
+from tests.step_gate import step_gate
 from webui.jobs import Job
 from webui.pipeline.request import GenerationRequest
 from webui.previews import PreviewRenderer, preview_due, preview_method
@@ -218,58 +218,54 @@ def test_a_failing_preview_never_stops_the_generation(ctx, monkeypatch, caplog):
 
 
 @pytest.fixture(scope="module")
-def slow_server(tmp_path_factory, models_root):
-    """A live server whose steps take 0.15 s (so a poller sees the job running), previews every step."""
+def preview_server(tmp_path_factory, models_root):
+    """A live server with previews at every step; the tests hold its jobs with a StepGate (``srv.ctx``)."""
     from tests.live_server import LiveServer
     from webui.context import build_context
-    from webui.hookspecs import hookimpl
-    from webui.plugins import make_plugin_manager
     from webui.server import create_app
 
-    class Slow:
-        @hookimpl
-        def on_step_end(self, state):
-            time.sleep(0.15)
-
-    plugins = make_plugin_manager(disable_extensions=True)
-    assert plugins.register(Slow(), "slow-steps")
-    app_ctx = build_context(make_settings(tmp_path_factory.mktemp("data"), models_root), plugins=plugins,
-                            load_model=True)
+    app_ctx = build_context(make_settings(tmp_path_factory.mktemp("data"), models_root), load_model=True)
     app_ctx.options.update({"show_progress_every_n_steps": 1})
     with LiveServer(create_app(app_ctx)) as srv:
+        srv.ctx = app_ctx
         yield srv
 
 
-def test_progress_route_returns_the_current_image(slow_server):
-    body = {**SMALL, "steps": 8}
+def test_progress_route_returns_the_current_image(preview_server):
+    body = {**SMALL, "steps": 4}
     out: dict = {}
-    worker = threading.Thread(target=lambda: out.update(r=httpx.post(slow_server.url + "/sdapi/v1/txt2img",
-                                                                      json=body, timeout=60)))
-    worker.start()
-    current, deadline = None, time.monotonic() + 30
-    while current is None and time.monotonic() < deadline and worker.is_alive():
-        current = httpx.get(slow_server.url + "/sdapi/v1/progress", timeout=10).json().get("current_image")
-        time.sleep(0.05)
-    skipped = httpx.get(slow_server.url + "/sdapi/v1/progress?skip_current_image=true", timeout=10).json()
-    worker.join(60)
+    with step_gate(preview_server.ctx, step=2) as gate:  # held after its third step's preview
+        worker = threading.Thread(target=lambda: out.update(r=httpx.post(preview_server.url + "/sdapi/v1/txt2img",
+                                                                          json=body, timeout=60)))
+        worker.start()
+        job = gate.wait()
+        current = httpx.get(preview_server.url + "/sdapi/v1/progress", timeout=10).json()
+        skipped = httpx.get(preview_server.url + "/sdapi/v1/progress?skip_current_image=true", timeout=10).json()
+        held_preview = job.current_image.convert("RGB").tobytes()
+        gate.open()
+        worker.join(60)
     assert out["r"].status_code == 200
-    assert current, "no current_image while the job ran"
-    assert Image.open(io.BytesIO(base64.b64decode(current))).size == (64, 64)
-    assert skipped["current_image"] is None
+    assert current["state"]["job"] == job.id and current["state"]["sampling_step"] == 2
+    assert current["current_image"], "no current_image while the job ran"
+    shown = Image.open(io.BytesIO(base64.b64decode(current["current_image"])))
+    assert shown.size == (64, 64)
+    assert shown.convert("RGB").tobytes() == held_preview  # the job's preview of that step
+    assert skipped["state"]["sampling_step"] == 2 and skipped["current_image"] is None
 
 
-def test_ui_streams_previews_then_the_final_result(slow_server):
+def test_ui_streams_previews_then_the_final_result(preview_server):
     from gradio_client import Client
 
-    client = Client(slow_server.url, verbose=False)
-    job = client.submit(prompt="streamed", steps=6, sampler_name="Euler", width=64, height=64, seed=9,
-                        api_name="/txt2img")
-    gallery, info = job.result(timeout=60)
+    client = Client(preview_server.url, verbose=False)
+    with step_gate(preview_server.ctx, step=2) as gate:  # the job waits at its third step until a preview came
+        job = client.submit(prompt="streamed", steps=6, sampler_name="Euler", width=64, height=64, seed=9,
+                            api_name="/txt2img")
+        gate.wait()
+        first = next(job)  # gradio_client's own wait for the next streamed output
+        gate.open()
+        gallery, info = job.result(timeout=60)
     assert len(gallery) == 1 and "Steps: 6" in info and "Seed: 9" in info
-    outputs = job.outputs()
-    previews = outputs[:-1]
-    assert previews, "no live preview was streamed"
-    p_gallery, p_text = previews[0]
+    p_gallery, p_text = first
     assert len(p_gallery) == 1 and p_gallery[0]["caption"] == "Preview" and "step" in p_text
     assert Image.open(p_gallery[0]["image"]).size == (64, 64)
     # predict (the keyword API) still returns the final output
