@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 from tests.conftest import api_only, make_settings
+from tests.step_gate import WAIT, OutputLines
 from webui.context import build_context
 from webui.models.manager import ModelStillLoading
 from webui.models.original_layout import save_single_file
@@ -76,49 +76,65 @@ def test_shapes_warning_only_when_the_shapes_model_loads(elsewhere, tmp_path, ca
     assert HOW_TO_ADD in caplog.text and "Model ready: shapes-64.safetensors" in caplog.text
 
 
-def _slow_loads(monkeypatch, seconds: float) -> None:
+def _held_loads(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Checkpoint loads that start, then wait until the test lets them go: ``(started, release)``."""
     import webui.models.loader as loader
 
     original = loader.load_components
+    started, release = threading.Event(), threading.Event()
 
-    def slow(*args, **kwargs):
-        time.sleep(seconds)
+    def held(*args, **kwargs):
+        started.set()
+        assert release.wait(WAIT), "the test never let the load go on"
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(loader, "load_components", slow)
+    monkeypatch.setattr(loader, "load_components", held)
+    return started, release
 
 
 def test_a_generation_sent_during_the_load_waits_and_succeeds(elsewhere, tmp_path, monkeypatch):
     mine, models = elsewhere
     ctx = _ctx(tmp_path, models, ckpt=mine)
-    _slow_loads(monkeypatch, 1.5)
+    started, release = _held_loads(monkeypatch)
+    waiting = threading.Event()
+    wait_while_loading = ctx.models.wait_while_loading
+
+    def noted(timeout):
+        waiting.set()
+        return wait_while_loading(timeout)
+
+    monkeypatch.setattr(ctx.models, "wait_while_loading", noted)
     loader = threading.Thread(target=ctx.load_initial_model)
     loader.start()
-    deadline = time.monotonic() + 10
-    while ctx.models.loading is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert started.wait(WAIT)
     assert ctx.models.loading is not None and ctx.models.current is None  # the load is under way
-    result = ctx.generate(GenerationRequest(**SMALL))
-    loader.join()
-    assert "Model: my-model" in result.infotexts[0]
+    box = {}
+    generation = threading.Thread(target=lambda: box.update(result=ctx.generate(GenerationRequest(**SMALL))))
+    generation.start()
+    assert waiting.wait(WAIT)  # the generation is waiting for the model (the load is still held)
+    assert "result" not in box and ctx.models.current is None
+    release.set()
+    loader.join(WAIT)
+    generation.join(WAIT)
+    assert "Model: my-model" in box["result"].infotexts[0]
 
 
 def test_a_generation_waits_at_most_model_wait_then_503_with_retry_after(elsewhere, tmp_path, monkeypatch):
     mine, models = elsewhere
     ctx = _ctx(tmp_path, models, ckpt=mine, model_wait=0.2)
-    _slow_loads(monkeypatch, 2.0)
+    started, release = _held_loads(monkeypatch)
     loader = threading.Thread(target=ctx.load_initial_model)
     loader.start()
-    while ctx.models.loading is None:
-        time.sleep(0.01)
-    try:
+    assert started.wait(WAIT)
+    try:  # the load is held for as long as this takes: only --model-wait can end the waits
         with pytest.raises(ModelStillLoading):
             ctx.generate(GenerationRequest(**SMALL))
         r = TestClient(create_app(api_only(ctx))).post("/sdapi/v1/txt2img", json=SMALL)
         assert r.status_code == 503 and r.headers["Retry-After"] == "10"
         assert "my-model.safetensors is still loading" in r.json()["detail"]
     finally:
-        loader.join()
+        release.set()
+        loader.join(WAIT)
     assert TestClient(create_app(api_only(ctx))).post("/sdapi/v1/txt2img", json=SMALL).status_code == 200
 
 
@@ -155,19 +171,16 @@ def test_a1111_start_script_flags_start_the_server(elsewhere, tmp_path):
                              "--disable-extensions", "--use-cpu", "all",
                              "--xformers", "--opt-sdp-attention", "--no-download-sd-model", "--skip-torch-cuda-test",
                              "--ckpt", str(mine)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = OutputLines(proc)
     try:
-        deadline = time.monotonic() + 120
-        answer = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                answer = httpx.post(f"http://127.0.0.1:{port}/sdapi/v1/txt2img", json=SMALL, timeout=60)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        assert answer is not None and answer.status_code == 200, proc.poll()
+        output.wait_for("Running on local URL", timeout=120)
+        # the model may still be loading: the generation waits for it (--model-wait)
+        answer = httpx.post(f"http://127.0.0.1:{port}/sdapi/v1/txt2img", json=SMALL, timeout=120)
+        assert answer.status_code == 200, answer.text
     finally:
         proc.terminate()
-        out = proc.communicate(timeout=30)[0]
+        proc.wait(timeout=60)
+    out = output.join()
     assert "Traceback" not in out and HOW_TO_ADD not in out
     listening, ready = out.find("Listening after"), out.find("Model ready: my-model.safetensors [")
     assert 0 <= listening and 0 <= ready and out.find("Loaded my-model") < ready, out
@@ -188,14 +201,14 @@ def test_generate_buttons_say_the_model_is_loading(elsewhere, tmp_path, monkeypa
 
     mine, models = elsewhere
     ctx = _ctx(tmp_path, models, ckpt=mine)
-    _slow_loads(monkeypatch, 1.0)
+    started, release = _held_loads(monkeypatch)
     loader = threading.Thread(target=ctx.load_initial_model)
     loader.start()
-    while ctx.models.loading is None:
-        time.sleep(0.01)
+    assert started.wait(WAIT)
     *buttons, timer = loading_state(ctx, 2)
+    release.set()
+    loader.join(WAIT)
     assert [(b["value"], b["interactive"]) for b in buttons] == [(LOADING_LABEL, False)] * 2 and timer.active
-    loader.join()
     *buttons, timer = loading_state(ctx, 2)
     assert [(b["value"], b["interactive"]) for b in buttons] == [("Generate", True)] * 2 and not timer.active
 
@@ -210,7 +223,7 @@ def test_hashing_runs_beside_the_load_not_before_it(elsewhere, tmp_path, monkeyp
     original_hash, original_load = manager._sha256_path, loader.load_components
 
     def hash_after_the_load_started(path):
-        seen.append(load_started.wait(timeout=5))
+        seen.append(load_started.wait(WAIT))
         return original_hash(path)
 
     def load(*args, **kwargs):
