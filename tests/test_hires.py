@@ -119,8 +119,27 @@ def test_tiling_changes_the_image_and_is_written_to_infotext(ctx):
     assert all(c.padding_mode == "zeros" for c in convs)
 
 
-def test_tiling_works_in_img2img(ctx):
+def test_tiling_in_img2img_is_circular_padding_for_the_whole_job(ctx):
+    """A1111 (``processing.process_images_inner``: ``sd_hijack.model_hijack.apply_circular(p.tiling)`` before
+    ``p.init``) pads every ``Conv2d`` of the model circularly for the whole job, the init image's VAE encoding
+    included. The reference is the same job without the tiling flag, the test having switched every
+    convolution of the U-Net and the VAE to circular padding itself."""
+    import torch
+
     from tests.test_img2img import picture
 
-    res = ctx.generate(GenerationRequest(**SMALL, tiling=True, mode="img2img", init_images=(picture(),)))
-    assert "Tiling: True" in res.infotexts[0]
+    req = GenerationRequest(**SMALL, mode="img2img", init_images=(picture(),), denoising_strength=0.6)
+    tiled = ctx.generate(req.with_(tiling=True))
+    plain = ctx.generate(req.with_(tiling=False))
+    c = ctx.models.current.components
+    convs = {m: m.padding_mode for part in (c.unet, c.vae) for m in part.modules() if isinstance(m, torch.nn.Conv2d)}
+    try:
+        for conv in convs:
+            conv.padding_mode = "circular"
+        by_hand = ctx.generate(req.with_(tiling=False))
+    finally:
+        for conv, mode in convs.items():
+            conv.padding_mode = mode
+    assert np.array_equal(np.asarray(tiled.images[0]), np.asarray(by_hand.images[0]))
+    assert np.abs(np.asarray(tiled.images[0], int) - np.asarray(plain.images[0], int)).max() > 8
+    assert "Tiling: True" in tiled.infotexts[0] and "Tiling" not in plain.infotexts[0]

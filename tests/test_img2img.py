@@ -13,9 +13,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.conftest import api_only
-from webui.pipeline.init_image import encode_init_images, resize_image
+from webui.pipeline.init_image import resize_image
 from webui.pipeline.request import GenerationRequest
-from webui.pipeline.vae import decode_latents
 from webui.server import create_app
 
 
@@ -29,6 +28,19 @@ def b64(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def through_the_vae(vae, image: Image.Image, latent_size: tuple[int, int] | None = None) -> np.ndarray:
+    """``image`` encoded to the VAE posterior's mean (the product's documented choice, webui/pipeline/vae.py),
+    optionally resized in latent space to ``latent_size`` (height, width) with ``F.interpolate(mode="bilinear")``,
+    and decoded: uint8 pixels, computed with the VAE directly."""
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        z = vae.encode(pixels).latent_dist.mode()
+        if latent_size is not None:
+            z = torch.nn.functional.interpolate(z, size=latent_size, mode="bilinear")
+        decoded = vae.decode(z).sample
+    return (((decoded[0].permute(1, 2, 0) + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 BASE = dict(prompt="a cat", steps=10, width=64, height=64, seed=4, sampler_name="Euler", save_images=False,
@@ -45,9 +57,8 @@ def test_steps_follow_a1111_rule(ctx, counter):
 def test_strength_zero_returns_the_init_image_without_steps(ctx, counter):
     res = ctx.generate(GenerationRequest(init_images=(picture(),), denoising_strength=0.0, **BASE))
     assert counter.seen == []
-    model = ctx.models.current
-    round_trip = decode_latents(model, encode_init_images(model, [picture()], 64, 64, 0))[0]
-    assert res.images[0].tobytes() == round_trip.tobytes()
+    round_trip = through_the_vae(ctx.models.current.components.vae, picture())
+    assert np.abs(np.asarray(res.images[0], int) - round_trip.astype(int)).max() <= 1
 
 
 def test_strength_changes_and_is_deterministic(ctx):
@@ -69,9 +80,24 @@ def test_resize_modes_give_the_target_size(mode):
         assert (arr[:, :, 2] == 128).all() and not (arr[0] == 0).all()
 
 
-def test_latent_upscale_mode(ctx):
-    lat = encode_init_images(ctx.models.current, [picture(32 * 2, 32 * 2)], 128, 128, 3)
-    assert lat.shape == (1, 4, 16, 16)
+@pytest.mark.parametrize("source, target", [((96, 80), (64, 64)), ((64, 64), (96, 128))])
+def test_latent_upscale_mode_resizes_the_latents_bilinearly(ctx, source, target):
+    """Resize mode 3, "Just resize (latent upscale)": A1111 (processing.py, ``StableDiffusionProcessingImg2Img.init``)
+    encodes the init image at its own size and resizes the latents with ``F.interpolate(mode="bilinear")`` to
+    ``height/8 x width/8``; strength 0 gives those latents back, decoded. Smaller and larger than the image."""
+    rng = np.random.default_rng(5)
+    image = Image.fromarray((rng.random((source[1] // 8, source[0] // 8, 3)) * 255).astype(np.uint8)).resize(
+        source, Image.Resampling.BICUBIC)
+    w, h = target
+    res = ctx.generate(GenerationRequest(**{**BASE, "width": w, "height": h}, init_images=(image,),
+                                         denoising_strength=0.0, resize_mode=3))
+    expected = through_the_vae(ctx.models.current.components.vae, image, (h // 8, w // 8))
+    ours = np.asarray(res.images[0], int)
+    assert ours.shape == (h, w, 3)
+    assert np.abs(ours - expected.astype(int)).max() <= 1
+    # the latents were resized, not the picture: encoding the picture resized to the target differs
+    stretched = through_the_vae(ctx.models.current.components.vae, image.resize(target, Image.Resampling.LANCZOS))
+    assert np.abs(ours - stretched.astype(int)).max() > 8
 
 
 def test_api_img2img(ctx):
@@ -106,4 +132,3 @@ def test_image_of_a_batch_uses_its_init_image(ctx):
     first = ctx.generate(GenerationRequest(init_images=(a,), denoising_strength=0.3, **BASE))
     assert np.abs(np.asarray(batch.images[0], int) - np.asarray(first.images[0], int)).max() <= 2
     assert batch.images[0].tobytes() != batch.images[1].tobytes()
-    assert torch.is_tensor(encode_init_images(ctx.models.current, [a, b], 64, 64, 0))
