@@ -1,7 +1,9 @@
 """SDXL's text conditioning (issue 29): the U-Net's ``text_embeds`` (pooled OpenCLIP-bigG) and
 ``encoder_hidden_states`` (CLIP-L and bigG penultimate layers side by side) equal what diffusers' own
 ``StableDiffusionXLPipeline.encode_prompt`` gives for the same prompts, row by row (conditional, then unconditional).
-A non-empty negative prompt: for an empty one A1111 encodes "" where diffusers uses zeros, a deliberate difference.
+A non-empty negative prompt here; an empty one is zeros in both A1111 (``sd_models_xl.get_learned_conditioning``,
+``force_zero_embeddings``) and diffusers (``force_zeros_for_empty_prompt``), checked end to end in
+``test_pipeline_parity.py``.
 ``time_ids`` are checked in ``test_sdxl_conditioning.py``."""
 
 from __future__ import annotations
