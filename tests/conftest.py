@@ -61,18 +61,13 @@ def square_pictures(folder: Path, corners, colour, caption: str, background: int
     return folder
 
 
-def wait_for_run(client, run_id: str, timeout: float = 180) -> dict:
-    """Poll ``GET /webui/v1/train/{run_id}`` until the training run ends; its last state."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    state: dict = {}
-    while time.monotonic() < deadline:
-        state = client.get(f"/webui/v1/train/{run_id}").json()
-        if state["status"] in ("done", "failed", "interrupted"):
-            return state
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_id} did not finish: {state}")
+def wait_for_run(ctx, client, run_id: str, timeout: float = 180) -> dict:
+    """Wait until the training run ``run_id`` of ``ctx`` ends (``TrainingRun.wait``; ``timeout`` is only a
+    safety net); its last state from ``GET /webui/v1/train/{run_id}``."""
+    run = ctx.training_runs.get(run_id)
+    assert run is not None, f"no training run {run_id}"
+    assert run.wait(timeout), f"run {run_id} did not finish in {timeout:.0f} s: {run.describe(False)}"
+    return client.get(f"/webui/v1/train/{run_id}").json()
 
 
 def make_settings(data_dir: Path, models_root: Path | None = None, **kw):

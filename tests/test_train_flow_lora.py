@@ -56,8 +56,8 @@ def flux_env(tmp_path_factory):
     return ctx, TestClient(create_app(api_only(ctx))), data
 
 
-def _wait(client, run_id: str, timeout: float = 180) -> dict:
-    return wait_for_run(client, run_id, timeout)
+def _wait(ctx, client, run_id: str, timeout: float = 180) -> dict:
+    return wait_for_run(ctx, client, run_id, timeout)
 
 
 def _png(data: str) -> np.ndarray:
@@ -70,7 +70,7 @@ def test_flux_lora_run_gives_kohyas_flux_file_that_draws_what_the_run_drew(flux_
             "learning_rate": 3e-3, "text_encoder_lr": 1e-3, "max_train_steps": 4, "train_batch_size": 2,
             "resolution": 64, "seed": 2, "sample_every_n_steps": 4, "sample_prompt": "a teal square",
             "sample_seed": 9}
-    state = _wait(client, client.post("/webui/v1/train/lora", json=body).json()["id"])
+    state = _wait(ctx, client, client.post("/webui/v1/train/lora", json=body).json()["id"])
     assert state["status"] == "done", state["error"]
     assert len(state["losses"]) == 4 and all(np.isfinite(state["losses"]))
     tensors = load_file(state["path"])

@@ -7,7 +7,6 @@ path for SD 1.x, + the original LDM path for SDXL; ``lora_te_`` / ``lora_te1_`` 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from tests.step_gate import StepGate
 from webui.finetune.lora_layers import lora_targets
 from webui.models.tiny import build_tiny_components
 
@@ -116,8 +116,24 @@ def lora_env(tmp_path_factory):
     return ctx, TestClient(create_app(api_only(ctx))), data
 
 
-def _wait(client, run_id: str, timeout: float = 180) -> dict:
-    return wait_for_run(client, run_id, timeout)
+def _wait(ctx, client, run_id: str, timeout: float = 180) -> dict:
+    return wait_for_run(ctx, client, run_id, timeout)
+
+
+def _held_training(monkeypatch, step: int) -> StepGate:
+    """A gate that holds each API training run after its step ``step`` (``TrainingRun.follow``) until the test
+    lets it go or interrupts it; ``gate.open()`` when done."""
+    from webui.train_runs import TrainingRun
+
+    gate, follow = StepGate(step, holds=99), TrainingRun.follow
+
+    def held(self, done: int, loss: float, image=None) -> None:
+        follow(self, done, loss, image)
+        if done == step:
+            gate.hold(self.job)
+
+    monkeypatch.setattr(TrainingRun, "follow", held)
+    return gate
 
 
 def test_lora_run_through_the_api_gives_a_kohya_file_that_works_in_prompts(lora_env):
@@ -127,7 +143,7 @@ def test_lora_run_through_the_api_gives_a_kohya_file_that_works_in_prompts(lora_
             "resolution": 64, "lr_scheduler": "cosine", "lr_warmup_steps": 2, "seed": 3, "conv_dim": 4, "conv_alpha": 2}
     started = client.post("/webui/v1/train/lora", json=body)
     assert started.status_code == 200, started.text
-    state = _wait(client, started.json()["id"])
+    state = _wait(ctx, client, started.json()["id"])
     assert state["status"] == "done", state
     assert len(state["losses"]) == 6 and all(np.isfinite(state["losses"]))
     path = ctx.settings.model_dir("Lora") / "orange_sq.safetensors"
@@ -164,20 +180,24 @@ def test_lora_run_through_the_api_gives_a_kohya_file_that_works_in_prompts(lora_
     assert client.get("/webui/v1/train/unknown").status_code == 404
 
 
-def test_interrupting_a_lora_run_saves_a_loadable_file(lora_env):
+def test_interrupting_a_lora_run_saves_a_loadable_file(lora_env, monkeypatch):
     from webui.networks.lora import apply_loras, read_lora
 
     ctx, client, data = lora_env
-    started = client.post("/webui/v1/train/lora", json={"output_name": "stopped", "train_data_dir": str(data),
-                                                         "network_dim": 2, "max_train_steps": 5000,
-                                                         "resolution": 64})
-    run_id = started.json()["id"]
-    deadline = time.monotonic() + 60
-    while client.get(f"/webui/v1/train/{run_id}").json()["step"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    client.post(f"/webui/v1/train/{run_id}/interrupt")
-    state = _wait(client, run_id)
-    assert state["status"] == "interrupted" and 2 <= len(state["losses"]) < 5000
+    gate = _held_training(monkeypatch, 2)
+    try:
+        started = client.post("/webui/v1/train/lora", json={"output_name": "stopped", "train_data_dir": str(data),
+                                                             "network_dim": 2, "max_train_steps": 50,
+                                                             "resolution": 64})
+        run_id = started.json()["id"]
+        job = gate.wait()  # held after its second step
+        assert client.get(f"/webui/v1/train/{run_id}").json()["step"] == 2
+        client.post(f"/webui/v1/train/{run_id}/interrupt")  # lets the gate go too
+        state = _wait(ctx, client, run_id)
+    finally:
+        gate.open()
+    assert state["status"] == "interrupted" and len(state["losses"]) == 2 and job.interrupted
+    assert not gate.timed_out
     lora = read_lora(ctx.settings.model_dir("Lora") / "stopped.safetensors")
     applied = apply_loras(ctx.models.current.components, [(lora, 1.0, 1.0)])
     assert not applied.unmatched
@@ -221,25 +241,26 @@ def test_train_tab_through_gradio_client(lora_env):
         assert all("a square, white background" in item["caption"] for item in images)
 
 
-def test_generations_are_refused_during_a_run_when_the_option_says_so(lora_env):
+def test_generations_are_refused_during_a_run_when_the_option_says_so(lora_env, monkeypatch):
     ctx, client, data = lora_env
     ctx.options.update({"training_queue_policy": "Refuse"})
+    gate = _held_training(monkeypatch, 1)
     try:
         run_id = client.post("/webui/v1/train/lora", json={"output_name": "busy", "train_data_dir": str(data),
-                                                            "network_dim": 2, "max_train_steps": 5000,
+                                                            "network_dim": 2, "max_train_steps": 50,
                                                             "resolution": 64}).json()["id"]
-        deadline = time.monotonic() + 60
-        while client.get(f"/webui/v1/train/{run_id}").json()["step"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        gate.wait()  # the run is under way, held after its first step
         refused = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64})
         assert refused.status_code == 503 and "training run" in refused.text
         client.post(f"/webui/v1/train/{run_id}/interrupt")
-        assert _wait(client, run_id)["status"] == "interrupted"
+        assert _wait(ctx, client, run_id)["status"] == "interrupted"
         ok = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64,
                                                     "save_images": False})
         assert ok.status_code == 200
     finally:
+        gate.open()
         ctx.options.update({"training_queue_policy": "Wait"})
+    assert not gate.timed_out
 
 
 def _run(ctx, data, tmp_path, name: str, stop_at: int | None = None, **kw):
@@ -342,7 +363,7 @@ def test_previews_every_n_steps_through_the_run_api(lora_env):
     started = client.post("/webui/v1/train/lora", json={
         "output_name": "with_samples", "train_data_dir": str(data), "network_dim": 2, "max_train_steps": 4,
         "resolution": 64, "sample_every_n_steps": 2, "sample_prompt": "a square", "sample_seed": 5})
-    state = _wait(client, started.json()["id"])
+    state = _wait(ctx, client, started.json()["id"])
     assert state["status"] == "done", state
     assert [p["step"] for p in state["previews"]] == [2, 4]
     assert all(Path(p["path"]).is_file() for p in state["previews"])

@@ -28,6 +28,7 @@ class TrainingRun:
     run_folder: str | None = None
     error: str | None = None
     result: Any = None
+    _ended: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def follow(self, step: int, loss: float, image: Any = None) -> None:
         """A training loop's ``on_step``: one more loss (and preview)."""
@@ -46,9 +47,15 @@ class TrainingRun:
         if losses is not None:
             self.losses = [float(x) for x in losses]
         self.status = "interrupted" if get("interrupted") else "done"
+        self._ended.set()
 
     def fail(self, message: str) -> None:
         self.status, self.error = "failed", message
+        self._ended.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run ended (done, interrupted or failed); False when ``timeout`` seconds passed first."""
+        return self._ended.wait(timeout)
 
     def describe(self, current_preview: bool = True) -> dict[str, Any]:
         """Status, progress, loss history, previews (paths; ``current_preview``: the latest as base64 PNG)."""
