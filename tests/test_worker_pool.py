@@ -9,11 +9,11 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.step_gate import WAIT
 from webui.context import GenerationFailed
 from webui.errors import UnknownChoice
 from webui.jobs import Interrupted, Job, JobQueue
@@ -65,14 +65,15 @@ def test_a_lost_worker_sends_the_job_back_to_the_head_of_the_queue_under_the_sam
     job, behind = Job(), Job()
     seen: list[tuple[str, int]] = []
     order: list[str] = []
+    threads: list[threading.Thread] = []
 
     def attempt(worker):
         seen.append((job.id, worker.id))
         if len(seen) == 1:
             # another job arrives while this one runs; it waits (one slot: the other worker is down)
-            threading.Thread(target=lambda: jobs.run(behind, lambda j: order.append("behind")), daemon=True).start()
-            while not jobs.waiting():
-                time.sleep(0.005)
+            threads.append(threading.Thread(target=lambda: jobs.run(behind, lambda j: order.append("behind"))))
+            threads[-1].start()
+            assert jobs.wait_for(lambda waiting, running: waiting == [behind], WAIT)
             return Lost("ActorDiedError: the process died")
         order.append("again")
         return Done("image", {})
@@ -81,18 +82,28 @@ def test_a_lost_worker_sends_the_job_back_to_the_head_of_the_queue_under_the_sam
     pool._sync_concurrency()
     assert jobs.concurrency == 1
 
+    at_the_head: list[bool] = []
+
+    def back_at_the_head_then_worker_1_returns():
+        # no worker is up: the job waits at the head of the queue, before the one that was already waiting
+        try:
+            at_the_head.append(jobs.wait_for(lambda waiting, running: waiting == [job, behind] and not running,
+                                             WAIT))
+        finally:
+            pool.up(1, {"pid": 201})  # Ray restarted the other one
+
     def bring_back_worker_1(record):
         lost.append(record.id)
         assert [j.id for j in jobs.waiting()] == [behind.id]
-        threading.Timer(0.2, pool.up, args=(1, {"pid": 201})).start()  # Ray restarts the other one
+        threads.append(threading.Thread(target=back_at_the_head_then_worker_1_returns))
+        threads[-1].start()
 
     pool._on_lost = bring_back_worker_1
     assert _run(pool, jobs, job, "", attempt) == "image"
+    for t in threads:
+        t.join(WAIT)
     assert seen == [(job.id, 0), (job.id, 1)]  # the same job, then on the worker that came back
-    assert lost == [0]
-    deadline = time.monotonic() + 5
-    while len(order) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert lost == [0] and at_the_head == [True]
     assert order == ["again", "behind"]  # back at the head: it ran before the job that had waited behind it
     assert pool.snapshot()[0]["state"] == "restarting" and pool.snapshot()[0]["restarts"] == 1
 
