@@ -8,7 +8,6 @@ The txt2img → inpaint (drawn mask) → extras chain through the send-to button
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -22,6 +21,7 @@ from tests.browser_helpers import (
 )
 from tests.conftest import make_settings
 from tests.live_server import LiveServer
+from tests.step_gate import WAIT, step_gate
 from webui.context import build_context
 from webui.server import create_app
 from webui.ui.settings_tab import SHOWING_SAVED
@@ -68,17 +68,6 @@ def png_file(tmp_path, name: str = "in.png", infotext: str | None = None, size: 
     return str(path)
 
 
-def running_job(ctx, timeout: float = 60):
-    """The running job once it has done a sampling step."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jobs = [j for j in ctx.jobs.running() if j.sampling_step > 0]
-        if jobs:
-            return jobs[0]
-        time.sleep(0.05)
-    raise AssertionError("no job started")
-
-
 def fill_size(page, mode: str, steps: int, size: int) -> None:
     page.locator(f"#{mode}_steps input[type=number]").fill(str(steps))
     page.locator(f"#{mode}_width input[type=number]").fill(str(size))
@@ -94,12 +83,13 @@ def test_txt2img_generate_then_interrupt(page, server):
     info = page.locator("#txt2img_info textarea").input_value()
     assert "a red circle" in info and "Size: 64x64" in info and "(interrupted)" not in info
 
-    fill_size(page, "txt2img", 150, 256)
-    page.locator("#txt2img_generate").click()
-    job = running_job(server.ctx)
-    page.locator("#txt2img_interrupt").click()
-    wait_text(page, "#txt2img_info textarea", "(interrupted)")
-    assert job.interrupted and job.sampling_step < 150
+    with step_gate(server.ctx, step=1) as gate:  # the job is held at its second step until it is interrupted
+        fill_size(page, "txt2img", 12, 64)
+        page.locator("#txt2img_generate").click()
+        job = gate.wait()
+        page.locator("#txt2img_interrupt").click()
+        wait_text(page, "#txt2img_info textarea", "(interrupted)")
+    assert job.interrupted and job.sampling_step == 2
     # the next job runs to its end: the flag belonged to the interrupted job only
     fill_size(page, "txt2img", 2, 64)
     page.locator("#txt2img_generate").click()
@@ -196,14 +186,13 @@ def test_settings_change_persists_across_reload_and_a_bad_value_is_a_readable_er
 
 def test_closing_the_page_cancels_its_job(page, server):
     page.locator("#txt2img_prompt textarea").fill("a long job")
-    fill_size(page, "txt2img", 150, 256)
-    page.locator("#txt2img_generate").click()
-    job = running_job(server.ctx)
-    page.close()  # the browser tab goes away mid-run
-    deadline = time.monotonic() + 20
-    while server.ctx.jobs.running() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert job.interrupted and job.sampling_step < 150 and not server.ctx.jobs.running()
+    with step_gate(server.ctx, step=1) as gate:  # the job is held at its second step until it is interrupted
+        fill_size(page, "txt2img", 12, 64)
+        page.locator("#txt2img_generate").click()
+        job = gate.wait()
+        page.close()  # the browser tab goes away mid-run
+        assert server.ctx.jobs.wait_for(lambda waiting, running: not running, WAIT)
+    assert job.interrupted and job.sampling_step == 2 and not server.ctx.jobs.running()
 
 
 def test_login_page_behind_auth(browser, tmp_path, models_root):

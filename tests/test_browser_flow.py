@@ -6,7 +6,7 @@ quick-settings multi-select stores Forge's option and the next Generate uses the
 from __future__ import annotations
 
 import shutil
-import time
+import threading
 
 import pytest
 from flow_models import lay_out_flux, save_flux_files, tiny_flux
@@ -14,6 +14,7 @@ from flow_models import lay_out_flux, save_flux_files, tiny_flux
 from tests.browser_helpers import launch, needs_chromium, open_page, screenshot_tabs, wait_text
 from tests.conftest import make_settings
 from tests.live_server import LiveServer
+from tests.step_gate import WAIT
 from webui.context import build_context
 from webui.server import create_app
 
@@ -54,8 +55,18 @@ def _generate(page) -> None:
     page.locator("#txt2img_generate").click()
 
 
-def test_choosing_the_vae_file_in_the_multi_select(page, server):
+def test_choosing_the_vae_file_in_the_multi_select(page, server, monkeypatch):
     ctx = server.ctx
+    chosen = threading.Event()
+    update = ctx.options.update
+
+    def noted(changes):  # the UI's change handler saved the choice
+        result = update(changes)
+        if result.get("forge_additional_modules") == ["ae.safetensors"]:
+            chosen.set()
+        return result
+
+    monkeypatch.setattr(ctx.options, "update", noted)
     _generate(page)
     toast = page.locator("[data-testid=toast-body]", has_text="VAE").first
     toast.wait_for(state="visible")
@@ -63,9 +74,7 @@ def test_choosing_the_vae_file_in_the_multi_select(page, server):
 
     page.locator("#forge_additional_modules input").first.click()
     page.get_by_role("option", name="ae.safetensors", exact=True).first.click()
-    deadline = time.monotonic() + 20
-    while ctx.options.current.get("forge_additional_modules") != ["ae.safetensors"] and time.monotonic() < deadline:
-        time.sleep(0.2)
+    assert chosen.wait(WAIT)
     assert ctx.options.current.get("forge_additional_modules") == ["ae.safetensors"]
     assert "ae.safetensors" in page.locator("#forge_additional_modules").inner_text()
 
