@@ -145,6 +145,12 @@ class WorkerPool:
         with self._changed:
             return [r.as_dict() for r in self.records]
 
+    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float) -> bool:
+        """Block until ``predicate(snapshot)`` holds, checked at every change of a worker's record (up, lost,
+        busy, idle, ...); False when ``timeout`` seconds passed first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate([r.as_dict() for r in self.records]), timeout)
+
     def _changed_locked(self) -> None:
         self._sync_concurrency()
         self._changed.notify_all()
