@@ -159,9 +159,20 @@ def test_interrupt_while_waiting_for_a_worker():
     pool, jobs, _ = _pool(1)
     pool.records[0].state = "busy"
     job = Job()
-    threading.Timer(0.2, job.interrupt).start()
+    waiting = threading.Event()
+    wait = pool._changed.wait
+
+    def noted(timeout=None):  # the job waits for a worker
+        waiting.set()
+        return wait(timeout)
+
+    pool._changed.wait = noted
+    interrupter = threading.Thread(target=lambda: waiting.wait(WAIT) and job.interrupt())
+    interrupter.start()
     with pytest.raises(Interrupted):
         pool.run(job, "", lambda worker: Done("never", {}))
+    interrupter.join(WAIT)
+    assert waiting.is_set()
 
 
 def test_progress_events_replay_on_the_server_job_and_interrupts_are_forwarded():
