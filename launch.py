@@ -103,19 +103,27 @@ def ensure_venv(tests: bool) -> Path:
     return py
 
 
-def ensure_browser() -> None:
-    """The browser tests drive Debian's chromium; install it when we can (root + apt), else they skip."""
-    if shutil.which("chromium") or Path("/usr/bin/chromium").exists():
+#: what the tests need from the system (not pip): the browser tests drive Debian's chromium, the extension
+#: tests run git; a missing one skips those tests here and fails them under CI (the ``CI`` variable)
+SYSTEM_PACKAGES = {"chromium": "chromium", "git": "git"}  # command -> Debian package
+
+
+def ensure_system_packages() -> None:
+    """Install the tests' system packages (chromium, git) with apt when one is missing and we can (root + apt)."""
+    absent = [pkg for cmd, pkg in SYSTEM_PACKAGES.items()
+              if not shutil.which(cmd) and not Path("/usr/bin", cmd).exists()]
+    if not absent:
         return
+    outcome = "fail under CI" if os.environ.get("CI") else "be skipped"
     if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
-        log("chromium not found and cannot be installed here: the browser tests will be skipped")
+        log(f"{', '.join(absent)} not found and cannot be installed here: the tests needing them will {outcome}")
         return
     try:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         run(["apt-get", "update", "-q"], env=env)
-        run(["apt-get", "install", "-y", "-q", "chromium"], env=env)
+        run(["apt-get", "install", "-y", "-q", *absent], env=env)
     except subprocess.CalledProcessError as exc:
-        log(f"Installing chromium failed ({exc}); the browser tests will be skipped")
+        log(f"Installing {', '.join(absent)} failed ({exc}); the tests needing them will {outcome}")
 
 
 def parallel_args(passthrough: list[str]) -> list[str]:
@@ -147,7 +155,7 @@ def main() -> int:
         if not skip_install and not tests and wants_ray(passthrough):
             ensure_ray(py)
         if tests and not skip_install:
-            ensure_browser()
+            ensure_system_packages()
         env = {**os.environ, INSIDE_VENV_FLAG: "1"}
         argv = [str(py), str(ROOT / "launch.py"), *args]
         if os.name == "posix":

@@ -1,6 +1,7 @@
 """Shared pieces of the browser tests (Playwright driving Debian's chromium, headless).
 
-* :func:`chromium_path` / :data:`needs_chromium`: skip where ``/usr/bin/chromium`` is missing;
+* :func:`chromium_path` / :data:`needs_chromium`: skip where ``/usr/bin/chromium`` is missing (fail under CI,
+  see ``needs`` in conftest.py);
 * :func:`launch` starts the browser (``--no-sandbox``, no network extras);
 * :func:`screenshot_tabs` saves a screenshot of every top-level tab of the UI under ``tests/artifacts/``;
   the ``page`` fixtures of the browser test modules call it when their test failed (the outcome comes
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import needs
+
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
@@ -25,8 +28,7 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 
 
-needs_chromium = pytest.mark.skipif(chromium_path() is None,
-                                    reason="Debian chromium is not installed (launch.py --tests installs it)")
+needs_chromium = needs(chromium_path() is not None, "Debian chromium is not installed (launch.py --tests installs it)")
 
 
 def launch(playwright):

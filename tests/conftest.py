@@ -23,6 +23,46 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
+# --- what the machine must have ------------------------------------------------------------------------
+
+#: under CI (the ``CI`` environment variable, set by .ci/run and by CI services) everything the tests need is
+#: installed (``python launch.py --tests``), so a missing piece fails the run instead of skipping tests silently
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing(why: str) -> None:
+    """Something this test needs is missing on this machine: skip it here, fail under CI."""
+    if IN_CI:
+        pytest.fail(f"{why} (CI installs it: python launch.py --tests)", pytrace=False)
+    pytest.skip(why, allow_module_level=True)
+
+
+def require(module: str, why: str = ""):
+    """``import module`` for a test (or at a test module's top); missing: :func:`missing`."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing(f"{module} is not installed{': ' + why if why else ''} ({exc})")
+
+
+def needs(ok: bool, why: str) -> pytest.MarkDecorator:
+    """A mark (on a test, or as a module's ``pytestmark``) for something the machine must have: nothing when
+    ``ok``; else the test is skipped here and fails under CI (see :func:`missing`)."""
+    return pytest.mark.machine_needs(why, ok=bool(ok))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "machine_needs(why, ok): see tests/conftest.py needs()")
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("machine_needs"):
+        if not mark.kwargs.get("ok", True):
+            missing(mark.args[0])
+
+
 @pytest.fixture(scope="session")
 def tiny_sd1_file(tmp_path_factory) -> Path:
     """A tiny SD 1.x checkpoint in the original single-file layout (.safetensors)."""

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import pytest
 
-schemathesis = pytest.importorskip("schemathesis")
+from tests.conftest import missing, require
+
+schemathesis = require("schemathesis", "the API schema fuzzing")
 
 from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
@@ -229,7 +231,7 @@ def test_extension_git_info_never_echoes_credentials(tmp_path):
     from webui.api.routes_misc import git_info
 
     if shutil.which("git") is None:
-        pytest.skip("git not installed")
+        missing("git is not installed")
     assert git_info(str(tmp_path)) == {}  # not a checkout
     env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x",
            "GIT_AUTHOR_DATE": "1700000000 +0000", "GIT_COMMITTER_DATE": "1700000000 +0000", "HOME": str(tmp_path)}

@@ -13,13 +13,13 @@ import random
 import numpy as np
 import pytest
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, needs
 from webui.context import build_context
 from webui.models.default import DEFAULT_FILE, ensure_default_checkpoint
 from webui.pipeline.request import GenerationRequest
 from webui.training import scoring, shapes
 
-pytestmark = pytest.mark.skipif(not DEFAULT_FILE.exists(), reason="the shipped default model file is missing")
+pytestmark = needs(DEFAULT_FILE.exists(), "the shipped default model file is missing")
 
 #: Held-out combinations used below (``shapes.is_held_out`` is asserted, so they stay unseen in training).
 HELD_OUT = [scene for scene in shapes.eval_scenes() if scene.size == "large"]

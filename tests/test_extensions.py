@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import api_only, make_settings
+from tests.conftest import api_only, make_settings, missing
 from webui.context import build_context
 from webui.errors import RequestError
 from webui.extensions_admin import install_from_git, update
@@ -156,7 +156,7 @@ def test_load_order_dependencies_and_broken_extensions(tmp_path, models_root):
 @pytest.fixture
 def git_repo(tmp_path):
     if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+        missing("git is not installed")
     repo = tmp_path / "src-repo"
     _ext(tmp_path, "src-repo", "from webui.hookspecs import hookimpl\n")
     (repo / "requirements.txt").write_text("# nothing to install\n")

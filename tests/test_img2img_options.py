@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import StepRecorder, registered
+from tests.conftest import StepRecorder, registered, require
 from webui.hookspecs import hookimpl
 from webui.infotext import parse_infotext
 from webui.jobs import Job
@@ -304,7 +304,7 @@ def test_histogram_matching_reaches_the_reference_histograms():
 
 
 def test_histogram_matching_equals_scikit_image():
-    exposure = pytest.importorskip("skimage.exposure")
+    exposure = require("skimage.exposure", "the colour-correction oracle")
     rng = np.random.default_rng(4)
     for _ in range(5):
         source = rng.integers(0, 256, (19, 23, 3)).astype(np.uint8)
@@ -324,7 +324,7 @@ def test_luminosity_blend_is_the_w3c_formula():
 
 
 def test_color_correction_end_to_end():
-    exposure = pytest.importorskip("skimage.exposure")
+    exposure = require("skimage.exposure", "the colour-correction oracle")
     reference_image, image = picture(seed=1), picture(seed=2).rotate(90)
     image = Image.fromarray((np.asarray(image) * [0.6, 1.0, 0.8]).astype(np.uint8))  # a colour cast
     ref_lab = cv2.cvtColor(np.asarray(reference_image), cv2.COLOR_RGB2LAB)
@@ -336,7 +336,7 @@ def test_color_correction_end_to_end():
 
 
 def independent_correction(reference: Image.Image, image: Image.Image) -> np.ndarray:
-    exposure = pytest.importorskip("skimage.exposure")
+    exposure = require("skimage.exposure", "the colour-correction oracle")
     ref_lab = cv2.cvtColor(np.asarray(reference.convert("RGB")), cv2.COLOR_RGB2LAB)
     lab = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2LAB)
     corrected = cv2.cvtColor(exposure.match_histograms(lab, ref_lab, channel_axis=2), cv2.COLOR_LAB2RGB)

@@ -44,6 +44,7 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
+from tests.conftest import needs
 from webui.a1111_options import a1111_option_defs
 from webui.filenames import ImageFields
 from webui.image_metadata import read_image_info
@@ -392,7 +393,7 @@ def test_webp_lossless_and_lossy(tmp_path):
     assert np.array_equal(got, _pixels(_reference(img, "WEBP", quality=40)))
 
 
-@pytest.mark.skipif(not features.check("avif"), reason="Pillow without AVIF")
+@needs(features.check("avif"), "Pillow without AVIF")
 def test_avif(tmp_path):
     saved = save(tmp_path, options(samples_format="avif"))
     with Image.open(saved.path) as im:

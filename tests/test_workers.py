@@ -27,10 +27,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import api_only, make_settings, own_models_root, require
 
-pytest.importorskip("ray")
+require("ray", "the generation workers (requirements-ray.txt)")
 
-from conftest import api_only, make_settings, own_models_root  # noqa: E402
 from live_server import LiveServer  # noqa: E402
 
 from webui.image_codec import decode_base64_image  # noqa: E402
