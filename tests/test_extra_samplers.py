@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.kdiffusion_oracle import load
 from webui.sampling import extra_samplers as es
 from webui.sampling.denoiser import DiscreteSchedule, scaled_linear_alphas_cumprod
 from webui.sampling.registry import SamplerRegistry
@@ -364,6 +365,62 @@ def test_restart_noise_scale(schedule: DiscreteSchedule) -> None:
     assert math.isclose(float(seen[k - 1].std()), steps[k - 1][1], rel_tol=0.02)
 
 
+def a1111_restart(model: Any, x: torch.Tensor, sigmas: torch.Tensor, noise: Any) -> torch.Tensor:
+    """A1111's ``modules/sd_samplers_extra.restart_sampler`` restated (s_noise 1, its automatic restart list),
+    on k-diffusion's own ``get_sigmas_karras`` and ``to_d``; ``noise()`` stands for ``randn_like``."""
+    ks, _ = load()
+    s_in = x.new_ones([x.shape[0]])
+    steps = len(sigmas) - 1
+    restart_list: dict[float, list[int]] = {}
+    if steps >= 20:
+        k, times = (9, 1) if steps < 36 else (steps // 4, 2)
+        sigmas = ks.get_sigmas_karras(steps - k * times, sigmas[-2].item(), sigmas[0].item())
+        restart_list = {0.1: [k + 1, times, 2]}
+    by_index = {int(torch.argmin(abs(sigmas - key))): value for key, value in restart_list.items()}
+    step_list = []
+    for i in range(len(sigmas) - 1):
+        step_list.append((sigmas[i], sigmas[i + 1]))
+        if i + 1 in by_index:
+            points, times, s_max = by_index[i + 1]
+            lo, hi = i + 1, int(torch.argmin(abs(sigmas - s_max)))
+            if hi < lo:
+                sub = ks.get_sigmas_karras(points, sigmas[lo].item(), sigmas[hi].item())[:-1]
+                step_list.extend(list(zip(sub[:-1], sub[1:])) * times)
+    last = None
+    for old, new in step_list:
+        if last is None:
+            last = old
+        elif last < old:
+            x = x + noise() * (old**2 - last**2) ** 0.5
+        d = ks.to_d(x, old, model(x, old * s_in))
+        if new == 0:
+            x = x + d * (new - old)
+        else:
+            x_2 = x + d * (new - old)
+            d_2 = ks.to_d(x_2, new, model(x_2, new * s_in))
+            x = x + (d + d_2) / 2 * (new - old)
+        last = new
+    return x
+
+
+@pytest.mark.parametrize("steps", [12, 25, 40])  # no restart, K = 1 of 9 steps, K = 2 of 10 steps
+def test_restart_equals_a1111_restart_sampler(schedule: DiscreteSchedule, steps: int) -> None:
+    # one noise tensor for every restart: A1111 may also add ~1e-5 sigma of noise where a restart segment ends
+    # (float32 Karras end points), which then changes nothing that matters here
+    bump = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5))
+    sigmas = karras(steps, schedule)
+    x = start_noise() * float(sigmas[0])
+    rec = Recorder()
+    ours = es.sample_restart(rec, x, sigmas, noise_sampler=lambda a, b: bump, callback=rec.callback)
+    theirs = a1111_restart(gaussian_denoiser, x, sigmas, lambda: bump)
+    assert float((ours - theirs).abs().max()) < 1e-4
+    assert len(rec.model_sigmas) == 2 * steps - 1  # Heun steps, Euler to 0
+    # and the model is not a near-identity here: without the restart noise the answer is different
+    if steps >= 20:
+        plain = a1111_restart(gaussian_denoiser, x, sigmas, lambda: torch.zeros(SHAPE))
+        assert float((ours - plain).abs().max()) > 1e-2
+
+
 # --------------------------------------------------------------------------------------------------
 # LCM
 # --------------------------------------------------------------------------------------------------
@@ -375,6 +432,28 @@ def test_lcm_one_step_is_the_model_output(schedule: DiscreteSchedule) -> None:
     out, rec = run(es.sample_lcm, sigmas, vp_init=False, x=x)
     assert torch.allclose(out, gaussian_denoiser(x, torch.full((SHAPE[0],), float(sigmas[0]))))
     assert not rec.noise_calls
+
+
+def kdiffusion_lcm(model: Any, x: torch.Tensor, sigmas: torch.Tensor, noise_sampler: Any) -> torch.Tensor:
+    """k-diffusion's ``sample_lcm`` (A1111 1.10 ships the same in ``modules/sd_samplers_lcm.py``) restated: the
+    installed k-diffusion 0.1.1 predates it."""
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        x = model(x, sigmas[i] * s_in)
+        if sigmas[i + 1] > 0:
+            x = x + sigmas[i + 1] * noise_sampler(sigmas[i], sigmas[i + 1])
+    return x
+
+
+@pytest.mark.parametrize("steps", [2, 4, 8])
+def test_lcm_equals_kdiffusion_sample_lcm(schedule: DiscreteSchedule, steps: int) -> None:
+    sigmas = es.lcm_sigmas(steps, schedule)
+    x = start_noise() * float(sigmas[0])
+    ours, rec = run(es.sample_lcm, sigmas, vp_init=False, x=x)
+    draws = Recorder()  # the same seeded noise, drawn in the same order
+    theirs = kdiffusion_lcm(gaussian_denoiser, x, sigmas, draws.noise_sampler)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    assert rec.noise_calls == draws.noise_calls and len(rec.noise_calls) == steps - 1
 
 
 # --------------------------------------------------------------------------------------------------
