@@ -77,3 +77,41 @@ def test_the_setting_reaches_the_pipeline(ctx, monkeypatch):
     assert not dec
     tiled = ctx.generate(GenerationRequest(**req, override_settings={"vae_tiling_enabled": True}))
     assert dec and tiled.images[0].size == plain.images[0].size == (64, 64)
+
+
+@pytest.fixture(scope="module")
+def pointwise_vae():
+    """A tiny VAE with tamed activations: every 3x3 kernel keeps only its centre tap and the attention blocks add
+    nothing, so each output pixel depends on one latent pixel (and each latent on one pixel per 8x8 block) and
+    tiles see no neighbours. Its GroupNorms still normalise per tile, so the inputs repeat every 2 latents
+    (16 pixels): every tile (8 latents, starting every 6) then has the statistics of the whole image."""
+    from types import SimpleNamespace
+
+    from webui.models.tiny import build_tiny_components
+
+    comps = build_tiny_components("sd1", seed=0)
+    with torch.no_grad():
+        for name, module in comps.vae.named_modules():
+            if isinstance(module, torch.nn.Conv2d) and module.kernel_size == (3, 3):
+                centre = module.weight[:, :, 1:2, 1:2].clone()
+                module.weight.zero_()
+                module.weight[:, :, 1:2, 1:2] = centre
+            elif name.endswith("to_out.0"):
+                module.weight.zero_()
+                module.bias.zero_()
+    return SimpleNamespace(components=comps, device=torch.device("cpu"))
+
+
+def test_tiled_equals_untiled_on_a_vae_without_seams(pointwise_vae, monkeypatch):
+    """Tolerance 1e-4 (float32 summation order): on this VAE a tile decoded alone is exactly that part of the
+    whole decode, so any misplaced, mis-sized or mis-blended tile shows."""
+    monkeypatch.setattr(vae_mod, "TILE_PIXELS", 64)  # 192 px: 4 x 4 overlapping tiles of 64 px
+    z = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0)).repeat(1, 1, 12, 12)
+    whole = decode_to_pixels(pointwise_vae, z)
+    tiled = decode_to_pixels(pointwise_vae, z, tiled=True)
+    assert whole.shape == (1, 3, 192, 192) and float(whole.std()) > 0.03  # not a flat picture
+    assert float((whole - tiled).abs().max()) < 1e-4
+    pixels = whole * 2 - 1
+    latent = encode_pixels(pointwise_vae, pixels)
+    assert float(latent.std()) > 0.01
+    assert float((encode_pixels(pointwise_vae, pixels, tiled=True) - latent).abs().max()) < 1e-4
