@@ -133,11 +133,10 @@ def test_a_unit_acts_only_inside_its_window(cn_ctx, monkeypatch):
     assert steps == [4, 5, 6]  # steps i with 0.5 <= i/8 <= 0.75 (Euler: one model call per step)
 
 
-def test_control_modes_differ_and_several_units_combine(cn_ctx):
+def test_several_units_combine(cn_ctx):
+    """(What each control mode does to each block is checked against sd-webui-controlnet's rules in
+    test_controlnet_rules.py.)"""
     balanced = run(cn_ctx, [unit()]).images[0].tobytes()
-    prompt = run(cn_ctx, [unit(control_mode="My prompt is more important")]).images[0].tobytes()
-    control = run(cn_ctx, [unit(control_mode=2)]).images[0].tobytes()
-    assert len({balanced, prompt, control}) == 3
     depth = unit(model="control_tiny_depth [ffffffff]", module="none")  # title with any hash resolves by name
     both = run(cn_ctx, [unit(), depth])
     assert both.images[0].tobytes() not in (balanced, run(cn_ctx, [depth]).images[0].tobytes())

@@ -146,7 +146,8 @@ class ControlNetPlugin:
         if unit.pixel_perfect:
             res = pixel_perfect_resolution(arr.shape[:2], request.width, request.height, unit.resize_mode)
         detected = self.preprocessors.detect(arr, pre.name, res, thr_a, thr_b)
-        prepared = PreparedUnit(unit, cn, detected, union_mode=union)
+        # the module's own name (not an alias): the hires pass's forced soft injection reads it
+        prepared = PreparedUnit(unit.with_(module=pre.name), cn, detected, union_mode=union)
         if is_ip_adapter(cn):
             assert self.clip_vision is not None
             prepared.ip = self.clip_vision.prepare(prepared, pre.name, f"{prefix}.module")

@@ -1,11 +1,14 @@
 """ControlNet during sampling: prepared units and the U-Net patch that adds their residuals.
 
-Control modes follow sd-webui-controlnet: "Balanced" scales every residual by the weight and applies
-it to the conditional and unconditional passes; "My prompt is more important" scales the 12 down
-residuals and the mid residual by ``weight * 0.825 ** (12 - i)`` (deeper = stronger, "soft
-injection"); "ControlNet is more important" does the same and leaves the unconditional pass without
-control, so CFG pushes towards the control. The hires-fix second pass always uses soft injection.
-A unit acts on step ``i`` of ``n`` when ``guidance_start <= i / n <= guidance_end``. SD 3.x / FLUX.1
+Control modes follow sd-webui-controlnet (``scripts/hook.py``): "Balanced" scales every residual by the
+weight and applies it to the conditional and unconditional passes; "My prompt is more important" scales
+output ``i`` (the down residuals, then the mid residual) by ``weight * 0.825 ** (12 - i)`` (deeper =
+stronger, "soft injection": SD 1.5's 13 outputs end at 1.0, SDXL's 10 keep the first 10 of those scales,
+so its mid residual gets ``0.825 ** 3``; T2I-Adapter features get ``weight * (0.25, 0.62, 0.825, 1.0)``);
+"ControlNet is more important" does the same and leaves the unconditional pass without control, so CFG
+pushes towards the control. The hires-fix second pass forces soft injection for units whose preprocessor
+is a canny or mlsd one. ``advanced_weighting`` replaces all of these scales. A unit acts on step ``i`` of
+``n`` when ``guidance_start <= i / n <= guidance_end``. SD 3.x / FLUX.1
 ControlNets go through :meth:`ControlNetPatch.transformer_residuals` (:mod:`webui.controlnet.flow_patch`).
 """
 
@@ -34,6 +37,7 @@ from webui.pipeline.patches import (
 )
 
 SOFT_BASE = 0.825
+ADAPTER_SOFT = (0.25, 0.62, 0.825, 1.0)  # T2I-Adapter features' soft-injection scales
 
 
 def pixel_perfect_resolution(image_hw: tuple[int, int], width: int, height: int, resize_mode: int) -> int:
@@ -117,16 +121,9 @@ class ControlNetPatch:
                 down, mid = u.model(call.x.to(self.dtype), call.t, encoder_hidden_states=call.context.to(self.dtype),
                                     controlnet_cond=hint, added_cond_kwargs=call.added, return_dict=False)
             self.calls += 1
-            count = len(down) + 1
-            if unit.advanced_weighting is not None:
-                down, mid = _weighted(down, mid, unit.advanced_weighting)
-            else:
-                if unit.control_mode != 0 or call.hires:
-                    scales = [unit.weight * SOFT_BASE ** float(count - 1 - i) for i in range(count)]
-                else:
-                    scales = [unit.weight] * count
-                down = [d * s for d, s in zip(down, scales)]
-                mid = mid * scales[-1]
+            scales = output_scales(unit, len(down) + 1, call.hires)
+            down = [d * s for d, s in zip(down, scales)]
+            mid = mid * scales[-1]
             if u.region is not None:  # sd-webui-controlnet: each output times the mask at its own size
                 down = [_in_region(d, u.region) for d in down]
                 mid = _in_region(mid, u.region)
@@ -143,14 +140,16 @@ class ControlNetPatch:
 
     def adapter_residuals(self, call: UNetCall) -> list[torch.Tensor] | None:
         """The T2I-Adapter units' features for this U-Net call (one per level, every row; "ControlNet is more
-        important": not on the unconditional rows), times their weights, summed over the units."""
+        important": not on the unconditional rows), times their scales (:func:`output_scales`), summed over the
+        units."""
         total: list[torch.Tensor] | None = None
         for u in self.units:
             unit = u.unit
             if not is_adapter(u.model) or u.cond is None or not _acts(unit, call):
                 continue
             n = call.x.shape[0]
-            features = [f.to(call.x.dtype).expand(n, -1, -1, -1) * unit.weight for f in u.cond]
+            scales = output_scales(unit, len(u.cond), call.hires, adapter=True)
+            features = [f.to(call.x.dtype).expand(n, -1, -1, -1) * s for f, s in zip(u.cond, scales)]
             if unit.control_mode == 2 and call.has_uncond:
                 keep = _conditional_rows(call, features[0])
                 features = [f * keep for f in features]
@@ -218,13 +217,27 @@ def _in_region(output: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     return output * mask
 
 
-def _weighted(down: list[torch.Tensor], mid: torch.Tensor, weights: tuple[float, ...]):
-    """sd-webui-controlnet's ``advanced_weighting``: the control outputs in order (down blocks, then the
-    middle block) times the listed scales, which replace the weight and soft injection; outputs past the
-    end of the list add nothing (its ``zip``)."""
-    outputs = [*down, mid]
-    scaled = [o * (weights[i] if i < len(weights) else 0.0) for i, o in enumerate(outputs)]
-    return scaled[:-1], scaled[-1]
+def output_scales(unit: ControlUnit, count: int, hires: bool, adapter: bool = False) -> list[float]:
+    """sd-webui-controlnet's scales for a unit's ``count`` control outputs in order (ControlNet: the down
+    residuals, then the mid one; T2I-Adapter: its features), ``scripts/hook.py``'s ``control_scales``:
+
+    * the weight for each output ("Balanced");
+    * soft injection ("My prompt is more important", "ControlNet is more important", and in the hires-fix pass
+      for canny / mlsd preprocessors, its ``high_res_fix_forced_soft_injection``): ``weight * 0.825 ** (12 - i)``
+      for ControlNet output ``i`` (SD 1.5 has 13 outputs; SDXL's 10 take the first 10), ``weight * (0.25, 0.62,
+      0.825, 1.0)[i]`` for T2I-Adapter feature ``i``;
+    * ``advanced_weighting`` instead of all of these when given.
+
+    It ``zip``s outputs with scales: an output past the end of the list adds nothing (scale 0 here).
+    """
+    if unit.advanced_weighting is not None:
+        listed = list(unit.advanced_weighting)
+    elif unit.control_mode != 0 or (hires and ("canny" in unit.module or "mlsd" in unit.module)):
+        listed = [unit.weight * s for s in ADAPTER_SOFT] if adapter else \
+            [unit.weight * SOFT_BASE ** float(12 - i) for i in range(13)]
+    else:
+        return [unit.weight] * count
+    return [listed[i] if i < len(listed) else 0.0 for i in range(count)]
 
 
 def applies(unit: Any, hires: bool) -> bool:
