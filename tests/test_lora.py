@@ -1,4 +1,10 @@
-"""LoRA in kohya layout: applied for one job, removed bit for bit, hashes in infotext, missing reported."""
+"""LoRA in kohya layout: applied for one job, removed bit for bit, hashes in infotext, missing reported.
+
+The reference for what a kohya file does to the weights is diffusers' own loader (``load_lora_weights`` with its
+kohya / SGM key conversion, then ``fuse_lora``, which needs ``peft``) on the same file and the same base weights; the
+key names are written out by hand as kohya's sd-scripts names them (``lora_unet_`` + the diffusers module path for
+SD 1.x, + the original LDM path for SDXL; ``lora_te_`` / ``lora_te1_`` / ``lora_te2_`` + the text model's path).
+"""
 
 from __future__ import annotations
 
@@ -10,16 +16,20 @@ from safetensors.torch import save_file
 
 from tests.conftest import api_only, make_settings, own_models_root
 from webui.context import build_context
-from webui.models.original_layout import ldm_module_name, unet_module_table
+from webui.models.tiny import build_tiny_components
 from webui.networks.lora import apply_loras, read_lora
 from webui.pipeline.request import GenerationRequest
 
 BASE = dict(steps=3, width=64, height=64, seed=21, sampler_name="Euler", save_images=False)
-UNET_TARGETS = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
-                "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
-                "down_blocks.0.attentions.0.proj_in",  # 1x1 conv in SD 1.x
-                "down_blocks.0.resnets.0.conv1",  # 3x3 conv (LoCon)
-                "mid_block.resnets.0.conv2"]
+#: diffusers module path -> its LDM path in the tiny SD 1.x U-Net (2 levels, 1 layer each: input block 1 is level 0's
+#: resnet + attention, 2 its downsampler, 3 level 1's resnet; the middle block is resnet, attention, resnet), by hand
+UNET_TARGETS = {"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q":
+                "input_blocks.1.1.transformer_blocks.0.attn1.to_q",
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k":
+                "input_blocks.1.1.transformer_blocks.0.attn2.to_k",
+                "down_blocks.0.attentions.0.proj_in": "input_blocks.1.1.proj_in",  # 1x1 conv in SD 1.x
+                "down_blocks.0.resnets.0.conv1": "input_blocks.1.0.in_layers.2",  # 3x3 conv (LoCon)
+                "mid_block.resnets.0.conv2": "middle_block.0.out_layers.3"}
 TE_TARGETS = ["encoder.layers.0.self_attn.q_proj", "encoder.layers.1.mlp.fc1"]
 
 
@@ -28,11 +38,9 @@ def kohya_lora(components, *, ldm_names: bool = False, rank: int = 4, seed: int 
     g = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     unet_mods = dict(components.unet.named_modules())
-    table = unet_module_table(components.unet)
-    for name in UNET_TARGETS:
+    for name, ldm in UNET_TARGETS.items():
         w = unet_mods[name].weight
-        key_name = ldm_module_name(name, table) if ldm_names else name
-        key = "lora_unet_" + key_name.replace(".", "_")
+        key = "lora_unet_" + (ldm if ldm_names else name).replace(".", "_")
         kh, kw = (w.shape[2], w.shape[3]) if w.ndim == 4 else (None, None)
         down_shape = (rank, w.shape[1], kh, kw) if w.ndim == 4 else (rank, w.shape[1])
         up_shape = (w.shape[0], rank, 1, 1) if w.ndim == 4 else (w.shape[0], rank)
@@ -102,14 +110,126 @@ def test_missing_lora_is_reported_not_fatal(lora_ctx):
 def test_delta_math_and_restore(lora_ctx):
     comps = lora_ctx.models.current.components
     lora = read_lora(lora_ctx.loras.paths()["film"])
-    module = dict(comps.unet.named_modules())[UNET_TARGETS[0]]
+    module = dict(comps.unet.named_modules())[next(iter(UNET_TARGETS))]
     original = module.weight.detach().clone()
-    mod = lora.modules["lora_unet_" + UNET_TARGETS[0].replace(".", "_")]
+    mod = lora.modules["lora_unet_" + next(iter(UNET_TARGETS)).replace(".", "_")]
     applied = apply_loras(comps, [(lora, 1.0, 0.5)])
     expect = original + (mod.up @ mod.down) * (mod.alpha / 4) * 0.5
     assert torch.allclose(module.weight, expect, atol=1e-6)
     applied.restore()
     assert torch.equal(module.weight, original)
+
+
+#: kohya key -> the module it changes (diffusers path; "te<i>:" + the path in text encoder i), written by hand.
+#: SD 1.x: kohya's sd-scripts names U-Net layers by their diffusers paths.
+KOHYA_SD1 = {
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q":
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k":
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0":
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0",
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_0_proj":
+        "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj",
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_2":
+        "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2",
+    "lora_unet_down_blocks_0_attentions_0_proj_in": "down_blocks.0.attentions.0.proj_in",
+    "lora_unet_up_blocks_1_attentions_1_proj_out": "up_blocks.1.attentions.1.proj_out",
+    "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_v":
+        "mid_block.attentions.0.transformer_blocks.0.attn2.to_v",
+    "lora_unet_down_blocks_0_resnets_0_conv1": "down_blocks.0.resnets.0.conv1",
+    "lora_unet_up_blocks_0_resnets_1_time_emb_proj": "up_blocks.0.resnets.1.time_emb_proj",
+    "lora_unet_up_blocks_1_resnets_0_conv_shortcut": "up_blocks.1.resnets.0.conv_shortcut",
+    "lora_te_text_model_encoder_layers_0_self_attn_q_proj": "te0:encoder.layers.0.self_attn.q_proj",
+    "lora_te_text_model_encoder_layers_1_mlp_fc1": "te0:encoder.layers.1.mlp.fc1",
+    "lora_te_text_model_encoder_layers_2_self_attn_out_proj": "te0:encoder.layers.2.self_attn.out_proj",
+}
+#: SDXL: sd-scripts trains on the original (SGM) U-Net, so the keys carry LDM paths. The tiny SDXL U-Net: input block
+#: 1 = level 0's resnet, 2 its downsampler, 3 = level 1's resnet (.0) + attention with 2 transformer layers (.1);
+#: middle block = resnet, attention, resnet; output blocks 0-1 = up level 0 (resnet + attention each), 2-3 up level 1.
+KOHYA_SDXL = {
+    "lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q":
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+    "lora_unet_input_blocks_3_1_transformer_blocks_1_attn2_to_k":
+        "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k",
+    "lora_unet_input_blocks_3_1_proj_in": "down_blocks.1.attentions.0.proj_in",  # linear in SDXL
+    "lora_unet_input_blocks_3_1_transformer_blocks_0_ff_net_2":
+        "down_blocks.1.attentions.0.transformer_blocks.0.ff.net.2",
+    "lora_unet_middle_block_1_transformer_blocks_0_attn1_to_v":
+        "mid_block.attentions.0.transformer_blocks.0.attn1.to_v",
+    "lora_unet_output_blocks_0_1_transformer_blocks_0_attn2_to_out_0":
+        "up_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0",
+    "lora_unet_output_blocks_1_1_proj_out": "up_blocks.0.attentions.1.proj_out",
+    "lora_unet_input_blocks_1_0_in_layers_2": "down_blocks.0.resnets.0.conv1",
+    "lora_unet_output_blocks_2_0_out_layers_3": "up_blocks.1.resnets.0.conv2",
+    "lora_unet_input_blocks_3_0_emb_layers_1": "down_blocks.1.resnets.0.time_emb_proj",
+    "lora_unet_input_blocks_3_0_skip_connection": "down_blocks.1.resnets.0.conv_shortcut",
+    "lora_unet_middle_block_2_in_layers_2": "mid_block.resnets.1.conv1",
+    "lora_te1_text_model_encoder_layers_0_self_attn_k_proj": "te0:encoder.layers.0.self_attn.k_proj",
+    "lora_te1_text_model_encoder_layers_2_self_attn_out_proj": "te0:encoder.layers.2.self_attn.out_proj",
+    "lora_te2_text_model_encoder_layers_1_self_attn_v_proj": "te1:text_model.encoder.layers.1.self_attn.v_proj",
+    "lora_te2_text_model_encoder_layers_0_self_attn_out_proj": "te1:text_model.encoder.layers.0.self_attn.out_proj",
+    "lora_te2_text_model_encoder_layers_2_mlp_fc2": "te1:text_model.encoder.layers.2.mlp.fc2",
+}
+
+
+def _parts(components) -> dict[str, torch.nn.Module]:
+    return {"unet": components.unet, **{f"te{i}": e for i, e in enumerate(components.text_encoders)}}
+
+
+def _target(components, path: str) -> tuple[str, str]:
+    part, _, name = path.rpartition(":")
+    return part or "unet", name
+
+
+def _random_kohya(components, table: dict[str, str], rank: int = 4) -> dict[str, torch.Tensor]:
+    """lora_down (rank x in [x kh x kw]), lora_up (out x rank [x 1 x 1]) and alpha for each key of ``table``."""
+    g = torch.Generator().manual_seed(5)
+    parts, out = _parts(components), {}
+    for key, path in table.items():
+        part, name = _target(components, path)
+        w = dict(parts[part].named_modules())[name].weight
+        conv = w.ndim == 4
+        out[key + ".lora_down.weight"] = torch.randn((rank, w.shape[1], *w.shape[2:]) if conv else (rank, w.shape[1]),
+                                                     generator=g) * 0.3
+        out[key + ".lora_up.weight"] = torch.randn((w.shape[0], rank, 1, 1) if conv else (w.shape[0], rank),
+                                                   generator=g) * 0.3
+        out[key + ".alpha"] = torch.tensor(rank / 2)
+    return out
+
+
+@pytest.mark.parametrize("family, table, te, unet", [("sd1", KOHYA_SD1, 0.4, 0.7), ("sdxl", KOHYA_SDXL, 1.0, 0.6)])
+def test_kohya_file_patches_the_weights_diffusers_load_lora_weights_patches(tmp_path, family, table, te, unet):
+    """Our loader and diffusers' (``load_lora_weights``, then ``fuse_lora`` with the text-encoder and U-Net
+    multipliers) change the same weights, and exactly the ones the hand-written table names, to the same values."""
+    import peft  # noqa: F401 - diffusers' LoRA loading needs it (requirements-test.txt installs it)
+
+    path = tmp_path / "style.safetensors"
+    ours = build_tiny_components(family, seed=1)
+    save_file(_random_kohya(ours, table), str(path))
+    applied = apply_loras(ours, [(read_lora(path), te, unet)])
+    assert not applied.unmatched
+    theirs = build_tiny_components(family, seed=1)
+    pipe = theirs.diffusers_pipeline()
+    pipe.load_lora_weights(str(path))
+    encoders = ["text_encoder", "text_encoder_2"][:len(theirs.text_encoders)]
+    pipe.fuse_lora(components=["unet"], lora_scale=unet)
+    pipe.fuse_lora(components=encoders, lora_scale=te)
+    pipe.unload_lora_weights()  # the fused weights stay; the modules are plain again
+    base = _parts(build_tiny_components(family, seed=1))
+    expected_changed = {f"{part}:{name}.weight" for part, name in (_target(ours, p) for p in table.values())}
+    changed = set()
+    for part, module in _parts(ours).items():
+        mine, ref, before = module.state_dict(), _parts(theirs)[part].state_dict(), base[part].state_dict()
+        assert mine.keys() == ref.keys()
+        for key, value in mine.items():
+            torch.testing.assert_close(value, ref[key], rtol=1e-5, atol=1e-6, msg=lambda m, k=key: f"{part}:{k}: {m}")
+            if not torch.equal(value, before[key]):
+                changed.add(f"{part}:{key}")
+    assert changed == expected_changed
+    applied.restore()
+    assert all(torch.equal(v, base[part].state_dict()[key])
+               for part, module in _parts(ours).items() for key, v in module.state_dict().items())
 
 
 def test_api_lists_loras(lora_ctx):
@@ -126,7 +246,7 @@ def test_api_lists_loras(lora_ctx):
 def test_lycoris_loha_and_lokr(lora_ctx, tmp_path):
     """LoHa and LoKr files (LyCORIS) apply with their formulas and are removed exactly."""
     comps = lora_ctx.models.current.components
-    name = UNET_TARGETS[0]
+    name = next(iter(UNET_TARGETS))
     module = dict(comps.unet.named_modules())[name]
     out_f, in_f = module.weight.shape
     key = "lora_unet_" + name.replace(".", "_")
