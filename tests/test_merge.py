@@ -122,8 +122,12 @@ def test_bake_in_vae_replaces_exactly_the_vae_keys(manager, root, tmp_path):
 def test_merger_lists_the_vaes_settings_lists_and_bakes_from_both_folders(manager, root, tmp_path):
     from types import SimpleNamespace
 
+    from safetensors.torch import load_file
+
     from tests.conftest import make_settings
     from webui.builtin.vae import VaePlugin
+    from webui.models.original_layout import vae_to_original
+    from webui.models.tiny import build_tiny_components
     from webui.ui.merger import _vae_choices
 
     models, extra = tmp_path / "models", tmp_path / "more-vaes"
@@ -131,7 +135,9 @@ def test_merger_lists_the_vaes_settings_lists_and_bakes_from_both_folders(manage
     extra.mkdir()
     (models / "VAE" / "sub" / "b.pt").write_bytes((root / "VAE" / "tiny.vae.pt").read_bytes())
     (models / "VAE" / "c.bin").write_bytes(b"x")
-    (extra / "d.ckpt").write_bytes((root / "VAE" / "tiny.vae.pt").read_bytes())
+    other = vae_to_original(build_tiny_components("sd1", seed=7).vae)  # a VAE unlike b.pt's, and a stray key
+    torch.save({"state_dict": {**{k: v.detach().clone() for k, v in other.items()}, "loss.logvar": torch.zeros(1)}},
+               extra / "d.ckpt")
     (models / "VAE" / "folder-vae").mkdir()
     (models / "VAE" / "folder-vae" / "config.json").write_text("{}")
     ctx = SimpleNamespace(settings=make_settings(tmp_path / "data", models, vae_dir=extra))
@@ -140,12 +146,26 @@ def test_merger_lists_the_vaes_settings_lists_and_bakes_from_both_folders(manage
     assert settings_tab.choices()[:2] == ["Automatic", "None"]
     assert _vae_choices(ctx) == ["None", *settings_tab.choices()[2:]] == ["None", "b.pt", "c.bin", "d.ckpt",
                                                                             "folder-vae"]
-    for name in ("d.ckpt", "sub/b.pt"):  # the --vae-dir folder, a path inside a VAE folder
+    a = load_file(str(root / "Stable-diffusion" / "a.safetensors"))
+    for name, vae_file in (("d.ckpt", extra / "d.ckpt"), ("sub/b.pt", models / "VAE" / "sub" / "b.pt")):
+        # the --vae-dir folder, a path inside a VAE folder
         path = merge_checkpoints(MergeRequest(primary="a", interp_method="No interpolation", bake_in_vae=name,
                                               custom_name=f"baked-{name[0]}"),
                                  checkpoint_paths=manager.find, vae_dirs=ctx.settings.vae_dirs(), out_dir=tmp_path,
                                  hashes=manager.hashes)
-        assert path.is_file()
+        # A1111 (modules/extras.py run_modelmerger, "Baking in VAE"): each key k of the VAE file (sd_vae.load_vae_dict
+        # drops "loss*" keys) replaces first_stage_model.k where the model has it; everything else is A's
+        vae = torch.load(vae_file, map_location="cpu", weights_only=True)["state_dict"]
+        expected = dict(a)
+        for key, value in vae.items():
+            if not key.startswith("loss") and "first_stage_model." + key in expected:
+                expected["first_stage_model." + key] = value
+        baked = load_file(str(path))
+        assert baked.keys() == a.keys()
+        assert all(torch.equal(baked[k], expected[k]) for k in a), [k for k in a if not torch.equal(baked[k],
+                                                                                                  expected[k])][:3]
+        assert not torch.equal(baked["first_stage_model.decoder.conv_out.weight"],
+                               a["first_stage_model.decoder.conv_out.weight"])
     with pytest.raises(RequestError) as err:
         merge_checkpoints(MergeRequest(primary="a", interp_method="No interpolation", bake_in_vae="folder-vae"),
                           checkpoint_paths=manager.find, vae_dirs=ctx.settings.vae_dirs(), out_dir=tmp_path,
