@@ -47,17 +47,49 @@ def img(ctx, **kw):
     return ctx.generate(GenerationRequest(**{**BASE, **kw}))
 
 
-def test_swap_changes_the_image_and_none_restores_it_exactly(ctx):
+@pytest.fixture
+def decoded_latents(monkeypatch):
+    """The latents each generation hands to the VAE."""
+    import webui.pipeline.generate as generate
+
+    seen: list[torch.Tensor] = []
+    real = generate.decode_to_pixels
+
+    def spy(model, latents, *a, **kw):
+        seen.append(latents.detach().clone())
+        return real(model, latents, *a, **kw)
+
+    monkeypatch.setattr(generate, "decode_to_pixels", spy)
+    return seen
+
+
+def _diffusers_decode(vae, latents: torch.Tensor) -> np.ndarray:
+    """What diffusers' StableDiffusionPipeline makes of ``latents`` with ``vae`` (an AutoencoderKL): decode
+    latents / scaling_factor, then (x + 1) / 2 clamped, as uint8."""
+    with torch.no_grad():
+        x = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+    return ((x[0].permute(1, 2, 0) + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+
+
+def test_swap_changes_the_image_and_none_restores_it_exactly(ctx, decoded_latents):
     own = img(ctx)
     other = img(ctx, override_settings={"sd_vae": "other.safetensors"})
     assert other.images[0].tobytes() != own.images[0].tobytes()
     assert "VAE: other.safetensors" in other.infotexts[0] and "VAE hash: " in other.infotexts[0]
     after = img(ctx)  # the override was for one request only
     assert after.images[0].tobytes() == own.images[0].tobytes() and "VAE:" not in after.infotexts[0]
+    results = {"other.safetensors": other}
     for name in ("wrapped.vae.pt", "folder-vae"):  # pickles (weights_only) and diffusers folders too
-        res = img(ctx, override_settings={"sd_vae": name})
+        res = results[name] = img(ctx, override_settings={"sd_vae": name})
         assert res.images[0].tobytes() != own.images[0].tobytes() and f"VAE: {name}" in res.infotexts[0]
     assert img(ctx, override_settings={"sd_vae": "None"}).images[0].tobytes() == own.images[0].tobytes()
+    # the same latents every time (the VAE only decodes), and each picture is those latents decoded by the
+    # swapped-in VAE itself: the diffusers AutoencoderKL whose weights were written to that file (seeds of `root`)
+    assert all(torch.equal(z, decoded_latents[0]) for z in decoded_latents)
+    for name, seed in (("other.safetensors", 7), ("wrapped.vae.pt", 8), ("folder-vae", 9)):
+        expected = _diffusers_decode(build_tiny_components("sd1", seed=seed).vae.eval(), decoded_latents[0])
+        got = np.asarray(results[name].images[0], dtype=int)
+        assert np.abs(got - expected).max() <= 1, name
 
 
 def test_automatic_uses_the_vae_named_after_the_checkpoint(ctx, root):
@@ -268,8 +300,9 @@ def test_flags_for_memory_modes_and_precision():
     assert parse_args(["--precision", "bf16"]).bf16 and not parse_args(["--precision", "bf16"]).no_half
     assert not parse_args([]).bf16
     assert parse_args(["--attention", "eager"]).attention == "eager"
-    with pytest.raises(SystemExit):
-        parse_args(["--memory-mode-typo"]) if False else parse_args(["--attention", "flash9"])
+    for bad in (["--memory-mode-typo"], ["--attention", "flash9"], ["--precision", "fp7"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
 
 
 def test_eager_attention_gives_the_same_image(root, tmp_path):
