@@ -249,10 +249,27 @@ def test_api_bad_masks_answer_422_naming_the_field(client, mask, status, needle)
 
 
 def test_api_mask_of_another_size_is_resized(client):
-    body = {"init_images": [b64(picture())], "mask": b64(square_mask(32, 32, (8, 8, 24, 24))), "steps": 2,
-            "width": 64, "height": 64, "inpaint_full_res": False}
-    r = client.post("/sdapi/v1/img2img", json=body)
-    assert r.status_code == 200, r.text
+    # A1111 (processing.py, whole picture): the mask is resized to the output size with images.resize_image, a
+    # plain PIL Lanczos resize for an "L" mask. So a 32x32 mask must act exactly like PIL's resize of it to 64x64:
+    # same picture, and pixels where that resized mask is 0 keep the init image exactly.
+    from webui.image_codec import decode_base64_image
+
+    init = noisy_picture(seed=5)
+    small = square_mask(32, 32, (8, 8, 24, 24))
+    resized = small.resize((64, 64), Image.Resampling.LANCZOS)
+    body = {"init_images": [b64(init)], "steps": 2, "width": 64, "height": 64, "seed": 2, "mask_blur": 0,
+            "inpaint_full_res": False}
+    outs = []
+    for mask in (small, resized):
+        r = client.post("/sdapi/v1/img2img", json={**body, "mask": b64(mask)})
+        assert r.status_code == 200, r.text
+        outs.append(np.asarray(decode_base64_image(r.json()["images"][0], "x"), dtype=int))
+    assert np.array_equal(outs[0], outs[1])
+    m = np.asarray(resized)
+    kept, repainted = m == 0, m >= 128
+    assert 0 < m[m < 255].size and kept.sum() > 2000 and repainted.sum() > 900  # soft Lanczos edge in between
+    assert np.array_equal(outs[0][kept], np.asarray(init, dtype=int)[kept])
+    assert np.abs(outs[0][repainted] - np.asarray(init, dtype=int)[repainted]).mean() > 10
 
 
 @pytest.mark.parametrize("field,value", [("inpainting_fill", 7), ("mask_blur", -1), ("inpainting_mask_invert", 2),
