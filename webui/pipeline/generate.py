@@ -151,6 +151,7 @@ def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: 
             hr_sampler, hr_schedule = for_flow_model(hires.sampler, hires.schedule, req.hr_scheduler or req.scheduler,
                                                      env.samplers.schedules, "hr_sampler_name")
             hires = replace(hires, sampler=hr_sampler, schedule=hr_schedule)
+    hires_checkpoint = _hires_checkpoint(req, model) if hires is not None else None
     restorer = _face_restorer(env, req, opts)
     raw_prompts, req = (req.prompt, req.negative_prompt), _apply_styles(env, req)
     run = _Run(env, model, req, job, opts, sampler, schedule, int(opts.get("CLIP_stop_at_last_layers", 1)),
@@ -166,6 +167,8 @@ def generate(env: PipelineEnv, model: LoadedModel, req: GenerationRequest, job: 
     if unfit:
         raise RequestError("alwayson_scripts", f"{', '.join(unfit)} only patch U-Nets and cannot run on "
                                                f"{spec.label}; disable them for this model")
+    if hires_checkpoint is not None:
+        model_info["Hires checkpoint"] = hires_checkpoint
     run.refiner = _load_refiner(env, req, model)
     if run.refiner is not None:
         model_info["Refiner"] = run.refiner.title
@@ -263,6 +266,26 @@ def _load_refiner(env: PipelineEnv, req: GenerationRequest, model: LoadedModel) 
         raise RequestError("refiner_checkpoint", f"{refiner.title} is {refiner.spec.label}; it cannot continue "
                                                  f"the latents of {model.title} ({model.spec.label})")
     return refiner
+
+
+SAME_CHECKPOINT = "Use same checkpoint"
+
+
+def _hires_checkpoint(req: GenerationRequest, model: LoadedModel) -> str | None:
+    """A1111's ``hr_checkpoint_name``: the hires pass on another checkpoint. Only the checkpoint in use can be named
+    (by title, file name, name or short hash; infotext "Hires checkpoint" with its title, as A1111 writes it); any
+    other is refused naming the field -- the hires pass never silently runs on a model it was not asked for."""
+    name = req.hr_checkpoint_name
+    if name is None or not str(name).strip() or str(name).strip() == SAME_CHECKPOINT:
+        return None
+    text = str(name).strip()
+    info = model.info
+    if text.split(" [", 1)[0] in (info.name, info.model_name, info.path.name) or text in (model.title,
+                                                                                         model.short_hash):
+        return model.title
+    raise RequestError("hr_checkpoint_name", f"the hires pass runs on the checkpoint in use ({model.title}); "
+                                             f"another checkpoint ({text}) is not supported: use {SAME_CHECKPOINT!r} "
+                                             "or switch the checkpoint (sd_model_checkpoint) for the whole job")
 
 
 def _face_restorer(env: PipelineEnv, req: GenerationRequest, opts: Mapping[str, Any]) -> FaceRestorerDef | None:

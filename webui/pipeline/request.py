@@ -83,6 +83,7 @@ class GenerationRequest:
     hr_second_pass_steps: int = 0
     hr_resize_x: int = 0
     hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None  # only the checkpoint in use (or "Use same checkpoint"): see generate.py
     hr_sampler_name: str | None = None
     hr_scheduler: str | None = None
     hr_prompt: str = ""
@@ -93,7 +94,7 @@ class GenerationRequest:
 
 
 #: The hires-fix fields, which an API body or the txt2img tab sets only with ``enable_hr`` on.
-HIRES_FIELDS = ("hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+HIRES_FIELDS = ("hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name",
                 "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt")
 
 
