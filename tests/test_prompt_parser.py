@@ -1,7 +1,21 @@
 """Tests for webui.prompts.parser: A1111's emphasis, prompt editing, AND and extra-network syntax.
 
 Expected values are A1111's (``modules/prompt_parser.py``); where they differ from A1111's own
-docstring examples the comment says why.
+docstring examples the comment says why. The hand-written expectations and the hypothesis strategies
+are also run against :mod:`tests.a1111_prompt_oracle`, A1111's grammar and rules restated from its
+source on the real ``lark`` Earley parser (our parser is hand-written and does not use lark).
+
+Deliberate deviations from A1111 (each has its own test below, ``test_deviation_*``):
+
+1. An emphasis weight that ``float()`` rejects (``(a:.)``, ``(a:1.2.3)``): A1111 raises ValueError and
+   the generation fails; here the ``:...`` is text inside an ordinary round bracket (x1.1).
+2. An editing step that overflows a float (``[a:b:1e999]``): A1111 raises OverflowError; here +inf is
+   the last step (the "before" text throughout) and -inf never switches (the "after" text throughout).
+3. A top-level ``[from:to:when]`` directly followed by stray brackets or colons (``[a:b:3]))``,
+   ``[a:b:3]::``, ``[a:3]][``): A1111's Earley parser settles the top-level ambiguity by its internal
+   item order and then reads the whole construct as plain text (not scheduled); here it is scheduled,
+   as it is when a space or text follows. The property tests leave out prompts with a ``]`` followed by
+   two of ``[]():`` (:data:`EARLEY_QUIRK`), the only places this was seen in fuzzing.
 """
 
 from __future__ import annotations
@@ -9,9 +23,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import a1111_prompt_oracle as a1111
 from webui.prompts import (
     ExtraNetworkTag,
     get_learned_conditioning_prompt_schedules,
@@ -195,33 +210,34 @@ def test_prompt_schedules_several_prompts() -> None:
     assert res == [[[3, "a "], [10, "a b"]], [[10, "test"]], [[3, "a "], [10, "a b"]]]
 
 
-@pytest.mark.parametrize(
-    ("prompt", "hires_steps", "expected"),
-    [
-        # A1111's doctests: a fraction counts from 1.0 in the hires pass
-        ("a [b:.5] c", 10, [[10, "a b c"]]),
-        ("a [b:1.5] c", 10, [[5, "a  c"], [10, "a b c"]]),
-        ("a [b:1.5] c", 20, [[10, "a  c"], [20, "a b c"]]),
-        # an integer counts from the end of the first pass (10 steps)
-        ("a [b:12] c", 10, [[2, "a  c"], [10, "a b c"]]),
-        ("a [b:3] c", 20, [[20, "a b c"]]),
-        ("[a|b]", 4, [[1, "a"], [2, "b"], [3, "a"], [4, "b"]]),
-    ],
-)
+HIRES_CASES = [
+    # A1111's doctests: a fraction counts from 1.0 in the hires pass
+    ("a [b:.5] c", 10, [[10, "a b c"]]),
+    ("a [b:1.5] c", 10, [[5, "a  c"], [10, "a b c"]]),
+    ("a [b:1.5] c", 20, [[10, "a  c"], [20, "a b c"]]),
+    # an integer counts from the end of the first pass (10 steps)
+    ("a [b:12] c", 10, [[2, "a  c"], [10, "a b c"]]),
+    ("a [b:3] c", 20, [[20, "a b c"]]),
+    ("[a|b]", 4, [[1, "a"], [2, "b"], [3, "a"], [4, "b"]]),
+]
+
+
+@pytest.mark.parametrize(("prompt", "hires_steps", "expected"), HIRES_CASES)
 def test_prompt_schedules_hires(prompt: str, hires_steps: int, expected: list[list]) -> None:
     assert get_learned_conditioning_prompt_schedules([prompt], 10, hires_steps) == [expected]
 
 
-@pytest.mark.parametrize(
-    ("prompt", "expected"),
-    [
-        ("a [b:.5] c", [[5, "a  c"], [10, "a b c"]]),
-        ("[a:b:0.5]", [[5, "a"], [10, "b"]]),
-        ("[a:b:1.5]", [[1, "a"], [10, "b"]]),  # >= 1 is a step: int(1.5)
-        ("[a:b:2.5]", [[2, "a"], [10, "b"]]),
-        ("[a:b:3]", [[3, "a"], [10, "b"]]),
-    ],
-)
+OLD_SCHEDULING_CASES = [
+    ("a [b:.5] c", [[5, "a  c"], [10, "a b c"]]),
+    ("[a:b:0.5]", [[5, "a"], [10, "b"]]),
+    ("[a:b:1.5]", [[1, "a"], [10, "b"]]),  # >= 1 is a step: int(1.5)
+    ("[a:b:2.5]", [[2, "a"], [10, "b"]]),
+    ("[a:b:3]", [[3, "a"], [10, "b"]]),
+    ("[a:b:1]", [[1, "a"], [10, "b"]]),  # 1 is not below 1: a step, not all the steps
+]
+
+
+@pytest.mark.parametrize(("prompt", "expected"), OLD_SCHEDULING_CASES)
 def test_prompt_schedules_old_scheduling(prompt: str, expected: list[list]) -> None:
     assert get_learned_conditioning_prompt_schedules([prompt], 10, use_old_scheduling=True) == [expected]
     # the old rule ignores the hires pass
@@ -302,6 +318,7 @@ def test_prompt_schedules_without_square_brackets_are_constant(prompt: str, step
 # --------------------------------------------------------------------------- composable prompts
 
 def test_multicond_prompt_list() -> None:
+    assert a1111.multicond(["a cat AND a dog :1.2"]) == get_multicond_prompt_list(["a cat AND a dog :1.2"])
     # As in A1111 only whitespace after a part is removed, so the second part keeps the space
     # after "AND" (the brief expected "a dog"; CLIP tokenization ignores it either way).
     assert get_multicond_prompt_list(["a cat AND a dog :1.2"]) == (
@@ -311,26 +328,26 @@ def test_multicond_prompt_list() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("prompts", "expected"),
-    [
-        (["a"], ([[(0, 1.0)]], ["a"], {"a": 0})),
-        (["a:0.5"], ([[(0, 0.5)]], ["a"], {"a": 0})),
-        (["a : -2"], ([[(0, -2.0)]], ["a"], {"a": 0})),
-        (["a:.5 "], ([[(0, 0.5)]], ["a"], {"a": 0})),
-        (["a:1."], ([[(0, 1.0)]], ["a"], {"a": 0})),
-        (["a:1.2.3"], ([[(0, 1.0)]], ["a:1.2.3"], {"a:1.2.3": 0})),
-        (["(a:1.2)"], ([[(0, 1.0)]], ["(a:1.2)"], {"(a:1.2)": 0})),
-        (["a AND b", "b AND a:2"], ([[(0, 1.0), (1, 1.0)], [(2, 1.0), (3, 2.0)]],
-                                     ["a", " b", "b", " a"], {"a": 0, " b": 1, "b": 2, " a": 3})),
-        (["aANDb", "a and b"], ([[(0, 1.0)], [(1, 1.0)]], ["aANDb", "a and b"],
-                                {"aANDb": 0, "a and b": 1})),
-        (["AND"], ([[(0, 1.0), (0, 1.0)]], [""], {"": 0})),
-        (["line one\nline two:2 AND x"], ([[(0, 2.0), (1, 1.0)]], ["line one\nline two", " x"],
-                                          {"line one\nline two": 0, " x": 1})),
-        ([], ([], [], {})),
-    ],
-)
+MULTICOND_CASES = [
+    (["a"], ([[(0, 1.0)]], ["a"], {"a": 0})),
+    (["a:0.5"], ([[(0, 0.5)]], ["a"], {"a": 0})),
+    (["a : -2"], ([[(0, -2.0)]], ["a"], {"a": 0})),
+    (["a:.5 "], ([[(0, 0.5)]], ["a"], {"a": 0})),
+    (["a:1."], ([[(0, 1.0)]], ["a"], {"a": 0})),
+    (["a:1.2.3"], ([[(0, 1.0)]], ["a:1.2.3"], {"a:1.2.3": 0})),
+    (["(a:1.2)"], ([[(0, 1.0)]], ["(a:1.2)"], {"(a:1.2)": 0})),
+    (["a AND b", "b AND a:2"], ([[(0, 1.0), (1, 1.0)], [(2, 1.0), (3, 2.0)]],
+                                 ["a", " b", "b", " a"], {"a": 0, " b": 1, "b": 2, " a": 3})),
+    (["aANDb", "a and b"], ([[(0, 1.0)], [(1, 1.0)]], ["aANDb", "a and b"],
+                            {"aANDb": 0, "a and b": 1})),
+    (["AND"], ([[(0, 1.0), (0, 1.0)]], [""], {"": 0})),
+    (["line one\nline two:2 AND x"], ([[(0, 2.0), (1, 1.0)]], ["line one\nline two", " x"],
+                                      {"line one\nline two": 0, " x": 1})),
+    ([], ([], [], {})),
+]
+
+
+@pytest.mark.parametrize(("prompts", "expected"), MULTICOND_CASES)
 def test_multicond_prompt_list_cases(prompts: list[str], expected: tuple) -> None:
     assert get_multicond_prompt_list(prompts) == expected
 
@@ -373,3 +390,127 @@ def test_extra_network_tag_is_a_value() -> None:
     tag = ExtraNetworkTag("lora", ("a", "1"))
     assert tag == ExtraNetworkTag("lora", ("a", "1"))
     assert hash(tag) == hash(ExtraNetworkTag("lora", ("a", "1")))
+
+
+# --------------------------------------------------------------------------- the A1111 oracle
+
+#: deviation 3 (see the module docstring): a "]" followed by two stray brackets or colons
+EARLEY_QUIRK = re.compile(r"\][\[\]():]{2}")
+#: hand-written expectations that are deviations 1 and 2 (A1111 raises there)
+A1111_RAISES = {"(a:.)", "(a:1.2.3)", "[a:b:1e999]"}
+
+
+@pytest.mark.parametrize(("text", "expected"), [c for c in ATTENTION_CASES if c[0] not in A1111_RAISES])
+def test_attention_expectations_are_a1111s(text: str, expected: list[list]) -> None:
+    assert a1111.attention(text) == expected
+
+
+@pytest.mark.parametrize(("prompt", "expected"), [c for c in SCHEDULE_CASES if c[0] not in A1111_RAISES])
+def test_schedule_expectations_are_a1111s(prompt: str, expected: list[list]) -> None:
+    assert a1111.prompt_schedule(prompt, 10) == expected
+
+
+@pytest.mark.parametrize(("prompt", "hires_steps", "expected"), HIRES_CASES)
+def test_hires_expectations_are_a1111s(prompt: str, hires_steps: int, expected: list[list]) -> None:
+    assert a1111.prompt_schedule(prompt, 10, hires_steps) == expected
+
+
+@pytest.mark.parametrize(("prompt", "expected"), OLD_SCHEDULING_CASES)
+def test_old_scheduling_expectations_are_a1111s(prompt: str, expected: list[list]) -> None:
+    assert a1111.prompt_schedule(prompt, 10, use_old_scheduling=True) == expected
+    assert a1111.prompt_schedule(prompt, 10, 20, use_old_scheduling=True) == expected
+
+
+@pytest.mark.parametrize(("prompts", "expected"), MULTICOND_CASES)
+def test_multicond_expectations_are_a1111s(prompts: list[str], expected: tuple) -> None:
+    assert a1111.multicond(prompts) == expected
+
+
+def test_deviation_weights_a1111_cannot_read() -> None:
+    for text in ("(a:.)", "(a:1.2.3)", "(a:..5)"):
+        with pytest.raises(ValueError):
+            a1111.attention(text)
+        assert parse_prompt_attention(text) == [[text[1:-1], 1.1]]
+
+
+def test_deviation_an_editing_step_that_overflows() -> None:
+    with pytest.raises(OverflowError):
+        a1111.prompt_schedule("[a:b:1e999]", 10)
+    assert get_learned_conditioning_prompt_schedules(["[a:b:1e999]"], 10) == [[[10, "a"]]]
+    assert get_learned_conditioning_prompt_schedules(["[a:b:-1e999]"], 10) == [[[10, "b"]]]
+
+
+@pytest.mark.parametrize("prompt", ["[a:b:3]))", "[a:b:3]]]", "[a:b:3]::", "[a:b:3]:]", "x [a:3]][", "([b:c:3]))"])
+def test_deviation_top_level_schedule_followed_by_stray_brackets(prompt: str) -> None:
+    assert a1111.prompt_schedule(prompt, 10) == [[10, prompt]]  # A1111: not scheduled at all
+    (ours,) = get_learned_conditioning_prompt_schedules([prompt], 10)
+    assert len(ours) == 2 and ours[0][0] == 3 and ours[1][0] == 10
+    # with a space before the strays A1111 schedules it too, exactly as we do
+    spaced = prompt.replace(":3]", ":3] ", 1)
+    assert a1111.prompt_schedule(spaced, 10) == get_learned_conditioning_prompt_schedules([spaced], 10)[0]
+    assert EARLEY_QUIRK.search(prompt)
+
+
+# prompts built from the constructs (random characters rarely form them), nested up to three deep, with
+# stray brackets, colons and "|" between them at the top level now and then
+_WHEN = st.sampled_from(["1", "2", "3", "0", "0.5", ".3", "0.05", "1.0", " 4", "4 ", "+2", "-1", "1e1", "2.5", "1.5",
+                         "12", " 7 "])
+_LEAF = st.sampled_from(["a", "b ", " ", "", "c d", "\\[", "\\)", "\n", "x:1.5", " BREAK ", " AND ", "bANDc", "(e)",
+                         "[f]", "(g:0.5)"])
+constructs = st.recursive(
+    _LEAF,
+    lambda inner: st.one_of(
+        st.tuples(inner, inner, _WHEN).map(lambda t: f"[{t[0]}:{t[1]}:{t[2]}]"),
+        st.tuples(inner, _WHEN).map(lambda t: f"[{t[0]}:{t[1]}]"),
+        st.lists(inner, min_size=2, max_size=3).map(lambda xs: "[" + "|".join(xs) + "]"),
+        st.tuples(inner, st.sampled_from([")", ":1.2)", ": 0.5 )"])).map(lambda t: "(" + t[0] + t[1]),
+        inner.map(lambda x: f"[{x}]"),
+    ),
+    max_leaves=6,
+)
+structured_prompt = st.lists(st.one_of(constructs, constructs, st.sampled_from(list("[]():| "))),
+                             min_size=1, max_size=4).map("".join).filter(lambda p: not EARLEY_QUIRK.search(p))
+random_prompt = prompt_text.filter(lambda p: not EARLEY_QUIRK.search(p))
+SLOW_OK = [HealthCheck.filter_too_much, HealthCheck.too_slow]
+
+
+def _schedules_agree(prompt: str, steps: int, hires_steps: int | None, old: bool) -> None:
+    try:
+        expected = a1111.prompt_schedule(prompt, steps, hires_steps, old)
+    except OverflowError:  # deviation 2
+        assert re.search(r"\d[eE]\+?\d{3}", prompt)
+        return
+    assert get_learned_conditioning_prompt_schedules([prompt], steps, hires_steps, old) == [expected]
+
+
+def _emphasis_and_and_agree(prompt: str) -> None:
+    try:
+        expected = a1111.attention(prompt)
+    except ValueError:  # deviation 1: a weight float() rejects, so ours reads it as text
+        assert re.search(r":\s*[+-]?[.\d]*\.[.\d]*\s*\)", prompt)
+    else:
+        assert parse_prompt_attention(prompt) == expected
+    assert get_multicond_prompt_list([prompt]) == a1111.multicond([prompt])
+
+
+_STEPS = (st.integers(1, 20), st.one_of(st.none(), st.integers(1, 20)), st.booleans())
+
+
+@pytest.mark.parametrize("mode", ["first pass", "hires pass", "old scheduling"])
+@settings(max_examples=70, deadline=None, suppress_health_check=SLOW_OK)
+@given(prompt=structured_prompt, steps=st.integers(1, 20), hires_steps=st.integers(1, 20))
+def test_schedules_of_built_prompts_agree_with_a1111(mode: str, prompt: str, steps: int, hires_steps: int) -> None:
+    _schedules_agree(prompt, steps, None if mode == "first pass" else hires_steps, mode == "old scheduling")
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=SLOW_OK)
+@given(random_prompt, *_STEPS)
+def test_schedules_of_random_prompts_agree_with_a1111(prompt: str, steps: int, hires_steps: int | None,
+                                                      old: bool) -> None:
+    _schedules_agree(prompt, steps, hires_steps, old)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=SLOW_OK)
+@given(st.one_of(structured_prompt, random_prompt))
+def test_emphasis_and_composition_agree_with_a1111(prompt: str) -> None:
+    _emphasis_and_and_agree(prompt)
