@@ -27,6 +27,7 @@ import logging
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import StepRecorder, registered, require
@@ -152,6 +153,48 @@ def test_extra_noise_is_added_to_the_noised_init(ctx, sigmas, multiplier):
     sigma_0 = sigmas.seen[0]
     same = ctx.generate(GenerationRequest(**req, initial_noise_multiplier=multiplier * (sigma_0 + extra) / sigma_0))
     assert np.abs(arr(noisy.images[0]) - arr(same.images[0])).max() <= 2
+
+
+@pytest.fixture
+def starts(monkeypatch):
+    """The latents each img2img sampling run starts from (``x``) and its sigmas."""
+    import webui.pipeline.generate as generate
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real = generate.sample
+
+    def spy(sampler, model_fn, ds, sigmas, rng, seeds, *, x=None, **kw):
+        if x is not None:
+            seen.append((x.detach().clone(), sigmas.detach().clone()))
+        return real(sampler, model_fn, ds, sigmas, rng, seeds, x=x, **kw)
+
+    monkeypatch.setattr(generate, "sample", spy)
+    return seen
+
+
+def test_initial_noise_multiplier_scales_the_noise_added_to_the_init_latents(ctx, starts):
+    # A1111 (StableDiffusionProcessingImg2Img.sample, sd_samplers_kdiffusion.sample_img2img): x = rng noise * m,
+    # start = init_latent + x * sigma_0 (+ x * extra noise). With m = 0 the start is the init latent itself: the
+    # VAE encoding of the init image; the noise is then (start_m - init) / (m * sigma_0), the same for every m.
+    image = picture()
+    model = ctx.models.current
+    init = encode_pixels(model, image_to_tensor(image))
+    req = dict(I2I, steps=2, init_images=(image,))
+    for m in (0.0, 1.0, 0.5):
+        res = ctx.generate(GenerationRequest(**req, initial_noise_multiplier=m))
+        assert (param(res.infotexts[0], "Noise multiplier") == m) == (m != 1.0)  # written only when not 1
+    (x0, _), (x1, sig1), (xh, sigh) = starts
+    torch.testing.assert_close(x0, init)
+    noise = (x1 - init) / sig1[0]
+    assert 0.8 < float(noise.std()) < 1.2  # unit noise
+    torch.testing.assert_close(xh, init + 0.5 * noise * sigh[0], rtol=1e-4, atol=1e-4)
+    starts.clear()
+    ctx.generate(GenerationRequest(**req, override_settings={"initial_noise_multiplier": 0.25}))  # the option
+    ctx.generate(GenerationRequest(**req, initial_noise_multiplier=0.25,
+                                   override_settings={"img2img_extra_noise": 0.5}))
+    (xo, sigo), (xe, sige) = starts
+    torch.testing.assert_close(xo, init + 0.25 * noise * sigo[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(xe, init + 0.25 * noise * (sige[0] + 0.5), rtol=1e-4, atol=1e-4)
 
 
 def test_extra_noise_in_the_hires_pass(ctx):
