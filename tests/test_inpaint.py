@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -170,10 +171,12 @@ def test_each_masked_content_mode_starts_from_something_else(ctx):
     for a in range(4):
         for b in range(a + 1, 4):
             assert np.abs(starts[a] - starts[b]).mean() > 1.0, (a, b)
-    # "original" starts from the init image's latent, "latent nothing" from zeros in the hole
+    # "original" starts from the init image's latent; "latent nothing" from the latent of the filled picture
+    # (A1111 fills the hole for every masked content but "original") with zeros in the hole
     model = ctx.models.current
     latent = encode_init_images(model, [img], 64, 64, 0)
     assert np.array_equal(starts[1], np.asarray(decode_latents(model, latent)[0], dtype=int)[20:44, 20:44])
+    latent = encode_init_images(model, [fill_masked(img, square_mask())], 64, 64, 0)
     latent[:, :, 2:6, 2:6] = 0
     assert np.array_equal(starts[3], np.asarray(decode_latents(model, latent)[0], dtype=int)[20:44, 20:44])
 
@@ -215,6 +218,65 @@ def test_inpainting_unet_gets_the_mask_and_masked_image(inpaint_ctx, monkeypatch
     assert mask_channel.sum() == 16
     outside = np.asarray(square_mask()) == 0
     assert np.array_equal(np.asarray(res.images[0])[outside], np.asarray(img)[outside])
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_inpainting_mask_weight_blends_the_conditioning_image(inpaint_ctx, monkeypatch, masked):
+    """A1111 (processing.py inpainting_image_conditioning): the U-Net's extra channels are the mask and the
+    VAE latent of lerp(image, image * (1 - mask), inpainting_mask_weight), the image in [-1, 1]; without a mask
+    the mask is all ones, so the latent is that of image * (1 - weight)."""
+    model = inpaint_ctx.models.current
+    c = model.components
+    unet = c.unet
+    seen = []
+    real = unet.forward
+
+    def spy(x, *a, **kw):
+        seen.append(x.detach().clone())
+        return real(x, *a, **kw)
+
+    monkeypatch.setattr(unet, "forward", spy)
+    img, weight = noisy_picture(seed=3), 0.25
+    # masked content "original": A1111 fills the hole of the picture it encodes for every other choice
+    extra = dict(mask=square_mask(), mask_blur_x=0, mask_blur_y=0, inpaint_full_res=False,
+                 inpainting_fill=1) if masked else {}
+    inpaint_ctx.generate(GenerationRequest(init_images=(img,), override_settings={"inpainting_mask_weight": weight},
+                                           **{**BASE, "steps": 2}, **extra))
+    pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    mask = torch.from_numpy(np.asarray(square_mask(), dtype=np.float32) / 255.0)[None, None] if masked \
+        else torch.ones(1, 1, 64, 64)
+    with torch.no_grad():
+        expected = c.vae.encode(torch.lerp(pixels, pixels * (1 - mask), weight)).latent_dist.mode()
+    expected = expected * c.vae_scaling_factor
+    x = seen[0]
+    torch.testing.assert_close(x[0, 4], torch.nn.functional.interpolate(mask, size=(8, 8))[0, 0])
+    torch.testing.assert_close(x[0, 5:9], expected[0], rtol=1e-4, atol=1e-4)
+
+
+def test_every_masked_content_but_original_encodes_the_filled_picture(inpaint_ctx, monkeypatch):
+    """A1111 (StableDiffusionProcessingImg2Img.init): for inpainting_fill != 1 the picture is masking.fill-ed
+    before it is encoded -- the init latents and the inpainting conditioning both come from it. So with
+    inpainting_mask_weight < 1 the U-Net's masked-image channels are the same for fill, latent noise and
+    latent nothing, and differ for original."""
+    unet = inpaint_ctx.models.current.components.unet
+    seen = []
+    real = unet.forward
+
+    def spy(x, *a, **kw):
+        seen.append(x[:, 5:9].detach().clone())
+        return real(x, *a, **kw)
+
+    monkeypatch.setattr(unet, "forward", spy)
+    conds = {}
+    for fill in (0, 1, 2, 3):
+        seen.clear()
+        inpaint_ctx.generate(GenerationRequest(init_images=(noisy_picture(seed=3),), mask=square_mask(), mask_blur_x=0,
+                                               mask_blur_y=0, inpaint_full_res=False, inpainting_fill=fill,
+                                               override_settings={"inpainting_mask_weight": 0.25},
+                                               **{**BASE, "steps": 1}))
+        conds[fill] = seen[0]
+    assert torch.equal(conds[0], conds[2]) and torch.equal(conds[0], conds[3])
+    assert float((conds[0] - conds[1]).abs().max()) > 1e-2
 
 
 # --- the API ---------------------------------------------------------------------------------------

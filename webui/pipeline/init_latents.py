@@ -150,13 +150,14 @@ def prepare_init(model: LoadedModel, req: GenerationRequest, opts: dict[str, Any
             work = _resize_for_mode(image, w, h, req.resize_mode, masked=prepared is not None, resize=resize)
             if prepared is not None:
                 overlays.append(make_overlay(work, prepared.overlay_mask))
-        if prepared is not None and req.inpainting_fill == 0:
+        if prepared is not None and req.inpainting_fill != 1:
+            # A1111: every masked content but "original" fills the hole of the picture it encodes (latent noise
+            # and latent nothing then replace the hole's latents; the edges and the inpainting conditioning keep it)
             work = fill_masked(work, prepared.mask)
         if color_refs is not None and not req.color_correction_images:
             # A1111: the reference is the image as processed -- resized, cropped, and filled unless the
             # masked content is "original"
-            ref = fill_masked(work, prepared.mask) if prepared is not None and req.inpainting_fill in (2, 3) else work
-            color_refs.append(color_reference(ref))
+            color_refs.append(color_reference(work))
         pixels.append(image_to_tensor(work))
     tiled = tiling_wanted(opts, w, h)
     if prepared is None and req.resize_mode == 3:
