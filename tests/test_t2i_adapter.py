@@ -150,3 +150,142 @@ def test_control_types_group_the_adapters_as_sd_webui_controlnet_does(env):
     assert any(m.startswith("t2iadapter_canny_sd15v2") for m in types["Canny"]["model_list"])
     assert not any(m.startswith("t2iadapter_wide") for m in types["Canny"]["model_list"])
     assert len(types["All"]["model_list"]) == 4
+
+
+# --- TencentARC's first-generation files: sd14v1 full adapters, the light (color) adapter, the style adapter -------
+def _tencentarc_full_forward(w: dict[str, torch.Tensor], x: torch.Tensor, levels: int, blocks: int) -> list:
+    """TencentARC's ``Adapter`` (sk=True, ksize=1, use_conv=False, as sd-webui-controlnet builds the sd14v1 /
+    sd15v2 files), written out: pixel-unshuffle by 8, conv_in, then per level (average-pool halving from the
+    second level on) ``blocks`` resnet blocks ``x' = in_conv(x) if present; x' + block2(relu(block1(x')))``."""
+    F = torch.nn.functional
+    x = F.conv2d(F.pixel_unshuffle(x, 8), w["conv_in.weight"], w["conv_in.bias"], padding=1)
+    features = []
+    for level in range(levels):
+        for j in range(blocks):
+            k = level * blocks + j
+            if level and j == 0:
+                x = F.avg_pool2d(x, 2)
+            if f"body.{k}.in_conv.weight" in w:
+                x = F.conv2d(x, w[f"body.{k}.in_conv.weight"], w[f"body.{k}.in_conv.bias"])
+            h = F.relu(F.conv2d(x, w[f"body.{k}.block1.weight"], w[f"body.{k}.block1.bias"], padding=1))
+            x = x + F.conv2d(h, w[f"body.{k}.block2.weight"], w[f"body.{k}.block2.bias"])
+        features.append(x)
+    return features
+
+
+def _light_original(seed: int, cin: int = 192, outs=(32, 64, 64), blocks: int = 2) -> dict[str, torch.Tensor]:
+    """A tiny random ``Adapter_light`` (t2iadapter_color_sd14v1's layout): per level ``in_conv`` (1x1, to a quarter
+    of the width), ``body.<j>.block1/block2`` (3x3), ``out_conv`` (1x1)."""
+    g = torch.Generator().manual_seed(seed)
+    w, prev = {}, cin
+    for k, out in enumerate(outs):
+        mid = out // 4
+        shapes = {"in_conv": (mid, prev, 1, 1), "out_conv": (out, mid, 1, 1),
+                  **{f"body.{j}.block{b}": (mid, mid, 3, 3) for j in range(blocks) for b in (1, 2)}}
+        for name, shape in shapes.items():
+            w[f"body.{k}.{name}.weight"] = torch.randn(shape, generator=g) * 0.3
+            w[f"body.{k}.{name}.bias"] = torch.randn(shape[0], generator=g) * 0.1
+        prev = out
+    return w
+
+
+def _light_forward(w: dict[str, torch.Tensor], x: torch.Tensor, levels: int, blocks: int) -> list:
+    """TencentARC's ``Adapter_light``, written out: pixel-unshuffle by 8; per level (average-pool halving from the
+    second on) in_conv, ``blocks`` times ``x + block2(relu(block1(x)))``, out_conv."""
+    F = torch.nn.functional
+    x = F.pixel_unshuffle(x, 8)
+    features = []
+    for k in range(levels):
+        if k:
+            x = F.avg_pool2d(x, 2)
+        x = F.conv2d(x, w[f"body.{k}.in_conv.weight"], w[f"body.{k}.in_conv.bias"])
+        for j in range(blocks):
+            h = F.relu(F.conv2d(x, w[f"body.{k}.body.{j}.block1.weight"], w[f"body.{k}.body.{j}.block1.bias"],
+                                padding=1))
+            x = x + F.conv2d(h, w[f"body.{k}.body.{j}.block2.weight"], w[f"body.{k}.body.{j}.block2.bias"], padding=1)
+        x = F.conv2d(x, w[f"body.{k}.out_conv.weight"], w[f"body.{k}.out_conv.bias"])
+        features.append(x)
+    return features
+
+
+def _light_to_diffusers_reference(w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers' ``scripts/convert_original_t2i_adapter.py`` mapping (``convert_light_adapter``), restated."""
+    out = {}
+    for key, value in w.items():
+        parts = key.split(".")
+        if parts[2] == "body":  # body.<k>.body.<j>.blockN.*
+            out[f"adapter.body.{parts[1]}.resnets.{parts[3]}.{'.'.join(parts[4:])}"] = value
+        else:
+            out[f"adapter.{key}"] = value
+    return out
+
+
+def test_sd14v1_full_adapters_load_as_tencentarcs_adapter_computes(tmp_path):
+    """t2iadapter_*_sd14v1 files are the ``Adapter`` layout the v2 ones have: a tiny random one (one-channel canny,
+    cin 64) loads, and its features equal TencentARC's forward written out and diffusers' ``FullAdapter``."""
+    weights = _to_tencentarc(_adapter(seed=5))
+    torch.save(weights, tmp_path / "t2iadapter_canny_sd14v1.pth")
+    loaded = load_controlnet(tmp_path / "t2iadapter_canny_sd14v1.pth")
+    x = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = loaded(x)
+        want = _tencentarc_full_forward(weights, x, len(CHANNELS), 2)
+    assert [tuple(f.shape) for f in got] == [(1, 32, 8, 8), (1, 64, 4, 4)]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, want, strict=True))
+
+
+def test_the_light_color_adapter_loads_as_diffusers_light_adapter(tmp_path):
+    """t2iadapter_color_sd14v1 (``Adapter_light``): its features through the loader equal diffusers'
+    ``T2IAdapter(adapter_type="light_adapter")`` on the weights mapped by diffusers' conversion script, and
+    TencentARC's forward written out; the four levels are as wide as SD 1.5's U-Net expects."""
+    from diffusers import T2IAdapter as Diffusers
+
+    weights = _light_original(7)
+    save_path = tmp_path / "t2iadapter_color_sd14v1.pth"
+    torch.save(weights, save_path)
+    loaded = load_controlnet(save_path)
+    reference = Diffusers(in_channels=3, channels=[32, 64], num_res_blocks=2, adapter_type="light_adapter")
+    reference.load_state_dict(_light_to_diffusers_reference(weights), strict=True)
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, want, written = loaded(x), reference(x), _light_forward(weights, x, 3, 2)
+    assert [tuple(f.shape) for f in got] == [(1, 32, 16, 16), (1, 64, 8, 8), (1, 64, 4, 4)]
+    for a, b, c in zip(got, want, written, strict=True):
+        assert torch.equal(a, b) and torch.allclose(a, c, atol=1e-5)
+    from webui.controlnet.t2i_adapter import adapter_mismatch
+
+    class Unet:  # SD 1.5's widths, scaled down: the light adapter's last level repeats the last width
+        config = type("C", (), {"block_out_channels": (32, 64, 64), "addition_embed_type": None})()
+
+    assert adapter_mismatch(loaded, Unet()) is None
+    Unet.config.block_out_channels = (32, 64)
+    assert "[32, 64, 64]" in adapter_mismatch(loaded, Unet())
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"body.0.skep.weight": torch.zeros(32, 32, 1, 1)}, "skip convolutions"),
+    ({"body.2.down_opt.op.weight": torch.zeros(32, 32, 3, 3)}, "strided convolutions"),
+])
+def test_adapter_variants_diffusers_cannot_build_are_refused_by_name(tmp_path, extra, words):
+    from webui.errors import ModelError
+
+    path = tmp_path / "t2iadapter_variant_sd14v1.pth"
+    torch.save({**_to_tencentarc(_adapter()), **extra}, path)
+    with pytest.raises(ModelError) as err:
+        load_controlnet(path)
+    assert words in str(err.value) and "t2iadapter_variant_sd14v1.pth" in str(err.value)
+
+
+def test_the_style_adapter_is_refused_with_its_reason(env):
+    """t2iadapter_style_sd14v1 (``StyleAdapter``: ``style_embedding``, transformer layers, ``proj``): a 4xx that
+    says why (CLIP ViT-L/14 image tokens appended to the prompt)."""
+    path = env["models"] / "ControlNet" / "t2iadapter_style_sd14v1.pth"
+    torch.save({"style_embedding": torch.zeros(1, 8, 16), "proj": torch.zeros(16, 8),
+                "ln_pre.weight": torch.ones(16), "ln_pre.bias": torch.zeros(16)}, path)
+    try:
+        env["client"].get("/controlnet/model_list")  # the registry sees the new file
+        response = _txt2img(env, [{"module": "none", "model": "t2iadapter_style_sd14v1", "image": _b64(_control())}])
+    finally:
+        path.unlink()
+        env["client"].get("/controlnet/model_list")  # forget it again
+    assert response.status_code == 422 and "style adapter" in response.text and "ViT-L/14" in response.text

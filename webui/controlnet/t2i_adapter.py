@@ -5,11 +5,22 @@ Layouts, told apart by their keys:
 - diffusers folders (``config.json`` naming ``T2IAdapter``) and diffusers-named single files (``adapter.*``);
 - SDXL adapters (TencentARC's ``t2i-adapter-*-sdxl-1.0``; diffusers' ``full_adapter_xl``), told apart by their
   ``conv_in`` reading pixels unshuffled by 16 instead of 8;
-- TencentARC's original files in ``models/ControlNet`` (``t2iadapter_canny_sd15v2.pth``, ...): ``conv_in``,
-  ``body.<k>.block1/block2`` (and ``in_conv`` where the width changes), block ``k = level * blocks + j`` — the
-  "v2" adapters (1x1 second convolutions, no skip convolutions, average-pool downsampling), which is diffusers'
-  ``FullAdapter``. The first generation (``t2iadapter_*_sd14v1``, with ``skep`` convolutions and strided
-  downsampling convolutions) and the "light" / style / CoAdapter variants are refused with a message.
+- TencentARC's original files in ``models/ControlNet`` (``t2iadapter_canny_sd14v1.pth``,
+  ``t2iadapter_canny_sd15v2.pth``, ...): ``conv_in``, ``body.<k>.block1/block2`` (and ``in_conv`` where the width
+  changes), block ``k = level * blocks + j``. Both the first generation (``*_sd14v1``) and the v2 adapters are
+  TencentARC's ``Adapter`` built with ``sk=True, ksize=1, use_conv=False`` (sd-webui-controlnet's
+  ``t2iadapter_*_sd14v1.yaml`` / ``image_adapter_v14.yaml``, and its ``build_model_by_guess``): 1x1 second
+  convolutions, no skip convolutions, average-pool downsampling — diffusers' ``FullAdapter`` (its
+  ``scripts/convert_original_t2i_adapter.py`` maps the sd14v1 files the same way). Files of the ``Adapter``
+  class's other settings are refused by name: ``skep`` skip convolutions (``sk=False``; sd-webui-controlnet
+  builds every adapter with ``sk=True`` and would drop them), strided-convolution downsampling
+  (``down_opt.op``, ``use_conv=True``) or 3x3 second convolutions (``ksize=3``), which diffusers' adapter has not;
+- TencentARC's "light" adapter (``t2iadapter_color_sd14v1.pth``, ``Adapter_light``: per level ``in_conv`` to a
+  quarter of the width, ``body.<level>.body.<j>`` resnet blocks with two 3x3 convolutions, ``out_conv``), which is
+  diffusers' ``LightAdapter`` (its conversion script's ``convert_light_adapter``);
+- the style adapter (``t2iadapter_style_sd14v1.pth``, ``style_embedding``) is refused: it turns CLIP ViT-L/14
+  image tokens into extra prompt tokens, which needs that image encoder (sd-webui-controlnet downloads it for
+  its ``t2ia_style_clipvision`` preprocessor) and a longer text context, neither of which is here.
 
 An adapter reads the control map once per sampling pass (pixels in [0, 1], grey for one-channel adapters such
 as canny and sketch) and gives one feature map per U-Net level, added inside the U-Net's down blocks
@@ -19,6 +30,7 @@ weight, on the conditional and unconditional passes ("ControlNet is more importa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,13 +43,28 @@ from webui.models.safeload import folder_class
 
 
 def adapter_layout(sd: Mapping[str, torch.Tensor]) -> str | None:
-    """"diffusers" / "original" for a T2I-Adapter's keys, "unsupported" for other TencentARC adapters, else None."""
+    """A T2I-Adapter's layout from its keys: "diffusers", "original" (TencentARC's ``Adapter``), "light"
+    (``Adapter_light``), "style" (``StyleAdapter``), "unsupported" (an ``Adapter`` diffusers cannot build), else
+    None."""
     if "adapter.conv_in.weight" in sd or "adapter.body.0.in_conv.weight" in sd:
         return "diffusers"
     if "conv_in.weight" in sd and "body.0.block1.weight" in sd:
-        return "unsupported" if "body.0.skep.weight" in sd else "original"
-    if "body.0.in_conv.weight" in sd and "body.0.body.0.block1.weight" in sd:
-        return "unsupported"  # Adapter_light (color / light adapters)
+        return "unsupported" if _unsupported_adapter(sd) else "original"
+    if "body.0.in_conv.weight" in sd and "body.0.body.0.block1.weight" in sd and "body.0.out_conv.weight" in sd:
+        return "light"
+    if "style_embedding" in sd:
+        return "style"
+    return None
+
+
+def _unsupported_adapter(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """Why an original-layout ``Adapter`` is not diffusers' ``FullAdapter``, or None."""
+    if any(k.endswith(".skep.weight") for k in sd):
+        return "it has skip convolutions (skep: TencentARC's Adapter with sk=False)"
+    if any(k.endswith(".down_opt.op.weight") for k in sd):
+        return "it downsamples with strided convolutions (down_opt: TencentARC's Adapter with use_conv=True)"
+    if sd["body.0.block2.weight"].shape[-1] != 1:
+        return "its second convolutions are 3x3 (TencentARC's Adapter with ksize=3)"
     return None
 
 
@@ -80,6 +107,12 @@ def _input_config(unshuffled: int) -> dict:
 
 
 def _diffusers_config(sd: Mapping[str, torch.Tensor]) -> dict:
+    if "adapter.body.0.out_conv.weight" in sd:  # diffusers' light adapter
+        levels = _indices(sd, r"adapter\.body\.(\d+)\.out_conv\.")
+        return {"channels": [int(sd[f"adapter.body.{i}.out_conv.weight"].shape[0]) for i in levels][:-1],
+                "num_res_blocks": len(_indices(sd, r"adapter\.body\.0\.resnets\.(\d+)\.")),
+                "in_channels": int(sd["adapter.body.0.in_conv.weight"].shape[1]) // 64, "downscale_factor": 8,
+                "adapter_type": "light_adapter"}
     levels = _indices(sd, r"adapter\.body\.(\d+)\.")
     blocks = _indices(sd, r"adapter\.body\.0\.resnets\.(\d+)\.")
     channels = [int(sd[f"adapter.body.{i}.resnets.0.block1.weight"].shape[0]) for i in levels]
@@ -87,15 +120,48 @@ def _diffusers_config(sd: Mapping[str, torch.Tensor]) -> dict:
             **_input_config(int(sd["adapter.conv_in.weight"].shape[1]))}
 
 
+def light_to_diffusers(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+    """TencentARC's ``Adapter_light`` keys under ``T2IAdapter``'s ``light_adapter`` names, and its config.
+
+    Its levels' widths are ``[c0, c1, ..., cn, cn]``: diffusers' ``LightAdapter`` takes ``channels`` without the
+    repeated last width (its last block keeps the width and halves the size)."""
+    levels = _indices(sd, r"body\.(\d+)\.in_conv\.")
+    outs = [int(sd[f"body.{k}.out_conv.weight"].shape[0]) for k in levels]
+    if len(outs) < 2 or outs[-1] != outs[-2]:
+        raise ValueError(f"light adapter levels {outs}: the last two must be as wide")
+    blocks = _indices(sd, r"body\.0\.body\.(\d+)\.block1\.")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        m = re.fullmatch(r"body\.(\d+)\.body\.(\d+)\.(block[12]\.(?:weight|bias))", key)
+        if m:
+            out[f"adapter.body.{m.group(1)}.resnets.{m.group(2)}.{m.group(3)}"] = value
+        elif re.fullmatch(r"body\.\d+\.(?:in|out)_conv\.(?:weight|bias)", key):
+            out[f"adapter.{key}"] = value
+        else:
+            raise ValueError(f"unexpected light adapter key {key!r}")
+    unshuffled = int(sd["body.0.in_conv.weight"].shape[1])
+    if unshuffled not in (64, 192):
+        raise ValueError(f"in_conv reads {unshuffled} channels: not 1 or 3 unshuffled by 8")
+    return out, {"channels": outs[:-1], "num_res_blocks": len(blocks), "in_channels": unshuffled // 64,
+                 "downscale_factor": 8, "adapter_type": "light_adapter"}
+
+
 def load_adapter(path: Path, sd: Mapping[str, torch.Tensor], layout: str) -> T2IAdapter:
     """A ``T2IAdapter`` from a single file's state dict; ModelError naming the file otherwise."""
     if layout == "unsupported":
-        raise ModelError(path, "this T2I-Adapter generation (the sd14v1 adapters with skip convolutions, or the "
-                               "light / color adapters) is not supported; use the v2 adapters "
-                               "(t2iadapter_*_sd15v2) or diffusers' T2IAdapter files.")
+        raise ModelError(path, f"this T2I-Adapter cannot be loaded: {_unsupported_adapter(sd)}. TencentARC's "
+                               "released adapters (t2iadapter_*_sd14v1, *_sd15v2) and diffusers' T2IAdapter "
+                               "files work.")
+    if layout == "style":
+        raise ModelError(path, "the T2I style adapter (t2iadapter_style_sd14v1) is not supported: it turns CLIP "
+                               "ViT-L/14 image tokens into extra prompt tokens, and that image encoder (which "
+                               "sd-webui-controlnet downloads for t2ia_style_clipvision) is not available here. "
+                               "For a picture's style use an IP-Adapter or reference_only.")
     try:
         if layout == "original":
             weights, config = original_to_diffusers(sd)
+        elif layout == "light":
+            weights, config = light_to_diffusers(sd)
         else:
             weights, config = dict(sd), _diffusers_config(sd)
         adapter = T2IAdapter(**config)
@@ -108,9 +174,11 @@ def load_adapter(path: Path, sd: Mapping[str, torch.Tensor], layout: str) -> T2I
 def adapter_mismatch(adapter: T2IAdapter, unet) -> str | None:
     """Why ``adapter`` cannot steer ``unet`` (its levels' widths must be the U-Net's), or None."""
     kind = str(getattr(adapter.config, "adapter_type", "full_adapter"))
-    if kind not in ("full_adapter", "full_adapter_xl"):
-        return f"{kind} T2I-Adapters (light) are not supported; full adapters (SD 1.x / 2.x / SDXL) are"
+    if kind not in ("full_adapter", "full_adapter_xl", "light_adapter"):
+        return f"{kind} T2I-Adapters are not supported; full and light adapters are"
     channels = [int(c) for c in adapter.config.channels]
+    if kind == "light_adapter":  # its last block repeats the last width one level down
+        channels = [*channels, channels[-1]]
     wanted = [int(c) for c in unet.config.block_out_channels]
     xl_unet = getattr(unet.config, "addition_embed_type", None) == "text_time"
     if (kind == "full_adapter_xl") != xl_unet:
