@@ -1,13 +1,14 @@
 """The requests of sd-webui-controlnet's own API tests (``tests/web_api/generation_test.py``, run as its CPU
 CI runs them: 64x64, 3 steps), restated here with their payloads and expectations: the response's ``images``
-hold the ``n_iter * batch_size`` generated images followed by one detected map per enabled unit (two for a
-unit that also works in the hires pass), unless ``save_detected_map`` is false; unknown unit keys are
+hold the ``n_iter * batch_size`` generated images followed by one detected map per enabled unit (with hires
+fix two: the hires size's, then the first pass's), unless ``save_detected_map`` is false; unknown unit keys are
 ignored; out-of-range parameters fall back to the module default with its log line.
 
 Covered here: no unit, an unrecognised parameter, n_iter, batch size, two units, a preprocessor (canny),
 invalid parameters, ``save_detected_map``, ``hr_option`` with and without hires, the option
-``control_net_no_detectmap``. Not yet: IP-Adapter, reference-only, control-LoRA, T2I-Adapter and
-``advanced_weighting`` (issue 27, points 2-3).
+``control_net_no_detectmap``, ``advanced_weighting``, ``effective_region_mask``, and detect_test.py. Its other
+payloads are restated beside their model kinds: test_ip_adapter.py (IP-Adapter face / full-face), test_reference.py,
+test_control_lora.py, test_t2i_adapter.py, test_controlnet_inpaint.py (inpaint, masked units, lama).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
@@ -104,15 +104,17 @@ def test_unrecognized_param_is_ignored_with_a_log_line(client, mode, caplog):
 def test_images_then_one_map_per_unit(client, mode, payload, expected):
     images = post(client, mode, payload, [{}])
     assert len(images) == expected
-    assert images[-1].size == girl().size  # the map: the preprocessor's output at the input's size
+    assert images[-1].size == (64, 64)  # the map: the control picture at the generation size (its detectmap_proc)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_2_units(client, mode):
     images = post(client, mode, {}, [{}, {}])
     assert len(images) == 3
-    canny = np.asarray(images[1].convert("L"))
-    assert set(np.unique(canny)) <= {0, 255} and canny.max() == 255  # an edge map, not a generated image
+    # an edge map (grey, white edges on black) at the generation size, not a generated image
+    canny = np.asarray(images[1].convert("RGB")).astype(int)
+    assert images[1].size == (64, 64) and canny.max() >= 200 and np.median(canny) < 30
+    assert (canny[:, :, 0] == canny[:, :, 1]).all() and (canny[:, :, 1] == canny[:, :, 2]).all()
 
 
 @pytest.mark.parametrize("param", ["processor_res", "threshold_a", "threshold_b"])
@@ -129,17 +131,13 @@ def test_save_map(client, mode, save_map):
     assert len(post(client, mode, {}, [{"save_detected_map": save_map}])) == (2 if save_map else 1)
 
 
-def test_hr_option_both_with_hires_gives_a_map_per_pass(client):
-    images = post(client, "txt2img", {"enable_hr": True, "denoising_strength": 0.75},
-                  [{"hr_option": "HiResFixOption.BOTH"}])
-    assert len(images) == 3
-    assert images[0].size == (128, 128) and images[2].size == (128, 128)  # the hires pass's control image
-
-
-@pytest.mark.parametrize("option, expected", [("Low res only", 2), ("High res only", 2)])
-def test_hr_option_one_pass_gives_one_map(client, option, expected):
-    assert len(post(client, "txt2img", {"enable_hr": True, "denoising_strength": 0.75},
-                    [{"hr_option": option}])) == expected
+@pytest.mark.parametrize("option", ["HiResFixOption.BOTH", "Low res only", "High res only"])
+def test_hires_fix_gives_the_hires_map_then_the_first_pass_map(client, option):
+    """test_hr_option (3 images): with hires fix, sd-webui-controlnet's ``get_control`` stores the control picture
+    at the hires size, then at the first pass's size, whatever ``hr_option`` (which only decides where the unit
+    acts)."""
+    images = post(client, "txt2img", {"enable_hr": True, "denoising_strength": 0.75}, [{"hr_option": option}])
+    assert [im.size for im in images] == [(128, 128), (128, 128), (64, 64)]
 
 
 def test_hr_option_is_ignored_without_hires(client):
@@ -160,7 +158,8 @@ def test_advanced_weighting_replaces_the_weight_output_by_output(client):
     """The scales replace ``weight`` (Balanced: every output times the weight), so the same number for every
     output equals that weight; outputs past the end of the list add nothing, so an all-zero list is the
     image without the unit; a bad entry is a 422 naming it."""
-    from webui.controlnet.patch import _weighted
+    from webui.controlnet.patch import output_scales
+    from webui.controlnet.units import ControlUnit
 
     plain = post(client, "txt2img", {}, [{"weight": 0.5, "save_detected_map": False}])[0]
     same = post(client, "txt2img", {}, [{"advanced_weighting": [0.5] * 13, "save_detected_map": False}])[0]
@@ -168,8 +167,8 @@ def test_advanced_weighting_replaces_the_weight_output_by_output(client):
     none = post(client, "txt2img", {}, [])[0]
     zero = post(client, "txt2img", {}, [{"advanced_weighting": [0.0], "save_detected_map": False}])[0]
     assert np.array_equal(np.asarray(none), np.asarray(zero))
-    down, mid = _weighted([torch.ones(1), torch.ones(1)], torch.ones(1), (2.0, 3.0))
-    assert [float(d) for d in down] == [2.0, 3.0] and float(mid) == 0.0  # zip: the middle block had no scale
+    # zip: with two scales for three outputs, the third (here the middle block) has none
+    assert output_scales(ControlUnit(advanced_weighting=(2.0, 3.0)), 3, hires=False) == [2.0, 3.0, 0.0]
     body = {**TXT2IMG, "alwayson_scripts": {"ControlNet": {"args": [
         {**UNIT, "image": b64(girl()), "advanced_weighting": [1, "x"]}]}}}
     bad = client.post("/sdapi/v1/txt2img", json=body)

@@ -127,7 +127,8 @@ def _expected_size(p: Preprocessor, res: int) -> tuple[int, int]:
 def test_weight_free_modules_run_out_of_the_box(p, tmp_path):
     img = _picture()
     out = p.run(img, 96, None, None, tmp_path)  # empty annotator folder: nothing needed
-    assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+    # the inpaint modules give RGBA (alpha = the mask; an RGB input has nothing masked)
+    assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == (4 if p.rgba else 3)
     assert out.shape[:2] == _expected_size(p, 96)
     assert out.flags["C_CONTIGUOUS"]
 

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from webui.controlnet.inpaint import DEFAULT_BLUR_SIGMA, FALLBACK_WARNING, is_inpaint, resize_map, rgba, shown_map
+from webui.controlnet.inputs import unit_input
 from webui.controlnet.ip_adapter import (
     CLIP_FOR_MODULE,
     ClipVisionCache,
@@ -70,7 +72,11 @@ class ControlNetPlugin:
                           minimum=1, maximum=10,
                           help="Switching back to a model kept loaded skips reading it from disk."),
                 OptionDef("control_net_no_detectmap", False, "Do not append detected maps to the output",
-                          "ControlNet", help="The preprocessors' maps are left out of the output gallery.")]
+                          "ControlNet", help="The preprocessors' maps are left out of the output gallery."),
+                OptionDef("control_net_inpaint_blur_sigma", DEFAULT_BLUR_SIGMA,
+                          "ControlNet inpainting Gaussian blur sigma", "ControlNet", minimum=0, maximum=64,
+                          help="inpaint_only units blend the generated picture into the input through the mask "
+                               "grown and blurred by this many pixels.")]
 
     @hookimpl
     def startup(self, ctx: Any) -> None:
@@ -90,6 +96,12 @@ class ControlNetPlugin:
         pre = self.preprocessors.get(unit.module or "none", f"{prefix}.module")
         if pre.name in REFERENCE_MODULES:
             return self._prepare_reference(unit, pre, prefix, request, model)
+        if pre.name == "inpaint_only" and request.mode == "img2img" and request.mask is not None:
+            log.warning(FALLBACK_WARNING)  # sd-webui-controlnet: A1111's inpainting keeps the unmasked area
+            pre = self.preprocessors.get("inpaint")
+        if is_inpaint(pre.name) and model.components.spec.is_flow:
+            raise RequestError(f"{prefix}.module", f"{pre.name} is for SD 1.x / SDXL inpaint ControlNets; "
+                                                   f"{model.components.spec.label} has a transformer")
         if unit.model in ("", "None", None):
             raise RequestError(f"{prefix}.model", "choose a ControlNet model (GET /controlnet/model_list)")
         info = self.models.find(unit.model, f"{prefix}.model")
@@ -126,12 +138,12 @@ class ControlNetPlugin:
                 raise RequestError(f"{prefix}.union_control_type",
                                    f"{info.title} is a Union ControlNet: name the control type, one of "
                                    f"{', '.join(FLUX_UNION_MODES)} (or use a preprocessor of one of them)")
-        image = unit.image
-        if image is None and request.init_images:
-            image = request.init_images[0]  # sd-webui-controlnet: the img2img input
-        if image is None:
-            raise RequestError(f"{prefix}.image", "a ControlNet unit needs an image (or use img2img)")
-        arr = np.asarray(image.convert("RGB"))
+        # the unit's image, else the img2img input (with img2img's resize mode); RGBA for inpaint modules
+        arr, resize_mode = unit_input(unit, pre.name, request, prefix)
+        unit = unit.with_(resize_mode=resize_mode, module=pre.name)  # the inpaint rules read the module's name
+        if pre.name == "inpaint_only+lama" and resize_mode == 2:  # its outpaint fix: LaMa fills the padding
+            size = _hires_size(request) or (request.width, request.height)
+            arr = np.clip(resize_map(arr, size[0], size[1], 2), 0, 255).astype(np.uint8)
         if unit.advanced_weighting is not None:
             log.info("Advanced weighting enabled. %s", list(unit.advanced_weighting))
             if unit.control_mode != 0:
@@ -147,7 +159,8 @@ class ControlNetPlugin:
             res = pixel_perfect_resolution(arr.shape[:2], request.width, request.height, unit.resize_mode)
         detected = self.preprocessors.detect(arr, pre.name, res, thr_a, thr_b)
         # the module's own name (not an alias): the hires pass's forced soft injection reads it
-        prepared = PreparedUnit(unit.with_(module=pre.name), cn, detected, union_mode=union)
+        prepared = PreparedUnit(unit.with_(module=pre.name), cn, detected, union_mode=union,
+                                inpaint=is_inpaint(pre.name))
         if is_ip_adapter(cn):
             assert self.clip_vision is not None
             prepared.ip = self.clip_vision.prepare(prepared, pre.name, f"{prefix}.module")
@@ -177,15 +190,20 @@ class ControlNetPlugin:
             option = self.ctx.options.current.get("control_net_no_detectmap", False)
         maps = not bool(option)
         c = model.components
-        encode = None
-        if c.spec.is_flow:
-            from webui.pipeline.vae import encode_pixels
+        from webui.pipeline.vae import encode_pixels
 
-            def encode(pixels):
-                return encode_pixels(model, pixels)
+        def encode(pixels):  # SD 3.x / FLUX.1 ControlNets read latents; inpaint_only units restore them
+            return encode_pixels(model, pixels)
+
+        blur = request.override_settings.get("control_net_inpaint_blur_sigma") if request.override_settings else None
+        if blur is None and self.ctx is not None:
+            blur = self.ctx.options.current.get("control_net_inpaint_blur_sigma", DEFAULT_BLUR_SIGMA)
         patches: list[Any] = [ControlNetPatch(prepared, model.device, model.dtype, detected_maps=maps, encode=encode,
                                               vae_shift_scale=(float(getattr(c, "vae_shift_factor", 0.0)),
-                                                               float(c.vae_scaling_factor)))]
+                                                               float(c.vae_scaling_factor)),
+                                              alphas_cumprod=getattr(c, "alphas_cumprod", None),
+                                              inpaint_blur=int(blur if blur is not None else DEFAULT_BLUR_SIGMA),
+                                              hires_size=_hires_size(request))]
         ip_units = [u.ip for u in prepared if u.ip is not None]
         if ip_units:
             patches.append(IPAdapterPatch(ip_units, c.unet))
@@ -275,6 +293,9 @@ class ControlNetPlugin:
             images = body.get("controlnet_input_images") or []
             if not isinstance(images, list) or not images:
                 raise RequestError("controlnet_input_images", "give a list of base64 images")
+            masks = body.get("controlnet_masks") or []
+            if not isinstance(masks, list) or (masks and len(masks) != len(images)):
+                raise RequestError("controlnet_masks", "give one base64 mask per input image (or none)")
             out = []
             for i, data in enumerate(images):
                 image = _decoder(data, f"controlnet_input_images[{i}]") if isinstance(data, str) else None
@@ -282,10 +303,19 @@ class ControlNetPlugin:
                     raise RequestError(f"controlnet_input_images[{i}]", "must be a base64 image")
                 try:
                     pre = plugin.preprocessors.get(module)
-                    res = plugin.preprocessors.detect(np.asarray(image.convert("RGB")), module,
-                                                      *_detect_params(pre, body))
+                    arr = np.asarray(image.convert("RGB"))
+                    if pre.rgba:  # inpaint modules: the mask (its first channel) as alpha; none: nothing masked
+                        mask = _decoder(masks[i], f"controlnet_masks[{i}]") if masks else None
+                        try:
+                            arr = rgba(image, mask)
+                        except ValueError as exc:
+                            raise RequestError(f"controlnet_masks[{i}]", str(exc)) from None
+                    res = plugin.preprocessors.detect(arr, module, *_detect_params(pre, body))
                 except UnknownChoice as exc:
                     raise exc.for_field("controlnet_module") from None
+                if pre.rgba:  # sd-webui-controlnet's display image: LaMa's filled colour, else the masked picture
+                    res = res[:, :, :3] if pre.name == "inpaint_only+lama" else \
+                        np.asarray(shown_map(res.astype(np.float32)))
                 buf = io.BytesIO()
                 Image.fromarray(res).save(buf, format="PNG")
                 out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
@@ -312,6 +342,15 @@ def _model_of_type(title: str, control_type: str) -> bool:
     rule: "All" lists every model; else the lower-cased type name or one of its aliases is in the model's name)."""
     pattern, name = control_type.lower(), title.lower()
     return pattern == "all" or pattern in name or any(a in name for a in _TYPE_ALIASES.get(pattern, ()))
+
+
+def _hires_size(request: Any) -> tuple[int, int] | None:
+    """txt2img's hires-fix size (sd-webui-controlnet's ``high_res_fix``: txt2img with ``enable_hr``), or None."""
+    if getattr(request, "mode", "") != "txt2img" or not getattr(request, "enable_hr", False):
+        return None
+    from webui.pipeline.request import hires_target
+
+    return hires_target(request)
 
 
 def _unfit(cn: Any, family: str, components: Any) -> str | None:

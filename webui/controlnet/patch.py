@@ -22,6 +22,7 @@ import torch
 from diffusers import ControlNetModel
 from PIL import Image
 
+from webui.controlnet import inpaint as inpainting
 from webui.controlnet.flow_models import flow_family
 from webui.controlnet.flow_patch import Encode, block_residuals, control_input
 from webui.controlnet.t2i_adapter import adapter_features, is_adapter
@@ -59,6 +60,10 @@ class PreparedUnit:
     union_mode: int | None = field(default=None)  # Union ControlNets (FLUX.1, SDXL ControlNet++): the type's index
     ip: Any = field(default=None)  # IP-Adapter units: their image tokens (webui.controlnet.ip_adapter.IPUnit)
     reference: Any = field(default=None)  # reference units (no model): webui.controlnet.reference.ReferenceUnit
+    #: inpaint units (webui.controlnet.inpaint): ``detected`` is the RGBA picture (alpha = mask); ``restore`` the
+    #: pass's (control picture latent, latent mask) for inpaint_only / inpaint_only+lama
+    inpaint: bool = field(default=False)
+    restore: tuple[torch.Tensor, torch.Tensor] | None = field(default=None)
 
 
 class ControlNetPatch:
@@ -66,34 +71,62 @@ class ControlNetPatch:
 
     def __init__(self, units: list[PreparedUnit], device: torch.device, dtype: torch.dtype,
                  detected_maps: bool = True, encode: Encode | None = None,
-                 vae_shift_scale: tuple[float, float] = (0.0, 1.0)):
+                 vae_shift_scale: tuple[float, float] = (0.0, 1.0), alphas_cumprod: torch.Tensor | None = None,
+                 inpaint_blur: int = inpainting.DEFAULT_BLUR_SIGMA, hires_size: tuple[int, int] | None = None):
         self.units = units
+        #: txt2img with hires fix: the second pass's (width, height), whose detected maps come first
+        self.hires_size = hires_size
+        #: inpaint_only+lama's noise needs the model's alpha-bars; the final blend the option
+        #: control_net_inpaint_blur_sigma
+        self.alphas_cumprod, self.inpaint_blur = alphas_cumprod, int(inpaint_blur)
+        self._noise_x0: torch.Tensor | None = None
         #: SD 3.x / FLUX.1: the checkpoint's VAE encoder (pixels in [-1, 1] -> scaled latents) and its
         #: (shift, scale), for the ControlNets that read latents
         self.encode, self.vae_shift_scale = encode, vae_shift_scale
         self.device, self.dtype = device, dtype
         self.calls = 0  # ControlNet evaluations (for tests and benchmarks)
         self.detected_maps = detected_maps  # False: option control_net_no_detectmap
-        #: sd-webui-controlnet's detected maps, once per unit and pass (the pipeline appends them to the
-        #: job's images after the generated ones): the preprocessor's output for the first pass, the control
-        #: image at the hires size for the hires pass
+        #: sd-webui-controlnet's detected maps (the pipeline appends them to the job's images after the generated
+        #: ones; see :meth:`_show_maps`)
         self.extra_images: list[tuple[Image.Image, str]] = []
-        self._shown: set[tuple[int, bool]] = set()
+        self._shown: set[int] = set()
+
+    def _map(self, u: PreparedUnit, width: int, height: int) -> Image.Image:
+        """A unit's control picture at a pass's size, as its detected map shows it."""
+        if u.inpaint:
+            return inpainting.shown_map(inpainting.resize_map(u.detected, width, height, u.unit.resize_mode))
+        return resize_image(Image.fromarray(u.detected), width, height, u.unit.resize_mode)
+
+    def _show_maps(self, width: int, height: int) -> None:
+        """sd-webui-controlnet's detected maps (``get_control``), once per job and unit unless the unit says
+        ``save_detected_map: false`` (or the option ``control_net_no_detectmap``): the control picture at the
+        generation size, preceded, when txt2img's hires fix is on, by the one at the hires size (whatever
+        ``hr_option``); IP-Adapter units (no picture: their preprocessor makes an embedding) show their input
+        once."""
+        for i, u in enumerate(self.units):
+            if not (self.detected_maps and u.unit.save_detected_map) or i in self._shown:
+                continue
+            self._shown.add(i)
+            if u.ip is not None:
+                self.extra_images.append((Image.fromarray(u.detected), u.unit.module))
+                continue
+            if self.hires_size is not None:
+                self.extra_images.append((self._map(u, *self.hires_size), u.unit.module))
+            self.extra_images.append((self._map(u, width, height), u.unit.module))
 
     def prepare(self, width: int, height: int, hires: bool = False) -> None:
+        if not hires:
+            self._show_maps(width, height)
         for i, u in enumerate(self.units):
+            if u.inpaint:
+                self._prepare_inpaint(i, u, width, height, hires)
+                continue
             image = resize_image(Image.fromarray(u.detected), width, height, u.unit.resize_mode)
-            if self.detected_maps and u.unit.save_detected_map and applies(u.unit, hires) \
-                    and (i, hires) not in self._shown:
-                self._shown.add((i, hires))
-                self.extra_images.append((image if hires else Image.fromarray(u.detected), u.unit.module))
             if u.ip is not None or u.reference is not None:  # only their detected map (the image) here: the
                 # IP-Adapter / reference patches steer
                 continue
+            # (a unit's mask was applied to its picture already: webui.controlnet.inputs)
             hint = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-            if u.unit.mask is not None:
-                mask = resize_image(u.unit.mask.convert("RGB"), width, height, u.unit.resize_mode).convert("L")
-                hint = hint * torch.from_numpy((np.asarray(mask) > 127).astype(np.float32))[None, None]
             u.hint = hint.to(self.device, self.dtype)
             if is_adapter(u.model):  # T2I-Adapter: its features depend on the hint only
                 u.cond = adapter_features(u.model, u.hint)
@@ -105,6 +138,51 @@ class ControlNetPatch:
                 region = resize_image(u.unit.effective_region_mask, width, height, u.unit.resize_mode).convert("L")
                 u.region = torch.from_numpy(np.asarray(region, dtype=np.float32) / 255.0)[None, None].to(
                     self.device, self.dtype)
+
+    def _prepare_inpaint(self, i: int, u: PreparedUnit, width: int, height: int, hires: bool) -> None:
+        """An inpaint unit's pass: its RGBA picture at the pass's size, the hint with the masked pixels at -1, and
+        for inpaint_only the picture's latent and the latent mask of the restore (webui.controlnet.inpaint)."""
+        resized = inpainting.resize_map(u.detected, width, height, u.unit.resize_mode)
+        picture = inpainting.to_tensor(resized)
+        u.hint = inpainting.control_hint(picture).to(self.device, self.dtype)
+        u.restore = None
+        if inpainting.restores(u.unit.module):
+            if self.encode is None:
+                raise ValueError("an inpaint_only unit needs the checkpoint's VAE encoder")
+            x0 = self.encode((picture[:, :3] * 2 - 1).to(self.device))
+            u.restore = (x0, inpainting.latent_mask(picture).to(x0.device))
+            if not hires and u.unit.module == "inpaint_only+lama":
+                self._noise_x0 = x0  # the last such unit's, as sd-webui-controlnet keeps one noise modifier
+        if u.unit.effective_region_mask is not None:
+            region = resize_image(u.unit.effective_region_mask, width, height, u.unit.resize_mode).convert("L")
+            u.region = torch.from_numpy(np.asarray(region, dtype=np.float32) / 255.0)[None, None].to(
+                self.device, self.dtype)
+
+    def adjust_denoised(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        """inpaint_only units: the control picture's latent outside the mask, every denoiser call of every pass,
+        mixed by the weight (webui.controlnet.inpaint.restore)."""
+        for u in self.units:
+            if u.restore is not None and tuple(u.restore[0].shape[-2:]) == tuple(denoised.shape[-2:]):
+                denoised = inpainting.restore(denoised, u.restore[0], u.restore[1], u.unit.weight)
+        return denoised
+
+    def modify_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """inpaint_only+lama: the first pass's noise draws start from the LaMa-filled picture's latent."""
+        if self._noise_x0 is None or self.alphas_cumprod is None:
+            return noise
+        return inpainting.noised_start(noise, self._noise_x0, self.alphas_cumprod)
+
+    def postprocess_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """inpaint_only units: the decoded images keep the control picture outside the (dilated, blurred) mask."""
+        for u in self.units:
+            if u.inpaint and inpainting.restores(u.unit.module):
+                height, width = pixels.shape[-2:]
+                resized = inpainting.resize_map(u.detected, width, height, u.unit.resize_mode)
+                picture = torch.from_numpy(resized[:, :, :3] / 255.0).float().permute(2, 0, 1)
+                mask = inpainting.blend_mask(resized[:, :, 3] / 255.0, self.inpaint_blur)
+                pixels = inpainting.blend_pixels(pixels, picture.to(pixels.device),
+                                                 torch.from_numpy(mask).to(pixels.device))
+        return pixels
 
     def residuals(self, call: UNetCall) -> Residuals | None:
         total: Residuals | None = None

@@ -22,8 +22,10 @@ and put into networks that are built here, never through controlnet-aux's own lo
 Not provided: segmentation (``seg_ufade20k`` needs mmcv, ``seg_ofade20k``/``seg_ofcoco`` need
 detectron2/OneFormer), ``dw_openpose_full`` (mmpose/onnxruntime), ``mediapipe_face`` (mediapipe),
 ``depth_leres++`` (its pix2pix stage parses ``sys.argv`` and loads weights itself),
-``softedge_teed``/anyline (weights not in ``lllyasviel/Annotators``), ``lineart_anime_denoise``,
-inpaint modules. The reference modules (:mod:`webui.controlnet.reference`) and the IP-Adapter modules pass
+``softedge_teed``/anyline (weights not in ``lllyasviel/Annotators``), ``lineart_anime_denoise``.
+The inpaint modules (``inpaint`` / "inpaint_global_harmonious", ``inpaint_only``, ``inpaint_only+lama``) read and
+give an RGBA picture whose alpha is the mask (:mod:`webui.controlnet.inpaint`; LaMa: :mod:`webui.controlnet.lama`,
+``ControlNetLama.pth``). The reference modules (:mod:`webui.controlnet.reference`) and the IP-Adapter modules pass
 the image on as it is: the reference pass and the CLIP image encoder run in the unit
 (:mod:`webui.controlnet.ip_adapter`).
 """
@@ -108,6 +110,8 @@ class Preprocessor:
         legacy_name: sd-webui-controlnet's internal module key where it differs (``depth`` for
             ``depth_midas``), as ``/controlnet/module_list`` lists it without ``alias_names``.
         also_listed_under: further control types whose module list shows this module.
+        rgba: the module reads and returns H×W×4 pictures whose alpha is the inpaint mask (the inpaint
+            modules); the others get H×W×3 (RGBA composited on white).
     """
 
     name: str
@@ -122,6 +126,7 @@ class Preprocessor:
     label: str = ""
     legacy_name: str = ""
     also_listed_under: tuple[str, ...] = ()
+    rgba: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -163,8 +168,18 @@ class Preprocessor:
         models.require(self.weights, module=self.name)  # before anything else may run
         res, a, b = self.resolve_params(resolution, threshold_a, threshold_b)
         with torch.no_grad():
-            out = self.fn(_hwc3(image), resolution=res, threshold_a=a, threshold_b=b, models=models)
-        return np.ascontiguousarray(_hwc3(np.asarray(out)))
+            out = self.fn(self.input(image), resolution=res, threshold_a=a, threshold_b=b, models=models)
+        return np.ascontiguousarray(np.asarray(out) if self.rgba else _hwc3(np.asarray(out)))
+
+    def input(self, image: np.ndarray) -> np.ndarray:
+        """The picture as the module reads it: H×W×4 (no alpha: nothing masked) for RGBA modules, else H×W×3."""
+        if not self.rgba:
+            return _hwc3(image)
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[2] == 4 and image.dtype == np.uint8:
+            return np.ascontiguousarray(image)
+        color = _hwc3(image)
+        return np.ascontiguousarray(np.concatenate([color, np.zeros_like(color[:, :, :1])], axis=2))
 
 
 class MissingAnnotator(ModelError):
@@ -286,6 +301,12 @@ def _noise_disk(rng: np.random.Generator, h: int, w: int, f: int) -> np.ndarray:
 
 def _none(image, **_):
     return image
+
+
+def _lama(image, *, models, **_):
+    from webui.controlnet.lama import lama_fill
+
+    return lama_fill(image, models.get("lama"))
 
 
 def _invert(image, **_):
@@ -535,6 +556,13 @@ def _load_leres(paths):
     return _Loaded(leres.LeresDetector(net, None), (net,))  # no pix2pix stage: depth_leres++ is not provided
 
 
+def _load_lama(paths):
+    from webui.controlnet.lama import load_lama
+
+    net = load_lama(paths[0])
+    return _Loaded(net, (net,))
+
+
 def _load_normal_bae(paths):
     normalbae = _aux("normalbae")
     nnet = _aux("normalbae.nets.NNET")
@@ -591,6 +619,7 @@ ANNOTATORS: Mapping[str, _Loader] = MappingProxyType({
     "zoe": _Loader(("ZoeD_M12_N.pt",), _load_zoe),
     "leres": _Loader(("res101.pth",), _load_leres),
     "normal_bae": _Loader(("scannet.pt",), _load_normal_bae),
+    "lama": _Loader(("ControlNetLama.pth",), _load_lama),
     "openpose": _Loader((_BODY,), _openpose_loader(hand=False, face=False)),
     "openpose_hand": _Loader((_BODY, _HAND), _openpose_loader(hand=True, face=False)),
     "openpose_face": _Loader((_BODY, _FACE), _openpose_loader(hand=False, face=True)),
@@ -673,6 +702,10 @@ def builtin_preprocessors() -> list[Preprocessor]:
         Preprocessor("ip-adapter_clip_h", _none, "IP-Adapter",
                      aliases=("ip-adapter_clip_sd15", "ip-adapter_clip_sdxl_plus_vith"), **no_res),
         Preprocessor("ip-adapter_clip_g", _none, "IP-Adapter", aliases=("ip-adapter_clip_sdxl",), **no_res),
+        # inpaint: the RGBA picture (alpha = mask) as given; the unit does the rest (webui.controlnet.inpaint)
+        Preprocessor("inpaint", _none, "Inpaint", label="inpaint_global_harmonious", rgba=True, **no_res),
+        Preprocessor("inpaint_only", _none, "Inpaint", rgba=True, **no_res),
+        _weighted("inpaint_only+lama", "lama", _lama, "Inpaint", rgba=True, **no_res),
         Preprocessor("invert", _invert, "All", label="invert (from white bg & black line)",
                      also_listed_under=("Canny", "Lineart", "Scribble/Sketch", "MLSD"), **no_res),
         Preprocessor("canny", _canny, "Canny", threshold_a=Slider("Canny Low Threshold", 1, 255, 100),
@@ -743,7 +776,7 @@ DEFAULT_OPTIONS: Mapping[str, str] = MappingProxyType({
     "OpenPose": "openpose_full", "MLSD": "mlsd", "Lineart": "lineart_standard", "SoftEdge": "softedge_pidinet",
     "Scribble/Sketch": "scribble_pidinet", "Shuffle": "shuffle", "Tile/Blur": "tile_resample",
     "Recolor": "recolor_luminance", "T2I-Adapter": "none", "IP-Adapter": "ip-adapter-auto",
-    "Reference": "reference_only",
+    "Reference": "reference_only", "Inpaint": "inpaint_only",
 })
 
 
@@ -849,7 +882,7 @@ class PreprocessorRegistry:
                threshold_b: float | None = None) -> np.ndarray:
         """Run a preprocessor (results of identical requests come from the cache)."""
         p = self.get(name)
-        image = np.ascontiguousarray(_hwc3(image))
+        image = p.input(image)
         res, a, b = p.resolve_params(resolution, threshold_a, threshold_b)
         digest = hashlib.sha1(image.tobytes()).hexdigest()
         key = (digest, image.shape, p.name, res, a, b)

@@ -48,7 +48,9 @@ class ControlUnit:
     model: str = "None"
     weight: float = 1.0
     image: Any = None  # PIL image (None: the img2img input)
-    mask: Any = None  # PIL image, white = where the control applies
+    #: PIL image: inpaint modules' mask (white = repaint); for other modules a scribble used as the picture
+    #: (webui.controlnet.inputs)
+    mask: Any = None
     #: PIL image: white = where the unit's output reaches the U-Net (sd-webui-controlnet's
     #: ``effective_region_mask``; grey values scale it)
     effective_region_mask: Any = None
@@ -69,6 +71,9 @@ class ControlUnit:
     #: the control type a Union ControlNet is told (sd-webui-controlnet's names; "Unknown": from the module).
     #: FLUX.1 Union ControlNets use it (webui.controlnet.flow_patch); SDXL ControlNet++ is not supported yet.
     union_control_type: str = "Unknown"
+    #: img2img "Only masked" inpainting: cut the unit's picture to the generated region as the init image is
+    #: (sd-webui-controlnet's ``inpaint_crop_input_image``; webui.controlnet.inputs)
+    inpaint_crop_input_image: bool = True
 
     def with_(self, **changes: Any) -> ControlUnit:
         return replace(self, **changes)
@@ -112,6 +117,8 @@ def parse_unit(data: Any, index: int, decode_image=None) -> ControlUnit:
         elif key not in known and key not in _QUIET_KEYS:
             log.info("ControlNet unit %d: unknown parameter %r ignored", index, key)
     image = values.get("image")
+    if isinstance(image, (list, tuple)) and len(image) == 2 and not isinstance(image[0], Mapping):
+        image = {"image": image[0], "mask": image[1]}  # [image, mask]
     if isinstance(image, Mapping):  # {"image": ..., "mask": ...}
         values["image"] = image.get("image")
         if image.get("mask") is not None:
@@ -154,7 +161,7 @@ def parse_unit(data: Any, index: int, decode_image=None) -> ControlUnit:
                                "must be a list of numbers (13 for SD 1.5, 10 for SDXL)")
         values["advanced_weighting"] = tuple(_number(f"{prefix}.advanced_weighting[{i}]", w, -10.0, 10.0)
                                              for i, w in enumerate(weights))
-    for key in ("enabled", "pixel_perfect", "low_vram", "save_detected_map"):
+    for key in ("enabled", "pixel_perfect", "low_vram", "save_detected_map", "inpaint_crop_input_image"):
         if key in values:
             values[key] = bool(values[key])
     unit = ControlUnit(**values)

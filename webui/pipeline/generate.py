@@ -30,7 +30,7 @@ from webui.pipeline.guidance import Inpaint, cfg_denoiser
 from webui.pipeline.hires import HiresPlan, hires_infotext, plan_hires, upscale_latents
 from webui.pipeline.init_latents import InitLatents, img2img_steps, inpaint_infotext, prepare_init
 from webui.pipeline.noise import ImageRNG, resolve_seed
-from webui.pipeline.patches import UNetPatch, close_patches
+from webui.pipeline.patches import UNetPatch, close_patches, modified_noise, postprocess_pixels
 from webui.pipeline.prompt_schedule import JobConditioning, build_job_conditioning, compat_infotext
 from webui.pipeline.request import GenerationRequest, check_request
 from webui.pipeline.result import GenerationResult
@@ -38,7 +38,7 @@ from webui.pipeline.sample import eta_infotext, sample, sigmas_for
 from webui.pipeline.sampler_params import sigma_params
 from webui.pipeline.state import ImageState, StepState
 from webui.pipeline.tiling import circular_padding
-from webui.pipeline.vae import decode_latents, tiling_wanted
+from webui.pipeline.vae import decode_to_pixels, tiling_wanted, to_images
 from webui.prompts.parser import parse_extra_networks
 from webui.restoration.registry import FaceRestorerDef, FaceRestorerRegistry
 from webui.sampling.flow import for_flow_model, model_shift, noise_to
@@ -426,7 +426,8 @@ def _run_batches(run: _Run) -> None:
             result.interrupted = True
             break
         out_w, out_h = (run.hires.width, run.hires.height) if run.hires is not None else (req.width, req.height)
-        images = decode_latents(run.model, latents, tiled=tiling_wanted(run.opts, out_w, out_h))
+        pixels = decode_to_pixels(run.model, latents, tiled=tiling_wanted(run.opts, out_w, out_h))
+        images = to_images(postprocess_pixels(run.patches, pixels))
         _emit(run, it, images, seeds, subseeds)
         if result.interrupted:
             break
@@ -475,7 +476,7 @@ def _first_pass(run: _Run, it: int, seeds: list[int], subseeds: list[int]) -> to
         patch.prepare(req.width, req.height, False)
     patch_args = {"patches": run.patches, "step_of": _step_of(run, 0, run.steps_run), **_denoiser_options(run)}
     latent_shape = (c.latent_channels, req.height // 8, req.width // 8)
-    rng = _rng(run, latent_shape, seeds, subseeds)
+    rng = modified_noise(_rng(run, latent_shape, seeds, subseeds), run.patches)
     on_step = _step_callback(run, 0, run.steps_run)
     if run.init is None:
         model_fn, ds = cfg_denoiser(model, run.conds, req.cfg_scale, req.width, req.height, req.batch_size,

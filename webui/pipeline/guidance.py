@@ -13,6 +13,7 @@ from webui.pipeline.conditioning import Conditioning
 from webui.pipeline.patches import (
     TransformerCall,
     UNetCall,
+    adjust_denoised,
     sum_adapter_residuals,
     sum_residuals,
     sum_transformer_residuals,
@@ -155,6 +156,8 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
                 # a flow model's output (the velocity) is (x - denoised) / sigma, as an epsilon model's noise
                 kind = "epsilon" if c.spec.is_flow else c.spec.prediction_type
                 result = rescale_cfg(x, sigma, positive, result, cfg_rescale, kind)
+        if patches:
+            result = adjust_denoised(patches, x, sigma, result)
         if blend is not None:
             init, keep = blend
             result = init * keep + result * (1 - keep)

@@ -13,6 +13,13 @@ Two more optional methods: ``unet_kwargs(call) -> dict | None``, called right be
 set per-call state, as IP-Adapter does for its scales and image tokens); and ``close()``, called once when the
 job ends, also after an error (to undo what ``prepare`` installed on the model, e.g. attention processors).
 
+Three more optional methods change what sampling makes rather than the U-Net's input (sd-webui-controlnet's
+``inpaint_only`` units use them): ``adjust_denoised(x, sigma, denoised) -> denoised``, called on the guided
+prediction of the clean latent after every denoiser call (after the CFG combination, before img2img's own mask
+blend); ``modify_noise(noise) -> noise``, applied to every noise draw of the first pass (the initial noise and an
+ancestral sampler's); ``postprocess_pixels(pixels) -> pixels``, applied to the decoded ``[N, 3, H, W]`` images
+(0..1) before they are quantised, restored, overlaid and post-processed.
+
 SD 3.x and FLUX.1 have a transformer instead of a U-Net: there a patch's
 ``transformer_residuals(call: TransformerCall)`` is called instead and returns hidden states to add after
 transformer blocks, one per block (:data:`BLOCK_RESIDUALS` names them per family); a patch without that
@@ -145,6 +152,52 @@ def unet_kwargs(patches: list[Any], call: UNetCall) -> dict[str, Any]:
         if more:
             extra.update(more)
     return extra
+
+
+def adjust_denoised(patches: list[Any], x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    """The guided prediction of the clean latent after the patches' ``adjust_denoised`` (in order)."""
+    for patch in patches:
+        fn = getattr(patch, "adjust_denoised", None)
+        if fn is not None:
+            denoised = fn(x, sigma, denoised)
+    return denoised
+
+
+def postprocess_pixels(patches: list[Any], pixels: torch.Tensor) -> torch.Tensor:
+    """Decoded images (``[N, 3, H, W]``, 0..1) after the patches' ``postprocess_pixels`` (in order)."""
+    for patch in patches:
+        fn = getattr(patch, "postprocess_pixels", None)
+        if fn is not None:
+            pixels = fn(pixels)
+    return pixels
+
+
+class ModifiedNoise:
+    """A noise source (``first()`` / ``next()``, as :class:`~webui.pipeline.noise.ImageRNG`) whose draws go through
+    the patches' ``modify_noise``."""
+
+    def __init__(self, rng: Any, modifiers: list[Any]):
+        self.rng, self.modifiers = rng, modifiers
+
+    def _apply(self, noise: torch.Tensor) -> torch.Tensor:
+        for fn in self.modifiers:
+            noise = fn(noise)
+        return noise
+
+    def first(self) -> torch.Tensor:
+        return self._apply(self.rng.first())
+
+    def next(self) -> torch.Tensor:
+        return self._apply(self.rng.next())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rng, name)
+
+
+def modified_noise(rng: Any, patches: list[Any]) -> Any:
+    """``rng`` itself, or wrapped when a patch has ``modify_noise``."""
+    modifiers = [p.modify_noise for p in patches if getattr(p, "modify_noise", None) is not None]
+    return ModifiedNoise(rng, modifiers) if modifiers else rng
 
 
 def close_patches(patches: list[Any]) -> None:
