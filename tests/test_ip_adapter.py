@@ -262,3 +262,70 @@ def test_sd_webui_controlnet_ip_adapter_face_payloads(world, wanted):
                                                                "alwayson_scripts": {"ControlNet": {"args": [unit]}}})
     assert response.status_code == 200, response.text
     assert len(response.json()["images"]) == 2
+
+
+@pytest.fixture(scope="module")
+def xl_world(tmp_path_factory):
+    """A tiny SDXL checkpoint with a tiny clip_g encoder and an ``ip-adapter_sdxl``-layout file for its U-Net."""
+    from webui.context import build_context
+    from webui.models.original_layout import save_single_file
+    from webui.models.tiny import build_tiny_components
+    from webui.server import create_app
+
+    models = tmp_path_factory.mktemp("xl-ip")
+    (models / "Stable-diffusion").mkdir()
+    save_single_file(build_tiny_components("sdxl", seed=1), models / "Stable-diffusion" / "tiny-xl.safetensors")
+    (models / "ControlNet" / "annotators" / "clip_vision").mkdir(parents=True)
+    encoder = _clip_vision(seed=5)
+    save_file(encoder.state_dict(), str(models / "ControlNet" / "annotators" / "clip_vision" / "clip_g.safetensors"))
+    ctx = build_context(make_settings(tmp_path_factory.mktemp("xl-ip-data"), models), load_model=True)
+    source = plain_adapter(ctx.models.current.components.unet, CLIP["projection_dim"], seed=6)
+    save_file(source, str(models / "ControlNet" / "ip-adapter_tiny_sdxl.safetensors"))
+    client = TestClient(create_app(api_only(ctx)))
+    assert client.get("/controlnet/model_list").status_code == 200
+    return {"ctx": ctx, "client": client, "encoder": encoder, "source": source, "models": models}
+
+
+def test_sdxl_ip_adapter_equals_diffusers_and_is_refused_on_sd15(xl_world, world):
+    """SDXL (``ip-adapter_sdxl`` layout, ``ip-adapter_clip_g``): the U-Net call's output equals diffusers' IP-Adapter
+    attention on the same SDXL U-Net (with its text_embeds / time_ids); weight 0 is the picture without the unit;
+    the same file on the SD 1.5 checkpoint is a 422 on the unit's model."""
+    unet = xl_world["ctx"].models.current.components.unet
+    seen = {}
+
+    def record(module, args, kwargs, output):
+        if "args" not in seen:
+            seen.update(args=args, kwargs=kwargs, output=output[0] if isinstance(output, tuple) else output.sample)
+
+    handle = unet.register_forward_hook(record, with_kwargs=True)
+    try:
+        response = _txt2img(xl_world, [_unit("ip-adapter_tiny_sdxl", module="ip-adapter_clip_g", weight=0.8)],
+                            steps=2)
+    finally:
+        handle.remove()
+    assert response.status_code == 200, response.text
+    source = xl_world["source"]
+    state = {"image_proj": {k[11:]: v for k, v in source.items() if k.startswith("image_proj.")},
+             "ip_adapter": {k[11:]: v for k, v in source.items() if k.startswith("ip_adapter.")}}
+    reference = copy.deepcopy(unet)
+    reference._load_ip_adapter_weights([state], low_cpu_mem_usage=False)
+    for processor in reference.attn_processors.values():
+        if hasattr(processor, "scale"):
+            processor.scale = [0.8]
+    pos, neg = _reference_embeds(xl_world, plus=False)
+    added = dict(seen["kwargs"]["added_cond_kwargs"])
+    added = {k: v for k, v in added.items() if k in ("text_embeds", "time_ids")}
+    with torch.no_grad():
+        theirs = reference(seen["args"][0], seen["args"][1],
+                           encoder_hidden_states=seen["kwargs"]["encoder_hidden_states"],
+                           added_cond_kwargs={**added, "image_embeds": [torch.cat([pos, neg])[:, None]]}).sample
+    torch.testing.assert_close(seen["output"], theirs, atol=2e-4, rtol=1e-3)
+    plain = _pixels(xl_world["client"].post("/sdapi/v1/txt2img", json={**PAYLOAD, "steps": 2}))
+    assert np.abs(_pixels(response) - plain).mean() > 0.5
+    zero = _txt2img(xl_world, [_unit("ip-adapter_tiny_sdxl", module="ip-adapter_clip_g", weight=0.0)], steps=2)
+    assert np.array_equal(_pixels(zero), plain)
+    (world["models"] / "ControlNet" / "ip-adapter_tiny_sdxl.safetensors").write_bytes(
+        (xl_world["models"] / "ControlNet" / "ip-adapter_tiny_sdxl.safetensors").read_bytes())
+    world["client"].get("/controlnet/model_list")
+    wrong = _txt2img(world, [_unit("ip-adapter_tiny_sdxl")])
+    assert wrong.status_code == 422 and "args[0].model" in wrong.text and "does not fit" in wrong.text, wrong.text
