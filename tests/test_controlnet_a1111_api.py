@@ -19,6 +19,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
@@ -235,3 +236,27 @@ def test_detect_every_listed_module_answers_without_a_server_error(client):
                                                             "controlnet_module": module})
         assert response.status_code == 200 or (400 <= response.status_code < 500 and "annotators" in response.text), \
             (module, response.status_code, response.text[:200])
+
+
+def test_pixel_perfect_sets_the_processor_resolution(client, monkeypatch):
+    """sd-webui-controlnet's ``pixel_perfect_resolution``: ``round(k * min(H, W))`` with ``k`` the larger of the
+    target/input ratios (the smaller for "Resize and Fill"), used as it is (its slider check ran before). Its
+    default unit on the 96x64 picture at 96x96: "Crop and Resize" k = max(96/96, 96/64) = 1.5, so 96, whatever
+    ``processor_res`` says; "Resize and Fill" k = 1, so 64."""
+    from webui.controlnet.patch import ControlNetPatch
+
+    hints, original = [], ControlNetPatch.prepare
+
+    def prepare(self, width, height, hires=False):
+        original(self, width, height, hires)
+        hints.append(self.units[0].hint.detach().float().cpu().clone())
+
+    monkeypatch.setattr(ControlNetPatch, "prepare", prepare)
+    size = {"steps": 1, "width": 96, "height": 96}
+    for unit in ({"processor_res": 512}, {"pixel_perfect": False, "processor_res": 96},
+                 {"pixel_perfect": False, "processor_res": 512}, {"resize_mode": "Resize and Fill"},
+                 {"pixel_perfect": False, "processor_res": 64, "resize_mode": "Resize and Fill"},
+                 {"pixel_perfect": False, "processor_res": 96, "resize_mode": "Resize and Fill"}):
+        post(client, "txt2img", size, [unit])  # UNIT: pixel perfect on
+    assert torch.equal(hints[0], hints[1]) and not torch.equal(hints[0], hints[2])
+    assert torch.equal(hints[3], hints[4]) and not torch.equal(hints[3], hints[5])
