@@ -114,3 +114,27 @@ def test_a_control_lora_unit_steers_the_generation(env):
     assert np.abs(_pixels(steered).astype(int) - plain).mean() > 1
     assert "control_lora_rank128_v11p_sd15_canny" in steered.json()["info"]
     assert np.array_equal(_pixels(run([{**unit, "weight": 0}])), plain)
+
+
+def test_a_control_lora_of_another_family_is_a_422_naming_it(env):
+    """An SDXL control-LoRA on the SD 1 checkpoint (stand-in: the test's file with its cross-attention pair at
+    SDXL's 2048-wide text, as SDXL's control-LoRAs have): a 422 on the unit's model naming the file."""
+    from safetensors.torch import load_file
+
+    file = load_file(str(env["path"]))
+    file["input_blocks.1.1.transformer_blocks.0.attn2.to_k.down"] = torch.zeros(4, 2048)
+    path = env["path"].with_name("control-lora-canny-rank128-sdxl.safetensors")
+    save_file(file, str(path))
+    try:
+        env["client"].get("/controlnet/model_list")
+        unit = {"module": "none", "model": "control-lora-canny-rank128-sdxl", "image": _b64(Image.new("RGB", (64, 64))),
+                "resize_mode": "Just Resize"}
+        response = env["client"].post("/sdapi/v1/txt2img", json={
+            "prompt": "x", "steps": 1, "width": 64, "height": 64, "save_images": False,
+            "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    finally:
+        path.unlink()
+        env["client"].get("/controlnet/model_list")
+    text = response.text
+    assert response.status_code == 422 and "control-lora-canny-rank128-sdxl" in text
+    assert "do not fit this checkpoint's U-Net" in text and "model family" in text, text

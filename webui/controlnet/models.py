@@ -200,8 +200,10 @@ def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_d
                                    "2.x / SDXL checkpoint first.")
         try:
             sd = assemble(sd, base_unet)
-        except KeyError as exc:
-            raise ModelError(path, f"its weights do not fit this checkpoint's U-Net ({exc}).") from exc
+        except (KeyError, RuntimeError, ValueError) as exc:
+            detail = " ".join(str(exc).split())[:200]
+            raise ModelError(path, f"its weights do not fit this checkpoint's U-Net ({detail}): a control-LoRA only "
+                                   "works with the model family it was made for (SD 1.5 or SDXL).") from exc
     if is_ip_adapter_state(sd):
         return load_ip_adapter(path, sd).to(dtype)
     layout = flow_layout(sd)
