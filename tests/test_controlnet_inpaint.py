@@ -345,3 +345,29 @@ def test_a_mask_on_another_module_is_the_scribble_it_reads(env, hints, caplog):
     _run(env, [{"module": "none", "model": MODEL, "image": _picture(), "mask": Image.new("L", (64, 64), 3)}], steps=1)
     picture = np.asarray(_picture()).astype(np.float32).transpose(2, 0, 1) / 255
     assert np.allclose(hints[-1][0][0].numpy(), picture, atol=1e-6)
+
+
+def test_lama_outpaint_payload_masks_and_fills_the_padding(env):
+    """generation_test's test_lama_outpaint: ``inpaint_only+lama``, "Resize and Fill", no mask. The picture (64 wide,
+    32 high) is first placed on the 64x64 canvas with the padding masked (its outpaint fix), so the detected map has
+    the bands half transparent and the middle opaque, and the generated image keeps the picture in the middle
+    (farther than the blur from the bands) exactly; the bands are filled by LaMa."""
+    folder = env["models"] / "ControlNet" / "annotators"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(_tiny_lama(), folder / "ControlNetLama.pth")
+    wide = Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 64, 3), dtype=np.uint8))
+    result = _run(env, [{"module": "inpaint_only+lama", "model": MODEL, "image": wide,
+                         "resize_mode": "Resize and Fill"}])
+    shown = np.asarray(result.extra_images[0][0].convert("RGBA"))
+    alpha = shown[:, :, 3]
+    assert np.all(alpha[:16] == 128) and np.all(alpha[48:] == 128) and np.all(alpha[16:48] == 255)
+    # the bands are LaMa's fill of the canvas padded with the borders' median colour (detectmap_proc's fill)
+    picture = np.asarray(wide)
+    borders = np.concatenate([picture[0], picture[-1], picture[:, 0], picture[:, -1]]).astype(np.float32)
+    canvas = np.tile(np.floor(np.median(borders, axis=0)).astype(np.uint8), (64, 64, 1))
+    canvas[16:48] = picture
+    bands = np.full((64, 64), 255, np.uint8)
+    bands[16:48] = 0
+    assert np.array_equal(shown[:, :, :3], _lama_reference(_tiny_lama(), canvas, bands))
+    out = np.asarray(result.images[0])
+    assert np.array_equal(out[23:41], np.asarray(wide)[7:25])
