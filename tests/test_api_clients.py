@@ -169,7 +169,8 @@ def test_five_concurrent_clients_all_served_and_progress_never_mixes(server, htt
 # --- interrupt and skip -----------------------------------------------------------------------------
 
 
-def test_interrupt_mid_run_stops_after_the_current_step_with_the_image(server, http):
+def test_interrupt_mid_run_returns_quickly_with_the_image(server, http):
+    """The job held at its second step is interrupted: it stops after exactly that step, with its image."""
     out: dict = {}
     with step_gate(server.ctx, step=1, only=lambda job: job.id == "long") as gate:
         thread = _post_in_thread(server.url, {**TINY, "seed": 5, "steps": 20, "force_task_id": "long"}, out, "long")
