@@ -193,7 +193,10 @@ def test_full_preview_uses_the_vae(ctx, monkeypatch):
         decoded.append(tuple(latents.shape))
         return orig(model, latents, tiled)
 
-    monkeypatch.setattr(vae, "decode_to_pixels", spy)
+    import webui.pipeline.generate as generate
+
+    monkeypatch.setattr(vae, "decode_to_pixels", spy)  # the previews' decode
+    monkeypatch.setattr(generate, "decode_to_pixels", spy)  # the final decode
     job = RecordingJob()
     result = ctx.generate(GenerationRequest(**{**SMALL, "batch_size": 2}, steps=4,
                                            override_settings={"show_progress_every_n_steps": 2,
