@@ -202,3 +202,214 @@ def api_client(ctx):
 
     with TestClient(create_app(api_only(ctx))) as client:
         yield client
+
+
+# --- real-architecture upscalers and face restorers (random weights) -------------------------------------------
+# The Extras, "Restore faces", hires and img2img tests run the real networks: basicsr's RRDBNet (ESRGAN /
+# Real-ESRGAN), realesrgan's SRVGGNetCompact, spandrel's GFPGAN v1.4 and spandrel_extra_arches' CodeFormer, with
+# facexlib's RetinaFace detector and ParseNet parser -- random weights, saved the way the official files are.
+
+
+def brighten(net: torch.nn.Module) -> torch.nn.Module:
+    """Random-init RRDB outputs sit near 0 and would clamp to black in uint8; a larger last conv and a 0.5
+    bias spread them over [0, 1] so image comparisons mean something."""
+    last = net.conv_last if hasattr(net, "conv_last") else net.body[-1]
+    with torch.no_grad():
+        last.weight.mul_(8)
+        last.bias.fill_(0.5 if hasattr(net, "conv_last") else 0.0)
+    return net.eval()
+
+
+def rrdb(scale: int = 4, num_feat: int = 16, num_block: int = 2, grow: int = 8, seed: int = 0):
+    """basicsr's RRDBNet (the ESRGAN / Real-ESRGAN x4plus architecture), small, random, brightened."""
+    from webui.upscaling.gan import RRDBNet
+
+    torch.manual_seed(seed)
+    return brighten(RRDBNet(3, 3, scale, num_feat, num_block, grow))
+
+
+def compact(num_feat: int = 16, num_conv: int = 4, scale: int = 4, seed: int = 0):
+    """realesrgan's SRVGGNetCompact (realesr-general-x4v3's architecture), small, random."""
+    from webui.upscaling.gan import SRVGGNetCompact
+
+    torch.manual_seed(seed)
+    return SRVGGNetCompact(3, 3, num_feat, num_conv, scale, "prelu").eval()
+
+
+def save_weights(sd: dict[str, torch.Tensor], path: Path, wrapper: str | None = None) -> Path:
+    """A state dict as ``.safetensors`` or a torch pickle (inside ``{wrapper: ...}`` when given)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().clone().contiguous() for k, v in sd.items()}
+    if path.suffix == ".safetensors":
+        save_file(sd, str(path))
+    else:
+        torch.save({wrapper: sd} if wrapper else sd, path)
+    return path
+
+
+def run_network(net: torch.nn.Module, image):
+    """An upscaler network run directly on the whole ``image``, converted the obvious way (the reference)."""
+    import numpy as np
+    from PIL import Image
+
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        y = net(x)[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(y, "RGB")
+
+
+#: seeds and sizes of the upscaler files of ``upscaler_models`` (the networks are rebuilt from them in tests)
+UPSCALER_FILES = {
+    "RealESRGAN/RealESRGAN_x4plus.pth": dict(scale=4, num_feat=8, num_block=1, grow=4, seed=6),
+    "RealESRGAN/RealESRGAN_x2plus.pth": dict(scale=2, num_feat=8, num_block=1, grow=4, seed=7),
+}
+
+
+@pytest.fixture(scope="session")
+def upscaler_models(tmp_path_factory) -> Path:
+    """A models/ folder with real-architecture upscalers: RealESRGAN_x4plus / x2plus (RRDBNet, in "params_ema" /
+    "params") and realesr-general-x4v3 (SRVGGNetCompact, safetensors)."""
+    root = tmp_path_factory.mktemp("upscaler-models")
+    for (rel, kw), wrapper in zip(UPSCALER_FILES.items(), ("params_ema", "params"), strict=True):
+        save_weights(rrdb(**kw).state_dict(), root / rel, wrapper)
+    save_weights(compact().state_dict(), root / "RealESRGAN" / "realesr-general-x4v3.safetensors")
+    return root
+
+
+def no_face_detector():
+    """RetinaFace (ResNet-50) with random weights, except a class head that always says "background".
+
+    A detector with purely random weights "finds" faces in noise at random; with the face logit
+    pushed 20 below the background logit, every anchor scores ~2e-9 (< 0.97), so the real network
+    runs end to end and deterministically finds no face.
+    """
+    import warnings
+
+    from webui.compat import patch_torchvision_functional_tensor
+
+    patch_torchvision_functional_tensor()
+    from facexlib.detection.retinaface import RetinaFace
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # torchvision: "'pretrained' is deprecated" (False: nothing downloaded)
+        warnings.simplefilter("ignore")
+        net = RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu"))
+    with torch.no_grad():
+        for head in net.ClassHead:
+            head.conv1x1.weight.zero_()
+            head.conv1x1.bias.copy_(torch.tensor([10.0, -10.0]).repeat(head.num_anchors))
+    return net
+
+
+def skin_parser():
+    """ParseNet with random weights whose mask head always answers class 1 (skin): the whole crop
+    (less its blurred border) is pasted back, so a restored face visibly changes the picture."""
+    from facexlib.parsing.parsenet import ParseNet
+
+    torch.manual_seed(1)
+    net = ParseNet(in_size=512, out_size=512, parsing_ch=19)
+    with torch.no_grad():
+        net.out_mask_conv.conv2d.weight.zero_()
+        net.out_mask_conv.conv2d.bias.zero_()
+        net.out_mask_conv.conv2d.bias[1] = 10.0
+    return net
+
+
+GFPGAN_NAME = "GFPGANv1.4.pth"
+CODEFORMER_NAME = "codeformer-v0.1.0.pth"
+
+
+@pytest.fixture(scope="session")
+def face_models(tmp_path_factory) -> Path:
+    """A models/ folder with the four face-restoration files (random weights, real architectures): GFPGAN v1.4
+    and CodeFormer as ``{"params_ema": ...}``, the detector with DataParallel keys in the legacy format, the
+    parser as a bare state dict."""
+    from spandrel.architectures.GFPGAN import GFPGAN
+    from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
+
+    from webui.restoration.faces import DETECTION_FILE, PARSING_FILE
+
+    root = tmp_path_factory.mktemp("face_models")
+    gfpgan_dir, codeformer_dir = root / "GFPGAN", root / "Codeformer"
+    gfpgan_dir.mkdir()
+    codeformer_dir.mkdir()
+
+    detector = {"module." + k: v for k, v in no_face_detector().state_dict().items()}  # DataParallel keys
+    torch.save(detector, gfpgan_dir / DETECTION_FILE, _use_new_zipfile_serialization=False)  # legacy format
+    torch.save(skin_parser().state_dict(), gfpgan_dir / PARSING_FILE)
+
+    torch.manual_seed(2)
+    gfpgan = GFPGAN(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None,
+                    fix_decoder=False, num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True)
+    # "params" is junk: loading it instead of params_ema would fail the strict load
+    torch.save({"params_ema": gfpgan.state_dict(), "params": {"junk": torch.zeros(1)}}, gfpgan_dir / GFPGAN_NAME)
+    del gfpgan
+    torch.manual_seed(3)
+    torch.save({"params_ema": CodeFormer().state_dict()}, codeformer_dir / CODEFORMER_NAME)
+    return root
+
+
+@pytest.fixture(scope="session")
+def face_restorers(face_models, tmp_path_factory):
+    """The built-in plugin's GFPGAN and CodeFormer on ``face_models``, by name: one registration for the session,
+    so each network loads once (register them in a context with :class:`SharedFaceRestorers`)."""
+    from webui.builtin import face_restorers as plugin
+
+    settings = make_settings(tmp_path_factory.mktemp("face_data"), face_models)
+    return {d.name: d for d in plugin.register_face_restorers(settings)}
+
+
+class SharedFaceRestorers:
+    """A plugin registering the session's real restorers (build the context with the built-in "face_restorers"
+    plugin disabled)."""
+
+    def __init__(self, restorers):
+        self.restorers = restorers
+
+    @hookimpl
+    def register_face_restorers(self, settings):
+        return list(self.restorers.values())
+
+
+@pytest.fixture
+def no_downloads(monkeypatch):
+    """Fail the test if anything tries to download weights (facexlib, basicsr and torch.hub would)."""
+    import torch.hub
+
+    from webui.compat import patch_torchvision_functional_tensor
+
+    patch_torchvision_functional_tensor()
+    import basicsr.utils.download_util
+    import facexlib.detection
+    import facexlib.parsing
+    import facexlib.utils
+    import facexlib.utils.misc
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a download was attempted: {args} {kwargs}")
+
+    for module in (facexlib.utils, facexlib.utils.misc, facexlib.detection, facexlib.parsing,
+                   basicsr.utils.download_util):
+        monkeypatch.setattr(module, "load_file_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+
+
+def force_one_face(monkeypatch, landmarks, picture_width: int) -> list[tuple[int, ...]]:
+    """Make RetinaFace report exactly one face with the 5 ``landmarks`` (picture pixels of a picture
+    ``picture_width`` wide; the detector sees it rescaled); returns the shapes of the pictures it was given."""
+    import numpy as np
+    from facexlib.detection.retinaface import RetinaFace
+
+    seen: list[tuple[int, ...]] = []
+
+    def detect_faces(self, image, conf_threshold=0.8, *args, **kwargs):
+        seen.append(image.shape)
+        marks = np.asarray(landmarks, dtype=np.float32) * (image.shape[1] / picture_width)
+        box = np.array([*(marks.min(axis=0) - 40), *(marks.max(axis=0) + 40), 0.999], dtype=np.float32)
+        return np.concatenate([box, marks.reshape(-1)])[None, :]
+
+    monkeypatch.setattr(RetinaFace, "detect_faces", detect_faces)
+    return seen

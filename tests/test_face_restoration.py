@@ -1,13 +1,14 @@
-"""GFPGAN / CodeFormer face restoration: local weights only, alignment at 512x512, paste-back, safety.
+"""GFPGAN / CodeFormer face restoration: local weights only, paste-back, safety (alignment on the 512 px template:
+"Restore faces" in tests/test_extras.py).
 
 The networks are the real architectures with random weights, saved the way the official files are
-(``{"params_ema": ...}`` for the restorers, bare state dicts for the detector and parser).
+(``{"params_ema": ...}`` for the restorers, bare state dicts for the detector and parser): the session fixtures
+``face_models`` / ``face_restorers`` of tests/conftest.py, shared with the Extras and "Restore faces" tests.
 """
 
 from __future__ import annotations
 
 import pickle
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import CodeRunningPickle, make_settings
+from tests.conftest import CODEFORMER_NAME, GFPGAN_NAME, CodeRunningPickle, force_one_face, make_settings
 from webui.errors import ModelError
 from webui.restoration.faces import (
     DETECTION_FILE,
@@ -26,9 +27,6 @@ from webui.restoration.faces import (
     find_helper_weights,
 )
 
-GFPGAN_NAME = "GFPGANv1.4.pth"
-CODEFORMER_NAME = "codeformer-v0.1.0.pth"
-
 # The forced face: the 512x512 aligned crop maps onto a 200x200 square centred here (picture pixels).
 IMAGE_SIZE = (960, 480)  # short side 480: detection runs on a picture scaled by 4/3
 FACE_CENTER = np.array([250.0, 240.0], dtype=np.float32)
@@ -37,118 +35,21 @@ FACE_LANDMARKS = (FACE_TEMPLATE - 256.0) * FACE_SCALE + FACE_CENTER
 FACE_BOX = (140, 130, 360, 350)  # left, top, right, bottom: the crop (and a margin) lies inside
 
 
-def _no_face_detector():
-    """RetinaFace (ResNet-50) with random weights, except a class head that always says "background".
-
-    A detector with purely random weights "finds" faces in noise at random; with the face logit
-    pushed 20 below the background logit, every anchor scores ~2e-9 (< 0.97), so the real network
-    runs end to end and deterministically finds no face.
-    """
-    from webui.compat import patch_torchvision_functional_tensor
-
-    patch_torchvision_functional_tensor()
-    from facexlib.detection.retinaface import RetinaFace
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():  # torchvision: "'pretrained' is deprecated" (False: nothing downloaded)
-        warnings.simplefilter("ignore")
-        net = RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu"))
-    with torch.no_grad():
-        for head in net.ClassHead:
-            head.conv1x1.weight.zero_()
-            head.conv1x1.bias.copy_(torch.tensor([10.0, -10.0]).repeat(head.num_anchors))
-    return net
-
-
-def _skin_parser():
-    """ParseNet with random weights whose mask head always answers class 1 (skin): the whole crop
-    (less its blurred border) is pasted back, so a restored face visibly changes the picture."""
-    from facexlib.parsing.parsenet import ParseNet
-
-    torch.manual_seed(1)
-    net = ParseNet(in_size=512, out_size=512, parsing_ch=19)
-    with torch.no_grad():
-        net.out_mask_conv.conv2d.weight.zero_()
-        net.out_mask_conv.conv2d.bias.zero_()
-        net.out_mask_conv.conv2d.bias[1] = 10.0
-    return net
-
-
 @pytest.fixture(scope="module")
-def face_models(tmp_path_factory) -> Path:
-    """A models/ root with all four weight files (random weights, real architectures)."""
-    from spandrel.architectures.GFPGAN import GFPGAN
-    from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
-
-    root = tmp_path_factory.mktemp("face_models")
-    gfpgan_dir, codeformer_dir = root / "GFPGAN", root / "Codeformer"
-    gfpgan_dir.mkdir()
-    codeformer_dir.mkdir()
-
-    detector = {"module." + k: v for k, v in _no_face_detector().state_dict().items()}  # DataParallel keys
-    torch.save(detector, gfpgan_dir / DETECTION_FILE, _use_new_zipfile_serialization=False)  # legacy format
-    torch.save(_skin_parser().state_dict(), gfpgan_dir / PARSING_FILE)
-
-    torch.manual_seed(2)
-    gfpgan = GFPGAN(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None,
-                    fix_decoder=False, num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True)
-    # "params" is junk: loading it instead of params_ema would fail the strict load
-    torch.save({"params_ema": gfpgan.state_dict(), "params": {"junk": torch.zeros(1)}}, gfpgan_dir / GFPGAN_NAME)
-    del gfpgan
-    torch.manual_seed(3)
-    torch.save({"params_ema": CodeFormer().state_dict()}, codeformer_dir / CODEFORMER_NAME)
-    return root
-
-
-@pytest.fixture(scope="module")
-def restorers(face_models, tmp_path_factory):
-    """The built-in plugin's restorers on ``face_models`` (one registration: networks load once)."""
-    from webui.builtin import face_restorers
-
-    settings = make_settings(tmp_path_factory.mktemp("face_data"), face_models)
-    return {d.name: d for d in face_restorers.register_face_restorers(settings)}
+def restorers(face_restorers):
+    """The built-in plugin's restorers on the session's ``face_models`` (conftest: networks load once)."""
+    return face_restorers
 
 
 @pytest.fixture(autouse=True)
-def no_downloads(monkeypatch):
-    """Fail the test if anything tries to download weights."""
-    import torch.hub
-
-    from webui.compat import patch_torchvision_functional_tensor
-
-    patch_torchvision_functional_tensor()
-    import basicsr.utils.download_util
-    import facexlib.detection
-    import facexlib.parsing
-    import facexlib.utils
-    import facexlib.utils.misc
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a download was attempted: {args} {kwargs}")
-
-    for module in (facexlib.utils, facexlib.utils.misc, facexlib.detection, facexlib.parsing,
-                   basicsr.utils.download_util):
-        monkeypatch.setattr(module, "load_file_from_url", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+def _no_downloads(no_downloads):
+    """Every test here fails if anything tries to download weights."""
 
 
 @pytest.fixture
 def forced_face(monkeypatch):
     """Make RetinaFace report exactly one face at FACE_LANDMARKS; records the pictures it was given."""
-    from facexlib.detection.retinaface import RetinaFace
-
-    seen: list[tuple[int, ...]] = []
-
-    def detect_faces(self, image, conf_threshold=0.8, *args, **kwargs):
-        seen.append(image.shape)
-        factor = image.shape[1] / IMAGE_SIZE[0]  # the detector sees the picture scaled to short side 640
-        marks = FACE_LANDMARKS * factor
-        box = np.array([*(marks.min(axis=0) - 40), *(marks.max(axis=0) + 40), 0.999], dtype=np.float32)
-        return np.concatenate([box, marks.reshape(-1)])[None, :]
-
-    monkeypatch.setattr(RetinaFace, "detect_faces", detect_faces)
-    return seen
+    return force_one_face(monkeypatch, FACE_LANDMARKS, IMAGE_SIZE[0])
 
 
 def _spy_forward(monkeypatch, cls, inputs: list[torch.Tensor] | None = None) -> list[tuple[tuple[int, ...], dict]]:
@@ -264,9 +165,9 @@ def test_code_running_pickle_is_refused(tmp_path, writer):
     else:
         with open(bad, "wb") as handle:
             pickle.dump(payload, handle, protocol=2)
-    defs = {d.name: d for d in face_restorers.register_face_restorers(make_settings(tmp_path / "data", root))}
+    # the restorer network loads on first use, when a picture has a face: its loader reads the file safely
     with pytest.raises(ModelError) as info:
-        defs["GFPGAN"].restore(_noise_image(), {})
+        face_restorers.load_gfpgan(bad)
     assert not isinstance(info.value, MissingWeights)
     assert GFPGAN_NAME in str(info.value) and "refused" in str(info.value)
     assert info.value.path == bad
@@ -295,28 +196,6 @@ def test_no_face_returns_image_unchanged(restorers, monkeypatch):
     assert out is image
     assert np.array_equal(np.asarray(out), pixels)
     assert calls == []  # the restorer was never run
-
-
-def test_gfpgan_restores_aligned_512_crop_and_pastes_it_back(restorers, forced_face, monkeypatch):
-    from spandrel.architectures.GFPGAN import GFPGAN
-
-    inputs: list[torch.Tensor] = []
-    calls = _spy_forward(monkeypatch, GFPGAN, inputs)
-    image = _noise_image(2)
-    out = restorers["GFPGAN"].restore(image, {})
-    assert forced_face == [(640, 1280, 3)]  # detection on the picture scaled to short side 640
-    assert [shape for shape, _ in calls] == [(1, 3, 512, 512)]
-    # The crop is the face aligned on the template: crop pixel (256 + 128i, 256 + 128j) shows picture
-    # pixel FACE_CENTER + 50 * (i, j) (noise: any misalignment gives other values).
-    crop = ((inputs[0][0].permute(1, 2, 0) + 1.0) * 127.5).round().to(torch.int64).numpy()
-    picture = np.asarray(image).astype(np.int64)
-    assert float(inputs[0].min()) >= -1.0 and float(inputs[0].max()) <= 1.0
-    for i in (-1, 0, 1):
-        for j in (-1, 0, 1):
-            x, y = int(FACE_CENTER[0]) + 50 * i, int(FACE_CENTER[1]) + 50 * j
-            assert np.abs(crop[256 + 128 * j, 256 + 128 * i] - picture[y, x]).max() <= 2, (i, j)
-    assert out.mode == "RGB"
-    _assert_only_face_changed(image, out)
 
 
 def test_codeformer_gets_weight_option_and_keeps_alpha(restorers, forced_face, monkeypatch):

@@ -17,9 +17,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
-from safetensors.torch import save_file
 
-from tests.conftest import CodeRunningPickle, api_only, make_settings
+from tests.conftest import CodeRunningPickle, api_only, compact, make_settings, rrdb
+from tests.conftest import run_network as reference
+from tests.conftest import save_weights as save
 from webui.errors import ModelError
 from webui.server import create_app
 from webui.upscaling.gan import (
@@ -39,26 +40,6 @@ CPU = torch.device("cpu")
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def _brighten(net: torch.nn.Module) -> torch.nn.Module:
-    """Random-init RRDB outputs sit near 0 and would clamp to black in uint8; a larger last conv and a 0.5
-    bias spread them over [0, 1] so image comparisons mean something."""
-    last = net.conv_last if hasattr(net, "conv_last") else net.body[-1]
-    with torch.no_grad():
-        last.weight.mul_(8)
-        last.bias.fill_(0.5 if hasattr(net, "conv_last") else 0.0)
-    return net.eval()
-
-
-def rrdb(scale: int = 4, num_feat: int = 16, num_block: int = 2, grow: int = 8, seed: int = 0) -> RRDBNet:
-    torch.manual_seed(seed)
-    return _brighten(RRDBNet(3, 3, scale, num_feat, num_block, grow))
-
-
-def compact(num_feat: int = 16, num_conv: int = 4, scale: int = 4, seed: int = 0) -> SRVGGNetCompact:
-    torch.manual_seed(seed)
-    return SRVGGNetCompact(3, 3, num_feat, num_conv, scale, "prelu").eval()
 
 
 def to_old_esrgan(sd: dict[str, torch.Tensor], num_up: int) -> dict[str, torch.Tensor]:
@@ -88,26 +69,8 @@ def with_extra_up(net: RRDBNet) -> dict[str, torch.Tensor]:
     return sd
 
 
-def save(sd: dict[str, torch.Tensor], path: Path, wrapper: str | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().clone().contiguous() for k, v in sd.items()}
-    if path.suffix == ".safetensors":
-        save_file(sd, str(path))
-    else:
-        torch.save({wrapper: sd} if wrapper else sd, path)
-    return path
-
-
 def noise_image(w: int, h: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
-
-
-def reference(net: torch.nn.Module, image: Image.Image) -> Image.Image:
-    """The network run directly on the whole image, converted the obvious way."""
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    with torch.no_grad():
-        y = net(x)[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(y, "RGB")
 
 
 def diff(a: Image.Image, b: Image.Image) -> int:
@@ -266,16 +229,14 @@ def test_tiled_image_matches_untiled_and_default_overlap_on_compact():
 
 
 @pytest.fixture(scope="module")
-def gan_models(tmp_path_factory, models_root) -> tuple[Path, Path]:
+def gan_models(tmp_path_factory, models_root, upscaler_models) -> tuple[Path, Path]:
     """A models folder: the tiny SD checkpoint (copied), GAN files in the official layouts, and bad files."""
     root = tmp_path_factory.mktemp("gan-models")
     shutil.copytree(models_root / "Stable-diffusion", root / "Stable-diffusion")
-    esrgan, real = root / "ESRGAN", root / "RealESRGAN"
+    esrgan = root / "ESRGAN"
+    shutil.copytree(upscaler_models / "RealESRGAN", root / "RealESRGAN")  # the session's real-architecture files
     small = dict(num_feat=8, num_block=1, grow=4)
     save(to_old_esrgan(rrdb(4, seed=5, **small).state_dict(), 2), esrgan / "4x_OldStyle.pth")
-    save(rrdb(4, seed=6, **small).state_dict(), real / "RealESRGAN_x4plus.pth", "params_ema")
-    save(rrdb(2, seed=7, **small).state_dict(), real / "RealESRGAN_x2plus.pth", "params")
-    save(compact().state_dict(), real / "realesr-general-x4v3.safetensors")
     marker = tmp_path_factory.mktemp("marker") / "pwned"
     torch.save({"params_ema": CodeRunningPickle(marker)}, esrgan / "evil.pth")
     with open(esrgan / "evil_plain.pth", "wb") as handle:

@@ -1,6 +1,7 @@
 """Built-in plugin: the GFPGAN and CodeFormer face restorers (A1111's "Restore faces" and Extras).
 
-Both are always listed (as in A1111); their weights are loaded on first use, from local files only:
+Both are always listed (as in A1111); their weights are loaded on first use (the restorer network when a picture
+has a face), from local files only:
 
 * GFPGAN: a file in ``models/GFPGAN`` whose name starts with ``GFPGAN`` (``GFPGANv1.4.pth`` is preferred
   over ``GFPGANv1.3.pth``); the v1.3/v1.4 "clean" architecture (spandrel's ``GFPGANv1Clean``).
@@ -110,8 +111,9 @@ class _Restorers:
         self._nets: dict[str, tuple[Path, torch.nn.Module]] = {}  # kind -> (file, network)
 
     def _prepare(self, kind: str, model_path: Path | None, missing_model: MissingFile,
-                 load: Callable[[Path], torch.nn.Module]) -> tuple[torch.nn.Module, FaceHelpers]:
-        """Check every file first (one error naming all missing ones), then load what is not loaded yet."""
+                 load: Callable[[Path], torch.nn.Module]) -> tuple[Callable[[], torch.nn.Module], FaceHelpers]:
+        """Check every file first (one error naming all missing ones) and load the face helpers; the restorer
+        network is loaded by the returned function, on first use -- a picture without a face never loads it."""
         detection, parsing, missing = find_helper_weights([self.gfpgan_dir, self.codeformer_dir])
         if model_path is None:
             missing.insert(0, missing_model)
@@ -121,21 +123,27 @@ class _Restorers:
         with self._lock:
             if self._device is None:
                 self._device = choose_device(self.settings).device
-            loaded = self._nets.get(kind)
-            if loaded is None or loaded[0] != model_path:
-                self._nets.pop(kind, None)  # a newly preferred file replaces the old one
-                # float32 even on the GPU: spandrel marks both architectures as not fp16-safe
-                loaded = (model_path, load(model_path).to(self._device, torch.float32))
-                self._nets[kind] = loaded
             if self._helpers is None:
                 self._helpers = FaceHelpers.from_files(detection, parsing, self._device)
-            return loaded[1], self._helpers
+            helpers = self._helpers
+
+        def network() -> torch.nn.Module:
+            with self._lock:
+                loaded = self._nets.get(kind)
+                if loaded is None or loaded[0] != model_path:
+                    self._nets.pop(kind, None)  # a newly preferred file replaces the old one
+                    # float32 even on the GPU: spandrel marks both architectures as not fp16-safe
+                    loaded = (model_path, load(model_path).to(self._device, torch.float32))
+                    self._nets[kind] = loaded
+                return loaded[1]
+
+        return network, helpers
 
     def restore_gfpgan(self, image: Image.Image, opts: Mapping[str, Any]) -> Image.Image:
         missing = MissingFile(GFPGAN_FILE, self.gfpgan_dir, GFPGAN_URL, "Face restoration with GFPGAN",
                               "GFPGANv1.3.pth also works")
         net, helpers = self._prepare("GFPGAN", find_gfpgan_model(self.gfpgan_dir), missing, load_gfpgan)
-        return restore_faces(image, lambda face: net(face, return_rgb=False)[0], helpers)
+        return restore_faces(image, lambda face: net()(face, return_rgb=False)[0], helpers)
 
     def restore_codeformer(self, image: Image.Image, opts: Mapping[str, Any]) -> Image.Image:
         missing = MissingFile(CODEFORMER_FILE, self.codeformer_dir, CODEFORMER_URL,
@@ -144,7 +152,7 @@ class _Restorers:
         model = find_codeformer_model(self.codeformer_dir)
         net, helpers = self._prepare("CodeFormer", model, missing, load_codeformer)
         weight = _weight_option(opts)
-        return restore_faces(image, lambda face: net(face, weight=weight)[0], helpers)
+        return restore_faces(image, lambda face: net()(face, weight=weight)[0], helpers)
 
 
 def _weight_option(opts: Mapping[str, Any]) -> float:
