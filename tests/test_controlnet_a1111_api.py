@@ -132,13 +132,26 @@ def test_save_map(client, mode, save_map):
     assert len(post(client, mode, {}, [{"save_detected_map": save_map}])) == (2 if save_map else 1)
 
 
-@pytest.mark.parametrize("option", ["HiResFixOption.BOTH", "Low res only", "High res only"])
-def test_hires_fix_gives_the_hires_map_then_the_first_pass_map(client, option):
+@pytest.mark.parametrize("option, passes", [("HiResFixOption.BOTH", {False, True}), ("Low res only", {False}),
+                                             ("High res only", {True})])
+def test_hires_fix_gives_the_hires_map_then_the_first_pass_map(client, option, passes, monkeypatch):
     """test_hr_option (3 images): with hires fix, sd-webui-controlnet's ``get_control`` stores the control picture
-    at the hires size, then at the first pass's size, whatever ``hr_option`` (which only decides where the unit
-    acts)."""
+    at the hires size, then at the first pass's size, whatever ``hr_option``; ``hr_option`` decides in which passes
+    the unit acts (its ``disabled_by_hr_option``)."""
+    from webui.controlnet.patch import ControlNetPatch
+
+    acted, original = set(), ControlNetPatch.residuals
+
+    def residuals(self, call):
+        out = original(self, call)
+        if out is not None:
+            acted.add(call.hires)
+        return out
+
+    monkeypatch.setattr(ControlNetPatch, "residuals", residuals)
     images = post(client, "txt2img", {"enable_hr": True, "denoising_strength": 0.75}, [{"hr_option": option}])
     assert [im.size for im in images] == [(128, 128), (128, 128), (64, 64)]
+    assert acted == passes
 
 
 def test_hr_option_is_ignored_without_hires(client):
