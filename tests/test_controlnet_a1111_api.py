@@ -273,3 +273,16 @@ def test_pixel_perfect_sets_the_processor_resolution(client, monkeypatch):
         post(client, "txt2img", size, [unit])  # UNIT: pixel perfect on
     assert torch.equal(hints[0], hints[1]) and not torch.equal(hints[0], hints[2])
     assert torch.equal(hints[3], hints[4]) and not torch.equal(hints[3], hints[5])
+
+
+def test_masked_controlnet_img2img_payload(client):
+    """generation_test.py's ``test_masked_controlnet_img2img``: img2img with ``init_images``, the default canny unit
+    given its own ``image`` and a ``mask_image``: the picture, then the unit's map (the masked unit reads the mask
+    as its scribble: the map is the mask's edges, not the picture's)."""
+    mask = np.zeros((96, 64), np.uint8)
+    mask[8:40, 8:40] = 255
+    images = post(client, "img2img", {}, [{"image": b64(girl()), "mask_image": b64(Image.fromarray(mask))}])
+    assert len(images) == 2 and images[0].size == (64, 64)
+    plain = post(client, "img2img", {}, [{"image": b64(girl())}])[1]
+    masked = np.asarray(images[1].convert("L"))
+    assert masked.any() and not np.array_equal(np.asarray(plain.convert("L")), masked)

@@ -289,3 +289,19 @@ def test_the_style_adapter_is_refused_with_its_reason(env):
         path.unlink()
         env["client"].get("/controlnet/model_list")  # forget it again
     assert response.status_code == 422 and "style adapter" in response.text and "ViT-L/14" in response.text
+
+
+def test_sd_webui_controlnets_t2i_adapter_payload(env):
+    """Its generation_test.py ``test_t2i_adapter``: the default unit with module "canny" and the model its
+    ``get_model("t2iadapter_canny_sd15v2")`` finds, through txt2img: the picture, then the canny map."""
+    from tests.test_controlnet_a1111_api import TXT2IMG, UNIT, girl
+
+    unit = {**UNIT, "module": "canny", "model": "t2iadapter_canny_sd15v2", "image": _b64(girl())}
+    r = env["client"].post("/sdapi/v1/txt2img", json={**TXT2IMG, "alwayson_scripts": {
+        "ControlNet": {"args": [unit]}}})
+    assert r.status_code == 200, r.text
+    images = [Image.open(io.BytesIO(base64.b64decode(i))) for i in r.json()["images"]]
+    assert len(images) == 2 and images[0].size == (64, 64)
+    edges = np.asarray(images[1].convert("L"))
+    assert set(np.unique(edges)) <= {0, 255} and 0 < (edges == 255).mean() < 0.5
+    assert "t2iadapter_canny_sd15v2" in r.json()["info"]
