@@ -152,7 +152,7 @@ def test_control_types_group_the_adapters_as_sd_webui_controlnet_does(env):
     assert len(types["All"]["model_list"]) == 4
 
 
-# --- TencentARC's first-generation files: sd14v1 full adapters, the light (color) adapter, the style adapter -------
+# --- TencentARC's first-generation files: sd14v1 full adapters, the light (color) adapter ------------------------
 def _tencentarc_full_forward(w: dict[str, torch.Tensor], x: torch.Tensor, levels: int, blocks: int) -> list:
     """TencentARC's ``Adapter`` (sk=True, ksize=1, use_conv=False, as sd-webui-controlnet builds the sd14v1 /
     sd15v2 files), written out: pixel-unshuffle by 8, conv_in, then per level (average-pool halving from the
@@ -276,19 +276,140 @@ def test_adapter_variants_diffusers_cannot_build_are_refused_by_name(tmp_path, e
     assert words in str(err.value) and "t2iadapter_variant_sd14v1.pth" in str(err.value)
 
 
-def test_the_style_adapter_is_refused_with_its_reason(env):
-    """t2iadapter_style_sd14v1 (``StyleAdapter``: ``style_embedding``, transformer layers, ``proj``): a 4xx that
-    says why (CLIP ViT-L/14 image tokens appended to the prompt)."""
-    path = env["models"] / "ControlNet" / "t2iadapter_style_sd14v1.pth"
-    torch.save({"style_embedding": torch.zeros(1, 8, 16), "proj": torch.zeros(16, 8),
-                "ln_pre.weight": torch.ones(16), "ln_pre.bias": torch.zeros(16)}, path)
+# --- the style adapter (t2iadapter_style_sd14v1): CLIP ViT-L/14 image tokens -> extra prompt tokens --------------
+STYLE_WIDTH, STYLE_TOKENS, STYLE_LAYERS = 64, 8, 3  # TencentARC's StyleAdapter has 1024, 8 and 3 (8 heads)
+TINY_VITL = dict(hidden_size=STYLE_WIDTH, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
+                 patch_size=8, image_size=32, projection_dim=48, hidden_act="gelu", layer_norm_eps=1e-5)
+
+
+def _style_state(seed: int = 0, context_dim: int = 32) -> dict[str, torch.Tensor]:
+    """A tiny random StyleAdapter in TencentARC's key layout (``ldm/modules/encoders/adapter.py``)."""
+    g = torch.Generator().manual_seed(seed)
+    w, d = {}, STYLE_WIDTH
+
+    def rnd(*shape, scale=0.2):
+        return torch.randn(*shape, generator=g) * scale
+
+    w["style_embedding"] = rnd(1, STYLE_TOKENS, d, scale=1.0)
+    w["proj"] = rnd(d, context_dim, scale=0.5)
+    for norm in ("ln_pre", "ln_post"):
+        w[f"{norm}.weight"], w[f"{norm}.bias"] = 1 + rnd(d), rnd(d)
+    for i in range(STYLE_LAYERS):
+        p = f"transformer_layes.{i}."
+        w[p + "attn.in_proj_weight"], w[p + "attn.in_proj_bias"] = rnd(3 * d, d), rnd(3 * d)
+        w[p + "attn.out_proj.weight"], w[p + "attn.out_proj.bias"] = rnd(d, d), rnd(d)
+        w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"] = rnd(4 * d, d), rnd(4 * d)
+        w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"] = rnd(d, 4 * d), rnd(d)
+        for norm in ("ln_1", "ln_2"):
+            w[p + f"{norm}.weight"], w[p + f"{norm}.bias"] = 1 + rnd(d), rnd(d)
+    return w
+
+
+def _style_forward(w: dict[str, torch.Tensor], x: torch.Tensor, heads: int = 8) -> torch.Tensor:
+    """TencentARC's ``StyleAdapter.forward``, written out: the style embedding appended to the image tokens,
+    ln_pre, pre-norm blocks (multi-head attention from the packed in_proj, QuickGELU MLP), ln_post of the last
+    ``num_token`` rows, times ``proj``."""
+    F = torch.nn.functional
+
+    def norm(t, name):
+        return F.layer_norm(t, t.shape[-1:], w[f"{name}.weight"], w[f"{name}.bias"], 1e-5)
+
+    n, d = x.shape[0], x.shape[-1]
+    x = norm(torch.cat([x, w["style_embedding"].expand(n, -1, -1)], dim=1), "ln_pre")
+    for i in range(STYLE_LAYERS):
+        p = f"transformer_layes.{i}."
+        h = norm(x, p + "ln_1") @ w[p + "attn.in_proj_weight"].T + w[p + "attn.in_proj_bias"]
+        q, k, v = (t.reshape(n, -1, heads, d // heads).transpose(1, 2) for t in h.split(d, dim=-1))
+        att = torch.softmax(q @ k.transpose(-1, -2) / (d // heads) ** 0.5, dim=-1) @ v
+        x = x + att.transpose(1, 2).reshape(n, -1, d) @ w[p + "attn.out_proj.weight"].T + w[p + "attn.out_proj.bias"]
+        h = norm(x, p + "ln_2") @ w[p + "mlp.c_fc.weight"].T + w[p + "mlp.c_fc.bias"]
+        x = x + (h * torch.sigmoid(1.702 * h)) @ w[p + "mlp.c_proj.weight"].T + w[p + "mlp.c_proj.bias"]
+    return norm(x[:, -STYLE_TOKENS:], "ln_post") @ w["proj"]
+
+
+def _style_picture() -> tuple[Image.Image, np.ndarray]:
+    """A 64x64 picture of 2x2 blocks and its 32x32 area-resized version (each block's colour)."""
+    small = np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    return Image.fromarray(small.repeat(2, 0).repeat(2, 1)), small
+
+
+@pytest.fixture()
+def style_files(env):
+    """The style adapter in models/ControlNet and, as a whole CLIP model's file (text tower too, as OpenAI's
+    clip-vit-large-patch14 is), the tiny ViT-L-layout encoder under sd-webui-controlnet's name clip_vitl.pth;
+    both removed afterwards (the other tests' model lists stay as they were)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(9)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_VITL)).eval()
+    weights = _style_state()
+    style = env["models"] / "ControlNet" / "t2iadapter_style_sd14v1.pth"
+    clip_dir = env["models"] / "ControlNet" / "annotators" / "clip_vision"
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    clip = clip_dir / "clip_vitl.pth"
+    torch.save(weights, style)
+    env["client"].get("/controlnet/model_list")  # the registry sees the new file
+    whole = {**encoder.state_dict(), "text_model.embeddings.token_embedding.weight": torch.zeros(10, 8),
+             "text_projection.weight": torch.zeros(8, 8), "logit_scale": torch.tensor(2.0)}
     try:
-        env["client"].get("/controlnet/model_list")  # the registry sees the new file
-        response = _txt2img(env, [{"module": "none", "model": "t2iadapter_style_sd14v1", "image": _b64(_control())}])
+        yield {"encoder": encoder, "weights": weights, "clip": clip, "whole": whole}
     finally:
-        path.unlink()
+        style.unlink()
+        clip.unlink(missing_ok=True)
         env["client"].get("/controlnet/model_list")  # forget it again
-    assert response.status_code == 422 and "style adapter" in response.text and "ViT-L/14" in response.text
+
+
+def test_the_style_adapter_appends_its_tokens_to_the_unets_context(env, style_files):
+    """The U-Net's context is the prompt's, then (inside the guidance window) the adapter's tokens of the picture's
+    CLIP last_hidden_state times the weight on the conditional row and zeros on the unconditional one
+    (sd-webui-controlnet's hook: ``context = cat([context, control * weight * cond_mark])``); the tokens equal
+    TencentARC's forward written out on the reference encoder's states. Weight 0 gives the picture without the
+    unit; a missing encoder is a 422 naming clip_vitl and its folder."""
+    picture, small = _style_picture()
+    unit = {"module": "t2ia_style_clipvision", "model": "t2iadapter_style_sd14v1", "image": _b64(picture),
+            "weight": 0.6, "guidance_end": 0.5}
+    missing = _txt2img(env, [unit])
+    assert missing.status_code == 422 and "args[0].module" in missing.text
+    assert "clip_vitl.pth" in missing.text and str(style_files["clip"].parent) in missing.text
+
+    torch.save(style_files["whole"], style_files["clip"])
+    unet = env["ctx"].models.current.components.unet
+    seen = []
+    handle = unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True)
+    try:
+        with_unit = _txt2img(env, [unit])
+        plain_seen = len(seen)
+        plain = _txt2img(env, [])
+    finally:
+        handle.remove()
+    assert with_unit.status_code == 200, with_unit.text
+    mean, std = torch.tensor([0.48145466, 0.4578275, 0.40821073]), torch.tensor([0.26862954, 0.26130258, 0.27577711])
+    pixels = ((torch.from_numpy(small).float() / 255 - mean) / std).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        hidden = style_files["encoder"](pixels).last_hidden_state
+        tokens = _style_forward(style_files["weights"], hidden)
+    text = seen[plain_seen]  # the same prompts without the unit
+    assert [c.shape[1] for c in seen[:plain_seen]] == [text.shape[1] + STYLE_TOKENS] * 2 + [text.shape[1]]
+    for got in seen[:2]:  # steps 0 and 1 of 3 are inside guidance_end 0.5, step 2 is not
+        assert got.shape[0] == 2 and torch.equal(got[:, :text.shape[1]], text)
+        assert torch.allclose(got[0, text.shape[1]:], 0.6 * tokens[0], atol=1e-4)
+        assert torch.equal(got[1, text.shape[1]:], torch.zeros_like(tokens[0]))
+    assert not np.array_equal(_pixels(with_unit), _pixels(plain))
+    assert np.array_equal(_pixels(_txt2img(env, [{**unit, "weight": 0}])), _pixels(plain))
+    wrong = _txt2img(env, [{**unit, "module": "none"}])
+    assert wrong.status_code == 422 and "t2ia_style_clipvision" in wrong.text
+
+
+def test_the_style_module_is_listed_under_t2i_adapter(env, style_files):
+    """sd-webui-controlnet's module ``clip_vision`` (shown as ``t2ia_style_clipvision``) in the T2I-Adapter control
+    type, whose model list holds the style adapter (its name has ``t2iadapter``)."""
+    modules = env["client"].get("/controlnet/module_list").json()["module_list"]
+    shown = env["client"].get("/controlnet/module_list", params={"alias_names": True}).json()["module_list"]
+    assert "clip_vision" in modules and "t2ia_style_clipvision" in shown
+    t2i = env["client"].get("/controlnet/control_types").json()["control_types"]["T2I-Adapter"]
+    assert "t2ia_style_clipvision" in t2i["module_list"]
+    assert any(m.startswith("t2iadapter_style_sd14v1") for m in t2i["model_list"])
 
 
 def test_sd_webui_controlnets_t2i_adapter_payload(env):

@@ -33,6 +33,15 @@ from webui.controlnet.patch import ControlNetPatch, PreparedUnit, pixel_perfect_
 from webui.controlnet.preprocessors import PreprocessorRegistry, annotator_dir_for, module_detail
 from webui.controlnet.reference import REFERENCE_MODULES, ReferencePatch, ReferenceUnit
 from webui.controlnet.registry import ControlNetRegistry
+from webui.controlnet.style_adapter import (
+    STYLE_ENCODER,
+    STYLE_MODULE,
+    StylePatch,
+    StyleUnit,
+    is_style_adapter,
+    style_mismatch,
+    style_tokens,
+)
 from webui.controlnet.union_sdxl import UNION_TYPES, is_union, union_index
 from webui.controlnet.units import SECTION, ControlUnit, unit_infotext, units_from_infotext, units_from_request
 from webui.errors import RequestError, UnknownChoice
@@ -154,6 +163,12 @@ class ControlNetPlugin:
                                "ip-adapter_clip_h, ip-adapter_clip_g)" if is_ip_adapter(cn) else
                                f"the preprocessor {pre.name} makes an image embedding, which only IP-Adapter models "
                                f"read; {info.title} is not one")
+        if is_style_adapter(cn) != (pre.name == STYLE_MODULE):
+            raise RequestError(f"{prefix}.module",
+                               f"{info.title} is the style T2I-Adapter: use the t2ia_style_clipvision preprocessor"
+                               if is_style_adapter(cn) else
+                               f"the preprocessor {pre.name} makes CLIP image tokens, which only the style "
+                               f"T2I-Adapter (t2iadapter_style_sd14v1) reads; {info.title} is not it")
         res, thr_a, thr_b = _checked_params(pre, unit)
         if unit.pixel_perfect:
             res = pixel_perfect_resolution(arr.shape[:2], request.width, request.height, unit.resize_mode)
@@ -164,6 +179,10 @@ class ControlNetPlugin:
         if is_ip_adapter(cn):
             assert self.clip_vision is not None
             prepared.ip = self.clip_vision.prepare(prepared, pre.name, f"{prefix}.module")
+        if is_style_adapter(cn):
+            assert self.clip_vision is not None
+            encoder = self.clip_vision.encoder(STYLE_ENCODER, "t2ia_style_clipvision", f"{prefix}.module")
+            prepared.style = StyleUnit(prepared.unit, style_tokens(cn, encoder, detected))
         return prepared
 
     def _prepare_reference(self, unit: ControlUnit, pre: Any, prefix: str, request: Any, model: Any) -> PreparedUnit:
@@ -207,6 +226,9 @@ class ControlNetPlugin:
         ip_units = [u.ip for u in prepared if u.ip is not None]
         if ip_units:
             patches.append(IPAdapterPatch(ip_units, c.unet))
+        style_units = [u.style for u in prepared if u.style is not None]
+        if style_units:
+            patches.append(StylePatch(style_units))
         references = [u.reference for u in prepared if u.reference is not None]
         if references:
             from webui.pipeline.vae import encode_pixels
@@ -357,6 +379,8 @@ def _unfit(cn: Any, family: str, components: Any) -> str | None:
     """Why a model of the checkpoint's family (or a T2I-Adapter) still cannot steer this checkpoint, or None."""
     if is_ip_adapter(cn):
         return "IP-Adapters steer U-Nets only" if components.spec.is_flow else ip_mismatch(cn, components.unet)
+    if is_style_adapter(cn):
+        return "T2I-Adapters steer U-Nets only" if components.spec.is_flow else style_mismatch(cn, components.unet)
     if family == "t2i_adapter":
         from webui.controlnet.t2i_adapter import adapter_mismatch
 

@@ -10,7 +10,8 @@ built with diffusers' own converter (plain, "plus" resampler and full-face kinds
 
 The image encoders are CLIP vision models that sd-webui-controlnet keeps as
 ``annotators/clip_vision/clip_h.pth`` (OpenCLIP ViT-H/14, for SD 1.5 and the ``vit-h`` SDXL adapters) and
-``clip_g.pth`` (ViT-bigG/14, for ``ip-adapter_sdxl``): looked up in ``models/ControlNet/annotators/clip_vision``,
+``clip_g.pth`` (ViT-bigG/14, for ``ip-adapter_sdxl``) — and ``clip_vitl.pth`` (OpenAI's ViT-L/14, for the style
+T2I-Adapter: :mod:`webui.controlnet.style_adapter`): looked up in ``models/ControlNet/annotators/clip_vision``,
 ``models/ControlNet/annotators`` and ComfyUI's ``models/clip_vision`` (also under its file names), never
 downloaded; the config is read from the weights' shapes.
 
@@ -45,7 +46,9 @@ CLIP_FOR_MODULE = {"ip-adapter_clip_h": "clip_h", "ip-adapter_clip_sd15": "clip_
                    "ip-adapter_clip_sdxl": "clip_g", "ip-adapter-auto": None}
 #: other names the files have (ComfyUI's models/clip_vision, h94's image_encoder)
 _CLIP_FILE_NAMES = {"clip_h": ("clip_h", "CLIP-ViT-H-14-laion2B-s32B-b79K", "clip_vision_h"),
-                    "clip_g": ("clip_g", "CLIP-ViT-bigG-14-laion2B-39B-b160k", "clip_vision_g")}
+                    "clip_g": ("clip_g", "CLIP-ViT-bigG-14-laion2B-39B-b160k", "clip_vision_g"),
+                    # OpenAI's ViT-L/14, the style T2I-Adapter's (sd-webui-controlnet saves it as clip_vitl.pth)
+                    "clip_vitl": ("clip_vitl", "clip-vit-large-patch14", "clip_vision_vit_l")}
 _SUFFIXES = (".safetensors", ".pth", ".bin", ".pt")
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -151,7 +154,8 @@ def clip_folders(annotator_dir: Path, models_root: Path) -> list[Path]:
 
 def missing_clip_message(name: str, folders: list[Path], module: str) -> str:
     source = {"clip_h": "h94/IP-Adapter: models/image_encoder/model.safetensors",
-              "clip_g": "h94/IP-Adapter: sdxl_models/image_encoder/model.safetensors"}[name]
+              "clip_g": "h94/IP-Adapter: sdxl_models/image_encoder/model.safetensors",
+              "clip_vitl": "openai/clip-vit-large-patch14: pytorch_model.bin or model.safetensors"}[name]
     return (f"the preprocessor '{module}' needs the CLIP image encoder '{name}.pth' (or .safetensors), which is not "
             f"there. Download it ({source}), save it as {folders[0] / (name + '.safetensors')} and try again "
             f"(also looked in {', '.join(str(f) for f in folders[1:])}).")
@@ -165,7 +169,9 @@ def load_clip_vision(path: Path) -> Any:
     from webui.models.safeload import read_state_dict
 
     sd, _ = read_state_dict(path)
-    sd = {k: v for k, v in sd.items() if not k.endswith("position_ids")}
+    # a whole CLIP model's file (OpenAI's clip-vit-large-patch14) also holds the text tower: only the image half
+    sd = {k: v for k, v in sd.items()
+          if not k.endswith("position_ids") and not k.startswith(("text_model.", "text_projection.", "logit_scale"))}
     try:
         patch = sd["vision_model.embeddings.patch_embedding.weight"]
         width, patch_size = int(patch.shape[0]), int(patch.shape[-1])

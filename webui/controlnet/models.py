@@ -39,6 +39,7 @@ from webui.controlnet.ip_adapter import (
     is_ip_adapter_state,
     load_ip_adapter,
 )
+from webui.controlnet.style_adapter import StyleAdapter, is_style_state, load_style_adapter
 from webui.controlnet.t2i_adapter import adapter_layout, is_adapter_folder, load_adapter
 from webui.controlnet.union_sdxl import is_union_state, load_union
 from webui.errors import ModelError
@@ -155,7 +156,7 @@ def family_of(cn: Any) -> str:
     flow = flow_family(cn)
     if flow is not None:
         return flow
-    if isinstance(cn, T2IAdapter):
+    if isinstance(cn, T2IAdapter | StyleAdapter):
         return "t2i_adapter"  # any U-Net whose levels are as wide as its own (see adapter_mismatch)
     if getattr(cn.config, "addition_embed_type", None) == "text_time":
         return "sdxl"
@@ -206,6 +207,8 @@ def load_controlnet(path: Path, dtype: torch.dtype = torch.float32, time_embed_d
                                    "works with the model family it was made for (SD 1.5 or SDXL).") from exc
     if is_ip_adapter_state(sd):
         return load_ip_adapter(path, sd).to(dtype)
+    if is_style_state(sd):
+        return load_style_adapter(path, sd).to(dtype)
     layout = flow_layout(sd)
     if layout is not None:
         return load_flow_controlnet(path, sd, layout, head_dim, in_channels).to(dtype)

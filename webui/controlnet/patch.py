@@ -60,6 +60,7 @@ class PreparedUnit:
     union_mode: int | None = field(default=None)  # Union ControlNets (FLUX.1, SDXL ControlNet++): the type's index
     ip: Any = field(default=None)  # IP-Adapter units: their image tokens (webui.controlnet.ip_adapter.IPUnit)
     reference: Any = field(default=None)  # reference units (no model): webui.controlnet.reference.ReferenceUnit
+    style: Any = field(default=None)  # style T2I-Adapter units: their tokens (webui.controlnet.style_adapter)
     #: inpaint units (webui.controlnet.inpaint): ``detected`` is the RGBA picture (alpha = mask); ``restore`` the
     #: pass's (control picture latent, latent mask) for inpaint_only / inpaint_only+lama
     inpaint: bool = field(default=False)
@@ -107,7 +108,7 @@ class ControlNetPatch:
             if not (self.detected_maps and u.unit.save_detected_map) or i in self._shown:
                 continue
             self._shown.add(i)
-            if u.ip is not None:
+            if u.ip is not None or u.style is not None:
                 self.extra_images.append((Image.fromarray(u.detected), u.unit.module))
                 continue
             if self.hires_size is not None:
@@ -122,8 +123,8 @@ class ControlNetPatch:
                 self._prepare_inpaint(i, u, width, height, hires)
                 continue
             image = resize_image(Image.fromarray(u.detected), width, height, u.unit.resize_mode)
-            if u.ip is not None or u.reference is not None:  # only their detected map (the image) here: the
-                # IP-Adapter / reference patches steer
+            if u.ip is not None or u.reference is not None or u.style is not None:  # only their detected map (the
+                # image) here: the IP-Adapter / reference / style patches steer
                 continue
             # (a unit's mask was applied to its picture already: webui.controlnet.inputs)
             hint = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]

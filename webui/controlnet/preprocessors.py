@@ -717,6 +717,9 @@ def builtin_preprocessors() -> list[Preprocessor]:
         Preprocessor("lineart_standard", _lineart_standard, "Lineart",
                      label="lineart_standard (from white bg & black line)"),
         Preprocessor("color", _color, "T2I-Adapter", label="t2ia_color_grid"),
+        # the style T2I-Adapter's: the image as given; its CLIP ViT-L/14 encoder runs in the unit
+        # (webui.controlnet.style_adapter)
+        Preprocessor("clip_vision", _none, "T2I-Adapter", label="t2ia_style_clipvision", **no_res),
         Preprocessor("shuffle", _shuffle, "Shuffle", threshold_a=Slider("Seed", 0, 2**31 - 1, 0)),
         Preprocessor("tile_resample", _tile_resample, "Tile/Blur",
                      threshold_a=Slider("Down Sampling Rate", 1.0, 8.0, 1.0, 0.01), **no_res),

@@ -18,9 +18,8 @@ Layouts, told apart by their keys:
 - TencentARC's "light" adapter (``t2iadapter_color_sd14v1.pth``, ``Adapter_light``: per level ``in_conv`` to a
   quarter of the width, ``body.<level>.body.<j>`` resnet blocks with two 3x3 convolutions, ``out_conv``), which is
   diffusers' ``LightAdapter`` (its conversion script's ``convert_light_adapter``);
-- the style adapter (``t2iadapter_style_sd14v1.pth``, ``style_embedding``) is refused: it turns CLIP ViT-L/14
-  image tokens into extra prompt tokens, which needs that image encoder (sd-webui-controlnet downloads it for
-  its ``t2ia_style_clipvision`` preprocessor) and a longer text context, neither of which is here.
+- the style adapter (``t2iadapter_style_sd14v1.pth``, ``style_embedding``) is no adapter of feature maps: it
+  turns CLIP ViT-L/14 image tokens into extra prompt tokens (:mod:`webui.controlnet.style_adapter`).
 
 An adapter reads the control map once per sampling pass (pixels in [0, 1], grey for one-channel adapters such
 as canny and sketch) and gives one feature map per U-Net level, added inside the U-Net's down blocks
@@ -44,16 +43,14 @@ from webui.models.safeload import folder_class
 
 def adapter_layout(sd: Mapping[str, torch.Tensor]) -> str | None:
     """A T2I-Adapter's layout from its keys: "diffusers", "original" (TencentARC's ``Adapter``), "light"
-    (``Adapter_light``), "style" (``StyleAdapter``), "unsupported" (an ``Adapter`` diffusers cannot build), else
-    None."""
+    (``Adapter_light``), "unsupported" (an ``Adapter`` diffusers cannot build), else None (the style adapter:
+    :mod:`webui.controlnet.style_adapter`)."""
     if "adapter.conv_in.weight" in sd or "adapter.body.0.in_conv.weight" in sd:
         return "diffusers"
     if "conv_in.weight" in sd and "body.0.block1.weight" in sd:
         return "unsupported" if _unsupported_adapter(sd) else "original"
     if "body.0.in_conv.weight" in sd and "body.0.body.0.block1.weight" in sd and "body.0.out_conv.weight" in sd:
         return "light"
-    if "style_embedding" in sd:
-        return "style"
     return None
 
 
@@ -152,11 +149,6 @@ def load_adapter(path: Path, sd: Mapping[str, torch.Tensor], layout: str) -> T2I
         raise ModelError(path, f"this T2I-Adapter cannot be loaded: {_unsupported_adapter(sd)}. TencentARC's "
                                "released adapters (t2iadapter_*_sd14v1, *_sd15v2) and diffusers' T2IAdapter "
                                "files work.")
-    if layout == "style":
-        raise ModelError(path, "the T2I style adapter (t2iadapter_style_sd14v1) is not supported: it turns CLIP "
-                               "ViT-L/14 image tokens into extra prompt tokens, and that image encoder (which "
-                               "sd-webui-controlnet downloads for t2ia_style_clipvision) is not available here. "
-                               "For a picture's style use an IP-Adapter or reference_only.")
     try:
         if layout == "original":
             weights, config = original_to_diffusers(sd)

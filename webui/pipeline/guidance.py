@@ -14,6 +14,7 @@ from webui.pipeline.patches import (
     TransformerCall,
     UNetCall,
     adjust_denoised,
+    extra_context,
     sum_adapter_residuals,
     sum_residuals,
     sum_transformer_residuals,
@@ -101,6 +102,7 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
         ctx = current["ctx"]
         added = None if time_ids is None else {"text_embeds": ctx.pooled, "time_ids": time_ids}
         x_in = x_scaled.to(model.dtype)
+        context = ctx.context
         extra: dict[str, Any] = {}
         if patches:
             step, steps = step_of() if step_of is not None else (0, 1)
@@ -114,9 +116,12 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
             more = unet_kwargs(patches, call)
             if more:
                 added = {**(added or {}), **more}
+            tokens = extra_context(patches, call)
+            if tokens is not None:
+                context = torch.cat([context, tokens.to(context.dtype)], dim=1)
         if image_cond is not None:
             x_in = torch.cat([x_in, image_cond], dim=1)
-        out = unet(x_in, t, encoder_hidden_states=ctx.context, added_cond_kwargs=added, return_dict=False,
+        out = unet(x_in, t, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False,
                    **extra)[0]
         return out.float()
 

@@ -13,6 +13,10 @@ Two more optional methods: ``unet_kwargs(call) -> dict | None``, called right be
 set per-call state, as IP-Adapter does for its scales and image tokens); and ``close()``, called once when the
 job ends, also after an error (to undo what ``prepare`` installed on the model, e.g. attention processors).
 
+``extra_context(call) -> tensor | None`` gives ``[rows, tokens, width]`` appended to the U-Net's text context
+(``encoder_hidden_states``) for this call (the style T2I-Adapter's extra prompt tokens); patches' tokens are
+appended in patch order.
+
 Three more optional methods change what sampling makes rather than the U-Net's input (sd-webui-controlnet's
 ``inpaint_only`` units use them): ``adjust_denoised(x, sigma, denoised) -> denoised``, called on the guided
 prediction of the clean latent after every denoiser call (after the CFG combination, before img2img's own mask
@@ -152,6 +156,17 @@ def unet_kwargs(patches: list[Any], call: UNetCall) -> dict[str, Any]:
         if more:
             extra.update(more)
     return extra
+
+
+def extra_context(patches: list[Any], call: UNetCall) -> torch.Tensor | None:
+    """The patches' extra context tokens for this call (see the module docstring), concatenated in order."""
+    parts = []
+    for patch in patches:
+        fn = getattr(patch, "extra_context", None)
+        tokens = fn(call) if fn is not None else None
+        if tokens is not None:
+            parts.append(tokens)
+    return torch.cat(parts, dim=1) if parts else None
 
 
 def adjust_denoised(patches: list[Any], x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
