@@ -1,4 +1,4 @@
-"""img2img input: resize the init image as A1111's resize modes do, then encode it with the VAE.
+"""img2img input: resize the init image as A1111's resize modes do (``init_latents`` encodes it).
 
 Modes: 0 just resize (stretch), 1 crop and resize (cover, centre crop), 2 resize and fill (fit, then
 extend the edge rows/columns into the empty borders), 3 latent upscale (encode at the image's own
@@ -11,10 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
-
-from webui.pipeline.vae import encode_pixels
 
 RESIZE_MODES = {0: "Just resize", 1: "Crop and resize", 2: "Resize and fill", 3: "Just resize (latent upscale)"}
 _LANCZOS = Image.Resampling.LANCZOS
@@ -79,20 +76,3 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB image -> ``[1, 3, H, W]`` in [-1, 1]."""
     arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr).permute(2, 0, 1)[None]
-
-
-@torch.no_grad()
-def encode_init_images(model, images: list[Image.Image], width: int, height: int, mode: int) -> torch.Tensor:
-    """Latents ``[N, 4, height/8, width/8]`` of the resized init images (the VAE's mean, no sampling)."""
-    latents = []
-    for image in images:
-        if mode == 3:
-            w8, h8 = max(64, image.width // 8 * 8), max(64, image.height // 8 * 8)
-            pixels = resize_image(image, w8, h8, 0)
-        else:
-            pixels = resize_image(image, width, height, mode)
-        latent = encode_pixels(model, image_to_tensor(pixels))
-        if mode == 3 and latent.shape[-2:] != (height // 8, width // 8):
-            latent = F.interpolate(latent.float(), size=(height // 8, width // 8), mode="bilinear")
-        latents.append(latent.float())
-    return torch.cat(latents)
