@@ -286,3 +286,17 @@ def test_masked_controlnet_img2img_payload(client):
     plain = post(client, "img2img", {}, [{"image": b64(girl())}])[1]
     masked = np.asarray(images[1].convert("L"))
     assert masked.any() and not np.array_equal(np.asarray(plain.convert("L")), masked)
+
+
+def a1111_canny_unit_images(client, model: str) -> tuple[list[Image.Image], str]:
+    """generation_test.py's payload for a model kind (``test_control_lora``, ``test_t2i_adapter``): its default unit
+    with module "canny" and ``model``, through its txt2img payload. Checks what it checks -- the picture, then the
+    canny map (black and white, some edges) -- and returns the images and the infotext."""
+    unit = {**UNIT, "module": "canny", "model": model, "image": b64(girl())}
+    r = client.post("/sdapi/v1/txt2img", json={**TXT2IMG, "alwayson_scripts": {"ControlNet": {"args": [unit]}}})
+    assert r.status_code == 200, r.text
+    images = [Image.open(io.BytesIO(base64.b64decode(i))) for i in r.json()["images"]]
+    assert len(images) == 2 and images[0].size == (64, 64)
+    edges = np.asarray(images[1].convert("L"))
+    assert set(np.unique(edges)) <= {0, 255} and 0 < (edges == 255).mean() < 0.5
+    return images, r.json()["info"]

@@ -204,9 +204,9 @@ def inpaint_ctx(tmp_path_factory):
     return build_context(make_settings(tmp_path_factory.mktemp("inpaint-data"), root), load_model=True)
 
 
-def test_inpainting_unet_gets_the_mask_and_masked_image(inpaint_ctx, monkeypatch):
-    unet = inpaint_ctx.models.current.components.unet
-    seen = []
+def unet_inputs(unet, monkeypatch) -> list[torch.Tensor]:
+    """Every latent input the U-Net gets from now on (the real forward still runs)."""
+    seen: list[torch.Tensor] = []
     real = unet.forward
 
     def spy(x, *a, **kw):
@@ -214,6 +214,12 @@ def test_inpainting_unet_gets_the_mask_and_masked_image(inpaint_ctx, monkeypatch
         return real(x, *a, **kw)
 
     monkeypatch.setattr(unet, "forward", spy)
+    return seen
+
+
+def test_inpainting_unet_gets_the_mask_and_masked_image(inpaint_ctx, monkeypatch):
+    unet = inpaint_ctx.models.current.components.unet
+    seen = unet_inputs(unet, monkeypatch)
     img = noisy_picture()
     res = inpaint_ctx.generate(GenerationRequest(init_images=(img,), mask=square_mask(), mask_blur_x=0,
                                                 mask_blur_y=0, inpaint_full_res=False, **BASE))
@@ -234,14 +240,7 @@ def test_inpainting_mask_weight_blends_the_conditioning_image(inpaint_ctx, monke
     model = inpaint_ctx.models.current
     c = model.components
     unet = c.unet
-    seen = []
-    real = unet.forward
-
-    def spy(x, *a, **kw):
-        seen.append(x.detach().clone())
-        return real(x, *a, **kw)
-
-    monkeypatch.setattr(unet, "forward", spy)
+    seen = unet_inputs(unet, monkeypatch)
     img, weight = noisy_picture(seed=3), 0.25
     # masked content "original": A1111 fills the hole of the picture it encodes for every other choice
     extra = dict(mask=square_mask(), mask_blur_x=0, mask_blur_y=0, inpaint_full_res=False,

@@ -170,12 +170,9 @@ def _reference_embeds(world, plus: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return pos, neg
 
 
-@pytest.mark.parametrize("name", ["ip-adapter_tiny_sd15", "ip-adapter-plus_tiny_sd15", "ip-adapter-full-face_tiny_sd15",
-                                  "ip-adapter_tiny_bin"])
-def test_unet_output_equals_diffusers_ip_adapter_attention(world, name):
-    ctx = world["ctx"]
-    unet = ctx.models.current.components.unet
-    seen = {}
+def _first_unet_call(unet, run) -> tuple[object, dict]:
+    """``run()``'s result and the U-Net's first call during it: ``args``, ``kwargs`` and ``output``."""
+    seen: dict = {}
 
     def record(module, args, kwargs, output):
         if "args" not in seen:
@@ -183,9 +180,17 @@ def test_unet_output_equals_diffusers_ip_adapter_attention(world, name):
 
     handle = unet.register_forward_hook(record, with_kwargs=True)
     try:
-        response = _txt2img(world, [_unit(name, weight=0.8)])
+        return run(), seen
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("name", ["ip-adapter_tiny_sd15", "ip-adapter-plus_tiny_sd15", "ip-adapter-full-face_tiny_sd15",
+                                  "ip-adapter_tiny_bin"])
+def test_unet_output_equals_diffusers_ip_adapter_attention(world, name):
+    ctx = world["ctx"]
+    unet = ctx.models.current.components.unet
+    response, seen = _first_unet_call(unet, lambda: _txt2img(world, [_unit(name, weight=0.8)]))
     assert response.status_code == 200, response.text
     assert len(response.json()["images"]) == 2  # the image, then the unit's detected map (sd-webui-controlnet)
     assert not any(type(p).__name__ == "_IPAttention" for p in unet.attn_processors.values())  # put back
@@ -291,18 +296,8 @@ def test_sdxl_ip_adapter_equals_diffusers_and_is_refused_on_sd15(xl_world, world
     attention on the same SDXL U-Net (with its text_embeds / time_ids); weight 0 is the picture without the unit;
     the same file on the SD 1.5 checkpoint is a 422 on the unit's model."""
     unet = xl_world["ctx"].models.current.components.unet
-    seen = {}
-
-    def record(module, args, kwargs, output):
-        if "args" not in seen:
-            seen.update(args=args, kwargs=kwargs, output=output[0] if isinstance(output, tuple) else output.sample)
-
-    handle = unet.register_forward_hook(record, with_kwargs=True)
-    try:
-        response = _txt2img(xl_world, [_unit("ip-adapter_tiny_sdxl", module="ip-adapter_clip_g", weight=0.8)],
-                            steps=2)
-    finally:
-        handle.remove()
+    response, seen = _first_unet_call(unet, lambda: _txt2img(
+        xl_world, [_unit("ip-adapter_tiny_sdxl", module="ip-adapter_clip_g", weight=0.8)], steps=2))
     assert response.status_code == 200, response.text
     source = xl_world["source"]
     state = {"image_proj": {k[11:]: v for k, v in source.items() if k.startswith("image_proj.")},

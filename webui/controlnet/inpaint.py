@@ -38,7 +38,7 @@ import logging
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,9 @@ def rgba(image: Image.Image, mask: Image.Image | np.ndarray | None) -> np.ndarra
 def img2img_mask(mask: Image.Image, size: tuple[int, int], invert: bool, blur_x: float, blur_y: float) -> np.ndarray:
     """A1111's inpaint mask as sd-webui-controlnet's ``prepare_mask`` gives it to a unit: grey at the img2img
     input's size, inverted when asked, Gaussian-blurred by ``mask_blur`` (x, then y)."""
-    from webui.pipeline.masking import binary_mask, blur_mask
+    from webui.pipeline.masking import processed_mask
 
-    grey = binary_mask(mask)
-    if grey.size != size:
-        grey = grey.resize(size, Image.Resampling.LANCZOS)
-    if invert:
-        grey = ImageOps.invert(grey)
-    if blur_x > 0 or blur_y > 0:
-        grey = blur_mask(grey, blur_x, blur_y)
-    return np.asarray(grey)
+    return np.asarray(processed_mask(mask, size, invert, blur_x, blur_y))
 
 
 def _resized(x: np.ndarray, width: int, height: int) -> np.ndarray:

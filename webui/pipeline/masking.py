@@ -156,19 +156,27 @@ class PreparedMask:
     region: tuple[int, int, int, int] | None
 
 
+def processed_mask(mask: Image.Image, size: tuple[int, int], invert: bool, blur_x: float,
+                   blur_y: float) -> Image.Image:
+    """A1111's inpaint mask before cropping: grey (:func:`binary_mask`), resized to ``size`` (Lanczos) when it has
+    another size, inverted when asked, Gaussian-blurred by ``blur_x`` then ``blur_y``."""
+    grey = binary_mask(mask)
+    if grey.size != size:
+        grey = grey.resize(size, Image.Resampling.LANCZOS)
+    if invert:
+        grey = ImageOps.invert(grey)
+    if blur_x > 0 or blur_y > 0:
+        grey = blur_mask(grey, blur_x, blur_y)
+    return grey
+
+
 def prepare_mask(mask: Image.Image, image_size: tuple[int, int], width: int, height: int, *,
                  invert: bool, blur_x: float, blur_y: float, only_masked: bool, padding: int,
                  resize_mode: int) -> PreparedMask:
     """Invert and blur the mask, then either crop the "only masked" region or resize it like the image.
 
     A mask of another size than the init image is first resized to the image (documented choice)."""
-    mask = binary_mask(mask)
-    if mask.size != image_size:
-        mask = mask.resize(image_size, Image.Resampling.LANCZOS)
-    if invert:
-        mask = ImageOps.invert(mask)
-    if blur_x > 0 or blur_y > 0:
-        mask = blur_mask(mask, blur_x, blur_y)
+    mask = processed_mask(mask, image_size, invert, blur_x, blur_y)
     if only_masked:
         region = crop_region(mask, padding)
         if region is not None:
