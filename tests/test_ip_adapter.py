@@ -170,6 +170,18 @@ def _reference_embeds(world, plus: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return pos, neg
 
 
+def _diffusers_reference(unet, source: dict, scale: float):
+    """A copy of ``unet`` with the IP-Adapter file's weights loaded by diffusers itself, at ``scale``."""
+    state = {"image_proj": {k[11:]: v for k, v in source.items() if k.startswith("image_proj.")},
+             "ip_adapter": {k[11:]: v for k, v in source.items() if k.startswith("ip_adapter.")}}
+    reference = copy.deepcopy(unet)
+    reference._load_ip_adapter_weights([state], low_cpu_mem_usage=False)
+    for processor in reference.attn_processors.values():
+        if hasattr(processor, "scale"):
+            processor.scale = [scale]
+    return reference
+
+
 def _first_unet_call(unet, run) -> tuple[object, dict]:
     """``run()``'s result and the U-Net's first call during it: ``args``, ``kwargs`` and ``output``."""
     seen: dict = {}
@@ -197,13 +209,7 @@ def test_unet_output_equals_diffusers_ip_adapter_attention(world, name):
 
     plus = "plus" in name or "full-face" in name  # both read the penultimate hidden states
     source = world["files"]["ip-adapter_tiny_sd15" if name.endswith("bin") else name]
-    state = {"image_proj": {k[11:]: v for k, v in source.items() if k.startswith("image_proj.")},
-             "ip_adapter": {k[11:]: v for k, v in source.items() if k.startswith("ip_adapter.")}}
-    reference = copy.deepcopy(unet)
-    reference._load_ip_adapter_weights([state], low_cpu_mem_usage=False)
-    for processor in reference.attn_processors.values():
-        if hasattr(processor, "scale"):
-            processor.scale = [0.8]
+    reference = _diffusers_reference(unet, source, 0.8)
     x, t = seen["args"][0], seen["args"][1]
     context = seen["kwargs"]["encoder_hidden_states"]
     pos, neg = _reference_embeds(world, plus)
@@ -300,13 +306,7 @@ def test_sdxl_ip_adapter_equals_diffusers_and_is_refused_on_sd15(xl_world, world
         xl_world, [_unit("ip-adapter_tiny_sdxl", module="ip-adapter_clip_g", weight=0.8)], steps=2))
     assert response.status_code == 200, response.text
     source = xl_world["source"]
-    state = {"image_proj": {k[11:]: v for k, v in source.items() if k.startswith("image_proj.")},
-             "ip_adapter": {k[11:]: v for k, v in source.items() if k.startswith("ip_adapter.")}}
-    reference = copy.deepcopy(unet)
-    reference._load_ip_adapter_weights([state], low_cpu_mem_usage=False)
-    for processor in reference.attn_processors.values():
-        if hasattr(processor, "scale"):
-            processor.scale = [0.8]
+    reference = _diffusers_reference(unet, source, 0.8)
     pos, neg = _reference_embeds(xl_world, plus=False)
     added = dict(seen["kwargs"]["added_cond_kwargs"])
     added = {k: v for k, v in added.items() if k in ("text_embeds", "time_ids")}
