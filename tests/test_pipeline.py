@@ -174,6 +174,33 @@ def test_seed_resize_pastes_the_small_noise_in_the_centre():
     assert torch.equal(same[0], small)
 
 
+def test_seed_resize_from_a_larger_size_crops_its_centre_as_a1111_does():
+    """A1111's ``ImageRNG.first`` (modules/rng.py) restated: the noise is drawn at the "resize seed from" size, the
+    picture's own-size noise of the same seed is drawn, and the centre of the first is pasted over the second --
+    for a larger source, ``w = src_w + 2 * dx`` columns from ``-dx`` on (``dx = (W - src_w) // 2``), so with an odd
+    difference the last column keeps the picture's own noise."""
+    dev = torch.device("cpu")
+    got = ImageRNG((4, 8, 8), [5], device=dev, seed_resize_from=(104, 80)).first()[0]
+    source = torch.randn((4, 10, 13), generator=torch.Generator().manual_seed(5))  # 80/8 x 104/8
+    own = torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(5))
+    dx, dy = (8 - 13) // 2, (8 - 10) // 2  # -3, -1
+    w, h = 13 + 2 * dx, 10 + 2 * dy  # 7, 8
+    expected = own.clone()
+    expected[:, 0:h, 0:w] = source[:, -dy:-dy + h, -dx:-dx + w]
+    assert torch.equal(got, expected)
+    assert torch.equal(got[:, :, 7], own[:, :, 7])
+
+
+def test_a_batch_longer_than_its_subseeds_uses_subseed_0():
+    """A1111's ``ImageRNG.first``: image ``i`` without a subseed of its own takes subseed 0."""
+    dev = torch.device("cpu")
+    batch = ImageRNG((4, 8, 8), [5, 6], device=dev, subseeds=[9], subseed_strength=0.5).first()
+    alone = ImageRNG((4, 8, 8), [6], device=dev, subseeds=[0], subseed_strength=0.5).first()
+    assert torch.equal(batch[1], alone[0])
+    assert not torch.equal(batch[1], ImageRNG((4, 8, 8), [6], device=dev, subseeds=[9],
+                                              subseed_strength=0.5).first()[0])
+
+
 def test_ensd_changes_only_the_later_draws():
     dev = torch.device("cpu")
     a, b = ImageRNG((4, 8, 8), [5], device=dev), ImageRNG((4, 8, 8), [5], device=dev, ensd=31337)
