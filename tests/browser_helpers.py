@@ -129,6 +129,7 @@ def inpaint_with_a_stroke(page, canvas) -> None:
     """Draw a mask stroke across ``canvas`` (the img2img Inpaint editor) and press Generate until the infotext
     shows the mask was used: the editor may still be loading its image when the first stroke lands (three
     tries; the "paint over the area" error of a lost stroke is closed in between)."""
+    errors: list[str] = []
     for attempt in range(3):
         page.wait_for_timeout(1000 * (attempt + 1))
         canvas.scroll_into_view_if_needed()  # mouse strokes need the canvas on screen
@@ -147,7 +148,9 @@ def inpaint_with_a_stroke(page, canvas) -> None:
                 raise
         if "Mask blur" in page.locator("#img2img_info textarea").input_value():
             return
+        toast = page.locator("[data-testid=toast-body]")
+        errors.append(toast.first.inner_text() if toast.count() else "no message")
         close = page.locator("[data-testid=toast-close]")
         if close.count():
             close.first.click()
-    raise AssertionError("the drawn mask never reached the server")
+    raise AssertionError(f"the drawn mask never reached the server: {errors}")

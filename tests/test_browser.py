@@ -102,7 +102,15 @@ def test_img2img_inpaint_with_an_uploaded_image_and_a_drawn_mask(page, tmp_path)
     page.locator("#mode_img2img").get_by_role("tab", name="Inpaint", exact=True).click()
     page.locator("#img2img_prompt textarea").fill("a blue square")
     fill_size(page, "img2img", 3, 64)
-    page.locator("#img2img_inpaint input[type=file]").first.set_input_files(png_file(tmp_path))
+    picture = png_file(tmp_path)
+    for attempt in range(3):  # the editor can drop an upload made while it is still mounting: upload again
+        page.locator("#img2img_inpaint input[type=file]").first.set_input_files(picture)
+        try:
+            page.locator("#img2img_inpaint").get_by_text("Upload an image").wait_for(state="hidden", timeout=10_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
     canvas = page.locator("#img2img_inpaint canvas").first
     canvas.wait_for(state="visible")
     inpaint_with_a_stroke(page, canvas)
