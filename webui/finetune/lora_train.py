@@ -231,7 +231,7 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
     dataset = with_regularization(dataset, params)
     if params.bundle_embedding and not any(
             params.bundle_embedding.strip() in params.caption_template.replace("[name]", params.output_name)
-            .replace("[filewords]", item.caption) for item in dataset.items):
+            .replace("[filewords]", item.caption) for item in dataset.items if not item.regularization):
         raise RequestError("bundle_embedding", f"the word {params.bundle_embedding.strip()!r} occurs in no caption: "
                                                "put it in the captions or in caption_template (for example "
                                                f"'{params.bundle_embedding.strip()}, [filewords]')")
