@@ -309,28 +309,34 @@ def _pytest_args(tests: list[str]) -> list[str]:
             "--no-header", "-W", "ignore", "--tb=no"]
 
 
-def coverage_map(scratch: Path, module: str, tests: list[str]) -> tuple[dict[int, set[str]], float]:
-    """line -> test ids executing it, and the tests' run time (seconds), from one run under coverage. Lines run
-    at import (module constants, defaults) map to all of ``tests``; tests failing without any mutant are left out
-    (they would "kill" every mutant) and named on stderr."""
+def coverage_map(scratch: Path, module: str, tests: list[str]) -> tuple[dict[int, set[str]], float, dict[str, float]]:
+    """line -> test ids executing it, the tests' run time (seconds), and each test's own time (setup + call +
+    teardown), from one run under coverage. Lines run at import (module constants, defaults) map to all of
+    ``tests``; tests failing without any mutant are left out (they would "kill" every mutant) and named on
+    stderr."""
     stem = Path(module).stem
     data_file = scratch / f".coverage.{stem}"
     failed_file = scratch / f".failed.{stem}"
+    times_file = scratch / f".times.{stem}"
     plugin = scratch / "_mutation_contexts.py"
     plugin.write_text(
         "import coverage\n"
         f"_cov = coverage.Coverage(data_file={str(data_file)!r}, include=[{str(scratch / module)!r}])\n"
         "_failed = []\n"
+        "_times = {}\n"
         "def pytest_configure(config):\n"
         "    _cov.start()\n"
         "def pytest_runtest_setup(item):\n"
         "    _cov.switch_context(item.nodeid)\n"
         "def pytest_runtest_logreport(report):\n"
+        "    _times[report.nodeid] = _times.get(report.nodeid, 0.0) + report.duration\n"
         "    if report.failed:\n"
         "        _failed.append(report.nodeid)\n"
         "def pytest_unconfigure(config):\n"
         "    _cov.stop(); _cov.save()\n"
-        f"    open({str(failed_file)!r}, 'w').write('\\n'.join(_failed))\n")
+        f"    open({str(failed_file)!r}, 'w').write('\\n'.join(_failed))\n"
+        "    import json\n"
+        f"    open({str(times_file)!r}, 'w').write(json.dumps(_times))\n")
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "pytest", *tests, "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
                     "-p", "_mutation_contexts", "-W", "ignore", "--tb=no"], cwd=scratch,
@@ -348,7 +354,19 @@ def coverage_map(scratch: Path, module: str, tests: list[str]) -> tuple[dict[int
     for line, contexts in (data.contexts_by_lineno(str(scratch / module)) or {}).items():
         named = {c for c in contexts if c and c not in failed}
         by_line[line] = set(tests) if "" in contexts else named
-    return {k: v for k, v in by_line.items() if v}, took
+    times = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    return {k: v for k, v in by_line.items() if v}, took, times
+
+
+def cheapest_first(tests: set[str], times: dict[str, float]) -> list[str]:
+    """The tests to run for one mutant, in the order most likely to kill it soonest under ``-x``: files by the
+    summed time of their selected tests (a file's fixtures are set up once), and within a file the quickest
+    test first."""
+    per_file: dict[str, list[str]] = {}
+    for t in tests:
+        per_file.setdefault(t.split("::", 1)[0], []).append(t)
+    ordered = sorted(per_file.values(), key=lambda ts: sum(times.get(t, 1.0) for t in ts))
+    return [t for ts in ordered for t in sorted(ts, key=lambda t: (times.get(t, 1.0), t))]
 
 
 def _preload() -> None:
@@ -399,12 +417,59 @@ def equivalent_keys() -> set[str]:
             if line.split("#", 1)[0].strip()}
 
 
+def _read_log(path: Path | None) -> dict[str, str]:
+    verdicts: dict[str, str] = {}
+    if path and path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                verdicts[row["key"]] = row["verdict"]
+    return verdicts
+
+
+def _append_log(path: Path | None, key: str, verdict: str) -> None:
+    if path is None:
+        return
+    with open(path, "a", encoding="utf-8") as f:  # one short line per write: O_APPEND keeps workers' lines whole
+        f.write(json.dumps({"key": key, "verdict": verdict}) + "\n")
+
+
+def _run_share(scratch: Path, module: str, share: list[Mutant], by_line: dict[int, set[str]],
+               times: dict[str, float], timeout: float, log: Path | None, threads: int, worker: int) -> dict[str, str]:
+    """One worker's mutants, in its own scratch copy; verdicts by key (also appended to ``log``)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    original = (scratch / module).read_text(encoding="utf-8")
+    out: dict[str, str] = {}
+    started = time.monotonic()
+    for i, m in enumerate(share, 1):
+        tests = set().union(*(by_line.get(line, set()) for line in range(m.line, m.end_line + 1)))
+        if not tests:
+            verdict = "not covered"
+        else:
+            verdict = run_mutant(scratch, m, original, cheapest_first(tests, times), timeout=timeout)
+        out[m.key] = verdict
+        _append_log(log, m.key, verdict)
+        print(f"[{module} w{worker}] {i}/{len(share)} {verdict:11s} {m.key}  ({time.monotonic() - started:.0f} s)",
+              file=sys.stderr, flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--module", action="append", help="a module of MODULES (repeatable; default: all)")
     parser.add_argument("--sample", type=int, default=0, help="mutate only this many random mutants per module")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scratch", default="/tmp/webui-mutation")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="mutants run at once, each worker in its own scratch copy (torch threads split)")
+    parser.add_argument("--log", default="", help="JSON lines of verdicts, appended as they come; verdicts already "
+                        "there are reused, so an interrupted run resumes")
+    parser.add_argument("--recheck-survivors", action="store_true",
+                        help="with --log: run the logged survivors (and not-covered mutants) again, e.g. after new "
+                        "tests")
     parser.add_argument("--timeout-factor", type=float, default=3.0)
     parser.add_argument("--list", metavar="MODULE", help="print the mutants of MODULE and stop")
     parser.add_argument("--out", default="", help="also write the JSON here")
@@ -425,36 +490,60 @@ def main() -> None:
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
         sys.exit(f"unknown module(s) {unknown}; choose from {list(MODULES)}")
-    scratch = Path(args.scratch)
-    make_scratch(scratch)
+    jobs = max(1, args.jobs)
+    scratches = [Path(args.scratch) / f"w{i}" for i in range(jobs)]
+    for scratch in scratches:
+        make_scratch(scratch)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
     _preload()
+    log = Path(args.log) if args.log else None
+    logged = _read_log(log)
     equivalent = equivalent_keys()
     report: dict[str, dict] = {}
     for module in modules:
         res = Result(module)
-        by_line, took = coverage_map(scratch, module, MODULES[module])
-        mutants = find_mutants(module, scratch)
+        mutants = find_mutants(module, scratches[0])
         if args.sample and len(mutants) > args.sample:
             mutants = sorted(random.Random(args.seed).sample(mutants, args.sample), key=lambda m: m.start)
-        original = (scratch / module).read_text(encoding="utf-8")
-        started = time.monotonic()
-        for i, m in enumerate(mutants, 1):
+        rerun = {"survived", "not covered"} if args.recheck_survivors else set()
+        verdicts = {m.key: logged[m.key] for m in mutants
+                    if m.key in logged and logged[m.key] not in rerun and m.key not in equivalent}
+        pending = [m for m in mutants if m.key not in verdicts and m.key not in equivalent]
+        took = 0.0
+        if pending:
+            by_line, took, times = coverage_map(scratches[0], module, MODULES[module])
+            timeout = args.timeout_factor * took + 30
+            shares = [pending[i::jobs] for i in range(jobs)]
+            if jobs == 1:
+                verdicts.update(_run_share(scratches[0], module, shares[0], by_line, times, timeout, log, 0, 0))
+            else:
+                pids = []
+                for w, share in enumerate(shares):
+                    pid = os.fork()
+                    if pid == 0:
+                        code = 0
+                        try:
+                            _run_share(scratches[w], module, share, by_line, times, timeout, log, threads, w)
+                        except BaseException:  # noqa: BLE001
+                            code = 1
+                        os._exit(code)
+                    pids.append(pid)
+                for pid in pids:
+                    os.waitpid(pid, 0)
+                fresh = _read_log(log) if log else {}
+                verdicts.update({m.key: fresh[m.key] for m in pending if m.key in fresh})
+        for m in mutants:
             res.mutants += 1
-            if m.key in equivalent:
+            verdict = "equivalent" if m.key in equivalent else verdicts.get(m.key, "lost")
+            if verdict == "equivalent":
                 res.equivalent.append(m.key)
-                continue
-            tests = sorted(set().union(*(by_line.get(line, set()) for line in range(m.line, m.end_line + 1))))
-            if not tests:
+            elif verdict == "not covered":
                 res.not_covered.append(m.key)
-                continue
-            verdict = run_mutant(scratch, m, original, tests, timeout=args.timeout_factor * took + 30)
-            if verdict == "survived":
+            elif verdict in ("survived", "lost"):
                 res.survived.append(m.key)
             else:
                 res.killed += 1
                 res.timeouts += verdict == "timeout"
-            print(f"[{module}] {i}/{len(mutants)} {verdict:8s} {m.key}  ({time.monotonic() - started:.0f} s)",
-                  file=sys.stderr, flush=True)
         report[module] = {"mutants": res.mutants, "killed": res.killed, "timeouts": res.timeouts,
                           "survived": res.survived, "not_covered": res.not_covered,
                           "equivalent_excluded": len(res.equivalent), "score": res.score(),

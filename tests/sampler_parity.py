@@ -46,23 +46,42 @@ def tiny_unet_fn(prediction_type: str):
     return fn, comps.alphas_cumprod
 
 
+def _counted(fn, calls: list):
+    def counted(x, t):
+        calls.append(1)
+        return fn(x, t)
+
+    return counted
+
+
 def run_pair(sampler: SamplerDef, schedule: ScheduleDef | None, *, steps: int = 8,
-             prediction_type: str = "epsilon", eta: float = 1.0, s_churn: float = 0.0) -> float:
+             prediction_type: str = "epsilon", eta: float = 1.0, s_churn: float = 0.0,
+             record: dict | None = None) -> float:
+    """max |ours - k-diffusion's|; with ``record``, also fills it with each side's U-Net calls (``*_calls``) and
+    the step indices and sigmas its callback reported (``*_steps``, ``*_sigmas``)."""
     ks, kext = load()
     unet_fn, ac = tiny_unet_fn(prediction_type)
+    rec = record if record is not None else {}
+    for side in ("ours", "theirs"):
+        rec[f"{side}_calls"], rec[f"{side}_steps"], rec[f"{side}_sigmas"] = [], [], []
     shape = (4, 8, 8)
     params = {"eta": eta, "s_noise": 1.0, "s_churn": s_churn, "s_tmin": 0.0, "s_tmax": float("inf")}
 
     # ours
     ds = DiscreteSchedule(ac)
-    mine = Denoiser(ds, unet_fn, prediction_type)
+    mine = Denoiser(ds, _counted(unet_fn, rec["ours_calls"]), prediction_type)
     sigmas = sigmas_for(sampler, schedule, steps, ds)
     rng = ImageRNG(shape, SEEDS, device=torch.device("cpu"))
-    ours = sample(sampler, mine, ds, sigmas, rng, SEEDS, params=params, callback=lambda *a: None)
+
+    def our_callback(i, x, denoised, sigma):
+        rec["ours_steps"].append(int(i))
+        rec["ours_sigmas"].append(float(sigma))
+
+    ours = sample(sampler, mine, ds, sigmas, rng, SEEDS, params=params, callback=our_callback)
 
     # k-diffusion, fed exactly as A1111 feeds it
     cls = kext.DiscreteEpsDDPMDenoiser if prediction_type == "epsilon" else kext.DiscreteVDDPMDenoiser
-    theirs_model = cls(unet_fn, ac, quantize=False)
+    theirs_model = cls(_counted(unet_fn, rec["theirs_calls"]), ac, quantize=False)
     smin, smax = theirs_model.sigmas[0].item(), theirs_model.sigmas[-1].item()
     n = steps + 1 if sampler.discard_next_to_last_sigma else steps
     name = schedule.name if schedule is not None else "uniform"
@@ -96,6 +115,11 @@ def run_pair(sampler: SamplerDef, schedule: ScheduleDef | None, *, steps: int = 
         kwargs["eta"] = eta
     if s_churn:
         kwargs.update(s_churn=s_churn)
+    def their_callback(info):
+        rec["theirs_steps"].append(int(info["i"]))
+        rec["theirs_sigmas"].append(float(info["sigma"]))
+
+    kwargs["callback"] = their_callback
     original_torch = ks.torch
     ks.torch = TorchWithNoise(rng2.next)
     try:

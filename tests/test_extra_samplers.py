@@ -113,6 +113,16 @@ def test_unipc_sigmas_grids(schedule: DiscreteSchedule) -> None:
     assert math.isclose(float(lsnr[-2]), float(schedule.sigma_min), rel_tol=1e-5)
     quad = es.unipc_sigmas(10, schedule, "time_quadratic")
     assert len(quad) == 12 and bool((torch.diff(quad[:-1]) < 0).all())
+    # UniPC's get_time_steps("time_quadratic") (A1111 modules/models/diffusion/uni_pc/uni_pc.py): t uniform in sqrt(t)
+    # from 1 to 1/N, then NoiseScheduleVP("discrete") -- log(alpha) interpolated linearly at tau = N t - 1 -- gives
+    # sigma = sqrt(1 / alpha^2 - 1); restated here with numpy on alphas_cumprod
+    import numpy as np
+
+    n = 1000
+    t = np.linspace(1.0, (1.0 / n) ** 0.5, 11) ** 2
+    log_alpha = 0.5 * np.log(scaled_linear_alphas_cumprod().double().numpy())
+    la = np.interp(n * t - 1.0, np.arange(n), log_alpha)
+    assert quad[:-1].double().numpy() == pytest.approx(np.sqrt(np.exp(-2 * la) - 1), rel=5e-5)  # float32 sigmas
     with pytest.raises(ValueError):
         es.unipc_sigmas(10, schedule, "nope")
 
@@ -500,3 +510,22 @@ def test_extra_sampler_defs_match_a1111() -> None:
     assert reg.sampler("k_lcm").name == "LCM"
     sampler, sched = reg.resolve("Restart", None)
     assert sampler.name == "Restart" and sched is not None and sched.name == "karras"
+
+
+def test_dpm_adaptive_pid_controller_with_p_and_d_terms_matches_k_diffusion() -> None:
+    """A1111 runs DPM adaptive with k-diffusion's default PID coefficients (an I-controller: the P and D exponents
+    are 0); the P and D terms are checked here by calling both samplers directly with them set."""
+    from webui.sampling.samplers import sample_dpm_adaptive
+
+    ks, _ = load()
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)) * 14.6
+    kw = dict(order=3, rtol=0.05, atol=0.0078, h_init=0.05, pcoeff=0.3, icoeff=1.0, dcoeff=0.2, eta=0.0)
+    theirs = ks.sample_dpm_adaptive(gaussian_denoiser, x.clone(), 0.03, 14.6, disable=True, **kw)
+    steps: list[int] = []
+    ours = sample_dpm_adaptive(gaussian_denoiser, x.clone(), None, noise_sampler=lambda a, b: torch.zeros_like(x),
+                               callback=lambda i, *a: steps.append(i), sigma_min=0.03, sigma_max=14.6, **kw)
+    assert (ours - theirs).abs().max() < 1e-4
+    plain = sample_dpm_adaptive(gaussian_denoiser, x.clone(), None, noise_sampler=lambda a, b: torch.zeros_like(x),
+                                callback=lambda *a: None, sigma_min=0.03, sigma_max=14.6,
+                                **{**kw, "pcoeff": 0.0, "dcoeff": 0.0})
+    assert (plain - ours).abs().max() > 1e-3  # the P and D terms change the path

@@ -52,3 +52,15 @@ def test_parity_with_churn(registry, sampler):
 def test_parity_with_eta(registry, sampler):
     s, sched = registry.resolve(sampler, "Automatic")
     assert run_pair(s, sched, eta=0.5) <= TOL
+
+
+@pytest.mark.parametrize("sampler", KD_FUNCTIONS)
+def test_model_calls_and_progress_steps_match_k_diffusion(registry, sampler):
+    """Same number of U-Net calls as k-diffusion's sampler (a cache key or a reused evaluation lost would add calls),
+    and the callback reports the same step indices and sigmas (what the progress bar and previews show)."""
+    s, sched = registry.resolve(sampler, "Automatic")
+    rec: dict = {}
+    assert run_pair(s, sched, record=rec) <= TOL
+    assert len(rec["ours_calls"]) == len(rec["theirs_calls"]) > 0
+    assert rec["ours_steps"] == rec["theirs_steps"] == list(range(len(rec["theirs_steps"])))
+    assert rec["ours_sigmas"] == pytest.approx(rec["theirs_sigmas"], rel=1e-5, abs=1e-6)
