@@ -8,6 +8,11 @@
 4. ParseNet segments the restored crop into face parts; a soft mask of the skin/eyes/nose/mouth parts
    is warped back with the crop, and the restored face is blended into the picture under that mask.
 
+Steps 1-4 are facexlib's ``FaceRestoreHelper`` as A1111 runs it (``get_face_landmarks_5(resize=640,
+eye_dist_threshold=5)``, ``align_warp_face``, ``paste_faces_to_input_image`` with ``use_parse=True``; checked
+against it in tests/test_face_detection.py), except that the blended picture is rounded to uint8 where
+facexlib truncates it.
+
 Pixels outside the pasted faces are left exactly as they were; a picture in which no face is found is
 returned unchanged (the same object).
 
@@ -199,13 +204,14 @@ class FaceHelpers:
         return faces
 
     def paste_mask(self, face_rgb: np.ndarray) -> np.ndarray:
-        """Soft ``512x512`` float mask in ``[0, 1]`` of the face parts in a restored uint8 RGB crop."""
+        """Soft ``512x512`` float64 mask in ``[0, 1]`` of the face parts in a restored uint8 RGB crop."""
         import cv2
 
         with torch.no_grad():
             logits = self.parser(to_tensor(face_rgb, self.device))[0]
         labels = logits.argmax(dim=1)[0].cpu().numpy()
-        mask = np.isin(labels, PASTE_CLASSES).astype(np.float32) * 255.0
+        # float64 as facexlib's mask: warpAffine interpolates a float32 mask more coarsely (up to 1/64 apart)
+        mask = np.isin(labels, PASTE_CLASSES).astype(np.float64) * 255.0
         for _ in range(2):
             mask = cv2.GaussianBlur(mask, (101, 101), 11)
         edge = 10  # keep the crop's own border out of the picture
@@ -229,6 +235,9 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
 
 
 def _center_face(faces: list[np.ndarray], width: int, height: int) -> list[np.ndarray]:
+    """The face nearest the picture's centre, measured from its landmarks' mean (facexlib's get_center_face
+    measures from the box centre, which :meth:`FaceHelpers.detect` does not keep; the two pick different faces
+    only when two faces are about equally far from the centre)."""
     center = np.array([width / 2, height / 2], dtype=np.float32)
     return [min(faces, key=lambda marks: float(np.linalg.norm(marks.mean(axis=0) - center)))]
 
@@ -268,7 +277,9 @@ def restore_faces(image: Image.Image, net_fn: NetFn, helpers: FaceHelpers, *,
         mask = helpers.paste_mask(restored)
         inverse = cv2.invertAffineTransform(matrix)
         face_back = cv2.warpAffine(restored, inverse, (w, h)).astype(np.float32)
-        mask_back = np.clip(cv2.warpAffine(mask, inverse, (w, h), flags=cv2.INTER_CUBIC), 0.0, 1.0)[:, :, None]
+        # bilinear, as facexlib's paste_faces_to_input_image: its ``flags=3`` is INTER_AREA, which warpAffine
+        # runs as INTER_LINEAR (face_restoration_helper.py); a bicubic mask strayed up to ~10 levels from it
+        mask_back = np.clip(cv2.warpAffine(mask, inverse, (w, h), flags=cv2.INTER_LINEAR), 0.0, 1.0)[:, :, None]
         out = mask_back * face_back + (1.0 - mask_back) * out
         changed = True
     if not changed:
