@@ -53,7 +53,8 @@ MODULES: dict[str, list[str]] = {
     "webui/sampling/samplers.py": ["tests/test_sampler_parity.py", "tests/test_sampler_sanity.py"],
     "webui/sampling/extra_samplers.py": ["tests/test_extra_samplers.py", "tests/test_sampler_parity.py",
                                          "tests/test_sampler_sanity.py"],
-    "webui/sampling/denoiser.py": ["tests/test_sampler_parity.py", "tests/test_pipeline.py"],
+    "webui/sampling/denoiser.py": ["tests/test_schedule_oracles.py", "tests/test_sampler_parity.py",
+                                   "tests/test_pipeline.py"],
     "webui/sampling/registry.py": ["tests/test_sampler_parity.py", "tests/test_infotext.py"],
     "webui/sampling/brownian.py": ["tests/test_sampler_parity.py"],
     "webui/sampling/flow.py": ["tests/test_flow_models.py"],
@@ -358,15 +359,52 @@ def coverage_map(scratch: Path, module: str, tests: list[str]) -> tuple[dict[int
     return {k: v for k, v in by_line.items() if v}, took, times
 
 
-def cheapest_first(tests: set[str], times: dict[str, float]) -> list[str]:
+def tree_digest(scratch: Path) -> str:
+    """A digest of the files copied into ``scratch`` that tests can depend on (not docs or benchmarks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in scratch.rglob("*") if p.is_file() and ".venv" not in p.parts
+                       and p.relative_to(scratch).parts[0] not in ("docs", "benchmarks") and p.suffix != ".md"
+                       and not p.name.startswith((".coverage", ".times", ".failed", "_mutation_contexts"))):
+        h.update(str(path.relative_to(scratch)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached_coverage_map(scratch: Path, module: str, tests: list[str], digest: str
+                        ) -> tuple[dict[int, set[str]], float, dict[str, float]]:
+    """:func:`coverage_map`, kept in ``~/.cache/webui-mutation`` per module and tree digest (a rerun of an unchanged
+    tree skips the coverage run, minutes per module)."""
+    cache = Path.home() / ".cache" / "webui-mutation" / f"{Path(module).stem}-{digest}.json"
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        return {int(k): set(v) for k, v in data["by_line"].items()}, data["took"], data["times"]
+    by_line, took, times = coverage_map(scratch, module, tests)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"by_line": {k: sorted(v) for k, v in by_line.items()}, "took": took,
+                                 "times": times}))
+    return by_line, took, times
+
+
+def cheapest_first(tests: set[str], times: dict[str, float], budget: float = 0.0) -> list[str]:
     """The tests to run for one mutant, in the order most likely to kill it soonest under ``-x``: files by the
     summed time of their selected tests (a file's fixtures are set up once), and within a file the quickest
-    test first."""
+    test first. With ``budget`` (seconds of the tests' recorded time), only the quickest tests that fit in it
+    (at least one): a mutant they miss counts as survived, so the score is then a lower bound."""
+    ranked = sorted(tests, key=lambda t: (times.get(t, 1.0), t))
+    if budget:
+        kept, spent = [], 0.0
+        for t in ranked:
+            if kept and spent + times.get(t, 1.0) > budget:
+                break
+            kept.append(t)
+            spent += times.get(t, 1.0)
+        ranked = kept
     per_file: dict[str, list[str]] = {}
-    for t in tests:
+    for t in ranked:
         per_file.setdefault(t.split("::", 1)[0], []).append(t)
     ordered = sorted(per_file.values(), key=lambda ts: sum(times.get(t, 1.0) for t in ts))
-    return [t for ts in ordered for t in sorted(ts, key=lambda t: (times.get(t, 1.0), t))]
+    return [t for ts in ordered for t in ts]
 
 
 def _preload() -> None:
@@ -435,7 +473,8 @@ def _append_log(path: Path | None, key: str, verdict: str) -> None:
 
 
 def _run_share(scratch: Path, module: str, share: list[Mutant], by_line: dict[int, set[str]],
-               times: dict[str, float], timeout: float, log: Path | None, threads: int, worker: int) -> dict[str, str]:
+               times: dict[str, float], timeout: float, log: Path | None, threads: int, worker: int,
+               budget: float = 0.0) -> dict[str, str]:
     """One worker's mutants, in its own scratch copy; verdicts by key (also appended to ``log``)."""
     if threads:
         import torch
@@ -449,7 +488,7 @@ def _run_share(scratch: Path, module: str, share: list[Mutant], by_line: dict[in
         if not tests:
             verdict = "not covered"
         else:
-            verdict = run_mutant(scratch, m, original, cheapest_first(tests, times), timeout=timeout)
+            verdict = run_mutant(scratch, m, original, cheapest_first(tests, times, budget), timeout=timeout)
         out[m.key] = verdict
         _append_log(log, m.key, verdict)
         print(f"[{module} w{worker}] {i}/{len(share)} {verdict:11s} {m.key}  ({time.monotonic() - started:.0f} s)",
@@ -471,6 +510,9 @@ def main() -> None:
                         help="with --log: run the logged survivors (and not-covered mutants) again, e.g. after new "
                         "tests")
     parser.add_argument("--timeout-factor", type=float, default=3.0)
+    parser.add_argument("--test-budget", type=float, default=0.0,
+                        help="run at most this many seconds (as timed in the coverage run) of the quickest covering "
+                        "tests per mutant; 0 = all of them. A mutant they miss counts as survived (a lower bound)")
     parser.add_argument("--list", metavar="MODULE", help="print the mutants of MODULE and stop")
     parser.add_argument("--out", default="", help="also write the JSON here")
     args = parser.parse_args()
@@ -499,6 +541,7 @@ def main() -> None:
     log = Path(args.log) if args.log else None
     logged = _read_log(log)
     equivalent = equivalent_keys()
+    digest = tree_digest(scratches[0])
     report: dict[str, dict] = {}
     for module in modules:
         res = Result(module)
@@ -511,11 +554,12 @@ def main() -> None:
         pending = [m for m in mutants if m.key not in verdicts and m.key not in equivalent]
         took = 0.0
         if pending:
-            by_line, took, times = coverage_map(scratches[0], module, MODULES[module])
-            timeout = args.timeout_factor * took + 30
+            by_line, took, times = cached_coverage_map(scratches[0], module, MODULES[module], digest)
+            timeout = args.timeout_factor * (min(took, args.test_budget) if args.test_budget else took) + 30
             shares = [pending[i::jobs] for i in range(jobs)]
             if jobs == 1:
-                verdicts.update(_run_share(scratches[0], module, shares[0], by_line, times, timeout, log, 0, 0))
+                verdicts.update(_run_share(scratches[0], module, shares[0], by_line, times, timeout, log, 0, 0,
+                                           args.test_budget))
             else:
                 pids = []
                 for w, share in enumerate(shares):
@@ -523,7 +567,8 @@ def main() -> None:
                     if pid == 0:
                         code = 0
                         try:
-                            _run_share(scratches[w], module, share, by_line, times, timeout, log, threads, w)
+                            _run_share(scratches[w], module, share, by_line, times, timeout, log, threads, w,
+                                       args.test_budget)
                         except BaseException:  # noqa: BLE001
                             code = 1
                         os._exit(code)
@@ -547,7 +592,8 @@ def main() -> None:
         report[module] = {"mutants": res.mutants, "killed": res.killed, "timeouts": res.timeouts,
                           "survived": res.survived, "not_covered": res.not_covered,
                           "equivalent_excluded": len(res.equivalent), "score": res.score(),
-                          "sampled": bool(args.sample), "tests_seconds": round(took, 1)}
+                          "sampled": bool(args.sample), "tests_seconds": round(took, 1),
+                          "test_budget_s": args.test_budget or None}
     text = json.dumps(report, indent=1)
     if args.out:
         Path(args.out).write_text(text)
