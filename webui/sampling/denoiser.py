@@ -117,6 +117,10 @@ class Denoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if sigma.device.type == "cpu":
             return self._call_host_sigma(x, sigma)
+        return self._call_device_sigma(x, sigma)
+
+    def _call_device_sigma(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The same as :meth:`_call_host_sigma`, with every scaling computed on the sigma's device."""
         sigma = sigma.to(x.dtype)
         s = sigma.view(-1, *([1] * (x.ndim - 1)))
         t = self.schedule.sigma_to_t(sigma.float())
