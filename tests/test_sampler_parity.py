@@ -88,3 +88,42 @@ def test_denoiser_equals_k_diffusion_on_both_paths(prediction_type, sigmas):
     expected = theirs(x, sigma)
     torch.testing.assert_close(ours(x, sigma), expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours._call_device_sigma(x, sigma), expected, rtol=1e-4, atol=1e-5)
+
+
+#: A1111 1.10's ``modules/sd_samplers_kdiffusion.py`` ``samplers_k_diffusion`` (and ``Restart``), written out by
+#: hand: name -> (aliases, options). The flags decide the step count (second_order), the sigma grid
+#: (discard_next_to_last_sigma, scheduler), and the noise (brownian_noise, uses_ensd) -- and
+#: tests/sampler_parity.py feeds k-diffusion from our flags, so only this table checks them.
+A1111_SAMPLERS = {
+    "DPM++ 2M": (["k_dpmpp_2m"], {"scheduler": "karras"}),
+    "DPM++ SDE": (["k_dpmpp_sde"], {"scheduler": "karras", "second_order": True, "brownian_noise": True}),
+    "DPM++ 2M SDE": (["k_dpmpp_2m_sde"], {"scheduler": "exponential", "brownian_noise": True}),
+    "DPM++ 2M SDE Heun": (["k_dpmpp_2m_sde_heun"], {"scheduler": "exponential", "brownian_noise": True,
+                                                    "solver_type": "heun"}),
+    "DPM++ 2S a": (["k_dpmpp_2s_a"], {"scheduler": "karras", "uses_ensd": True, "second_order": True}),
+    "DPM++ 3M SDE": (["k_dpmpp_3m_sde"], {"scheduler": "exponential", "discard_next_to_last_sigma": True,
+                                          "brownian_noise": True}),
+    "Euler a": (["k_euler_a", "k_euler_ancestral"], {"uses_ensd": True}),
+    "Euler": (["k_euler"], {}),
+    "LMS": (["k_lms"], {}),
+    "Heun": (["k_heun"], {"second_order": True}),
+    "DPM2": (["k_dpm_2"], {"scheduler": "karras", "discard_next_to_last_sigma": True, "second_order": True}),
+    "DPM2 a": (["k_dpm_2_a"], {"scheduler": "karras", "discard_next_to_last_sigma": True, "uses_ensd": True,
+                               "second_order": True}),
+    "DPM fast": (["k_dpm_fast"], {"uses_ensd": True}),
+    "DPM adaptive": (["k_dpm_ad"], {"uses_ensd": True}),
+    "Restart": (["restart"], {"scheduler": "karras", "second_order": True}),
+}
+
+
+@pytest.mark.parametrize("name", A1111_SAMPLERS)
+def test_sampler_flags_equal_a1111(registry, name):
+    aliases, options = A1111_SAMPLERS[name]
+    s, _ = registry.resolve(name, "Automatic")
+    assert s.name == name and list(s.aliases) == aliases
+    for flag in ("second_order", "discard_next_to_last_sigma", "brownian_noise", "uses_ensd"):
+        assert getattr(s, flag) is bool(options.get(flag)), flag
+    assert s.default_scheduler == options.get("scheduler")
+    assert s.options == {k: v for k, v in options.items() if k == "solver_type"}
+    # GET /sdapi/v1/samplers: A1111's options dict, values as strings
+    assert s.public_options() == {k: str(v) for k, v in options.items()}
