@@ -349,13 +349,16 @@ def coverage_map(scratch: Path, module: str, tests: list[str]) -> tuple[dict[int
     failed = set(filter(None, failed_file.read_text().splitlines())) if failed_file.is_file() else set()
     if failed:
         print(f"[{module}] failing without a mutant, left out: {sorted(failed)}", file=sys.stderr)
+    times = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    every_test = {t for t in times if t not in failed} or set(tests)
     data = coverage.CoverageData(basename=str(data_file))
     data.read()
     by_line: dict[int, set[str]] = {}
     for line, contexts in (data.contexts_by_lineno(str(scratch / module)) or {}).items():
         named = {c for c in contexts if c and c not in failed}
-        by_line[line] = set(tests) if "" in contexts else named
-    times = json.loads(times_file.read_text()) if times_file.is_file() else {}
+        # a line run at import (module constants, defaults) may matter to any test: all of them, by id, so that
+        # --test-budget picks the quickest
+        by_line[line] = every_test if "" in contexts else named
     return {k: v for k, v in by_line.items() if v}, took, times
 
 
@@ -480,6 +483,9 @@ def _run_share(scratch: Path, module: str, share: list[Mutant], by_line: dict[in
         import torch
 
         torch.set_num_threads(threads)
+        # tests/conftest.py gives each pytest process cores / PYTEST_XDIST_WORKER_COUNT torch threads: without this
+        # every mutant's pytest took 2 threads and the oversubscribed cores ran ~5x slower
+        os.environ["PYTEST_XDIST_WORKER_COUNT"] = str(max(1, (os.cpu_count() or 1) // threads))
     original = (scratch / module).read_text(encoding="utf-8")
     out: dict[str, str] = {}
     started = time.monotonic()
@@ -507,8 +513,8 @@ def main() -> None:
     parser.add_argument("--log", default="", help="JSON lines of verdicts, appended as they come; verdicts already "
                         "there are reused, so an interrupted run resumes")
     parser.add_argument("--recheck-survivors", action="store_true",
-                        help="with --log: run the logged survivors (and not-covered mutants) again, e.g. after new "
-                        "tests")
+                        help="with --log: run the logged survivors, not-covered and timed-out mutants again, e.g. "
+                        "after new tests or on a quieter machine")
     parser.add_argument("--timeout-factor", type=float, default=3.0)
     parser.add_argument("--test-budget", type=float, default=0.0,
                         help="run at most this many seconds (as timed in the coverage run) of the quickest covering "
@@ -548,7 +554,7 @@ def main() -> None:
         mutants = find_mutants(module, scratches[0])
         if args.sample and len(mutants) > args.sample:
             mutants = sorted(random.Random(args.seed).sample(mutants, args.sample), key=lambda m: m.start)
-        rerun = {"survived", "not covered"} if args.recheck_survivors else set()
+        rerun = {"survived", "not covered", "timeout"} if args.recheck_survivors else set()
         verdicts = {m.key: logged[m.key] for m in mutants
                     if m.key in logged and logged[m.key] not in rerun and m.key not in equivalent}
         pending = [m for m in mutants if m.key not in verdicts and m.key not in equivalent]

@@ -127,3 +127,28 @@ def test_sampler_flags_equal_a1111(registry, name):
     assert s.options == {k: v for k, v in options.items() if k == "solver_type"}
     # GET /sdapi/v1/samplers: A1111's options dict, values as strings
     assert s.public_options() == {k: str(v) for k, v in options.items()}
+
+
+@pytest.mark.parametrize("name,scheduler,expected", [
+    # A1111's get_sampler_and_scheduler (modules/sd_samplers.py): with the schedule left at Automatic, a sampler
+    # name ending in " <schedule label>" is split into the sampler and that schedule (the pre-1.9 combined names)
+    ("DPM++ 2M Karras", None, ("DPM++ 2M", "karras")),
+    ("DPM++ 2M SDE Exponential", "", ("DPM++ 2M SDE", "exponential")),
+    ("Euler a SGM Uniform", "Automatic", ("Euler a", "sgm_uniform")),
+    ("Euler Polyexponential", "automatic", ("Euler", "polyexponential")),
+    ("LMS Uniform", None, ("LMS", "uniform")),
+    ("DPM++ 2M Karras", "Exponential", ("DPM++ 2M", "exponential")),  # a schedule given explicitly wins
+    ("DPM++ 2M", None, ("DPM++ 2M", "karras")),  # the sampler's own default schedule
+    ("Euler", None, ("Euler", None)),
+])
+def test_legacy_combined_sampler_names(registry, name, scheduler, expected):
+    s, sched = registry.resolve(name, scheduler)
+    assert (s.name, sched.name if sched else None) == expected
+
+
+def test_unknown_legacy_name_names_the_field(registry):
+    from webui.errors import UnknownChoice
+
+    with pytest.raises(UnknownChoice) as err:
+        registry.resolve("Nonsense Karras", None)
+    assert err.value.field == "sampler_name"
