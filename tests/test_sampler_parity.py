@@ -133,7 +133,8 @@ def test_sampler_flags_equal_a1111(registry, name):
     # A1111's get_sampler_and_scheduler (modules/sd_samplers.py): with the schedule left at Automatic, a sampler
     # name ending in " <schedule label>" is split into the sampler and that schedule (the pre-1.9 combined names)
     ("DPM++ 2M Karras", None, ("DPM++ 2M", "karras")),
-    ("DPM++ 2M SDE Exponential", "", ("DPM++ 2M SDE", "exponential")),
+    ("DPM++ 2M SDE Exponential", None, ("DPM++ 2M SDE", "exponential")),
+    ("LMS Karras", "", ("LMS", "karras")),  # LMS has no default schedule of its own
     ("Euler a SGM Uniform", "Automatic", ("Euler a", "sgm_uniform")),
     ("Euler Polyexponential", "automatic", ("Euler", "polyexponential")),
     ("LMS Uniform", None, ("LMS", "uniform")),
