@@ -153,3 +153,27 @@ def test_unknown_legacy_name_names_the_field(registry):
     with pytest.raises(UnknownChoice) as err:
         registry.resolve("Nonsense Karras", None)
     assert err.value.field == "sampler_name"
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("swapped", [False, True])
+def test_brownian_noise_equals_k_diffusion_both_directions(batch, swapped):
+    """Our per-image Brownian trees against k-diffusion's BrownianTreeNoiseSampler (what A1111 builds for the SDE
+    samplers), one seed per image: queried downwards (sampling) and upwards, built with the interval ends in either
+    order."""
+    import torch
+
+    from tests.kdiffusion_oracle import load
+    from webui.sampling.brownian import BrownianTreeNoise
+
+    ks, _ = load()
+    x = torch.zeros(batch, 4, 8, 8)
+    seeds = [11, 12][:batch]
+    ends = (0.03, 14.6)[::-1] if swapped else (0.03, 14.6)
+    ours = BrownianTreeNoise(x, *ends, seeds)
+    theirs = ks.BrownianTreeNoiseSampler(x, *ends, seed=seeds)
+    for a, b in [(14.6, 7.0), (7.0, 1.5), (1.5, 0.03), (0.5, 3.0)]:
+        mine, ref = ours(torch.tensor(a), torch.tensor(b)), theirs(torch.tensor(a), torch.tensor(b))
+        assert mine.shape == x.shape
+        torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-5)
+        assert float(mine.std()) > 0.5  # N(0, 1) increments, not zeros
