@@ -166,6 +166,38 @@ CASES = {"sd3": lambda: tiny_sd3(), "sd3 without T5": lambda: tiny_sd3(t5=False,
          "flux dev": lambda: tiny_flux(seed=1), "flux schnell": lambda: tiny_flux(dev=False, seed=2)}
 
 
+#: diffusers' FlowMatchEulerDiscreteScheduler as the released models configure it (scheduler/scheduler_config.json of
+#: stabilityai/stable-diffusion-3.5-large, black-forest-labs/FLUX.1-dev and FLUX.1-schnell)
+SCHEDULER_CONFIGS = {
+    "sd3": dict(shift=3.0),
+    "flux dev": dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                     max_image_seq_len=4096),
+    "flux schnell": dict(shift=1.0, use_dynamic_shifting=False, base_shift=0.5, max_shift=1.15,
+                         base_image_seq_len=256, max_image_seq_len=4096),
+}
+
+
+def reference_flow_sigmas(case: str, steps: int, width: int, height: int) -> torch.Tensor:
+    """The "Simple" schedule (A1111 1.10 / Forge simple_scheduler, tests/schedule_oracle.py) over the model's 1000
+    training sigmas as diffusers computes them: the scheduler's shifted sigmas, FLUX.1 dev's shifted by diffusers'
+    ``time_shift`` with ``mu`` from FluxPipeline's ``calculate_shift`` of the image's 2x2-patch count."""
+    from types import SimpleNamespace
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from tests.schedule_oracle import a1111_sigmas
+
+    config = SCHEDULER_CONFIGS["sd3" if case.startswith("sd3") else case]
+    scheduler = FlowMatchEulerDiscreteScheduler(**config)
+    train = scheduler.sigmas.double().flip(0)  # ascending, like k-diffusion's model sigmas
+    if config.get("use_dynamic_shifting"):
+        mu = calculate_shift((width // 16) * (height // 16), config["base_image_seq_len"], config["max_image_seq_len"],
+                             config["base_shift"], config["max_shift"])
+        train = scheduler.time_shift(mu, 1.0, train)
+    return a1111_sigmas("simple", steps, SimpleNamespace(sigmas=train.float()))
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_txt2img_equals_the_diffusers_pipeline_on_the_same_weights(ctx, case):
     """Euler, CFG 4 with a negative prompt (FLUX.1: diffusers' ``true_cfg_scale``, distilled guidance 3.5),
@@ -180,7 +212,11 @@ def test_txt2img_equals_the_diffusers_pipeline_on_the_same_weights(ctx, case):
     ours = np.asarray(result.images[0], dtype=np.float32) / 255
     assert np.array_equal(np.asarray(result.images[0]), np.asarray(again.images[0]))
     sampler, schedule = ctx.samplers.resolve("Euler", "simple")
-    sigmas = sigmas_for(sampler, schedule, steps, flow_schedule(*model_shift(c.spec, width, height), c.spec.family))
+    sigmas = reference_flow_sigmas(case, steps, width, height)
+    ours_sigmas = sigmas_for(sampler, schedule, steps, flow_schedule(*model_shift(c.spec, width, height),
+                                                                     c.spec.family))
+    # float32 on both sides, and our FLUX.1 mu is rounded to 4 decimals (it is written into the infotext as "Shift")
+    torch.testing.assert_close(ours_sigmas.double(), sigmas.double(), rtol=5e-5, atol=1e-5)
     noise = ImageRNG((16, height // 8, width // 8), [5], device=torch.device("cpu"),
                      source=str(opts.get("randn_source", "GPU"))).first()
     kw = dict(prompt="a red cube", negative_prompt="blurry", num_inference_steps=steps, height=height, width=width,
@@ -518,3 +554,46 @@ def test_sdxl_style_embeddings_work_on_sd3s_clip_encoders(ctx, tmp_path):
     env_without = dataclasses.replace(ctx.pipeline_env(), embeddings=EmbeddingDB([tmp_path / "none"]))
     without = generate(env_without, model, req, Job(kind="txt2img"), opts)
     assert not np.array_equal(np.asarray(styled.images[0]), np.asarray(without.images[0]))
+
+
+def _comfy_euler_ancestral_rf(model, x, sigmas, noise, eta, s_noise):
+    """ComfyUI's ``sample_euler_ancestral_RF`` (comfy/k_diffusion/sampling.py; Forge runs the same for flow models),
+    restated: step down to ``sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)`` along the line to
+    the denoised picture, then rescale by ``alpha_next / alpha_down`` and add noise with
+    ``sqrt(sigma_next^2 - sigma_down^2 alpha_next^2 / alpha_down^2)``; the last step (to 0) returns the denoised."""
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        denoised = model(x, torch.full((x.shape[0],), s))
+        if s_next == 0:
+            x = denoised
+            continue
+        s_down = s_next * (1 + (s_next / s - 1) * eta)
+        a_next, a_down = 1 - s_next, 1 - s_down
+        coeff = (s_next ** 2 - s_down ** 2 * a_next ** 2 / a_down ** 2) ** 0.5
+        x = (s_down / s) * x + (1 - s_down / s) * denoised
+        if eta > 0:
+            x = (a_next / a_down) * x + noise[i] * s_noise * coeff
+    return x
+
+
+@pytest.mark.parametrize("eta,s_noise", [(1.0, 1.0), (0.5, 0.8), (0.0, 1.0)])
+def test_flow_euler_ancestral_equals_comfyui_rf_sampler(eta, s_noise):
+    from webui.sampling.flow import sample_euler_ancestral_flow
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    sigmas = torch.tensor([1.0, 0.8, 0.55, 0.3, 0.1, 0.0])
+    noise = [torch.randn(2, 4, 8, 8, generator=g) for _ in range(len(sigmas) - 1)]
+
+    def model(z, sigma):  # any fixed denoiser: the two samplers must agree on it
+        return z * (1 - sigma.view(-1, 1, 1, 1)) * 0.7 + 0.1
+
+    calls = iter(noise)
+    steps: list[int] = []
+    ours = sample_euler_ancestral_flow(model, x.clone(), sigmas, noise_sampler=lambda a, b: next(calls),
+                                       callback=lambda i, *a: steps.append(i), eta=eta, s_noise=s_noise)
+    expected = _comfy_euler_ancestral_rf(model, x.clone(), sigmas, noise, eta, s_noise)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+    assert steps == list(range(len(sigmas) - 1))
+    if eta:
+        assert not torch.allclose(ours, _comfy_euler_ancestral_rf(model, x.clone(), sigmas, noise, 0.0, 1.0))
