@@ -85,6 +85,7 @@ class Mutant:
     end: tuple[int, int]
     replacement: str
     description: str
+    stmt_line: int = 0  # first line of the innermost statement holding the change (what coverage records)
 
     @property
     def key(self) -> str:
@@ -267,11 +268,17 @@ class _Finder(ast.NodeVisitor):
 def find_mutants(module: str, root: Path = ROOT) -> list[Mutant]:
     source = (root / module).read_text(encoding="utf-8")
     finder = _Finder(module, source)
-    finder.visit(ast.parse(source))
+    tree = ast.parse(source)
+    finder.visit(tree)
+    # coverage records a statement on its first line only: a change on a continuation line of a multi-line
+    # statement (a call's later arguments, a list's items) is run whenever that first line is
+    statements = [(n.lineno, n.end_lineno or n.lineno) for n in ast.walk(tree) if isinstance(n, ast.stmt)]
     seen, out = set(), []
     for m in sorted(finder.found, key=lambda m: (m.start, m.end, m.description)):
         if (m.start, m.end, m.replacement) not in seen:
             seen.add((m.start, m.end, m.replacement))
+            holding = [a for a, b in statements if a <= m.line and b >= m.end_line]
+            m.stmt_line = max(holding) if holding else m.line
             out.append(m)
     return out
 
@@ -490,7 +497,8 @@ def _run_share(scratch: Path, module: str, share: list[Mutant], by_line: dict[in
     out: dict[str, str] = {}
     started = time.monotonic()
     for i, m in enumerate(share, 1):
-        tests = set().union(*(by_line.get(line, set()) for line in range(m.line, m.end_line + 1)))
+        tests = set().union(*(by_line.get(line, set()) for line in range(min(m.stmt_line or m.line, m.line),
+                                                                          m.end_line + 1)))
         if not tests:
             verdict = "not covered"
         else:

@@ -568,3 +568,58 @@ def test_format_parse_round_trip(prompt: str, negative: str, params: dict[str, o
     for key, value in params.items():
         for expected_key, expected_value in _expected_entries(key, value).items():
             assert parsed[expected_key] == expected_value
+
+
+def test_every_public_name_exists() -> None:
+    """``__all__`` is what extensions import with ``from webui.infotext import *``: every name must be there."""
+    import webui.infotext as module
+
+    assert module.__all__ and all(hasattr(module, name) for name in module.__all__)
+
+
+def test_every_request_key_as_a1111_writes_it() -> None:
+    """One infotext with every key the request mapping knows, written the way A1111 1.10 writes them
+    (processing.py create_infotext; hires and inpaint keys from its scripts), and the API fields A1111's paste
+    wiring fills from them (infotext_utils.py: Size / Seed resize from / Hires resize split in two; choice radios
+    by their label's index; "Face restoration" present = on)."""
+    text = ("a cat\nNegative prompt: dog\nSteps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, "
+            "CFG Rescale φ: 0.7, Distilled CFG Scale: 3.5, Seed: 42, Size: 512x768, Variation seed: 7, "
+            "Variation seed strength: 0.25, Seed resize from: 256x384, Denoising strength: 0.5, Hires upscale: 2, "
+            "Hires upscaler: Latent, Hires steps: 10, Hires resize: 1024x1536, Hires sampler: DPM++ 2M, "
+            "Hires schedule type: Exponential, Hires checkpoint: other.safetensors, Hires prompt: \"hp, x\", "
+            "Hires negative prompt: hn, Clip skip: 2, Old prompt editing timelines: True, "
+            "Downcast alphas_cumprod: True, Noise Schedule: Zero Terminal SNR, VAE: x.safetensors, "
+            "Refiner: ref.safetensors, Refiner switch at: 0.8, Face restoration: CodeFormer, Tiling: True, "
+            "Mask blur: 4, Mask mode: Inpaint not masked, Masked content: latent noise, Inpaint area: Only masked, "
+            "Masked area padding: 32")
+    expected = {
+        "prompt": "a cat", "negative_prompt": "dog", "steps": 20, "sampler_name": "Euler a", "scheduler": "Karras",
+        "cfg_scale": 7.0, "cfg_rescale": 0.7, "distilled_cfg_scale": 3.5, "seed": 42, "width": 512, "height": 768,
+        "subseed": 7, "subseed_strength": 0.25, "seed_resize_from_w": 256, "seed_resize_from_h": 384,
+        "denoising_strength": 0.5, "enable_hr": True, "hr_scale": 2.0, "hr_upscaler": "Latent",
+        "hr_second_pass_steps": 10, "hr_resize_x": 1024, "hr_resize_y": 1536, "hr_sampler_name": "DPM++ 2M",
+        "hr_scheduler": "Exponential", "hr_checkpoint_name": "other.safetensors", "hr_prompt": "hp, x",
+        "hr_negative_prompt": "hn", "refiner_checkpoint": "ref.safetensors", "refiner_switch_at": 0.8,
+        "restore_faces": True, "tiling": True, "mask_blur": 4, "inpainting_mask_invert": 1, "inpainting_fill": 2,
+        "inpaint_full_res": True, "inpaint_full_res_padding": 32,
+        "override_settings": {"CLIP_stop_at_last_layers": 2, "use_old_scheduling": True,
+                              "use_downcasted_alpha_bar": True, "sd_noise_schedule": "Zero Terminal SNR",
+                              "sd_vae": "x.safetensors"},
+    }
+    assert infotext_to_request(parse_infotext(text)) == expected
+    other = infotext_to_request(parse_infotext(
+        "x\nSteps: 2, Tiling: False, Mask mode: Inpaint masked, Masked content: fill, Inpaint area: Whole picture, "
+        "Old prompt editing timelines: False"))
+    assert (other["tiling"], other["inpainting_mask_invert"], other["inpainting_fill"], other["inpaint_full_res"],
+            other["override_settings"]) == (False, 0, 0, False, {"use_old_scheduling": False,
+                                                                 "CLIP_stop_at_last_layers": 1})  # A1111: missing = 1
+    assert "restore_faces" not in infotext_to_request(parse_infotext("x\nSteps: 2"))
+
+
+@pytest.mark.parametrize("text,expected", [('"a, b"', "a, b"), (' "a" ', ' "a" '), ('"', '"'), ('"a', '"a'),
+                                           ('"1"', "1"), ("12", "12"), ('"\\u00e9"', "é"), ('"bad\\"', '"bad\\"')])
+def test_unquote_only_decodes_a_whole_quoted_json_string(text, expected) -> None:
+    # A1111 infotext_utils.unquote: unchanged unless the text starts and ends with '"'; then json.loads, or unchanged
+    from webui.infotext import unquote
+
+    assert unquote(text) == expected

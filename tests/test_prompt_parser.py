@@ -514,3 +514,10 @@ def test_schedules_of_random_prompts_agree_with_a1111(prompt: str, steps: int, h
 @given(st.one_of(structured_prompt, random_prompt))
 def test_emphasis_and_composition_agree_with_a1111(prompt: str) -> None:
     _emphasis_and_and_agree(prompt)
+
+
+def test_every_public_name_exists() -> None:
+    """``__all__`` is what extensions import with ``from webui.prompts.parser import *``: every name must be there."""
+    import webui.prompts.parser as module
+
+    assert module.__all__ and all(hasattr(module, name) for name in module.__all__)
