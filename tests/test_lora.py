@@ -283,3 +283,54 @@ def test_ui_picker_inserts_lora_tag(lora_ctx):
         client = Client(srv.url, verbose=False)
         assert client.predict("a cat", "film", api_name="/txt2img_add_lora") == "a cat <lora:film:1>"
         assert client.predict("", "film_ldm", api_name="/txt2img_add_lora") == "<lora:film_ldm:1>"
+
+
+def test_lokr_with_both_factors_decomposed_and_a_half_precision_alpha(lora_ctx, tmp_path):
+    """A LoKr whose Kronecker factors are both stored as low-rank pairs (LyCORIS ``decompose_both``), with the alpha
+    saved in float16 as trainers do: A1111's network_lokr.py -- w1 = w1_a @ w1_b, w2 = w2_a @ w2_b, the dim taken
+    from w2_b, scale = alpha.item() / dim (a Python float: 5 / 3, not float16's 1.667)."""
+    comps = lora_ctx.models.current.components
+    name = next(iter(UNET_TARGETS))
+    module = dict(comps.unet.named_modules())[name]
+    out_f, in_f = module.weight.shape
+    key = "lora_unet_" + name.replace(".", "_")
+    g = torch.Generator().manual_seed(8)
+    lokr = {key + ".lokr_w1_a": torch.randn(4, 2, generator=g), key + ".lokr_w1_b": torch.randn(2, 4, generator=g),
+            key + ".lokr_w2_a": torch.randn(out_f // 4, 3, generator=g),
+            key + ".lokr_w2_b": torch.randn(3, in_f // 4, generator=g),
+            key + ".alpha": torch.tensor(5.0, dtype=torch.float16)}
+    save_file(lokr, str(tmp_path / "lokr2.safetensors"))
+    w1 = lokr[key + ".lokr_w1_a"] @ lokr[key + ".lokr_w1_b"]
+    w2 = lokr[key + ".lokr_w2_a"] @ lokr[key + ".lokr_w2_b"]
+    original = module.weight.detach().clone()
+    applied = apply_loras(comps, [(read_lora(tmp_path / "lokr2.safetensors"), 1.0, 0.8)])
+    torch.testing.assert_close(module.weight - original, torch.kron(w1, w2) * (5.0 / 3) * 0.8, rtol=1e-5, atol=1e-5)
+    applied.restore()
+    assert torch.equal(module.weight, original)
+
+
+def test_registry_lists_a1111s_suffixes_and_keeps_eight_files_in_ram(tmp_path, monkeypatch):
+    """A1111 lists .safetensors, .pt and .ckpt LoRA files (networks.py); the registry reads a file once and keeps
+    the last CACHE_SIZE (8) read in RAM, the least recently used one leaving first."""
+    from webui.networks import lora as lora_module
+    from webui.networks.lora import CACHE_SIZE, LoraRegistry
+
+    pair = {"lora_unet_x.lora_down.weight": torch.ones(1, 2), "lora_unet_x.lora_up.weight": torch.ones(2, 1)}
+    save_file(pair, str(tmp_path / "a.safetensors"))
+    torch.save(pair, tmp_path / "b.pt")
+    torch.save(pair, tmp_path / "c.ckpt")
+    (tmp_path / "d.txt").write_text("not a LoRA")
+    (tmp_path / "more").mkdir()
+    for i in range(CACHE_SIZE - 2):
+        save_file(pair, str(tmp_path / "more" / f"m{i}.safetensors"))
+    reg = LoraRegistry([tmp_path])
+    assert CACHE_SIZE == 8
+    assert {"a", "b", "c"} <= set(reg.names()) and "d" not in reg.names()
+    reads: list[str] = []
+    real = lora_module.read_lora
+    monkeypatch.setattr(lora_module, "read_lora", lambda path: reads.append(path.stem) or real(path))
+    order = ["a", "b", "c", *(f"m{i}" for i in range(CACHE_SIZE - 2))]  # 9 files
+    for name in order:
+        assert reg.get(name) is not None
+    assert reg.get("c") is not None and reads.count("c") == 1  # still cached: among the last 8
+    assert reg.get("a") is not None and reads.count("a") == 2  # evicted by the ninth file, read again
