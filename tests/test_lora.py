@@ -332,5 +332,5 @@ def test_registry_lists_a1111s_suffixes_and_keeps_eight_files_in_ram(tmp_path, m
     order = ["a", "b", "c", *(f"m{i}" for i in range(CACHE_SIZE - 2))]  # 9 files
     for name in order:
         assert reg.get(name) is not None
-    assert reg.get("c") is not None and reads.count("c") == 1  # still cached: among the last 8
+    assert reg.get("b") is not None and reads.count("b") == 1  # still cached: the oldest of the last 8
     assert reg.get("a") is not None and reads.count("a") == 2  # evicted by the ninth file, read again
