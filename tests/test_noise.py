@@ -1,0 +1,41 @@
+"""webui.pipeline.noise: seeds and noise as A1111's processing.py / rng.py make them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from webui.pipeline.noise import ImageRNG, paste_centered, resolve_seed
+from webui.pipeline.request import MAX_SEED
+
+
+@pytest.mark.parametrize("seed", [None, -1])
+def test_random_seed_for_none_and_minus_one(seed):
+    drawn = {resolve_seed(seed) for _ in range(20)}
+    assert all(0 <= s < MAX_SEED for s in drawn) and len(drawn) > 1
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**32 - 1])
+def test_given_seed_is_kept(seed):
+    assert resolve_seed(seed) == seed
+
+
+@pytest.mark.parametrize("resize_from", [(0, 0), (0, 512), (512, 0)])
+def test_seed_resize_needs_both_sides(resize_from):
+    # A1111 rng.ImageRNG: the noise is drawn at the "resize from" size only when both sides are > 0
+    plain = ImageRNG((4, 8, 8), [5], device=torch.device("cpu")).first()
+    resized = ImageRNG((4, 8, 8), [5], device=torch.device("cpu"), seed_resize_from=resize_from).first()
+    assert torch.equal(plain, resized)
+
+
+def test_paste_centered_pads_and_crops_like_a1111():
+    # A1111 rng.py: the noise drawn at the old size is pasted centred into fresh noise of the new size, cropped
+    # where the old size is larger: dx = (new - old) // 2 per axis
+    big = torch.zeros(1, 6, 6)
+    small = torch.arange(16.0).view(1, 4, 4) + 1
+    out = paste_centered(small, big)
+    assert torch.equal(out[0, 1:5, 1:5], small[0]) and out.sum() == small.sum()
+    cropped = paste_centered(torch.arange(36.0).view(1, 6, 6), torch.zeros(1, 4, 4))
+    assert torch.equal(cropped[0], torch.arange(36.0).view(6, 6)[1:5, 1:5])
+    same = paste_centered(small, torch.zeros(1, 4, 4))
+    assert torch.equal(same, small)
