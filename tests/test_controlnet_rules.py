@@ -309,3 +309,24 @@ def test_balanced_unit_gives_what_diffusers_controlnet_pipeline_gives(world):
     change = np.abs(ours_px - plain_px)  # and the ControlNet matters at this tolerance
     assert change.mean() > 3 / 255 and change.max() > 20 / 255, (change.mean() * 255, change.max() * 255)
     assert math.isclose(float(sigmas[-1]), 0.0)
+
+
+def test_two_units_add_their_residuals(world):
+    """sd-webui-controlnet sums the units' outputs (hook.py: ``total_controlnet_embedding`` += each unit's): a
+    balanced unit and a soft-injection one on the same picture give the sum of their scales."""
+    ctx, cn = world
+    log = _record(ctx, [_unit(weight=0.7), _unit(weight=0.4, control_mode="My prompt is more important")])
+    mixed = [a + b for a, b in zip([0.7] * 5, _soft(0.4, 5))]
+    _check(cn, log, _hint(picture(), 64), [mixed] * 2)
+
+
+def test_two_adapter_units_add_their_features(world):
+    ctx, _ = world
+    log = _record(ctx, [_unit(model="t2iadapter_tiny", weight=0.7), _unit(model="t2iadapter_tiny", weight=0.5)],
+                  adapters=True)
+    with torch.no_grad():
+        raw = _adapter()(_hint(picture(), 64))
+    assert log
+    for call, out in log:
+        for a, r in zip(out, raw):
+            torch.testing.assert_close(a, r.expand(call.x.shape[0], -1, -1, -1) * 1.2, rtol=1e-5, atol=1e-6)

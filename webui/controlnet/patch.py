@@ -85,7 +85,6 @@ class ControlNetPatch:
         #: (shift, scale), for the ControlNets that read latents
         self.encode, self.vae_shift_scale = encode, vae_shift_scale
         self.device, self.dtype = device, dtype
-        self.calls = 0  # ControlNet evaluations (for tests and benchmarks)
         self.detected_maps = detected_maps  # False: option control_net_no_detectmap
         #: sd-webui-controlnet's detected maps (the pipeline appends them to the job's images after the generated
         #: ones; see :meth:`_show_maps`)
@@ -199,7 +198,6 @@ class ControlNetPatch:
             else:
                 down, mid = u.model(call.x.to(self.dtype), call.t, encoder_hidden_states=call.context.to(self.dtype),
                                     controlnet_cond=hint, added_cond_kwargs=call.added, return_dict=False)
-            self.calls += 1
             scales = output_scales(unit, len(down) + 1, call.hires)
             down = [d * s for d, s in zip(down, scales)]
             mid = mid * scales[-1]
@@ -234,7 +232,6 @@ class ControlNetPatch:
                 features = [f * keep for f in features]
             if u.region is not None:
                 features = [_in_region(f, u.region) for f in features]
-            self.calls += 1
             total = features if total is None else [a + b for a, b in zip(total, features)]
         return total
 
@@ -246,7 +243,6 @@ class ControlNetPatch:
             if u.cond is None or not _acts(unit, call):
                 continue
             outputs = block_residuals(u.model, u.cond, call, u.union_mode)
-            self.calls += 1
             keep = None
             if unit.control_mode == 2 and call.has_uncond:
                 keep = _conditional_rows(call, next(iter(outputs.values()))[0])
