@@ -16,6 +16,14 @@ AYS = {"sd1": [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0
        "sdxl": [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029]}
 
 
+#: A1111 1.10's modules/sd_schedulers.py list, written out by hand: (name, label, default_rho, need_inner_model)
+A1111_SCHEDULERS = [
+    ("automatic", "Automatic", -1, False), ("uniform", "Uniform", -1, True), ("karras", "Karras", 7.0, False),
+    ("exponential", "Exponential", -1, False), ("polyexponential", "Polyexponential", 1.0, False),
+    ("sgm_uniform", "SGM Uniform", -1, True), ("kl_optimal", "KL Optimal", -1, False),
+    ("align_your_steps", "Align Your Steps", -1, False), ("simple", "Simple", -1, True),
+    ("normal", "Normal", -1, True), ("ddim", "DDIM", -1, True), ("beta", "Beta", -1, True)]
+
 def a1111_sigmas(name: str, n: int, inner, family: str = "sd1") -> torch.Tensor:
     """The A1111 1.10 formulas (sd_schedulers.py), with sigma_min / sigma_max = the model's first / last sigma."""
     smin, smax = float(inner.sigmas[0]), float(inner.sigmas[-1])

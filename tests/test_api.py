@@ -175,14 +175,10 @@ def test_samplers_and_schedulers_shapes(client):
     assert "Euler a" in [s["name"] for s in samplers]
     schedulers = client.get("/sdapi/v1/schedulers").json()
     assert {"name", "label", "aliases", "default_rho", "need_inner_model"} <= set(schedulers[0])
-    # A1111 1.10's modules/sd_schedulers.py list, written out by hand: (name, label, default_rho, need_inner_model)
-    a1111 = [("automatic", "Automatic", -1, False), ("uniform", "Uniform", -1, True), ("karras", "Karras", 7.0, False),
-             ("exponential", "Exponential", -1, False), ("polyexponential", "Polyexponential", 1.0, False),
-             ("sgm_uniform", "SGM Uniform", -1, True), ("kl_optimal", "KL Optimal", -1, False),
-             ("align_your_steps", "Align Your Steps", -1, False), ("simple", "Simple", -1, True),
-             ("normal", "Normal", -1, True), ("ddim", "DDIM", -1, True), ("beta", "Beta", -1, True)]
+    from tests.schedule_oracle import A1111_SCHEDULERS
+
     ours = {s["name"]: (s["name"], s["label"], s["default_rho"], s["need_inner_model"]) for s in schedulers}
-    assert [ours.get(name) for name, *_ in a1111] == a1111
+    assert [ours.get(name) for name, *_ in A1111_SCHEDULERS] == A1111_SCHEDULERS
     assert next(s for s in schedulers if s["name"] == "sgm_uniform")["aliases"] == ["SGMUniform"]
 
 

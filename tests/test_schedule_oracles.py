@@ -44,3 +44,12 @@ def test_ays_uses_the_sdxl_table_for_sdxl(inner):
     # A1111: 11 steps = the table itself
     ours = schedules.align_your_steps(11, DiscreteSchedule(scaled_linear_alphas_cumprod(), "sdxl"))
     torch.testing.assert_close(ours, torch.tensor([*AYS["sdxl"], 0.0]))
+
+
+def test_schedule_list_equals_a1111():
+    from tests.schedule_oracle import A1111_SCHEDULERS
+
+    ours = [(d.name, d.label, d.default_rho, d.need_inner_model) for d in schedules.builtin_schedules()]
+    assert ours == A1111_SCHEDULERS[1:]  # "Automatic" is not a schedule of its own here
+    sgm = next(d for d in schedules.builtin_schedules() if d.name == "sgm_uniform")
+    assert sgm.aliases == ("SGMUniform",)
