@@ -50,7 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: module -> the test files that exercise it (coverage then narrows each line to the tests that run it)
 MODULES: dict[str, list[str]] = {
     "webui/sampling/schedules.py": ["tests/test_schedule_oracles.py", "tests/test_sampler_parity.py"],
-    "webui/sampling/samplers.py": ["tests/test_sampler_parity.py", "tests/test_sampler_sanity.py"],
+    "webui/sampling/samplers.py": ["tests/test_sampler_parity.py", "tests/test_sampler_sanity.py",
+                                   "tests/test_extra_samplers.py"],
     "webui/sampling/extra_samplers.py": ["tests/test_extra_samplers.py", "tests/test_sampler_parity.py",
                                          "tests/test_sampler_sanity.py"],
     "webui/sampling/denoiser.py": ["tests/test_schedule_oracles.py", "tests/test_sampler_parity.py",
