@@ -24,10 +24,11 @@ import torch  # noqa: E402
 
 from tests.kdiffusion_oracle import TorchWithNoise, load  # noqa: E402
 from tests.sampler_parity import KD_FUNCTIONS  # noqa: E402
+from webui.models.components import scaled_linear_alphas_cumprod  # noqa: E402
 from webui.pipeline.noise import ImageRNG  # noqa: E402
 from webui.pipeline.sample import sample, sigmas_for  # noqa: E402
 from webui.plugins import make_plugin_manager  # noqa: E402
-from webui.sampling.denoiser import DiscreteSchedule, scaled_linear_alphas_cumprod  # noqa: E402
+from webui.sampling.denoiser import DiscreteSchedule  # noqa: E402
 from webui.sampling.registry import SamplerRegistry  # noqa: E402
 
 MU, S2 = 0.5, 0.09

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from tests.kdiffusion_oracle import load
+from webui.models.components import scaled_linear_alphas_cumprod
 from webui.sampling import extra_samplers as es
-from webui.sampling.denoiser import DiscreteSchedule, scaled_linear_alphas_cumprod
+from webui.sampling.denoiser import DiscreteSchedule
 from webui.sampling.registry import SamplerRegistry
 from webui.sampling.schedules import builtin_schedules, karras
 

@@ -44,8 +44,9 @@ from typing import Any
 import pytest
 import torch
 
+from webui.models.components import scaled_linear_alphas_cumprod
 from webui.plugins import make_plugin_manager
-from webui.sampling.denoiser import DiscreteSchedule, scaled_linear_alphas_cumprod
+from webui.sampling.denoiser import DiscreteSchedule
 from webui.sampling.extra_samplers import extra_sampler_defs
 from webui.sampling.registry import SamplerDef, SamplerRegistry
 from webui.sampling.schedules import ScheduleDef, karras, uniform

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from tests.conftest import make_settings
 from webui.context import build_context
 from webui.infotext import infotext_to_request, parse_infotext
+from webui.models.components import scaled_linear_alphas_cumprod
 from webui.models.original_layout import save_single_file
 from webui.models.tiny import build_tiny_components
 from webui.pipeline.guidance import rescale_cfg
@@ -25,7 +26,6 @@ from webui.sampling.denoiser import (
     ZTSNR_LAST_ALPHA_BAR,
     DiscreteSchedule,
     rescale_zero_terminal_snr,
-    scaled_linear_alphas_cumprod,
 )
 
 BASE = dict(prompt="a red circle", negative_prompt="blue", steps=4, width=64, height=64, seed=21,

@@ -15,14 +15,6 @@ import torch
 UNetFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def scaled_linear_alphas_cumprod(
-    beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000
-) -> torch.Tensor:
-    """Cumulative alphas of SD's ``scaled_linear`` beta schedule (float64)."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
 #: ``alphas_cumprod`` at the last timestep after the zero-terminal-SNR rescale: A1111 and ComfyUI put this tiny
 #: value there instead of 0 (sigma_max ~ 4519 instead of infinity), so every sampler keeps a finite start.
 ZTSNR_LAST_ALPHA_BAR = 4.8973451890853435e-08
