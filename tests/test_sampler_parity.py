@@ -177,3 +177,9 @@ def test_brownian_noise_equals_k_diffusion_both_directions(batch, swapped):
         assert mine.shape == x.shape
         torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-5)
         assert float(mine.std()) > 0.5  # N(0, 1) increments, not zeros
+
+
+def test_empty_and_automatic_schedule_names_mean_the_samplers_own(registry):
+    # A1111 sd_schedulers: "" and "Automatic" (any case) leave the sampler's default schedule
+    assert registry.schedule("") is None and registry.schedule("Automatic") is None
+    assert registry.schedule("automatic") is None and registry.schedule("Karras").name == "karras"
