@@ -576,8 +576,10 @@ def _comfy_euler_ancestral_rf(model, x, sigmas, noise, eta, s_noise):
     return x
 
 
-@pytest.mark.parametrize("eta,s_noise", [(1.0, 1.0), (0.5, 0.8), (0.0, 1.0)])
+@pytest.mark.parametrize("eta,s_noise", [(1.0, 1.0), (0.5, 0.8), (0.0, 1.0), (None, None)])
 def test_flow_euler_ancestral_equals_comfyui_rf_sampler(eta, s_noise):
+    """(None, None): the function's defaults, which the pipeline relies on -- Euler a takes neither eta nor s_noise
+    from A1111's sampler_extra_params, so it runs with k-diffusion's defaults, eta 1 and noise 1."""
     from webui.sampling.flow import sample_euler_ancestral_flow
 
     g = torch.Generator().manual_seed(4)
@@ -590,8 +592,10 @@ def test_flow_euler_ancestral_equals_comfyui_rf_sampler(eta, s_noise):
 
     calls = iter(noise)
     steps: list[int] = []
+    given = {k: v for k, v in (("eta", eta), ("s_noise", s_noise)) if v is not None}
     ours = sample_euler_ancestral_flow(model, x.clone(), sigmas, noise_sampler=lambda a, b: next(calls),
-                                       callback=lambda i, *a: steps.append(i), eta=eta, s_noise=s_noise)
+                                       callback=lambda i, *a: steps.append(i), **given)
+    eta, s_noise = given.get("eta", 1.0), given.get("s_noise", 1.0)
     expected = _comfy_euler_ancestral_rf(model, x.clone(), sigmas, noise, eta, s_noise)
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
     assert steps == list(range(len(sigmas) - 1))
