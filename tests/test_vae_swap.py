@@ -311,3 +311,24 @@ def test_eager_attention_gives_the_same_image(root, tmp_path):
     a = np.asarray(img(base).images[0], dtype=int)
     b = np.asarray(img(eager).images[0], dtype=int)
     assert np.abs(a - b).max() <= 1
+
+
+def test_the_refiner_runs_with_the_runs_schedule_options(ctx, monkeypatch):
+    """A1111 applies ``use_downcasted_alpha_bar`` / ``sd_noise_schedule`` to whichever model is loaded, the refiner
+    too, and CFG rescale acts on every denoiser call: the refiner's denoiser gets the same options as the base's."""
+    import webui.pipeline.generate as generate
+
+    seen = []
+    real = generate.cfg_denoiser
+
+    def spy(model, *a, **kw):
+        seen.append((model.info.name, {k: kw[k] for k in ("downcast_alphas", "zero_terminal_snr", "cfg_rescale",
+                                                          "sdxl_crop")}))
+        return real(model, *a, **kw)
+
+    monkeypatch.setattr(generate, "cfg_denoiser", spy)
+    img(ctx, steps=4, refiner_checkpoint="beta", refiner_switch_at=0.5, cfg_rescale=0.3,
+        override_settings={"use_downcasted_alpha_bar": True, "sd_noise_schedule": "Zero Terminal SNR"})
+    assert [name for name, _ in seen] == ["alpha.safetensors", "beta.safetensors"]
+    want = {"downcast_alphas": True, "zero_terminal_snr": True, "cfg_rescale": 0.3, "sdxl_crop": (0, 0)}
+    assert all(options == want for _, options in seen), seen

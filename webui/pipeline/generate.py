@@ -517,8 +517,12 @@ def _with_refiner(run: _Run, base_fn, on_step, inpaint: Inpaint | None):
     if run.refiner is None:
         return base_fn, on_step
     req = run.req
+    # A1111 applies use_downcasted_alpha_bar and sd_noise_schedule to whichever model is loaded (the refiner too,
+    # besides its own zero-terminal-SNR marker); CFG rescale acts on every denoiser call
+    options = {**_denoiser_options(run), "zero_terminal_snr": run.refiner.spec.zero_terminal_snr
+               or run.opts.get("sd_noise_schedule") == "Zero Terminal SNR"}
     refiner_fn, _ = cfg_denoiser(run.refiner, run.refiner_conds, req.cfg_scale, req.width, req.height,
-                                 req.batch_size, inpaint, sdxl_crop=_denoiser_options(run)["sdxl_crop"])
+                                 req.batch_size, inpaint, **options)
     state = {"refining": False}
     total = max(run.steps_run, 1)
 

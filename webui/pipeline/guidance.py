@@ -43,9 +43,8 @@ class Inpaint:
 def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, width: int, height: int,
                  batch: int, inpaint: Inpaint | None = None, patches: list[Any] | None = None,
                  step_of: Callable[[], tuple[int, int]] | None = None,
-                 hires: bool = False, sdxl_crop: tuple[int, int] = (0, 0),
-                 downcast_alphas: bool = False, zero_terminal_snr: bool = False,
-                 cfg_rescale: float = 0.0, guidance: float = 3.5) -> tuple[ModelFn, DiscreteSchedule]:
+                 hires: bool = False, *, sdxl_crop: tuple[int, int], downcast_alphas: bool,
+                 zero_terminal_snr: bool, cfg_rescale: float, guidance: float) -> tuple[ModelFn, DiscreteSchedule]:
     """The guided denoiser for one batch, following the prompt schedules.
 
     Composable prompts: ``uncond + cfg * sum_k w_k (cond_k - uncond)`` (A1111's combine step).
