@@ -237,3 +237,17 @@ def test_inpainting_equals_the_diffusers_pipeline_inside_the_mask(ctx, tiny, dif
     original = np.asarray(_picture(), np.float32) / 255
     assert np.array_equal(ours[~inside], original[~inside])
     assert np.abs(reference[~inside] - original[~inside]).max() > 4 / 255  # diffusers leaves no overlay
+
+
+@pytest.mark.parametrize("name", ["sd1", "sd2-v"])
+def test_cfg_rescale_equals_diffusers_guidance_rescale(ctx, tiny, name):
+    """"CFG Rescale φ" (A1111 extensions, Forge) is diffusers' ``guidance_rescale`` (Lin et al. 2024, eq. 16) applied
+    to the model's own outputs (noise or v) after CFG."""
+    c = tiny(name)
+    ours, _ = _ours(ctx, c, negative_prompt="blurry", cfg_rescale=0.7)
+    reference = _pipeline(c)(prompt=PROMPT, negative_prompt="blurry", num_inference_steps=STEPS, height=SIZE,
+                             width=SIZE, guidance_scale=CFG, guidance_rescale=0.7, latents=_noise(ctx, c),
+                             output_type="np").images[0]
+    _assert_same(ours, reference)
+    plain, _ = _ours(ctx, c, negative_prompt="blurry")
+    assert np.abs(plain - ours).max() > 2 * TOLERANCE  # the rescale changed the picture
