@@ -55,7 +55,7 @@ MODULES: dict[str, list[str]] = {
     "webui/sampling/extra_samplers.py": ["tests/test_extra_samplers.py", "tests/test_sampler_parity.py",
                                          "tests/test_sampler_sanity.py"],
     "webui/sampling/denoiser.py": ["tests/test_schedule_oracles.py", "tests/test_sampler_parity.py",
-                                   "tests/test_pipeline.py"],
+                                   "tests/test_pipeline.py", "tests/test_vpred_sdxl.py"],
     "webui/sampling/registry.py": ["tests/test_sampler_parity.py", "tests/test_infotext.py"],
     "webui/sampling/brownian.py": ["tests/test_sampler_parity.py"],
     "webui/sampling/flow.py": ["tests/test_flow_models.py"],
@@ -388,7 +388,10 @@ def cached_coverage_map(scratch: Path, module: str, tests: list[str], digest: st
                         ) -> tuple[dict[int, set[str]], float, dict[str, float]]:
     """:func:`coverage_map`, kept in ``~/.cache/webui-mutation`` per module and tree digest (a rerun of an unchanged
     tree skips the coverage run, minutes per module)."""
-    cache = Path.home() / ".cache" / "webui-mutation" / f"{Path(module).stem}-{digest}.json"
+    import hashlib
+
+    listed = hashlib.sha256("\n".join(tests).encode()).hexdigest()[:8]  # the module's test files are part of the key
+    cache = Path.home() / ".cache" / "webui-mutation" / f"{Path(module).stem}-{digest}-{listed}.json"
     if cache.is_file():
         data = json.loads(cache.read_text())
         return {int(k): set(v) for k, v in data["by_line"].items()}, data["took"], data["times"]
