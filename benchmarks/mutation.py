@@ -89,6 +89,7 @@ class Mutant:
     replacement: str
     description: str
     stmt_line: int = 0  # first line of the innermost statement holding the change (what coverage records)
+    use_lines: tuple[int, ...] = ()  # a module-level constant's mutant: the lines that read the constant
 
     @property
     def key(self) -> str:
@@ -276,12 +277,29 @@ def find_mutants(module: str, root: Path = ROOT) -> list[Mutant]:
     # coverage records a statement on its first line only: a change on a continuation line of a multi-line
     # statement (a call's later arguments, a list's items) is run whenever that first line is
     statements = [(n.lineno, n.end_lineno or n.lineno) for n in ast.walk(tree) if isinstance(n, ast.stmt)]
+    # a module-level constant runs at import, under every test; the tests that matter are those running the lines
+    # that read it
+    reads: dict[str, set[int]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            reads.setdefault(node.id, set()).add(node.lineno)
+    constants: dict[int, tuple[int, set[str]]] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+            for line in range(node.lineno, (node.end_lineno or node.lineno) + 1):
+                constants[line] = (node.lineno, names)
     seen, out = set(), []
     for m in sorted(finder.found, key=lambda m: (m.start, m.end, m.description)):
         if (m.start, m.end, m.replacement) not in seen:
             seen.add((m.start, m.end, m.replacement))
             holding = [a for a, b in statements if a <= m.line and b >= m.end_line]
             m.stmt_line = max(holding) if holding else m.line
+            if m.line in constants:
+                first, names = constants[m.line]
+                m.use_lines = tuple(sorted(line for name in names for line in reads.get(name, ())
+                                           if line != first))
             out.append(m)
     return out
 
@@ -505,6 +523,9 @@ def _run_share(scratch: Path, module: str, share: list[Mutant], by_line: dict[in
     for i, m in enumerate(share, 1):
         tests = set().union(*(by_line.get(line, set()) for line in range(min(m.stmt_line or m.line, m.line),
                                                                           m.end_line + 1)))
+        users = set().union(*(by_line.get(line, set()) for line in m.use_lines)) if m.use_lines else set()
+        if users:  # a module-level constant: the tests that run the code reading it
+            tests = users
         if not tests:
             verdict = "not covered"
         else:
