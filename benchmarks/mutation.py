@@ -62,7 +62,7 @@ MODULES: dict[str, list[str]] = {
     "webui/pipeline/guidance.py": ["tests/test_pipeline_parity.py", "tests/test_pipeline.py",
                                    "tests/test_sdxl_conditioning.py", "tests/test_inpaint.py",
                                    "tests/test_img2img_options.py", "tests/test_vpred_sdxl.py",
-                                   "tests/test_controlnet_rules.py"],
+                                   "tests/test_controlnet_rules.py", "tests/test_flow_controlnet.py"],
     "webui/pipeline/noise.py": ["tests/test_noise.py", "tests/test_pipeline_parity.py", "tests/test_pipeline.py",
                                 "tests/test_philox.py",
                                 "tests/test_img2img.py"],

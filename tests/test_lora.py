@@ -334,3 +334,22 @@ def test_registry_lists_a1111s_suffixes_and_keeps_eight_files_in_ram(tmp_path, m
         assert reg.get(name) is not None
     assert reg.get("b") is not None and reads.count("b") == 1  # still cached: the oldest of the last 8
     assert reg.get("a") is not None and reads.count("a") == 2  # evicted by the ninth file, read again
+
+
+def test_lokr_with_only_the_first_factor_decomposed(lora_ctx, tmp_path):
+    """A1111 network_lokr.py: the dim comes from w1_b when w2 is stored whole: scale = alpha / w1_b.shape[0]."""
+    comps = lora_ctx.models.current.components
+    name = next(iter(UNET_TARGETS))
+    module = dict(comps.unet.named_modules())[name]
+    out_f, in_f = module.weight.shape
+    key = "lora_unet_" + name.replace(".", "_")
+    g = torch.Generator().manual_seed(9)
+    lokr = {key + ".lokr_w1_a": torch.randn(4, 2, generator=g), key + ".lokr_w1_b": torch.randn(2, 4, generator=g),
+            key + ".lokr_w2": torch.randn(out_f // 4, in_f // 4, generator=g), key + ".alpha": torch.tensor(3.0)}
+    save_file(lokr, str(tmp_path / "lokr1.safetensors"))
+    original = module.weight.detach().clone()
+    applied = apply_loras(comps, [(read_lora(tmp_path / "lokr1.safetensors"), 1.0, 1.0)])
+    w1 = lokr[key + ".lokr_w1_a"] @ lokr[key + ".lokr_w1_b"]
+    torch.testing.assert_close(module.weight - original, torch.kron(w1, lokr[key + ".lokr_w2"]) * 1.5,
+                               rtol=1e-5, atol=1e-5)
+    applied.restore()

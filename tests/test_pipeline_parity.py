@@ -251,3 +251,12 @@ def test_cfg_rescale_equals_diffusers_guidance_rescale(ctx, tiny, name):
     _assert_same(ours, reference)
     plain, _ = _ours(ctx, c, negative_prompt="blurry")
     assert np.abs(plain - ours).max() > 2 * TOLERANCE  # the rescale changed the picture
+
+
+def test_cfg_rescale_with_and_parts_rescales_their_weighted_sum(ctx, tiny):
+    """With AND, the guided prediction is neg + sum(w_i (part_i - neg)) * cfg (A1111's combine_denoised) and CFG
+    rescale's "positive" is neg + sum(w_i (part_i - neg)): "x :0.5 AND x :0.5" is the same picture as "x"."""
+    c = tiny("sd1")
+    single, _ = _ours(ctx, c, negative_prompt="blurry", cfg_rescale=0.7)
+    halves, _ = _ours(ctx, c, prompt=f"{PROMPT} :0.5 AND {PROMPT} :0.5", negative_prompt="blurry", cfg_rescale=0.7)
+    assert np.abs(single - halves).max() <= 1 / 255
