@@ -207,6 +207,8 @@ def test_window_weight_modes_and_union_types(world):
     assert np.array_equal(run(advanced_weighting=[0.0] * blocks), without)
     assert np.array_equal(run(advanced_weighting=[0.8] * blocks), base)
     assert not np.array_equal(run(advanced_weighting=[0.8] * 3 + [0.0] * 3), base)  # the single blocks' part
+    # one weight per block in block order; blocks past the end of a shorter list get 0
+    assert np.array_equal(run(advanced_weighting=[0.8] * 3), run(advanced_weighting=[0.8] * 3 + [0.0] * 3))
     black, white = Image.new("L", (SIZE, SIZE), 0), Image.new("L", (SIZE, SIZE), 255)
     assert np.array_equal(run(effective_region_mask=_b64(black)), without)
     assert np.array_equal(run(effective_region_mask=_b64(white)), base)
