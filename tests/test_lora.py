@@ -243,13 +243,17 @@ def test_api_lists_loras(lora_ctx):
     assert client.post("/sdapi/v1/refresh-loras").status_code == 200
 
 
-def test_lycoris_loha_and_lokr(lora_ctx, tmp_path):
-    """LoHa and LoKr files (LyCORIS) apply with their formulas and are removed exactly."""
+def _first_target(lora_ctx):
+    """The context's components, the first U-Net layer of UNET_TARGETS and its kohya key."""
     comps = lora_ctx.models.current.components
     name = next(iter(UNET_TARGETS))
-    module = dict(comps.unet.named_modules())[name]
+    return comps, dict(comps.unet.named_modules())[name], "lora_unet_" + name.replace(".", "_")
+
+
+def test_lycoris_loha_and_lokr(lora_ctx, tmp_path):
+    """LoHa and LoKr files (LyCORIS) apply with their formulas and are removed exactly."""
+    comps, module, key = _first_target(lora_ctx)
     out_f, in_f = module.weight.shape
-    key = "lora_unet_" + name.replace(".", "_")
     g = torch.Generator().manual_seed(3)
     loha = {key + ".hada_w1_a": torch.randn(out_f, 2, generator=g),
             key + ".hada_w1_b": torch.randn(2, in_f, generator=g),
@@ -289,11 +293,8 @@ def test_lokr_with_both_factors_decomposed_and_a_half_precision_alpha(lora_ctx, 
     """A LoKr whose Kronecker factors are both stored as low-rank pairs (LyCORIS ``decompose_both``), with the alpha
     saved in float16 as trainers do: A1111's network_lokr.py -- w1 = w1_a @ w1_b, w2 = w2_a @ w2_b, the dim taken
     from w2_b, scale = alpha.item() / dim (a Python float: 5 / 3, not float16's 1.667)."""
-    comps = lora_ctx.models.current.components
-    name = next(iter(UNET_TARGETS))
-    module = dict(comps.unet.named_modules())[name]
+    comps, module, key = _first_target(lora_ctx)
     out_f, in_f = module.weight.shape
-    key = "lora_unet_" + name.replace(".", "_")
     g = torch.Generator().manual_seed(8)
     lokr = {key + ".lokr_w1_a": torch.randn(4, 2, generator=g), key + ".lokr_w1_b": torch.randn(2, 4, generator=g),
             key + ".lokr_w2_a": torch.randn(out_f // 4, 3, generator=g),
@@ -338,11 +339,8 @@ def test_registry_lists_a1111s_suffixes_and_keeps_eight_files_in_ram(tmp_path, m
 
 def test_lokr_with_only_the_first_factor_decomposed(lora_ctx, tmp_path):
     """A1111 network_lokr.py: the dim comes from w1_b when w2 is stored whole: scale = alpha / w1_b.shape[0]."""
-    comps = lora_ctx.models.current.components
-    name = next(iter(UNET_TARGETS))
-    module = dict(comps.unet.named_modules())[name]
+    comps, module, key = _first_target(lora_ctx)
     out_f, in_f = module.weight.shape
-    key = "lora_unet_" + name.replace(".", "_")
     g = torch.Generator().manual_seed(9)
     lokr = {key + ".lokr_w1_a": torch.randn(4, 2, generator=g), key + ".lokr_w1_b": torch.randn(2, 4, generator=g),
             key + ".lokr_w2": torch.randn(out_f // 4, in_f // 4, generator=g), key + ".alpha": torch.tensor(3.0)}
