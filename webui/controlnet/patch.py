@@ -134,10 +134,14 @@ class ControlNetPatch:
                 if self.encode is None:
                     raise ValueError("an SD 3.x / FLUX.1 ControlNet patch needs the checkpoint's VAE encoder")
                 u.cond = control_input(u.model, u.hint, self.encode, self.vae_shift_scale)
-            if u.unit.effective_region_mask is not None:
-                region = resize_image(u.unit.effective_region_mask, width, height, u.unit.resize_mode).convert("L")
-                u.region = torch.from_numpy(np.asarray(region, dtype=np.float32) / 255.0)[None, None].to(
-                    self.device, self.dtype)
+            self._prepare_region(u, width, height)
+
+    def _prepare_region(self, u: PreparedUnit, width: int, height: int) -> None:
+        """The unit's effective region mask at the pass's size, 0..1 (None without one)."""
+        if u.unit.effective_region_mask is not None:
+            region = resize_image(u.unit.effective_region_mask, width, height, u.unit.resize_mode).convert("L")
+            u.region = torch.from_numpy(np.asarray(region, dtype=np.float32) / 255.0)[None, None].to(
+                self.device, self.dtype)
 
     def _prepare_inpaint(self, i: int, u: PreparedUnit, width: int, height: int, hires: bool) -> None:
         """An inpaint unit's pass: its RGBA picture at the pass's size, the hint with the masked pixels at -1, and
@@ -153,10 +157,7 @@ class ControlNetPatch:
             u.restore = (x0, inpainting.latent_mask(picture).to(x0.device))
             if not hires and u.unit.module == "inpaint_only+lama":
                 self._noise_x0 = x0  # the last such unit's, as sd-webui-controlnet keeps one noise modifier
-        if u.unit.effective_region_mask is not None:
-            region = resize_image(u.unit.effective_region_mask, width, height, u.unit.resize_mode).convert("L")
-            u.region = torch.from_numpy(np.asarray(region, dtype=np.float32) / 255.0)[None, None].to(
-                self.device, self.dtype)
+        self._prepare_region(u, width, height)
 
     def adjust_denoised(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
         """inpaint_only units: the control picture's latent outside the mask, every denoiser call of every pass,
