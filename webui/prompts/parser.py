@@ -211,14 +211,8 @@ def _parse_bracket(text: str, start: int, memo: dict[int, tuple[_Node, int] | No
         frame = stack[-1]
         kind, items = frame[0], frame[3]
         node: _Node | None = None
-        if c == "[":
-            if i in memo:
-                done = memo[i]
-                if done is None:
-                    break
-                items.append(done[0])
-                i = done[1]
-                continue
+        if c == "[":  # (never memoized yet: every "[" a parse visits is memoized when it ends, and a parse only
+            # starts to the right of the positions earlier parses visited -- so no lookup here)
             stack.append([_SQUARE, i, [], []])
             i += 1
             continue
