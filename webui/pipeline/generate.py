@@ -383,7 +383,7 @@ def _prepare(run: _Run) -> None:
         info["Shift"] = model_shift(spec, req.width, req.height)[0]
         for i, path in enumerate((run.model.components.module_files or {}).values(), start=1):
             info[f"Module {i}"] = path.name  # Forge's keys; read back into forge_additional_modules
-    run.zero_terminal_snr = spec.zero_terminal_snr or opts.get("sd_noise_schedule") == "Zero Terminal SNR"
+    run.zero_terminal_snr = _zero_terminal_snr(spec, opts)
     if run.zero_terminal_snr:
         info["Noise Schedule"] = "Zero Terminal SNR"  # A1111's key (option sd_noise_schedule)
     run.cfg_rescale = float(req.cfg_rescale) if req.cfg_rescale is not None else (
@@ -460,6 +460,12 @@ def _step_of(run: _Run, offset: int, steps: int):
     return lambda: (job.sampling_step - offset, steps)
 
 
+def _zero_terminal_snr(spec: Any, opts: Mapping[str, Any]) -> bool:
+    """Whether a model samples on the zero-terminal-SNR schedule: its own marker, or A1111's option
+    ``sd_noise_schedule``."""
+    return bool(spec.zero_terminal_snr) or opts.get("sd_noise_schedule") == "Zero Terminal SNR"
+
+
 def _denoiser_options(run: _Run) -> dict[str, Any]:
     """Options of the guided denoiser: A1111's ``use_downcasted_alpha_bar`` and ``sd_noise_schedule``, SDXL
     crop coordinates, CFG rescale."""
@@ -519,8 +525,7 @@ def _with_refiner(run: _Run, base_fn, on_step, inpaint: Inpaint | None):
     req = run.req
     # A1111 applies use_downcasted_alpha_bar and sd_noise_schedule to whichever model is loaded (the refiner too,
     # besides its own zero-terminal-SNR marker); CFG rescale acts on every denoiser call
-    options = {**_denoiser_options(run), "zero_terminal_snr": run.refiner.spec.zero_terminal_snr
-               or run.opts.get("sd_noise_schedule") == "Zero Terminal SNR"}
+    options = {**_denoiser_options(run), "zero_terminal_snr": _zero_terminal_snr(run.refiner.spec, run.opts)}
     refiner_fn, _ = cfg_denoiser(run.refiner, run.refiner_conds, req.cfg_scale, req.width, req.height,
                                  req.batch_size, inpaint, **options)
     state = {"refining": False}
