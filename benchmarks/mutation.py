@@ -522,8 +522,7 @@ def _run_share(scratch: Path, module: str, share: list[Mutant], by_line: dict[in
     out: dict[str, str] = {}
     started = time.monotonic()
     for i, m in enumerate(share, 1):
-        tests = set().union(*(by_line.get(line, set()) for line in range(min(m.stmt_line or m.line, m.line),
-                                                                          m.end_line + 1)))
+        tests = set().union(*(by_line.get(line, set()) for line in range(m.stmt_line or m.line, m.end_line + 1)))
         users = set().union(*(by_line.get(line, set()) for line in m.use_lines)) if m.use_lines else set()
         if users:  # a module-level constant: the tests that run the code reading it
             tests = users
