@@ -232,6 +232,22 @@ def test_inpainting_unet_gets_the_mask_and_masked_image(inpaint_ctx, monkeypatch
     assert np.array_equal(np.asarray(res.images[0])[outside], np.asarray(img)[outside])
 
 
+def test_txt2img_on_an_inpainting_model_conditions_on_a_full_mask_and_grey(inpaint_ctx, monkeypatch):
+    """A1111 txt2img_image_conditioning for inpainting U-Nets: mask channel all ones, then the latent of a grey
+    (0.5) picture of the output's size; a portrait size checks that height and width are not swapped."""
+    from webui.pipeline.vae import encode_pixels
+
+    model = inpaint_ctx.models.current
+    seen = unet_inputs(model.components.unet, monkeypatch)
+    inpaint_ctx.generate(GenerationRequest(prompt="a cat", steps=2, width=64, height=96, seed=4, sampler_name="Euler",
+                                           save_images=False))
+    x = seen[0]
+    assert x.shape[1:] == (9, 12, 8)
+    assert bool((x[:, 4] == 1).all())
+    grey = encode_pixels(model, torch.zeros(1, 3, 96, 64))
+    torch.testing.assert_close(x[:1, 5:], grey.to(x.dtype), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("masked", [True, False])
 def test_inpainting_mask_weight_blends_the_conditioning_image(inpaint_ctx, monkeypatch, masked):
     """A1111 (processing.py inpainting_image_conditioning): the U-Net's extra channels are the mask and the

@@ -268,3 +268,28 @@ def test_txt2img_is_the_deprecated_name_of_generate(ctx):
     with pytest.warns(DeprecationWarning, match="AppContext.generate"):
         old = ctx.txt2img(GenerationRequest(**SMALL))
     assert old.images[0].tobytes() == ctx.generate(GenerationRequest(**SMALL)).images[0].tobytes()
+
+
+def test_prompt_editing_switches_at_a1111s_step(ctx, monkeypatch):
+    """A1111: "[cat:dog:2]" over 4 steps is the schedule [(2, cat), (4, dog)]; its CFG denoiser counts model calls
+    from 0 and uses the first entry with ``call <= end_at_step`` (sd_samplers_cfg_denoiser / prompt_parser
+    reconstruct_cond_batch), so calls 0-2 see "cat" and call 3 sees "dog"."""
+    unet = ctx.models.current.components.unet
+    real = unet.forward
+
+    def run(prompt: str) -> list[torch.Tensor]:
+        seen: list[torch.Tensor] = []
+
+        def spy(x, t, encoder_hidden_states=None, *a, **kw):
+            seen.append(encoder_hidden_states[0].detach().clone())  # the first image's conditional row
+            return real(x, t, encoder_hidden_states, *a, **kw)
+
+        monkeypatch.setattr(unet, "forward", spy)
+        ctx.generate(GenerationRequest(prompt=prompt, steps=4, width=64, height=64, seed=3, sampler_name="Euler",
+                                       save_images=False))
+        return seen
+
+    edited, cat, dog = run("[cat:dog:2]"), run("cat"), run("dog")
+    assert len(edited) == 4 and not torch.equal(cat[0], dog[0])
+    assert [torch.equal(e, c) for e, c in zip(edited, cat)] == [True, True, True, False]
+    assert torch.equal(edited[3], dog[3])

@@ -49,7 +49,8 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
 
     Composable prompts: ``uncond + cfg * sum_k w_k (cond_k - uncond)`` (A1111's combine step).
     The uncond pass is skipped when CFG is 1 and there is a single part. ``patches`` (e.g.
-    ControlNets) add residuals to every U-Net call; ``step_of()`` gives (step, steps) of the pass.
+    ControlNets) add residuals to every U-Net call; ``step_of()`` gives (step, steps) of the pass and is required
+    with them (their guidance windows depend on it).
     SDXL's added conditioning is A1111's: original size = target size = the pass's size, crop
     coordinates ``sdxl_crop`` = (options ``sdxl_crop_top``, ``sdxl_crop_left``). ``downcast_alphas``: the
     option ``use_downcasted_alpha_bar`` (see :class:`~webui.sampling.denoiser.DiscreteSchedule`);
@@ -59,6 +60,8 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
     (:func:`~webui.sampling.flow.model_shift` at the pass's size), the denoiser
     :class:`~webui.sampling.flow.FlowDenoiser`; ``guidance`` is FLUX.1 dev's distilled guidance.
     """
+    if patches and step_of is None:
+        raise ValueError("cfg_denoiser: U-Net patches need step_of (their guidance windows depend on the step)")
     c = model.components
     unet = c.unet
     if c.spec.is_flow:
@@ -104,7 +107,7 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
         context = ctx.context
         extra: dict[str, Any] = {}
         if patches:
-            step, steps = step_of() if step_of is not None else (0, 1)
+            step, steps = step_of()
             call = UNetCall(x_in, t, ctx.context, added, batch, groups, use_uncond, step, steps, width, height, hires)
             res = sum_residuals(patches, call)
             if res is not None:
@@ -132,7 +135,7 @@ def cfg_denoiser(model: LoadedModel, conds: JobConditioning, cfg_scale: float, w
             ctx = current["ctx"]
             residuals = None
             if patches:
-                step, steps = step_of() if step_of is not None else (0, 1)
+                step, steps = step_of()
                 residuals = sum_transformer_residuals(patches, TransformerCall(
                     x, sigma, ctx.context, ctx.pooled, guidance, unet, batch, groups, use_uncond, step, steps, width,
                     height, hires))
