@@ -617,7 +617,8 @@ def test_every_request_key_as_a1111_writes_it() -> None:
 
 
 @pytest.mark.parametrize("text,expected", [('"a, b"', "a, b"), (' "a" ', ' "a" '), ('"', '"'), ('"a', '"a'),
-                                           ('"1"', "1"), ("12", "12"), ('"\\u00e9"', "é"), ('"bad\\"', '"bad\\"')])
+                                           ('"1"', "1"), ("12", "12"), ('"\\u00e9"', "é"), ('"bad\\"', '"bad\\"'),
+                                           ('""', ""), (' "a"', ' "a"'), ('"a" ', '"a" ')])
 def test_unquote_only_decodes_a_whole_quoted_json_string(text, expected) -> None:
     # A1111 infotext_utils.unquote: unchanged unless the text starts and ends with '"'; then json.loads, or unchanged
     from webui.infotext import unquote

@@ -496,9 +496,6 @@ V160 = Version("1.6.0")
 V170_TSNR = Version("1.7.0.post225")
 """Before it (``v1.7.0-225``, the zero-terminal-SNR commit): alphas_cumprod was float16."""
 
-BACKCOMPAT_KEYS = ("Old prompt editing timelines", "Downcast alphas_cumprod")
-"""The compatibility keys :func:`backcompat` may add (both map to ``override_settings``)."""
-
 _RE_GIT_DESCRIBE = re.compile(r"([^-]+-[^-]+)-.*")
 
 
