@@ -330,3 +330,17 @@ def test_two_adapter_units_add_their_features(world):
     for call, out in log:
         for a, r in zip(out, raw):
             torch.testing.assert_close(a, r.expand(call.x.shape[0], -1, -1, -1) * 1.2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", [1, 2])
+def test_soft_injection_scales_of_controlnets_and_t2i_adapters(mode):
+    """sd-webui-controlnet scripts/hook.py, soft injection: ``weight * 0.825 ** (12 - i)`` for the 13 ControlNet
+    outputs, ``weight * (0.25, 0.62, 0.825, 1.0)`` for the four T2I-Adapter features; it zips outputs with the
+    scales, so an output past the list's end gets nothing."""
+    from webui.controlnet.patch import output_scales
+    from webui.controlnet.units import ControlUnit
+
+    unit = ControlUnit(weight=0.8, control_mode=mode)
+    assert output_scales(unit, 14, hires=False) == pytest.approx([0.8 * 0.825 ** (12 - i) for i in range(13)] + [0.0])
+    assert output_scales(unit, 4, hires=False, adapter=True) == pytest.approx([0.2, 0.8 * 0.62, 0.8 * 0.825, 0.8])
+    assert output_scales(ControlUnit(weight=0.8), 4, hires=False, adapter=True) == [0.8] * 4  # Balanced

@@ -71,8 +71,8 @@ class ControlNetPatch:
     """The :class:`~webui.pipeline.patches.UNetPatch` of a job's enabled units."""
 
     def __init__(self, units: list[PreparedUnit], device: torch.device, dtype: torch.dtype,
-                 detected_maps: bool = True, encode: Encode | None = None,
-                 vae_shift_scale: tuple[float, float] = (0.0, 1.0), alphas_cumprod: torch.Tensor | None = None,
+                 detected_maps: bool = True, encode: Encode | None = None, *,
+                 vae_shift_scale: tuple[float, float], alphas_cumprod: torch.Tensor | None = None,
                  inpaint_blur: int = inpainting.DEFAULT_BLUR_SIGMA, hires_size: tuple[int, int] | None = None):
         self.units = units
         #: txt2img with hires fix: the second pass's (width, height), whose detected maps come first
