@@ -55,8 +55,8 @@ def _counted(fn, calls: list):
 
 
 def run_pair(sampler: SamplerDef, schedule: ScheduleDef | None, *, steps: int = 8,
-             prediction_type: str = "epsilon", eta: float = 1.0, s_churn: float = 0.0,
-             record: dict | None = None) -> float:
+             prediction_type: str = "epsilon", eta: float = 1.0, s_churn: float = 0.0, s_noise: float = 1.0,
+             record: dict | None = None, options: dict | None = None) -> float:
     """max |ours - k-diffusion's|; with ``record``, also fills it with each side's U-Net calls (``*_calls``) and
     the step indices and sigmas its callback reported (``*_steps``, ``*_sigmas``)."""
     ks, kext = load()
@@ -65,7 +65,7 @@ def run_pair(sampler: SamplerDef, schedule: ScheduleDef | None, *, steps: int = 
     for side in ("ours", "theirs"):
         rec[f"{side}_calls"], rec[f"{side}_steps"], rec[f"{side}_sigmas"] = [], [], []
     shape = (4, 8, 8)
-    params = {"eta": eta, "s_noise": 1.0, "s_churn": s_churn, "s_tmin": 0.0, "s_tmax": float("inf")}
+    params = {"eta": eta, "s_noise": s_noise, "s_churn": s_churn, "s_tmin": 0.0, "s_tmax": float("inf")}
 
     # ours
     ds = DiscreteSchedule(ac)
@@ -115,6 +115,9 @@ def run_pair(sampler: SamplerDef, schedule: ScheduleDef | None, *, steps: int = 
         kwargs["eta"] = eta
     if s_churn:
         kwargs.update(s_churn=s_churn)
+    if s_noise != 1.0:
+        kwargs.update(s_noise=s_noise)
+    kwargs.update(options or {})
     def their_callback(info):
         rec["theirs_steps"].append(int(info["i"]))
         rec["theirs_sigmas"].append(float(info["sigma"]))

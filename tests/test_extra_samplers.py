@@ -7,6 +7,7 @@ closed-form solution ``x(sigma) = MU + (x(sigma_T) - MU) * sqrt(S**2 + sigma**2)
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -47,6 +48,7 @@ class Recorder:
         self.dtype = dtype
         self.model_sigmas: list[float] = []
         self.callback_steps: list[int] = []
+        self.callback_sigmas: list[float] = []
         self.noise_calls: list[tuple[float, float]] = []
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,7 @@ class Recorder:
 
     def callback(self, i: int, x: torch.Tensor, denoised: torch.Tensor, sigma: Any) -> None:
         assert x.shape == denoised.shape
-        float(sigma)
+        self.callback_sigmas.append(float(sigma))
         self.callback_steps.append(i)
 
     def noise_sampler(self, sigma: Any, sigma_next: Any) -> torch.Tensor:
@@ -491,6 +493,30 @@ def test_callback_edits_of_x_reach_the_result(schedule: DiscreteSchedule, name: 
                      s_tmax=float("inf"), unknown_option=1)
     assert last["i"] == len(sigmas) - 2
     assert torch.all(out == 7.0)
+
+
+@pytest.mark.parametrize("name", ["ddim", "plms", "unipc"])
+@pytest.mark.parametrize("steps", [20, 1])
+def test_timestep_samplers_report_step_i_at_sigma_i(schedule: DiscreteSchedule, name: str, steps: int) -> None:
+    """The callback's sigma is the grid's sigma of that step, as every k-diffusion sampler reports it
+    (``{"i": i, "sigma": sigmas[i], ...}``); previews and plugins' on_step_end read it."""
+    fn = getattr(es, f"sample_{name}")
+    sigmas = (es.unipc_sigmas if name == "unipc" else es.ddim_sigmas)(steps, schedule)
+    _, rec = run(fn, sigmas, vp_init=True)
+    assert rec.callback_sigmas == pytest.approx([float(sigmas[i]) for i in rec.callback_steps])
+    if steps == 1 and name != "unipc":  # one positive sigma: one evaluation, at that sigma
+        assert rec.model_sigmas == pytest.approx([float(sigmas[0])])
+
+
+def test_timestep_sampler_defaults_equal_a1111() -> None:
+    # A1111 1.10 sd_samplers_timesteps_impl.ddim(..., eta=0.0); UniPC from shared_options: uni_pc_order 3,
+    # uni_pc_variant "bh1", uni_pc_lower_order_final True
+    def default(fn: Any, name: str) -> Any:
+        return inspect.signature(fn).parameters[name].default
+
+    assert default(es.sample_ddim, "eta") == 0.0
+    assert (default(es.sample_unipc, "order"), default(es.sample_unipc, "variant"),
+            default(es.sample_unipc, "lower_order_final")) == (3, "bh1", True)
 
 
 def test_extra_sampler_defs_match_a1111() -> None:

@@ -556,7 +556,7 @@ def test_sdxl_style_embeddings_work_on_sd3s_clip_encoders(ctx, tmp_path):
     assert not np.array_equal(np.asarray(styled.images[0]), np.asarray(without.images[0]))
 
 
-def _comfy_euler_ancestral_rf(model, x, sigmas, noise, eta, s_noise):
+def _comfy_euler_ancestral_rf(model, x, sigmas, noise_sampler, eta, s_noise):
     """ComfyUI's ``sample_euler_ancestral_RF`` (comfy/k_diffusion/sampling.py; Forge runs the same for flow models),
     restated: step down to ``sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)`` along the line to
     the denoised picture, then rescale by ``alpha_next / alpha_down`` and add noise with
@@ -572,8 +572,19 @@ def _comfy_euler_ancestral_rf(model, x, sigmas, noise, eta, s_noise):
         coeff = (s_next ** 2 - s_down ** 2 * a_next ** 2 / a_down ** 2) ** 0.5
         x = (s_down / s) * x + (1 - s_down / s) * denoised
         if eta > 0:
-            x = (a_next / a_down) * x + noise[i] * s_noise * coeff
+            x = (a_next / a_down) * x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * coeff
     return x
+
+
+def _noise_recorder(noise):
+    """A noise sampler handing out ``noise`` in order and logging the interval of every draw."""
+    draws, log = iter(noise), []
+
+    def sampler(sigma, sigma_next):
+        log.append((float(sigma), float(sigma_next)))
+        return next(draws)
+
+    return sampler, log
 
 
 @pytest.mark.parametrize("eta,s_noise", [(1.0, 1.0), (0.5, 0.8), (0.0, 1.0), (None, None)])
@@ -590,14 +601,37 @@ def test_flow_euler_ancestral_equals_comfyui_rf_sampler(eta, s_noise):
     def model(z, sigma):  # any fixed denoiser: the two samplers must agree on it
         return z * (1 - sigma.view(-1, 1, 1, 1)) * 0.7 + 0.1
 
-    calls = iter(noise)
     steps: list[int] = []
     given = {k: v for k, v in (("eta", eta), ("s_noise", s_noise)) if v is not None}
-    ours = sample_euler_ancestral_flow(model, x.clone(), sigmas, noise_sampler=lambda a, b: next(calls),
+    our_noise, our_draws = _noise_recorder(noise)
+    ours = sample_euler_ancestral_flow(model, x.clone(), sigmas, noise_sampler=our_noise,
                                        callback=lambda i, *a: steps.append(i), **given)
     eta, s_noise = given.get("eta", 1.0), given.get("s_noise", 1.0)
-    expected = _comfy_euler_ancestral_rf(model, x.clone(), sigmas, noise, eta, s_noise)
+    their_noise, their_draws = _noise_recorder(noise)
+    expected = _comfy_euler_ancestral_rf(model, x.clone(), sigmas, their_noise, eta, s_noise)
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
     assert steps == list(range(len(sigmas) - 1))
+    # the same draws over the same intervals: none on the last step (to 0), none at all with eta 0
+    intervals = [(float(a), float(b)) for a, b in zip(sigmas[:-2], sigmas[1:-1])]
+    assert our_draws == their_draws == (intervals if eta else [])
     if eta:
-        assert not torch.allclose(ours, _comfy_euler_ancestral_rf(model, x.clone(), sigmas, noise, 0.0, 1.0))
+        assert not torch.allclose(ours, _comfy_euler_ancestral_rf(model, x.clone(), sigmas, _noise_recorder(noise)[0],
+                                                                  0.0, 1.0))
+
+
+def test_flow_models_take_flow_euler_a_and_simple_for_automatic():
+    """Forge and ComfyUI run Euler a as its rectified-flow form on flow models, and "Automatic" as Simple; a schedule
+    the request names is kept."""
+    from webui.plugins import make_plugin_manager
+    from webui.sampling import flow
+    from webui.sampling.registry import SamplerRegistry
+
+    hooks = make_plugin_manager(disable_extensions=True).hooks
+    registry = SamplerRegistry(hooks.register_samplers(), hooks.register_schedules())
+    for scheduler in ("Automatic", "Karras"):
+        sampler, schedule = registry.resolve("Euler a", scheduler)
+        flow_sampler, flow_schedule = flow.for_flow_model(sampler, schedule, scheduler, registry.schedules)
+        assert flow_sampler.fn is flow.sample_euler_ancestral_flow
+        assert flow_schedule.name == ("simple" if scheduler == "Automatic" else "karras")
+    euler, _ = registry.resolve("Euler", "Automatic")
+    assert flow.for_flow_model(euler, None, "Automatic", registry.schedules)[0].fn is euler.fn

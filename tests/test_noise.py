@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,3 +40,35 @@ def test_paste_centered_pads_and_crops_like_a1111():
     assert torch.equal(cropped[0], torch.arange(36.0).view(6, 6)[1:5, 1:5])
     same = paste_centered(small, torch.zeros(1, 4, 4))
     assert torch.equal(same, small)
+
+
+def _slerp_reference(t: float, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Spherical interpolation as A1111's processing.slerp computes it, in float64: unit vectors along axis 1,
+    cos(omega) their dot product there; nearly parallel (mean cos > 0.9995) falls back to low * t + high * (1 - t);
+    otherwise sin((1 - t) omega) / sin(omega) * low + sin(t omega) / sin(omega) * high."""
+    a = low / np.linalg.norm(low, axis=1, keepdims=True)
+    b = high / np.linalg.norm(high, axis=1, keepdims=True)
+    cos = (a * b).sum(axis=1)
+    if cos.mean() > 0.9995:
+        return low * t + high * (1 - t)
+    omega = np.arccos(cos)
+    w_low, w_high = np.sin((1 - t) * omega) / np.sin(omega), np.sin(t * omega) / np.sin(omega)
+    return w_low[:, None] * low + w_high[:, None] * high
+
+
+@pytest.mark.parametrize("strength", [0.3, 0.9])
+def test_variation_seed_slerps_like_a1111(strength):
+    # A1111: noise from the seed, subnoise from the variation seed, each from its own generator, then
+    # slerp(subseed_strength, noise, subnoise)
+    shape = (4, 8, 8)
+    ours = ImageRNG(shape, [5], device=torch.device("cpu"), subseeds=[9], subseed_strength=strength).first()[0]
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(5)).double().numpy()
+    subnoise = torch.randn(shape, generator=torch.Generator().manual_seed(9)).double().numpy()
+    np.testing.assert_allclose(ours.double().numpy(), _slerp_reference(strength, noise, subnoise), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{"subseeds": [9]}, {"subseeds": None, "subseed_strength": 0.5}])
+def test_no_variation_without_both_seed_and_strength(kwargs):
+    # A1111 rng.ImageRNG: subnoise only when subseeds are given and subseed_strength != 0 (default 0)
+    plain = torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(ImageRNG((4, 8, 8), [5], device=torch.device("cpu"), **kwargs).first()[0], plain)

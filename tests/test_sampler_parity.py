@@ -3,10 +3,16 @@ to max |delta| <= 1e-4 in float32 on the CPU, from the same noise, on a tiny rea
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import inspect
 
-from tests.sampler_parity import KD_FUNCTIONS, run_pair
+import pytest
+import torch
+
+from tests.kdiffusion_oracle import load
+from tests.sampler_parity import KD_FUNCTIONS, run_pair, tiny_unet_fn
 from webui.plugins import make_plugin_manager
+from webui.sampling.denoiser import DiscreteSchedule
 from webui.sampling.registry import SamplerRegistry
 
 TOL = 1e-4
@@ -155,6 +161,18 @@ def test_unknown_legacy_name_names_the_field(registry):
     assert err.value.field == "sampler_name"
 
 
+def test_unknown_scheduler_names_the_field_and_offers_a1111s_labels(registry):
+    from tests.schedule_oracle import A1111_SCHEDULERS
+    from webui.errors import UnknownChoice
+
+    with pytest.raises(UnknownChoice) as err:
+        registry.schedule("Nonsense")
+    assert err.value.field == "scheduler" and "Nonsense" in str(err.value)
+    # A1111's scheduler dropdown (sd_schedulers.schedulers), "Automatic" first; our extra ones may follow
+    assert err.value.choices[0] == "Automatic"
+    assert {label for _, label, _, _ in A1111_SCHEDULERS} <= set(err.value.choices)
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("swapped", [False, True])
 def test_brownian_noise_equals_k_diffusion_both_directions(batch, swapped):
@@ -183,3 +201,35 @@ def test_empty_and_automatic_schedule_names_mean_the_samplers_own(registry):
     # A1111 sd_schedulers: "" and "Automatic" (any case) leave the sampler's default schedule
     assert registry.schedule("") is None and registry.schedule("Automatic") is None
     assert registry.schedule("automatic") is None and registry.schedule("Karras").name == "karras"
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 3M SDE"])
+def test_parity_with_s_noise(registry, sampler):
+    # A1111's "SGM noise multiplier" / s_noise option scales every noise draw; k-diffusion takes it as s_noise
+    s, sched = registry.resolve(sampler, "Automatic")
+    assert run_pair(s, sched, s_noise=0.6) <= TOL
+
+
+@pytest.mark.parametrize("sampler", KD_FUNCTIONS)
+def test_sampler_function_defaults_equal_k_diffusion(registry, sampler):
+    """Every keyword both functions have defaults to the same value in ours as in k-diffusion's function (A1111 calls
+    them with only some of the keywords, so the rest come from these defaults)."""
+    ks, _ = load()
+    ours = inspect.signature(registry.resolve(sampler, "Automatic")[0].fn).parameters
+    theirs = inspect.signature(getattr(ks, KD_FUNCTIONS[sampler])).parameters
+    empty = inspect.Parameter.empty
+    shared = [n for n in ours if n in theirs and ours[n].default is not empty and theirs[n].default is not empty]
+    assert {n: ours[n].default for n in shared} == {n: theirs[n].default for n in shared}
+
+
+def test_dpm_adaptive_end_tolerance_equals_k_diffusion(registry):
+    """k-diffusion's adaptive loop runs while ``s < t_end - 1e-5``: a step that lands 7e-6 short of the end is the
+    last one. A first step of exactly that length, always accepted (huge tolerances), shows the rule."""
+    s, _ = registry.resolve("DPM adaptive", "Automatic")
+    _, alphas = tiny_unet_fn("epsilon")
+    ds = DiscreteSchedule(alphas)
+    t_start, t_end = -torch.log(ds.sigma_max.float()), -torch.log(ds.sigma_min.float())
+    options = {**s.options, "h_init": float(t_end - t_start) - 7e-6, "rtol": 1e6, "atol": 1e6}
+    rec: dict = {}
+    assert run_pair(dataclasses.replace(s, options=options), None, eta=0.0, record=rec) <= TOL
+    assert len(rec["ours_calls"]) == len(rec["theirs_calls"]) == 3  # one order-3 step: three evaluations

@@ -23,7 +23,6 @@ from webui.models.tiny import build_tiny_components
 from webui.pipeline.guidance import rescale_cfg
 from webui.pipeline.request import GenerationRequest, RequestError
 from webui.sampling.denoiser import (
-    ZTSNR_LAST_ALPHA_BAR,
     DiscreteSchedule,
     rescale_zero_terminal_snr,
 )
@@ -42,7 +41,8 @@ def test_zero_terminal_snr_schedule_matches_diffusers():
     expected = torch.cumprod(1.0 - diffusers_rescale(betas), dim=0)
     ours = rescale_zero_terminal_snr(torch.cumprod(1.0 - betas, dim=0))
     assert torch.allclose(ours[:-1], expected[:-1], rtol=1e-9, atol=1e-12)
-    assert float(expected[-1]) == 0.0 and float(ours[-1]) == ZTSNR_LAST_ALPHA_BAR  # finite sigma_max (A1111)
+    # A1111 1.10 sd_models.rescale_zero_terminal_snr_abar: alphas_bar[-1] = 4.8973451890853435e-08 (finite sigma_max)
+    assert float(expected[-1]) == 0.0 and float(ours[-1]) == 4.8973451890853435e-08
 
 
 def test_zero_terminal_snr_sigmas():
@@ -50,7 +50,7 @@ def test_zero_terminal_snr_sigmas():
     ztsnr = DiscreteSchedule(scaled_linear_alphas_cumprod(), zero_terminal_snr=True)
     assert float(ztsnr.sigma_min) == pytest.approx(float(plain.sigma_min), rel=1e-5)  # first alpha kept
     assert float(plain.sigma_max) == pytest.approx(14.6146, rel=1e-4)
-    assert float(ztsnr.sigma_max) == pytest.approx(((1 - ZTSNR_LAST_ALPHA_BAR) / ZTSNR_LAST_ALPHA_BAR) ** 0.5, rel=1e-4)
+    assert float(ztsnr.sigma_max) == pytest.approx(4518.76, rel=1e-5)  # sqrt((1 - a) / a) of A1111's last alpha bar
     assert bool((ztsnr.sigmas[1:] > ztsnr.sigmas[:-1]).all())  # still increasing
 
 
