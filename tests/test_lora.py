@@ -250,56 +250,36 @@ def _first_target(lora_ctx):
     return comps, dict(comps.unet.named_modules())[name], "lora_unet_" + name.replace(".", "_")
 
 
-def test_lycoris_loha_and_lokr(lora_ctx, tmp_path):
-    """LoHa and LoKr files (LyCORIS) apply with their formulas and are removed exactly."""
+@pytest.mark.parametrize(("loha_alpha", "lokr_alpha", "loha_scale"), [(1.0, None, 0.5), (None, 3.0, 1.0)])
+def test_lycoris_loha_and_lokr(lora_ctx, tmp_path, loha_alpha, lokr_alpha, loha_scale):
+    """LoHa and LoKr files (LyCORIS) apply with their formulas and are removed exactly. The scale is A1111's
+    networks.NetworkModule.calc_scale: alpha / dim when both are known, else 1.0 -- a LoHa without an alpha tensor
+    has no alpha, and a LoKr with both factors stored whole has no dim (rank), so its alpha is not used."""
     comps, module, key = _first_target(lora_ctx)
     out_f, in_f = module.weight.shape
     g = torch.Generator().manual_seed(3)
     loha = {key + ".hada_w1_a": torch.randn(out_f, 2, generator=g),
             key + ".hada_w1_b": torch.randn(2, in_f, generator=g),
             key + ".hada_w2_a": torch.randn(out_f, 2, generator=g),
-            key + ".hada_w2_b": torch.randn(2, in_f, generator=g),
-            key + ".alpha": torch.tensor(1.0)}
+            key + ".hada_w2_b": torch.randn(2, in_f, generator=g)}
     lokr = {key + ".lokr_w1": torch.randn(4, 4, generator=g),
             key + ".lokr_w2": torch.randn(out_f // 4, in_f // 4, generator=g)}
+    for tensors, alpha in ((loha, loha_alpha), (lokr, lokr_alpha)):
+        if alpha is not None:
+            tensors[key + ".alpha"] = torch.tensor(alpha)
     save_file(loha, str(tmp_path / "loha.safetensors"))
     save_file(lokr, str(tmp_path / "lokr.safetensors"))
     original = module.weight.detach().clone()
     for path, expect in (
         (tmp_path / "loha.safetensors",
          (loha[key + ".hada_w1_a"] @ loha[key + ".hada_w1_b"]) * (loha[key + ".hada_w2_a"] @ loha[key + ".hada_w2_b"])
-         * 0.5),
+         * loha_scale),
         (tmp_path / "lokr.safetensors", torch.kron(lokr[key + ".lokr_w1"], lokr[key + ".lokr_w2"])),
     ):
         applied = apply_loras(comps, [(read_lora(path), 1.0, 1.0)])
         assert torch.allclose(module.weight - original, expect, atol=1e-4)
         applied.restore()
         assert torch.equal(module.weight, original)
-
-
-def test_lycoris_scale_is_one_without_alpha_or_without_a_rank(lora_ctx, tmp_path):
-    """A1111 networks.NetworkModule.calc_scale: alpha / dim when both are known, else 1.0. A LoHa without an alpha
-    tensor has no alpha; a LoKr with both factors stored whole has no dim (rank), so its alpha is not used."""
-    comps, module, key = _first_target(lora_ctx)
-    out_f, in_f = module.weight.shape
-    g = torch.Generator().manual_seed(5)
-    loha = {key + ".hada_w1_a": torch.randn(out_f, 2, generator=g),
-            key + ".hada_w1_b": torch.randn(2, in_f, generator=g),
-            key + ".hada_w2_a": torch.randn(out_f, 2, generator=g),
-            key + ".hada_w2_b": torch.randn(2, in_f, generator=g)}
-    lokr = {key + ".lokr_w1": torch.randn(4, 4, generator=g),
-            key + ".lokr_w2": torch.randn(out_f // 4, in_f // 4, generator=g), key + ".alpha": torch.tensor(3.0)}
-    save_file(loha, str(tmp_path / "loha-noalpha.safetensors"))
-    save_file(lokr, str(tmp_path / "lokr-alpha.safetensors"))
-    original = module.weight.detach().clone()
-    for path, expect in (
-        (tmp_path / "loha-noalpha.safetensors",
-         (loha[key + ".hada_w1_a"] @ loha[key + ".hada_w1_b"]) * (loha[key + ".hada_w2_a"] @ loha[key + ".hada_w2_b"])),
-        (tmp_path / "lokr-alpha.safetensors", torch.kron(lokr[key + ".lokr_w1"], lokr[key + ".lokr_w2"])),
-    ):
-        applied = apply_loras(comps, [(read_lora(path), 1.0, 1.0)])
-        assert torch.allclose(module.weight - original, expect, atol=1e-4)
-        applied.restore()
 
 
 def test_ui_picker_inserts_lora_tag(lora_ctx):
