@@ -635,3 +635,21 @@ def test_flow_models_take_flow_euler_a_and_simple_for_automatic():
         assert flow_schedule.name == ("simple" if scheduler == "Automatic" else "karras")
     euler, _ = registry.resolve("Euler", "Automatic")
     assert flow.for_flow_model(euler, None, "Automatic", registry.schedules)[0].fn is euler.fn
+
+
+@pytest.mark.parametrize(("width", "height"), [(256, 256), (1024, 1024), (832, 1216), (1536, 1536)])
+def test_flux_dev_shift_is_diffusers_calculate_shift_rounded_to_the_infotext(width, height):
+    """FLUX.1 dev's ``mu``: FluxPipeline's ``calculate_shift`` of the 2x2-patch count with the released scheduler
+    config (256 / 4096 tokens, shifts 0.5 / 1.15), linear beyond 4096 as there. The sampler runs ``mu`` rounded to
+    the 4 decimals the infotext's ``Shift`` carries, so a pasted infotext reproduces the image."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from webui.models.spec import ModelSpec
+    from webui.sampling.flow import flux_mu, model_shift
+
+    config = SCHEDULER_CONFIGS["flux dev"]
+    expected = calculate_shift((width // 16) * (height // 16), config["base_image_seq_len"],
+                               config["max_image_seq_len"], config["base_shift"], config["max_shift"])
+    assert flux_mu(width, height) == pytest.approx(expected, abs=1e-9)
+    assert model_shift(ModelSpec("flux", distilled_guidance=True), width, height) == (round(expected, 4), True)
+    assert model_shift(ModelSpec("flux"), width, height) == (1.0, False)  # schnell: no shift

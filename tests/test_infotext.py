@@ -624,3 +624,18 @@ def test_unquote_only_decodes_a_whole_quoted_json_string(text, expected) -> None
     from webui.infotext import unquote
 
     assert unquote(text) == expected
+
+
+def test_parse_takes_any_object_and_odd_values():
+    from webui.infotext import infotext_to_request, parse_infotext
+
+    # a missing parameters chunk (None) reads as empty text; other objects as their text
+    assert parse_infotext(None) == parse_infotext("")
+    assert parse_infotext(12345)["Prompt"] == "12345"
+    # "True" where a number belongs is no number: the field is left out, as A1111's float() would refuse it
+    assert "cfg_scale" not in infotext_to_request(parse_infotext("x\nSteps: 2, CFG scale: True, Seed: 1"))
+    assert "cfg_scale" not in infotext_to_request({**parse_infotext("x\nSteps: 2"), "CFG scale": True})  # nor a bool
+    # A1111 ui.py txt2img paste fields: the hires fix is on when any hires key is there, "Hires upscaler" alone too
+    for key in ("Hires upscaler: Latent", "Hires upscale: 2"):
+        request = infotext_to_request(parse_infotext(f"x\nSteps: 2, Denoising strength: 0.5, {key}, Seed: 1"))
+        assert request["enable_hr"] is True

@@ -42,6 +42,14 @@ def test_parity_full_range_samplers(registry, sampler):
     assert run_pair(s, sched) <= TOL
 
 
+@pytest.mark.parametrize("steps", [3, 6, 7])  # DPM fast splits n steps into floor(n / 3) + 1 intervals of order 3/2/1
+def test_dpm_fast_step_split_equals_k_diffusion(registry, steps):
+    s, sched = registry.resolve("DPM fast", "Automatic")
+    rec: dict = {}
+    assert run_pair(s, sched, steps=steps, record=rec) <= TOL
+    assert len(rec["ours_calls"]) == len(rec["theirs_calls"])
+
+
 @pytest.mark.parametrize("sampler", KD_FUNCTIONS)
 def test_parity_v_prediction(registry, sampler):
     s, sched = registry.resolve(sampler, "Automatic")
