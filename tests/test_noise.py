@@ -72,3 +72,14 @@ def test_no_variation_without_both_seed_and_strength(kwargs):
     # A1111 rng.ImageRNG: subnoise only when subseeds are given and subseed_strength != 0 (default 0)
     plain = torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(5))
     assert torch.equal(ImageRNG((4, 8, 8), [5], device=torch.device("cpu"), **kwargs).first()[0], plain)
+
+
+def test_paste_centered_of_a_non_square_noise():
+    # seed resize from a portrait size into a landscape one: rows and columns are centred and cropped independently
+    small = torch.arange(24.0).view(1, 6, 4) + 1
+    out = paste_centered(small, torch.zeros(1, 4, 8))
+    assert torch.equal(out[0, :, 2:6], small[0, 1:5, :])
+    assert out.sum() == small[0, 1:5, :].sum()
+    wide = torch.arange(12.0).view(1, 2, 6) + 1  # fewer rows, more columns than the target
+    out = paste_centered(wide, torch.zeros(1, 4, 4))
+    assert torch.equal(out[0, 1:3, :], wide[0, :, 1:5]) and out[0, 0].sum() == out[0, 3].sum() == 0
