@@ -293,3 +293,12 @@ def test_prompt_editing_switches_at_a1111s_step(ctx, monkeypatch):
     assert len(edited) == 4 and not torch.equal(cat[0], dog[0])
     assert [torch.equal(e, c) for e, c in zip(edited, cat)] == [True, True, True, False]
     assert torch.equal(edited[3], dog[3])
+
+
+def test_unet_patches_without_a_step_source_are_refused():
+    # a ControlNet's guidance window needs the pass's step: without step_of it would silently act as step 0 of 1
+    from webui.pipeline.guidance import cfg_denoiser
+
+    with pytest.raises(ValueError, match="step_of"):
+        cfg_denoiser(None, None, 7.0, 64, 64, 1, patches=[object()], sdxl_crop=(0, 0), downcast_alphas=False,
+                     zero_terminal_snr=False, cfg_rescale=0.0, guidance=3.5)
