@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import random
 import sys
 import tempfile
 from pathlib import Path
@@ -139,7 +138,6 @@ def main() -> int:
     p.add_argument("checkpoint", type=Path, nargs="?")
     p.add_argument("--generate", action="store_true", help="also generate every held-out prompt (1-2 min)")
     args = p.parse_args()
-    random.seed(0)
     checkpoint = args.checkpoint or default_checkpoint_path()
     c = load_components(checkpoint)
     report = {"checkpoint": str(checkpoint), "text_encoder": text_encoder_moves(c), "unet_response": unet_response(c),

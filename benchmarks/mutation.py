@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import random
@@ -399,8 +400,6 @@ def coverage_map(scratch: Path, module: str, tests: list[str]) -> tuple[dict[int
 
 def tree_digest(scratch: Path) -> str:
     """A digest of the files copied into ``scratch`` that tests can depend on (not docs or benchmarks)."""
-    import hashlib
-
     h = hashlib.sha256()
     for path in sorted(p for p in scratch.rglob("*") if p.is_file() and ".venv" not in p.parts
                        and p.relative_to(scratch).parts[0] not in ("docs", "benchmarks") and p.suffix != ".md"
@@ -413,8 +412,6 @@ def cached_coverage_map(scratch: Path, module: str, tests: list[str], digest: st
                         ) -> tuple[dict[int, set[str]], float, dict[str, float]]:
     """:func:`coverage_map`, kept in ``~/.cache/webui-mutation`` per module and tree digest (a rerun of an unchanged
     tree skips the coverage run, minutes per module)."""
-    import hashlib
-
     listed = hashlib.sha256("\n".join(tests).encode()).hexdigest()[:8]  # the module's test files are part of the key
     cache = Path.home() / ".cache" / "webui-mutation" / f"{Path(module).stem}-{digest}-{listed}.json"
     if cache.is_file():
@@ -593,7 +590,8 @@ def main() -> None:
     for module in modules:
         res = Result(module)
         mutants = find_mutants(module, scratches[0])
-        stale = sorted(k for k in equivalent if k.startswith(module + ":") and k not in {m.key for m in mutants})
+        keys = {m.key for m in mutants}
+        stale = sorted(k for k in equivalent if k.startswith(module + ":") and k not in keys)
         for key in stale:  # the code moved or changed: the entry no longer names a mutant, so it excludes nothing
             print(f"warning: {EQUIVALENT_FILE.name} names no mutant of today's code: {key}", file=sys.stderr)
         if args.sample and len(mutants) > args.sample:
