@@ -163,6 +163,31 @@ def test_no_checkpoint_uses_builtin_default(tmp_path):
     res = ctx.generate(GenerationRequest(**SMALL))
     assert res.images[0].size == (64, 64)
     assert re.search(r"Model hash: [0-9a-f]{10}", res.infotexts[0])
+    # the UI starts at the size the demo model was trained at (its metadata), not at SD's 512
+    from safetensors import safe_open
+
+    from webui.ui.app import build_ui
+
+    with safe_open(str(model.info.path), framework="pt") as f:
+        trained_at = int(f.metadata()["webui.native_size"])
+    blocks = build_ui(ctx)
+    sizes = {c.elem_id: c.value for c in blocks.blocks.values() if c.elem_id in ("txt2img_width", "txt2img_height")}
+    assert sizes == {"txt2img_width": trained_at, "txt2img_height": trained_at}
+
+
+def test_native_size_reads_the_checkpoint_metadata(tmp_path):
+    from safetensors.torch import save_file
+
+    from webui.models.default import DEFAULT_SIZE, native_size
+
+    cases = {"96": 96, "": DEFAULT_SIZE, "abc": DEFAULT_SIZE, "0": DEFAULT_SIZE, "-64": DEFAULT_SIZE}
+    for value, expected in cases.items():
+        path = tmp_path / f"m{len(value)}{value}.safetensors"
+        save_file({"x": torch.zeros(1)}, str(path), metadata={"webui.native_size": value} if value else None)
+        assert native_size(path) == expected, value
+    assert native_size(tmp_path / "missing.safetensors", fallback=7) == 7
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    assert native_size(tmp_path / "broken.safetensors") == DEFAULT_SIZE
 
 
 def test_seed_resize_pastes_the_small_noise_in_the_centre():

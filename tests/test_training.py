@@ -148,6 +148,35 @@ def test_exported_checkpoint_loads_and_generates(finished, tmp_path):
     assert torch.allclose(loaded.unet.state_dict()["conv_out.weight"].float(), ema_out, atol=1e-3)
 
 
+def test_a_run_can_start_from_a_checkpoint_at_another_size(finished, tmp_path):
+    """``init_from`` copies the checkpoint's weights and skips the VAE phase; ``image_size`` sets the pictures."""
+    from safetensors import safe_open
+
+    from webui.models.loader import load_components
+
+    source = finished[0].export(tmp_path / "source.safetensors")
+    config = TrainConfig(**{**TINY.__dict__, "init_from": str(source), "image_size": 96, "decoder_steps": 1,
+                            "latent_samples": 6, "unet_steps": 2})
+    trainer = Trainer(config, tmp_path / "run")
+    assert trainer.phase == "decoder"
+    expected = load_components(source)
+    for mine, theirs in ((trainer.components.unet, expected.unet), (trainer.components.vae, expected.vae),
+                         (trainer.components.text_encoders[0], expected.text_encoders[0])):
+        theirs_state = theirs.state_dict()
+        assert all(torch.equal(v, theirs_state[k]) for k, v in mine.state_dict().items())
+    steps = []
+    trainer.run(lambda p: steps.append((p.phase, p.step)))
+    assert steps == [("decoder", 1), ("unet", 1), ("unet", 2)]
+    from safetensors.torch import load_file
+
+    assert load_file(str(tmp_path / "run" / "latents.safetensors"))["latents"].shape == (6, 4, 12, 12)
+    with safe_open(str(trainer.export(tmp_path / "out.safetensors")), framework="pt") as f:
+        assert f.metadata()["webui.native_size"] == "96"
+        assert f.metadata()["webui.builtin"] == "shapes-96"
+    assert shapes.sample(5, 3, size=96)[2].size == (96, 96)
+    assert shapes.sample(5, 3, size=96)[:2] == shapes.sample(5, 3)[:2]  # the scene does not depend on the size
+
+
 def test_export_refuses_an_unfinished_run(tmp_path):
     with pytest.raises(RuntimeError, match="not finished"):
         Trainer(TINY, tmp_path).export(tmp_path / "x.safetensors")

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FILE = REPO_ROOT / "models" / "default" / "shapes-64.safetensors"
-DEFAULT_SIZE = 64
+DEFAULT_SIZE = 64  # when the checkpoint does not say (its ``webui.native_size`` metadata)
 FALLBACK_NAME = "builtin-tiny-sd1.safetensors"
 FALLBACK_SEED = 20261127
 EXAMPLE_PROMPT = "a large red circle on the left, blue background"
@@ -39,6 +39,18 @@ HOW_TO_ADD = (
 def default_checkpoint_path() -> Path:
     """Where the shipped default model lives."""
     return DEFAULT_FILE
+
+
+def native_size(path: Path, fallback: int = DEFAULT_SIZE) -> int:
+    """The picture size a built-in model was trained at (``webui.native_size`` in its metadata), else ``fallback``."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            value = (f.metadata() or {}).get("webui.native_size", "")
+    except Exception:  # a missing or unreadable file: the caller's fallback is the answer
+        return fallback
+    return int(value) if value.isdigit() and 8 <= int(value) <= 4096 else fallback
 
 
 def ensure_default_checkpoint(cache_dir: Path) -> Path:

@@ -27,10 +27,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="folder for the resumable training state")
     p.add_argument("--export", type=Path, help="write the finished model here (.safetensors, float16)")
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--image-size", type=int, default=defaults.image_size,
+                   help="side of the training pictures in pixels, a multiple of 8 (the latents are 1/8 of it)")
+    p.add_argument("--init-from", type=Path,
+                   help="start from this checkpoint's weights (same architecture) instead of training a VAE")
     p.add_argument("--vae-steps", type=int, default=defaults.vae_steps)
+    p.add_argument("--decoder-steps", type=int, default=defaults.decoder_steps)
     p.add_argument("--steps", type=int, default=defaults.unet_steps, help="diffusion (U-Net) steps")
     p.add_argument("--batch", type=int, default=defaults.batch)
     p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--warmup", type=int, default=defaults.warmup)
+    p.add_argument("--layout-from", type=int, default=defaults.layout_from,
+                   help="diffusion step where the layout stage starts")
+    p.add_argument("--layout-fraction", type=float, default=defaults.layout_fraction,
+                   help="share of each layout-stage batch drawn from the high-noise band")
+    p.add_argument("--multires-levels", type=int, default=defaults.multires_noise_levels,
+                   help="coarser noise levels added to the white noise (each half the size of the last)")
     p.add_argument("--latent-samples", type=int, default=defaults.latent_samples)
     p.add_argument("--save-every", type=int, default=defaults.save_every)
     p.add_argument("--until", type=int,
@@ -46,8 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = TrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.steps, batch=args.batch,
-                         lr=args.lr, latent_samples=args.latent_samples, save_every=args.save_every)
+    if args.image_size < 32 or args.image_size % 8:
+        raise SystemExit(f"--image-size must be a multiple of 8 and at least 32, not {args.image_size}")
+    if args.init_from is not None and not args.init_from.is_file():
+        raise SystemExit(f"--init-from: no such checkpoint file: {args.init_from}")
+    config = TrainConfig(seed=args.seed, image_size=args.image_size,
+                         init_from=str(args.init_from) if args.init_from else "", vae_steps=args.vae_steps,
+                         decoder_steps=args.decoder_steps, unet_steps=args.steps, batch=args.batch, lr=args.lr,
+                         warmup=args.warmup, layout_from=args.layout_from, layout_fraction=args.layout_fraction,
+                         multires_noise_levels=args.multires_levels, latent_samples=args.latent_samples,
+                         save_every=args.save_every)
     trainer = Trainer(config, args.out)
     trainer.load()
     bars: dict[str, tqdm] = {}

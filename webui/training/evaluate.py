@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import sys
 import tempfile
 import time
@@ -24,8 +25,9 @@ ATTRIBUTES = ("colour", "background", "shape", "position")
 
 
 def evaluate(ctx, scenes: Iterable[shapes.Scene], seeds: Iterable[int], *, sampler: str = SAMPLER,
-             steps: int = STEPS, cfg_scale: float = CFG, save_dir: Path | None = None) -> dict:
-    """Accuracy per attribute over ``scenes`` x ``seeds`` on ``ctx``'s loaded model."""
+             steps: int = STEPS, cfg_scale: float = CFG, save_dir: Path | None = None,
+             size: int = shapes.IMAGE_SIZE) -> dict:
+    """Accuracy per attribute over ``scenes`` x ``seeds`` on ``ctx``'s loaded model, ``size`` pixels square."""
     from webui.pipeline.request import GenerationRequest
 
     totals = dict.fromkeys(ATTRIBUTES, 0)
@@ -35,7 +37,7 @@ def evaluate(ctx, scenes: Iterable[shapes.Scene], seeds: Iterable[int], *, sampl
         prompt = shapes.caption(scene)
         for seed in seeds:
             req = GenerationRequest(prompt=prompt, seed=seed, steps=steps, cfg_scale=cfg_scale, sampler_name=sampler,
-                                    scheduler=SCHEDULER, width=shapes.IMAGE_SIZE, height=shapes.IMAGE_SIZE,
+                                    scheduler=SCHEDULER, width=size, height=size,
                                     save_images=False)
             image = ctx.generate(req).images[0]
             reading = scoring.read_image(image)
@@ -49,7 +51,7 @@ def evaluate(ctx, scenes: Iterable[shapes.Scene], seeds: Iterable[int], *, sampl
                 save_dir.mkdir(parents=True, exist_ok=True)
                 image.save(save_dir / f"{count:04d}-{seed}-{prompt.replace(' ', '_').replace(',', '')}.png")
     elapsed = time.perf_counter() - started
-    return {"images": count, "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale,
+    return {"images": count, "size": size, "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale,
             "accuracy": {k: round(v / max(1, count), 4) for k, v in totals.items()},
             "seconds_per_image": round(elapsed / max(1, count), 4), "failures": failures[:20]}
 
@@ -71,15 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--cfg-scale", type=float, default=CFG)
     p.add_argument("--save", type=Path, help="also save every image here")
+    p.add_argument("--size", type=int, default=0, help="picture size (default: the checkpoint's native size)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="only this many held-out prompts, a fixed random choice (0: all)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from webui.models.default import default_checkpoint_path
+    from webui.models.default import default_checkpoint_path, native_size
 
     checkpoint = args.checkpoint or default_checkpoint_path()
+    size = args.size or native_size(checkpoint)
+    scenes = list(shapes.eval_scenes())
+    if args.limit and args.limit < len(scenes):
+        chosen = sorted(random.Random(0).sample(range(len(scenes)), args.limit))
+        scenes = [scenes[i] for i in chosen]
     with tempfile.TemporaryDirectory() as tmp:
         ctx = context_for(checkpoint, Path(tmp))
-        report = evaluate(ctx, shapes.eval_scenes(), range(1000, 1000 + args.seeds), sampler=args.sampler,
-                          steps=args.steps, cfg_scale=args.cfg_scale, save_dir=args.save)
+        report = evaluate(ctx, scenes, range(1000, 1000 + args.seeds), sampler=args.sampler,
+                          steps=args.steps, cfg_scale=args.cfg_scale, save_dir=args.save, size=size)
     report["checkpoint"] = str(checkpoint)
     print(json.dumps(report, indent=2))
     return 0

@@ -61,6 +61,11 @@ class TrainConfig:
     """Hyper-parameters; the defaults made the shipped default model."""
 
     seed: int = 0
+    #: side of the training pictures in pixels (the latents are 1/8 of it)
+    image_size: int = shapes.IMAGE_SIZE
+    #: start from this single-file checkpoint (VAE, text encoder, U-Net) instead of random weights; the VAE
+    #: phase is skipped. SD itself was trained this way: at 256x256 first, then fine-tuned at 512x512.
+    init_from: str = ""
     vae_steps: int = 2000
     vae_batch: int = 32
     vae_crop: int = 32
@@ -136,9 +141,9 @@ def _stack(images) -> torch.Tensor:
     return torch.from_numpy(np.stack([shapes.to_tensor_array(image) for image in images]))
 
 
-def _images(seed: int, indices) -> torch.Tensor:
-    """Training images ``indices`` of data set ``seed`` as one VAE input batch."""
-    return _stack(shapes.sample(seed, i)[2] for i in indices)
+def _images(seed: int, indices, size: int = shapes.IMAGE_SIZE) -> torch.Tensor:
+    """Training images ``indices`` of data set ``seed`` (``size`` pixels square) as one VAE input batch."""
+    return _stack(shapes.sample(seed, i, size=size)[2] for i in indices)
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -157,6 +162,9 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.components: SDComponents = build_components(config.seed)
         self.phase = "vae"
+        if config.init_from:
+            self._load_initial_weights(Path(config.init_from))
+            self.phase = "decoder"
         self.step = 0
         self.ema: dict[str, torch.Tensor] = {}
         self.optimizer = self._make_optimizer()
@@ -171,6 +179,16 @@ class Trainer:
         if self.phase == "decoder":
             return {"vae.decoder": c.vae.decoder, "vae.post_quant_conv": c.vae.post_quant_conv}
         return {"unet": c.unet, "text": c.text_encoders[0]}
+
+    def _load_initial_weights(self, path: Path) -> None:
+        """Copy VAE, text encoder and U-Net from a checkpoint of the same architecture (float32)."""
+        from webui.models.loader import load_components
+
+        source = load_components(path)
+        for name, module in self._modules().items():
+            other = {"vae": source.vae, "unet": source.unet, "text": source.text_encoders[0]}[name]
+            module.load_state_dict(other.state_dict())
+        log.info("Started from the weights of %s", path)
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         c = self.components
@@ -280,7 +298,7 @@ class Trainer:
         while self.step < cfg.decoder_steps and budget != 0:
             gen = _generator(cfg.seed, "decoder", self.step)
             first = self.step * cfg.decoder_batch
-            x = _images(cfg.seed, range(first, first + cfg.decoder_batch))
+            x = _images(cfg.seed, range(first, first + cfg.decoder_batch), cfg.image_size)
             with torch.no_grad():
                 z = vae.encode(x).latent_dist.mean
             z = z + LATENT_NOISE * z.std() * torch.randn(z.shape, generator=gen)
@@ -301,8 +319,8 @@ class Trainer:
         """``vae_batch`` random crops (aligned to the 8-pixel latent grid) of training images."""
         cfg = self.config
         first, crop = self.step * cfg.vae_batch, cfg.vae_crop
-        corners = torch.randint(0, (shapes.IMAGE_SIZE - crop) // 8 + 1, (cfg.vae_batch, 2), generator=gen) * 8
-        images = _images(cfg.seed, range(first, first + cfg.vae_batch))
+        corners = torch.randint(0, (cfg.image_size - crop) // 8 + 1, (cfg.vae_batch, 2), generator=gen) * 8
+        images = _images(cfg.seed, range(first, first + cfg.vae_batch), cfg.image_size)
         return torch.stack([image[:, top:top + crop, left:left + crop]
                             for image, (top, left) in zip(images, corners.tolist())])
 
@@ -311,7 +329,7 @@ class Trainer:
         cfg, vae = self.config, self.components.vae
         scale = self.components.vae_scaling_factor
         with torch.no_grad():
-            x = _images(cfg.seed + 1, range(512))
+            x = _images(cfg.seed + 1, range(512), cfg.image_size)
             z = torch.cat([vae.encode(x[i:i + 64]).latent_dist.mean for i in range(0, len(x), 64)])
             mean, std = z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
             c = std * scale  # new latent z' = (z - mean) / c, so z' * scale = (z - mean) / std
@@ -332,14 +350,15 @@ class Trainer:
         path = self.out_dir / LATENT_CACHE
         if path.exists():
             cached = load_file(str(path))
-            if cached["latents"].shape[0] == cfg.latent_samples:
+            if cached["latents"].shape[0] == cfg.latent_samples and cached["latents"].shape[-1] * 8 == cfg.image_size:
                 return cached["latents"], cached["ids"]
         tokenizer = self.components.tokenizers[0]
         vae, scale = self.components.vae, self.components.vae_scaling_factor
         latents, ids = [], []
         chunk = 256
         for start in range(0, cfg.latent_samples, chunk):
-            items = [shapes.sample(cfg.seed, i) for i in range(start, min(start + chunk, cfg.latent_samples))]
+            items = [shapes.sample(cfg.seed, i, size=cfg.image_size)
+                     for i in range(start, min(start + chunk, cfg.latent_samples))]
             x = _stack(image for _, _, image in items)
             with torch.no_grad():
                 latents.append(vae.encode(x).latent_dist.mean * scale)
@@ -425,7 +444,7 @@ class Trainer:
     def _fit_latent_rgb(self, c: SDComponents) -> dict[str, list]:
         """Least-squares linear map from scaled latents to 8x8-pooled RGB in [-1, 1] (the cheap live preview)."""
         cfg = self.config
-        x = _images(cfg.seed + 2, range(256))
+        x = _images(cfg.seed + 2, range(256), cfg.image_size)
         with torch.no_grad():
             z = c.vae.encode(x).latent_dist.mean * c.vae_scaling_factor
         rgb = F.avg_pool2d(x, 8)
@@ -449,11 +468,12 @@ class Trainer:
             {"vae": c.vae, "unet": c.unet, "text": c.text_encoders[0]}[name].load_state_dict(module_state)
         latent_rgb = self._fit_latent_rgb(c)
         c.to(dtype=dtype)
-        metadata = {"webui.builtin": "shapes-64", "webui.native_size": str(shapes.IMAGE_SIZE),
+        size = self.config.image_size
+        metadata = {"webui.builtin": f"shapes-{size}", "webui.native_size": str(size),
                     "webui.training_step": f"{self.phase} {self.step}",
                     METADATA_KEY: json.dumps(latent_rgb),
                     "webui.training": json.dumps(dataclasses.asdict(self.config)),
-                    "modelspec.title": "webui shapes demo (64x64)"}
+                    "modelspec.title": f"webui shapes demo ({size}x{size})"}
         path = Path(path)
         tmp = path.with_name(path.stem + ".tmp" + path.suffix)
         save_single_file(c, tmp, metadata=metadata)

@@ -117,11 +117,11 @@ def render(scene: Scene, rng: random.Random, size: int = IMAGE_SIZE) -> Image.Im
     return image.resize((size, size), Image.Resampling.BOX)
 
 
-def sample(seed: int, index: int, *, split: str = "train") -> tuple[Scene, str, Image.Image]:
-    """Sample ``index`` of the data set ``seed``: scene, caption and image.
+def sample(seed: int, index: int, *, split: str = "train", size: int = IMAGE_SIZE) -> tuple[Scene, str, Image.Image]:
+    """Sample ``index`` of the data set ``seed``: scene, caption and image (``size`` pixels square).
 
     ``split="train"`` draws only combinations that are not held out,
-    ``split="eval"`` only held-out ones.
+    ``split="eval"`` only held-out ones.  The scene and caption do not depend on ``size``.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
@@ -130,7 +130,7 @@ def sample(seed: int, index: int, *, split: str = "train") -> tuple[Scene, str, 
         scene = random_scene(rng)
         if is_held_out(scene) == (split == "eval"):
             break
-    return scene, caption(scene, rng), render(scene, rng)
+    return scene, caption(scene, rng), render(scene, rng, size)
 
 
 def to_tensor_array(image: Image.Image) -> np.ndarray:

@@ -17,7 +17,7 @@ import gradio as gr
 from webui.context import AppContext
 from webui.errors import RequestError
 from webui.fileio import StorageError
-from webui.models.default import DEFAULT_SIZE, EXAMPLE_PROMPT
+from webui.models.default import EXAMPLE_PROMPT, native_size
 from webui.pipeline.conditioning import count_tokens
 from webui.pipeline.hires import LATENT_UPSCALE_MODES, SAME_SAMPLER, SAME_SCHEDULER
 from webui.pipeline.request import GenerationRequest, request_from_values
@@ -97,8 +97,8 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
     f = tab.fields
     samplers = list(ctx.samplers.samplers)
     schedules = ["Automatic", *(s.label for s in ctx.samplers.schedules.values())]
-    demo = ctx.models.using_builtin_default  # the shapes demo model draws 64x64 pictures
-    size = DEFAULT_SIZE if demo else 512
+    demo = ctx.models.using_builtin_default  # the shapes demo model draws small pictures (its native size)
+    size = native_size(ctx.models.checkpoints()[0].path) if demo and ctx.models.checkpoints() else 512
     top = _prompt_row(ctx, tab, demo)
     with gr.Row(elem_id=f"{mode}_main", equal_height=False):
         with gr.Column(scale=1, elem_id=f"{mode}_settings"):
