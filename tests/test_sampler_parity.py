@@ -62,6 +62,13 @@ def test_parity_with_churn(registry, sampler):
     assert run_pair(s, sched, s_churn=1.0) <= TOL
 
 
+@pytest.mark.parametrize("sampler", ["Euler", "Heun"])
+def test_parity_with_churn_at_its_cap(registry, sampler):
+    """s_churn / steps = 1 is above k-diffusion's cap sqrt(2) - 1 on gamma, so the cap decides the churn."""
+    s, sched = registry.resolve(sampler, "Karras")
+    assert run_pair(s, sched, s_churn=8.0) <= TOL
+
+
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M SDE", "DPM++ SDE", "DPM2 a"])
 def test_parity_with_eta(registry, sampler):
     s, sched = registry.resolve(sampler, "Automatic")
