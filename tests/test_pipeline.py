@@ -17,7 +17,6 @@ from webui.image_metadata import read_image_info
 from webui.jobs import Job
 from webui.models.original_layout import save_diffusers_folder, save_single_file
 from webui.models.tiny import build_tiny_components
-from webui.pipeline.noise import ImageRNG
 from webui.pipeline.request import GenerationRequest
 
 SMALL = dict(prompt="a red circle", negative_prompt="green", steps=3, width=64, height=64, seed=11,
@@ -68,26 +67,6 @@ def test_sd2_single_file_and_diffusers_folder_agree(family_dirs, tmp_path):
     x = np.asarray(single.generate(GenerationRequest(**SMALL)).images[0], dtype=int)
     y = np.asarray(folder.generate(GenerationRequest(**SMALL)).images[0], dtype=int)
     assert np.abs(x - y).max() <= 1
-
-
-def test_noise_of_an_image_is_the_same_alone_or_in_a_batch():
-    dev = torch.device("cpu")
-    batch = ImageRNG((4, 8, 8), [5, 6, 7], device=dev)
-    alone = ImageRNG((4, 8, 8), [6], device=dev)
-    assert torch.equal(batch.first()[1], alone.first()[0])
-    assert torch.equal(batch.next()[1], alone.next()[0])
-
-
-def test_variation_seed_mixes_noise():
-    dev = torch.device("cpu")
-    base = ImageRNG((4, 8, 8), [5], device=dev).first()
-    other = ImageRNG((4, 8, 8), [9], device=dev).first()
-    zero = ImageRNG((4, 8, 8), [5], device=dev, subseeds=[9], subseed_strength=0.0).first()
-    full = ImageRNG((4, 8, 8), [5], device=dev, subseeds=[9], subseed_strength=1.0).first()
-    half = ImageRNG((4, 8, 8), [5], device=dev, subseeds=[9], subseed_strength=0.5).first()
-    assert torch.equal(zero, base)
-    assert torch.allclose(full, other, atol=1e-5)
-    assert not torch.allclose(half, base) and not torch.allclose(half, other)
 
 
 def test_images_saved_with_a1111_names_and_infotext(fresh_ctx):
@@ -190,62 +169,6 @@ def test_native_size_reads_the_checkpoint_metadata(tmp_path):
     assert native_size(tmp_path / "broken.safetensors") == DEFAULT_SIZE
 
 
-def test_seed_resize_pastes_the_small_noise_in_the_centre():
-    dev = torch.device("cpu")
-    small = ImageRNG((4, 8, 8), [5], device=dev).first()[0]
-    big = ImageRNG((4, 16, 12), [5], device=dev, seed_resize_from=(64, 64)).first()[0]
-    assert torch.equal(big[:, 4:12, 2:10], small)
-    same = ImageRNG((4, 8, 8), [5], device=dev, seed_resize_from=(64, 64)).first()
-    assert torch.equal(same[0], small)
-
-
-def test_seed_resize_from_a_larger_size_crops_its_centre_as_a1111_does():
-    """A1111's ``ImageRNG.first`` (modules/rng.py) restated: the noise is drawn at the "resize seed from" size, the
-    picture's own-size noise of the same seed is drawn, and the centre of the first is pasted over the second --
-    for a larger source, ``w = src_w + 2 * dx`` columns from ``-dx`` on (``dx = (W - src_w) // 2``), so with an odd
-    difference the last column keeps the picture's own noise."""
-    dev = torch.device("cpu")
-    got = ImageRNG((4, 8, 8), [5], device=dev, seed_resize_from=(104, 80)).first()[0]
-    source = torch.randn((4, 10, 13), generator=torch.Generator().manual_seed(5))  # 80/8 x 104/8
-    own = torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(5))
-    dx, dy = (8 - 13) // 2, (8 - 10) // 2  # -3, -1
-    w, h = 13 + 2 * dx, 10 + 2 * dy  # 7, 8
-    expected = own.clone()
-    expected[:, 0:h, 0:w] = source[:, -dy:-dy + h, -dx:-dx + w]
-    assert torch.equal(got, expected)
-    assert torch.equal(got[:, :, 7], own[:, :, 7])
-
-
-def test_a_batch_longer_than_its_subseeds_uses_subseed_0():
-    """A1111's ``ImageRNG.first``: image ``i`` without a subseed of its own takes subseed 0."""
-    dev = torch.device("cpu")
-    batch = ImageRNG((4, 8, 8), [5, 6], device=dev, subseeds=[9], subseed_strength=0.5).first()
-    alone = ImageRNG((4, 8, 8), [6], device=dev, subseeds=[0], subseed_strength=0.5).first()
-    assert torch.equal(batch[1], alone[0])
-    assert not torch.equal(batch[1], ImageRNG((4, 8, 8), [6], device=dev, subseeds=[9],
-                                              subseed_strength=0.5).first()[0])
-
-
-def test_ensd_changes_only_the_later_draws():
-    dev = torch.device("cpu")
-    a, b = ImageRNG((4, 8, 8), [5], device=dev), ImageRNG((4, 8, 8), [5], device=dev, ensd=31337)
-    assert torch.equal(a.first(), b.first())
-    assert torch.equal(b.next()[0], torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(5 + 31337)))
-
-
-def test_a1111_slerp_quirks():
-    from webui.pipeline.noise import slerp
-
-    g = torch.Generator().manual_seed(0)
-    low, high = torch.randn(4, 8, 8, generator=g), torch.randn(4, 8, 8, generator=g)
-    mid = slerp(0.3, low, high)
-    # angles are taken per channel and column (dim 1), as A1111 does
-    col = slerp(0.3, low[:, :, :1], high[:, :, :1])
-    assert torch.allclose(mid[:, :, :1], col)
-    # nearly parallel noises fall back to A1111's (reversed) linear mix
-    assert torch.allclose(slerp(0.3, low, low * 1.0001), low * 0.3 + low * 1.0001 * 0.7)
-
-
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DDIM", "UniPC", "LMS"])
 def test_sde_and_ancestral_images_do_not_depend_on_the_batch(ctx, sampler):
     req = dict(SMALL, sampler_name=sampler, steps=4)
@@ -286,7 +209,6 @@ def test_every_sampler_runs_through_the_pipeline(request, model, sampler):
     assert arr.shape == (64, 64, 3) and arr.std() > 0
     assert a.images[0].tobytes() == b.images[0].tobytes()
     assert f"Sampler: {sampler}," in a.infotexts[0]
-
 
 
 def test_txt2img_is_the_deprecated_name_of_generate(ctx):
