@@ -326,6 +326,34 @@ def test_unipc_order1_is_ddim_plus_corrector(schedule: DiscreteSchedule) -> None
     assert 3.0 < e[1] / e[2] < 5.5
 
 
+def _a1111_unipc_orders(steps: int, order: int, lower_order_final: bool) -> list[tuple[int, bool]]:
+    """(order, corrector) of each UniPC update, restated from ``UniPC.sample(method="multistep")`` in A1111's
+    modules/models/diffusion/uni_pc/uni_pc.py: updates 1 .. order-1 warm up at their own index as order with the
+    corrector on; from ``order`` on, ``min(order, steps + 1 - step)`` with ``lower_order_final`` (else ``order``),
+    and no corrector on the last update (``assert steps >= order`` there)."""
+    out = [(init_order, True) for init_order in range(1, order)]
+    for step in range(order, steps + 1):
+        out.append((min(order, steps + 1 - step) if lower_order_final else order, step != steps))
+    return out
+
+
+@pytest.mark.parametrize("lower_order_final", [True, False])
+@pytest.mark.parametrize(("steps", "order"), [(3, 3), (4, 3), (5, 3), (6, 3), (2, 2), (3, 2), (3, 1), (8, 3)])
+def test_unipc_order_schedule_equals_a1111(schedule: DiscreteSchedule, monkeypatch: pytest.MonkeyPatch, steps: int,
+                                           order: int, lower_order_final: bool) -> None:
+    used: list[tuple[int, bool]] = []
+    original = es._unipc_coefficients
+
+    def recording(h, rks, p, variant, need_predictor, need_corrector):
+        used.append((p, need_corrector))
+        return original(h, rks, p, variant, need_predictor, need_corrector)
+
+    monkeypatch.setattr(es, "_unipc_coefficients", recording)
+    sigmas = es.unipc_sigmas(steps, schedule)  # steps + 1 time points: ``steps`` updates
+    run(es.sample_unipc, sigmas, vp_init=True, order=order, lower_order_final=lower_order_final)
+    assert used == _a1111_unipc_orders(steps, order, lower_order_final)
+
+
 def test_unipc_rejects_unknown_variant(schedule: DiscreteSchedule) -> None:
     with pytest.raises(ValueError):
         run(es.sample_unipc, es.unipc_sigmas(5, schedule), vp_init=True, variant="vary_coeff")
