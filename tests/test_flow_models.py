@@ -247,7 +247,7 @@ def test_flux_dev_guidance_and_samplers(ctx):
 
     base = run()
     assert not np.array_equal(base, run(distilled_cfg_scale=1.0))  # the guidance input reaches the model
-    for sampler in ("Euler a", "DPM++ 2M", "Heun"):
+    for sampler in ("Euler a", "DPM++ 2M", "Heun", "LMS", "DPM2"):  # every sampler offered for flow models
         image = run(sampler_name=sampler)
         assert np.array_equal(image, run(sampler_name=sampler)) and image.std() > 2
     with pytest.raises(RequestError, match="Euler, Euler a") as err:
@@ -628,11 +628,11 @@ def test_flow_models_take_flow_euler_a_and_simple_for_automatic():
 
     hooks = make_plugin_manager(disable_extensions=True).hooks
     registry = SamplerRegistry(hooks.register_samplers(), hooks.register_schedules())
-    for scheduler in ("Automatic", "Karras"):
-        sampler, schedule = registry.resolve("Euler a", scheduler)
+    for scheduler in ("Automatic", "automatic", "", None, "Karras"):  # A1111's label, its API name, or none given
+        sampler, schedule = registry.resolve("Euler a", scheduler or "Automatic")
         flow_sampler, flow_schedule = flow.for_flow_model(sampler, schedule, scheduler, registry.schedules)
         assert flow_sampler.fn is flow.sample_euler_ancestral_flow
-        assert flow_schedule.name == ("simple" if scheduler == "Automatic" else "karras")
+        assert flow_schedule.name == ("karras" if scheduler == "Karras" else "simple")
     euler, _ = registry.resolve("Euler", "Automatic")
     assert flow.for_flow_model(euler, None, "Automatic", registry.schedules)[0].fn is euler.fn
 

@@ -443,6 +443,20 @@ def test_s_churn_option_and_request(ctx):
     assert both.images[0].tobytes() == by_option.images[0].tobytes() and param(both.infotexts[0], "Sigma churn") == 1
 
 
+@pytest.mark.parametrize(("sampler", "option", "label"), [("Euler a", "eta_ancestral", "Eta"),
+                                                          ("DDIM", "eta_ddim", "Eta DDIM")])
+def test_eta_comes_from_the_request_else_the_samplers_option(ctx, sampler, option, label):
+    """A1111 1.10's ``Sampler.initialize``: ``eta = p.eta if p.eta is not None else opts.<eta_option_field>``, the
+    field being ``eta_ancestral`` for k-diffusion samplers and ``eta_ddim`` for DDIM; the infotext writes ``Eta`` /
+    ``Eta DDIM`` when eta differs from the sampler's default (1 / 0)."""
+    req = {**BASE, "sampler_name": sampler}
+    base = ctx.generate(GenerationRequest(**req))
+    by_option = ctx.generate(GenerationRequest(**req, override_settings={option: 0.5}))
+    by_request = ctx.generate(GenerationRequest(**req, eta=0.5))
+    assert by_option.images[0].tobytes() == by_request.images[0].tobytes() != base.images[0].tobytes()
+    assert param(by_option.infotexts[0], label) == 0.5 and f"{label}: " not in base.infotexts[0]
+
+
 def test_s_tmax_zero_means_infinity(ctx):
     base = ctx.generate(GenerationRequest(**BASE))
     churn = ctx.generate(GenerationRequest(**BASE, override_settings={"s_churn": 1.0, "s_tmax": 0.0}))
