@@ -258,6 +258,35 @@ def test_flux_dev_guidance_and_samplers(ctx):
     assert err.value.field == "width"
 
 
+def test_cfg_rescale_on_a_flow_model_rescales_the_velocity_as_diffusers(ctx, monkeypatch):
+    """On a flow model the U-Net's output is the velocity ``(x - denoised) / sigma``; CFG rescale is diffusers'
+    ``rescale_noise_cfg`` applied to it (as to an epsilon model's noise), checked on every step's real values."""
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+    from webui.pipeline import guidance
+
+    calls = []
+    original = guidance.rescale_cfg
+
+    def spy(x, sigma, positive, guided, phi, prediction_type):
+        out = original(x, sigma, positive, guided, phi, prediction_type)
+        calls.append((x, sigma, positive, guided, phi, out))
+        return out
+
+    monkeypatch.setattr(guidance, "rescale_cfg", spy)
+    model, opts, env = _model(tiny_flux(seed=1)), ctx.options.current, ctx.pipeline_env()
+    req = GenerationRequest(prompt="a cube", negative_prompt="a ball", steps=3, width=64, height=64, seed=3,
+                            sampler_name="Euler", cfg_scale=4.0, cfg_rescale=0.7, save_images=False)
+    generate(env, model, req, Job(kind="txt2img"), opts)
+    assert len(calls) == 3
+    for x, sigma, positive, guided, phi, out in calls:
+        s = sigma.view(-1, 1, 1, 1).double()
+        velocity = rescale_noise_cfg((x.double() - guided.double()) / s, (x.double() - positive.double()) / s,
+                                     guidance_rescale=phi)
+        assert torch.allclose(out.double(), x.double() - velocity * s, atol=1e-5)
+        assert not torch.allclose(out, guided, atol=1e-3)  # the rescale did something
+
+
 def test_flux_img2img_starts_from_the_image(ctx):
     from PIL import Image
 
