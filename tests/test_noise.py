@@ -67,6 +67,20 @@ def test_variation_seed_slerps_like_a1111(strength):
     np.testing.assert_allclose(ours.double().numpy(), _slerp_reference(strength, noise, subnoise), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(("mix", "falls_back"), [(0.2, False), (0.02, True), (0.005, True)])
+def test_slerp_of_correlated_noises_like_a1111(mix, falls_back):
+    """Noises that share most of their direction (mean cosine 0.973, 0.9997, 0.99998 here) take the slerp or the
+    linear mix exactly where A1111's threshold of 0.9995 on the mean cosine puts them."""
+    from webui.pipeline.noise import slerp
+
+    g = torch.Generator().manual_seed(3)
+    low = torch.randn(4, 8, 8, generator=g, dtype=torch.float64)
+    high = low + mix * torch.randn(4, 8, 8, generator=g, dtype=torch.float64)
+    expected = _slerp_reference(0.4, low.numpy(), high.numpy())
+    np.testing.assert_allclose(slerp(0.4, low, high).numpy(), expected, rtol=1e-9, atol=1e-12)
+    assert np.allclose(expected, (low * 0.4 + high * 0.6).numpy(), rtol=1e-9, atol=1e-12) == falls_back
+
+
 @pytest.mark.parametrize("kwargs", [{"subseeds": [9]}, {"subseeds": None, "subseed_strength": 0.5}])
 def test_no_variation_without_both_seed_and_strength(kwargs):
     # A1111 rng.ImageRNG: subnoise only when subseeds are given and subseed_strength != 0 (default 0)
