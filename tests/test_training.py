@@ -241,3 +241,31 @@ def test_layout_stage_draws_most_of_each_batch_from_high_noise(tmp_path, monkeyp
     assert n_layout == 3 and all(all(t >= 900 for t in step[:n_layout]) for step in after)
     # before the layout stage timesteps are uniform: with 6 draws over 0..999, not all in the top tenth
     assert not all(t >= 900 for step in before for t in step[:n_layout])
+
+
+def test_class_fraction_fills_each_batch_tail_with_the_named_classes(tmp_path, monkeypatch):
+    """``class_fraction`` 0.5 of a batch of 4: the last two pictures of every step name circle or square."""
+    config = TrainConfig(**{**TINY.__dict__, "batch": 4, "class_fraction": 0.5, "latent_samples": 24})
+    trainer = Trainer(config, tmp_path)
+    tokenizer = trainer.components.tokenizers[0]
+    wanted = set(tokenizer.convert_tokens_to_ids(["circle</w>", "square</w>"]))
+    seen: list[list[bool]] = []
+    text = trainer.components.text_encoders[0]
+    original = text.forward
+
+    def recording(input_ids, *args, **kwargs):
+        seen.append([bool(wanted & set(row.tolist())) for row in input_ids])
+        return original(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(text, "forward", recording)
+    trainer.run()
+    steps = [row for row in seen if len(row) == 4]
+    assert len(steps) == config.unet_steps
+    # caption dropout may empty a caption in the batch's tail, so count over the run: nearly all of it is named
+    tails = [named for row in steps for named in row[2:]]
+    assert sum(tails) >= len(tails) - 1, steps
+    heads = [named for row in steps for named in row[:2]]
+    assert not all(heads)  # the rest of the batch keeps the plain order, triangles included
+    resumed = Trainer(config, tmp_path)  # the settings (with their tuple of words) read back equal
+    assert resumed.load()
+

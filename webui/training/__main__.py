@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="diffusion step where the layout stage starts")
     p.add_argument("--layout-fraction", type=float, default=defaults.layout_fraction,
                    help="share of each layout-stage batch drawn from the high-noise band")
+    p.add_argument("--class-fraction", type=float, default=defaults.class_fraction,
+                   help="share of each diffusion batch drawn from pictures of circles and squares (the confused "
+                        "classes)")
     p.add_argument("--multires-levels", type=int, default=defaults.multires_noise_levels,
                    help="coarser noise levels added to the white noise (each half the size of the last)")
     p.add_argument("--latent-samples", type=int, default=defaults.latent_samples)
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                          init_from=str(args.init_from) if args.init_from else "", vae_steps=args.vae_steps,
                          decoder_steps=args.decoder_steps, unet_steps=args.steps, batch=args.batch, lr=args.lr,
                          warmup=args.warmup, layout_from=args.layout_from, layout_fraction=args.layout_fraction,
-                         multires_noise_levels=args.multires_levels, latent_samples=args.latent_samples,
+                         multires_noise_levels=args.multires_levels,
+                         class_fraction=args.class_fraction, latent_samples=args.latent_samples,
                          save_every=args.save_every)
     trainer = Trainer(config, args.out)
     trainer.load()

@@ -88,6 +88,10 @@ class TrainConfig:
     layout_t_min: int = 800
     layout_weight: float = 10.0
     layout_weight_cap: float = 200.0
+    #: share of each diffusion batch drawn from the pictures whose caption names one of ``class_words`` (the
+    #: shapes the model confuses), the rest as usual; 0 keeps the plain order
+    class_fraction: float = 0.0
+    class_words: tuple[str, ...] = ("circle", "square")
     save_every: int = 250
 
 
@@ -230,10 +234,13 @@ class Trainer:
 
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata()
-        defaults = dataclasses.asdict(TrainConfig())
+        def as_json(config: TrainConfig) -> dict:  # tuples read back as lists
+            return json.loads(json.dumps(dataclasses.asdict(config)))
+
+        defaults = as_json(TrainConfig())
         saved = {**{k: v for k, v in defaults.items() if k not in json.loads(metadata["config"])},
                  **json.loads(metadata["config"])}  # fields added later keep their defaults
-        if saved != dataclasses.asdict(self.config):
+        if saved != as_json(self.config):
             raise ValueError(f"{path} was written with other settings ({saved}); use another --out folder "
                              "or the same settings to resume")
         tensors = load_file(str(path))
@@ -380,6 +387,8 @@ class Trainer:
         weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr
         layout_weight = cfg.layout_weight * layout_weights(snr, cfg.layout_t_min, cfg.layout_weight_cap)
         n_layout = round(cfg.batch * cfg.layout_fraction)
+        n_class = round(cfg.batch * cfg.class_fraction)
+        class_pool = self._caption_pool(ids, cfg.class_words) if n_class else None
         c.unet.train()
         c.text_encoders[0].train()
         n = latents.shape[0]
@@ -389,6 +398,8 @@ class Trainer:
             epoch, offset = divmod(self.step * cfg.batch, n)
             order = torch.randperm(n, generator=_generator(cfg.seed, "epoch", epoch))
             index = order[(offset + torch.arange(cfg.batch)) % n]
+            if class_pool is not None:  # the last n_class places: pictures of the confused classes
+                index[cfg.batch - n_class:] = class_pool[torch.randint(len(class_pool), (n_class,), generator=gen)]
             x0, tokens = latents[index], ids[index].long()
             tokens[torch.rand(cfg.batch, generator=gen) < cfg.caption_dropout] = empty
             t = torch.randint(0, len(alphas), (cfg.batch,), generator=gen)
@@ -414,6 +425,15 @@ class Trainer:
             self.save()
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def _caption_pool(self, ids: torch.Tensor, words: tuple[str, ...]) -> torch.Tensor:
+        """Indices of the cached samples whose caption holds one of ``words`` (whole-word tokens)."""
+        tokenizer = self.components.tokenizers[0]
+        wanted = torch.tensor(tokenizer.convert_tokens_to_ids([w + "</w>" for w in words]))
+        pool = torch.nonzero(torch.isin(ids.long(), wanted).any(dim=1)).flatten()
+        if len(pool) == 0:
+            raise ValueError(f"no cached training caption names any of {list(words)}")
+        return pool
+
     def _update(self, loss: torch.Tensor, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
