@@ -72,7 +72,7 @@ MODULES: dict[str, list[str]] = {
     "webui/controlnet/patch.py": ["tests/test_controlnet_rules.py", "tests/test_controlnet.py",
                                   "tests/test_flow_controlnet.py", "tests/test_controlnet_inpaint.py",
                                   "tests/test_t2i_adapter.py", "tests/test_controlnet_a1111_api.py"],
-    "webui/networks/lora.py": ["tests/test_lora.py", "tests/test_flow_models.py"],
+    "webui/networks/lora.py": ["tests/test_lora.py", "tests/test_flow_models.py", "tests/test_train_lora.py"],
     "webui/prompts/parser.py": ["tests/test_prompt_parser.py", "tests/test_prompt_encoding.py"],
     "webui/infotext.py": ["tests/test_infotext.py", "tests/test_pnginfo.py", "tests/test_compat_options.py"],
 }
