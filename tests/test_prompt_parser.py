@@ -195,6 +195,8 @@ SCHEDULE_CASES = [
     ("[a|b", [[10, "[a|b"]]),
     ("[a|b:3]", [[10, "[a|b:3]"]]),
     ("[a:3] b\\", [[10, "[a:3] b\\"]]),
+    ("\\\n[a:b:3]", [[10, "\\\n[a:b:3]"]]),  # a backslash at the very start that escapes no character
+    ("\\", [[10, "\\"]]),
     ("a\\|b", [[10, "a\\|b"]]),  # an escaped "|" is text
     ("", [[10, ""]]),
 ]

@@ -440,12 +440,9 @@ def get_multicond_prompt_list(prompts: list[str]) -> tuple[list[list[tuple[int, 
     for prompt in prompts:
         indexes = []
         for subprompt in _RE_AND.split(prompt):
-            m = _RE_WEIGHT.search(subprompt)
-            if m is None:
-                text, weight = subprompt, 1.0
-            else:
-                text = m.group(1)
-                weight = float(m.group(2)) if m.group(2) is not None else 1.0
+            # the pattern matches every string (its weight part is optional), so there is always a match
+            text, number = _RE_WEIGHT.search(subprompt).groups()  # type: ignore[union-attr]
+            weight = float(number) if number is not None else 1.0
             index = index_of.get(text)
             if index is None:
                 index = len(flat)
