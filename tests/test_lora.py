@@ -232,6 +232,27 @@ def test_kohya_file_patches_the_weights_diffusers_load_lora_weights_patches(tmp_
                for part, module in _parts(ours).items() for key, v in module.state_dict().items())
 
 
+def test_layers_a_model_lacks_are_counted_and_the_others_applied(tmp_path, caplog):
+    """A file made for another model (an SDXL LoRA on SD 1.x, a newer block layout): the layers that match are
+    applied, the others are counted per file and named in one warning, as A1111 logs networks it cannot match."""
+    ours = build_tiny_components("sd1", seed=1)
+    tensors = _random_kohya(ours, KOHYA_SD1)
+    foreign = _random_kohya(build_tiny_components("sdxl", seed=1), {
+        "lora_te2_text_model_encoder_layers_0_mlp_fc1": "te1:text_model.encoder.layers.0.mlp.fc1",
+        "lora_te2_text_model_encoder_layers_0_mlp_fc2": "te1:text_model.encoder.layers.0.mlp.fc2"})
+    path = tmp_path / "mixed.safetensors"
+    save_file({**tensors, **foreign}, str(path))
+    clean = tmp_path / "clean.safetensors"
+    save_file(tensors, str(clean))
+    expected = build_tiny_components("sd1", seed=1)
+    apply_loras(expected, [(read_lora(clean), 1.0, 1.0)])
+    with caplog.at_level("WARNING", logger="webui.networks.lora"):
+        applied = apply_loras(ours, [(read_lora(path), 1.0, 1.0)])
+    assert applied.unmatched == {"mixed": 2}
+    assert "LoRA mixed: 2 of " in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(ours.unet.state_dict().values(), expected.unet.state_dict().values()))
+
+
 def test_api_lists_loras(lora_ctx):
     from fastapi.testclient import TestClient
 
