@@ -336,6 +336,34 @@ def test_lokr_with_both_factors_decomposed_and_a_half_precision_alpha(lora_ctx, 
     assert torch.equal(module.weight, original)
 
 
+def test_lokr_on_a_convolution_keeps_the_kernel_in_its_second_factor(lora_ctx, tmp_path):
+    """A1111's network_lokr.make_kron for a 4-D second factor: w1 gets two unit axes, so the kernel stays w2's:
+    delta[a*C + c, b*D + d, h, w] = w1[a, b] * w2[c, d, h, w]; here w1 is stored as w1_a @ w1_b, so dim is w1_b's
+    rank and the scale alpha / dim (calc_scale)."""
+    comps = lora_ctx.models.current.components
+    name, module = next((n, m) for n, m in comps.unet.named_modules()
+                        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and m.weight.shape[0] % 4 == 0
+                        and m.weight.shape[1] % 4 == 0)
+    out_c, in_c, kh, kw = module.weight.shape
+    g = torch.Generator().manual_seed(8)
+    key = "lora_unet_" + name.replace(".", "_")
+    tensors = {key + ".lokr_w1_a": torch.randn(4, 2, generator=g), key + ".lokr_w1_b": torch.randn(2, 4, generator=g),
+               key + ".lokr_w2": torch.randn(out_c // 4, in_c // 4, kh, kw, generator=g),
+               key + ".alpha": torch.tensor(1.0)}
+    save_file(tensors, str(tmp_path / "lokr_conv.safetensors"))
+    w1 = tensors[key + ".lokr_w1_a"] @ tensors[key + ".lokr_w1_b"]
+    expected = torch.einsum("ab,cdhw->acbdhw", w1, tensors[key + ".lokr_w2"]).reshape(out_c, in_c, kh, kw) * 0.5
+    original = module.weight.detach().clone()
+    applied = apply_loras(comps, [(read_lora(tmp_path / "lokr_conv.safetensors"), 1.0, 0.8)])
+    try:
+        assert not applied.unmatched
+        torch.testing.assert_close(module.weight.detach().float() - original.float(), expected * 0.8,
+                                   rtol=1e-3, atol=1e-3)
+    finally:
+        applied.restore()
+    assert torch.equal(module.weight.detach(), original)
+
+
 def test_registry_lists_a1111s_suffixes_and_keeps_eight_files_in_ram(tmp_path, monkeypatch):
     """A1111 lists .safetensors, .pt and .ckpt LoRA files (networks.py); the registry reads a file once and keeps
     the last CACHE_SIZE (8) read in RAM, the least recently used one leaving first."""
