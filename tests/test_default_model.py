@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import make_settings, needs
 from webui.context import build_context
-from webui.models.default import DEFAULT_FILE, ensure_default_checkpoint
+from webui.models.default import DEFAULT_FILE, ensure_default_checkpoint, native_size
 from webui.pipeline.request import GenerationRequest
 from webui.training import scoring, shapes
 
@@ -23,7 +23,9 @@ pytestmark = needs(DEFAULT_FILE.exists(), "the shipped default model file is mis
 
 #: Held-out combinations used below (``shapes.is_held_out`` is asserted, so they stay unseen in training).
 HELD_OUT = [scene for scene in shapes.eval_scenes() if scene.size == "large"]
-BASE = dict(steps=20, cfg_scale=7.0, width=64, height=64, sampler_name="DPM++ 2M", save_images=False)
+#: the size the shipped model was trained at (its metadata); the pictures below are drawn at that size
+SIZE = native_size(DEFAULT_FILE)
+BASE = dict(steps=20, cfg_scale=7.0, width=SIZE, height=SIZE, sampler_name="DPM++ 2M", save_images=False)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_generation_follows_held_out_prompts(demo):
 
 
 def _rendered(scene: shapes.Scene):
-    return shapes.render(scene, random.Random(0))
+    return shapes.render(scene, random.Random(0), SIZE)
 
 
 def test_img2img_strength_keeps_layout_or_follows_prompt(demo):
@@ -96,17 +98,18 @@ def test_inpainting_changes_the_masked_area_only(demo):
 
     source = shapes.Scene("circle", "red", "blue", "center", "large")
     image = _rendered(source)
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
+    k = SIZE // 64  # the mask and the areas checked below scale with the picture
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (16 * k, 16 * k, 48 * k, 48 * k))
     prompt = shapes.caption(shapes.Scene("circle", "yellow", "blue", "center", "large"))
     out = demo.generate(GenerationRequest(**{**BASE, "mode": "img2img", "init_images": (image,), "mask": mask,
                                             "prompt": prompt, "seed": 5, "denoising_strength": 1.0,
                                             "inpainting_fill": 1, "inpaint_full_res": False})).images[0]
     before, after = np.asarray(image, dtype=np.float32), np.asarray(out, dtype=np.float32)
-    outside = np.ones((64, 64), bool)
-    outside[8:56, 8:56] = False  # mask plus its blur
+    outside = np.ones((SIZE, SIZE), bool)
+    outside[8 * k:56 * k, 8 * k:56 * k] = False  # mask plus its blur
     assert np.abs(after[outside] - before[outside]).max() <= 1
-    centre = after[24:40, 24:40].reshape(-1, 3).mean(axis=0)
+    centre = after[24 * k:40 * k, 24 * k:40 * k].reshape(-1, 3).mean(axis=0)
     assert scoring.nearest_colour(centre) == "yellow", centre
 
 
