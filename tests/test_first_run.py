@@ -73,7 +73,7 @@ def test_shapes_warning_only_when_the_shapes_model_loads(elsewhere, tmp_path, ca
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="webui"):
         _load_first_model(_ctx(tmp_path / "b", empty), log)
-    assert HOW_TO_ADD in caplog.text and "Model ready: shapes-64.safetensors" in caplog.text
+    assert HOW_TO_ADD in caplog.text and "Model ready: shapes-128.safetensors" in caplog.text
 
 
 def _held_loads(monkeypatch) -> tuple[threading.Event, threading.Event]:

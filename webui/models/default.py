@@ -1,9 +1,9 @@
 """The default model used when ``models/Stable-diffusion`` holds no checkpoint.
 
-It is the project's own "shapes" model (``models/default/shapes-64.safetensors``,
+It is the project's own "shapes" model (``models/default/shapes-128.safetensors``,
 17 MB): an SD 1.x-architecture checkpoint in the original single-file layout,
 trained by ``python -m webui.training`` on the synthetic shapes data set.  It
-draws 64x64 pictures of a circle, square or triangle in a named colour at a
+draws 128x128 pictures of a circle, square or triangle in a named colour at a
 named place on a coloured background ("a red circle on the left, blue
 background").  It is loaded through the same registry and pipeline as any
 user checkpoint.
@@ -21,14 +21,14 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_FILE = REPO_ROOT / "models" / "default" / "shapes-64.safetensors"
+DEFAULT_FILE = REPO_ROOT / "models" / "default" / "shapes-128.safetensors"
 DEFAULT_SIZE = 64  # when the checkpoint does not say (its ``webui.native_size`` metadata)
 FALLBACK_NAME = "builtin-tiny-sd1.safetensors"
 FALLBACK_SEED = 20261127
 EXAMPLE_PROMPT = "a large red circle on the left, blue background"
 
 HOW_TO_ADD = (
-    "No checkpoint found in models/Stable-diffusion, so the built-in shapes demo model is used: it draws 64x64 "
+    "No checkpoint found in models/Stable-diffusion, so the built-in shapes demo model is used: it draws 128x128 "
     f"pictures of simple shapes, e.g. \"{EXAMPLE_PROMPT}\" (colours: red, green, blue, yellow, purple, orange, "
     "white, black; shapes: circle, square, triangle; places: left, right, top, bottom, center). To generate real "
     "images, put a Stable Diffusion checkpoint such as v1-5-pruned-emaonly.safetensors (SD 1.5), a SD 2.x or an "

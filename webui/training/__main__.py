@@ -1,8 +1,8 @@
 """``python -m webui.training``: train the default model (resumable), then export it.
 
-Example (the command that made the shipped model)::
+Example (the first of the four stages that made the shipped model; ``tools/make_default_model.sh`` runs all)::
 
-    python -m webui.training --out runs/shapes --until 4000 --export models/default/shapes-64.safetensors
+    python -m webui.training --out runs/shapes --until 4000 --export runs/shapes-64.safetensors
 
 Run it again with the same ``--out`` to resume after an interruption.
 """
