@@ -33,7 +33,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from webui.models.default import default_checkpoint_path  # noqa: E402
+from webui.models.default import default_checkpoint_path, native_size  # noqa: E402
 from webui.models.loader import load_components  # noqa: E402
 from webui.training import scoring, shapes  # noqa: E402
 
@@ -72,8 +72,8 @@ def text_encoder_moves(c) -> dict:
     return result
 
 
-def unet_response(c) -> dict:
-    x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+def unet_response(c, size: int) -> dict:
+    x = torch.randn(4, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
     base = _states(c, [BASE]).expand(4, -1, -1)
     result = {}
     for t in (300, 600, 900):
@@ -85,8 +85,8 @@ def unet_response(c) -> dict:
     return result
 
 
-def swapped_error(c, count: int = 48) -> dict:
-    items = [s for s in (shapes.sample(5, i) for i in range(4 * count)) if s[0].shape != "triangle"][:count]
+def swapped_error(c, size: int, count: int = 48) -> dict:
+    items = [s for s in (shapes.sample(5, i, size=size) for i in range(4 * count)) if s[0].shape != "triangle"][:count]
     scenes = [s for s, _, _ in items]
     z0 = _encode(c, [image for _, _, image in items])
     swap = {"circle": "square", "square": "circle"}
@@ -106,10 +106,10 @@ def swapped_error(c, count: int = 48) -> dict:
     return result
 
 
-def vae_shape_kept(c, count: int = 400) -> dict:
+def vae_shape_kept(c, size: int, count: int = 400) -> dict:
     kept, total = collections.Counter(), collections.Counter()
     for start in range(0, count, 100):
-        items = [shapes.sample(3, i, split="eval") for i in range(start, start + 100)]
+        items = [shapes.sample(3, i, split="eval", size=size) for i in range(start, start + 100)]
         decoded = _to_images(c, _encode(c, [image for _, _, image in items]))
         for (scene, _, _), image in zip(items, decoded):
             total[scene.size] += 1
@@ -117,7 +117,7 @@ def vae_shape_kept(c, count: int = 400) -> dict:
     return {size: round(kept[size] / total[size], 3) for size in total}
 
 
-def generation_confusion(checkpoint: Path) -> dict:
+def generation_confusion(checkpoint: Path, size: int) -> dict:
     from webui.pipeline.request import GenerationRequest
     from webui.training.evaluate import CFG, SAMPLER, SCHEDULER, STEPS, context_for
 
@@ -126,8 +126,8 @@ def generation_confusion(checkpoint: Path) -> dict:
         ctx = context_for(checkpoint, Path(tmp))
         for scene in shapes.eval_scenes():
             req = GenerationRequest(prompt=shapes.caption(scene), seed=1000, steps=STEPS, cfg_scale=CFG,
-                                    sampler_name=SAMPLER, scheduler=SCHEDULER, width=shapes.IMAGE_SIZE,
-                                    height=shapes.IMAGE_SIZE, save_images=False)
+                                    sampler_name=SAMPLER, scheduler=SCHEDULER, width=size,
+                                    height=size, save_images=False)
             read = scoring.read_image(ctx.generate(req).images[0]).shape
             confusion[f"{scene.size} {scene.shape}"][str(read)] += 1
     return {k: dict(v) for k, v in sorted(confusion.items())}
@@ -139,11 +139,13 @@ def main() -> int:
     p.add_argument("--generate", action="store_true", help="also generate every held-out prompt (1-2 min)")
     args = p.parse_args()
     checkpoint = args.checkpoint or default_checkpoint_path()
+    size = native_size(checkpoint)  # pictures and latents at the size the model was trained at
     c = load_components(checkpoint)
-    report = {"checkpoint": str(checkpoint), "text_encoder": text_encoder_moves(c), "unet_response": unet_response(c),
-              "swapped_error": swapped_error(c), "vae_shape_kept": vae_shape_kept(c)}
+    report = {"checkpoint": str(checkpoint), "size": size, "text_encoder": text_encoder_moves(c),
+              "unet_response": unet_response(c, size), "swapped_error": swapped_error(c, size),
+              "vae_shape_kept": vae_shape_kept(c, size)}
     if args.generate:
-        report["generation_confusion"] = generation_confusion(checkpoint)
+        report["generation_confusion"] = generation_confusion(checkpoint, size)
     print(json.dumps(report, indent=1))
     return 0
 
