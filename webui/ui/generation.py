@@ -98,7 +98,8 @@ def build_generation_tab(ctx: AppContext, mode: str) -> GenerationTab:
     samplers = list(ctx.samplers.samplers)
     schedules = ["Automatic", *(s.label for s in ctx.samplers.schedules.values())]
     demo = ctx.models.using_builtin_default  # the shapes demo model draws small pictures (its native size)
-    size = native_size(ctx.models.checkpoints()[0].path) if demo and ctx.models.checkpoints() else 512
+    listed = ctx.models.checkpoints() if demo else []
+    size = native_size(listed[0].path) if listed else 512
     top = _prompt_row(ctx, tab, demo)
     with gr.Row(elem_id=f"{mode}_main", equal_height=False):
         with gr.Column(scale=1, elem_id=f"{mode}_settings"):
