@@ -269,3 +269,74 @@ def test_class_fraction_fills_each_batch_tail_with_the_named_classes(tmp_path, m
     resumed = Trainer(config, tmp_path)  # the settings (with their tuple of words) read back equal
     assert resumed.load()
 
+
+
+def test_class_words_of_several_words_pick_captions_holding_all_and_train_them_in_their_band(tmp_path, monkeypatch):
+    """``class_words=("small square",)``: every batch tail is a small square, at timesteps in ``[100, 200)``."""
+    config = TrainConfig(**{**TINY.__dict__, "batch": 4, "class_fraction": 0.5, "latent_samples": 48,
+                            "class_words": ("small square",), "class_t_min": 100, "class_t_max": 200,
+                            "layout_fraction": 0.25})
+    trainer = Trainer(config, tmp_path)
+    tokenizer = trainer.components.tokenizers[0]
+    small, square = tokenizer.convert_tokens_to_ids(["small</w>", "square</w>"])
+    captions: list[list[set[int]]] = []
+    timesteps: list[list[int]] = []
+    text, unet = trainer.components.text_encoders[0], trainer.components.unet
+    text_forward, unet_forward = text.forward, unet.forward
+
+    def record_text(input_ids, *args, **kwargs):
+        captions.append([set(row.tolist()) for row in input_ids])
+        return text_forward(input_ids, *args, **kwargs)
+
+    def record_unet(sample, timestep, *args, **kwargs):
+        timesteps.append(timestep.tolist())
+        return unet_forward(sample, timestep, *args, **kwargs)
+
+    monkeypatch.setattr(text, "forward", record_text)
+    monkeypatch.setattr(unet, "forward", record_unet)
+    trainer.run()
+    steps = [row for row in captions if len(row) == 4]
+    assert len(steps) == len(timesteps) == config.unet_steps
+    tails = [tokens for row in steps for tokens in row[2:]]
+    # caption dropout may empty one; every other tail caption holds both words
+    assert sum({small, square} <= tokens for tokens in tails) >= len(tails) - 1, steps
+    assert any(square not in tokens or small not in tokens for row in steps for tokens in row[:2])
+    assert all(100 <= t < 200 for step in timesteps for t in step[2:]), timesteps
+    assert not all(100 <= t < 200 for step in timesteps for t in step[:2])
+    with pytest.raises(ValueError, match="no cached training caption"):
+        trainer._caption_pool(torch.zeros(3, 77, dtype=torch.int32), ("small square",))
+
+
+def test_class_band_must_lie_inside_the_schedule(tmp_path):
+    config = TrainConfig(**{**TINY.__dict__, "class_fraction": 0.5, "class_t_min": 500, "class_t_max": 400})
+    with pytest.raises(ValueError, match="class_t_min"):
+        Trainer(config, tmp_path).run()
+
+
+def test_training_command_line_passes_class_words_and_band(tmp_path, monkeypatch):
+    from webui.training import __main__ as cli
+
+    seen: list[TrainConfig] = []
+
+    class Recording:
+        phase, step = "unet", 0
+
+        def __init__(self, config, out):
+            seen.append(config)
+
+        def load(self):
+            return False
+
+        def run(self, progress=None, until=None):
+            pass
+
+    monkeypatch.setattr(cli, "Trainer", Recording)
+    assert cli.main(["--out", str(tmp_path), "--class-fraction", "0.5", "--class-words", "small circle, small square",
+                     "--class-t", "100:700"]) == 0
+    assert seen[-1].class_words == ("small circle", "small square")
+    assert (seen[-1].class_t_min, seen[-1].class_t_max, seen[-1].class_fraction) == (100, 700, 0.5)
+    assert cli.main(["--out", str(tmp_path)]) == 0  # the defaults are TrainConfig's
+    assert (seen[-1].class_words, seen[-1].class_t_min, seen[-1].class_t_max) == (("circle", "square"), 0, 1000)
+    for bad in (["--class-t", "700"], ["--class-t", "a:b"], ["--class-words", " , "]):
+        with pytest.raises(SystemExit, match="--class"):
+            cli.main(["--out", str(tmp_path), *bad])

@@ -42,8 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layout-fraction", type=float, default=defaults.layout_fraction,
                    help="share of each layout-stage batch drawn from the high-noise band")
     p.add_argument("--class-fraction", type=float, default=defaults.class_fraction,
-                   help="share of each diffusion batch drawn from pictures of circles and squares (the confused "
+                   help="share of each diffusion batch drawn from pictures named by --class-words (the confused "
                         "classes)")
+    p.add_argument("--class-words", default=",".join(defaults.class_words),
+                   help="comma-separated caption words of those pictures; an entry of several words (\"small "
+                        "square\") picks captions holding all of them")
+    p.add_argument("--class-t", default=f"{defaults.class_t_min}:{defaults.class_t_max}",
+                   help="MIN:MAX, the band of timesteps those pictures are trained at")
     p.add_argument("--multires-levels", type=int, default=defaults.multires_noise_levels,
                    help="coarser noise levels added to the white noise (each half the size of the last)")
     p.add_argument("--latent-samples", type=int, default=defaults.latent_samples)
@@ -65,12 +70,20 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--image-size must be a multiple of 8 and at least 32, not {args.image_size}")
     if args.init_from is not None and not args.init_from.is_file():
         raise SystemExit(f"--init-from: no such checkpoint file: {args.init_from}")
+    class_words = tuple(w.strip() for w in args.class_words.split(",") if w.strip())
+    try:
+        class_t_min, class_t_max = (int(v) for v in args.class_t.split(":"))
+    except ValueError:
+        raise SystemExit(f"--class-t must be MIN:MAX (two whole numbers), not {args.class_t!r}") from None
+    if not class_words:
+        raise SystemExit("--class-words names no word")
     config = TrainConfig(seed=args.seed, image_size=args.image_size,
                          init_from=str(args.init_from) if args.init_from else "", vae_steps=args.vae_steps,
                          decoder_steps=args.decoder_steps, unet_steps=args.steps, batch=args.batch, lr=args.lr,
                          warmup=args.warmup, layout_from=args.layout_from, layout_fraction=args.layout_fraction,
                          multires_noise_levels=args.multires_levels,
-                         class_fraction=args.class_fraction, latent_samples=args.latent_samples,
+                         class_fraction=args.class_fraction, class_words=class_words, class_t_min=class_t_min,
+                         class_t_max=class_t_max, latent_samples=args.latent_samples,
                          save_every=args.save_every)
     trainer = Trainer(config, args.out)
     trainer.load()

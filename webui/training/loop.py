@@ -91,7 +91,12 @@ class TrainConfig:
     #: share of each diffusion batch drawn from the pictures whose caption names one of ``class_words`` (the
     #: shapes the model confuses), the rest as usual; 0 keeps the plain order
     class_fraction: float = 0.0
+    #: an entry of several words ("small square") picks captions that hold all of them
     class_words: tuple[str, ...] = ("circle", "square")
+    #: timesteps of those pictures are drawn from ``[class_t_min, class_t_max)``; the whole range keeps the plain
+    #: draw (and the random stream of older runs)
+    class_t_min: int = 0
+    class_t_max: int = 1000
     save_every: int = 250
 
 
@@ -389,6 +394,10 @@ class Trainer:
         n_layout = round(cfg.batch * cfg.layout_fraction)
         n_class = round(cfg.batch * cfg.class_fraction)
         class_pool = self._caption_pool(ids, cfg.class_words) if n_class else None
+        class_band = None if (cfg.class_t_min, cfg.class_t_max) == (0, len(alphas)) else (cfg.class_t_min,
+                                                                                           cfg.class_t_max)
+        if class_band and not 0 <= class_band[0] < class_band[1] <= len(alphas):
+            raise ValueError(f"class_t_min/class_t_max must satisfy 0 <= min < max <= {len(alphas)}, got {class_band}")
         c.unet.train()
         c.text_encoders[0].train()
         n = latents.shape[0]
@@ -408,6 +417,9 @@ class Trainer:
                 # the layout stage: part of every batch comes from the high-noise band, with an image-space loss
                 t[:n_layout] = torch.randint(cfg.layout_t_min, len(alphas), (n_layout,), generator=gen)
                 per_sample[:n_layout] = layout_weight[t[:n_layout]]
+            if class_band and n_class:  # the confused classes where their shape is drawn (min-SNR weights as usual)
+                t[cfg.batch - n_class:] = torch.randint(*class_band, (n_class,), generator=gen)
+                per_sample[cfg.batch - n_class:] = weight[t[cfg.batch - n_class:]]
             noise = multires_noise(x0.shape, gen, cfg.multires_noise_discount, cfg.multires_noise_levels)
             a = alphas[t].view(-1, 1, 1, 1)
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -426,10 +438,20 @@ class Trainer:
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _caption_pool(self, ids: torch.Tensor, words: tuple[str, ...]) -> torch.Tensor:
-        """Indices of the cached samples whose caption holds one of ``words`` (whole-word tokens)."""
+        """Indices of the cached samples whose caption holds one of ``words`` (whole-word tokens).
+
+        An entry of several words ("small square") matches a caption that holds every one of them.
+        """
         tokenizer = self.components.tokenizers[0]
-        wanted = torch.tensor(tokenizer.convert_tokens_to_ids([w + "</w>" for w in words]))
-        pool = torch.nonzero(torch.isin(ids.long(), wanted).any(dim=1)).flatten()
+        ids = ids.long()
+        matched = torch.zeros(len(ids), dtype=torch.bool)
+        for entry in words:
+            wanted = tokenizer.convert_tokens_to_ids([w + "</w>" for w in entry.split()])
+            hits = torch.ones(len(ids), dtype=torch.bool)
+            for token in wanted:
+                hits &= (ids == token).any(dim=1)
+            matched |= hits
+        pool = torch.nonzero(matched).flatten()
         if len(pool) == 0:
             raise ValueError(f"no cached training caption names any of {list(words)}")
         return pool
