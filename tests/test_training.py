@@ -243,42 +243,15 @@ def test_layout_stage_draws_most_of_each_batch_from_high_noise(tmp_path, monkeyp
     assert not all(t >= 900 for step in before for t in step[:n_layout])
 
 
-def test_class_fraction_fills_each_batch_tail_with_the_named_classes(tmp_path, monkeypatch):
-    """``class_fraction`` 0.5 of a batch of 4: the last two pictures of every step name circle or square."""
-    config = TrainConfig(**{**TINY.__dict__, "batch": 4, "class_fraction": 0.5, "latent_samples": 24})
-    trainer = Trainer(config, tmp_path)
-    tokenizer = trainer.components.tokenizers[0]
-    wanted = set(tokenizer.convert_tokens_to_ids(["circle</w>", "square</w>"]))
-    seen: list[list[bool]] = []
-    text = trainer.components.text_encoders[0]
-    original = text.forward
-
-    def recording(input_ids, *args, **kwargs):
-        seen.append([bool(wanted & set(row.tolist())) for row in input_ids])
-        return original(input_ids, *args, **kwargs)
-
-    monkeypatch.setattr(text, "forward", recording)
-    trainer.run()
-    steps = [row for row in seen if len(row) == 4]
-    assert len(steps) == config.unet_steps
-    # caption dropout may empty a caption in the batch's tail, so count over the run: nearly all of it is named
-    tails = [named for row in steps for named in row[2:]]
-    assert sum(tails) >= len(tails) - 1, steps
-    heads = [named for row in steps for named in row[:2]]
-    assert not all(heads)  # the rest of the batch keeps the plain order, triangles included
-    resumed = Trainer(config, tmp_path)  # the settings (with their tuple of words) read back equal
-    assert resumed.load()
-
-
-
-def test_class_words_of_several_words_pick_captions_holding_all_and_train_them_in_their_band(tmp_path, monkeypatch):
-    """``class_words=("small square",)``: every batch tail is a small square, at timesteps in ``[100, 200)``."""
+def test_class_words_pick_the_batch_tails_and_train_them_in_their_band(tmp_path, monkeypatch):
+    """``class_fraction`` 0.5 of a batch of 4 with ``class_words=("small square", "triangle")``: the last two pictures
+    of every step are small squares (both words) or triangles, at timesteps in ``[100, 200)``."""
     config = TrainConfig(**{**TINY.__dict__, "batch": 4, "class_fraction": 0.5, "latent_samples": 48,
-                            "class_words": ("small square",), "class_t_min": 100, "class_t_max": 200,
+                            "class_words": ("small square", "triangle"), "class_t_min": 100, "class_t_max": 200,
                             "layout_fraction": 0.25})
     trainer = Trainer(config, tmp_path)
     tokenizer = trainer.components.tokenizers[0]
-    small, square = tokenizer.convert_tokens_to_ids(["small</w>", "square</w>"])
+    small, square, triangle = tokenizer.convert_tokens_to_ids(["small</w>", "square</w>", "triangle</w>"])
     captions: list[list[set[int]]] = []
     timesteps: list[list[int]] = []
     text, unet = trainer.components.text_encoders[0], trainer.components.unet
@@ -298,19 +271,25 @@ def test_class_words_of_several_words_pick_captions_holding_all_and_train_them_i
     steps = [row for row in captions if len(row) == 4]
     assert len(steps) == len(timesteps) == config.unet_steps
     tails = [tokens for row in steps for tokens in row[2:]]
-    # caption dropout may empty one; every other tail caption holds both words
-    assert sum({small, square} <= tokens for tokens in tails) >= len(tails) - 1, steps
-    assert any(square not in tokens or small not in tokens for row in steps for tokens in row[:2])
+    small_squares = sum({small, square} <= tokens for tokens in tails)
+    triangles = sum(triangle in tokens for tokens in tails)
+    # caption dropout may empty one; every other tail caption is a small square or a triangle, and both entries count
+    assert small_squares + triangles >= len(tails) - 1 and small_squares and triangles, steps
+    # the rest of the batch keeps the plain order (other pictures too)
+    assert any(not {small, square} <= tokens and triangle not in tokens for row in steps for tokens in row[:2])
     assert all(100 <= t < 200 for step in timesteps for t in step[2:]), timesteps
     assert not all(100 <= t < 200 for step in timesteps for t in step[:2])
     with pytest.raises(ValueError, match="no cached training caption"):
         trainer._caption_pool(torch.zeros(3, 77, dtype=torch.int32), ("small square",))
+    resumed = Trainer(config, tmp_path)  # the settings (with their tuple of words) read back equal
+    assert resumed.load()
 
 
-def test_class_band_must_lie_inside_the_schedule(tmp_path):
-    config = TrainConfig(**{**TINY.__dict__, "class_fraction": 0.5, "class_t_min": 500, "class_t_max": 400})
-    with pytest.raises(ValueError, match="class_t_min"):
-        Trainer(config, tmp_path).run()
+@pytest.mark.parametrize("band", [(500, 400), (-1, 10), (0, 1001), (7, 7)])
+def test_class_band_must_lie_inside_the_schedule(band):
+    with pytest.raises(ValueError, match="class_t_min"):  # at once, not after the VAE phase
+        TrainConfig(**{**TINY.__dict__, "class_t_min": band[0], "class_t_max": band[1]})
+    assert TrainConfig(class_t_min=999, class_t_max=1000).class_t_min == 999
 
 
 def test_training_command_line_passes_class_words_and_band(tmp_path, monkeypatch):
@@ -337,6 +316,6 @@ def test_training_command_line_passes_class_words_and_band(tmp_path, monkeypatch
     assert (seen[-1].class_t_min, seen[-1].class_t_max, seen[-1].class_fraction) == (100, 700, 0.5)
     assert cli.main(["--out", str(tmp_path)]) == 0  # the defaults are TrainConfig's
     assert (seen[-1].class_words, seen[-1].class_t_min, seen[-1].class_t_max) == (("circle", "square"), 0, 1000)
-    for bad in (["--class-t", "700"], ["--class-t", "a:b"], ["--class-words", " , "]):
+    for bad in (["--class-t", "700"], ["--class-t", "a:b"], ["--class-t", "700:100"], ["--class-words", " , "]):
         with pytest.raises(SystemExit, match="--class"):
             cli.main(["--out", str(tmp_path), *bad])

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from webui.models.components import METADATA_KEY, SDComponents
+from webui.models.components import METADATA_KEY, TRAIN_STEPS, SDComponents
 from webui.models.original_layout import save_single_file
 from webui.training import shapes
 from webui.training.architecture import build_components
@@ -98,6 +98,11 @@ class TrainConfig:
     class_t_min: int = 0
     class_t_max: int = 1000
     save_every: int = 250
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.class_t_min < self.class_t_max <= TRAIN_STEPS:
+            raise ValueError(f"class_t_min/class_t_max must satisfy 0 <= min < max <= {TRAIN_STEPS}, "
+                             f"got {self.class_t_min}, {self.class_t_max}")
 
 
 @dataclass
@@ -394,10 +399,8 @@ class Trainer:
         n_layout = round(cfg.batch * cfg.layout_fraction)
         n_class = round(cfg.batch * cfg.class_fraction)
         class_pool = self._caption_pool(ids, cfg.class_words) if n_class else None
-        class_band = None if (cfg.class_t_min, cfg.class_t_max) == (0, len(alphas)) else (cfg.class_t_min,
-                                                                                           cfg.class_t_max)
-        if class_band and not 0 <= class_band[0] < class_band[1] <= len(alphas):
-            raise ValueError(f"class_t_min/class_t_max must satisfy 0 <= min < max <= {len(alphas)}, got {class_band}")
+        band = (cfg.class_t_min, cfg.class_t_max)
+        class_band = None if band == (0, len(alphas)) else band
         c.unet.train()
         c.text_encoders[0].train()
         n = latents.shape[0]
