@@ -1,6 +1,6 @@
 """``python -m webui.training``: train the default model (resumable), then export it.
 
-Example (the first of the four stages that made the shipped model; ``tools/make_default_model.sh`` runs all)::
+Example (the first of the six stages that made the shipped model; ``tools/make_default_model.sh`` runs all)::
 
     python -m webui.training --out runs/shapes --until 4000 --export runs/shapes-64.safetensors
 
