@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--lora-dim", type=int, default=8)
     parser.add_argument("--lora-conv-dim", type=int, default=0, help="> 0: LoCon (ResNet convolutions too)")
     parser.add_argument("--skip-ti", action="store_true", help="measure LoRA only")
+    parser.add_argument("--skip-lora", action="store_true", help="measure textual inversion only")
+    parser.add_argument("--ti-vectors", type=int, default=1, help="vectors per token of the new embedding")
     parser.add_argument("--min-snr-gamma", type=float, default=0.0)
     parser.add_argument("--noise-offset", type=float, default=0.0)
     parser.add_argument("--lora-seed", type=int, default=1)
@@ -164,31 +166,32 @@ def main() -> None:
         _textual_inversion(args, ctx, model, data, tmp, captions, teal_rate, train_ti, TrainEmbeddingParams,
                            create_embedding, Job, out)
 
-    # LoRA: the plain word "teal" in the captions, U-Net and text encoder layers
-    captions("teal")
-    start = time.monotonic()
-    lora = train_lora(ctx, LoraTrainParams(output_name="teal", train_data_dir=str(data), network_dim=args.lora_dim,
-                                           network_alpha=args.lora_dim, conv_dim=args.lora_conv_dim,
-                                           conv_alpha=max(args.lora_conv_dim, 1),
-                                           min_snr_gamma=args.min_snr_gamma, noise_offset=args.noise_offset,
-                                           optimizer_type=args.optimizer,
-                                           bundle_embedding="teal" if args.bundle_embedding else "",
-                                           bundle_embedding_init="blue", embedding_lr=args.embedding_lr,
-                                           embedding_only_steps=args.embedding_only_steps,
-                                           learning_rate=args.lora_lr, text_encoder_lr=args.lora_te_lr,
-                                           max_train_steps=args.lora_steps,
-                                           train_batch_size=4, resolution=size, seed=args.lora_seed,
-                                           reg_data_dir=reg_dir, prior_loss_weight=args.prior_loss_weight),
-                    Job(kind="lora"))
-    out["lora_seconds"] = round(time.monotonic() - start, 1)
-    out["lora_final_loss_mean_last_20"] = round(float(np.mean(lora["losses"][-20:])), 4)
-    out["after_lora"] = teal_rate("teal", " <lora:teal:1>")
-    out["lora"] = {"steps": args.lora_steps, "dim": args.lora_dim, "conv_dim": args.lora_conv_dim,
-                   "unet_lr": args.lora_lr, "te_lr": args.lora_te_lr, "min_snr_gamma": args.min_snr_gamma,
-                   "noise_offset": args.noise_offset, "seed": args.lora_seed, "optimizer": args.optimizer,
-                   "bundle_embedding": args.bundle_embedding, "embedding_lr": args.embedding_lr,
-                   "embedding_only_steps": args.embedding_only_steps, "reg": args.reg,
-                   "prior_loss_weight": args.prior_loss_weight}
+    if not args.skip_lora:
+        # LoRA: the plain word "teal" in the captions, U-Net and text encoder layers
+        captions("teal")
+        start = time.monotonic()
+        lora = train_lora(ctx, LoraTrainParams(output_name="teal", train_data_dir=str(data), network_dim=args.lora_dim,
+                                               network_alpha=args.lora_dim, conv_dim=args.lora_conv_dim,
+                                               conv_alpha=max(args.lora_conv_dim, 1),
+                                               min_snr_gamma=args.min_snr_gamma, noise_offset=args.noise_offset,
+                                               optimizer_type=args.optimizer,
+                                               bundle_embedding="teal" if args.bundle_embedding else "",
+                                               bundle_embedding_init="blue", embedding_lr=args.embedding_lr,
+                                               embedding_only_steps=args.embedding_only_steps,
+                                               learning_rate=args.lora_lr, text_encoder_lr=args.lora_te_lr,
+                                               max_train_steps=args.lora_steps,
+                                               train_batch_size=4, resolution=size, seed=args.lora_seed,
+                                               reg_data_dir=reg_dir, prior_loss_weight=args.prior_loss_weight),
+                        Job(kind="lora"))
+        out["lora_seconds"] = round(time.monotonic() - start, 1)
+        out["lora_final_loss_mean_last_20"] = round(float(np.mean(lora["losses"][-20:])), 4)
+        out["after_lora"] = teal_rate("teal", " <lora:teal:1>")
+        out["lora"] = {"steps": args.lora_steps, "dim": args.lora_dim, "conv_dim": args.lora_conv_dim,
+                       "unet_lr": args.lora_lr, "te_lr": args.lora_te_lr, "min_snr_gamma": args.min_snr_gamma,
+                       "noise_offset": args.noise_offset, "seed": args.lora_seed, "optimizer": args.optimizer,
+                       "bundle_embedding": args.bundle_embedding, "embedding_lr": args.embedding_lr,
+                       "embedding_only_steps": args.embedding_only_steps, "reg": args.reg,
+                       "prior_loss_weight": args.prior_loss_weight}
     if args.dump:
         out["verdicts"] = verdicts
     print(json.dumps(out, indent=2))
@@ -197,7 +200,8 @@ def main() -> None:
 def _textual_inversion(args, ctx, model, data, tmp, captions, teal_rate, train_ti, TrainEmbeddingParams,
                        create_embedding, Job, out) -> None:
     captions("tealish")
-    create_embedding(model.components, ctx.settings.model_dir("embeddings"), "tealish", num_vectors_per_token=1,
+    create_embedding(model.components, ctx.settings.model_dir("embeddings"), "tealish",
+                     num_vectors_per_token=args.ti_vectors,
                      init_text="blue", checkpoint_hash=model.short_hash, checkpoint_name=model.info.model_name)
     templates = tmp / "templates"
     templates.mkdir()
