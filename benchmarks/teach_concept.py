@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--skip-ti", action="store_true", help="measure LoRA only")
     parser.add_argument("--skip-lora", action="store_true", help="measure textual inversion only")
     parser.add_argument("--ti-vectors", type=int, default=1, help="vectors per token of the new embedding")
+    parser.add_argument("--ti-lr", default="0.02:200, 0.005", help="textual inversion learning rate (A1111 syntax)")
+    parser.add_argument("--ti-init", default="blue", help="initialization text of the new embedding")
     parser.add_argument("--min-snr-gamma", type=float, default=0.0)
     parser.add_argument("--noise-offset", type=float, default=0.0)
     parser.add_argument("--lora-seed", type=int, default=1)
@@ -202,13 +204,13 @@ def _textual_inversion(args, ctx, model, data, tmp, captions, teal_rate, train_t
     captions("tealish")
     create_embedding(model.components, ctx.settings.model_dir("embeddings"), "tealish",
                      num_vectors_per_token=args.ti_vectors,
-                     init_text="blue", checkpoint_hash=model.short_hash, checkpoint_name=model.info.model_name)
+                     init_text=args.ti_init, checkpoint_hash=model.short_hash, checkpoint_name=model.info.model_name)
     templates = tmp / "templates"
     templates.mkdir()
     (templates / "filewords_only.txt").write_text("[filewords]\n")
     start = time.monotonic()
     result = train_ti(model, ctx.settings.model_dir("embeddings"), TrainEmbeddingParams(
-        "tealish", learn_rate="0.02:200, 0.005", batch_size=4, data_root=str(data), training_width=args.size,
+        "tealish", learn_rate=args.ti_lr, batch_size=4, data_root=str(data), training_width=args.size,
         training_height=args.size, steps=args.ti_steps, template_filename="filewords_only", save_embedding_every=0,
         create_image_every=0, latent_sampling_method="deterministic", seed=1), Job(kind="ti"),
         templates_dirs=(templates,), log_root=tmp / "logs")
