@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from webui.models.components import TRAIN_STEPS
 from webui.training.loop import Progress, TrainConfig, Trainer
 
 
@@ -78,16 +77,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--class-t must be MIN:MAX (two whole numbers), not {args.class_t!r}") from None
     if not class_words:
         raise SystemExit("--class-words names no word")
-    if not 0 <= class_t_min < class_t_max <= TRAIN_STEPS:
-        raise SystemExit(f"--class-t must be MIN:MAX with 0 <= MIN < MAX <= {TRAIN_STEPS}, not {args.class_t!r}")
-    config = TrainConfig(seed=args.seed, image_size=args.image_size,
-                         init_from=str(args.init_from) if args.init_from else "", vae_steps=args.vae_steps,
-                         decoder_steps=args.decoder_steps, unet_steps=args.steps, batch=args.batch, lr=args.lr,
-                         warmup=args.warmup, layout_from=args.layout_from, layout_fraction=args.layout_fraction,
-                         multires_noise_levels=args.multires_levels,
-                         class_fraction=args.class_fraction, class_words=class_words, class_t_min=class_t_min,
-                         class_t_max=class_t_max, latent_samples=args.latent_samples,
-                         save_every=args.save_every)
+    try:  # TrainConfig checks the band
+        config = TrainConfig(seed=args.seed, image_size=args.image_size,
+                             init_from=str(args.init_from) if args.init_from else "", vae_steps=args.vae_steps,
+                             decoder_steps=args.decoder_steps, unet_steps=args.steps, batch=args.batch, lr=args.lr,
+                             warmup=args.warmup, layout_from=args.layout_from, layout_fraction=args.layout_fraction,
+                             multires_noise_levels=args.multires_levels,
+                             class_fraction=args.class_fraction, class_words=class_words, class_t_min=class_t_min,
+                             class_t_max=class_t_max, latent_samples=args.latent_samples,
+                             save_every=args.save_every)
+    except ValueError as error:
+        raise SystemExit(f"--class-t {args.class_t!r}: {error}") from None
     trainer = Trainer(config, args.out)
     trainer.load()
     bars: dict[str, tqdm] = {}

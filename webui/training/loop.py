@@ -96,7 +96,7 @@ class TrainConfig:
     #: timesteps of those pictures are drawn from ``[class_t_min, class_t_max)``; the whole range keeps the plain
     #: draw (and the random stream of older runs)
     class_t_min: int = 0
-    class_t_max: int = 1000
+    class_t_max: int = TRAIN_STEPS
     save_every: int = 250
 
     def __post_init__(self) -> None:
@@ -400,7 +400,7 @@ class Trainer:
         n_class = round(cfg.batch * cfg.class_fraction)
         class_pool = self._caption_pool(ids, cfg.class_words) if n_class else None
         band = (cfg.class_t_min, cfg.class_t_max)
-        class_band = None if band == (0, len(alphas)) else band
+        class_band = None if band == (0, TRAIN_STEPS) else band
         c.unet.train()
         c.text_encoders[0].train()
         n = latents.shape[0]
