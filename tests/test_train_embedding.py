@@ -107,7 +107,8 @@ def test_train_embedding_through_the_api(train_ctx):
     for bad, field in (({"data_root": str(data / "nope")}, "data_root"), ({"template_filename": "x.txt"},
                        "template_filename"), ({"embedding_name": "missing"}, "embedding_name"),
                        ({"latent_sampling_method": "sometimes"}, "latent_sampling_method"),
-                       ({"learn_rate": "fast"}, "learn_rate"), ({"batch_size": "two"}, "batch_size")):
+                       ({"learn_rate": "fast"}, "learn_rate"), ({"batch_size": "two"}, "batch_size"),
+                       ({"min_snr_gamma": -1}, "min_snr_gamma")):
         resp = client.post("/sdapi/v1/train/embedding", json={**body, **bad})
         assert resp.status_code == 422 and field in resp.text, (bad, resp.text)
     assert torch.equal(load_file(str(path))["emb_params"], after)
@@ -146,3 +147,48 @@ def test_resume_is_bit_exact_and_interrupt_leaves_a_loadable_file(train_ctx, tmp
     assert result.interrupted and result.step == 2
     with safe_open(str(tmp_path / "stopped.safetensors"), "pt") as handle:
         assert handle.metadata()["step"] == "2"
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0])
+def test_min_snr_gamma_weighs_each_sample_as_hang_et_al(train_ctx, tmp_path, monkeypatch, gamma):
+    """Min-SNR weighting (Hang et al. 2023, kohya's ``--min_snr_gamma``) in a textual-inversion step: each
+    sample's noise-prediction error is weighted by ``min(SNR_t, gamma) / SNR_t`` with ``SNR_t = a_t / (1 - a_t)``
+    (0: no weighting). The expected loss is rebuilt from what the U-Net was given and answered: the noise is
+    recovered from ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise``."""
+    from webui.finetune.dataset import load_folder
+    from webui.finetune.loss import posterior_latents
+    from webui.finetune.textual_inversion import TrainEmbeddingParams, create_embedding, train_embedding
+
+    ctx, _ = train_ctx
+    model = ctx.models.current
+    c = model.components
+    (tmp_path / "same").mkdir()
+    data = square_pictures(tmp_path / "same", [(16, 16)] * 3, (255, 140, 0), "a square")  # any pick: the same x0
+    x0 = posterior_latents(model, load_folder(str(data), 64, 64), "deterministic", 0)[0][0].float()
+    calls = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x_t, t, **kwargs):
+            out = self.inner(x_t, t, **kwargs)
+            calls.append((x_t.detach().float(), t.detach(), out[0].detach().float()))
+            return out
+
+    monkeypatch.setattr(c, "unet", Recording(c.unet))
+    create_embedding(c, tmp_path, "snr", init_text="square")
+    result = train_embedding(model, tmp_path, TrainEmbeddingParams(
+        "snr", learn_rate="0.005", batch_size=4, data_root=str(data), training_width=64, training_height=64, steps=1,
+        template_filename="subject", save_embedding_every=0, create_image_every=0,
+        latent_sampling_method="deterministic", seed=3, min_snr_gamma=gamma), Job(kind="t"),
+        log_root=tmp_path / "logs")
+    (x_t, t, out), = calls
+    a = c.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    noise = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+    errors = ((out - noise) ** 2).mean(dim=(1, 2, 3))
+    snr = (a / (1 - a)).view(-1)
+    weights = torch.minimum(snr, torch.tensor(gamma)) / snr if gamma else torch.ones_like(snr)
+    assert len(set(t.tolist())) > 1  # several timesteps, so the weights differ
+    assert result.losses[0] == pytest.approx(float((weights * errors).mean()), rel=1e-3)

@@ -96,7 +96,8 @@ def test_flux_lora_run_gives_kohyas_flux_file_that_draws_what_the_run_drew(flux_
 
 def test_sd3_lora_keys_and_refusals(tmp_path):
     """SD 3's joint blocks under Stability's names (``lora_unet_joint_blocks_N_x_block_attn_qkv`` ...), CLIP-L and
-    CLIP-G as ``lora_te1_`` / ``lora_te2_``; LoCon on a transformer is a 422 on ``conv_dim``."""
+    CLIP-G as ``lora_te1_`` / ``lora_te2_``; LoCon on a transformer is a 422 on ``conv_dim``, min-SNR weighting
+    one on ``min_snr_gamma``."""
     from webui.context import build_context
     from webui.errors import RequestError
     from webui.finetune.lora_layers import flow_lora_targets
@@ -115,10 +116,11 @@ def test_sd3_lora_keys_and_refusals(tmp_path):
     (models / "Stable-diffusion").mkdir(parents=True)
     save_sd3_file(c, models / "Stable-diffusion" / "sd3.safetensors")
     ctx = build_context(make_settings(tmp_path / "data", models), load_model=True)
-    with pytest.raises(RequestError) as err:
-        train_lora(ctx.models.current, tmp_path / "Lora", LoraTrainParams("x", str(tmp_path), conv_dim=4),
-                   Job(kind="t"), log_root=tmp_path / "runs")
-    assert err.value.field == "conv_dim"
+    for field, value in (("conv_dim", 4), ("min_snr_gamma", 5.0)):
+        with pytest.raises(RequestError) as err:
+            train_lora(ctx.models.current, tmp_path / "Lora", LoraTrainParams("x", str(tmp_path), **{field: value}),
+                       Job(kind="t"), log_root=tmp_path / "runs")
+        assert err.value.field == field
 
 
 def test_fused_lora_layers_equal_the_saved_file_merged_by_the_loader(tmp_path):
@@ -216,6 +218,8 @@ def test_textual_inversion_on_sd3_and_a_clear_refusal_on_flux(flux_env, tmp_path
     body = {"embedding_name": "tealish", "learn_rate": "0.05", "batch_size": 2, "data_root": str(data),
             "training_width": 64, "training_height": 64, "steps": 4, "template_filename": "subject_filewords",
             "create_image_every": 0, "save_embedding_every": 0, "latent_sampling_method": "deterministic"}
+    refused = client.post("/sdapi/v1/train/embedding", json={**body, "min_snr_gamma": 5})
+    assert refused.status_code == 422 and "min_snr_gamma" in refused.text
     trained = client.post("/sdapi/v1/train/embedding", json=body)
     assert trained.status_code == 200, trained.text
     after = load(str(path))

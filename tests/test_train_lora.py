@@ -7,6 +7,7 @@ path for SD 1.x, + the original LDM path for SDXL; ``lora_te_`` / ``lora_te1_`` 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -223,8 +224,10 @@ def test_train_tab_through_gradio_client(lora_env):
         status, plot, _ = client.predict(embedding_name="via_ui", data_root=str(data), learn_rate="0.01",
                                          batch_size=2, training_width=64, training_height=64, steps=3,
                                          template_filename="subject", save_embedding_every=0,
-                                         create_image_every=0, api_name="/train_embedding")
+                                         create_image_every=0, min_snr_gamma=5, api_name="/train_embedding")
         assert status.startswith(f"Embedding saved: {path} (step 3")
+        logged, = (ctx.settings.data_dir / "textual_inversion").rglob("via_ui/train.json")
+        assert json.loads(logged.read_text())["min_snr_gamma"] == 5
         assert plot["columns"] == ["step", "loss"] and [row[0] for row in plot["data"]] == [1, 2, 3]
         status, plot, _ = client.predict(output_name="ui_lora", train_data_dir=str(data), network_dim=2,
                                          resolution=64, max_train_steps=3, api_name="/train_lora")
@@ -513,7 +516,8 @@ def test_regularization_pictures_are_paired_as_kohya_does_and_weighted(lora_env,
         meta = handle.metadata()
     assert (meta["ss_num_train_images"], meta["ss_num_reg_images"], meta["ss_prior_loss_weight"]) == ("4", "4", "0.5")
     for kw, field in (({"reg_data_dir": str(tmp_path / "nowhere")}, "reg_data_dir"),
-                      ({"reg_data_dir": str(few), "prior_loss_weight": -1}, "prior_loss_weight")):
+                      ({"reg_data_dir": str(few), "prior_loss_weight": -1}, "prior_loss_weight"),
+                      ({"min_snr_gamma": -5}, "min_snr_gamma")):
         with pytest.raises(RequestError) as err:
             _run(ctx, data, tmp_path / "bad", "bad", **kw)
         assert err.value.field == field

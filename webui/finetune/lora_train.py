@@ -179,6 +179,8 @@ def _check(params: LoraTrainParams) -> None:
     if params.embedding_only_steps < 0 or (params.embedding_only_steps and not params.bundle_embedding):
         raise RequestError("embedding_only_steps", "must be 0, or more with a bundle_embedding to train, got "
                                                    f"{params.embedding_only_steps}")
+    if params.min_snr_gamma < 0:
+        raise RequestError("min_snr_gamma", f"must be 0 (off) or positive, got {params.min_snr_gamma}")
     if params.prior_loss_weight < 0:
         raise RequestError("prior_loss_weight", f"must be 0 or more, got {params.prior_loss_weight}")
     if params.bundle_embedding and params.embedding_lr <= 0:
@@ -218,6 +220,9 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
                                                "pooled vector): train the LoRA without bundle_embedding")
     if c.spec.is_flow and params.conv_dim:
         raise RequestError("conv_dim", f"{c.spec.label} models have no convolution blocks; use conv_dim 0")
+    if c.spec.is_flow and params.min_snr_gamma:
+        raise RequestError("min_snr_gamma", f"{c.spec.label} trains with the rectified-flow loss, which min-SNR "
+                                            "weighting does not apply to; use min_snr_gamma 0")
     if params.mixed_precision == "fp16" and model.device.type != "cuda":
         raise RequestError("mixed_precision", "fp16 training needs a CUDA GPU; use bf16 or no here")
     out_path = Path(lora_dir) / f"{params.output_name}.safetensors"

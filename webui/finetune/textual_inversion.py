@@ -158,6 +158,7 @@ class TrainEmbeddingParams:
     preview_height: int = 512
     seed: int = 0  # ours: the run's randomness (A1111 draws from the global generators)
     flip: bool = False  # ours: random horizontal flips
+    min_snr_gamma: float = 0.0  # ours, kohya's LoRA option: > 0 weighs each sample by min(SNR, gamma) / SNR
 
     @classmethod
     def from_request(cls, body: dict[str, Any]) -> TrainEmbeddingParams:
@@ -212,6 +213,8 @@ def _check(params: TrainEmbeddingParams) -> None:
         raise RequestError("tag_drop_out", f"must be in [0, 1), got {params.tag_drop_out}")
     if params.save_embedding_every < 0 or params.create_image_every < 0:
         raise RequestError("save_embedding_every", "must be 0 or positive")
+    if params.min_snr_gamma < 0:
+        raise RequestError("min_snr_gamma", f"must be 0 (off) or positive, got {params.min_snr_gamma}")
 
 
 def train_embedding(model, embeddings_dir: Path, params: TrainEmbeddingParams, job, *,
@@ -224,6 +227,9 @@ def train_embedding(model, embeddings_dir: Path, params: TrainEmbeddingParams, j
     _check(params)
     c = model.components
     _refuse_flux(c, "embedding_name")
+    if c.spec.is_flow and params.min_snr_gamma:
+        raise RequestError("min_snr_gamma", f"{c.spec.label} trains with the rectified-flow loss, which min-SNR "
+                                            "weighting does not apply to; use min_snr_gamma 0")
     path = Path(embeddings_dir) / f"{params.embedding_name}.safetensors"
     if not path.is_file():
         raise RequestError("embedding_name", f"no embedding {params.embedding_name!r} in {embeddings_dir}: create it "
@@ -337,7 +343,7 @@ def _loss(model, embedding: Embedding, dataset, latents, lines, params: TrainEmb
     lookup = build_lookup(c, {embedding.name: embedding})
     if c.spec.is_flow:  # SD 3.x
         return flow_loss(model, x0, prompts, gen, embeddings=lookup)
-    return denoising_loss(model, x0, prompts, gen, lookup)
+    return denoising_loss(model, x0, prompts, gen, lookup, min_snr_gamma=params.min_snr_gamma)
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path, params: list[torch.nn.Parameter]) -> None:

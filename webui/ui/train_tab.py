@@ -125,6 +125,8 @@ def build_train_tab(ctx: AppContext) -> dict[str, Any]:
                                                 elem_id="train_shuffle_tags")
                 t["tag_drop_out"] = gr.Slider(0, 1, value=0, step=0.1, label="Drop out tags when creating prompts.",
                                               elem_id="train_tag_drop_out")
+                t["min_snr_gamma"] = gr.Number(0.0, label="Min-SNR gamma (0: off)", elem_id="train_min_snr",
+                                               info="weighs the nearly clean steps down (1 helped teach a new colour)")
             with gr.Row():
                 train_emb = gr.Button("Train Embedding", variant="primary", elem_id="train_train_embedding")
                 stop_emb = gr.Button("Interrupt", elem_id="train_interrupt_training")
