@@ -97,6 +97,24 @@ def test_txt2img_generate_then_interrupt(page, server):
     assert "(interrupted)" not in page.locator("#txt2img_info textarea").input_value()
 
 
+def test_a_sub_tab_picked_while_the_img2img_tab_opens_stays_picked(page):
+    """Gradio fires a select event for the first img2img sub-tab when the img2img tab first opens. A user who
+    picks Inpaint at once must get inpainting even when that first event would be answered last: the first server
+    call made after the tab opens is held until the pick is done, then let through."""
+    held = []
+    page.route("**/gradio_api/run/predict", lambda route: held.append(route) if not held else route.continue_())
+    open_tab(page, "img2img")
+    page.locator("#mode_img2img").get_by_role("tab", name="Inpaint", exact=True).click()
+    page.wait_for_timeout(500)  # the pick's own work is done meanwhile
+    for route in held:
+        route.continue_()
+    page.unroute("**/gradio_api/run/predict")
+    page.wait_for_timeout(1000)  # the held answer (if any) arrives
+    assert page.locator("#img2img_inpaint_controls").is_visible()
+    selected = page.locator("#mode_img2img button[role=tab][aria-selected=true]")
+    assert selected.inner_text() == "Inpaint"
+
+
 def test_img2img_inpaint_with_an_uploaded_image_and_a_drawn_mask(page, tmp_path):
     open_tab(page, "img2img")
     page.locator("#mode_img2img").get_by_role("tab", name="Inpaint", exact=True).click()

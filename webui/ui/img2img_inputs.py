@@ -3,6 +3,7 @@ sub-tabs, the inpainting controls and outpainting, and turning their values into
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,14 +112,22 @@ def build_img2img_inputs(f: dict[str, Any]) -> Img2ImgInputs:
                                                         label="Outpainting direction",
                                                         elem_id="img2img_outpaint_directions")
     # the sub-tab chosen sets the input mode and shows the inpainting controls on those that inpaint; "send to"
-    # sets the mode itself (the change event shows or hides them then)
+    # sets the mode itself (the change event shows or hides them then). Both run in the browser, in the order the
+    # events happen: as server calls, the select that Gradio fires for the first sub-tab when the img2img tab
+    # first opens could answer after the user's own pick and turn the mode back to "img2img"
+    inpainting = json.dumps(list(INPAINT_TABS))
     for key, item in out.tab_items.items():
-        item.select(lambda k=key: (k, gr.update(visible=k in INPAINT_TABS)), inputs=None,
-                    outputs=[out.mode_state, out.inpaint_controls], api_name=False, queue=False)
-    out.mode_state.change(lambda m: gr.update(visible=m in INPAINT_TABS), inputs=out.mode_state,
-                          outputs=out.inpaint_controls, api_name=False, queue=False, show_progress="hidden")
+        item.select(None, inputs=None, outputs=[out.mode_state, out.inpaint_controls], api_name=False,
+                    js=f"() => [{json.dumps(key)}, {_visible_js(json.dumps(key), inpainting)}]")
+    out.mode_state.change(None, inputs=out.mode_state, outputs=out.inpaint_controls, api_name=False,
+                          show_progress="hidden", js=f"(mode) => {_visible_js('mode', inpainting)}")
     out.names = [k for k in f if k not in before]
     return out
+
+
+def _visible_js(mode: str, inpainting: str) -> str:
+    """A JavaScript expression: a Gradio update showing a component when ``mode`` is one of ``inpainting``."""
+    return f"({{__type__: 'update', visible: {inpainting}.includes({mode})}})"
 
 
 def _index(table: Mapping[Any, str], label: Any, default: Any) -> Any:
