@@ -97,22 +97,33 @@ def test_txt2img_generate_then_interrupt(page, server):
     assert "(interrupted)" not in page.locator("#txt2img_info textarea").input_value()
 
 
-def test_a_sub_tab_picked_while_the_img2img_tab_opens_stays_picked(page):
-    """Gradio fires a select event for the first img2img sub-tab when the img2img tab first opens. A user who
-    picks Inpaint at once must get inpainting even when that first event would be answered last: the first server
-    call made after the tab opens is held until the pick is done, then let through."""
+def _pick_while_the_tab_opens(page, tab: str, sub_tabs: str, name: str) -> None:
+    """Open ``tab`` and pick its sub-tab ``name`` at once, holding the first server call made after the tab
+    opens until the pick is done (then letting it through): Gradio fires a select event for the first sub-tab
+    when a tab first opens, and its answer must not undo the user's pick however late it comes."""
     held = []
     page.route("**/gradio_api/run/predict", lambda route: held.append(route) if not held else route.continue_())
-    open_tab(page, "img2img")
-    page.locator("#mode_img2img").get_by_role("tab", name="Inpaint", exact=True).click()
+    open_tab(page, tab)
+    page.locator(sub_tabs).get_by_role("tab", name=name, exact=True).click()
     page.wait_for_timeout(500)  # the pick's own work is done meanwhile
     for route in held:
         route.continue_()
     page.unroute("**/gradio_api/run/predict")
     page.wait_for_timeout(1000)  # the held answer (if any) arrives
+    assert page.locator(f"{sub_tabs} button[role=tab][aria-selected=true]").inner_text() == name
+
+
+def test_an_img2img_sub_tab_picked_while_the_tab_opens_stays_picked(page):
+    _pick_while_the_tab_opens(page, "img2img", "#mode_img2img", "Inpaint")
     assert page.locator("#img2img_inpaint_controls").is_visible()
-    selected = page.locator("#mode_img2img button[role=tab][aria-selected=true]")
-    assert selected.inner_text() == "Inpaint"
+
+
+def test_an_extras_sub_tab_picked_while_the_tab_opens_stays_picked(page):
+    _pick_while_the_tab_opens(page, "Extras", "#mode_extras", "Batch Process")
+    page.locator("#extras_generate").click()  # no files: the answer names the mode the server got
+    toast = page.locator("[data-testid=toast-body]").first
+    toast.wait_for(state="visible")
+    assert "Upload images in the Batch Process tab first" in toast.inner_text()
 
 
 def test_img2img_inpaint_with_an_uploaded_image_and_a_drawn_mask(page, tmp_path):

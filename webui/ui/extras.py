@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,10 @@ def build_extras_tab(ctx: AppContext) -> dict[str, Any]:
                     f["input_dir"] = gr.Textbox(label="Input directory", elem_id="extras_batch_input_dir")
                     f["output_dir"] = gr.Textbox(label="Output directory (empty: outputs/extras-images)",
                                                  elem_id="extras_batch_output_dir")
+            # set in the browser, in event order (as for img2img's sub-tabs: a server call for the select fired
+            # when the tab first opens could answer after the user's pick)
             for key, tab in (("single", t_single), ("batch", t_batch), ("folder", t_folder)):
-                tab.select(lambda k=key: k, inputs=None, outputs=f["mode"], api_name=False, queue=False)
+                tab.select(None, inputs=None, outputs=f["mode"], api_name=False, js=f"() => {json.dumps(key)}")
             f["resize_mode"] = gr.Radio(["Scale by", "Scale to"], value="Scale by", label="Resize",
                                         elem_id="extras_resize_mode")
             with gr.Row():
