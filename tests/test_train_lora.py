@@ -178,6 +178,8 @@ def test_lora_run_through_the_api_gives_a_kohya_file_that_works_in_prompts(lora_
     missing = client.post("/webui/v1/train/lora", json={**body, "output_name": "x", "train_data_dir": "/nope"})
     assert missing.status_code == 422 and "train_data_dir" in missing.text
     assert client.post("/webui/v1/train/lora", json={**body, "output_name": "y", "network_dim": 0}).status_code == 422
+    negative = client.post("/webui/v1/train/lora", json={**body, "output_name": "y", "min_snr_gamma": -1})
+    assert negative.status_code == 422 and "min_snr_gamma" in negative.text
     assert client.get("/webui/v1/train/unknown").status_code == 404
 
 

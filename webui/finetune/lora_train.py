@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from webui.errors import RequestError
 from webui.finetune.dataset import Dataset, load_folder
 from webui.finetune.lora_layers import FusedLoraLayer, LoraLayer, flow_lora_targets, kohya_tensors, lora_targets
-from webui.finetune.loss import denoising_loss, flow_loss, posterior_latents, seeded_generator
+from webui.finetune.loss import check_min_snr, denoising_loss, flow_loss, posterior_latents, seeded_generator
 from webui.finetune.optimizers import OPTIMIZERS, describe, load_state, make_optimizer, state_tensors
 from webui.finetune.textual_inversion import init_vectors
 from webui.networks.embeddings import Embedding, build_lookup
@@ -220,9 +220,7 @@ def train_lora(model, lora_dir: Path, params: LoraTrainParams, job, *, log_root:
                                                "pooled vector): train the LoRA without bundle_embedding")
     if c.spec.is_flow and params.conv_dim:
         raise RequestError("conv_dim", f"{c.spec.label} models have no convolution blocks; use conv_dim 0")
-    if c.spec.is_flow and params.min_snr_gamma:
-        raise RequestError("min_snr_gamma", f"{c.spec.label} trains with the rectified-flow loss, which min-SNR "
-                                            "weighting does not apply to; use min_snr_gamma 0")
+    check_min_snr(c, params.min_snr_gamma)
     if params.mixed_precision == "fp16" and model.device.type != "cuda":
         raise RequestError("mixed_precision", "fp16 training needs a CUDA GPU; use bf16 or no here")
     out_path = Path(lora_dir) / f"{params.output_name}.safetensors"

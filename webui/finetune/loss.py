@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from webui.errors import RequestError
 from webui.pipeline.conditioning import EncodeOptions, chunk_count, encode_prompt
 
 
@@ -73,6 +74,14 @@ def posterior_latents(model, dataset, method: str, seed: int,
             std = torch.zeros_like(std)
         out.append((mean[0], std[0]))
     return out
+
+
+def check_min_snr(components, gamma: float) -> None:
+    """Min-SNR weighting (``min_snr_gamma``) is for the noise-prediction families: a RequestError naming the field
+    when it is asked for on SD 3.x / FLUX.1 (their rectified-flow loss has no such weighting)."""
+    if gamma and components.spec.is_flow:
+        raise RequestError("min_snr_gamma", f"{components.spec.label} trains with the rectified-flow loss, which "
+                                            "min-SNR weighting does not apply to; use min_snr_gamma 0")
 
 
 def denoising_loss(model, x0: torch.Tensor, prompts: list[str], gen: torch.Generator,

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from webui.errors import RequestError
 from webui.finetune.dataset import list_templates, load_folder, prompt_for, read_template
-from webui.finetune.loss import denoising_loss, flow_loss, posterior_latents, seeded_generator
+from webui.finetune.loss import check_min_snr, denoising_loss, flow_loss, posterior_latents, seeded_generator
 from webui.finetune.lr_schedule import LearnRateSchedule
 from webui.networks.embeddings import Embedding, build_lookup, read_embedding
 
@@ -227,9 +227,7 @@ def train_embedding(model, embeddings_dir: Path, params: TrainEmbeddingParams, j
     _check(params)
     c = model.components
     _refuse_flux(c, "embedding_name")
-    if c.spec.is_flow and params.min_snr_gamma:
-        raise RequestError("min_snr_gamma", f"{c.spec.label} trains with the rectified-flow loss, which min-SNR "
-                                            "weighting does not apply to; use min_snr_gamma 0")
+    check_min_snr(c, params.min_snr_gamma)
     path = Path(embeddings_dir) / f"{params.embedding_name}.safetensors"
     if not path.is_file():
         raise RequestError("embedding_name", f"no embedding {params.embedding_name!r} in {embeddings_dir}: create it "
