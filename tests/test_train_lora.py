@@ -360,6 +360,28 @@ def test_gradient_checkpointing_epochs_and_the_latent_cache(lora_env, tmp_path, 
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")} == stamps  # read, not re-encoded
 
 
+def test_bf16_mixed_precision_computes_in_bfloat16_near_the_float32_run(lora_env, tmp_path):
+    """kohya's ``mixed_precision bf16`` (autocast; the CPU has no fp16 training): the U-Net's layers compute in
+    bfloat16, the first step's loss (same batch and noise) stays within bfloat16's precision of the float32 run's,
+    and the file says how it was trained."""
+    ctx, _, data = lora_env
+    unet = ctx.models.current.components.unet
+    layer = next(m for name, m in unet.named_modules() if name.endswith("attn1.to_q"))
+    seen: list[torch.dtype] = []
+    handle = layer.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    try:
+        plain = _run(ctx, data, tmp_path / "p", "fp32", max_train_steps=2)
+        plain_dtypes, seen[:] = set(seen), []
+        mixed = _run(ctx, data, tmp_path / "m", "bf16", max_train_steps=2, mixed_precision="bf16")
+    finally:
+        handle.remove()
+    assert plain_dtypes == {torch.float32} and set(seen) == {torch.bfloat16}
+    assert mixed["losses"][0] == pytest.approx(plain["losses"][0], rel=0.05)
+    assert all(torch.isfinite(t).all() for t in load_file(str(mixed["path"])).values())
+    with safe_open(str(mixed["path"]), "pt") as f:
+        assert f.metadata()["ss_mixed_precision"] == "bf16"
+
+
 def test_previews_every_n_steps_through_the_run_api(lora_env):
     import base64
     import io
