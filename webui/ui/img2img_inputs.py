@@ -111,23 +111,18 @@ def build_img2img_inputs(f: dict[str, Any]) -> Img2ImgInputs:
             f["outpaint_directions"] = gr.CheckboxGroup(list(DIRECTIONS), value=list(DIRECTIONS),
                                                         label="Outpainting direction",
                                                         elem_id="img2img_outpaint_directions")
-    # the sub-tab chosen sets the input mode and shows the inpainting controls on those that inpaint; "send to"
-    # sets the mode itself (the change event shows or hides them then). Both run in the browser, in the order the
-    # events happen: as server calls, the select that Gradio fires for the first sub-tab when the img2img tab
-    # first opens could answer after the user's own pick and turn the mode back to "img2img"
-    inpainting = json.dumps(list(INPAINT_TABS))
+    # the sub-tab chosen sets the input mode ("send to" sets it itself); the mode's change event shows the
+    # inpainting controls on the sub-tabs that inpaint. Both run in the browser, in the order the events happen:
+    # as server calls, the select that Gradio fires for the first sub-tab when the img2img tab first opens could
+    # answer after the user's own pick and turn the mode back to "img2img"
     for key, item in out.tab_items.items():
-        item.select(None, inputs=None, outputs=[out.mode_state, out.inpaint_controls], api_name=False,
-                    js=f"() => [{json.dumps(key)}, {_visible_js(json.dumps(key), inpainting)}]")
+        item.select(None, inputs=None, outputs=out.mode_state, api_name=False, js=f"() => {json.dumps(key)}")
     out.mode_state.change(None, inputs=out.mode_state, outputs=out.inpaint_controls, api_name=False,
-                          show_progress="hidden", js=f"(mode) => {_visible_js('mode', inpainting)}")
+                          show_progress="hidden",
+                          js=f"(mode) => ({{__type__: 'update', visible: {json.dumps(list(INPAINT_TABS))}"
+                             ".includes(mode)})")
     out.names = [k for k in f if k not in before]
     return out
-
-
-def _visible_js(mode: str, inpainting: str) -> str:
-    """A JavaScript expression: a Gradio update showing a component when ``mode`` is one of ``inpainting``."""
-    return f"({{__type__: 'update', visible: {inpainting}.includes({mode})}})"
 
 
 def _index(table: Mapping[Any, str], label: Any, default: Any) -> Any:
